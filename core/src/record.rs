@@ -1,0 +1,275 @@
+//! Records: what flows along the edges.
+//!
+//! A record is NiFi's FlowFile plus lineage: content bytes, string attributes, an optional event
+//! time, an id and the ids of the records it was made from. Its structured (JSON) view is parsed
+//! at most once and shared by every processor after that; fan-out copies share it too.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+pub use vrl::value::Value;
+
+use crate::ack::{AckStatus, Acks};
+
+/// A record's identity. Unique within a run; the high bits are random per process, so ids of
+/// different runs rarely meet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct RecordId(pub u64);
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+static ID_BASE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
+impl RecordId {
+    /// A fresh id.
+    pub fn next() -> Self {
+        let base = *ID_BASE.get_or_init(|| rand::random::<u64>() & !0xFFFF_FFFF);
+        RecordId(base.wrapping_add(NEXT_ID.fetch_add(1, Ordering::Relaxed)))
+    }
+}
+
+impl std::fmt::Display for RecordId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// String attributes, sorted by name (`mqtt.topic`, `error.message`, ...).
+pub type Attributes = BTreeMap<String, String>;
+
+/// The content could not be read as JSON.
+#[derive(Debug, thiserror::Error)]
+#[error("content is not valid JSON: {0}")]
+pub struct ParseError(#[from] serde_json::Error);
+
+/// One record.
+#[derive(Clone, Debug)]
+pub struct Record {
+    id: RecordId,
+    parents: Vec<RecordId>,
+    /// The raw content. `None` once the structured view was modified (it is re-encoded on
+    /// demand).
+    content: Option<Bytes>,
+    /// The structured view, parsed at most once, shared by clones.
+    value: Option<Arc<Value>>,
+    /// NiFi-style attributes.
+    pub attributes: Attributes,
+    /// Event time in epoch milliseconds, when known.
+    pub event_time: Option<i64>,
+    acks: Acks,
+}
+
+impl Record {
+    /// A new record over raw content.
+    pub fn from_bytes(content: impl Into<Bytes>) -> Self {
+        Self {
+            id: RecordId::next(),
+            parents: Vec::new(),
+            content: Some(content.into()),
+            value: None,
+            attributes: Attributes::new(),
+            event_time: None,
+            acks: Acks::None,
+        }
+    }
+
+    /// A new record over a structured value (its content is the value's JSON encoding).
+    pub fn from_value(value: Value) -> Self {
+        Self {
+            id: RecordId::next(),
+            parents: Vec::new(),
+            content: None,
+            value: Some(Arc::new(value)),
+            attributes: Attributes::new(),
+            event_time: None,
+            acks: Acks::None,
+        }
+    }
+
+    /// A new record with both views given (the caller guarantees they agree).
+    pub fn from_parts(content: Bytes, value: Value) -> Self {
+        let mut r = Self::from_bytes(content);
+        r.value = Some(Arc::new(value));
+        r
+    }
+
+    /// Parse raw JSON content into a record with both views.
+    pub fn parse_json(content: Bytes) -> Result<Self, (Self, ParseError)> {
+        match serde_json::from_slice::<Value>(&content) {
+            Ok(v) => Ok(Self::from_parts(content, v)),
+            Err(e) => Err((Self::from_bytes(content), ParseError(e))),
+        }
+    }
+
+    /// A new record derived from this one (same attributes and event time), with this record
+    /// as its parent. The acknowledgement moves to the child.
+    pub fn derive(&mut self, value: Value) -> Record {
+        Record {
+            id: RecordId::next(),
+            parents: vec![self.id],
+            content: None,
+            value: Some(Arc::new(value)),
+            attributes: self.attributes.clone(),
+            event_time: self.event_time,
+            acks: std::mem::take(&mut self.acks),
+        }
+    }
+
+    /// This record's id.
+    pub fn id(&self) -> RecordId {
+        self.id
+    }
+
+    /// The ids of the records this one was made from (empty for records a source created).
+    pub fn parents(&self) -> &[RecordId] {
+        &self.parents
+    }
+
+    /// Set the parents (for records joined from many, such as window aggregates).
+    pub fn set_parents(&mut self, parents: Vec<RecordId>) {
+        self.parents = parents;
+    }
+
+    /// The structured view, parsing the content as JSON on first use.
+    pub fn value(&mut self) -> Result<&Value, ParseError> {
+        if self.value.is_none() {
+            let content = self.content.as_deref().unwrap_or_default();
+            let v: Value = serde_json::from_slice(content)?;
+            self.value = Some(Arc::new(v));
+        }
+        Ok(self.value.as_deref().unwrap_or(&Value::Null))
+    }
+
+    /// The structured view if it was already parsed.
+    pub fn parsed_value(&self) -> Option<&Value> {
+        self.value.as_deref()
+    }
+
+    /// A mutable structured view. Invalidates the raw content (re-encoded when needed).
+    pub fn value_mut(&mut self) -> Result<&mut Value, ParseError> {
+        self.value()?;
+        self.content = None;
+        let arc = self.value.get_or_insert_with(|| Arc::new(Value::Null));
+        Ok(Arc::make_mut(arc))
+    }
+
+    /// Replace the structured view.
+    pub fn set_value(&mut self, value: Value) {
+        self.content = None;
+        self.value = Some(Arc::new(value));
+    }
+
+    /// The content bytes: the original ones if the record was not modified, otherwise the JSON
+    /// encoding of the structured view.
+    pub fn content(&mut self) -> &Bytes {
+        if self.content.is_none() {
+            let v = self.value.as_deref().unwrap_or(&Value::Null);
+            let encoded = encode_json(v);
+            self.content = Some(Bytes::from(encoded));
+        }
+        self.content.get_or_insert_with(Bytes::new)
+    }
+
+    /// The content if it is at hand without encoding.
+    pub fn raw_content(&self) -> Option<&Bytes> {
+        self.content.as_ref()
+    }
+
+    /// Approximate size in bytes, for queue thresholds.
+    pub fn size(&self) -> usize {
+        let content = self.content.as_ref().map_or(0, Bytes::len);
+        let value = if content == 0 {
+            self.value.as_ref().map_or(0, |_| 64)
+        } else {
+            0
+        };
+        let attrs: usize = self.attributes.iter().map(|(k, v)| k.len() + v.len()).sum();
+        content + value + attrs + std::mem::size_of::<Self>()
+    }
+
+    /// The acknowledgement tokens this record holds.
+    pub fn acks(&self) -> &Acks {
+        &self.acks
+    }
+
+    /// Attach acknowledgement tokens (sources do this).
+    pub fn with_acks(mut self, acks: Acks) -> Self {
+        self.acks = acks;
+        self
+    }
+
+    /// Take the tokens out (a window keeps them until its aggregate is emitted).
+    pub fn take_acks(&mut self) -> Acks {
+        std::mem::take(&mut self.acks)
+    }
+
+    /// Add tokens (joins).
+    pub fn merge_acks(&mut self, acks: Acks) {
+        self.acks.merge(acks);
+    }
+
+    /// Mark the record's batches with `status`. The record still has to be dropped to finish.
+    pub fn mark(&self, status: AckStatus) {
+        self.acks.mark(status);
+    }
+
+    /// Set an attribute.
+    pub fn set_attribute(&mut self, key: impl Into<String>, value: impl Into<String>) {
+        self.attributes.insert(key.into(), value.into());
+    }
+}
+
+/// Encode a value as compact JSON (one line, no trailing newline).
+pub fn encode_json(v: &Value) -> Vec<u8> {
+    // Encoding a `Value` cannot fail: every variant serializes (bytes lossily as UTF-8).
+    serde_json::to_vec(v).unwrap_or_else(|_| b"null".to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unmodified_content_is_kept_byte_for_byte() {
+        let raw = Bytes::from_static(br#"{"b":1,  "a":2.50}"#);
+        let mut r = Record::parse_json(raw.clone()).expect("valid");
+        let expected: Value = serde_json::from_str("2.5").expect("json");
+        assert_eq!(r.value().expect("parsed").as_object().and_then(|o| o.get("a")), Some(&expected));
+        assert_eq!(r.content(), &raw);
+    }
+
+    #[test]
+    fn modified_content_is_reencoded() {
+        let mut r = Record::from_bytes(&br#"{"a":1}"#[..]);
+        let v = r.value_mut().expect("parsed");
+        v.as_object_mut().expect("object").insert("b".into(), Value::from("x"));
+        assert_eq!(r.content().as_ref(), br#"{"a":1,"b":"x"}"#);
+    }
+
+    #[test]
+    fn malformed_json_is_an_error_not_a_panic() {
+        let mut r = Record::from_bytes(&b"{nope"[..]);
+        assert!(r.value().is_err());
+        assert!(Record::parse_json(Bytes::from_static(b"[1,")).is_err());
+    }
+
+    #[test]
+    fn clones_share_the_parsed_view() {
+        let mut r = Record::from_bytes(&br#"{"a":1}"#[..]);
+        r.value().expect("parsed");
+        let c = r.clone();
+        assert!(c.parsed_value().is_some());
+        assert_eq!(c.id(), r.id());
+    }
+
+    #[test]
+    fn derive_links_the_parent_and_moves_the_ack() {
+        let mut tracker = crate::ack::AckTracker::new();
+        let mut r = Record::from_bytes(&b"{}"[..]).with_acks(Acks::One(tracker.token(0)));
+        let child = r.derive(Value::from(1));
+        assert_eq!(child.parents(), &[r.id()]);
+        assert!(r.acks().is_empty());
+        assert_eq!(child.acks().len(), 1);
+    }
+}
