@@ -256,7 +256,10 @@ mod tests {
         let a = Acks::One(token.clone());
         let b = Acks::One(token);
         drop(a);
-        assert!(tracker.try_next().is_none(), "one record still holds the batch");
+        assert!(
+            tracker.try_next().is_none(),
+            "one record still holds the batch"
+        );
         b.mark(AckStatus::Failed);
         drop(b);
         let f = tracker.next().await.expect("finished");

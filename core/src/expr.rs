@@ -243,9 +243,9 @@ impl Expr {
         self.program.resolve(&mut ctx).map_err(|e| match e {
             vrl::compiler::ExpressionError::Abort { message, .. } => match self.kind {
                 // The wrapper's abort carries the expression's own error.
-                ExprKind::Condition | ExprKind::Value => EvalError::Failed(
-                    message.unwrap_or_else(|| "expression failed".to_owned()),
-                ),
+                ExprKind::Condition | ExprKind::Value => {
+                    EvalError::Failed(message.unwrap_or_else(|| "expression failed".to_owned()))
+                }
                 ExprKind::Program => EvalError::Aborted(message),
             },
             other => EvalError::Failed(other.to_string()),
@@ -311,11 +311,20 @@ mod tests {
 
     #[test]
     fn conditions_read_fields_and_attributes() {
-        let e = Expr::compile(r#".status != "error" && .temperature > 95"#, ExprKind::Condition)
-            .expect("compiles");
+        let e = Expr::compile(
+            r#".status != "error" && .temperature > 95"#,
+            ExprKind::Condition,
+        )
+        .expect("compiles");
         let attrs = Attributes::new();
-        assert!(e.test(&json(r#"{"status":"ok","temperature":96.5}"#), &attrs).expect("ok"));
-        assert!(!e.test(&json(r#"{"status":"ok","temperature":95}"#), &attrs).expect("ok"));
+        assert!(
+            e.test(&json(r#"{"status":"ok","temperature":96.5}"#), &attrs)
+                .expect("ok")
+        );
+        assert!(
+            !e.test(&json(r#"{"status":"ok","temperature":95}"#), &attrs)
+                .expect("ok")
+        );
         let a = Expr::compile(r#"%"mqtt.topic" == "x""#, ExprKind::Condition).expect("compiles");
         let mut attrs = Attributes::new();
         attrs.insert("mqtt.topic".into(), "x".into());

@@ -94,7 +94,12 @@ impl Record {
         r
     }
 
-    /// Parse raw JSON content into a record with both views.
+    /// Parse raw JSON content into a record with both views. On error the record (raw content
+    /// only) comes back with the error, so it can go to `failure` unchanged.
+    #[allow(
+        clippy::result_large_err,
+        reason = "the record is handed back on the rare error path"
+    )]
     pub fn parse_json(content: Bytes) -> Result<Self, (Self, ParseError)> {
         match serde_json::from_slice::<Value>(&content) {
             Ok(v) => Ok(Self::from_parts(content, v)),
@@ -235,7 +240,13 @@ mod tests {
         let raw = Bytes::from_static(br#"{"b":1,  "a":2.50}"#);
         let mut r = Record::parse_json(raw.clone()).expect("valid");
         let expected: Value = serde_json::from_str("2.5").expect("json");
-        assert_eq!(r.value().expect("parsed").as_object().and_then(|o| o.get("a")), Some(&expected));
+        assert_eq!(
+            r.value()
+                .expect("parsed")
+                .as_object()
+                .and_then(|o| o.get("a")),
+            Some(&expected)
+        );
         assert_eq!(r.content(), &raw);
     }
 
@@ -243,7 +254,9 @@ mod tests {
     fn modified_content_is_reencoded() {
         let mut r = Record::from_bytes(&br#"{"a":1}"#[..]);
         let v = r.value_mut().expect("parsed");
-        v.as_object_mut().expect("object").insert("b".into(), Value::from("x"));
+        v.as_object_mut()
+            .expect("object")
+            .insert("b".into(), Value::from("x"));
         assert_eq!(r.content().as_ref(), br#"{"a":1,"b":"x"}"#);
     }
 

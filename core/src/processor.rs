@@ -1,0 +1,379 @@
+//! The processor contract: one trait family, three shapes.
+//!
+//! Every processor has a config struct (serde + JSON Schema, `deny_unknown_fields`, a doc comment
+//! on every field: the docs and the designer's forms are generated from them) that implements
+//! [`ProcessorConfig`]. A config goes through three phases:
+//!
+//! 1. **parse**: YAML into the struct (serde);
+//! 2. **validate**: [`ProcessorConfig::validate`], pure, no I/O (`flow validate` stops here, so it
+//!    is fast and safe to run anywhere);
+//! 3. **build**: [`ProcessorConfig::build`] makes the running [`Processor`]; this may open files
+//!    and connect.
+//!
+//! The running shapes:
+//! - [`Transform`]: the simple, default case. `process` gets one record and pushes zero or more
+//!   records to named ports. The runtime drives it batch by batch.
+//! - [`Source`]: a task that makes records and emits them in batches, each carrying an
+//!   acknowledgement token (see [`crate::ack`]).
+//! - [`Sink`]: a task that consumes batches and writes them somewhere.
+//!
+//! **Acknowledgement**: a record is finished when it is dropped. A transform that returns without
+//! pushing a record has dropped it on purpose (that acknowledges it); a sink drops records once
+//! they are written. A record that cannot be processed goes to [`Output::fail`] (the `failure`
+//! port, with `error.*` attributes); if that port has no edge the runtime counts and logs it, and
+//! it is acknowledged with status `Failed`. Nothing is ever lost silently, and nothing panics on
+//! input.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+
+use crate::ack::AckStatus;
+use crate::record::Record;
+use crate::runtime::edge::Batch;
+use crate::runtime::emit::{Emitter, Input};
+use crate::runtime::metrics::NodeMetrics;
+
+/// The port every processor has, for records it could not process.
+pub const FAILURE: &str = "failure";
+
+/// A processor's output port, by index. [`PortId::FAILURE`] is always 0; the ports a config
+/// declares in [`ProcessorConfig::outputs`] follow from 1, the first being the default port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PortId(pub usize);
+
+impl PortId {
+    /// The `failure` port.
+    pub const FAILURE: PortId = PortId(0);
+    /// The first declared port: where `a -> b` connects when no port is named.
+    pub const DEFAULT: PortId = PortId(1);
+}
+
+/// What shape a processor has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// Makes records; has no inputs.
+    Source,
+    /// Records in, records out.
+    Transform,
+    /// Records in, written somewhere; only a `failure` output.
+    Sink,
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Kind::Source => "source",
+            Kind::Transform => "transform",
+            Kind::Sink => "sink",
+        })
+    }
+}
+
+/// A problem `validate` found in a config.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Keys leading to the offending value inside the processor's config (`["routes", "hot"]`).
+    pub path: Vec<String>,
+    /// Byte offset inside that value's text the problem points at (expression errors).
+    pub offset: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+    /// How to fix it.
+    pub help: Option<String>,
+}
+
+impl ConfigError {
+    /// An error about the value at `path`.
+    pub fn new(path: &[&str], message: impl Into<String>) -> Self {
+        Self {
+            path: path.iter().map(|s| s.to_string()).collect(),
+            offset: None,
+            message: message.into(),
+            help: None,
+        }
+    }
+
+    /// Errors from compiling the expression at `path`.
+    pub fn from_expr(path: &[&str], err: &crate::expr::CompileError) -> Vec<Self> {
+        err.0
+            .iter()
+            .map(|d| Self {
+                path: path.iter().map(|s| s.to_string()).collect(),
+                offset: d.span.map(|s| s.0),
+                message: format!("invalid expression: {}", d.message),
+                help: d.notes.first().cloned(),
+            })
+            .collect()
+    }
+}
+
+/// Building a processor failed (a file that cannot be opened, an expression that does not
+/// compile).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BuildError(pub String);
+
+impl From<crate::expr::CompileError> for BuildError {
+    fn from(e: crate::expr::CompileError) -> Self {
+        BuildError(e.to_string())
+    }
+}
+
+/// A running processor failed and the flow cannot go on.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessorError {
+    /// An I/O error the processor cannot recover from.
+    #[error("{context}: {source}")]
+    Io {
+        /// What the processor was doing.
+        context: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Anything else.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What `build` gets besides the config.
+#[derive(Clone, Debug)]
+pub struct BuildContext {
+    /// The processor's name in the flow.
+    pub name: String,
+}
+
+/// A processor's config: the typed, validated description of what it should do.
+pub trait ProcessorConfig: fmt::Debug + Send + Sync + 'static {
+    /// Output ports besides `failure`, the default port first. Sinks declare none.
+    fn outputs(&self) -> Vec<String>;
+
+    /// Check what can be checked without I/O: expressions compile, values are in range.
+    fn validate(&self) -> Vec<ConfigError> {
+        Vec::new()
+    }
+
+    /// Make the running processor.
+    fn build(&self, ctx: &BuildContext) -> Result<Processor, BuildError>;
+}
+
+/// The static description of a processor type, for the registry.
+pub trait Describe: ProcessorConfig + DeserializeOwned + JsonSchema {
+    /// The `type:` name in flow files.
+    const TYPE: &'static str;
+    /// The processor's shape.
+    const KIND: Kind;
+}
+
+/// A built, runnable processor.
+pub enum Processor {
+    /// See [`Source`].
+    Source(Box<dyn Source>),
+    /// See [`Transform`].
+    Transform(Box<dyn Transform>),
+    /// See [`Sink`].
+    Sink(Box<dyn Sink>),
+}
+
+/// Records in, records out, one at a time. The runtime hands a transform every record of a
+/// batch, then forwards what it pushed, port by port, keeping the order.
+pub trait Transform: Send {
+    /// Handle one record: push it (or records derived from it) to ports of `out`, or push
+    /// nothing to drop it on purpose. Never panic on bad input: use [`Output::fail`].
+    fn process(&mut self, record: Record, out: &mut Output);
+
+    /// Called once after the last input, to emit anything held back.
+    fn finish(&mut self, _out: &mut Output) {}
+}
+
+/// What a source gets to run.
+pub struct SourceContext {
+    /// The processor's name.
+    pub name: Arc<str>,
+    /// Where batches go.
+    pub out: Emitter,
+    /// Cancelled on shutdown: stop reading, emit what you have, wait for acks, commit, return.
+    pub shutdown: CancellationToken,
+    /// Counters shared with the runtime.
+    pub metrics: Arc<NodeMetrics>,
+}
+
+/// A record producer.
+///
+/// Contract: make records, attach an acknowledgement token per batch
+/// ([`crate::ack::AckTracker`]), send batches with `ctx.out` (which waits when the flow is
+/// full: that is back-pressure, so never buffer around it). Commit a position only when the
+/// tracker says every batch before it finished. On `ctx.shutdown`, stop reading, drop `ctx.out`
+/// (so the flow can drain), wait for outstanding acks, commit and return `Ok`.
+#[async_trait]
+pub trait Source: Send {
+    /// Run until the input ends or shutdown is requested.
+    async fn run(self: Box<Self>, ctx: SourceContext) -> Result<(), ProcessorError>;
+}
+
+/// What a sink gets to run.
+pub struct SinkContext {
+    /// The processor's name.
+    pub name: Arc<str>,
+    /// Batches to write; `None` once every upstream has finished and drained.
+    pub input: Input,
+    /// The sink's `failure` port, for records it could not write.
+    pub failures: Emitter,
+    /// Counters shared with the runtime.
+    pub metrics: Arc<NodeMetrics>,
+}
+
+/// A record consumer.
+///
+/// Contract: write each batch, then drop its records (which acknowledges them) and count them
+/// with `metrics.add_sent`. Records that cannot be written go to `failures` with the error.
+/// Flush everything before returning, once `input` is exhausted.
+#[async_trait]
+pub trait Sink: Send {
+    /// Run until the input is exhausted.
+    async fn run(self: Box<Self>, ctx: SinkContext) -> Result<(), ProcessorError>;
+}
+
+/// Per-batch output buffer of a transform: records pushed to each port, in order.
+pub struct Output {
+    ports: Vec<Batch>,
+    processor: Arc<str>,
+}
+
+impl Output {
+    /// A buffer for a processor with `ports` outputs (failure included).
+    pub fn new(processor: Arc<str>, ports: usize) -> Self {
+        Self {
+            ports: (0..ports).map(|_| Vec::new()).collect(),
+            processor,
+        }
+    }
+
+    /// Push a record to a port.
+    pub fn push(&mut self, port: PortId, record: Record) {
+        if let Some(b) = self.ports.get_mut(port.0) {
+            b.push(record);
+        } else {
+            // A processor pushed to a port it did not declare: a bug, reported as a failure
+            // rather than a lost record.
+            let msg = format!("internal error: no output port #{}", port.0);
+            self.fail(record, &msg);
+        }
+    }
+
+    /// Send a record to `failure`, with `error.message` and `error.processor` attributes.
+    pub fn fail(&mut self, mut record: Record, error: &dyn fmt::Display) {
+        record.set_attribute("error.message", error.to_string());
+        record.set_attribute("error.processor", self.processor.to_string());
+        record.mark(AckStatus::Failed);
+        self.ports[PortId::FAILURE.0].push(record);
+    }
+
+    /// Take what was pushed to each port, leaving the buffer empty.
+    pub fn drain(&mut self) -> impl Iterator<Item = (PortId, Batch)> + '_ {
+        self.ports
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, b)| !b.is_empty())
+            .map(|(i, b)| (PortId(i), std::mem::take(b)))
+    }
+
+    /// What was pushed to `port` so far (tests).
+    pub fn port(&self, port: PortId) -> &[Record] {
+        self.ports.get(port.0).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// One entry of the registry: everything the CLI, the schema and the designer need to know
+/// about a processor type.
+pub struct ProcessorDef {
+    /// The `type:` name.
+    pub type_name: &'static str,
+    /// Its shape.
+    pub kind: Kind,
+    /// Its JSON Schema (from the config struct).
+    pub schema: fn(&mut schemars::SchemaGenerator) -> schemars::Schema,
+    /// Parse a config from YAML.
+    pub parse:
+        fn(&marked_yaml::Node) -> Result<Box<dyn ProcessorConfig>, marked_yaml::FromNodeError>,
+}
+
+impl ProcessorDef {
+    /// The definition of config type `C`.
+    pub fn of<C: Describe>() -> Self {
+        fn parse<C: Describe>(
+            node: &marked_yaml::Node,
+        ) -> Result<Box<dyn ProcessorConfig>, marked_yaml::FromNodeError> {
+            let c: C = marked_yaml::from_node(node)?;
+            Ok(Box::new(c))
+        }
+        Self {
+            type_name: C::TYPE,
+            kind: C::KIND,
+            schema: |g| C::json_schema(g),
+            parse: parse::<C>,
+        }
+    }
+
+    /// The config struct's doc comment, from its schema.
+    pub fn description(&self) -> String {
+        let mut g = schemars::SchemaGenerator::default();
+        let schema = (self.schema)(&mut g);
+        schema
+            .get("description")
+            .and_then(|d| d.as_str())
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// The first sentence of the description: the one-line doc.
+    pub fn summary(&self) -> String {
+        let d = self.description();
+        let first = d
+            .split("\n\n")
+            .next()
+            .unwrap_or_default()
+            .replace('\n', " ");
+        first.trim().to_owned()
+    }
+
+    /// The names of the config's top-level keys (for "did you mean").
+    pub fn keys(&self) -> Vec<String> {
+        let mut g = schemars::SchemaGenerator::default();
+        let schema = (self.schema)(&mut g);
+        schema
+            .get("properties")
+            .and_then(|p| p.as_object())
+            .map(|p| p.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Every processor type the engine knows, in one list.
+pub struct Registry {
+    defs: Vec<ProcessorDef>,
+}
+
+impl Registry {
+    /// A registry of the given definitions.
+    pub fn new(defs: Vec<ProcessorDef>) -> Self {
+        let mut defs = defs;
+        defs.sort_by_key(|d| d.type_name);
+        Self { defs }
+    }
+
+    /// The definition of `type_name`.
+    pub fn get(&self, type_name: &str) -> Option<&ProcessorDef> {
+        self.defs.iter().find(|d| d.type_name == type_name)
+    }
+
+    /// All definitions, sorted by name.
+    pub fn all(&self) -> &[ProcessorDef] {
+        &self.defs
+    }
+}

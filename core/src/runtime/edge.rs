@@ -1,0 +1,293 @@
+//! Edges: bounded queues of record batches between two nodes.
+//!
+//! A queue is bounded in records and in bytes (NiFi's back-pressure thresholds). A producer that
+//! would push the queue past either bound waits (`when_full: block`) until the consumer has taken
+//! enough, so a slow sink slows its branch all the way back to the source, and memory stays
+//! bounded whatever the input rate. A batch larger than a bound is still admitted into an empty
+//! queue, so the flow never deadlocks on one big batch.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures::task::AtomicWaker;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use std::task::{Context, Poll};
+use tokio::sync::Notify;
+
+use crate::record::Record;
+
+/// What a full queue does with a new batch.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// Wait until there is room: back-pressure reaches the source. Nothing is lost.
+    #[default]
+    Block,
+    /// Drop the new batch (counted in the edge's `dropped`); the producer never waits. Its
+    /// records count as finished, so the source commits past them.
+    DropNewest,
+}
+
+/// A batch of records.
+pub type Batch = Vec<Record>;
+
+/// Live numbers of one edge, readable while the flow runs.
+#[derive(Debug, Default)]
+pub struct EdgeStats {
+    /// Records queued now.
+    pub records: AtomicU64,
+    /// Bytes queued now.
+    pub bytes: AtomicU64,
+    /// Highest number of records ever queued.
+    pub high_water_records: AtomicU64,
+    /// Highest number of bytes ever queued.
+    pub high_water_bytes: AtomicU64,
+    /// Records that went through.
+    pub sent: AtomicU64,
+    /// Records dropped because the queue was full (`when_full: drop_newest`).
+    pub dropped: AtomicU64,
+}
+
+/// A snapshot of [`EdgeStats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct EdgeSnapshot {
+    /// Records queued now.
+    pub records: u64,
+    /// Bytes queued now.
+    pub bytes: u64,
+    /// Highest number of records ever queued.
+    pub high_water_records: u64,
+    /// Highest number of bytes ever queued.
+    pub high_water_bytes: u64,
+    /// Records that went through.
+    pub sent: u64,
+    /// Records dropped because the queue was full.
+    pub dropped: u64,
+}
+
+impl EdgeStats {
+    /// Read every counter.
+    pub fn snapshot(&self) -> EdgeSnapshot {
+        EdgeSnapshot {
+            records: self.records.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            high_water_records: self.high_water_records.load(Ordering::Relaxed),
+            high_water_bytes: self.high_water_bytes.load(Ordering::Relaxed),
+            sent: self.sent.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+        }
+    }
+}
+
+struct State {
+    queue: VecDeque<(Batch, usize)>,
+    records: usize,
+    bytes: usize,
+    senders_closed: bool,
+    receiver_closed: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    not_empty: AtomicWaker,
+    not_full: Notify,
+    max_records: usize,
+    max_bytes: usize,
+    when_full: WhenFull,
+    stats: Arc<EdgeStats>,
+}
+
+/// The producing end of an edge.
+pub struct EdgeSender {
+    shared: Arc<Shared>,
+}
+
+/// The consuming end of an edge.
+pub struct EdgeReceiver {
+    shared: Arc<Shared>,
+}
+
+/// The consumer is gone; the batch could not be delivered.
+#[derive(Debug)]
+pub struct Closed(pub Batch);
+
+/// Make an edge with the given thresholds.
+pub fn edge(
+    max_records: usize,
+    max_bytes: usize,
+    when_full: WhenFull,
+) -> (EdgeSender, EdgeReceiver, Arc<EdgeStats>) {
+    let stats = Arc::new(EdgeStats::default());
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            queue: VecDeque::new(),
+            records: 0,
+            bytes: 0,
+            senders_closed: false,
+            receiver_closed: false,
+        }),
+        not_empty: AtomicWaker::new(),
+        not_full: Notify::new(),
+        max_records: max_records.max(1),
+        max_bytes: max_bytes.max(1),
+        when_full,
+        stats: stats.clone(),
+    });
+    (
+        EdgeSender {
+            shared: shared.clone(),
+        },
+        EdgeReceiver { shared },
+        stats,
+    )
+}
+
+impl EdgeSender {
+    /// Queue a batch, waiting for room when the queue is full and the policy is `block`.
+    pub async fn send(&self, batch: Batch) -> Result<(), Closed> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let n = batch.len();
+        let size: usize = batch.iter().map(Record::size).sum();
+        let s = &self.shared;
+        loop {
+            let notified = s.not_full.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut st = s.state.lock();
+                if st.receiver_closed {
+                    return Err(Closed(batch));
+                }
+                let fits = st.queue.is_empty()
+                    || (st.records + n <= s.max_records && st.bytes + size <= s.max_bytes);
+                if fits {
+                    st.records += n;
+                    st.bytes += size;
+                    st.queue.push_back((batch, size));
+                    s.stats.records.store(st.records as u64, Ordering::Relaxed);
+                    s.stats.bytes.store(st.bytes as u64, Ordering::Relaxed);
+                    s.stats
+                        .high_water_records
+                        .fetch_max(st.records as u64, Ordering::Relaxed);
+                    s.stats
+                        .high_water_bytes
+                        .fetch_max(st.bytes as u64, Ordering::Relaxed);
+                    drop(st);
+                    s.not_empty.wake();
+                    return Ok(());
+                }
+                if s.when_full == WhenFull::DropNewest {
+                    s.stats.dropped.fetch_add(n as u64, Ordering::Relaxed);
+                    return Ok(());
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for EdgeSender {
+    fn drop(&mut self) {
+        self.shared.state.lock().senders_closed = true;
+        self.shared.not_empty.wake();
+    }
+}
+
+impl EdgeReceiver {
+    /// The next batch; `None` once the producer is gone and the queue is drained.
+    pub async fn recv(&mut self) -> Option<Batch> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// Poll for the next batch (see [`EdgeReceiver::recv`]).
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Batch>> {
+        let s = &self.shared;
+        s.not_empty.register(cx.waker());
+        let mut st = s.state.lock();
+        if let Some((batch, size)) = st.queue.pop_front() {
+            st.records -= batch.len();
+            st.bytes -= size;
+            s.stats.records.store(st.records as u64, Ordering::Relaxed);
+            s.stats.bytes.store(st.bytes as u64, Ordering::Relaxed);
+            s.stats
+                .sent
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            drop(st);
+            s.not_full.notify_one();
+            return Poll::Ready(Some(batch));
+        }
+        if st.senders_closed {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for EdgeReceiver {
+    fn drop(&mut self) {
+        let mut st = self.shared.state.lock();
+        st.receiver_closed = true;
+        // Whatever is still queued is dropped with the receiver: its records finish.
+        st.queue.clear();
+        drop(st);
+        self.shared.not_full.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(n: usize) -> Batch {
+        (0..n).map(|_| Record::from_bytes(&b"{}"[..])).collect()
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_blocks_the_producer_until_the_consumer_takes() {
+        let (tx, mut rx, stats) = edge(10, usize::MAX, WhenFull::Block);
+        tx.send(batch(6)).await.expect("room");
+        tx.send(batch(4)).await.expect("room");
+        let blocked = tokio::spawn(async move {
+            tx.send(batch(5)).await.expect("room later");
+        });
+        tokio::task::yield_now().await;
+        assert!(!blocked.is_finished());
+        assert_eq!(rx.recv().await.map(|b| b.len()), Some(6));
+        blocked.await.expect("joined");
+        assert_eq!(rx.recv().await.map(|b| b.len()), Some(4));
+        assert_eq!(rx.recv().await.map(|b| b.len()), Some(5));
+        assert_eq!(rx.recv().await.map(|b| b.len()), None);
+        let s = stats.snapshot();
+        assert_eq!(s.high_water_records, 10);
+        assert_eq!(s.sent, 15);
+    }
+
+    #[tokio::test]
+    async fn an_oversized_batch_enters_an_empty_queue() {
+        let (tx, mut rx, _) = edge(2, usize::MAX, WhenFull::Block);
+        tx.send(batch(5)).await.expect("admitted");
+        drop(tx);
+        assert_eq!(rx.recv().await.map(|b| b.len()), Some(5));
+    }
+
+    #[tokio::test]
+    async fn drop_newest_never_waits_and_counts() {
+        let (tx, _rx, stats) = edge(3, usize::MAX, WhenFull::DropNewest);
+        tx.send(batch(3)).await.expect("room");
+        tx.send(batch(2)).await.expect("dropped, not blocked");
+        assert_eq!(stats.snapshot().dropped, 2);
+    }
+
+    #[tokio::test]
+    async fn sending_to_a_closed_edge_returns_the_batch() {
+        let (tx, rx, _) = edge(3, usize::MAX, WhenFull::Block);
+        drop(rx);
+        assert_eq!(tx.send(batch(1)).await.map_err(|c| c.0.len()), Err(1));
+    }
+}

@@ -1,0 +1,317 @@
+//! The runtime: a validated flow becomes one tokio task per node, connected by bounded edges.
+//!
+//! - Sinks are started first and sources last, so nothing is produced before it can go
+//!   somewhere.
+//! - A full edge blocks its producer, so a slow sink throttles its branch back to the source.
+//! - Shutdown (the token passed to [`start`] is cancelled): sources stop reading and emit what
+//!   they hold; every transform ends when all its inputs are closed and drained; sinks flush and
+//!   end; sources wait for their acknowledgements and commit. [`RunningFlow::wait`] returns once
+//!   every task has ended.
+//! - A processor that fails stops the flow the same graceful way and makes the run an error.
+
+pub mod edge;
+pub mod emit;
+pub mod metrics;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::task::JoinSet;
+pub use tokio_util::sync::CancellationToken;
+
+use crate::processor::{
+    BuildContext, BuildError, Kind, Output, Processor, ProcessorError, SinkContext, SourceContext,
+    Transform,
+};
+use crate::spec::FlowSpec;
+use edge::{EdgeSnapshot, EdgeStats};
+use emit::{Emitter, Input};
+use metrics::{NodeMetrics, NodeSnapshot};
+
+/// Starting a flow failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A processor could not be built.
+    #[error("processor `{name}`: {source}")]
+    Build {
+        /// The processor.
+        name: String,
+        /// Why.
+        source: BuildError,
+    },
+    /// The spec declares a shape its config did not build.
+    #[error("processor `{0}` built as the wrong kind of processor")]
+    WrongKind(String),
+}
+
+/// Live handles on a node's counters.
+#[derive(Clone)]
+pub struct NodeHandle {
+    /// Name in the flow.
+    pub name: String,
+    /// Processor type.
+    pub type_name: String,
+    /// Shape.
+    pub kind: Kind,
+    /// Counters.
+    pub metrics: Arc<NodeMetrics>,
+}
+
+/// Live handles on an edge's counters.
+#[derive(Clone)]
+pub struct EdgeHandle {
+    /// `from.port -> to`.
+    pub label: String,
+    /// Counters.
+    pub stats: Arc<EdgeStats>,
+    /// Its record threshold.
+    pub max_records: usize,
+    /// Its byte threshold.
+    pub max_bytes: u64,
+}
+
+/// A started flow.
+pub struct RunningFlow {
+    nodes: Vec<NodeHandle>,
+    edges: Vec<EdgeHandle>,
+    tasks: JoinSet<(usize, Result<(), ProcessorError>)>,
+    shutdown: CancellationToken,
+    started: Instant,
+}
+
+/// What a finished run reports.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunReport {
+    /// Wall time.
+    pub elapsed_secs: f64,
+    /// Per-node counters.
+    pub nodes: Vec<NodeReport>,
+    /// Per-edge counters.
+    pub edges: Vec<EdgeReport>,
+    /// Processors that failed, with why.
+    pub errors: Vec<String>,
+}
+
+/// One node in a [`RunReport`].
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeReport {
+    /// Name in the flow.
+    pub name: String,
+    /// Processor type.
+    #[serde(rename = "type")]
+    pub type_name: String,
+    /// Counters.
+    #[serde(flatten)]
+    pub counters: NodeSnapshot,
+}
+
+/// One edge in a [`RunReport`].
+#[derive(Clone, Debug, Serialize)]
+pub struct EdgeReport {
+    /// `from.port -> to`.
+    pub edge: String,
+    /// Its record threshold.
+    pub max_records: usize,
+    /// Its byte threshold.
+    pub max_bytes: u64,
+    /// Counters.
+    #[serde(flatten)]
+    pub counters: EdgeSnapshot,
+}
+
+/// Build every processor of `spec` and start the flow. Cancel `shutdown` to stop it gracefully.
+pub fn start(spec: &FlowSpec, shutdown: CancellationToken) -> Result<RunningFlow, StartError> {
+    // Build everything first: a flow that cannot start starts nothing.
+    let mut built = Vec::with_capacity(spec.nodes.len());
+    for n in &spec.nodes {
+        let p = n
+            .config
+            .build(&BuildContext {
+                name: n.name.clone(),
+            })
+            .map_err(|source| StartError::Build {
+                name: n.name.clone(),
+                source,
+            })?;
+        let ok = matches!(
+            (&p, n.kind),
+            (Processor::Source(_), Kind::Source)
+                | (Processor::Transform(_), Kind::Transform)
+                | (Processor::Sink(_), Kind::Sink)
+        );
+        if !ok {
+            return Err(StartError::WrongKind(n.name.clone()));
+        }
+        built.push(Some(p));
+    }
+
+    let mut outputs: Vec<Vec<(String, Vec<edge::EdgeSender>)>> = spec
+        .nodes
+        .iter()
+        .map(|n| n.outputs.iter().map(|o| (o.clone(), Vec::new())).collect())
+        .collect();
+    let mut inputs: Vec<Vec<edge::EdgeReceiver>> = spec.nodes.iter().map(|_| Vec::new()).collect();
+    let mut edges = Vec::new();
+    for e in &spec.edges {
+        let max_bytes = usize::try_from(e.settings.max_bytes.as_u64()).unwrap_or(usize::MAX);
+        let (tx, rx, stats) = edge::edge(e.settings.max_records, max_bytes, e.settings.when_full);
+        outputs[e.from][e.port].1.push(tx);
+        inputs[e.to].push(rx);
+        edges.push(EdgeHandle {
+            label: spec.edge_label(e),
+            stats,
+            max_records: e.settings.max_records,
+            max_bytes: e.settings.max_bytes.as_u64(),
+        });
+    }
+
+    let nodes: Vec<NodeHandle> = spec
+        .nodes
+        .iter()
+        .map(|n| NodeHandle {
+            name: n.name.clone(),
+            type_name: n.type_name.clone(),
+            kind: n.kind,
+            metrics: Arc::new(NodeMetrics::default()),
+        })
+        .collect();
+
+    let mut tasks = JoinSet::new();
+    // Sinks, then transforms, then sources.
+    let order = [Kind::Sink, Kind::Transform, Kind::Source];
+    let mut outputs: Vec<_> = outputs.into_iter().map(Some).collect();
+    let mut inputs: Vec<_> = inputs.into_iter().map(Some).collect();
+    for kind in order {
+        for (i, n) in spec.nodes.iter().enumerate() {
+            if n.kind != kind {
+                continue;
+            }
+            let name: Arc<str> = n.name.as_str().into();
+            let metrics = nodes[i].metrics.clone();
+            let emitter = Emitter::new(
+                name.clone(),
+                outputs[i].take().unwrap_or_default(),
+                metrics.clone(),
+            );
+            let input = Input::new(inputs[i].take().unwrap_or_default());
+            match built[i].take() {
+                Some(Processor::Source(s)) => {
+                    let ctx = SourceContext {
+                        name,
+                        out: emitter,
+                        shutdown: shutdown.clone(),
+                        metrics,
+                    };
+                    drop(input);
+                    tasks.spawn(async move { (i, s.run(ctx).await) });
+                }
+                Some(Processor::Transform(t)) => {
+                    tasks.spawn(async move {
+                        (i, run_transform(name, t, input, emitter, metrics).await)
+                    });
+                }
+                Some(Processor::Sink(s)) => {
+                    let ctx = SinkContext {
+                        name,
+                        input,
+                        failures: emitter,
+                        metrics,
+                    };
+                    tasks.spawn(async move { (i, s.run(ctx).await) });
+                }
+                None => {}
+            }
+        }
+    }
+    Ok(RunningFlow {
+        nodes,
+        edges,
+        tasks,
+        shutdown,
+        started: Instant::now(),
+    })
+}
+
+async fn run_transform(
+    name: Arc<str>,
+    mut t: Box<dyn Transform>,
+    mut input: Input,
+    mut emitter: Emitter,
+    metrics: Arc<NodeMetrics>,
+) -> Result<(), ProcessorError> {
+    let mut out = Output::new(name, emitter.port_count());
+    let gone = |e: emit::DownstreamGone| ProcessorError::Other(e.to_string());
+    while let Some(batch) = input.next().await {
+        metrics.add_received(batch.len() as u64);
+        for r in batch {
+            t.process(r, &mut out);
+        }
+        emitter.flush(&mut out).await.map_err(gone)?;
+    }
+    t.finish(&mut out);
+    emitter.flush(&mut out).await.map_err(gone)?;
+    Ok(())
+}
+
+impl RunningFlow {
+    /// The nodes' live counters.
+    pub fn nodes(&self) -> &[NodeHandle] {
+        &self.nodes
+    }
+
+    /// The edges' live counters.
+    pub fn edges(&self) -> &[EdgeHandle] {
+        &self.edges
+    }
+
+    /// Wait until every task has ended and report.
+    pub async fn wait(mut self) -> RunReport {
+        let mut errors = Vec::new();
+        while let Some(joined) = self.tasks.join_next().await {
+            let failure = match joined {
+                Ok((_, Ok(()))) => None,
+                Ok((i, Err(e))) => Some(format!("processor `{}` failed: {e}", self.nodes[i].name)),
+                Err(e) => Some(format!("a processor task ended abnormally: {e}")),
+            };
+            if let Some(f) = failure {
+                tracing::error!(error = %f, "stopping the flow");
+                errors.push(f);
+                // Stop the sources; the rest drains.
+                self.shutdown.cancel();
+            }
+        }
+        self.report(errors)
+    }
+
+    fn report(&self, errors: Vec<String>) -> RunReport {
+        RunReport {
+            elapsed_secs: self.started.elapsed().as_secs_f64(),
+            nodes: self
+                .nodes
+                .iter()
+                .map(|n| NodeReport {
+                    name: n.name.clone(),
+                    type_name: n.type_name.clone(),
+                    counters: n.metrics.snapshot(),
+                })
+                .collect(),
+            edges: self
+                .edges
+                .iter()
+                .map(|e| EdgeReport {
+                    edge: e.label.clone(),
+                    max_records: e.max_records,
+                    max_bytes: e.max_bytes,
+                    counters: e.stats.snapshot(),
+                })
+                .collect(),
+            errors,
+        }
+    }
+
+    /// How long the flow has been running.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+}

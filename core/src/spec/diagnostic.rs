@@ -1,0 +1,143 @@
+//! Validation messages with file, line, column and a suggestion, rendered like rustc's.
+
+use codespan_reporting::diagnostic::{Diagnostic as CsDiagnostic, Label};
+use codespan_reporting::files::SimpleFile;
+use codespan_reporting::term::{self, Config};
+
+/// How bad a finding is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// The flow cannot run.
+    Error,
+    /// The flow runs, but probably not as meant.
+    Warning,
+}
+
+/// One finding about a flow file.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Diagnostic {
+    /// Error or warning.
+    pub severity: Severity,
+    /// What is wrong.
+    pub message: String,
+    /// 1-based line, 0 when unknown.
+    pub line: usize,
+    /// 1-based column, 0 when unknown.
+    pub column: usize,
+    /// Byte range in the file.
+    #[serde(skip)]
+    pub range: std::ops::Range<usize>,
+    /// What to do about it ("did you mean `topics`?").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub help: Option<String>,
+}
+
+impl Diagnostic {
+    /// An error at a position.
+    pub fn error(at: Pos, message: impl Into<String>) -> Self {
+        Self {
+            severity: Severity::Error,
+            message: message.into(),
+            line: at.line,
+            column: at.column,
+            range: at.range,
+            help: None,
+        }
+    }
+
+    /// A warning at a position.
+    pub fn warning(at: Pos, message: impl Into<String>) -> Self {
+        Self {
+            severity: Severity::Warning,
+            ..Self::error(at, message)
+        }
+    }
+
+    /// Add a suggestion.
+    pub fn with_help(mut self, help: impl Into<String>) -> Self {
+        self.help = Some(help.into());
+        self
+    }
+
+    /// Add a suggestion if there is one.
+    pub fn with_help_opt(mut self, help: Option<String>) -> Self {
+        self.help = help;
+        self
+    }
+}
+
+/// A position in a flow file.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pos {
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// Byte range.
+    pub range: std::ops::Range<usize>,
+}
+
+/// "did you mean `x`?" for the closest candidate, if it is close enough.
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<String> {
+    candidates
+        .into_iter()
+        .map(|c| (strsim::jaro_winkler(word, c), c))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| format!("did you mean `{c}`?"))
+}
+
+/// Render findings as text: `file:line:column: error: message`, the line, a caret and the help.
+pub fn render(file_name: &str, source: &str, diagnostics: &[Diagnostic]) -> String {
+    let file = SimpleFile::new(file_name, source);
+    let config = Config::default();
+    let mut out = term::termcolor::NoColor::new(Vec::new());
+    for d in diagnostics {
+        let mut cs = match d.severity {
+            Severity::Error => CsDiagnostic::error(),
+            Severity::Warning => CsDiagnostic::warning(),
+        }
+        .with_message(&d.message);
+        if d.line > 0 {
+            let range = if d.range.is_empty() {
+                d.range.start..(d.range.start + 1).min(source.len())
+            } else {
+                d.range.clone()
+            };
+            cs = cs.with_labels(vec![Label::primary((), range)]);
+        }
+        if let Some(h) = &d.help {
+            cs = cs.with_notes(vec![format!("help: {h}")]);
+        }
+        if term::emit(&mut out, &config, &file, &cs).is_err() {
+            // The range did not fit the file: fall back to the short form.
+            let line = format!("{file_name}:{}:{}: {}\n", d.line, d.column, d.message);
+            out.get_mut().extend_from_slice(line.as_bytes());
+        }
+    }
+    String::from_utf8_lossy(&out.into_inner()).into_owned()
+}
+
+/// One line per finding: `file:line:column: error: message (help)`.
+pub fn render_short(file_name: &str, diagnostics: &[Diagnostic]) -> String {
+    let mut s = String::new();
+    for d in diagnostics {
+        let sev = match d.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        s.push_str(&format!(
+            "{file_name}:{}:{}: {sev}: {}",
+            d.line, d.column, d.message
+        ));
+        if let Some(h) = &d.help {
+            s.push_str(&format!(" ({h})"));
+        }
+        s.push('\n');
+    }
+    s
+}
