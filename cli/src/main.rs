@@ -1,1 +1,408 @@
-fn main() {}
+//! `flow`: run, validate, draw and describe flows.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use flow_core::processor::Kind;
+use flow_core::runtime::CancellationToken;
+use flow_core::runtime::{RunReport, RunningFlow};
+use flow_core::spec::{self, Severity};
+
+mod docs;
+
+/// flow: dataflows from YAML. Processors connected by named ports, back-pressure on every edge,
+/// records acknowledged end to end.
+#[derive(Parser)]
+#[command(name = "flow", version, about, propagate_version = true)]
+struct Cli {
+    /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a flow until its sources end or it is interrupted (Ctrl-C / SIGTERM).
+    Run {
+        /// The flow file.
+        file: PathBuf,
+        /// No progress line and no summary.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Write the run report (per-node and per-edge counters) as JSON to this file.
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
+    },
+    /// Check flow files without running them: every error, with file:line:column.
+    Validate {
+        /// Flow files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Output: `pretty` (with the offending line), `short` (one line each) or `json`.
+        #[arg(long, value_enum, default_value_t = Format::Pretty)]
+        format: Format,
+    },
+    /// Draw a flow.
+    Graph {
+        /// The flow file.
+        file: PathBuf,
+        /// `dot` (Graphviz) or `mermaid`.
+        #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
+        format: GraphFormat,
+    },
+    /// List every processor type with its one-line description.
+    Processors,
+    /// Print the JSON Schema of flow files (for editor autocompletion).
+    Schema,
+    /// Write the processor reference (Markdown, from the config doc comments) into DIR.
+    Docs {
+        /// Where to write, usually `docs/reference`.
+        dir: PathBuf,
+        /// Write nothing; exit 1 if DIR is not current.
+        #[arg(long)]
+        check: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Pretty,
+    Short,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum GraphFormat {
+    Dot,
+    Mermaid,
+}
+
+/// Exit codes: 0 fine, 1 invalid flow or failed run, 2 usage (clap uses 2 as well).
+const INVALID: u8 = 1;
+const USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(USAGE)
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    let registry = flow_processors::builtin();
+    match command {
+        Command::Processors => {
+            let width = registry
+                .all()
+                .iter()
+                .map(|d| d.type_name.len())
+                .max()
+                .unwrap_or(0);
+            for d in registry.all() {
+                println!(
+                    "{:width$}  {:9}  {}",
+                    d.type_name,
+                    d.kind.to_string(),
+                    d.summary()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Schema => {
+            let schema = spec::json_schema(&registry);
+            println!("{}", serde_json::to_string_pretty(&schema)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Docs { dir, check } => Ok(if docs::write_or_check(&registry, &dir, check)? {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(INVALID)
+        }),
+        Command::Validate { files, format } => validate(&files, format, &registry),
+        Command::Graph { file, format } => {
+            let text = read(&file)?;
+            let loaded = spec::load_with_env(&text, &registry);
+            let Some(flow) = loaded.flow else {
+                print_diagnostics(&file, &text, &loaded.diagnostics, Format::Pretty);
+                return Ok(ExitCode::from(INVALID));
+            };
+            let out = match format {
+                GraphFormat::Dot => flow_core::graph::to_dot(&flow),
+                GraphFormat::Mermaid => flow_core::graph::to_mermaid(&flow),
+            };
+            print!("{out}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run {
+            file,
+            quiet,
+            report,
+        } => run(&file, quiet, report.as_deref(), &registry),
+    }
+}
+
+fn read(file: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))
+}
+
+fn print_diagnostics(file: &Path, text: &str, diags: &[spec::Diagnostic], format: Format) {
+    let name = file.display().to_string();
+    match format {
+        Format::Pretty => eprint!("{}", spec::render(&name, text, diags)),
+        Format::Short => eprint!("{}", spec::render_short(&name, diags)),
+        Format::Json => {
+            for d in diags {
+                let mut v = serde_json::to_value(d).unwrap_or_default();
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("file".into(), name.clone().into());
+                }
+                println!("{v}");
+            }
+        }
+    }
+}
+
+fn validate(
+    files: &[PathBuf],
+    format: Format,
+    registry: &flow_core::processor::Registry,
+) -> anyhow::Result<ExitCode> {
+    let mut invalid = 0;
+    for file in files {
+        let text = read(file)?;
+        let loaded = spec::load_with_env(&text, registry);
+        print_diagnostics(file, &text, &loaded.diagnostics, format);
+        let errors = loaded
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .count();
+        if errors > 0 {
+            invalid += 1;
+        }
+        if !matches!(format, Format::Json) {
+            let warnings = loaded.diagnostics.len() - errors;
+            if errors == 0 {
+                let w = if warnings > 0 {
+                    format!(" ({warnings} warning(s))")
+                } else {
+                    String::new()
+                };
+                eprintln!("{}: ok{w}", file.display());
+            } else {
+                eprintln!("{}: {errors} error(s)", file.display());
+            }
+        }
+    }
+    Ok(if invalid > 0 {
+        ExitCode::from(INVALID)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn run(
+    file: &Path,
+    quiet: bool,
+    report_path: Option<&Path>,
+    registry: &flow_core::processor::Registry,
+) -> anyhow::Result<ExitCode> {
+    let text = read(file)?;
+    let loaded = spec::load_with_env(&text, registry);
+    if !loaded.diagnostics.is_empty() {
+        print_diagnostics(file, &text, &loaded.diagnostics, Format::Pretty);
+    }
+    let Some(flow) = loaded.flow else {
+        return Ok(ExitCode::from(INVALID));
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("flow-worker")
+        .build()
+        .context("cannot start the runtime")?;
+    let interactive = !quiet && std::io::stderr().is_terminal();
+    let report = runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        let running = match flow_core::runtime::start(&flow, shutdown.clone()) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return None;
+            }
+        };
+        tokio::spawn(handle_signals(shutdown.clone()));
+        let progress = interactive.then(|| tokio::spawn(show_progress(progress_handles(&running))));
+        let report = running.wait().await;
+        if let Some(p) = progress {
+            p.abort();
+            eprint!("\r\x1b[2K");
+        }
+        Some(report)
+    });
+    let Some(report) = report else {
+        return Ok(ExitCode::from(INVALID));
+    };
+    if let Some(path) = report_path {
+        let json = serde_json::to_vec_pretty(&report)?;
+        std::fs::write(path, json).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if interactive {
+        print_summary(&report, &flow);
+    }
+    for e in &report.errors {
+        eprintln!("error: {e}");
+    }
+    Ok(if report.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(INVALID)
+    })
+}
+
+/// First SIGINT/SIGTERM: graceful stop. Second: exit now.
+async fn handle_signals(shutdown: CancellationToken) {
+    let mut count = 0;
+    loop {
+        if wait_for_signal().await.is_err() {
+            return;
+        }
+        count += 1;
+        if count == 1 {
+            tracing::warn!(
+                "stopping: sources stop, queues drain, sinks flush (signal again to force)"
+            );
+            shutdown.cancel();
+        } else {
+            eprintln!("forced exit");
+            std::process::exit(130);
+        }
+    }
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() -> std::io::Result<()> {
+    tokio::signal::ctrl_c().await
+}
+
+struct ProgressHandles {
+    sources: Vec<std::sync::Arc<flow_core::runtime::metrics::NodeMetrics>>,
+    sinks: Vec<std::sync::Arc<flow_core::runtime::metrics::NodeMetrics>>,
+}
+
+fn progress_handles(running: &RunningFlow) -> ProgressHandles {
+    let pick = |k: Kind| {
+        running
+            .nodes()
+            .iter()
+            .filter(|n| n.kind == k)
+            .map(|n| n.metrics.clone())
+            .collect()
+    };
+    ProgressHandles {
+        sources: pick(Kind::Source),
+        sinks: pick(Kind::Sink),
+    }
+}
+
+async fn show_progress(h: ProgressHandles) {
+    let start = std::time::Instant::now();
+    let (mut last_in, mut last_out) = (0u64, 0u64);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let records_in: u64 = h.sources.iter().map(|m| m.snapshot().received).sum();
+        let records_out: u64 = h.sinks.iter().map(|m| m.snapshot().sent).sum();
+        eprint!(
+            "\r\x1b[2K{:>5}s  in {} ({}/s)  out {} ({}/s)",
+            start.elapsed().as_secs(),
+            human(records_in),
+            human(records_in - last_in),
+            human(records_out),
+            human(records_out - last_out),
+        );
+        let _ = std::io::stderr().flush();
+        (last_in, last_out) = (records_in, records_out);
+    }
+}
+
+fn human(n: u64) -> String {
+    match n {
+        0..1_000 => n.to_string(),
+        1_000..1_000_000 => format!("{:.1}k", n as f64 / 1e3),
+        _ => format!("{:.2}M", n as f64 / 1e6),
+    }
+}
+
+fn print_summary(report: &RunReport, flow: &flow_core::spec::FlowSpec) {
+    let name_w = flow
+        .nodes
+        .iter()
+        .map(|n| n.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    eprintln!(
+        "{:name_w$}  {:>10} {:>10} {:>10} {:>10}",
+        "node", "in", "out", "dropped", "failed"
+    );
+    for n in &report.nodes {
+        let c = &n.counters;
+        eprintln!(
+            "{:name_w$}  {:>10} {:>10} {:>10} {:>10}",
+            n.name, c.received, c.sent, c.dropped, c.failed
+        );
+    }
+    let total_in: u64 = report
+        .nodes
+        .iter()
+        .zip(&flow.nodes)
+        .filter(|(_, s)| s.kind == Kind::Source)
+        .map(|(n, _)| n.counters.received)
+        .sum();
+    eprintln!(
+        "{} records in {:.2}s ({}/s)",
+        total_in,
+        report.elapsed_secs,
+        human((total_in as f64 / report.elapsed_secs.max(1e-9)) as u64)
+    );
+}

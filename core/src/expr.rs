@@ -75,7 +75,7 @@ fn diagnostics(list: DiagnosticList) -> Vec<ExprDiagnostic> {
             let mut message = d.message.clone();
             if let Some(l) = primary
                 && !l.message.is_empty()
-                && l.message != d.message
+                && !d.message.contains(&l.message)
             {
                 message = format!("{message}: {}", l.message);
             }

@@ -315,3 +315,6 @@ impl RunningFlow {
         self.started.elapsed()
     }
 }
+
+#[cfg(test)]
+mod tests;

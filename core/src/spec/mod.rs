@@ -380,12 +380,7 @@ impl Loader<'_> {
                     Err(errs) => {
                         let base = self.pos(s.span(), s.as_str().len());
                         for (offset, len, msg) in errs {
-                            let mut at = base.clone();
-                            if self.text.get(at.range.clone()) == Some(s.as_str()) {
-                                at.range =
-                                    (at.range.start + offset)..(at.range.start + offset + len);
-                                at.column += offset;
-                            }
+                            let at = self.point_into(base.clone(), s.as_str(), offset, len);
                             self.error(at, msg).help = Some(
                                 "set it in the environment, or give a default: ${VAR:-default}"
                                     .into(),
@@ -529,24 +524,7 @@ impl Loader<'_> {
         }
         let mut at = node.map_or_else(|| fallback.clone(), |n| self.node_pos(n));
         if let (Some(offset), Some(Node::Scalar(s))) = (err.offset, node) {
-            // Point inside a one-line expression: plain scalars start at their text, quoted
-            // ones one character later.
-            let value = s.as_str();
-            if !value.contains('\n') {
-                let src = self.text.get(at.range.start..).unwrap_or_default();
-                let shift = if src.starts_with(value) {
-                    Some(0)
-                } else if src.starts_with('"') || src.starts_with('\'') {
-                    Some(1)
-                } else {
-                    None
-                };
-                if let Some(shift) = shift {
-                    let start = at.range.start + shift + offset.min(value.len());
-                    at.column += shift + value[..offset.min(value.len())].chars().count();
-                    at.range = start..(start + 1).min(self.text.len());
-                }
-            }
+            at = self.point_into(at, s.as_str(), offset, 1);
         }
         let path = err.path.join(".");
         let message = if path.is_empty() {
@@ -555,6 +533,32 @@ impl Loader<'_> {
             format!("processor `{name}`, `{path}`: {}", err.message)
         };
         self.error(at, message).help = err.help;
+    }
+
+    /// Narrow `at` (a scalar's position) to `len` bytes at `offset` inside its value, when the
+    /// value is on one line: plain scalars start at their text, quoted ones one character later.
+    /// Otherwise (block scalars, escapes) keep pointing at the whole value.
+    fn point_into(&self, at: Pos, value: &str, offset: usize, len: usize) -> Pos {
+        if value.contains('\n') {
+            return at;
+        }
+        let src = self.text.get(at.range.start..).unwrap_or_default();
+        let shift = if src.starts_with(value) {
+            0
+        } else if (src.starts_with('"') || src.starts_with('\''))
+            && src.get(1..).is_some_and(|rest| rest.starts_with(value))
+        {
+            1
+        } else {
+            return at;
+        };
+        let offset = offset.min(value.len());
+        let start = at.range.start + shift + offset;
+        Pos {
+            line: at.line,
+            column: at.column + shift + value[..offset].chars().count(),
+            range: start..(start + len.max(1)).min(self.text.len()),
+        }
     }
 
     fn endpoint(

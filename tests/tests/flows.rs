@@ -1,0 +1,144 @@
+//! Golden tests over `flows/`: every example flow validates; the ones that need no server run
+//! and their output is compared with checked-in expectations.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use flow_tests::{load, node, repo, run};
+
+fn example_flows() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join("flows"))
+        .expect("flows/")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Every variable any example flow may use, set to something plausible.
+fn fake_env() -> HashMap<String, String> {
+    [
+        ("INPUT", "events.jsonl"),
+        ("OUT_DIR", "out"),
+        ("MQTT_URL", "mqtt://127.0.0.1:1883"),
+        ("KAFKA_BROKERS", "127.0.0.1:9092"),
+        ("REST_URL", "http://127.0.0.1:8000/items"),
+        ("INFLUX_URL", "http://127.0.0.1:8428"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+#[test]
+fn every_example_flow_is_valid_without_warnings() {
+    let flows = example_flows();
+    assert!(flows.iter().any(|f| f.ends_with("demo.yaml")));
+    assert!(flows.iter().any(|f| f.ends_with("sensors.yaml")));
+    for f in flows {
+        let (text, loaded) = load(&f, &fake_env());
+        assert!(
+            loaded.diagnostics.is_empty(),
+            "{}",
+            flow_core::spec::render(&f.display().to_string(), &text, &loaded.diagnostics)
+        );
+    }
+}
+
+fn fixture(name: &str) -> PathBuf {
+    repo().join("tests/fixtures").join(name)
+}
+
+async fn run_sensors(events: &Path) -> (tempfile::TempDir, flow_core::runtime::RunReport) {
+    let out = tempfile::tempdir().expect("tmp");
+    let report = run(
+        &repo().join("flows/sensors.yaml"),
+        &[
+            ("INPUT", events.to_str().expect("utf-8 path")),
+            ("OUT_DIR", out.path().to_str().expect("utf-8 path")),
+        ],
+    )
+    .await;
+    (out, report)
+}
+
+/// The alerts equal the oracle's (`shared/workloads/sensors/oracle.py`), byte for byte and in
+/// order, for three generated inputs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sensors_alerts_equal_the_oracle() {
+    for seed in ["seed1", "seed2", "seed3"] {
+        let dir = fixture(&format!("sensors/{seed}"));
+        let (out, report) = run_sensors(&dir.join("events.jsonl")).await;
+        let got = std::fs::read_to_string(out.path().join("alerts.jsonl")).expect("alerts");
+        let want = std::fs::read_to_string(dir.join("alerts.jsonl")).expect("expected");
+        assert_eq!(got, want, "{seed}");
+        let stats: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("stats.json")).expect("stats"))
+                .expect("json");
+        assert_eq!(
+            node(&report, "events").received,
+            stats["events"].as_u64().expect("n")
+        );
+        assert_eq!(
+            node(&report, "valid").dropped,
+            stats["errors"].as_u64().expect("n")
+        );
+        assert_eq!(
+            node(&report, "alerts").sent,
+            stats["alerts"].as_u64().expect("n")
+        );
+    }
+}
+
+/// Hand-made edge cases: the boundary temperature, spacing kept byte for byte, a non-numeric
+/// temperature and a malformed line (both reported as failures, never alerted, never a panic),
+/// an empty line and a last line without a newline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sensors_edge_cases() {
+    let dir = fixture("sensors/edge");
+    let (out, report) = run_sensors(&dir.join("events.jsonl")).await;
+    let got = std::fs::read_to_string(out.path().join("alerts.jsonl")).expect("alerts");
+    let want = std::fs::read_to_string(dir.join("alerts.jsonl")).expect("expected");
+    assert_eq!(got, want);
+    // The malformed line fails at the source, the non-numeric temperature at `hot`.
+    assert_eq!(node(&report, "events").failed, 1);
+    assert_eq!(node(&report, "hot").failed, 1);
+    assert_eq!(node(&report, "events").received, 10);
+}
+
+/// The demo runs with no server and writes every valid reading to its archive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_runs_without_a_server() {
+    let out = tempfile::tempdir().expect("tmp");
+    let report = run(
+        &repo().join("flows/demo.yaml"),
+        &[
+            ("COUNT", "3000"),
+            ("RATE", "1000000"),
+            ("OUT_DIR", out.path().to_str().expect("utf-8 path")),
+        ],
+    )
+    .await;
+    let archive = std::fs::read_to_string(out.path().join("demo.jsonl")).expect("archive");
+    let lines: Vec<&str> = archive.lines().collect();
+    assert_eq!(node(&report, "readings").received, 3000);
+    assert_eq!(lines.len() as u64, node(&report, "valid").sent);
+    assert_eq!(lines.len() as u64 + node(&report, "valid").dropped, 3000);
+    assert!(lines.iter().all(|l| !l.contains("\"status\":\"error\"")));
+    // The hot ones were labelled and printed.
+    let hot = lines
+        .iter()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l).expect("json")["temperature"]
+                .as_f64()
+                .expect("number")
+                > 95.0
+        })
+        .count() as u64;
+    assert!(hot > 0);
+    assert_eq!(node(&report, "alerts").sent, hot);
+    let golden =
+        std::fs::read_to_string(repo().join("tests/fixtures/demo/demo.jsonl")).expect("golden");
+    assert_eq!(archive, golden, "generate is deterministic for a seed");
+}
