@@ -237,10 +237,27 @@ impl Expr {
     }
 
     fn run(&self, target: &mut dyn Target) -> Result<Value, EvalError> {
-        let mut state = RuntimeState::default();
-        let tz = TimeZone::default();
-        let mut ctx = Context::new(target, &mut state, &tz);
-        self.program.resolve(&mut ctx).map_err(|e| match e {
+        thread_local! {
+            // Reused so a program's local variables don't allocate a map per record.
+            static STATE: std::cell::RefCell<RuntimeState> = std::cell::RefCell::new(RuntimeState::default());
+        }
+        static TZ: OnceLock<TimeZone> = OnceLock::new();
+        let tz = TZ.get_or_init(TimeZone::default);
+        let result = STATE.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut state) => {
+                let mut ctx = Context::new(target, &mut state, tz);
+                let r = self.program.resolve(&mut ctx);
+                state.clear();
+                r
+            }
+            // Re-entered on this thread (not expected): use a fresh state.
+            Err(_) => {
+                let mut state = RuntimeState::default();
+                let mut ctx = Context::new(target, &mut state, tz);
+                self.program.resolve(&mut ctx)
+            }
+        });
+        result.map_err(|e| match e {
             vrl::compiler::ExpressionError::Abort { message, .. } => match self.kind {
                 // The wrapper's abort carries the expression's own error.
                 ExprKind::Condition | ExprKind::Value => {

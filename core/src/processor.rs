@@ -183,8 +183,9 @@ pub enum Processor {
 /// Records in, records out, one at a time. The runtime hands a transform every record of a
 /// batch, then forwards what it pushed, port by port, keeping the order.
 pub trait Transform: Send {
-    /// Handle one record: push it (or records derived from it) to ports of `out`, or push
-    /// nothing to drop it on purpose. Never panic on bad input: use [`Output::fail`].
+    /// Handle one record: push it (or records derived from it) to ports of `out`, or drop it on
+    /// purpose with [`Output::drop_record`] (which counts it). Never panic on bad input: use
+    /// [`Output::fail`].
     fn process(&mut self, record: Record, out: &mut Output);
 
     /// Called once after the last input, to emit anything held back.
@@ -243,6 +244,7 @@ pub trait Sink: Send {
 pub struct Output {
     ports: Vec<Batch>,
     processor: Arc<str>,
+    dropped: u64,
 }
 
 impl Output {
@@ -251,6 +253,7 @@ impl Output {
         Self {
             ports: (0..ports).map(|_| Vec::new()).collect(),
             processor,
+            dropped: 0,
         }
     }
 
@@ -272,6 +275,17 @@ impl Output {
         record.set_attribute("error.processor", self.processor.to_string());
         record.mark(AckStatus::Failed);
         self.ports[PortId::FAILURE.0].push(record);
+    }
+
+    /// Drop a record on purpose (counted in the node's `dropped`; this acknowledges it).
+    pub fn drop_record(&mut self, record: Record) {
+        self.dropped += 1;
+        drop(record);
+    }
+
+    /// How many records were dropped on purpose since the last call (resets the count).
+    pub fn take_dropped(&mut self) -> u64 {
+        std::mem::take(&mut self.dropped)
     }
 
     /// Take what was pushed to each port, leaving the buffer empty.

@@ -181,15 +181,15 @@ impl Record {
         self.content.as_ref()
     }
 
-    /// Approximate size in bytes, for queue thresholds.
+    /// Approximate memory in bytes (content, parsed view, attributes), for queue thresholds.
     pub fn size(&self) -> usize {
         let content = self.content.as_ref().map_or(0, Bytes::len);
-        let value = if content == 0 {
-            self.value.as_ref().map_or(0, |_| 64)
-        } else {
-            0
-        };
-        let attrs: usize = self.attributes.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let value = self.value.as_deref().map_or(0, value_size);
+        let attrs: usize = self
+            .attributes
+            .iter()
+            .map(|(k, v)| 48 + k.len() + v.len())
+            .sum();
         content + value + attrs + std::mem::size_of::<Self>()
     }
 
@@ -222,6 +222,24 @@ impl Record {
     /// Set an attribute.
     pub fn set_attribute(&mut self, key: impl Into<String>, value: impl Into<String>) {
         self.attributes.insert(key.into(), value.into());
+    }
+}
+
+/// Approximate heap size of a value: its nodes, keys and strings.
+fn value_size(v: &Value) -> usize {
+    const SLOT: usize = std::mem::size_of::<Value>();
+    match v {
+        Value::Bytes(b) => SLOT + b.len(),
+        Value::Object(m) => {
+            // A B-tree node holds up to 11 entries.
+            let nodes = m.len().div_ceil(11).max(1);
+            nodes * 11 * (SLOT + 24)
+                + m.iter()
+                    .map(|(k, v)| k.len() + value_size(v))
+                    .sum::<usize>()
+        }
+        Value::Array(a) => SLOT + a.iter().map(value_size).sum::<usize>(),
+        _ => SLOT,
     }
 }
 

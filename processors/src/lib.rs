@@ -1,1 +1,27 @@
+//! flow-processors: the processors `flow` ships with, and the registry that lists them.
+//!
+//! One processor per file: a config struct (serde + JSON Schema, a doc comment on every field,
+//! which becomes the reference docs) that implements [`flow_core::processor::ProcessorConfig`]
+//! and [`flow_core::processor::Describe`], and the running processor it builds. Every built-in
+//! is listed in [`registry::builtin`], so a reader finds them all in one place.
+//!
+//! - sources: [`generate`], [`file`], [`stdin`];
+//! - transforms: [`filter`], [`route`], [`remap`];
+//! - sinks: [`file_sink`], [`stdout`].
 
+pub mod file;
+pub mod file_sink;
+pub mod filter;
+pub mod generate;
+pub mod lines;
+pub mod registry;
+pub mod remap;
+pub mod route;
+pub mod stdin;
+pub mod stdout;
+mod write;
+
+#[cfg(test)]
+mod testing;
+
+pub use registry::builtin;

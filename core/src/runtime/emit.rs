@@ -134,7 +134,11 @@ impl Emitter {
                 port: p.name.clone(),
             });
         }
-        self.metrics.add_sent(n);
+        if port == PortId::FAILURE {
+            self.metrics.add_failed(n);
+        } else {
+            self.metrics.add_sent(n);
+        }
         Ok(())
     }
 

@@ -247,9 +247,11 @@ async fn run_transform(
         for r in batch {
             t.process(r, &mut out);
         }
+        metrics.add_dropped(out.take_dropped());
         emitter.flush(&mut out).await.map_err(gone)?;
     }
     t.finish(&mut out);
+    metrics.add_dropped(out.take_dropped());
     emitter.flush(&mut out).await.map_err(gone)?;
     Ok(())
 }

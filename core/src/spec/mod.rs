@@ -37,8 +37,10 @@ pub use interpolate::interpolate;
 use crate::processor::{ConfigError, FAILURE, Kind, ProcessorConfig, Registry};
 use crate::runtime::edge::WhenFull;
 
-/// Default back-pressure threshold of an edge, in records (NiFi's default).
-pub const DEFAULT_MAX_RECORDS: usize = 10_000;
+/// Default back-pressure threshold of an edge, in records. NiFi uses 10,000 FlowFiles; a record
+/// here carries a parsed view of about a kilobyte, and 4,096 (four source batches) keeps the
+/// sensors benchmark at full speed with a third less memory than 10,000.
+pub const DEFAULT_MAX_RECORDS: usize = 4_096;
 /// Default back-pressure threshold of an edge, in bytes.
 pub const DEFAULT_MAX_BYTES: ByteSize = ByteSize::mib(64);
 
@@ -67,7 +69,7 @@ impl Default for EdgeSettings {
 #[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EdgeSettingsConfig {
-    /// Back-pressure threshold in records (default 10000).
+    /// Back-pressure threshold in records (default 4096).
     pub max_records: Option<usize>,
     /// Back-pressure threshold in bytes, like `64MiB` (default 64MiB).
     #[schemars(with = "Option<String>")]

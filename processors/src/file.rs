@@ -1,0 +1,392 @@
+//! `file`: read records from a file, one per line, resuming from a checkpoint.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use flow_core::processor::{
+    BuildContext, BuildError, ConfigError, Describe, Kind, Processor, ProcessorConfig,
+    ProcessorError, Source, SourceContext,
+};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use tokio::io::{AsyncBufReadExt, AsyncSeekExt, BufReader};
+
+use crate::lines::{self, Checkpoint, Format, LineInput, Position};
+
+/// Read records from a file, one per line (JSON lines, raw lines or CSV).
+///
+/// The file is read once, to its end; the flow ends when every source has ended. With a
+/// `checkpoint`, the position of the last line whose records were all finished downstream
+/// (written by a sink, filtered out, or reported as failed) is saved, and a restarted flow
+/// resumes after it: at-least-once delivery. Lines that cannot be read go to `failure` with
+/// `error.message` ("line N: ...") and `file.line` attributes.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// The file to read.
+    pub path: String,
+    /// How each line becomes a record.
+    #[serde(default)]
+    pub format: Format,
+    /// Records per batch (each batch is acknowledged and committed as a whole).
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// A file where the committed position is kept (`{"offset":N,"line":M}`); if it exists at
+    /// start, reading resumes from there. Written atomically, at most once a second and at the
+    /// end.
+    #[serde(default)]
+    pub checkpoint: Option<String>,
+}
+
+fn default_batch_size() -> usize {
+    1024
+}
+
+impl Describe for FileConfig {
+    const TYPE: &'static str = "file";
+    const KIND: Kind = Kind::Source;
+}
+
+impl ProcessorConfig for FileConfig {
+    fn outputs(&self) -> Vec<String> {
+        vec!["out".into()]
+    }
+
+    fn validate(&self) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        if self.path.is_empty() {
+            errors.push(ConfigError::new(&["path"], "the path is empty"));
+        }
+        if self.batch_size == 0 {
+            errors.push(ConfigError::new(&["batch_size"], "must be at least 1"));
+        }
+        if self.checkpoint.as_deref() == Some("") {
+            errors.push(ConfigError::new(&["checkpoint"], "the path is empty"));
+        }
+        errors
+    }
+
+    fn build(&self, _: &BuildContext) -> Result<Processor, BuildError> {
+        Ok(Processor::Source(Box::new(FileSource(self.clone()))))
+    }
+}
+
+struct FileSource(FileConfig);
+
+fn io(context: String) -> impl FnOnce(std::io::Error) -> ProcessorError {
+    move |source| ProcessorError::Io { context, source }
+}
+
+#[async_trait]
+impl Source for FileSource {
+    async fn run(self: Box<Self>, ctx: SourceContext) -> Result<(), ProcessorError> {
+        let cfg = self.0;
+        let path = Path::new(&cfg.path);
+        let mut checkpoint = FileCheckpoint::new(cfg.checkpoint.as_deref().map(PathBuf::from));
+        let mut start = checkpoint.load().await?;
+        let mut file = tokio::fs::File::open(path)
+            .await
+            .map_err(io(format!("cannot open `{}`", cfg.path)))?;
+        let len = file
+            .metadata()
+            .await
+            .map_err(io(format!("`{}`", cfg.path)))?
+            .len();
+        if start.offset > len {
+            tracing::warn!(
+                file = %cfg.path,
+                offset = start.offset,
+                len,
+                "the file is shorter than the checkpoint says; reading it from the start"
+            );
+            start = Position::default();
+        }
+        // Resuming inside a CSV file: its header is still needed.
+        let header = if cfg.format == Format::Csv && start.offset > 0 {
+            let mut line = Vec::new();
+            BufReader::new(&mut file)
+                .read_until(b'\n', &mut line)
+                .await
+                .map_err(io(format!("reading `{}`", cfg.path)))?;
+            while line.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                line.pop();
+            }
+            Some(Bytes::from(line))
+        } else {
+            None
+        };
+        file.seek(std::io::SeekFrom::Start(start.offset))
+            .await
+            .map_err(io(format!("seeking in `{}`", cfg.path)))?;
+        let input = LineInput {
+            format: cfg.format,
+            batch_size: cfg.batch_size,
+            flush_each_read: false,
+            start,
+            header,
+            line_attribute: "file.line",
+        };
+        lines::run(input, &mut file, ctx, &mut checkpoint).await?;
+        Ok(())
+    }
+}
+
+/// The committed position, kept in a small JSON file.
+struct FileCheckpoint {
+    path: Option<PathBuf>,
+    last_write: Option<Instant>,
+    saved: Option<Position>,
+}
+
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
+impl FileCheckpoint {
+    fn new(path: Option<PathBuf>) -> Self {
+        Self {
+            path,
+            last_write: None,
+            saved: None,
+        }
+    }
+
+    /// The saved position; the start of the file when there is none.
+    async fn load(&mut self) -> Result<Position, ProcessorError> {
+        let Some(path) = &self.path else {
+            return Ok(Position::default());
+        };
+        let text = match tokio::fs::read(path).await {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Position::default()),
+            Err(e) => return Err(io(format!("reading checkpoint `{}`", path.display()))(e)),
+        };
+        let pos: Position = serde_json::from_slice(&text).map_err(|e| {
+            ProcessorError::Other(format!(
+                "checkpoint `{}` is unreadable: {e}",
+                path.display()
+            ))
+        })?;
+        self.saved = Some(pos);
+        Ok(pos)
+    }
+
+    async fn write(path: &Path, pos: Position) -> Result<(), ProcessorError> {
+        let err = || format!("writing checkpoint `{}`", path.display());
+        let text = serde_json::to_vec(&pos).map_err(|e| ProcessorError::Other(e.to_string()))?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            tokio::fs::create_dir_all(dir).await.map_err(io(err()))?;
+        }
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        tokio::fs::write(&tmp, text).await.map_err(io(err()))?;
+        tokio::fs::rename(&tmp, path).await.map_err(io(err()))
+    }
+}
+
+impl Checkpoint for FileCheckpoint {
+    async fn save(&mut self, pos: Position, last: bool) -> Result<(), ProcessorError> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let recent = self
+            .last_write
+            .is_some_and(|t| t.elapsed() < CHECKPOINT_EVERY);
+        if self.saved == Some(pos) || (recent && !last) {
+            return Ok(());
+        }
+        Self::write(path, pos).await?;
+        self.saved = Some(pos);
+        self.last_write = Some(Instant::now());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{SourceHarness, config, drain, records, source, source_ctx};
+    use flow_core::record::Record;
+    use serde_json::json;
+
+    struct Run {
+        out: Vec<Record>,
+        failed: Vec<Record>,
+        status: std::collections::BTreeMap<String, serde_json::Value>,
+    }
+
+    async fn read(cfg: serde_json::Value) -> Run {
+        let mut h = source_ctx(1);
+        let run = tokio::spawn(source(&config::<FileConfig>(cfg)).run(h.ctx));
+        let out = records(&mut h.ports[1]).await;
+        let failed = records(&mut h.ports[0]).await;
+        run.await.expect("joined").expect("runs");
+        let status = h.metrics.snapshot().status;
+        Run {
+            out,
+            failed,
+            status,
+        }
+    }
+
+    fn texts(records: &mut [Record]) -> Vec<String> {
+        records
+            .iter_mut()
+            .map(|r| String::from_utf8_lossy(r.content()).into_owned())
+            .collect()
+    }
+
+    fn tempfile(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("in.txt");
+        std::fs::write(&path, text).expect("written");
+        (dir, path)
+    }
+
+    #[tokio::test]
+    async fn json_lines_with_crlf_blank_lines_and_no_final_newline() {
+        let (_dir, path) = tempfile("{\"a\":1}\r\n\n{\"a\": 2}\n{\"a\":3}");
+        let mut r = read(json!({"path": path, "batch_size": 2})).await;
+        assert_eq!(
+            texts(&mut r.out),
+            [r#"{"a":1}"#, r#"{"a": 2}"#, r#"{"a":3}"#]
+        );
+        assert!(r.out.iter().all(|r| r.parsed_value().is_some()));
+        assert_eq!(r.status["committed_offset"], json!(26));
+        assert_eq!(r.status["committed_lines"], json!(4));
+    }
+
+    #[tokio::test]
+    async fn malformed_lines_go_to_failure_with_their_number() {
+        let (_dir, path) = tempfile("{\"a\":1}\n{nope\n{\"a\":3}\n");
+        let mut r = read(json!({"path": path})).await;
+        assert_eq!(r.out.len(), 2);
+        assert_eq!(texts(&mut r.failed), ["{nope"]);
+        let attrs = &r.failed[0].attributes;
+        assert_eq!(attrs.get("file.line").map(String::as_str), Some("2"));
+        let msg = attrs.get("error.message").cloned().unwrap_or_default();
+        assert!(msg.starts_with("line 2: "), "{msg}");
+        assert_eq!(
+            attrs.get("error.processor").map(String::as_str),
+            Some(crate::testing::NAME)
+        );
+    }
+
+    #[tokio::test]
+    async fn lines_and_csv() {
+        let (_dir, path) = tempfile("hello world\nnot {json\n");
+        let mut r = read(json!({"path": path, "format": "lines"})).await;
+        assert_eq!(texts(&mut r.out), ["hello world", "not {json"]);
+        let v = r.out[0].value().expect("view").clone();
+        assert_eq!(v, flow_core::record::Value::from("hello world"));
+
+        let (_dir, path) = tempfile("device,temp\ncar-1,71.5\n\"car,2\",3\nshort\n");
+        let mut r = read(json!({"path": path, "format": "csv"})).await;
+        assert_eq!(
+            texts(&mut r.out),
+            [
+                r#"{"device":"car-1","temp":"71.5"}"#,
+                r#"{"device":"car,2","temp":"3"}"#
+            ]
+        );
+        let msg = r.failed[0]
+            .attributes
+            .get("error.message")
+            .cloned()
+            .unwrap_or_default();
+        assert!(msg.starts_with("line 4: row has 1 fields"), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn resumes_from_the_checkpoint() {
+        let (dir, path) = tempfile("a,b\n1,2\n3,4\n");
+        let cp = dir.path().join("state/cp.json");
+        let cfg = json!({"path": path, "format": "csv", "checkpoint": cp});
+        let r = read(cfg.clone()).await;
+        assert_eq!(r.out.len(), 2);
+        let saved: Position =
+            serde_json::from_slice(&std::fs::read(&cp).expect("cp")).expect("json");
+        assert_eq!(
+            saved,
+            Position {
+                offset: 12,
+                line: 3
+            }
+        );
+
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .expect("open");
+        std::io::Write::write_all(&mut file, b"5,6\n").expect("appended");
+        let mut r = read(cfg).await;
+        assert_eq!(texts(&mut r.out), [r#"{"a":"5","b":"6"}"#]);
+        assert_eq!(r.status["committed_lines"], json!(4));
+    }
+
+    #[tokio::test]
+    async fn commits_only_over_finished_batches() {
+        let (dir, path) = tempfile("{\"n\":1}\n{\"n\":2}\n{\"n\":3}\n{\"n\":4}\n{\"n\":5}\n");
+        let cp = dir.path().join("cp.json");
+        let cfg: FileConfig = config(json!({"path": path, "batch_size": 2, "checkpoint": cp}));
+        let SourceHarness {
+            ctx,
+            mut ports,
+            metrics,
+            ..
+        } = source_ctx(1);
+        let run = tokio::spawn(source(&cfg).run(ctx));
+        let mut batches = drain(&mut ports[1]).await;
+        assert_eq!(batches.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 1]);
+        let held = batches.remove(1);
+        drop(batches);
+        let status = |key: &str| metrics.snapshot().status.get(key).cloned();
+        for _ in 0..100 {
+            if status("committed_offset") == Some(json!(16)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            status("committed_offset"),
+            Some(json!(16)),
+            "stops before the held batch"
+        );
+        assert_eq!(status("committed_lines"), Some(json!(2)));
+        assert!(!run.is_finished(), "waits for the held batch");
+        drop(held);
+        run.await.expect("joined").expect("runs");
+        assert_eq!(status("committed_offset"), Some(json!(40)));
+        let saved: Position =
+            serde_json::from_slice(&std::fs::read(&cp).expect("cp")).expect("json");
+        assert_eq!(
+            saved,
+            Position {
+                offset: 40,
+                line: 5
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_file_is_a_clear_error() {
+        let mut h = source_ctx(1);
+        let cfg: FileConfig = config(json!({"path": "/nonexistent/in.jsonl"}));
+        let err = source(&cfg).run(h.ctx).await.expect_err("fails");
+        assert!(
+            err.to_string()
+                .contains("cannot open `/nonexistent/in.jsonl`"),
+            "{err}"
+        );
+        assert!(h.ports[1].recv().await.is_none());
+    }
+
+    #[test]
+    fn validation() {
+        let c: FileConfig = config(json!({"path": "", "batch_size": 0, "checkpoint": ""}));
+        let paths: Vec<_> = c.validate().into_iter().map(|e| e.path.join(".")).collect();
+        assert_eq!(paths, ["path", "batch_size", "checkpoint"]);
+        assert!(serde_json::from_value::<FileConfig>(json!({"path": "x", "fmt": "csv"})).is_err());
+    }
+}

@@ -1,0 +1,157 @@
+//! `file_sink`: write records to a file as lines.
+
+use async_trait::async_trait;
+use flow_core::processor::{
+    BuildContext, BuildError, ConfigError, Describe, Kind, Processor, ProcessorConfig,
+    ProcessorError, Sink, SinkContext,
+};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use crate::write::write_lines;
+
+/// Write records to a file, one per line (JSON lines).
+///
+/// Each record's content is written followed by a newline: a record that was not modified keeps
+/// its exact original bytes, a modified one is written as compact JSON. Each batch is one write;
+/// records are acknowledged once it succeeded. A batch that cannot be written goes to `failure`
+/// with the error, and the sink keeps going. Missing parent directories are created.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileSinkConfig {
+    /// The file to write.
+    pub path: String,
+    /// Add to the end of the file if it exists; `false` truncates it at start.
+    #[serde(default = "default_append")]
+    pub append: bool,
+    /// Flush to disk (fsync) after every batch: slower, but a batch is acknowledged only once it
+    /// is durable.
+    #[serde(default)]
+    pub sync: bool,
+}
+
+fn default_append() -> bool {
+    true
+}
+
+impl Describe for FileSinkConfig {
+    const TYPE: &'static str = "file_sink";
+    const KIND: Kind = Kind::Sink;
+}
+
+impl ProcessorConfig for FileSinkConfig {
+    fn outputs(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn validate(&self) -> Vec<ConfigError> {
+        if self.path.is_empty() {
+            return vec![ConfigError::new(&["path"], "the path is empty")];
+        }
+        Vec::new()
+    }
+
+    fn build(&self, _: &BuildContext) -> Result<Processor, BuildError> {
+        Ok(Processor::Sink(Box::new(FileSink(self.clone()))))
+    }
+}
+
+struct FileSink(FileSinkConfig);
+
+#[async_trait]
+impl Sink for FileSink {
+    async fn run(self: Box<Self>, ctx: SinkContext) -> Result<(), ProcessorError> {
+        let cfg = self.0;
+        let io = |what: &str| {
+            let context = format!("{what} `{}`", cfg.path);
+            move |source| ProcessorError::Io { context, source }
+        };
+        let path = std::path::Path::new(&cfg.path);
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            tokio::fs::create_dir_all(dir)
+                .await
+                .map_err(io("creating the directory of"))?;
+        }
+        let file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(cfg.append)
+            .write(true)
+            .truncate(!cfg.append)
+            .open(path)
+            .await
+            .map_err(io("cannot open"))?;
+        write_lines(file, ctx, cfg.sync).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{config, rec, sink, sink_ctx};
+    use flow_core::record::Value;
+    use serde_json::json;
+
+    async fn write(path: &std::path::Path, append: bool, records: Vec<flow_core::record::Record>) {
+        let cfg: FileSinkConfig = config(json!({"path": path, "append": append}));
+        let (ctx, tx, _failures, metrics) = sink_ctx();
+        let n = records.len() as u64;
+        tx.send(records).await.expect("queued");
+        drop(tx);
+        sink(&cfg).run(ctx).await.expect("runs");
+        assert_eq!(metrics.snapshot().sent, n);
+    }
+
+    #[tokio::test]
+    async fn passes_bytes_through_and_reencodes_modified_records() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sub/dir/out.jsonl");
+        let mut modified = rec(r#"{"a":1}"#);
+        if let Ok(Value::Object(o)) = modified.value_mut() {
+            o.insert("b".into(), Value::from(true));
+        }
+        let original = r#"{"b":1,  "a":2.50, "z":"é"}"#;
+        write(&path, true, vec![rec(original), modified]).await;
+        let text = std::fs::read_to_string(&path).expect("written");
+        assert_eq!(text, format!("{original}\n{{\"a\":1,\"b\":true}}\n"));
+    }
+
+    #[tokio::test]
+    async fn appends_or_truncates() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("out.jsonl");
+        std::fs::write(&path, "old\n").expect("seeded");
+        write(&path, true, vec![rec("a")]).await;
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "old\na\n");
+        write(&path, false, vec![rec("b"), rec("c")]).await;
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "b\nc\n");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_failed_write_goes_to_failure_and_the_sink_goes_on() {
+        let cfg: FileSinkConfig = config(json!({"path": "/dev/full"}));
+        let (ctx, tx, mut failures, metrics) = sink_ctx();
+        tx.send(vec![rec("a"), rec("b")]).await.expect("queued");
+        tx.send(vec![rec("c")]).await.expect("queued");
+        drop(tx);
+        sink(&cfg).run(ctx).await.expect("keeps going");
+        let failed = crate::testing::records(&mut failures).await;
+        assert_eq!(failed.len(), 3);
+        let msg = failed[0]
+            .attributes
+            .get("error.message")
+            .cloned()
+            .unwrap_or_default();
+        assert!(msg.starts_with("write failed: "), "{msg}");
+        assert_eq!(metrics.snapshot().received, 3);
+    }
+
+    #[test]
+    fn validation() {
+        let c: FileSinkConfig = config(json!({"path": ""}));
+        assert_eq!(c.validate()[0].path, ["path"]);
+        let c: FileSinkConfig = config(json!({"path": "x"}));
+        assert!(c.append && !c.sync);
+        assert!(c.outputs().is_empty());
+    }
+}

@@ -1,0 +1,91 @@
+//! `stdin`: read records from standard input, one per line.
+
+use async_trait::async_trait;
+use flow_core::processor::{
+    BuildContext, BuildError, ConfigError, Describe, Kind, Processor, ProcessorConfig,
+    ProcessorError, Source, SourceContext,
+};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use crate::lines::{self, Format, LineInput, NoCheckpoint, Position};
+
+/// Read records from standard input, one per line (JSON lines, raw lines or CSV).
+///
+/// What was read is sent as soon as it arrives (no waiting for a full batch), so typing a line
+/// sends a record. The source ends at the end of input. Lines that cannot be read go to `failure`
+/// with `error.message` ("line N: ...") and `stdin.line` attributes.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StdinConfig {
+    /// How each line becomes a record.
+    #[serde(default)]
+    pub format: Format,
+    /// Most records per batch.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+}
+
+fn default_batch_size() -> usize {
+    1024
+}
+
+impl Describe for StdinConfig {
+    const TYPE: &'static str = "stdin";
+    const KIND: Kind = Kind::Source;
+}
+
+impl ProcessorConfig for StdinConfig {
+    fn outputs(&self) -> Vec<String> {
+        vec!["out".into()]
+    }
+
+    fn validate(&self) -> Vec<ConfigError> {
+        if self.batch_size == 0 {
+            return vec![ConfigError::new(&["batch_size"], "must be at least 1")];
+        }
+        Vec::new()
+    }
+
+    fn build(&self, _: &BuildContext) -> Result<Processor, BuildError> {
+        Ok(Processor::Source(Box::new(Stdin(self.clone()))))
+    }
+}
+
+struct Stdin(StdinConfig);
+
+#[async_trait]
+impl Source for Stdin {
+    async fn run(self: Box<Self>, ctx: SourceContext) -> Result<(), ProcessorError> {
+        let input = LineInput {
+            format: self.0.format,
+            batch_size: self.0.batch_size,
+            flush_each_read: true,
+            start: Position::default(),
+            header: None,
+            line_attribute: "stdin.line",
+        };
+        let mut stdin = tokio::io::stdin();
+        lines::run(input, &mut stdin, ctx, &mut NoCheckpoint).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::config;
+    use serde_json::json;
+
+    #[test]
+    fn defaults_and_validation() {
+        let c: StdinConfig = config(json!({}));
+        assert_eq!(c.format, Format::Json);
+        assert_eq!(c.batch_size, 1024);
+        assert!(c.validate().is_empty());
+        let c: StdinConfig = config(json!({"format": "lines", "batch_size": 0}));
+        assert_eq!(c.format, Format::Lines);
+        assert_eq!(c.validate()[0].path, ["batch_size"]);
+        assert!(serde_json::from_value::<StdinConfig>(json!({"path": "x"})).is_err());
+    }
+}
