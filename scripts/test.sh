@@ -41,8 +41,9 @@ cargo run -q -p flow-cli --locked -- docs --check docs/reference
 
 log "tests"
 if cargo nextest --version >/dev/null 2>&1; then
+  # Doc tests first: nextest's summary is the closing line CI reads.
+  cargo test --workspace --locked --doc -q
   cargo nextest run --workspace --locked --no-fail-fast
-  cargo test --workspace --locked --doc
 else
   cargo test --workspace --locked --no-fail-fast
 fi
