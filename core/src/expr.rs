@@ -128,6 +128,9 @@ pub struct Expr {
     program: Arc<Program>,
     source: Arc<str>,
     kind: ExprKind,
+    /// Set when the program is nothing but a field path (`.device`, `%"mqtt.topic"`): read it
+    /// directly, with VRL's own path semantics, instead of running the interpreter.
+    path: Option<Arc<OwnedTargetPath>>,
 }
 
 impl std::fmt::Debug for Expr {
@@ -175,10 +178,17 @@ impl Expr {
                 }]));
             }
         }
+        let path = match kind {
+            ExprKind::Value => vrl::path::parse_target_path(source.trim())
+                .ok()
+                .map(Arc::new),
+            _ => None,
+        };
         Ok(Self {
             program: Arc::new(program),
             source: source.into(),
             kind,
+            path,
         })
     }
 
@@ -194,6 +204,13 @@ impl Expr {
 
     /// Run the program on a value without changing it; returns the program's result.
     pub fn eval(&self, value: &Value, attributes: &Attributes) -> Result<Value, EvalError> {
+        if let Some(path) = &self.path {
+            let found = match path.prefix {
+                PathPrefix::Event => value.get(&path.path).cloned(),
+                PathPrefix::Metadata => attributes_value(attributes).get(&path.path).cloned(),
+            };
+            return Ok(found.unwrap_or(Value::Null));
+        }
         let metadata = attributes_value(attributes);
         let mut target = ReadOnly {
             value,
@@ -380,6 +397,25 @@ mod tests {
         e.run_mut(&mut v, &mut attrs).expect("runs");
         assert_eq!(v, json(r#"{"f":212.0}"#));
         assert_eq!(attrs.get("unit").map(String::as_str), Some("F"));
+    }
+
+    #[test]
+    fn plain_paths_read_like_vrl() {
+        let attrs = Attributes::from([("mqtt.topic".to_owned(), "t".to_owned())]);
+        let v = json(r#"{"a":{"b":[1,2]},"s":"x"}"#);
+        for (src, want) in [
+            (".a.b[1]", "2"),
+            (".s", r#""x""#),
+            (".nope", "null"),
+            (r#"%"mqtt.topic""#, r#""t""#),
+        ] {
+            let e = Expr::compile(src, ExprKind::Value).expect("compiles");
+            assert!(e.path.is_some(), "{src} takes the fast path");
+            assert_eq!(e.eval(&v, &attrs).expect("ok"), json(want), "{src}");
+        }
+        let e = Expr::compile(".a.b[1] + 1", ExprKind::Value).expect("compiles");
+        assert!(e.path.is_none());
+        assert_eq!(e.eval(&v, &attrs).expect("ok"), json("3"));
     }
 
     #[test]

@@ -178,6 +178,8 @@ pub enum Processor {
     Transform(Box<dyn Transform>),
     /// See [`Sink`].
     Sink(Box<dyn Sink>),
+    /// See [`TaskTransform`].
+    Task(Box<dyn TaskTransform>),
 }
 
 /// Records in, records out, one at a time. The runtime hands a transform every record of a
@@ -215,6 +217,34 @@ pub struct SourceContext {
 pub trait Source: Send {
     /// Run until the input ends or shutdown is requested.
     async fn run(self: Box<Self>, ctx: SourceContext) -> Result<(), ProcessorError>;
+}
+
+/// What a task-shaped transform gets to run.
+pub struct TaskContext {
+    /// The processor's name.
+    pub name: Arc<str>,
+    /// Incoming batches; `None` once every upstream has finished and drained.
+    pub input: Input,
+    /// Where batches go.
+    pub out: Emitter,
+    /// Cancelled when the flow is asked to stop. When the input ends with this cancelled, the
+    /// flow is shutting down (keep state to resume); otherwise the input itself ended (flush).
+    pub shutdown: CancellationToken,
+    /// Counters shared with the runtime (`received` is counted by the task itself).
+    pub metrics: Arc<NodeMetrics>,
+}
+
+/// A transform that needs more than one record at a time: timers (idle timeouts), state that is
+/// checkpointed, records held back and emitted later (windows).
+///
+/// Contract: read batches from `ctx.input` until `None`, emit with `ctx.out` (which waits when
+/// downstream is full). Records held in state keep their acknowledgement tokens (see
+/// [`Record::take_acks`]) until the result that includes them is emitted, or a checkpoint makes
+/// them safe. Count received records with `metrics.add_received`.
+#[async_trait]
+pub trait TaskTransform: Send {
+    /// Run until the input is exhausted.
+    async fn run(self: Box<Self>, ctx: TaskContext) -> Result<(), ProcessorError>;
 }
 
 /// What a sink gets to run.

@@ -9,7 +9,7 @@ use flow_core::processor::{
     BuildContext, BuildError, ConfigError, Describe, Kind, PortId, Processor, ProcessorConfig,
     ProcessorError, Source, SourceContext,
 };
-use flow_core::record::Record;
+use flow_core::record::{Origin, Record};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Normal};
@@ -102,10 +102,11 @@ struct Generator {
     start_ts: i64,
     next: u64,
     buf: BytesMut,
+    source: u32,
 }
 
 impl Generator {
-    fn new(cfg: &GenerateConfig) -> Result<Self, ProcessorError> {
+    fn new(cfg: &GenerateConfig, name: &str) -> Result<Self, ProcessorError> {
         let temperature =
             Normal::new(70.0, 12.0).map_err(|e| ProcessorError::Other(e.to_string()))?;
         Ok(Self {
@@ -115,6 +116,7 @@ impl Generator {
             start_ts: cfg.start_ts,
             next: 0,
             buf: BytesMut::new(),
+            source: Origin::source_id(name),
         })
     }
 
@@ -132,9 +134,13 @@ impl Generator {
                     None
                 }
             };
-            self.next += 1;
             let mut r = Record::from_bytes(self.buf.split().freeze()).with_acks(acks.clone());
             r.event_time = event_time;
+            r.origin = Some(Origin {
+                source: self.source,
+                seq: self.next,
+            });
+            self.next += 1;
             batch.push(r);
         }
         batch
@@ -217,12 +223,12 @@ impl Source for Generate {
     async fn run(self: Box<Self>, ctx: SourceContext) -> Result<(), ProcessorError> {
         let cfg = self.0;
         let SourceContext {
+            name,
             mut out,
             shutdown,
             metrics,
-            ..
         } = ctx;
-        let mut generator = Generator::new(&cfg)?;
+        let mut generator = Generator::new(&cfg, &name)?;
         let mut tracker = AckTracker::new();
         let count = cfg.count.unwrap_or(u64::MAX);
         let mut ticks = cfg.rate.map(|rate| {

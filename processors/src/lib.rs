@@ -19,6 +19,7 @@ pub mod remap;
 pub mod route;
 pub mod stdin;
 pub mod stdout;
+pub mod window;
 mod write;
 
 #[cfg(test)]

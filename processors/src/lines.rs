@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use flow_core::ack::{AckToken, AckTracker, Acks, Finished, InOrderCommit};
 use flow_core::processor::{Output, PortId, ProcessorError, SourceContext};
-use flow_core::record::{Record, Value};
+use flow_core::record::{Origin, Record, Value};
 use flow_core::runtime::emit::Emitter;
 use flow_core::runtime::metrics::NodeMetrics;
 use schemars::JsonSchema;
@@ -281,6 +281,7 @@ where
     if let Some(h) = input.header {
         decoder.decode(h);
     }
+    let source_id = Origin::source_id(&name);
     let mut b = Batcher {
         pending: Output::new(name, out.port_count()),
         token: None,
@@ -312,9 +313,14 @@ where
             }
             let token = b.token();
             match decoder.decode(line) {
-                Decoded::Record(r) => b
-                    .pending
-                    .push(PortId::DEFAULT, r.with_acks(Acks::One(token))),
+                Decoded::Record(mut r) => {
+                    r.origin = Some(Origin {
+                        source: source_id,
+                        seq: pos.line,
+                    });
+                    b.pending
+                        .push(PortId::DEFAULT, r.with_acks(Acks::One(token)));
+                }
                 Decoded::Skip => continue,
                 Decoded::Error(r, msg) => {
                     let mut r = r.with_acks(Acks::One(token));

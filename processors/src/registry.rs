@@ -13,6 +13,7 @@ use crate::remap::RemapConfig;
 use crate::route::RouteConfig;
 use crate::stdin::StdinConfig;
 use crate::stdout::StdoutConfig;
+use crate::window::WindowAggregateConfig;
 
 /// Every processor built into `flow`.
 pub fn builtin() -> Registry {
@@ -25,6 +26,7 @@ pub fn builtin() -> Registry {
         ProcessorDef::of::<RemapConfig>(),
         ProcessorDef::of::<FileSinkConfig>(),
         ProcessorDef::of::<StdoutConfig>(),
+        ProcessorDef::of::<WindowAggregateConfig>(),
     ])
 }
 
@@ -47,7 +49,8 @@ mod tests {
                 "remap",
                 "route",
                 "stdin",
-                "stdout"
+                "stdout",
+                "window_aggregate"
             ]
         );
         for d in r.all() {

@@ -1,7 +1,7 @@
 //! Golden tests over `flows/`: every example flow validates; the ones that need no server run
 //! and their output is compared with checked-in expectations.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use flow_tests::{load, node, repo, run};
@@ -63,19 +63,82 @@ async fn run_sensors(events: &Path) -> (tempfile::TempDir, flow_core::runtime::R
     (out, report)
 }
 
-/// The alerts equal the oracle's (`shared/workloads/sensors/oracle.py`), byte for byte and in
-/// order, for three generated inputs.
+/// Windows keyed by (device, window_start): (end, count, avg, max_rpm), as `check.py` reads them.
+type Windows = BTreeMap<(String, i64), (i64, i64, f64, i64)>;
+
+fn windows(path: &Path) -> (Windows, usize) {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut w = Windows::new();
+    let mut duplicates = 0;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line).expect("window is JSON");
+        let key = (
+            v["device"].as_str().expect("device").to_owned(),
+            v["window_start"].as_i64().expect("start"),
+        );
+        let val = (
+            v["window_end"].as_i64().expect("end"),
+            v["count"].as_i64().expect("count"),
+            v["avg_temperature"].as_f64().expect("avg"),
+            v["max_rpm"].as_i64().expect("max_rpm"),
+        );
+        if w.insert(key, val).is_some() {
+            duplicates += 1;
+        }
+    }
+    (w, duplicates)
+}
+
+/// `check.py`'s rule: the same windows, integers equal, averages within 1e-6 relative.
+fn assert_windows_equal(got: &Windows, want: &Windows, what: &str) {
+    let missing: Vec<_> = want.keys().filter(|k| !got.contains_key(*k)).collect();
+    let extra: Vec<_> = got.keys().filter(|k| !want.contains_key(*k)).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{what}: missing {missing:?}, extra {extra:?}"
+    );
+    for (k, (e, c, avg, m)) in want {
+        let (ge, gc, gavg, gm) = got[k];
+        let close = (gavg - avg).abs() <= 1e-6 * gavg.abs().max(avg.abs()).max(1e-12);
+        assert!(
+            ge == *e && gc == *c && gm == *m && close,
+            "{what}: window {k:?}: got {:?}, want {:?}",
+            got[k],
+            want[k]
+        );
+    }
+}
+
+fn stats(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("stats.json")).expect("stats"))
+        .expect("json")
+}
+
+fn line_count(path: &Path) -> u64 {
+    std::fs::read_to_string(path).map_or(0, |t| t.lines().count() as u64)
+}
+
+/// Alerts, windows and late records equal the oracle's
+/// (`shared/workloads/sensors/oracle.py`) for three generated inputs and the window edge cases.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sensors_alerts_equal_the_oracle() {
-    for seed in ["seed1", "seed2", "seed3"] {
-        let dir = fixture(&format!("sensors/{seed}"));
+async fn sensors_equals_the_oracle() {
+    for case in ["seed1", "seed2", "seed3", "windows-edge"] {
+        let dir = fixture(&format!("sensors/{case}"));
         let (out, report) = run_sensors(&dir.join("events.jsonl")).await;
         let got = std::fs::read_to_string(out.path().join("alerts.jsonl")).expect("alerts");
         let want = std::fs::read_to_string(dir.join("alerts.jsonl")).expect("expected");
-        assert_eq!(got, want, "{seed}");
-        let stats: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("stats.json")).expect("stats"))
-                .expect("json");
+        assert_eq!(got, want, "{case}: alerts");
+        let (got_w, dup) = windows(&out.path().join("windows.jsonl"));
+        let (want_w, _) = windows(&dir.join("windows.jsonl"));
+        assert_eq!(dup, 0, "{case}: duplicate windows");
+        assert_windows_equal(&got_w, &want_w, case);
+        let stats = stats(&dir);
+        let late = stats["late_dropped"].as_u64().expect("n");
+        assert_eq!(
+            line_count(&out.path().join("late.jsonl")),
+            late,
+            "{case}: late records"
+        );
         assert_eq!(
             node(&report, "events").received,
             stats["events"].as_u64().expect("n")
@@ -88,6 +151,12 @@ async fn sensors_alerts_equal_the_oracle() {
             node(&report, "alerts").sent,
             stats["alerts"].as_u64().expect("n")
         );
+        assert_eq!(
+            node(&report, "windows").sent,
+            stats["windows"].as_u64().expect("n")
+        );
+        // A finished run leaves no window state behind.
+        assert_eq!(node(&report, "per_device").status["open_windows"], 0);
     }
 }
 
@@ -101,9 +170,11 @@ async fn sensors_edge_cases() {
     let got = std::fs::read_to_string(out.path().join("alerts.jsonl")).expect("alerts");
     let want = std::fs::read_to_string(dir.join("alerts.jsonl")).expect("expected");
     assert_eq!(got, want);
-    // The malformed line fails at the source, the non-numeric temperature at `hot`.
+    // The malformed line fails at the source, the non-numeric temperature at `hot` and at the
+    // window (its average cannot take a string).
     assert_eq!(node(&report, "events").failed, 1);
     assert_eq!(node(&report, "hot").failed, 1);
+    assert_eq!(node(&report, "per_device").failed, 1);
     assert_eq!(node(&report, "events").received, 10);
 }
 

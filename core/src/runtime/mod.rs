@@ -22,7 +22,7 @@ pub use tokio_util::sync::CancellationToken;
 
 use crate::processor::{
     BuildContext, BuildError, Kind, Output, Processor, ProcessorError, SinkContext, SourceContext,
-    Transform,
+    TaskContext, Transform,
 };
 use crate::spec::FlowSpec;
 use edge::{EdgeSnapshot, EdgeStats};
@@ -137,7 +137,10 @@ pub fn start(spec: &FlowSpec, shutdown: CancellationToken) -> Result<RunningFlow
         let ok = matches!(
             (&p, n.kind),
             (Processor::Source(_), Kind::Source)
-                | (Processor::Transform(_), Kind::Transform)
+                | (
+                    Processor::Transform(_) | Processor::Task(_),
+                    Kind::Transform
+                )
                 | (Processor::Sink(_), Kind::Sink)
         );
         if !ok {
@@ -210,6 +213,16 @@ pub fn start(spec: &FlowSpec, shutdown: CancellationToken) -> Result<RunningFlow
                     tasks.spawn(async move {
                         (i, run_transform(name, t, input, emitter, metrics).await)
                     });
+                }
+                Some(Processor::Task(t)) => {
+                    let ctx = TaskContext {
+                        name,
+                        input,
+                        out: emitter,
+                        shutdown: shutdown.clone(),
+                        metrics,
+                    };
+                    tasks.spawn(async move { (i, t.run(ctx).await) });
                 }
                 Some(Processor::Sink(s)) => {
                     let ctx = SinkContext {

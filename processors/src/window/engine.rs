@@ -1,0 +1,397 @@
+//! The window engine: assigns records to windows, keeps the watermark, fires windows, and
+//! turns its state into a checkpoint and back. Synchronous and clock-free: the task around it
+//! supplies processing time, so it is tested without a runtime.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use flow_core::ack::Acks;
+use flow_core::processor::{Output, PortId};
+use flow_core::record::{Record, RecordId, Value};
+use serde::{Deserialize, Serialize};
+
+use super::aggregate::{Acc, AggSpec};
+use super::{LimitPolicy, WindowKind};
+
+/// Output ports of `window_aggregate`.
+pub const OUT: PortId = PortId(1);
+/// Records that arrived after their window had fired.
+pub const LATE: PortId = PortId(2);
+
+/// What the engine needs from the config, compiled.
+pub struct Settings {
+    pub kind: WindowKind,
+    pub lateness: i64,
+    pub aggregates: Vec<(String, AggSpec)>,
+    pub key_field: String,
+    pub start_field: String,
+    pub end_field: String,
+    pub max_open_windows: usize,
+    pub max_keys: usize,
+    pub on_limit: LimitPolicy,
+    pub max_parents: usize,
+}
+
+/// One key's aggregates in one window.
+#[derive(Serialize, Deserialize)]
+struct Slot {
+    key: Value,
+    accs: Vec<Acc>,
+    count: u64,
+    parents: Vec<RecordId>,
+    #[serde(skip)]
+    acks: Acks,
+}
+
+/// Where a slot lives: ordered by end so the earliest-closing window fires first.
+type SlotId = (i64, i64, String);
+
+/// Counters the task publishes.
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counters {
+    pub late: u64,
+    pub evicted: u64,
+    pub replayed: u64,
+    pub fired: u64,
+}
+
+/// The engine.
+pub struct Engine {
+    s: Settings,
+    /// Highest event time seen; `None` before the first record.
+    max_ts: Option<i64>,
+    slots: BTreeMap<SlotId, Slot>,
+    /// Open slots per key (for `max_keys`).
+    keys: BTreeMap<String, usize>,
+    /// Per source, the highest position whose record is in the state (for the checkpoint).
+    positions: BTreeMap<u32, u64>,
+    /// Per source, positions at or below which replayed records are skipped (from a restored
+    /// checkpoint).
+    covered: BTreeMap<u32, u64>,
+    pub counters: Counters,
+}
+
+/// The serialized form of the state.
+#[derive(Serialize, Deserialize)]
+struct Snapshot {
+    max_ts: Option<i64>,
+    positions: BTreeMap<u32, u64>,
+    slots: Vec<(SlotId, Slot)>,
+}
+
+/// A record the engine could not use.
+#[derive(Debug, thiserror::Error)]
+pub enum Reject {
+    #[error("window state is full ({0}); raise the limit or use `on_limit: evict_oldest`")]
+    Full(&'static str),
+    #[error("{0}")]
+    Aggregate(String),
+}
+
+impl Engine {
+    pub fn new(s: Settings) -> Self {
+        Self {
+            s,
+            max_ts: None,
+            slots: BTreeMap::new(),
+            keys: BTreeMap::new(),
+            positions: BTreeMap::new(),
+            covered: BTreeMap::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    /// The watermark: the highest event time seen minus the allowed lateness.
+    pub fn watermark(&self) -> Option<i64> {
+        self.max_ts.map(|t| t.saturating_sub(self.s.lateness))
+    }
+
+    /// The allowed lateness in milliseconds.
+    pub fn lateness(&self) -> i64 {
+        self.s.lateness
+    }
+
+    /// The highest event time seen.
+    pub fn max_ts(&self) -> Option<i64> {
+        self.max_ts
+    }
+
+    /// Open (key, window) slots.
+    pub fn open(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The end of the earliest-closing open window.
+    pub fn next_end(&self) -> Option<i64> {
+        self.slots.keys().next().map(|(end, _, _)| *end)
+    }
+
+    /// Add one record with its event time, key and aggregate arguments.
+    pub fn add(
+        &mut self,
+        mut record: Record,
+        ts: i64,
+        key: Value,
+        args: &[Value],
+        out: &mut Output,
+    ) {
+        if let Some(o) = record.origin {
+            if self.covered.get(&o.source).is_some_and(|&c| o.seq <= c) {
+                // Replayed after a restart and already in the restored state.
+                self.counters.replayed += 1;
+                out.drop_record(record);
+                return;
+            }
+            let p = self.positions.entry(o.source).or_insert(o.seq);
+            *p = (*p).max(o.seq);
+        }
+        // The watermark moves first, as in the reference: an event can close its own window.
+        if self.max_ts.is_none_or(|m| ts > m) {
+            self.max_ts = Some(ts);
+            self.fire(out);
+        }
+        let wm = self.watermark().unwrap_or(i64::MIN);
+        let key_text = match &key {
+            Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
+            other => String::from_utf8_lossy(&flow_core::record::encode_json(other)).into_owned(),
+        };
+        let targets = match self.s.kind {
+            WindowKind::Tumbling { size } => {
+                let start = ts - ts.rem_euclid(size);
+                vec![(start, start + size)]
+            }
+            WindowKind::Hopping { size, slide } => {
+                let last = ts - ts.rem_euclid(slide);
+                let mut v = Vec::new();
+                let mut start = last;
+                while start + size > ts {
+                    v.push((start, start + size));
+                    start -= slide;
+                }
+                v.reverse();
+                v
+            }
+            WindowKind::Session { gap } => vec![self.session_for(&key_text, ts, gap)],
+        };
+        let open: Vec<(i64, i64)> = targets.iter().copied().filter(|(_, e)| *e > wm).collect();
+        if open.is_empty() {
+            let (start, end) = targets.last().copied().unwrap_or((ts, ts));
+            self.counters.late += 1;
+            record.set_attribute("window.start", start.to_string());
+            record.set_attribute("window.end", end.to_string());
+            record.set_attribute("window.watermark", wm.to_string());
+            out.push(LATE, record);
+            return;
+        }
+        let acks = record.take_acks();
+        let id = record.id();
+        for (start, end) in open {
+            let slot_id = (end, start, key_text.clone());
+            if !self.slots.contains_key(&slot_id)
+                && let Err(e) = self.make_room(&key_text, out)
+            {
+                record.merge_acks(acks);
+                out.fail(record, &e);
+                return;
+            }
+            let s = &self.s;
+            let slot = self.slots.entry(slot_id).or_insert_with(|| {
+                *self.keys.entry(key_text.clone()).or_default() += 1;
+                Slot {
+                    key: key.clone(),
+                    accs: s.aggregates.iter().map(|(_, a)| a.start()).collect(),
+                    count: 0,
+                    parents: Vec::new(),
+                    acks: Acks::None,
+                }
+            });
+            for (acc, arg) in slot.accs.iter_mut().zip(args) {
+                if let Err(e) = acc.add(arg) {
+                    record.merge_acks(acks);
+                    out.fail(record, &Reject::Aggregate(e.to_string()));
+                    return;
+                }
+            }
+            slot.count += 1;
+            if slot.parents.len() < s.max_parents {
+                slot.parents.push(id);
+            }
+            slot.acks.merge(acks.clone());
+        }
+    }
+
+    /// The session a record at `ts` belongs to: merges every open session of the key that
+    /// `[ts, ts + gap)` touches into one, and returns its bounds.
+    fn session_for(&mut self, key: &str, ts: i64, gap: i64) -> (i64, i64) {
+        let (mut start, mut end) = (ts, ts + gap);
+        let touching: Vec<SlotId> = self
+            .slots
+            .keys()
+            .filter(|(e, s, k)| k == key && *s <= ts + gap && ts <= *e)
+            .cloned()
+            .collect();
+        if touching.is_empty() {
+            return (start, end);
+        }
+        let mut merged: Option<Slot> = None;
+        for id in touching {
+            start = start.min(id.1);
+            end = end.max(id.0);
+            if let Some(slot) = self.slots.remove(&id) {
+                self.release_key(key);
+                merged = Some(match merged {
+                    None => slot,
+                    Some(mut m) => {
+                        for (a, b) in m.accs.iter_mut().zip(slot.accs) {
+                            a.merge(b);
+                        }
+                        m.count += slot.count;
+                        m.parents.extend(slot.parents);
+                        m.parents.truncate(self.s.max_parents);
+                        m.acks.merge(slot.acks);
+                        m
+                    }
+                });
+            }
+        }
+        if let Some(m) = merged {
+            *self.keys.entry(key.to_owned()).or_default() += 1;
+            self.slots.insert((end, start, key.to_owned()), m);
+        }
+        (start, end)
+    }
+
+    fn release_key(&mut self, key: &str) {
+        if let Some(n) = self.keys.get_mut(key) {
+            *n -= 1;
+            if *n == 0 {
+                self.keys.remove(key);
+            }
+        }
+    }
+
+    /// Make room for a new slot of `key`, by the configured policy.
+    fn make_room(&mut self, key: &str, out: &mut Output) -> Result<(), Reject> {
+        let new_key = !self.keys.contains_key(key);
+        loop {
+            let windows_full = self.slots.len() >= self.s.max_open_windows;
+            let keys_full = new_key && self.keys.len() >= self.s.max_keys;
+            if !windows_full && !keys_full {
+                return Ok(());
+            }
+            let what = if windows_full {
+                "max_open_windows"
+            } else {
+                "max_keys"
+            };
+            match self.s.on_limit {
+                LimitPolicy::Fail => return Err(Reject::Full(what)),
+                LimitPolicy::EvictOldest => {
+                    let Some((id, slot)) = self.slots.pop_first() else {
+                        return Err(Reject::Full(what));
+                    };
+                    self.counters.evicted += 1;
+                    self.emit(id, slot, true, out);
+                }
+            }
+        }
+    }
+
+    /// Fire every window the watermark has passed.
+    pub fn fire(&mut self, out: &mut Output) {
+        let Some(wm) = self.watermark() else { return };
+        while let Some(entry) = self.slots.first_entry() {
+            if entry.key().0 > wm {
+                break;
+            }
+            let (id, slot) = entry.remove_entry();
+            self.emit(id, slot, false, out);
+        }
+    }
+
+    /// Move event time forward without a record (idle timeout, processing time).
+    pub fn advance_to(&mut self, ts: i64, out: &mut Output) {
+        if self.max_ts.is_none_or(|m| ts > m) {
+            self.max_ts = Some(ts);
+            self.fire(out);
+        }
+    }
+
+    /// Emit every open window (end of a bounded input).
+    pub fn flush(&mut self, out: &mut Output) {
+        while let Some((id, slot)) = self.slots.pop_first() {
+            self.emit(id, slot, false, out);
+        }
+    }
+
+    fn emit(&mut self, (end, start, key): SlotId, mut slot: Slot, evicted: bool, out: &mut Output) {
+        self.release_key(&key);
+        self.counters.fired += 1;
+        let s = &self.s;
+        let mut fields: Vec<(&str, Value)> = Vec::with_capacity(3 + slot.accs.len());
+        fields.push((&s.key_field, slot.key));
+        fields.push((&s.start_field, Value::from(start)));
+        fields.push((&s.end_field, Value::from(end)));
+        for ((name, _), acc) in s.aggregates.iter().zip(slot.accs.iter_mut()) {
+            fields.push((name, acc.finish()));
+        }
+        // The content keeps the configured field order; the structured view is the same data.
+        let ordered: indexmap::IndexMap<&str, &Value> =
+            fields.iter().map(|(k, v)| (*k, v)).collect();
+        let content = serde_json::to_vec(&ordered).unwrap_or_default();
+        let value = Value::Object(
+            fields
+                .iter()
+                .map(|(k, v)| ((*k).into(), v.clone()))
+                .collect(),
+        );
+        let mut r = Record::from_parts(Bytes::from(content), value).with_acks(slot.acks);
+        r.event_time = Some(start);
+        r.set_parents(slot.parents);
+        if slot.count as usize > s.max_parents {
+            r.set_attribute("window.inputs", slot.count.to_string());
+        }
+        if evicted {
+            r.set_attribute("window.evicted", "true");
+        }
+        out.push(OUT, r);
+    }
+
+    /// The state as bytes, and release the acknowledgements held by open windows: once the
+    /// checkpoint is stored, a crash no longer loses their records.
+    pub fn snapshot(&self) -> Result<Vec<u8>, serde_json::Error> {
+        #[derive(Serialize)]
+        struct SnapshotRef<'a> {
+            max_ts: Option<i64>,
+            positions: &'a BTreeMap<u32, u64>,
+            slots: Vec<(&'a SlotId, &'a Slot)>,
+        }
+        serde_json::to_vec(&SnapshotRef {
+            max_ts: self.max_ts,
+            positions: &self.positions,
+            slots: self.slots.iter().collect(),
+        })
+    }
+
+    /// Drop the acknowledgement tokens of open windows (after their checkpoint is stored).
+    pub fn release_acks(&mut self) {
+        for slot in self.slots.values_mut() {
+            slot.acks = Acks::None;
+        }
+    }
+
+    /// Restore a snapshot: open windows come back, and records the sources replay up to the
+    /// snapshot's positions are skipped.
+    pub fn restore(&mut self, bytes: &[u8]) -> Result<(), serde_json::Error> {
+        let snap: Snapshot = serde_json::from_slice(bytes)?;
+        self.max_ts = snap.max_ts;
+        self.covered = snap.positions.clone();
+        self.positions = snap.positions;
+        self.slots = snap.slots.into_iter().collect();
+        self.keys.clear();
+        for (_, _, k) in self.slots.keys() {
+            *self.keys.entry(k.clone()).or_default() += 1;
+        }
+        Ok(())
+    }
+}

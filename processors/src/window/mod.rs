@@ -1,0 +1,598 @@
+//! `window_aggregate`: event-time windows per key, with watermarks, a `late` port and state that
+//! survives a restart.
+
+pub mod aggregate;
+pub mod engine;
+mod store;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use flow_core::expr::{Expr, ExprKind};
+use flow_core::processor::{
+    BuildContext, BuildError, ConfigError, Describe, Kind, Output, Processor, ProcessorConfig,
+    ProcessorError, TaskContext, TaskTransform,
+};
+use flow_core::record::{Record, Value};
+use indexmap::IndexMap;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use aggregate::{AggError, AggSpec};
+use engine::{Engine, Settings};
+
+/// Aggregate records over windows of event time per key: tumbling, hopping or session windows.
+///
+/// The watermark is the highest event time seen minus `allowed_lateness` (one per processor). A
+/// window fires when the watermark passes its end, emitting one record per key on `out`:
+/// `{<key_field>, window_start, window_end, <aggregates>}`, whose parents are the records it
+/// aggregates. A record whose windows have all fired goes to `late` with `window.start`,
+/// `window.end` and `window.watermark` attributes; it is never dropped silently. When the input
+/// ends every open window is emitted. With `state`, open windows are checkpointed to a local
+/// store and resume after a restart (or a crash); records a source replays that the checkpoint
+/// already holds are recognised by their origin and skipped.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WindowAggregateConfig {
+    /// The key (a VRL expression, like `.device`); records are aggregated per key. Absent: one
+    /// global key.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// The output field that holds the key.
+    #[serde(default = "default_key_field")]
+    pub key_field: String,
+    /// The event time (a VRL expression) as epoch milliseconds or seconds (see
+    /// `event_time_unit`), an RFC 3339 string, or a timestamp. Absent: processing time (the
+    /// clock when the record arrives).
+    #[serde(default)]
+    pub event_time: Option<String>,
+    /// Unit of numeric event times: `ms` or `s`.
+    #[serde(default)]
+    pub event_time_unit: TimeUnit,
+    /// The windows: `{ tumbling: 10s }`, `{ hopping: { size: 10s, slide: 5s } }` or
+    /// `{ session: { gap: 30s } }`.
+    pub window: WindowConfig,
+    /// How far behind the highest event time seen a record may be and still count.
+    #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
+    pub allowed_lateness: Option<Duration>,
+    /// When no record arrives for this long (processing time), event time is moved forward by
+    /// as much, so windows of a quiet unbounded source still fire.
+    #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
+    pub idle_timeout: Option<Duration>,
+    /// Output fields and their aggregates, in order: `count()`, `sum(.x)`, `min(.x)`,
+    /// `max(.x)`, `avg(.x)`, `first(.x)`, `last(.x)`, `count_distinct(.x)`, `p50(.x)`,
+    /// `p90(.x)`, `p95(.x)`, `p99(.x)` (percentiles from a t-digest). Arguments are VRL.
+    #[serde(default)]
+    pub aggregates: IndexMap<String, String>,
+    /// The output field that holds the window's start (epoch ms).
+    #[serde(default = "default_start_field")]
+    pub window_start_field: String,
+    /// The output field that holds the window's end (epoch ms, exclusive).
+    #[serde(default = "default_end_field")]
+    pub window_end_field: String,
+    /// At most this many (key, window) pairs open at once.
+    #[serde(default = "default_limit")]
+    pub max_open_windows: usize,
+    /// At most this many distinct keys with open windows.
+    #[serde(default = "default_limit")]
+    pub max_keys: usize,
+    /// What happens at a limit: `fail` (the record goes to `failure`) or `evict_oldest` (the
+    /// window closing first is emitted early, with attribute `window.evicted`).
+    #[serde(default)]
+    pub on_limit: LimitPolicy,
+    /// An output record lists at most this many parent ids; beyond, attribute `window.inputs`
+    /// says how many records it aggregates.
+    #[serde(default = "default_max_parents")]
+    pub max_parents: usize,
+    /// A file (a redb database) where open windows are checkpointed. Absent: state lives in
+    /// memory, and a graceful stop emits open windows early.
+    #[serde(default)]
+    pub state: Option<String>,
+    /// How often open windows are checkpointed (also at a graceful stop). A checkpoint lets
+    /// the sources commit the records it holds.
+    #[serde(default = "default_checkpoint_interval", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub checkpoint_interval: Duration,
+}
+
+/// Window shapes; exactly one is set.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WindowConfig {
+    /// Fixed, non-overlapping windows of this size, aligned to the epoch.
+    #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
+    pub tumbling: Option<Duration>,
+    /// Overlapping windows.
+    #[serde(default)]
+    pub hopping: Option<HoppingConfig>,
+    /// Windows of activity per key, closed by a gap.
+    #[serde(default)]
+    pub session: Option<SessionConfig>,
+}
+
+/// Hopping windows: `size` long, one starting every `slide`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HoppingConfig {
+    /// Window length.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub size: Duration,
+    /// Distance between window starts (at most `size`).
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub slide: Duration,
+}
+
+/// Session windows: a key's session ends after `gap` without records.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionConfig {
+    /// Inactivity that closes a session.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub gap: Duration,
+}
+
+/// Unit of numeric event times.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeUnit {
+    /// Milliseconds since the epoch.
+    #[default]
+    Ms,
+    /// Seconds since the epoch (fractions allowed).
+    S,
+}
+
+/// What happens when a state limit is reached.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitPolicy {
+    /// The record that needs a new window goes to `failure`.
+    #[default]
+    Fail,
+    /// The window closing first is emitted early, flagged with `window.evicted`.
+    EvictOldest,
+}
+
+/// A window shape in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowKind {
+    Tumbling { size: i64 },
+    Hopping { size: i64, slide: i64 },
+    Session { gap: i64 },
+}
+
+fn default_key_field() -> String {
+    "key".into()
+}
+fn default_start_field() -> String {
+    "window_start".into()
+}
+fn default_end_field() -> String {
+    "window_end".into()
+}
+fn default_limit() -> usize {
+    100_000
+}
+fn default_max_parents() -> usize {
+    64
+}
+fn default_checkpoint_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl WindowAggregateConfig {
+    fn kind(&self) -> Result<WindowKind, ConfigError> {
+        let w = &self.window;
+        let set = [
+            w.tumbling.is_some(),
+            w.hopping.is_some(),
+            w.session.is_some(),
+        ];
+        if set.iter().filter(|s| **s).count() != 1 {
+            return Err(ConfigError::new(
+                &["window"],
+                "set exactly one of `tumbling`, `hopping`, `session`",
+            ));
+        }
+        let positive = |d: Duration, path: &[&str]| {
+            if ms(d) > 0 {
+                Ok(ms(d))
+            } else {
+                Err(ConfigError::new(path, "must be at least 1ms"))
+            }
+        };
+        if let Some(t) = w.tumbling {
+            return Ok(WindowKind::Tumbling {
+                size: positive(t, &["window", "tumbling"])?,
+            });
+        }
+        if let Some(h) = &w.hopping {
+            let size = positive(h.size, &["window", "hopping", "size"])?;
+            let slide = positive(h.slide, &["window", "hopping", "slide"])?;
+            if slide > size {
+                return Err(ConfigError::new(
+                    &["window", "hopping", "slide"],
+                    "the slide must not be longer than the window",
+                ));
+            }
+            return Ok(WindowKind::Hopping { size, slide });
+        }
+        let gap = w.session.as_ref().map_or(Duration::ZERO, |s| s.gap);
+        Ok(WindowKind::Session {
+            gap: positive(gap, &["window", "session", "gap"])?,
+        })
+    }
+
+    fn compile(&self) -> Result<Compiled, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let kind = self.kind().map_err(|e| errors.push(e)).ok();
+        let mut expr = |src: &Option<String>, path: &str| match src {
+            None => None,
+            Some(s) => match Expr::compile(s, ExprKind::Value) {
+                Ok(e) => Some(e),
+                Err(e) => {
+                    errors.extend(ConfigError::from_expr(&[path], &e));
+                    None
+                }
+            },
+        };
+        let key = expr(&self.key, "key");
+        let event_time = expr(&self.event_time, "event_time");
+        let mut aggregates = Vec::new();
+        let reserved = [
+            &self.key_field,
+            &self.window_start_field,
+            &self.window_end_field,
+        ];
+        for (name, text) in &self.aggregates {
+            if reserved.contains(&name) {
+                errors.push(ConfigError::new(
+                    &["aggregates", name],
+                    format!("`{name}` is already an output field (key, start or end)"),
+                ));
+            }
+            match AggSpec::parse(text) {
+                Ok(a) => aggregates.push((name.clone(), a)),
+                Err(AggError::Expr(e, offset)) => {
+                    let mut errs = ConfigError::from_expr(&["aggregates", name], &e);
+                    for err in &mut errs {
+                        err.offset = err.offset.map(|o| o + offset);
+                    }
+                    errors.extend(errs);
+                }
+                Err(AggError::Unknown(n, help)) => {
+                    let mut e = ConfigError::new(
+                        &["aggregates", name],
+                        format!("unknown aggregate function `{n}`"),
+                    );
+                    e.help = help.or_else(|| Some("count, sum, min, max, avg, first, last, count_distinct, p50, p90, p95, p99".into()));
+                    errors.push(e);
+                }
+                Err(e) => errors.push(ConfigError::new(&["aggregates", name], e.to_string())),
+            }
+        }
+        if self.max_open_windows == 0 || self.max_keys == 0 {
+            errors.push(ConfigError::new(
+                &["max_open_windows"],
+                "limits must be at least 1",
+            ));
+        }
+        if self.checkpoint_interval.is_zero() {
+            errors.push(ConfigError::new(
+                &["checkpoint_interval"],
+                "must be longer than 0",
+            ));
+        }
+        match (kind, errors.is_empty()) {
+            (Some(kind), true) => Ok(Compiled {
+                key,
+                event_time,
+                settings: Settings {
+                    kind,
+                    lateness: self.allowed_lateness.map_or(0, ms),
+                    aggregates,
+                    key_field: self.key_field.clone(),
+                    start_field: self.window_start_field.clone(),
+                    end_field: self.window_end_field.clone(),
+                    max_open_windows: self.max_open_windows,
+                    max_keys: self.max_keys,
+                    on_limit: self.on_limit,
+                    max_parents: self.max_parents,
+                },
+            }),
+            _ => Err(errors),
+        }
+    }
+}
+
+struct Compiled {
+    key: Option<Expr>,
+    event_time: Option<Expr>,
+    settings: Settings,
+}
+
+impl ProcessorConfig for WindowAggregateConfig {
+    fn outputs(&self) -> Vec<String> {
+        vec!["out".into(), "late".into()]
+    }
+
+    fn validate(&self) -> Vec<ConfigError> {
+        self.compile().err().unwrap_or_default()
+    }
+
+    fn build(&self, _ctx: &BuildContext) -> Result<Processor, BuildError> {
+        let c = self.compile().map_err(|errs| {
+            BuildError(
+                errs.iter()
+                    .map(|e| e.message.clone())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        })?;
+        let args = c
+            .settings
+            .aggregates
+            .iter()
+            .map(|(_, a)| a.arg.clone())
+            .collect();
+        Ok(Processor::Task(Box::new(Window {
+            cfg: self.clone(),
+            key: c.key,
+            event_time: c.event_time,
+            args,
+            settings: Some(c.settings),
+        })))
+    }
+}
+
+impl Describe for WindowAggregateConfig {
+    const TYPE: &'static str = "window_aggregate";
+    const KIND: Kind = Kind::Transform;
+}
+
+struct Window {
+    cfg: WindowAggregateConfig,
+    key: Option<Expr>,
+    event_time: Option<Expr>,
+    /// Each aggregate's argument (`None` for `count()`).
+    args: Vec<Option<Expr>>,
+    /// Moved into the engine when the task starts.
+    settings: Option<Settings>,
+}
+
+/// Processing time in epoch milliseconds that follows tokio's clock (so paused-time tests
+/// control it).
+struct Clock {
+    epoch_ms: i64,
+    start: Instant,
+}
+
+impl Clock {
+    fn new() -> Self {
+        let epoch_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, ms);
+        Self {
+            epoch_ms,
+            start: Instant::now(),
+        }
+    }
+    fn now_ms(&self) -> i64 {
+        self.epoch_ms + ms(self.start.elapsed())
+    }
+    fn instant_of(&self, t: i64) -> Instant {
+        let ahead = t.saturating_sub(self.now_ms()).max(0);
+        Instant::now() + Duration::from_millis(u64::try_from(ahead).unwrap_or(0))
+    }
+}
+
+/// Why an event time could not be read.
+#[derive(Debug, thiserror::Error)]
+enum TimeError {
+    #[error("event time: {0}")]
+    Eval(flow_core::expr::EvalError),
+    #[error("event time must be a number, an RFC 3339 string or a timestamp, got {0}")]
+    Type(String),
+    #[error("event time `{0}` is not RFC 3339: {1}")]
+    Parse(String, chrono::ParseError),
+}
+
+fn to_ms(v: &Value, unit: TimeUnit) -> Result<i64, TimeError> {
+    let scale = match unit {
+        TimeUnit::Ms => 1.0,
+        TimeUnit::S => 1000.0,
+    };
+    match v {
+        Value::Integer(i) => Ok(match unit {
+            TimeUnit::Ms => *i,
+            TimeUnit::S => i.saturating_mul(1000),
+        }),
+        Value::Float(f) => Ok((f.into_inner() * scale) as i64),
+        Value::Timestamp(t) => Ok(t.timestamp_millis()),
+        Value::Bytes(b) => {
+            let s = String::from_utf8_lossy(b);
+            chrono::DateTime::parse_from_rfc3339(&s)
+                .map(|t| t.timestamp_millis())
+                .map_err(|e| TimeError::Parse(s.into_owned(), e))
+        }
+        other => Err(TimeError::Type(other.kind_str().to_owned())),
+    }
+}
+
+impl Window {
+    /// Read a record's time, key and arguments, and hand it to the engine.
+    fn handle(
+        &self,
+        mut r: Record,
+        engine: &mut Engine,
+        out: &mut Output,
+        clock: &Clock,
+        args: &mut Vec<Value>,
+    ) {
+        let (value, attributes) = match r.view() {
+            Ok(v) => v,
+            Err(e) => return out.fail(r, &e),
+        };
+        let ts = match &self.event_time {
+            Some(e) => e
+                .eval(value, attributes)
+                .map_err(TimeError::Eval)
+                .and_then(|v| to_ms(&v, self.cfg.event_time_unit)),
+            None => Ok(clock.now_ms()),
+        };
+        let key = match &self.key {
+            Some(e) => e.eval(value, attributes),
+            None => Ok(Value::Null),
+        };
+        args.clear();
+        let mut failed = None;
+        for a in &self.args {
+            match a {
+                Some(e) => match e.eval(value, attributes) {
+                    Ok(v) => args.push(v),
+                    Err(err) => {
+                        failed = Some(err.to_string());
+                        break;
+                    }
+                },
+                None => args.push(Value::Null),
+            }
+        }
+        match (ts, key, failed) {
+            (Ok(ts), Ok(key), None) => engine.add(r, ts, key, args, out),
+            (Err(e), _, _) => out.fail(r, &e),
+            (_, Err(e), _) => out.fail(r, &format!("key: {e}")),
+            (_, _, Some(e)) => out.fail(r, &format!("aggregate argument: {e}")),
+        }
+    }
+}
+
+fn publish(engine: &Engine, ctx: &TaskContext) {
+    let c = engine.counters;
+    let m = &ctx.metrics;
+    m.set_status("open_windows", engine.open().into());
+    m.set_status("late", c.late.into());
+    m.set_status("evicted", c.evicted.into());
+    m.set_status("replayed_skipped", c.replayed.into());
+    if let Some(wm) = engine.watermark() {
+        m.set_status("watermark", wm.into());
+    }
+}
+
+#[async_trait]
+impl TaskTransform for Window {
+    async fn run(mut self: Box<Self>, mut ctx: TaskContext) -> Result<(), ProcessorError> {
+        let settings = self
+            .settings
+            .take()
+            .ok_or_else(|| ProcessorError::Other("window started twice".into()))?;
+        let mut engine = Engine::new(settings);
+        let this = self;
+        let store = match &this.cfg.state {
+            Some(path) => {
+                let s = store::Store::open(path, &ctx.name).await?;
+                if let Some(bytes) = s.load().await? {
+                    engine.restore(&bytes).map_err(|e| {
+                        ProcessorError::Other(format!("window state in {path} is unreadable: {e}"))
+                    })?;
+                    tracing::info!(node = %ctx.name, open = engine.open(), "resumed open windows from the checkpoint");
+                }
+                Some(s)
+            }
+            None => None,
+        };
+        let gone =
+            |e: flow_core::runtime::emit::DownstreamGone| ProcessorError::Other(e.to_string());
+        let mut out = Output::new(ctx.name.clone(), ctx.out.port_count());
+        let clock = Clock::new();
+        let processing_time = this.event_time.is_none();
+        let idle = this.cfg.idle_timeout;
+        let mut last_input = Instant::now();
+        let mut next_checkpoint = Instant::now() + this.cfg.checkpoint_interval;
+        let mut args = Vec::new();
+        let far = Duration::from_secs(86_400 * 365);
+        loop {
+            let mut deadline = Instant::now() + far;
+            if let (Some(idle), true) = (idle, engine.open() > 0) {
+                deadline = deadline.min(last_input + idle);
+            }
+            if processing_time && let Some(end) = engine.next_end() {
+                deadline = deadline.min(clock.instant_of(end + engine.lateness()));
+            }
+            if store.is_some() {
+                deadline = deadline.min(next_checkpoint);
+            }
+            tokio::select! {
+                biased;
+                batch = ctx.input.next() => {
+                    let Some(batch) = batch else { break };
+                    ctx.metrics.add_received(batch.len() as u64);
+                    for r in batch {
+                        this.handle(r, &mut engine, &mut out, &clock, &mut args);
+                    }
+                    last_input = Instant::now();
+                }
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+            let now = Instant::now();
+            if processing_time {
+                engine.advance_to(clock.now_ms(), &mut out);
+            }
+            if let Some(idle) = idle
+                && engine.open() > 0
+                && now >= last_input + idle
+            {
+                let to = engine.max_ts().map_or(clock.now_ms(), |t| t + ms(idle));
+                engine.advance_to(to, &mut out);
+                last_input = now;
+            }
+            ctx.metrics.add_dropped(out.take_dropped());
+            ctx.out.flush(&mut out).await.map_err(gone)?;
+            if let Some(s) = &store
+                && now >= next_checkpoint
+            {
+                checkpoint(&mut engine, s).await?;
+                next_checkpoint = now + this.cfg.checkpoint_interval;
+            }
+            publish(&engine, &ctx);
+        }
+        match &store {
+            // Stopping: keep the open windows for the next run.
+            Some(s) if ctx.shutdown.is_cancelled() => checkpoint(&mut engine, s).await?,
+            _ => {
+                engine.flush(&mut out);
+                if let Some(s) = &store {
+                    s.clear().await?;
+                }
+            }
+        }
+        publish(&engine, &ctx);
+        ctx.metrics.add_dropped(out.take_dropped());
+        ctx.out.flush(&mut out).await.map_err(gone)?;
+        Ok(())
+    }
+}
+
+/// Store the state, then release the acknowledgements it covers.
+async fn checkpoint(engine: &mut Engine, store: &store::Store) -> Result<(), ProcessorError> {
+    let bytes = engine
+        .snapshot()
+        .map_err(|e| ProcessorError::Other(format!("cannot encode window state: {e}")))?;
+    store.save(bytes).await?;
+    engine.release_acks();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

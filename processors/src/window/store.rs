@@ -1,0 +1,102 @@
+//! The window state's checkpoint store: a redb database (one file).
+//!
+//! redb because it is pure Rust (no C or cmake in the build, unlike RocksDB), crash-safe (a
+//! commit is atomic and durable; a `kill -9` leaves the previous checkpoint intact), small and
+//! maintained. Window state is small (the open windows), so a B-tree file fits better than an
+//! LSM engine. Calls run on the blocking pool, since a commit waits for the disk.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use flow_core::processor::ProcessorError;
+use redb::{Database, ReadableDatabase, TableDefinition};
+
+const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("window_state");
+
+/// One processor's state in a database file.
+pub struct Store {
+    db: Arc<Database>,
+    key: String,
+    path: PathBuf,
+}
+
+fn err(path: &std::path::Path, what: &str, e: impl std::fmt::Display) -> ProcessorError {
+    ProcessorError::Other(format!("window state {}: {what}: {e}", path.display()))
+}
+
+impl Store {
+    /// Open (or create) the database at `path`; the state is kept under `key`.
+    pub async fn open(path: &str, key: &str) -> Result<Self, ProcessorError> {
+        let path = PathBuf::from(path);
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            tokio::fs::create_dir_all(dir)
+                .await
+                .map_err(|e| err(&path, "cannot create its folder", e))?;
+        }
+        let p = path.clone();
+        let db = tokio::task::spawn_blocking(move || Database::create(&p))
+            .await
+            .map_err(|e| err(&path, "open", e))?
+            .map_err(|e| err(&path, "cannot open", e))?;
+        Ok(Self {
+            db: Arc::new(db),
+            key: key.to_owned(),
+            path,
+        })
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&Database, &str) -> Result<T, String> + Send + 'static,
+    ) -> Result<T, ProcessorError> {
+        let (db, key) = (self.db.clone(), self.key.clone());
+        tokio::task::spawn_blocking(move || f(&db, &key))
+            .await
+            .map_err(|e| err(&self.path, what, e))?
+            .map_err(|e| err(&self.path, what, e))
+    }
+
+    /// The stored state, if any.
+    pub async fn load(&self) -> Result<Option<Vec<u8>>, ProcessorError> {
+        self.blocking("cannot read", |db, key| {
+            let tx = db.begin_read().map_err(|e| e.to_string())?;
+            let table = match tx.open_table(TABLE) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(e.to_string()),
+            };
+            let v = table.get(key).map_err(|e| e.to_string())?;
+            Ok(v.map(|v| v.value().to_vec()))
+        })
+        .await
+    }
+
+    /// Replace the stored state (atomically and durably).
+    pub async fn save(&self, bytes: Vec<u8>) -> Result<(), ProcessorError> {
+        self.blocking("cannot write", move |db, key| {
+            let tx = db.begin_write().map_err(|e| e.to_string())?;
+            {
+                let mut table = tx.open_table(TABLE).map_err(|e| e.to_string())?;
+                table
+                    .insert(key, bytes.as_slice())
+                    .map_err(|e| e.to_string())?;
+            }
+            tx.commit().map_err(|e| e.to_string())
+        })
+        .await
+    }
+
+    /// Forget the state (the input was consumed to its end and every window emitted).
+    pub async fn clear(&self) -> Result<(), ProcessorError> {
+        self.blocking("cannot clear", |db, key| {
+            let tx = db.begin_write().map_err(|e| e.to_string())?;
+            {
+                let mut table = tx.open_table(TABLE).map_err(|e| e.to_string())?;
+                table.remove(key).map_err(|e| e.to_string())?;
+            }
+            tx.commit().map_err(|e| e.to_string())
+        })
+        .await
+    }
+}
