@@ -72,7 +72,8 @@ impl AckToken {
         self.0.status.fetch_max(status as u8, Ordering::AcqRel);
     }
 
-    fn ptr_eq(&self, other: &AckToken) -> bool {
+    /// Whether both are the same batch's token.
+    pub fn ptr_eq(&self, other: &AckToken) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
     }
 }
@@ -130,6 +131,15 @@ impl Acks {
                     }
                 }
             }
+        }
+    }
+
+    /// The tokens held.
+    pub fn tokens(&self) -> &[AckToken] {
+        match self {
+            Acks::None => &[],
+            Acks::One(t) => std::slice::from_ref(t),
+            Acks::Many(ts) => ts,
         }
     }
 

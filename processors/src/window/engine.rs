@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use flow_core::ack::Acks;
+use flow_core::ack::{AckToken, AckTracker, Acks};
 use flow_core::processor::{Output, PortId};
 use flow_core::record::{Record, RecordId, Value};
 use serde::{Deserialize, Serialize};
@@ -33,7 +33,7 @@ pub struct Settings {
 }
 
 /// One key's aggregates in one window.
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 struct Slot {
     key: Value,
     accs: Vec<Acc>,
@@ -68,6 +68,14 @@ pub struct Engine {
     /// Per source, positions at or below which replayed records are skipped (from a restored
     /// checkpoint).
     covered: BTreeMap<u32, u64>,
+    /// With a checkpoint store: tokens of windows emitted since the last checkpoint. Their
+    /// records may not be committed before a checkpoint records that the window is gone, or a
+    /// crash would restore the window without them and emit it partial.
+    emitted_acks: Option<Vec<AckToken>>,
+    /// With a checkpoint store: windows emitted but not yet delivered by the sinks, by the
+    /// sequence number of the delivery token their output carries. Checkpoints keep them, so a
+    /// crash before delivery re-emits them instead of losing them.
+    undelivered: Option<(AckTracker, BTreeMap<u64, (SlotId, Slot)>, u64)>,
     pub counters: Counters,
 }
 
@@ -78,6 +86,11 @@ struct Snapshot {
     positions: BTreeMap<u32, u64>,
     slots: Vec<(SlotId, Slot)>,
 }
+
+/// The state could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SnapshotError(String);
 
 /// A record the engine could not use.
 #[derive(Debug, thiserror::Error)]
@@ -97,7 +110,25 @@ impl Engine {
             keys: BTreeMap::new(),
             positions: BTreeMap::new(),
             covered: BTreeMap::new(),
+            emitted_acks: None,
+            undelivered: None,
             counters: Counters::default(),
+        }
+    }
+
+    /// The state is checkpointed: hold the acknowledgements of emitted windows until the next
+    /// checkpoint, and keep emitted windows in checkpoints until they are delivered.
+    pub fn track_for_checkpoints(&mut self) {
+        self.emitted_acks = Some(Vec::new());
+        self.undelivered = Some((AckTracker::new(), BTreeMap::new(), 0));
+    }
+
+    /// Forget the emitted windows the sinks have delivered since the last call.
+    pub fn delivered(&mut self) {
+        if let Some((tracker, pending, _)) = &mut self.undelivered {
+            while let Some(f) = tracker.try_next() {
+                pending.remove(&f.seq);
+            }
         }
     }
 
@@ -326,6 +357,17 @@ impl Engine {
 
     fn emit(&mut self, (end, start, key): SlotId, mut slot: Slot, evicted: bool, out: &mut Output) {
         self.release_key(&key);
+        let delivery = match &mut self.undelivered {
+            Some((tracker, pending, next)) => {
+                let mut copy = slot.clone();
+                copy.acks = Acks::None;
+                pending.insert(*next, ((end, start, key.clone()), copy));
+                let token = tracker.token(*next);
+                *next += 1;
+                Acks::One(token)
+            }
+            None => Acks::None,
+        };
         self.counters.fired += 1;
         let s = &self.s;
         let mut fields: Vec<(&str, Value)> = Vec::with_capacity(3 + slot.accs.len());
@@ -345,7 +387,17 @@ impl Engine {
                 .map(|(k, v)| ((*k).into(), v.clone()))
                 .collect(),
         );
+        if let Some(held) = &mut self.emitted_acks {
+            for t in slot.acks.tokens() {
+                // Windows fire in runs that share batches: checking the last few is enough to
+                // keep the list short; a rare duplicate only costs a reference.
+                if !held.iter().rev().take(16).any(|h| h.ptr_eq(t)) {
+                    held.push(t.clone());
+                }
+            }
+        }
         let mut r = Record::from_parts(Bytes::from(content), value).with_acks(slot.acks);
+        r.merge_acks(delivery);
         r.event_time = Some(start);
         r.set_parents(slot.parents);
         if slot.count as usize > s.max_parents {
@@ -357,20 +409,30 @@ impl Engine {
         out.push(OUT, r);
     }
 
-    /// The state as bytes, and release the acknowledgements held by open windows: once the
-    /// checkpoint is stored, a crash no longer loses their records.
-    pub fn snapshot(&self) -> Result<Vec<u8>, serde_json::Error> {
+    /// The state as bytes (CBOR: floats keep every bit, so a restored running sum continues
+    /// exactly as the uninterrupted one would).
+    pub fn snapshot(&self) -> Result<Vec<u8>, SnapshotError> {
         #[derive(Serialize)]
         struct SnapshotRef<'a> {
             max_ts: Option<i64>,
             positions: &'a BTreeMap<u32, u64>,
             slots: Vec<(&'a SlotId, &'a Slot)>,
         }
-        serde_json::to_vec(&SnapshotRef {
-            max_ts: self.max_ts,
-            positions: &self.positions,
-            slots: self.slots.iter().collect(),
-        })
+        let mut slots: Vec<(&SlotId, &Slot)> = self.slots.iter().collect();
+        if let Some((_, pending, _)) = &self.undelivered {
+            slots.extend(pending.values().map(|(id, slot)| (id, slot)));
+        }
+        let mut bytes = Vec::new();
+        ciborium::into_writer(
+            &SnapshotRef {
+                max_ts: self.max_ts,
+                positions: &self.positions,
+                slots,
+            },
+            &mut bytes,
+        )
+        .map_err(|e| SnapshotError(e.to_string()))?;
+        Ok(bytes)
     }
 
     /// Drop the acknowledgement tokens of open windows (after their checkpoint is stored).
@@ -378,12 +440,16 @@ impl Engine {
         for slot in self.slots.values_mut() {
             slot.acks = Acks::None;
         }
+        if let Some(held) = &mut self.emitted_acks {
+            held.clear();
+        }
     }
 
     /// Restore a snapshot: open windows come back, and records the sources replay up to the
     /// snapshot's positions are skipped.
-    pub fn restore(&mut self, bytes: &[u8]) -> Result<(), serde_json::Error> {
-        let snap: Snapshot = serde_json::from_slice(bytes)?;
+    pub fn restore(&mut self, bytes: &[u8]) -> Result<(), SnapshotError> {
+        let snap: Snapshot =
+            ciborium::from_reader(bytes).map_err(|e| SnapshotError(e.to_string()))?;
         self.max_ts = snap.max_ts;
         self.covered = snap.positions.clone();
         self.positions = snap.positions;

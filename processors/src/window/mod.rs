@@ -31,7 +31,10 @@ use engine::{Engine, Settings};
 /// `window.end` and `window.watermark` attributes; it is never dropped silently. When the input
 /// ends every open window is emitted. With `state`, open windows are checkpointed to a local
 /// store and resume after a restart (or a crash); records a source replays that the checkpoint
-/// already holds are recognised by their origin and skipped.
+/// already holds are recognised by their origin and skipped. Sources commit a record only once
+/// a checkpoint covers it, so a crash never produces a partial window; windows emitted after
+/// the last checkpoint may be emitted again (identical). Without `state`, a crash may emit
+/// windows again from the replayed part of the input only (partial).
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WindowAggregateConfig {
@@ -508,6 +511,7 @@ impl TaskTransform for Window {
                     })?;
                     tracing::info!(node = %ctx.name, open = engine.open(), "resumed open windows from the checkpoint");
                 }
+                engine.track_for_checkpoints();
                 Some(s)
             }
             None => None,
@@ -559,6 +563,7 @@ impl TaskTransform for Window {
             }
             ctx.metrics.add_dropped(out.take_dropped());
             ctx.out.flush(&mut out).await.map_err(gone)?;
+            engine.delivered();
             if let Some(s) = &store
                 && now >= next_checkpoint
             {
@@ -575,6 +580,7 @@ impl TaskTransform for Window {
                 if let Some(s) = &store {
                     s.clear().await?;
                 }
+                engine.release_acks();
             }
         }
         publish(&engine, &ctx);
