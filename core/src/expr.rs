@@ -128,6 +128,10 @@ pub struct Expr {
     program: Arc<Program>,
     source: Arc<str>,
     kind: ExprKind,
+    /// For wrapped conditions: the same condition with errors turned into `null` and no local
+    /// variables, cheaper to run. Only when it does not give a boolean is the full program run,
+    /// to report the error.
+    fast: Option<Arc<Program>>,
     /// Set when the program is nothing but a field path (`.device`, `%"mqtt.topic"`): read it
     /// directly, with VRL's own path semantics, instead of running the interpreter.
     path: Option<Arc<OwnedTargetPath>>,
@@ -142,6 +146,7 @@ impl std::fmt::Debug for Expr {
 impl Expr {
     /// Compile `source` for the given use.
     pub fn compile(source: &str, kind: ExprKind) -> Result<Self, CompileError> {
+        let mut fast = None;
         let program = match compile_vrl(source) {
             Ok(p) => p,
             // VRL refuses expressions that may fail at run time unless the program handles the
@@ -150,6 +155,11 @@ impl Expr {
             // failure (it goes to the `failure` port with the message), which is what a flow
             // author expects. `remap` programs keep VRL's rules, as in Vector.
             Err(d) if kind != ExprKind::Program && only_unhandled_errors(&d) => {
+                if kind == ExprKind::Condition {
+                    fast = compile_vrl(&format!("{{\n{source}\n}} ?? null"))
+                        .ok()
+                        .map(Arc::new);
+                }
                 let wrapped = format!("{WRAP_HEAD}{source}{WRAP_TAIL}");
                 compile_vrl(&wrapped).map_err(|d| {
                     let mut diags = diagnostics(d);
@@ -188,6 +198,7 @@ impl Expr {
             program: Arc::new(program),
             source: source.into(),
             kind,
+            fast,
             path,
         })
     }
@@ -221,6 +232,16 @@ impl Expr {
 
     /// Run a condition: the result must be a boolean.
     pub fn test(&self, value: &Value, attributes: &Attributes) -> Result<bool, EvalError> {
+        if let Some(fast) = &self.fast {
+            let metadata = attributes_value(attributes);
+            let mut target = ReadOnly {
+                value,
+                metadata: &metadata,
+            };
+            if let Ok(Value::Boolean(b)) = run_program(fast, &mut target) {
+                return Ok(b);
+            }
+        }
         match self.eval(value, attributes)? {
             Value::Boolean(b) => Ok(b),
             other => Err(EvalError::NotBoolean(other.kind_str().to_owned())),
@@ -254,27 +275,7 @@ impl Expr {
     }
 
     fn run(&self, target: &mut dyn Target) -> Result<Value, EvalError> {
-        thread_local! {
-            // Reused so a program's local variables don't allocate a map per record.
-            static STATE: std::cell::RefCell<RuntimeState> = std::cell::RefCell::new(RuntimeState::default());
-        }
-        static TZ: OnceLock<TimeZone> = OnceLock::new();
-        let tz = TZ.get_or_init(TimeZone::default);
-        let result = STATE.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut state) => {
-                let mut ctx = Context::new(target, &mut state, tz);
-                let r = self.program.resolve(&mut ctx);
-                state.clear();
-                r
-            }
-            // Re-entered on this thread (not expected): use a fresh state.
-            Err(_) => {
-                let mut state = RuntimeState::default();
-                let mut ctx = Context::new(target, &mut state, tz);
-                self.program.resolve(&mut ctx)
-            }
-        });
-        result.map_err(|e| match e {
+        run_program(&self.program, target).map_err(|e| match e {
             vrl::compiler::ExpressionError::Abort { message, .. } => match self.kind {
                 // The wrapper's abort carries the expression's own error.
                 ExprKind::Condition | ExprKind::Value => {
@@ -287,7 +288,38 @@ impl Expr {
     }
 }
 
+fn run_program(
+    program: &Program,
+    target: &mut dyn Target,
+) -> Result<Value, vrl::compiler::ExpressionError> {
+    {
+        thread_local! {
+            // Reused so a program's local variables don't allocate a map per record.
+            static STATE: std::cell::RefCell<RuntimeState> = std::cell::RefCell::new(RuntimeState::default());
+        }
+        static TZ: OnceLock<TimeZone> = OnceLock::new();
+        let tz = TZ.get_or_init(TimeZone::default);
+        STATE.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut state) => {
+                let mut ctx = Context::new(target, &mut state, tz);
+                let r = program.resolve(&mut ctx);
+                state.clear();
+                r
+            }
+            // Re-entered on this thread (not expected): use a fresh state.
+            Err(_) => {
+                let mut state = RuntimeState::default();
+                let mut ctx = Context::new(target, &mut state, tz);
+                program.resolve(&mut ctx)
+            }
+        })
+    }
+}
+
 fn attributes_value(attributes: &Attributes) -> Value {
+    if attributes.is_empty() {
+        return Value::Object(Default::default());
+    }
     Value::Object(
         attributes
             .iter()
@@ -381,8 +413,17 @@ mod tests {
     #[test]
     fn runtime_errors_are_errors_not_panics() {
         let e = Expr::compile(".temperature > 95", ExprKind::Condition).expect("compiles");
+        assert!(e.fast.is_some(), "a wrapped condition has a fast variant");
         let err = e.test(&json(r#"{"temperature":"hot"}"#), &Attributes::new());
-        assert!(err.is_err(), "{err:?}");
+        assert!(
+            err.as_ref()
+                .is_err_and(|e| e.to_string().contains("expected")),
+            "{err:?}"
+        );
+        assert_eq!(
+            e.test(&json(r#"{"temperature":96}"#), &Attributes::new()),
+            Ok(true)
+        );
     }
 
     #[test]

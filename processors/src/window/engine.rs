@@ -2,7 +2,7 @@
 //! turns its state into a checkpoint and back. Synchronous and clock-free: the task around it
 //! supplies processing time, so it is tested without a runtime.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use bytes::Bytes;
 use flow_core::ack::{AckToken, AckTracker, Acks};
@@ -60,7 +60,10 @@ pub struct Engine {
     s: Settings,
     /// Highest event time seen; `None` before the first record.
     max_ts: Option<i64>,
-    slots: BTreeMap<SlotId, Slot>,
+    /// Open slots, found by id...
+    slots: HashMap<SlotId, Slot>,
+    /// ...and ordered by end, so the earliest-closing window fires first.
+    order: BTreeSet<SlotId>,
     /// Open slots per key (for `max_keys`).
     keys: BTreeMap<String, usize>,
     /// Per source, the highest position whose record is in the state (for the checkpoint).
@@ -106,7 +109,8 @@ impl Engine {
         Self {
             s,
             max_ts: None,
-            slots: BTreeMap::new(),
+            slots: HashMap::new(),
+            order: BTreeSet::new(),
             keys: BTreeMap::new(),
             positions: BTreeMap::new(),
             covered: BTreeMap::new(),
@@ -154,7 +158,7 @@ impl Engine {
 
     /// The end of the earliest-closing open window.
     pub fn next_end(&self) -> Option<i64> {
-        self.slots.keys().next().map(|(end, _, _)| *end)
+        self.order.first().map(|(end, _, _)| *end)
     }
 
     /// Add one record with its event time, key and aggregate arguments.
@@ -226,7 +230,9 @@ impl Engine {
                 return;
             }
             let s = &self.s;
-            let slot = self.slots.entry(slot_id).or_insert_with(|| {
+            let order = &mut self.order;
+            let slot = self.slots.entry(slot_id).or_insert_with_key(|id| {
+                order.insert(id.clone());
                 *self.keys.entry(key_text.clone()).or_default() += 1;
                 Slot {
                     key: key.clone(),
@@ -255,12 +261,14 @@ impl Engine {
     /// `[ts, ts + gap)` touches into one, and returns its bounds.
     fn session_for(&mut self, key: &str, ts: i64, gap: i64) -> (i64, i64) {
         let (mut start, mut end) = (ts, ts + gap);
-        let touching: Vec<SlotId> = self
+        // In order of start, so `first` and `last` merge the right way round.
+        let mut touching: Vec<SlotId> = self
             .slots
             .keys()
             .filter(|(e, s, k)| k == key && *s <= ts + gap && ts <= *e)
             .cloned()
             .collect();
+        touching.sort_by_key(|(e, s, _)| (*s, *e));
         if touching.is_empty() {
             return (start, end);
         }
@@ -269,6 +277,7 @@ impl Engine {
             start = start.min(id.1);
             end = end.max(id.0);
             if let Some(slot) = self.slots.remove(&id) {
+                self.order.remove(&id);
                 self.release_key(key);
                 merged = Some(match merged {
                     None => slot,
@@ -287,6 +296,7 @@ impl Engine {
         }
         if let Some(m) = merged {
             *self.keys.entry(key.to_owned()).or_default() += 1;
+            self.order.insert((end, start, key.to_owned()));
             self.slots.insert((end, start, key.to_owned()), m);
         }
         (start, end)
@@ -299,6 +309,13 @@ impl Engine {
                 self.keys.remove(key);
             }
         }
+    }
+
+    /// Remove and return the slot that closes first.
+    fn pop_first(&mut self) -> Option<(SlotId, Slot)> {
+        let id = self.order.pop_first()?;
+        let slot = self.slots.remove(&id)?;
+        Some((id, slot))
     }
 
     /// Make room for a new slot of `key`, by the configured policy.
@@ -318,7 +335,7 @@ impl Engine {
             match self.s.on_limit {
                 LimitPolicy::Fail => return Err(Reject::Full(what)),
                 LimitPolicy::EvictOldest => {
-                    let Some((id, slot)) = self.slots.pop_first() else {
+                    let Some((id, slot)) = self.pop_first() else {
                         return Err(Reject::Full(what));
                     };
                     self.counters.evicted += 1;
@@ -331,12 +348,10 @@ impl Engine {
     /// Fire every window the watermark has passed.
     pub fn fire(&mut self, out: &mut Output) {
         let Some(wm) = self.watermark() else { return };
-        while let Some(entry) = self.slots.first_entry() {
-            if entry.key().0 > wm {
-                break;
+        while self.order.first().is_some_and(|(end, _, _)| *end <= wm) {
+            if let Some((id, slot)) = self.pop_first() {
+                self.emit(id, slot, false, out);
             }
-            let (id, slot) = entry.remove_entry();
-            self.emit(id, slot, false, out);
         }
     }
 
@@ -350,7 +365,7 @@ impl Engine {
 
     /// Emit every open window (end of a bounded input).
     pub fn flush(&mut self, out: &mut Output) {
-        while let Some((id, slot)) = self.slots.pop_first() {
+        while let Some((id, slot)) = self.pop_first() {
             self.emit(id, slot, false, out);
         }
     }
@@ -418,7 +433,11 @@ impl Engine {
             positions: &'a BTreeMap<u32, u64>,
             slots: Vec<(&'a SlotId, &'a Slot)>,
         }
-        let mut slots: Vec<(&SlotId, &Slot)> = self.slots.iter().collect();
+        let mut slots: Vec<(&SlotId, &Slot)> = self
+            .order
+            .iter()
+            .filter_map(|id| self.slots.get_key_value(id))
+            .collect();
         if let Some((_, pending, _)) = &self.undelivered {
             slots.extend(pending.values().map(|(id, slot)| (id, slot)));
         }
@@ -454,6 +473,7 @@ impl Engine {
         self.covered = snap.positions.clone();
         self.positions = snap.positions;
         self.slots = snap.slots.into_iter().collect();
+        self.order = self.slots.keys().cloned().collect();
         self.keys.clear();
         for (_, _, k) in self.slots.keys() {
             *self.keys.entry(k.clone()).or_default() += 1;
