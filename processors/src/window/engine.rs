@@ -46,6 +46,15 @@ struct Slot {
 /// Where a slot lives: ordered by end so the earliest-closing window fires first.
 type SlotId = (i64, i64, String);
 
+/// Windows emitted but not yet delivered, by the sequence number of the delivery token their
+/// output carries.
+#[derive(Default)]
+struct Undelivered {
+    tracker: AckTracker,
+    pending: BTreeMap<u64, (SlotId, Slot)>,
+    next: u64,
+}
+
 /// Counters the task publishes.
 #[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Counters {
@@ -78,7 +87,7 @@ pub struct Engine {
     /// With a checkpoint store: windows emitted but not yet delivered by the sinks, by the
     /// sequence number of the delivery token their output carries. Checkpoints keep them, so a
     /// crash before delivery re-emits them instead of losing them.
-    undelivered: Option<(AckTracker, BTreeMap<u64, (SlotId, Slot)>, u64)>,
+    undelivered: Option<Undelivered>,
     pub counters: Counters,
 }
 
@@ -124,14 +133,14 @@ impl Engine {
     /// checkpoint, and keep emitted windows in checkpoints until they are delivered.
     pub fn track_for_checkpoints(&mut self) {
         self.emitted_acks = Some(Vec::new());
-        self.undelivered = Some((AckTracker::new(), BTreeMap::new(), 0));
+        self.undelivered = Some(Undelivered::default());
     }
 
     /// Forget the emitted windows the sinks have delivered since the last call.
     pub fn delivered(&mut self) {
-        if let Some((tracker, pending, _)) = &mut self.undelivered {
-            while let Some(f) = tracker.try_next() {
-                pending.remove(&f.seq);
+        if let Some(u) = &mut self.undelivered {
+            while let Some(f) = u.tracker.try_next() {
+                u.pending.remove(&f.seq);
             }
         }
     }
@@ -373,12 +382,12 @@ impl Engine {
     fn emit(&mut self, (end, start, key): SlotId, mut slot: Slot, evicted: bool, out: &mut Output) {
         self.release_key(&key);
         let delivery = match &mut self.undelivered {
-            Some((tracker, pending, next)) => {
+            Some(u) => {
                 let mut copy = slot.clone();
                 copy.acks = Acks::None;
-                pending.insert(*next, ((end, start, key.clone()), copy));
-                let token = tracker.token(*next);
-                *next += 1;
+                u.pending.insert(u.next, ((end, start, key.clone()), copy));
+                let token = u.tracker.token(u.next);
+                u.next += 1;
                 Acks::One(token)
             }
             None => Acks::None,
@@ -438,8 +447,8 @@ impl Engine {
             .iter()
             .filter_map(|id| self.slots.get_key_value(id))
             .collect();
-        if let Some((_, pending, _)) = &self.undelivered {
-            slots.extend(pending.values().map(|(id, slot)| (id, slot)));
+        if let Some(u) = &self.undelivered {
+            slots.extend(u.pending.values().map(|(id, slot)| (id, slot)));
         }
         let mut bytes = Vec::new();
         ciborium::into_writer(
