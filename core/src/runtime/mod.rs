@@ -181,15 +181,18 @@ pub fn start(spec: &FlowSpec, shutdown: CancellationToken) -> Result<RunningFlow
         .collect();
 
     let mut tasks = JoinSet::new();
-    // Sinks, then transforms, then sources.
-    let order = [Kind::Sink, Kind::Transform, Kind::Source];
+    // Downstream first: every node starts after the nodes it feeds, so sinks start first and
+    // sources last (a validated flow is acyclic; file order is the fallback).
+    let graph = spec.graph();
+    let order: Vec<usize> = match petgraph::algo::toposort(&graph, None) {
+        Ok(sorted) => sorted.into_iter().rev().map(|n| graph[n]).collect(),
+        Err(_) => (0..spec.nodes.len()).rev().collect(),
+    };
     let mut outputs: Vec<_> = outputs.into_iter().map(Some).collect();
     let mut inputs: Vec<_> = inputs.into_iter().map(Some).collect();
-    for kind in order {
-        for (i, n) in spec.nodes.iter().enumerate() {
-            if n.kind != kind {
-                continue;
-            }
+    {
+        for i in order {
+            let n = &spec.nodes[i];
             let name: Arc<str> = n.name.as_str().into();
             let metrics = nodes[i].metrics.clone();
             let emitter = Emitter::new(

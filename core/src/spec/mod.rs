@@ -143,6 +143,16 @@ pub struct FlowSpec {
 }
 
 impl FlowSpec {
+    /// The flow as a petgraph graph: node weights index `nodes`, edge weights index `edges`.
+    pub fn graph(&self) -> petgraph::graph::DiGraph<usize, usize> {
+        let mut g = petgraph::graph::DiGraph::new();
+        let ids: Vec<_> = (0..self.nodes.len()).map(|i| g.add_node(i)).collect();
+        for (i, e) in self.edges.iter().enumerate() {
+            g.add_edge(ids[e.from], ids[e.to], i);
+        }
+        g
+    }
+
     /// `node.port` for an edge, for messages and graphs.
     pub fn edge_label(&self, e: &EdgeSpec) -> String {
         let n = &self.nodes[e.from];
@@ -693,14 +703,10 @@ impl Loader<'_> {
     }
 
     fn check_graph(&mut self, flow: &FlowSpec) {
-        use petgraph::graph::DiGraph;
-        let mut g = DiGraph::<usize, usize>::new();
-        let ids: Vec<_> = (0..flow.nodes.len()).map(|i| g.add_node(i)).collect();
+        let g = flow.graph();
         let mut seen = HashMap::new();
         for (i, e) in flow.edges.iter().enumerate() {
-            g.add_edge(ids[e.from], ids[e.to], i);
-            if let Some(first) = seen.insert((e.from, e.port, e.to), i) {
-                let _ = first;
+            if seen.insert((e.from, e.port, e.to), i).is_some() {
                 self.diags.push(Diagnostic::warning(
                     e.pos.clone(),
                     format!(
