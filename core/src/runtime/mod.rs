@@ -190,54 +190,52 @@ pub fn start(spec: &FlowSpec, shutdown: CancellationToken) -> Result<RunningFlow
     };
     let mut outputs: Vec<_> = outputs.into_iter().map(Some).collect();
     let mut inputs: Vec<_> = inputs.into_iter().map(Some).collect();
-    {
-        for i in order {
-            let n = &spec.nodes[i];
-            let name: Arc<str> = n.name.as_str().into();
-            let metrics = nodes[i].metrics.clone();
-            let emitter = Emitter::new(
-                name.clone(),
-                outputs[i].take().unwrap_or_default(),
-                metrics.clone(),
-            );
-            let input = Input::new(inputs[i].take().unwrap_or_default());
-            match built[i].take() {
-                Some(Processor::Source(s)) => {
-                    let ctx = SourceContext {
-                        name,
-                        out: emitter,
-                        shutdown: shutdown.clone(),
-                        metrics,
-                    };
-                    drop(input);
-                    tasks.spawn(async move { (i, s.run(ctx).await) });
-                }
-                Some(Processor::Transform(t)) => {
-                    tasks.spawn(async move {
-                        (i, run_transform(name, t, input, emitter, metrics).await)
-                    });
-                }
-                Some(Processor::Task(t)) => {
-                    let ctx = TaskContext {
-                        name,
-                        input,
-                        out: emitter,
-                        shutdown: shutdown.clone(),
-                        metrics,
-                    };
-                    tasks.spawn(async move { (i, t.run(ctx).await) });
-                }
-                Some(Processor::Sink(s)) => {
-                    let ctx = SinkContext {
-                        name,
-                        input,
-                        failures: emitter,
-                        metrics,
-                    };
-                    tasks.spawn(async move { (i, s.run(ctx).await) });
-                }
-                None => {}
+    for i in order {
+        let n = &spec.nodes[i];
+        let name: Arc<str> = n.name.as_str().into();
+        let metrics = nodes[i].metrics.clone();
+        let emitter = Emitter::new(
+            name.clone(),
+            outputs[i].take().unwrap_or_default(),
+            metrics.clone(),
+        );
+        let input = Input::new(inputs[i].take().unwrap_or_default());
+        match built[i].take() {
+            Some(Processor::Source(s)) => {
+                let ctx = SourceContext {
+                    name,
+                    out: emitter,
+                    shutdown: shutdown.clone(),
+                    metrics,
+                };
+                drop(input);
+                tasks.spawn(async move { (i, s.run(ctx).await) });
             }
+            Some(Processor::Transform(t)) => {
+                tasks.spawn(
+                    async move { (i, run_transform(name, t, input, emitter, metrics).await) },
+                );
+            }
+            Some(Processor::Task(t)) => {
+                let ctx = TaskContext {
+                    name,
+                    input,
+                    out: emitter,
+                    shutdown: shutdown.clone(),
+                    metrics,
+                };
+                tasks.spawn(async move { (i, t.run(ctx).await) });
+            }
+            Some(Processor::Sink(s)) => {
+                let ctx = SinkContext {
+                    name,
+                    input,
+                    failures: emitter,
+                    metrics,
+                };
+                tasks.spawn(async move { (i, s.run(ctx).await) });
+            }
+            None => {}
         }
     }
     Ok(RunningFlow {
