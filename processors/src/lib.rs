@@ -5,15 +5,16 @@
 //! and [`flow_core::processor::Describe`], and the running processor it builds. Every built-in
 //! is listed in [`registry::builtin`], so a reader finds them all in one place.
 //!
-//! - sources: [`generate`], [`file`], [`stdin`];
+//! - sources: [`generate`], [`file`], [`stdin`], [`mqtt`] (`mqtt_source`);
 //! - transforms: [`filter`], [`route`], [`remap`];
-//! - sinks: [`file_sink`], [`stdout`].
+//! - sinks: [`file_sink`], [`stdout`], [`mqtt`] (`mqtt_sink`).
 
 pub mod file;
 pub mod file_sink;
 pub mod filter;
 pub mod generate;
 pub mod lines;
+pub mod mqtt;
 pub mod registry;
 pub mod remap;
 pub mod route;

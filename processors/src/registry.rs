@@ -9,6 +9,7 @@ use crate::file::FileConfig;
 use crate::file_sink::FileSinkConfig;
 use crate::filter::FilterConfig;
 use crate::generate::GenerateConfig;
+use crate::mqtt::{MqttSinkConfig, MqttSourceConfig};
 use crate::remap::RemapConfig;
 use crate::route::RouteConfig;
 use crate::stdin::StdinConfig;
@@ -27,6 +28,8 @@ pub fn builtin() -> Registry {
         ProcessorDef::of::<FileSinkConfig>(),
         ProcessorDef::of::<StdoutConfig>(),
         ProcessorDef::of::<WindowAggregateConfig>(),
+        ProcessorDef::of::<MqttSourceConfig>(),
+        ProcessorDef::of::<MqttSinkConfig>(),
     ])
 }
 
@@ -46,6 +49,8 @@ mod tests {
                 "file_sink",
                 "filter",
                 "generate",
+                "mqtt_sink",
+                "mqtt_source",
                 "remap",
                 "route",
                 "stdin",

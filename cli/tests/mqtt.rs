@@ -1,0 +1,430 @@
+//! `flow run` with MQTT against real Mosquitto processes this test starts itself (so it can stop,
+//! restart and configure them), checked with `mosquitto_pub`. Needs the binaries
+//! `scripts/test.sh` installs; like the other broker tests, skips outside CI when
+//! `FLOW_TEST_MQTT_URL` is not set, and fails in CI.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn enabled() -> bool {
+    if std::env::var_os("FLOW_TEST_MQTT_URL").is_some() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "FLOW_TEST_MQTT_URL is not set but CI is: the MQTT broker did not start"
+    );
+    eprintln!("skipped: FLOW_TEST_MQTT_URL is not set (scripts/test.sh starts Mosquitto)");
+    false
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let _ = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status();
+}
+
+/// A Mosquitto process of this test's own.
+struct Broker {
+    child: Option<Child>,
+    port: u16,
+    conf: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Broker {
+    fn start(extra: &str) -> Broker {
+        Self::start_on(free_port(), extra)
+    }
+
+    fn start_on(port: u16, extra: &str) -> Broker {
+        let dir = tempfile::tempdir().expect("tmp");
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nuser root\nmax_queued_messages 0\n\
+                 persistence_location {}/\n{extra}\n",
+                dir.path().display()
+            ),
+        )
+        .expect("conf");
+        let mut b = Broker {
+            child: None,
+            port,
+            conf,
+            _dir: dir,
+        };
+        b.run();
+        b
+    }
+
+    fn run(&mut self) {
+        let bin = std::env::var("FLOW_TEST_MOSQUITTO").unwrap_or_else(|_| "mosquitto".into());
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(&self.conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto starts");
+        self.child = Some(child);
+        let port = self.port;
+        wait_for(10, "mosquitto to listen", || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+    }
+
+    /// SIGTERM (Mosquitto saves its persistence file) and wait.
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            signal(&c, "-TERM");
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A test flow: MQTT to a file (fsynced per batch, so it is not too fast to interrupt).
+const FLOW: &str = r#"
+name: mqtt-test
+processors:
+  src:
+    type: mqtt_source
+    url: ${MQTT_URL}
+    protocol: ${PROTOCOL:-v311}
+    topics: ["${TOPIC:-sensors/+/telemetry}"]
+    client_id: ${CLIENT_ID}
+    username: ${MQTT_USER:-}
+    password: ${MQTT_PASSWORD:-}
+    reconnect_max: 1s
+  out:
+    type: file_sink
+    path: ${OUT_DIR}/out.jsonl
+    sync: true
+connections:
+  - src -> out
+"#;
+
+/// A running `flow run`, its stderr going to a file.
+struct Flow {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Flow {
+    fn start(dir: &Path, name: &str, env: &[(&str, &str)]) -> Flow {
+        let file = dir.join("flow.yaml");
+        if !file.exists() {
+            std::fs::write(&file, FLOW).expect("flow");
+        }
+        let log = dir.join(format!("{name}.log"));
+        let err = std::fs::File::create(&log).expect("log");
+        let mut c = Command::new(env!("CARGO_BIN_EXE_flow"));
+        c.current_dir(repo())
+            .args(["-v", "run", "--quiet"])
+            .arg(&file)
+            .stdout(Stdio::null())
+            .stderr(err);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let child = c.spawn().expect("flow starts");
+        Flow { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_subscribed(&self) {
+        wait_for(20, "the subscription", || self.log().contains("subscribed"));
+    }
+
+    /// SIGTERM and wait for a graceful exit.
+    fn stop(mut self) {
+        signal(&self.child, "-TERM");
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Flow {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn publish(url: &str, topic: &str, from: usize, to: usize, extra: &[&str]) {
+    let mut child = Command::new("mosquitto_pub")
+        .args(["-L", &format!("{url}/{topic}"), "-q", "1", "-l"])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_pub runs");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut text = String::new();
+    for i in from..to {
+        text.push_str(&format!("{{\"n\":{i}}}\n"));
+    }
+    stdin.write_all(text.as_bytes()).expect("written");
+    drop(stdin);
+    assert!(
+        child.wait().expect("waited").success(),
+        "mosquitto_pub failed"
+    );
+}
+
+/// How many times each `n` was written.
+fn counts(path: &Path) -> HashMap<u64, u32> {
+    let mut m = HashMap::new();
+    for line in std::fs::read_to_string(path).unwrap_or_default().lines() {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(line)
+            && let Some(n) = v["n"].as_u64()
+        {
+            *m.entry(n).or_insert(0) += 1;
+        }
+    }
+    m
+}
+
+fn lines(path: &Path) -> usize {
+    std::fs::read_to_string(path)
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
+/// Make the persistent session (subscribe once), stop the flow, queue `n` messages for it.
+fn queue_for_session(dir: &Path, broker: &Broker, env: &[(&str, &str)], n: usize) {
+    let f = Flow::start(dir, "first", env);
+    f.wait_subscribed();
+    f.stop();
+    publish(&broker.url(), "sensors/dev-1/telemetry", 0, n, &[]);
+}
+
+/// 10,000 QoS 1 messages, the broker stopped and restarted while the flow reads them: none is
+/// lost.
+#[test]
+fn broker_restart_mid_stream_loses_nothing() {
+    if !enabled() {
+        return;
+    }
+    let mut broker = Broker::start("allow_anonymous true\npersistence true");
+    let dir = tempfile::tempdir().expect("tmp");
+    let (url, out_dir) = (broker.url(), dir.path().display().to_string());
+    let env = [
+        ("MQTT_URL", url.as_str()),
+        ("CLIENT_ID", "restart-test"),
+        ("OUT_DIR", out_dir.as_str()),
+    ];
+    queue_for_session(dir.path(), &broker, &env, 10_000);
+    let out = dir.path().join("out.jsonl");
+    let flow = Flow::start(dir.path(), "run", &env);
+    wait_for(30, "the first records", || lines(&out) >= 500);
+    broker.stop();
+    let at_stop = lines(&out);
+    broker.run();
+    wait_for(120, "all 10,000 messages", || counts(&out).len() == 10_000);
+    flow.stop();
+    let c = counts(&out);
+    let dups: u32 = c.values().map(|k| k - 1).sum();
+    eprintln!("broker restarted after {at_stop} records; {dups} duplicates");
+    assert!(at_stop < 10_000, "the restart was not mid-stream");
+    assert!((0..10_000).all(|n| c.contains_key(&n)));
+}
+
+/// The flow killed with SIGKILL mid-stream and started again with the same client id: none is
+/// lost (duplicates are allowed and counted).
+#[test]
+fn kill_9_and_restart_loses_nothing() {
+    if !enabled() {
+        return;
+    }
+    let broker = Broker::start("allow_anonymous true\npersistence false");
+    let dir = tempfile::tempdir().expect("tmp");
+    let (url, out_dir) = (broker.url(), dir.path().display().to_string());
+    let env = [
+        ("MQTT_URL", url.as_str()),
+        ("CLIENT_ID", "kill-test"),
+        ("OUT_DIR", out_dir.as_str()),
+    ];
+    queue_for_session(dir.path(), &broker, &env, 5_000);
+    let out = dir.path().join("out.jsonl");
+    let mut flow = Flow::start(dir.path(), "run", &env);
+    wait_for(30, "the first records", || lines(&out) >= 500);
+    flow.child.kill().expect("SIGKILL");
+    let _ = flow.child.wait();
+    let at_kill = lines(&out);
+    let flow = Flow::start(dir.path(), "again", &env);
+    wait_for(60, "all 5,000 messages", || counts(&out).len() == 5_000);
+    flow.stop();
+    let c = counts(&out);
+    let dups: u32 = c.values().map(|k| k - 1).sum();
+    eprintln!("killed after {at_kill} records; {dups} duplicates");
+    assert!(at_kill < 5_000, "the kill was not mid-stream");
+}
+
+/// Two `flow run` processes on one MQTT 5 shared subscription: each gets a part, together all.
+#[test]
+fn a_shared_subscription_splits_the_stream() {
+    if !enabled() {
+        return;
+    }
+    let broker = Broker::start("allow_anonymous true\npersistence false");
+    let url = broker.url();
+    let dirs = [
+        tempfile::tempdir().expect("tmp"),
+        tempfile::tempdir().expect("tmp"),
+    ];
+    let flows: Vec<Flow> = dirs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let out_dir = d.path().display().to_string();
+            let id = format!("shared-{i}");
+            Flow::start(
+                d.path(),
+                "run",
+                &[
+                    ("MQTT_URL", url.as_str()),
+                    ("PROTOCOL", "v5"),
+                    ("TOPIC", "$share/workers/sensors/+/telemetry"),
+                    ("CLIENT_ID", id.as_str()),
+                    ("OUT_DIR", out_dir.as_str()),
+                ],
+            )
+        })
+        .collect();
+    flows.iter().for_each(Flow::wait_subscribed);
+    publish(&url, "sensors/dev-1/telemetry", 0, 2_000, &["-V", "mqttv5"]);
+    let outs: Vec<PathBuf> = dirs.iter().map(|d| d.path().join("out.jsonl")).collect();
+    let union = || {
+        let mut all = counts(&outs[0]);
+        for (n, k) in counts(&outs[1]) {
+            *all.entry(n).or_insert(0) += k;
+        }
+        all
+    };
+    wait_for(60, "all 2,000 messages", || union().len() == 2_000);
+    flows.into_iter().for_each(Flow::stop);
+    let (a, b) = (counts(&outs[0]).len(), counts(&outs[1]).len());
+    eprintln!("split {a} + {b}");
+    assert!(a > 0 && b > 0, "one process got nothing: {a} + {b}");
+}
+
+/// No broker at start: the flow keeps retrying, with one log line for the burst of attempts,
+/// and delivers once the broker is up.
+#[test]
+fn broker_down_at_start_is_retried() {
+    if !enabled() {
+        return;
+    }
+    let port = free_port();
+    let dir = tempfile::tempdir().expect("tmp");
+    let url = format!("mqtt://127.0.0.1:{port}");
+    let out_dir = dir.path().display().to_string();
+    let flow = Flow::start(
+        dir.path(),
+        "run",
+        &[
+            ("MQTT_URL", url.as_str()),
+            ("CLIENT_ID", "down-test"),
+            ("OUT_DIR", out_dir.as_str()),
+        ],
+    );
+    let retrying = "cannot reach the MQTT broker; retrying with backoff";
+    wait_for(20, "the retry log line", || flow.log().contains(retrying));
+    let broker = Broker::start_on(port, "allow_anonymous true\npersistence false");
+    flow.wait_subscribed();
+    publish(&broker.url(), "sensors/dev-1/telemetry", 0, 10, &[]);
+    let out = dir.path().join("out.jsonl");
+    wait_for(20, "the messages", || counts(&out).len() == 10);
+    let log = flow.log();
+    flow.stop();
+    assert_eq!(log.matches(retrying).count(), 1, "{log}");
+    assert!(log.contains("connected to the MQTT broker"), "{log}");
+    assert!(log.contains(&url), "the line names the broker: {log}");
+}
+
+/// A wrong password stops the flow with a clear error instead of retrying forever.
+#[test]
+fn a_wrong_password_is_a_clear_error() {
+    if !enabled() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let passwd = dir.path().join("passwd");
+    let st = Command::new("mosquitto_passwd")
+        .args(["-b", "-c"])
+        .arg(&passwd)
+        .args(["flow", "right-secret"])
+        .status()
+        .expect("mosquitto_passwd runs");
+    assert!(st.success());
+    let broker = Broker::start(&format!(
+        "allow_anonymous false\npassword_file {}\npersistence false",
+        passwd.display()
+    ));
+    let (url, out_dir) = (broker.url(), dir.path().display().to_string());
+    let mut flow = Flow::start(
+        dir.path(),
+        "run",
+        &[
+            ("MQTT_URL", url.as_str()),
+            ("CLIENT_ID", "auth-test"),
+            ("OUT_DIR", out_dir.as_str()),
+            ("MQTT_USER", "flow"),
+            ("MQTT_PASSWORD", "wrong-secret"),
+        ],
+    );
+    let mut status = None;
+    wait_for(20, "the flow to fail", || {
+        status = flow.child.try_wait().ok().flatten();
+        status.is_some()
+    });
+    let log = flow.log();
+    assert!(!status.is_some_and(|s| s.success()), "{log}");
+    assert!(
+        log.contains(&format!("the MQTT broker at {url} refused the connection")),
+        "{log}"
+    );
+    assert!(
+        !log.contains("wrong-secret"),
+        "the password is never logged"
+    );
+}

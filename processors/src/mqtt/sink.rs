@@ -1,0 +1,428 @@
+//! `mqtt_sink`: publish records to an MQTT broker; a record is acknowledged once the broker
+//! confirmed it.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use flow_core::processor::{
+    BuildContext, BuildError, ConfigError, Describe, Kind, Output, Processor, ProcessorConfig,
+    ProcessorError, Sink, SinkContext,
+};
+use flow_core::record::{Record, Value};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::source::{default_keep_alive, default_qos, default_reconnect_max};
+use super::{Client, Connection, MqttError, MqttEvent, Protocol, TlsConfig, Use, check_topic};
+
+/// Publish each record to an MQTT broker (3.1.1 or 5), on a topic made from the record.
+///
+/// The payload is the record's content (a record nobody modified keeps its exact bytes). The
+/// topic is a template over the record's fields and attributes: in `devices/{device}/commands`,
+/// `{device}` is the record's field `device` (a dotted path reaches nested fields) or, when
+/// there is no such field, its attribute `device` (so `{mqtt.topic}` works). A record whose
+/// topic cannot be made goes to `failure`. A record is acknowledged once the broker confirmed
+/// it: PUBACK at QoS 1, PUBCOMP at QoS 2, or once sent at QoS 0. At most `max_inflight`
+/// records wait for confirmation; then the sink stops taking input (back-pressure). Lost
+/// connections are retried with capped exponential backoff, and unconfirmed records are sent
+/// again.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSinkConfig {
+    /// The broker: `mqtt://host:port` (default port 1883) or `mqtts://host:port` for TLS
+    /// (default port 8883).
+    pub url: String,
+    /// The protocol version: `v311` (MQTT 3.1.1) or `v5`.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// The client id. Default: `flow-<processor name>`.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// Start a new session on every connection. `false` keeps a persistent session, so
+    /// publishes in flight survive a reconnection.
+    #[serde(default)]
+    pub clean_session: bool,
+    /// The username, if the broker requires one.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// The password (use `${VAR}` to take it from the environment). Never logged.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// How often the connection is checked with a ping when idle; `0s` turns it off.
+    #[serde(default = "default_keep_alive", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub keep_alive: Duration,
+    /// The longest wait between reconnection attempts (the wait doubles from 100ms up to this).
+    #[serde(default = "default_reconnect_max", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub reconnect_max: Duration,
+    /// TLS settings for `mqtts://` (CA and client certificate).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// The topic, a template: `{name}` is the record's field `name` (`{a.b}` a nested one), or
+    /// its attribute `name` when there is no such field.
+    pub topic: String,
+    /// Quality of service: 0 (at most once), 1 (at least once) or 2 (exactly once).
+    #[serde(default = "default_qos")]
+    pub qos: u8,
+    /// Ask the broker to retain the last message of each topic for new subscribers.
+    #[serde(default)]
+    pub retain: bool,
+    /// At most this many records published and not yet confirmed by the broker.
+    #[serde(default = "default_max_inflight")]
+    pub max_inflight: u16,
+}
+
+fn default_max_inflight() -> u16 {
+    100
+}
+
+impl MqttSinkConfig {
+    fn connection(&self, node: &str) -> Connection {
+        Connection {
+            url: self.url.clone(),
+            protocol: self.protocol,
+            client_id: self
+                .client_id
+                .clone()
+                .unwrap_or_else(|| format!("flow-{node}")),
+            clean_session: self.clean_session,
+            username: self.username.clone(),
+            password: self.password.clone(),
+            keep_alive: self.keep_alive,
+            tls: self.tls.clone(),
+            reconnect_max: self.reconnect_max,
+        }
+    }
+}
+
+impl Describe for MqttSinkConfig {
+    const TYPE: &'static str = "mqtt_sink";
+    const KIND: Kind = Kind::Sink;
+}
+
+impl ProcessorConfig for MqttSinkConfig {
+    fn outputs(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn validate(&self) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        self.connection("node").validate(&mut errors);
+        match TopicFormat::parse(&self.topic) {
+            Ok(t) => {
+                if let Err(e) = check_topic(&t.sample(), false) {
+                    errors.push(ConfigError::new(&["topic"], e));
+                }
+            }
+            Err(e) => errors.push(ConfigError::new(&["topic"], e)),
+        }
+        if self.qos > 2 {
+            errors.push(ConfigError::new(&["qos"], "must be 0, 1 or 2"));
+        }
+        if self.max_inflight == 0 {
+            errors.push(ConfigError::new(&["max_inflight"], "must be at least 1"));
+        }
+        errors
+    }
+
+    fn build(&self, ctx: &BuildContext) -> Result<Processor, BuildError> {
+        let topic = TopicFormat::parse(&self.topic).map_err(BuildError)?;
+        Ok(Processor::Sink(Box::new(MqttSink {
+            conn: self.connection(&ctx.name),
+            cfg: self.clone(),
+            topic,
+        })))
+    }
+}
+
+/// A topic template: literal text and `{name}` placeholders.
+#[derive(Clone, Debug)]
+pub(crate) struct TopicFormat {
+    parts: Vec<Part>,
+}
+
+#[derive(Clone, Debug)]
+enum Part {
+    Text(String),
+    Field(String),
+}
+
+impl TopicFormat {
+    pub fn parse(template: &str) -> Result<Self, String> {
+        let mut parts = Vec::new();
+        let mut rest = template;
+        while let Some(open) = rest.find('{') {
+            let (text, after) = rest.split_at(open);
+            if text.contains('}') {
+                return Err(format!("`{template}`: unmatched `}}`"));
+            }
+            if !text.is_empty() {
+                parts.push(Part::Text(text.to_owned()));
+            }
+            let close = after
+                .find('}')
+                .ok_or_else(|| format!("`{template}`: unclosed `{{`"))?;
+            let name = &after[1..close];
+            if name.is_empty() || name.contains('{') {
+                return Err(format!("`{template}`: empty or nested `{{}}`"));
+            }
+            parts.push(Part::Field(name.to_owned()));
+            rest = &after[close + 1..];
+        }
+        if rest.contains('}') {
+            return Err(format!("`{template}`: unmatched `}}`"));
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Text(rest.to_owned()));
+        }
+        Ok(Self { parts })
+    }
+
+    /// The template with every placeholder replaced by `x` (for validation).
+    fn sample(&self) -> String {
+        self.parts
+            .iter()
+            .map(|p| match p {
+                Part::Text(t) => t.as_str(),
+                Part::Field(_) => "x",
+            })
+            .collect()
+    }
+
+    /// The topic for a record.
+    pub fn render(&self, record: &mut Record) -> Result<String, String> {
+        let mut topic = String::new();
+        for p in &self.parts {
+            match p {
+                Part::Text(t) => topic.push_str(t),
+                Part::Field(name) => {
+                    let field = match record.view() {
+                        Ok((v, _)) => lookup(v, name).map(|v| scalar(v, name)).transpose()?,
+                        Err(_) => None,
+                    };
+                    let value = match field {
+                        Some(v) => v,
+                        None => record.attributes.get(name).cloned().ok_or_else(|| {
+                            format!(
+                                "topic `{{{name}}}`: the record has no field or attribute `{name}`"
+                            )
+                        })?,
+                    };
+                    if value.is_empty() || value.contains(['+', '#', '/', '\0']) {
+                        return Err(format!(
+                            "topic `{{{name}}}`: `{value}` cannot be a topic level"
+                        ));
+                    }
+                    topic.push_str(&value);
+                }
+            }
+        }
+        Ok(topic)
+    }
+}
+
+fn lookup<'v>(v: &'v Value, path: &str) -> Option<&'v Value> {
+    let mut v = v;
+    for key in path.split('.') {
+        v = v.as_object()?.get(key)?;
+    }
+    Some(v)
+}
+
+fn scalar(v: &Value, name: &str) -> Result<String, String> {
+    match v {
+        Value::Bytes(b) => Ok(String::from_utf8_lossy(b).into_owned()),
+        Value::String(s) => Ok(s.to_string()),
+        Value::Integer(_) | Value::Float(_) | Value::Boolean(_) => Ok(v.to_string()),
+        other => Err(format!(
+            "topic `{{{name}}}`: the field is not a string, number or boolean ({other})"
+        )),
+    }
+}
+
+struct MqttSink {
+    conn: Connection,
+    cfg: MqttSinkConfig,
+    topic: TopicFormat,
+}
+
+/// A record on its way to the broker.
+struct Outgoing {
+    seq: u64,
+    /// Held until the broker confirmed it: dropping it acknowledges it.
+    _record: Record,
+    topic: String,
+    payload: Bytes,
+}
+
+/// How long to wait before offering a publish again to a full request queue.
+const RETRY: Duration = Duration::from_millis(5);
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn other(e: impl std::fmt::Display) -> ProcessorError {
+    ProcessorError::Other(e.to_string())
+}
+
+impl Client {
+    /// Offer a publish without waiting: `false` when the request queue is full.
+    fn try_publish(&self, o: &Outgoing, qos: u8, retain: bool) -> Result<bool, MqttError> {
+        let r = match self {
+            Client::V4(c) => c
+                .try_publish(
+                    o.topic.clone(),
+                    super::qos4(qos),
+                    retain,
+                    o.payload.to_vec(),
+                )
+                .map_err(|e| matches!(e, rumqttc::ClientError::TryRequest(_))),
+            Client::V5(c) => c
+                .try_publish(o.topic.clone(), super::qos5(qos), retain, o.payload.clone())
+                .map_err(|e| matches!(e, rumqttc::v5::ClientError::TryRequest(_))),
+        };
+        match r {
+            Ok(()) => Ok(true),
+            Err(true) => Ok(false),
+            Err(false) => Err(MqttError::ClientGone),
+        }
+    }
+}
+
+#[async_trait]
+impl Sink for MqttSink {
+    async fn run(self: Box<Self>, mut ctx: SinkContext) -> Result<(), ProcessorError> {
+        let max_inflight = usize::from(self.cfg.max_inflight);
+        let (qos, retain) = (self.cfg.qos, self.cfg.retain);
+        let (client, mut events, _driver) = super::start(
+            &self.conn,
+            &ctx.name,
+            Use {
+                manual_acks: false,
+                inflight: self.cfg.max_inflight,
+                requests: max_inflight + 16,
+                events: max_inflight * 2 + 64,
+            },
+        )
+        .map_err(other)?;
+        // Handed to the client, waiting for their packet id (in order).
+        let mut unassigned: VecDeque<Outgoing> = VecDeque::new();
+        // Sent, waiting for the broker's confirmation.
+        let mut awaiting: HashMap<u16, Outgoing> = HashMap::new();
+        // Not handed to the client yet.
+        let mut to_send: VecDeque<Outgoing> = VecDeque::new();
+        let mut seq = 0u64;
+        let mut input_done = false;
+        let mut first_connect = true;
+        let mut failures = Output::new(ctx.name.clone(), ctx.failures.port_count().max(1));
+        loop {
+            let inflight = unassigned.len() + awaiting.len();
+            if input_done && inflight == 0 && to_send.is_empty() {
+                break;
+            }
+            tokio::select! {
+                biased;
+                e = events.recv() => match e {
+                    Some(MqttEvent::Sent(pkid)) => {
+                        if qos == 0 {
+                            if unassigned.pop_front().is_some() {
+                                ctx.metrics.add_sent(1);
+                            }
+                        } else if !awaiting.contains_key(&pkid)
+                            && let Some(o) = unassigned.pop_front()
+                        {
+                            // A packet id already waiting is a resend after a reconnection.
+                            awaiting.insert(pkid, o);
+                        }
+                    }
+                    Some(MqttEvent::Confirmed(pkid)) => {
+                        if awaiting.remove(&pkid).is_some() {
+                            // Dropping the record acknowledges it.
+                            ctx.metrics.add_sent(1);
+                        }
+                    }
+                    Some(MqttEvent::Connected { session_present }) => {
+                        ctx.metrics.set_status("connected", serde_json::json!(true));
+                        if !first_connect && !session_present && qos > 0 {
+                            // The broker lost the session, and the client its unsent queue:
+                            // send every unconfirmed record again, in order.
+                            let mut lost: Vec<Outgoing> = awaiting.drain().map(|(_, o)| o).collect();
+                            lost.extend(unassigned.drain(..));
+                            lost.sort_by_key(|o| o.seq);
+                            for o in lost.into_iter().rev() {
+                                to_send.push_front(o);
+                            }
+                        }
+                        first_connect = false;
+                    }
+                    Some(MqttEvent::Disconnected) => {
+                        ctx.metrics.set_status("connected", serde_json::json!(false));
+                    }
+                    Some(MqttEvent::Fatal(e)) => return Err(other(e)),
+                    Some(MqttEvent::Publish(_) | MqttEvent::SubAck(_)) => {}
+                    None => return Err(other(MqttError::ClientGone)),
+                },
+                batch = ctx.input.next(), if !input_done && to_send.is_empty() && inflight < max_inflight => {
+                    let Some(batch) = batch else {
+                        input_done = true;
+                        continue;
+                    };
+                    ctx.metrics.add_received(batch.len() as u64);
+                    for mut record in batch {
+                        match self.topic.render(&mut record) {
+                            Ok(topic) => {
+                                let payload = record.content().clone();
+                                to_send.push_back(Outgoing { seq, _record: record, topic, payload });
+                                seq += 1;
+                            }
+                            Err(msg) => failures.fail(record, &msg),
+                        }
+                    }
+                    ctx.failures.flush(&mut failures).await.map_err(other)?;
+                }
+                _ = tokio::time::sleep(RETRY), if !to_send.is_empty() && inflight < max_inflight => {}
+            }
+            // Hand records to the client while the window has room and its queue takes them.
+            while unassigned.len() + awaiting.len() < max_inflight
+                && let Some(o) = to_send.front()
+            {
+                if !client.try_publish(o, qos, retain).map_err(other)? {
+                    break;
+                }
+                if let Some(o) = to_send.pop_front() {
+                    unassigned.push_back(o);
+                }
+            }
+        }
+        let close = async {
+            client.disconnect().await;
+            drop(client);
+        };
+        let drain = async { while events.recv().await.is_some() {} };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async { tokio::join!(close, drain) }).await;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+    use crate::testing::rec;
+
+    #[test]
+    fn topic_templates_use_fields_then_attributes() {
+        let t = TopicFormat::parse("devices/{device}/{cmd.kind}/{mqtt.qos}").expect("ok");
+        let mut r = rec(r#"{"device":"car-1","cmd":{"kind":"stop"}}"#);
+        r.set_attribute("mqtt.qos", "1");
+        assert_eq!(t.render(&mut r).expect("topic"), "devices/car-1/stop/1");
+        let mut r = rec(r#"{"device":"a/b"}"#);
+        assert!(t.render(&mut r).is_err());
+        let mut r = rec(r#"{"x":1}"#);
+        let err = t.render(&mut r).expect_err("missing");
+        assert!(err.contains("no field or attribute `device`"), "{err}");
+        assert!(TopicFormat::parse("a/{b").is_err());
+        assert!(TopicFormat::parse("a/}b").is_err());
+        assert!(TopicFormat::parse("a/{}").is_err());
+    }
+}

@@ -1,0 +1,335 @@
+//! `mqtt_source` and `mqtt_sink` against a real Mosquitto broker (`FLOW_TEST_MQTT_URL`, started
+//! by `scripts/test.sh`), checked with Mosquitto's own clients, `mosquitto_pub` and
+//! `mosquitto_sub`. Without the variable the tests skip and say so, except with `CI` set, where
+//! they fail.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flow_core::processor::ProcessorConfig;
+use flow_core::record::Record;
+use flow_core::runtime::metrics::NodeMetrics;
+use serde_json::json;
+
+use super::{MqttSinkConfig, MqttSourceConfig};
+use crate::testing::{config, rec, sink, sink_ctx, source, source_ctx};
+
+/// The test broker's URL; `None` (after saying so) when there is none outside CI.
+fn broker() -> Option<String> {
+    match std::env::var("FLOW_TEST_MQTT_URL") {
+        Ok(u) => Some(u),
+        Err(_) if std::env::var_os("CI").is_some() => {
+            panic!("FLOW_TEST_MQTT_URL is not set but CI is: the MQTT broker did not start")
+        }
+        Err(_) => {
+            eprintln!("skipped: FLOW_TEST_MQTT_URL is not set (scripts/test.sh starts Mosquitto)");
+            None
+        }
+    }
+}
+
+/// A topic prefix no other test or run uses.
+fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    format!("flowtest/{name}/{}-{nanos}", std::process::id())
+}
+
+/// Publish each line as one message with `mosquitto_pub`.
+fn publish(url: &str, topic: &str, qos: u8, v5: bool, lines: &[String]) {
+    let mut c = Command::new("mosquitto_pub");
+    c.args([
+        "-L",
+        &format!("{url}/{topic}"),
+        "-q",
+        &qos.to_string(),
+        "-l",
+    ]);
+    if v5 {
+        c.args(["-V", "mqttv5"]);
+    }
+    let mut child = c.stdin(Stdio::piped()).spawn().expect("mosquitto_pub runs");
+    let mut stdin = child.stdin.take().expect("stdin");
+    for l in lines {
+        writeln!(stdin, "{l}").expect("written");
+    }
+    drop(stdin);
+    assert!(
+        child.wait().expect("waited").success(),
+        "mosquitto_pub failed"
+    );
+}
+
+/// Wait until `cond` holds, up to `secs`.
+async fn until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn status(m: &Arc<NodeMetrics>, key: &str) -> Option<serde_json::Value> {
+    m.snapshot().status.get(key).cloned()
+}
+
+fn text(r: &mut Record) -> String {
+    String::from_utf8_lossy(r.content()).into_owned()
+}
+
+/// Messages at each QoS and protocol version come out as records, with attributes and the
+/// fields the topic template takes; the broker then has nothing left for the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_round_trip_per_qos_and_protocol() {
+    let Some(url) = broker() else { return };
+    for (qos, protocol) in [(0, "v311"), (1, "v311"), (2, "v311"), (1, "v5"), (2, "v5")] {
+        let base = unique(&format!("src-q{qos}-{protocol}"));
+        let cfg: MqttSourceConfig = config(json!({
+            "url": url, "protocol": protocol, "qos": qos,
+            "client_id": format!("src-q{qos}-{protocol}-{}", std::process::id()),
+            "clean_session": true,
+            "topics": [format!("{base}/+/telemetry")],
+            "topic_fields": format!("{base}/{{device}}/telemetry"),
+        }));
+        let mut h = source_ctx(1);
+        let run = tokio::spawn(source(&cfg).run(h.ctx));
+        until(10, "the subscription", || {
+            status(&h.metrics, "subscribed") == Some(json!(true))
+        })
+        .await;
+        let lines: Vec<String> = (0..50).map(|i| format!(r#"{{"n":{i}}}"#)).collect();
+        publish(
+            &url,
+            &format!("{base}/car-7/telemetry"),
+            qos,
+            protocol == "v5",
+            &lines,
+        );
+        // Records finish as they come (the broker sends at most its in-flight window, 20 by
+        // default, before it sees acks).
+        let mut texts = Vec::new();
+        let mut first = None;
+        while texts.len() < 50 {
+            let batch = tokio::time::timeout(Duration::from_secs(10), h.ports[1].recv())
+                .await
+                .unwrap_or_else(|_| panic!("records in time: {:?}", h.metrics.snapshot()))
+                .expect("a batch");
+            for mut r in batch {
+                texts.push(text(&mut r));
+                first.get_or_insert(r.attributes.clone());
+            }
+        }
+        let want: Vec<String> = (0..50)
+            .map(|i| format!(r#"{{"device":"car-7","n":{i}}}"#))
+            .collect();
+        assert_eq!(texts, want, "qos {qos} {protocol}");
+        let a = first.expect("attributes");
+        assert_eq!(a["mqtt.topic"], format!("{base}/car-7/telemetry"));
+        assert_eq!(a["mqtt.qos"], qos.to_string());
+        assert_eq!(a["mqtt.retain"], "false");
+        until(10, "the acks", || {
+            qos == 0 || status(&h.metrics, "acked") == Some(json!(50))
+        })
+        .await;
+        h.shutdown.cancel();
+        run.await.expect("joined").expect("runs");
+    }
+}
+
+/// A payload that is not JSON goes to `failure` with the parse error; it is still acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_json_payloads_go_to_failure() {
+    let Some(url) = broker() else { return };
+    let topic = unique("nonjson");
+    let cfg: MqttSourceConfig = config(json!({
+        "url": url, "client_id": format!("nonjson-{}", std::process::id()),
+        "clean_session": true, "topics": [topic.clone()],
+    }));
+    let mut h = source_ctx(1);
+    let run = tokio::spawn(source(&cfg).run(h.ctx));
+    until(10, "the subscription", || {
+        status(&h.metrics, "subscribed") == Some(json!(true))
+    })
+    .await;
+    publish(
+        &url,
+        &topic,
+        1,
+        false,
+        &[r#"{"ok":1}"#.into(), "not json {".into()],
+    );
+    let mut failed = tokio::time::timeout(Duration::from_secs(10), h.ports[0].recv())
+        .await
+        .expect("in time")
+        .expect("a batch");
+    assert_eq!(text(&mut failed[0]), "not json {");
+    let msg = failed[0].attributes["error.message"].clone();
+    assert!(
+        msg.starts_with("payload: content is not valid JSON"),
+        "{msg}"
+    );
+    assert_eq!(failed[0].attributes["mqtt.topic"], topic);
+    drop(failed);
+    let ok = h.ports[1].recv().await.expect("the good one");
+    assert_eq!(ok.len(), 1);
+    drop(ok);
+    until(10, "the acks", || {
+        status(&h.metrics, "acked") == Some(json!(2))
+    })
+    .await;
+    h.shutdown.cancel();
+    run.await.expect("joined").expect("runs");
+}
+
+/// A downstream that does not finish records: the source stops at `max_inflight` (10, below
+/// Mosquitto's own window of 20) and does not acknowledge, so the broker keeps the backlog; once
+/// records finish, all of it arrives, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_downstream_stops_the_source_at_max_inflight() {
+    let Some(url) = broker() else { return };
+    let topic = unique("slow");
+    let cfg: MqttSourceConfig = config(json!({
+        "url": url, "client_id": format!("slow-{}", std::process::id()),
+        "clean_session": true, "topics": [topic.clone()], "max_inflight": 10, "batch_size": 4,
+    }));
+    let mut h = source_ctx(1);
+    let run = tokio::spawn(source(&cfg).run(h.ctx));
+    until(10, "the subscription", || {
+        status(&h.metrics, "subscribed") == Some(json!(true))
+    })
+    .await;
+    let lines: Vec<String> = (0..2000).map(|i| format!(r#"{{"n":{i}}}"#)).collect();
+    publish(&url, &topic, 1, false, &lines);
+    // Hold every record: nothing finishes.
+    let mut held = Vec::new();
+    let received = |m: &Arc<NodeMetrics>| m.snapshot().received;
+    until(10, "a full window", || received(&h.metrics) >= 10).await;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(300) {
+        while let Ok(Some(b)) =
+            tokio::time::timeout(Duration::from_millis(20), h.ports[1].recv()).await
+        {
+            held.extend(b);
+        }
+        assert!(
+            received(&h.metrics) <= 10,
+            "the source went past its window: {}",
+            received(&h.metrics)
+        );
+    }
+    assert_eq!(held.len(), 10);
+    assert_eq!(
+        status(&h.metrics, "acked"),
+        None,
+        "nothing was acknowledged"
+    );
+    // Let records finish as they come: everything the broker held arrives, in order.
+    let mut seen: Vec<i64> = Vec::new();
+    for r in held.iter_mut() {
+        seen.push(n(r));
+    }
+    drop(held);
+    while seen.len() < 2000 {
+        let b = tokio::time::timeout(Duration::from_secs(10), h.ports[1].recv())
+            .await
+            .expect("in time")
+            .expect("a batch");
+        assert!(b.len() <= 4);
+        for mut r in b {
+            seen.push(n(&mut r));
+        }
+    }
+    assert_eq!(seen, (0..2000).collect::<Vec<_>>());
+    h.shutdown.cancel();
+    run.await.expect("joined").expect("runs");
+}
+
+fn n(r: &mut Record) -> i64 {
+    r.value()
+        .ok()
+        .and_then(|v| v.as_object().and_then(|o| o.get("n")).cloned())
+        .and_then(|v| v.as_integer())
+        .expect("a number")
+}
+
+/// The sink publishes on the topic the template makes, at each QoS; `mosquitto_sub` receives
+/// exactly the records, and each is acknowledged once the broker confirmed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sink_round_trip_per_qos() {
+    let Some(url) = broker() else { return };
+    for (qos, protocol) in [(0, "v311"), (1, "v311"), (2, "v311"), (1, "v5")] {
+        let base = unique(&format!("sink-q{qos}-{protocol}"));
+        let sub_id = format!("sub-q{qos}-{protocol}-{}", std::process::id());
+        // A persistent subscriber session, made first, so nothing is missed.
+        let filter = format!("{url}/{base}/#");
+        let st = Command::new("mosquitto_sub")
+            .args(["-L", &filter, "-q", "2", "-c", "-i", &sub_id, "-E"])
+            .status()
+            .expect("mosquitto_sub runs");
+        assert!(st.success());
+        let cfg: MqttSinkConfig = config(json!({
+            "url": url, "protocol": protocol, "qos": qos,
+            "client_id": format!("sink-q{qos}-{protocol}-{}", std::process::id()),
+            "topic": format!("{base}/{{device}}/commands"),
+        }));
+        let (ctx, tx, mut failures, metrics) = sink_ctx();
+        let mut records: Vec<Record> = (0..30)
+            .map(|i| rec(&format!(r#"{{"device":"d{}","i":{i}}}"#, i % 3)))
+            .collect();
+        records.push(rec(r#"{"nodevice":true}"#));
+        tx.send(records).await.expect("queued");
+        drop(tx);
+        sink(&cfg).run(ctx).await.expect("runs");
+        assert_eq!(metrics.snapshot().sent, 30, "qos {qos}");
+        let failed = crate::testing::records(&mut failures).await;
+        assert_eq!(failed.len(), 1);
+        let out = Command::new("mosquitto_sub")
+            .args([
+                "-L", &filter, "-q", "2", "-c", "-i", &sub_id, "-v", "-C", "30", "-W", "10",
+            ])
+            .output()
+            .expect("mosquitto_sub runs");
+        let got = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut lines: Vec<&str> = got.lines().collect();
+        lines.sort();
+        let mut want: Vec<String> = (0..30)
+            .map(|i| {
+                format!(
+                    r#"{base}/d{}/commands {{"device":"d{}","i":{i}}}"#,
+                    i % 3,
+                    i % 3
+                )
+            })
+            .collect();
+        want.sort();
+        assert_eq!(lines, want, "qos {qos} {protocol}");
+        // Drop the subscriber's session.
+        let _ = Command::new("mosquitto_sub")
+            .args(["-L", &filter, "-i", &sub_id, "-E"])
+            .status();
+    }
+}
+
+/// Validation points at the offending keys; unknown keys are rejected.
+#[test]
+fn configs_validate() {
+    let c: MqttSourceConfig = config(json!({"url": "http://x", "topics": ["a/#/b"], "qos": 3}));
+    let paths: Vec<String> = c.validate().into_iter().map(|e| e.path.join(".")).collect();
+    assert_eq!(paths, ["url", "topics.0", "qos"]);
+    let c: MqttSourceConfig = config(json!({"url": "mqtt://h", "topics": ["a"]}));
+    assert!(c.validate().is_empty());
+    assert_eq!(c.outputs(), ["out"]);
+    assert!(!c.clean_session);
+    let c: MqttSinkConfig = config(json!({"url": "mqtt://h", "topic": "a/+/{x}"}));
+    assert_eq!(c.validate()[0].path, ["topic"]);
+    assert!(
+        serde_json::from_value::<MqttSinkConfig>(
+            json!({"url": "mqtt://h", "topic": "a", "qso": 1})
+        )
+        .is_err()
+    );
+}
