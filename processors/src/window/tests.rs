@@ -43,24 +43,23 @@ fn feed(
     flush: bool,
 ) -> (Vec<String>, Vec<String>) {
     let mut out = Output::new("w".into(), 3);
-    for (i, (k, t, v)) in events.iter().enumerate() {
+    add_events(engine, events, 0, &mut out);
+    if flush {
+        engine.flush(&mut out);
+    }
+    summarize(&out)
+}
+
+/// Add `events[skip..]` as records from source 1 whose positions are their 1-based index.
+fn add_events(engine: &mut Engine, events: &[(&str, i64, i64)], skip: usize, out: &mut Output) {
+    for (i, (k, t, v)) in events.iter().enumerate().skip(skip) {
         let mut r = Record::from_bytes(format!(r#"{{"k":"{k}","t":{t},"v":{v}}}"#));
         r.origin = Some(Origin {
             source: 1,
             seq: i as u64 + 1,
         });
-        engine.add(
-            r,
-            *t,
-            Value::from(*k),
-            &[Value::Null, Value::from(*v)],
-            &mut out,
-        );
+        engine.add(r, *t, Value::from(*k), &[Value::Null, Value::from(*v)], out);
     }
-    if flush {
-        engine.flush(&mut out);
-    }
-    summarize(&out)
 }
 
 fn summarize(out: &Output) -> (Vec<String>, Vec<String>) {
@@ -237,20 +236,7 @@ fn a_restored_checkpoint_skips_what_it_already_holds() {
     let mut second = engine(&c);
     second.restore(&snapshot).expect("restores");
     let mut out = Output::new("w".into(), 3);
-    for (i, (k, t, v)) in events.iter().enumerate().skip(1) {
-        let mut r = Record::from_bytes(format!(r#"{{"k":"{k}","t":{t},"v":{v}}}"#));
-        r.origin = Some(Origin {
-            source: 1,
-            seq: i as u64 + 1,
-        });
-        second.add(
-            r,
-            *t,
-            Value::from(*k),
-            &[Value::Null, Value::from(*v)],
-            &mut out,
-        );
-    }
+    add_events(&mut second, &events, 1, &mut out);
     second.flush(&mut out);
     let (after, _) = summarize(&out);
     assert!(before.is_empty());
