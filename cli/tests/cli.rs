@@ -25,12 +25,7 @@ fn run(c: &mut Command) -> Output {
 
 #[test]
 fn validate_accepts_every_example_flow() {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join("flows"))
-        .expect("flows/")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    files.sort();
+    let files = flow_tests::example_flows();
     assert!(files.len() >= 2);
     let out = run(flow()
         .arg("validate")

@@ -12,6 +12,17 @@ pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// Every example flow in `flows/`, sorted.
+pub fn example_flows() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join("flows"))
+        .expect("flows/")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
 /// Load a flow file with exactly these environment variables (nothing from the process).
 pub fn load(path: &Path, env: &HashMap<String, String>) -> (String, Loaded) {
     let text = std::fs::read_to_string(path)

@@ -4,17 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use flow_tests::{load, node, repo, run};
-
-fn example_flows() -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join("flows"))
-        .expect("flows/")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    files.sort();
-    files
-}
+use flow_tests::{example_flows, load, node, repo, run};
 
 /// Every variable any example flow may use, set to something plausible.
 fn fake_env() -> HashMap<String, String> {

@@ -333,7 +333,7 @@ impl Loader<'_> {
         match top.get_node("connections") {
             Some(Node::Sequence(seq)) => {
                 for item in seq.iter() {
-                    if let Some(e) = self.connection(item, &nodes, &defaults, registry) {
+                    if let Some(e) = self.connection(item, &nodes, &defaults) {
                         edges.push(e);
                     }
                 }
@@ -578,7 +578,6 @@ impl Loader<'_> {
         text: &str,
         at: &Pos,
         nodes: &[NodeSpec],
-        registry: &Registry,
     ) -> Option<(usize, Option<String>)> {
         let (node_name, port) = match text.split_once('.') {
             Some((n, p)) => (n.trim(), Some(p.trim().to_owned())),
@@ -594,7 +593,6 @@ impl Loader<'_> {
                     .any(|d| d.message.contains(&format!("`{node_name}`")))
                 {
                     let help = did_you_mean(node_name, nodes.iter().map(|n| n.name.as_str()));
-                    let _ = registry;
                     self.error(
                         at.clone(),
                         format!("connection names unknown processor `{node_name}`"),
@@ -611,7 +609,6 @@ impl Loader<'_> {
         item: &Node,
         nodes: &[NodeSpec],
         defaults: &EdgeSettings,
-        registry: &Registry,
     ) -> Option<EdgeSpec> {
         let at = self.node_pos(item);
         let (from_text, to_text, settings) = match item {
@@ -644,13 +641,12 @@ impl Loader<'_> {
                 return None;
             }
         };
-        let from = self.endpoint(&from_text, &at, nodes, registry);
-        let to = self.endpoint(&to_text, &at, nodes, registry);
+        let from = self.endpoint(&from_text, &at, nodes);
+        let to = self.endpoint(&to_text, &at, nodes);
         let ((from, port), (to, to_port)) = (from?, to?);
-        if let Some(p) = to_port {
+        if to_port.is_some() {
             self.error(at, format!("`{to_text}`: inputs have no ports"))
                 .help = Some(format!("connect to `{}`", nodes[to].name));
-            let _ = p;
             return None;
         }
         let src = &nodes[from];

@@ -12,7 +12,7 @@ use flow_core::runtime::metrics::NodeMetrics;
 
 use super::engine::{Engine, LATE, OUT};
 use super::*;
-use crate::testing::{config, records};
+use crate::testing::config;
 
 fn cfg(extra: serde_json::Value) -> WindowAggregateConfig {
     let mut base = serde_json::json!({
@@ -282,17 +282,12 @@ fn start(c: &WindowAggregateConfig) -> Harness {
 }
 
 fn try_take(rx: &mut EdgeReceiver) -> Vec<Record> {
-    let waker = futures_noop_waker();
-    let mut cx = std::task::Context::from_waker(&waker);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     let mut got = Vec::new();
     while let std::task::Poll::Ready(Some(b)) = rx.poll_recv(&mut cx) {
         got.extend(b);
     }
     got
-}
-
-fn futures_noop_waker() -> std::task::Waker {
-    std::task::Waker::noop().clone()
 }
 
 #[tokio::test(start_paused = true)]
@@ -341,7 +336,6 @@ async fn an_idle_timeout_advances_event_time_when_input_goes_quiet() {
     assert!(try_take(&mut h.late).is_empty());
     drop(h.input);
     h.task.await.expect("joined").expect("ok");
-    let _ = records;
 }
 
 #[test]
