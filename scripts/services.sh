@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Servers the tests use, installed when missing and started on 127.0.0.1. Source it:
 #   . scripts/services.sh; start_mosquitto; ...; stop_mosquitto
-# start_mosquitto exports FLOW_TEST_MQTT_URL and stops the broker when the shell exits.
+# start_mosquitto exports FLOW_TEST_MQTT_URL, start_victoria_metrics FLOW_TEST_INFLUX_URL and
+# start_s3 FLOW_TEST_S3_ENDPOINT (with _BUCKET, _ACCESS_KEY, _SECRET_KEY); each server is
+# stopped when the shell exits.
 
 services_as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi; }
 
@@ -17,6 +19,19 @@ except OSError:
 print(s.getsockname()[1])
 s.close()
 PY
+}
+
+# Any free TCP port on 127.0.0.1.
+any_free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Every start_* registers its stop function here; one EXIT trap runs them all.
+SERVICES_STOPS=""
+services_on_exit() {
+  SERVICES_STOPS="$SERVICES_STOPS $1"
+  # shellcheck disable=SC2064
+  trap "for s in $SERVICES_STOPS; do \$s; done" EXIT
 }
 
 # Wait until 127.0.0.1:$1 accepts connections (up to $2 tenths of a second, default 50).
@@ -61,7 +76,7 @@ log_dest file $MOSQUITTO_DIR/mosquitto.log
 CONF
   "$mosquitto" -c "$MOSQUITTO_DIR/mosquitto.conf" >/dev/null 2>&1 &
   MOSQUITTO_PID=$!
-  trap stop_mosquitto EXIT
+  services_on_exit stop_mosquitto
   if ! wait_port "$port"; then
     echo "mosquitto did not start on 127.0.0.1:$port" >&2
     cat "$MOSQUITTO_DIR/mosquitto.log" >&2 || true
@@ -81,5 +96,103 @@ stop_mosquitto() {
   if [ -n "$MOSQUITTO_DIR" ]; then
     rm -rf "$MOSQUITTO_DIR"
     MOSQUITTO_DIR=""
+  fi
+}
+
+VM_PID=""
+VM_DIR=""
+
+# VictoriaMetrics, for its InfluxDB v2 write API (influxdb_sink tests).
+start_victoria_metrics() {
+  local vm
+  vm=$(command -v victoria-metrics || echo /usr/bin/victoria-metrics)
+  if [ ! -x "$vm" ]; then
+    echo "==> installing victoria-metrics"
+    services_as_root apt-get update -qq || return 1
+    services_as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      victoria-metrics >/dev/null || return 1
+    vm=$(command -v victoria-metrics || echo /usr/bin/victoria-metrics)
+  fi
+  local port
+  port=$(any_free_port) || return 1
+  VM_DIR=$(mktemp -d)
+  # 100 years of retention: test data has old timestamps. No latency offset: data written is
+  # queryable at once.
+  "$vm" -httpListenAddr="127.0.0.1:$port" -storageDataPath="$VM_DIR/data" -retentionPeriod=100y \
+    -search.latencyOffset=0s >"$VM_DIR/victoria-metrics.log" 2>&1 &
+  VM_PID=$!
+  services_on_exit stop_victoria_metrics
+  local ok=""
+  for _ in $(seq 100); do
+    if curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1; then ok=1; break; fi
+    sleep 0.1
+  done
+  if [ -z "$ok" ]; then
+    echo "victoria-metrics did not start on 127.0.0.1:$port" >&2
+    tail -20 "$VM_DIR/victoria-metrics.log" >&2 || true
+    stop_victoria_metrics
+    return 1
+  fi
+  export FLOW_TEST_INFLUX_URL="http://127.0.0.1:$port"
+  echo "==> victoria-metrics on $FLOW_TEST_INFLUX_URL (pid $VM_PID)"
+}
+
+stop_victoria_metrics() {
+  if [ -n "$VM_PID" ]; then
+    kill "$VM_PID" 2>/dev/null || true
+    wait "$VM_PID" 2>/dev/null || true
+    VM_PID=""
+  fi
+  if [ -n "$VM_DIR" ]; then
+    rm -rf "$VM_DIR"
+    VM_DIR=""
+  fi
+}
+
+S3_PID=""
+S3_DIR=""
+
+# s3s-fs, an S3-compatible server over a directory (s3_sink tests). Built from crates.io once,
+# into ~/.cargo/bin (about 10 minutes cold on two cores); later runs reuse it.
+start_s3() {
+  local bin
+  bin=$(command -v s3s-fs || echo "$HOME/.cargo/bin/s3s-fs")
+  if [ ! -x "$bin" ]; then
+    echo "==> installing s3s-fs (cargo install, once)"
+    # 0.14.1: newer versions need a newer rustc.
+    cargo install s3s-fs@0.14.1 --features binary --locked --quiet || return 1
+    bin="$HOME/.cargo/bin/s3s-fs"
+  fi
+  local port
+  port=$(any_free_port) || return 1
+  S3_DIR=$(mktemp -d)
+  # A bucket is a directory.
+  mkdir -p "$S3_DIR/data/flow-test"
+  "$bin" --host 127.0.0.1 --port "$port" --access-key flowtest --secret-key flowtestsecret \
+    "$S3_DIR/data" >"$S3_DIR/s3s-fs.log" 2>&1 &
+  S3_PID=$!
+  services_on_exit stop_s3
+  if ! wait_port "$port" 100; then
+    echo "s3s-fs did not start on 127.0.0.1:$port" >&2
+    tail -20 "$S3_DIR/s3s-fs.log" >&2 || true
+    stop_s3
+    return 1
+  fi
+  export FLOW_TEST_S3_ENDPOINT="http://127.0.0.1:$port"
+  export FLOW_TEST_S3_BUCKET=flow-test
+  export FLOW_TEST_S3_ACCESS_KEY=flowtest
+  export FLOW_TEST_S3_SECRET_KEY=flowtestsecret
+  echo "==> s3s-fs on $FLOW_TEST_S3_ENDPOINT, bucket $FLOW_TEST_S3_BUCKET (pid $S3_PID)"
+}
+
+stop_s3() {
+  if [ -n "$S3_PID" ]; then
+    kill "$S3_PID" 2>/dev/null || true
+    wait "$S3_PID" 2>/dev/null || true
+    S3_PID=""
+  fi
+  if [ -n "$S3_DIR" ]; then
+    rm -rf "$S3_DIR"
+    S3_DIR=""
   fi
 }

@@ -45,6 +45,12 @@ if ! start_mosquitto; then
   # Without CI the MQTT tests skip (and say so); in CI they fail on the missing variable.
   echo "warning: mosquitto could not start; the MQTT tests will skip (or fail with CI set)" >&2
 fi
+if ! start_victoria_metrics; then
+  echo "warning: victoria-metrics could not start; the InfluxDB tests will skip (or fail with CI set)" >&2
+fi
+if ! start_s3; then
+  echo "warning: s3s-fs could not start; the S3 tests will skip (or fail with CI set)" >&2
+fi
 
 log "tests"
 if cargo nextest --version >/dev/null 2>&1; then

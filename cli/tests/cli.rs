@@ -32,7 +32,10 @@ fn validate_accepts_every_example_flow() {
         .args(&files)
         .env("INPUT", "in.jsonl")
         .env("OUT_DIR", "out")
-        .env("MQTT_URL", "mqtt://127.0.0.1:1883"));
+        .env("MQTT_URL", "mqtt://127.0.0.1:1883")
+        .env("REST_URL", "http://127.0.0.1:8000/items")
+        .env("INFLUX_URL", "http://127.0.0.1:8428")
+        .env("S3_URL", "s3://bucket/prefix"));
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
         text(&out.stderr).contains("flows/sensors.yaml: ok"),

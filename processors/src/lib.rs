@@ -5,24 +5,33 @@
 //! and [`flow_core::processor::Describe`], and the running processor it builds. Every built-in
 //! is listed in [`registry::builtin`], so a reader finds them all in one place.
 //!
-//! - sources: [`generate`], [`file`], [`stdin`], [`mqtt`] (`mqtt_source`);
+//! - sources: [`generate`], [`file`], [`stdin`], [`mqtt`] (`mqtt_source`), [`http`] (`http_poll`,
+//!   `http_server`);
 //! - transforms: [`filter`], [`route`], [`remap`];
-//! - sinks: [`file_sink`], [`stdout`], [`mqtt`] (`mqtt_sink`).
+//! - sinks: [`file_sink`], [`stdout`], [`mqtt`] (`mqtt_sink`), [`influxdb`] (`influxdb_sink`),
+//!   [`s3`] (`s3_sink`).
 
 pub mod file;
 pub mod file_sink;
 pub mod filter;
 pub mod generate;
+pub mod http;
+mod http_client;
+pub mod influxdb;
 pub mod lines;
 pub mod mqtt;
 pub mod registry;
 pub mod remap;
 pub mod route;
+pub mod s3;
 pub mod stdin;
 pub mod stdout;
+mod template;
 pub mod window;
 mod write;
 
+#[cfg(test)]
+mod http_test;
 #[cfg(test)]
 mod testing;
 

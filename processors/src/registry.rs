@@ -9,9 +9,12 @@ use crate::file::FileConfig;
 use crate::file_sink::FileSinkConfig;
 use crate::filter::FilterConfig;
 use crate::generate::GenerateConfig;
+use crate::http::{HttpPollConfig, HttpServerConfig};
+use crate::influxdb::InfluxDbSinkConfig;
 use crate::mqtt::{MqttSinkConfig, MqttSourceConfig};
 use crate::remap::RemapConfig;
 use crate::route::RouteConfig;
+use crate::s3::S3SinkConfig;
 use crate::stdin::StdinConfig;
 use crate::stdout::StdoutConfig;
 use crate::window::WindowAggregateConfig;
@@ -30,6 +33,10 @@ pub fn builtin() -> Registry {
         ProcessorDef::of::<WindowAggregateConfig>(),
         ProcessorDef::of::<MqttSourceConfig>(),
         ProcessorDef::of::<MqttSinkConfig>(),
+        ProcessorDef::of::<HttpPollConfig>(),
+        ProcessorDef::of::<HttpServerConfig>(),
+        ProcessorDef::of::<InfluxDbSinkConfig>(),
+        ProcessorDef::of::<S3SinkConfig>(),
     ])
 }
 
@@ -49,10 +56,14 @@ mod tests {
                 "file_sink",
                 "filter",
                 "generate",
+                "http_poll",
+                "http_server",
+                "influxdb_sink",
                 "mqtt_sink",
                 "mqtt_source",
                 "remap",
                 "route",
+                "s3_sink",
                 "stdin",
                 "stdout",
                 "window_aggregate"

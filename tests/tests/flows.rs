@@ -15,6 +15,7 @@ fn fake_env() -> HashMap<String, String> {
         ("KAFKA_BROKERS", "127.0.0.1:9092"),
         ("REST_URL", "http://127.0.0.1:8000/items"),
         ("INFLUX_URL", "http://127.0.0.1:8428"),
+        ("S3_URL", "s3://bucket/prefix"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Benchmark of influxdb_sink and s3_sink against local servers, each next to a plain client
+# doing the same job in the same run.
+#   bash bench/sinks.sh [N]
+# Makes N sensor events (default 200,000) with flow's own `generate` processor, starts its own
+# VictoriaMetrics and s3s-fs (scripts/services.sh), then in a release build:
+# - influx: every event as one point (measurement `bench`, tag `device`, fields `temperature`
+#   and `rpm`, time `ts`) through `influxdb_sink`, against the same line protocol, in the
+#   same batches of 5000 gzip bodies, posted by one `curl` process (keep-alive);
+# - s3: flows/sensors-to-s3.yaml (errors dropped, gzip JSON lines by device and hour), against
+#   the very objects it wrote uploaded again by `aws s3 cp --recursive`.
+# Prints events/s for both and the ratio (flow / baseline).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+n="${1:-200000}"
+if command -v mold >/dev/null; then export RUSTFLAGS="${RUSTFLAGS:-} -C link-arg=-fuse-ld=mold"; fi
+cargo build -q --release -p flow-cli
+bin=$PWD/target/release/flow
+work="$(mktemp -d)"
+. scripts/services.sh
+cleanup() { rm -rf "$work"; }
+services_on_exit cleanup
+start_victoria_metrics >/dev/null
+start_s3 >/dev/null
+aws=/usr/bin/aws
+[ -x "$aws" ] || aws=$(command -v aws)
+
+now() { python3 -c 'import time; print(time.time())'; }
+rate() { python3 -c "import sys; print(int($1 / max($2, 1e-9)))"; }
+
+COUNT="$n" OUT="$work/events.jsonl" "$bin" run --quiet bench/gen-sensors.yaml
+echo "input: $n events, $(du -h "$work/events.jsonl" | cut -f1)"
+
+# --- InfluxDB line protocol into VictoriaMetrics ---------------------------------------------
+cat >"$work/influx.yaml" <<'YAML'
+name: bench-influx
+processors:
+  events: { type: file, path: "${INPUT}", format: json }
+  points:
+    type: influxdb_sink
+    url: ${INFLUX_URL}
+    org: flow
+    bucket: bench
+    measurement: ${MEASUREMENT}
+    tags: [device]
+    fields: [temperature, rpm]
+    timestamp: ts
+    batch_max_records: 5000
+connections:
+  - events -> points
+YAML
+t0=$(now)
+INPUT="$work/events.jsonl" INFLUX_URL="$FLOW_TEST_INFLUX_URL" MEASUREMENT=bench_flow \
+  "$bin" run --quiet "$work/influx.yaml"
+t1=$(now)
+flow_influx=$(rate "$n" "$(python3 -c "print($t1 - $t0)")")
+
+# The same points as line protocol, in the same batches, gzip-compressed, for curl.
+mkdir -p "$work/lp"
+python3 - "$work/events.jsonl" "$work/lp" "$FLOW_TEST_INFLUX_URL" <<'PY'
+import gzip, json, sys
+src, out, url = sys.argv[1:]
+batch, files = [], []
+def flush():
+    if batch:
+        f = f"{out}/{len(files):05d}.lp.gz"
+        with open(f, "wb") as fh:
+            fh.write(gzip.compress("".join(batch).encode(), compresslevel=1))
+        files.append(f)
+        batch.clear()
+for line in open(src):
+    e = json.loads(line)
+    batch.append(f"bench_curl,device={e['device']} temperature={e['temperature']},rpm={e['rpm']}i {e['ts']}\n")
+    if len(batch) == 5000:
+        flush()
+flush()
+with open(f"{out}/curl.cfg", "w") as cfg:
+    for i, f in enumerate(files):
+        if i:
+            cfg.write("next\n")
+        cfg.write(f'url = "{url}/api/v2/write?org=flow&bucket=bench&precision=ms"\n')
+        cfg.write(f'data-binary = "@{f}"\n')
+        cfg.write('header = "Content-Encoding: gzip"\nsilent\nfail\noutput = "/dev/null"\n')
+PY
+t0=$(now)
+curl -K "$work/lp/curl.cfg"
+t1=$(now)
+curl_influx=$(rate "$n" "$(python3 -c "print($t1 - $t0)")")
+curl -s "$FLOW_TEST_INFLUX_URL/internal/force_flush" >/dev/null
+sleep 2
+count() {
+  curl -s "$FLOW_TEST_INFLUX_URL/api/v1/query" --data-urlencode "query=sum(count_over_time($1[10y]))" \
+    --data-urlencode "time=2030-01-01T00:00:00Z" | python3 -c 'import json,sys; r=json.load(sys.stdin)["data"]["result"]; print(r[0]["value"][1] if r else 0)'
+}
+echo "influx: stored points: flow $(count bench_flow_rpm), curl $(count bench_curl_rpm) (of $n)"
+
+# --- S3: flows/sensors-to-s3.yaml into s3s-fs --------------------------------------------------
+export AWS_ACCESS_KEY_ID="$FLOW_TEST_S3_ACCESS_KEY" AWS_SECRET_ACCESS_KEY="$FLOW_TEST_S3_SECRET_KEY" AWS_DEFAULT_REGION=us-east-1
+t0=$(now)
+INPUT="$work/events.jsonl" S3_URL="s3://$FLOW_TEST_S3_BUCKET/flow" S3_ENDPOINT="$FLOW_TEST_S3_ENDPOINT" \
+  "$bin" run --quiet flows/sensors-to-s3.yaml
+t1=$(now)
+flow_s3=$(rate "$n" "$(python3 -c "print($t1 - $t0)")")
+objects=$(find "$S3_DIR/data/$FLOW_TEST_S3_BUCKET/flow" -type f | wc -l)
+bytes=$(du -sh "$S3_DIR/data/$FLOW_TEST_S3_BUCKET/flow" | cut -f1)
+# The same objects (same bytes, same keys) uploaded by a plain client.
+cp -r "$S3_DIR/data/$FLOW_TEST_S3_BUCKET/flow" "$work/objects"
+t0=$(now)
+"$aws" --endpoint-url "$FLOW_TEST_S3_ENDPOINT" s3 cp --recursive --only-show-errors \
+  "$work/objects" "s3://$FLOW_TEST_S3_BUCKET/aws"
+t1=$(now)
+aws_s3=$(rate "$n" "$(python3 -c "print($t1 - $t0)")")
+
+printf '\n%-8s %14s %16s %8s\n' sink "flow events/s" "baseline ev/s" ratio
+printf '%-8s %14d %16d %8.2f   (baseline: curl, same line protocol and batches)\n' influx \
+  "$flow_influx" "$curl_influx" "$(python3 -c "print($flow_influx / $curl_influx)")"
+printf '%-8s %14d %16d %8.2f   (baseline: aws s3 cp of the same %s objects, %s)\n' s3 \
+  "$flow_s3" "$aws_s3" "$(python3 -c "print($flow_s3 / $aws_s3)")" "$objects" "$bytes"

@@ -1,0 +1,893 @@
+//! `http_poll` against a test server this suite starts on 127.0.0.1 (pages, ETags, errors, slow
+//! answers), and `http_server` with a real HTTP client.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::Uri;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use flow_core::ack::AckStatus;
+use flow_core::processor::{ProcessorConfig, Source, SourceContext};
+use flow_core::record::Record;
+use flow_core::runtime::CancellationToken;
+use flow_core::runtime::edge::{EdgeReceiver, WhenFull, edge};
+use flow_core::runtime::emit::Emitter;
+use flow_core::runtime::metrics::NodeMetrics;
+use serde_json::json;
+
+use super::server::HttpServer;
+use super::*;
+use crate::testing::{self, NAME};
+
+/// Wait (real time, generous deadline) until `cond` holds.
+async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn content(r: &Record) -> String {
+    let mut r = r.clone();
+    String::from_utf8_lossy(r.content()).into_owned()
+}
+
+fn ids(records: &mut [Record]) -> Vec<i64> {
+    records
+        .iter_mut()
+        .map(|r| {
+            r.value()
+                .ok()
+                .and_then(|v| v.as_object().and_then(|o| o.get("id")).cloned())
+                .and_then(|v| v.as_integer())
+                .unwrap_or(-1)
+        })
+        .collect()
+}
+
+fn status(metrics: &NodeMetrics, key: &str) -> u64 {
+    metrics.snapshot().status[key].as_u64().unwrap_or(0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// A REST API for the poller.
+
+#[derive(Default)]
+struct Api {
+    items: Mutex<Vec<serde_json::Value>>,
+    /// Every request.
+    hits: AtomicU64,
+    /// `200` answers.
+    ok: AtomicU64,
+    /// `304` answers.
+    not_modified: AtomicU64,
+    /// Answer this many next requests with `500`.
+    fail_next: AtomicU64,
+    /// Answer this many next requests only after 2 s.
+    slow_next: AtomicU64,
+}
+
+fn take_one(a: &AtomicU64) -> bool {
+    a.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+}
+
+/// The items as a JSON array; with `etag`, an `ETag` and `304`s for `If-None-Match`.
+async fn items(api: &Api, headers: &HeaderMap, etag: bool) -> Response {
+    api.hits.fetch_add(1, Ordering::SeqCst);
+    if take_one(&api.fail_next) {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response();
+    }
+    if take_one(&api.slow_next) {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let body = serde_json::to_string(&*api.items.lock().expect("lock")).expect("json");
+    if !etag {
+        api.ok.fetch_add(1, Ordering::SeqCst);
+        return body.into_response();
+    }
+    let tag = format!("\"{:x}\"", hash64(body.as_bytes()));
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .is_some_and(|v| v.as_bytes() == tag.as_bytes())
+    {
+        api.not_modified.fetch_add(1, Ordering::SeqCst);
+        return (StatusCode::NOT_MODIFIED, [(header::ETAG, tag)]).into_response();
+    }
+    api.ok.fetch_add(1, Ordering::SeqCst);
+    ([(header::ETAG, tag)], body).into_response()
+}
+
+/// A query parameter of a request.
+fn param(uri: &Uri, name: &str) -> Option<String> {
+    uri.query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == name).then(|| v.to_owned())
+    })
+}
+
+/// Three pages of two items, linked by `Link: <...>; rel="next"` (relative, then absolute).
+async fn pages(State(api): State<Arc<Api>>, headers: HeaderMap, uri: Uri) -> Response {
+    api.hits.fetch_add(1, Ordering::SeqCst);
+    let page: u64 = param(&uri, "page")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(1);
+    let body = json!([{ "id": page * 10 + 1 }, { "id": page * 10 + 2 }]).to_string();
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1")
+        .to_owned();
+    let link = match page {
+        1 => "</pages?page=2>; rel=\"next\", </pages?page=3>; rel=\"last\"".to_owned(),
+        2 => format!(
+            "<http://{host}/pages?page=1>; rel=\"prev\", <http://{host}/pages?page=3>; rel=\"next\""
+        ),
+        _ => "</pages?page=1>; rel=\"first\"".to_owned(),
+    };
+    ([(header::LINK, link)], body).into_response()
+}
+
+/// Three pages behind a cursor: `{"data": [...], "next": "c2" | null}`.
+async fn cursor(State(api): State<Arc<Api>>, uri: Uri) -> Response {
+    api.hits.fetch_add(1, Ordering::SeqCst);
+    let (page, next) = match param(&uri, "cursor").as_deref() {
+        None => (1, json!("c2")),
+        Some("c2") => (2, json!("c3")),
+        Some("c3") => (3, serde_json::Value::Null),
+        Some(_) => return (StatusCode::BAD_REQUEST, "bad cursor").into_response(),
+    };
+    json!({ "data": [{ "id": page * 10 + 1 }, { "id": page * 10 + 2 }], "next": next })
+        .to_string()
+        .into_response()
+}
+
+async fn start_api(api: Arc<Api>) -> SocketAddr {
+    let app = Router::new()
+        .route(
+            "/items",
+            get(
+                |State(api): State<Arc<Api>>, headers: HeaderMap| async move {
+                    items(&api, &headers, true).await
+                },
+            ),
+        )
+        .route(
+            "/plain",
+            get(
+                |State(api): State<Arc<Api>>, headers: HeaderMap| async move {
+                    items(&api, &headers, false).await
+                },
+            ),
+        )
+        .route("/pages", get(pages))
+        .route("/cursor", get(cursor))
+        .route(
+            "/missing",
+            get(|State(api): State<Arc<Api>>| async move {
+                api.hits.fetch_add(1, Ordering::SeqCst);
+                (StatusCode::NOT_FOUND, "no such thing")
+            }),
+        )
+        .with_state(api);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    addr
+}
+
+fn api_with(ids: &[i64]) -> Arc<Api> {
+    let api = Arc::new(Api::default());
+    *api.items.lock().expect("lock") = ids.iter().map(|i| json!({ "id": i })).collect();
+    api
+}
+
+/// A running poller: its records go to an unbounded edge.
+struct Poller {
+    task: tokio::task::JoinHandle<Result<(), flow_core::processor::ProcessorError>>,
+    out: EdgeReceiver,
+    failures: EdgeReceiver,
+    metrics: Arc<NodeMetrics>,
+    shutdown: CancellationToken,
+}
+
+impl Poller {
+    fn start(cfg: serde_json::Value) -> Poller {
+        let cfg: HttpPollConfig = testing::config(cfg);
+        let src = testing::source(&cfg);
+        let mut h = testing::source_ctx(1);
+        let task = tokio::spawn(src.run(h.ctx));
+        let out = h.ports.pop().expect("out");
+        let failures = h.ports.pop().expect("failure");
+        Poller {
+            task,
+            out,
+            failures,
+            metrics: h.metrics,
+            shutdown: h.shutdown,
+        }
+    }
+
+    /// Records emitted so far (failures included).
+    fn received(&self) -> u64 {
+        self.metrics.snapshot().received
+    }
+
+    /// Stop, and every record it emitted, and every failure.
+    async fn stop(mut self) -> (Vec<Record>, Vec<Record>, Arc<NodeMetrics>) {
+        self.shutdown.cancel();
+        self.task
+            .await
+            .expect("joined")
+            .expect("the poller ends cleanly");
+        let out = testing::records(&mut self.out).await;
+        let failed = testing::records(&mut self.failures).await;
+        (out, failed, self.metrics)
+    }
+}
+
+#[tokio::test]
+async fn the_same_page_twice_yields_nothing_new() {
+    let api = api_with(&[1, 2]);
+    let addr = start_api(api.clone()).await;
+    let p = Poller::start(json!({
+        "url": format!("http://{addr}/items"),
+        "interval": "20ms",
+        "records": "array",
+    }));
+    wait_for("two 304s", || api.not_modified.load(Ordering::SeqCst) >= 2).await;
+    // The page changes: its new version is emitted once, then 304s again.
+    api.items.lock().expect("lock").push(json!({ "id": 3 }));
+    wait_for("the changed page", || api.ok.load(Ordering::SeqCst) >= 2).await;
+    let seen = api.not_modified.load(Ordering::SeqCst);
+    wait_for("304s for the new version", || {
+        api.not_modified.load(Ordering::SeqCst) >= seen + 2
+    })
+    .await;
+    let (mut out, failed, metrics) = p.stop().await;
+    assert_eq!(api.ok.load(Ordering::SeqCst), 2, "only two full answers");
+    assert_eq!(ids(&mut out), [1, 2, 1, 2, 3]);
+    assert!(failed.is_empty());
+    assert_eq!(out[0].attributes["http.status"], "200");
+    assert_eq!(
+        out[0].attributes["http.url"],
+        format!("http://{addr}/items")
+    );
+    assert!(status(&metrics, "not_modified") >= 3);
+    assert_eq!(metrics.snapshot().received, 5);
+}
+
+#[tokio::test]
+async fn a_dedupe_key_emits_each_id_once_without_validators() {
+    let api = api_with(&[1, 2]);
+    let addr = start_api(api.clone()).await;
+    let p = Poller::start(json!({
+        "url": format!("http://{addr}/plain"),
+        "interval": "20ms",
+        "records": "array",
+        "dedupe": { "key": ".id", "max_keys": 100 },
+    }));
+    wait_for("the same body twice", || api.ok.load(Ordering::SeqCst) >= 2).await;
+    *api.items.lock().expect("lock") = vec![json!({ "id": 2 }), json!({ "id": 3 })];
+    let seen = api.ok.load(Ordering::SeqCst);
+    wait_for("the new body twice", || {
+        api.ok.load(Ordering::SeqCst) >= seen + 2
+    })
+    .await;
+    let (mut out, failed, metrics) = p.stop().await;
+    assert_eq!(ids(&mut out), [1, 2, 3]);
+    assert!(failed.is_empty());
+    assert!(
+        status(&metrics, "unchanged") >= 2,
+        "identical bodies skipped"
+    );
+    assert_eq!(status(&metrics, "duplicates"), 1, "id 2 came twice");
+    assert_eq!(status(&metrics, "keys"), 3);
+}
+
+#[tokio::test]
+async fn link_pagination_follows_three_pages() {
+    let api = Arc::new(Api::default());
+    let addr = start_api(api.clone()).await;
+    let p = Poller::start(json!({
+        "url": format!("http://{addr}/pages"),
+        "interval": "1h",
+        "records": "array",
+        "pagination": "link",
+    }));
+    wait_for("three pages", || p.received() >= 6).await;
+    let (mut out, _, metrics) = p.stop().await;
+    assert_eq!(ids(&mut out), [11, 12, 21, 22, 31, 32]);
+    let urls: Vec<&str> = out
+        .iter()
+        .map(|r| r.attributes["http.url"].as_str())
+        .collect();
+    assert!(urls[0].ends_with("/pages"), "{urls:?}");
+    assert!(urls[2].ends_with("/pages?page=2"), "{urls:?}");
+    assert!(urls[5].ends_with("/pages?page=3"), "{urls:?}");
+    assert_eq!(api.hits.load(Ordering::SeqCst), 3, "one poll, three pages");
+    assert_eq!(status(&metrics, "polls"), 1);
+}
+
+#[tokio::test]
+async fn cursor_pagination_follows_three_pages() {
+    let api = Arc::new(Api::default());
+    let addr = start_api(api.clone()).await;
+    let p = Poller::start(json!({
+        "url": format!("http://{addr}/cursor?limit=2"),
+        "interval": "1h",
+        "records": "array",
+        "pointer": "/data",
+        "pagination": { "cursor": { "value": ".next", "param": "cursor" } },
+    }));
+    wait_for("three pages", || p.received() >= 6).await;
+    let (mut out, failed, _) = p.stop().await;
+    assert!(
+        failed.is_empty(),
+        "{:?}",
+        failed.iter().map(content).collect::<Vec<_>>()
+    );
+    assert_eq!(ids(&mut out), [11, 12, 21, 22, 31, 32]);
+    assert!(out[5].attributes["http.url"].ends_with("/cursor?limit=2&cursor=c3"));
+}
+
+#[tokio::test]
+async fn a_server_error_is_retried_until_the_endpoint_recovers() {
+    let api = api_with(&[1, 2]);
+    api.fail_next.store(2, Ordering::SeqCst);
+    let addr = start_api(api.clone()).await;
+    let p = Poller::start(json!({
+        "url": format!("http://{addr}/items"),
+        "interval": "1h",
+        "records": "array",
+        "max_backoff": "50ms",
+    }));
+    wait_for("the records", || p.received() >= 2).await;
+    let (mut out, _, metrics) = p.stop().await;
+    assert_eq!(
+        api.hits.load(Ordering::SeqCst),
+        3,
+        "two 500s, then the page"
+    );
+    assert_eq!(ids(&mut out), [1, 2]);
+    assert_eq!(status(&metrics, "retries"), 2);
+}
+
+#[tokio::test]
+async fn a_slow_answer_times_out_and_is_retried() {
+    let api = api_with(&[1, 2]);
+    api.slow_next.store(1, Ordering::SeqCst);
+    let addr = start_api(api.clone()).await;
+    let p = Poller::start(json!({
+        "url": format!("http://{addr}/items"),
+        "interval": "1h",
+        "timeout": "200ms",
+        "records": "array",
+        "max_backoff": "50ms",
+    }));
+    wait_for("the records", || p.received() >= 2).await;
+    let (mut out, _, metrics) = p.stop().await;
+    assert_eq!(ids(&mut out), [1, 2], "emitted once");
+    assert!(status(&metrics, "retries") >= 1);
+}
+
+#[tokio::test]
+async fn a_client_error_is_not_hammered() {
+    let api = Arc::new(Api::default());
+    let addr = start_api(api.clone()).await;
+    let p = Poller::start(json!({
+        "url": format!("http://{addr}/missing"),
+        "interval": "10ms",
+        "max_backoff": "200ms",
+    }));
+    wait_for("a second attempt", || api.hits.load(Ordering::SeqCst) >= 2).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (out, _, metrics) = p.stop().await;
+    assert!(out.is_empty());
+    // At a 10ms interval, a second of polling is ~100 requests; with the doubling wait it is
+    // at most a dozen.
+    let hits = api.hits.load(Ordering::SeqCst);
+    assert!(hits <= 15, "{hits} requests in about a second");
+    assert_eq!(status(&metrics, "client_errors"), hits);
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_what_was_configured_goes_to_failure() {
+    let api = Arc::new(Api::default());
+    let addr = start_api(api.clone()).await;
+    // `/cursor` answers an object, not an array.
+    let p = Poller::start(json!({
+        "url": format!("http://{addr}/cursor"),
+        "interval": "1h",
+        "records": "array",
+    }));
+    wait_for("the failure", || p.received() >= 1).await;
+    let (out, mut failed) = {
+        let (o, f, _) = p.stop().await;
+        (o, f)
+    };
+    assert!(out.is_empty());
+    assert_eq!(failed.len(), 1);
+    assert!(failed[0].attributes["error.message"].contains("no JSON array"));
+    assert_eq!(failed[0].attributes["http.status"], "200");
+    assert!(failed[0].value().is_ok());
+}
+
+#[test]
+fn link_headers_are_parsed() {
+    let mut h = HeaderMap::new();
+    h.append(
+        header::LINK,
+        "<https://a.example/x?page=1>; rel=\"prev\", <https://a.example/x?page=3>; rel=\"next last\""
+            .parse()
+            .expect("header"),
+    );
+    assert_eq!(
+        poll::link_next(&h).as_deref(),
+        Some("https://a.example/x?page=3")
+    );
+    let mut h = HeaderMap::new();
+    h.append(
+        header::LINK,
+        "</x?page=1>; rel=first".parse().expect("header"),
+    );
+    assert_eq!(poll::link_next(&h), None);
+}
+
+#[test]
+fn poll_configs_are_validated() {
+    let bad: HttpPollConfig = testing::config(json!({
+        "url": "ftp://example.com",
+        "interval": "0s",
+        "pointer": "items",
+        "headers": { "Authorization": "Bearer sec\nret" },
+        "dedupe": { "key": ".id +" },
+        "pagination": { "cursor": { "value": ".next", "param": "" } },
+    }));
+    let errors = bad.validate();
+    let paths: Vec<String> = errors.iter().map(|e| e.path.join(".")).collect();
+    for p in [
+        "url",
+        "interval",
+        "pointer",
+        "headers.Authorization",
+        "dedupe.key",
+        "pagination.cursor.param",
+    ] {
+        assert!(paths.iter().any(|x| x == p), "{p} not in {paths:?}");
+    }
+    assert!(
+        errors.iter().all(|e| !e.message.contains("sec")),
+        "a header value is never shown"
+    );
+}
+
+#[test]
+fn bounded_set_forgets_the_oldest() {
+    let mut s = BoundedSet::new(2);
+    assert!(s.insert(1));
+    assert!(s.insert(2));
+    assert!(!s.insert(1));
+    assert!(s.insert(3));
+    assert_eq!(s.len(), 2);
+    assert!(s.insert(1), "1 was forgotten");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The ingest server.
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls_config().expect("tls"))
+        .build()
+        .expect("client")
+}
+
+/// A running ingest source whose `out` edge holds `max_records`.
+struct Ingest {
+    url: String,
+    base: String,
+    task: tokio::task::JoinHandle<Result<(), flow_core::processor::ProcessorError>>,
+    out: EdgeReceiver,
+    metrics: Arc<NodeMetrics>,
+    shutdown: CancellationToken,
+}
+
+impl Ingest {
+    fn start(mut cfg: serde_json::Value, max_records: usize) -> Ingest {
+        cfg["listen"] = json!("127.0.0.1:0");
+        let cfg: HttpServerConfig = testing::config(cfg);
+        let server = HttpServer::bind(&cfg, NAME).expect("binds");
+        let addr = server.local_addr();
+        let metrics = Arc::new(NodeMetrics::default());
+        let (f_tx, _, _) = edge(usize::MAX, usize::MAX, WhenFull::Block);
+        let (tx, rx, _) = edge(max_records, usize::MAX, WhenFull::Block);
+        let shutdown = CancellationToken::new();
+        let ctx = SourceContext {
+            name: NAME.into(),
+            out: Emitter::new(
+                NAME.into(),
+                vec![("failure".into(), vec![f_tx]), ("out".into(), vec![tx])],
+                metrics.clone(),
+            ),
+            shutdown: shutdown.clone(),
+            metrics: metrics.clone(),
+        };
+        let task = tokio::spawn(Box::new(server).run(ctx));
+        Ingest {
+            url: format!("http://{addr}{}", cfg.path),
+            base: format!("http://{addr}"),
+            task,
+            out: rx,
+            metrics,
+            shutdown,
+        }
+    }
+
+    async fn stop(mut self) -> (Vec<Record>, Arc<NodeMetrics>) {
+        self.shutdown.cancel();
+        self.task
+            .await
+            .expect("joined")
+            .expect("the server ends cleanly");
+        (testing::records(&mut self.out).await, self.metrics)
+    }
+}
+
+async fn post(c: &reqwest::Client, url: &str, body: &str) -> (u16, String) {
+    let r = c
+        .post(url)
+        .body(body.to_owned())
+        .send()
+        .await
+        .expect("sent");
+    let status = r.status().as_u16();
+    (status, r.text().await.expect("body"))
+}
+
+#[tokio::test]
+async fn ingest_takes_an_object_an_array_and_json_lines() {
+    let ing = Ingest::start(json!({ "path": "/in" }), usize::MAX);
+    let c = client();
+    assert_eq!(
+        post(&c, &ing.url, r#"{"a":1}"#).await,
+        (202, r#"{"accepted":1}"#.to_owned())
+    );
+    assert_eq!(post(&c, &ing.url, r#"[{"a":2}, {"a": 3}]"#).await.0, 202);
+    assert_eq!(
+        post(&c, &ing.url, "{\"a\":4}\r\n\n{\"a\":5}\n").await,
+        (202, r#"{"accepted":2}"#.to_owned())
+    );
+    assert_eq!(post(&c, &ing.url, "{\n  \"a\": 6\n}\n").await.0, 202);
+    let health = c
+        .get(format!("{}/health", ing.base))
+        .send()
+        .await
+        .expect("health");
+    assert_eq!(health.status().as_u16(), 200);
+    let get = c.get(&ing.url).send().await.expect("get");
+    assert_eq!(get.status().as_u16(), 405, "only POST ingests");
+    let (out, metrics) = ing.stop().await;
+    let got: Vec<String> = out.iter().map(content).collect();
+    assert_eq!(
+        got,
+        [
+            r#"{"a":1}"#,
+            r#"{"a":2}"#,
+            r#"{"a": 3}"#,
+            r#"{"a":4}"#,
+            r#"{"a":5}"#,
+            "{\n  \"a\": 6\n}\n"
+        ]
+    );
+    assert_eq!(metrics.snapshot().received, 6);
+    assert_eq!(status(&metrics, "accepted_requests"), 4);
+}
+
+#[tokio::test]
+async fn malformed_and_oversized_bodies_are_rejected_and_nothing_is_ingested() {
+    let ing = Ingest::start(json!({ "max_body": "1KiB" }), usize::MAX);
+    let c = client();
+    let (code, msg) = post(&c, &ing.url, "{\"a\":1}\n{\"a\":2}\n{\"a\":\n").await;
+    assert_eq!(code, 400);
+    assert!(msg.contains("line 3"), "{msg}");
+    assert_eq!(post(&c, &ing.url, r#"[{"a":1}, {"a":2}"#).await.0, 400);
+    assert_eq!(post(&c, &ing.url, r#"{"a":1} trailing"#).await.0, 400);
+    assert_eq!(post(&c, &ing.url, "  \n").await.0, 400);
+    let big = format!("[{}]", vec![r#"{"a":1}"#; 200].join(","));
+    assert_eq!(post(&c, &ing.url, &big).await.0, 413);
+    // Without a Content-Length: the limit holds while reading.
+    let (code, _) = raw_chunked(&ing.base, "/ingest", &big).await;
+    assert_eq!(code, 413);
+    assert_eq!(post(&c, &ing.url, r#"{"ok":true}"#).await.0, 202);
+    let (out, metrics) = ing.stop().await;
+    let got: Vec<String> = out.iter().map(content).collect();
+    assert_eq!(got, [r#"{"ok":true}"#], "only the valid body got in");
+    assert_eq!(status(&metrics, "rejected_malformed"), 4);
+    assert_eq!(status(&metrics, "rejected_too_large"), 2);
+}
+
+/// POST with `Transfer-Encoding: chunked` over a plain socket; the status code.
+async fn raw_chunked(base: &str, path: &str, body: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = base.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(host).await.expect("connect");
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    for chunk in body.as_bytes().chunks(100) {
+        req.push_str(&format!(
+            "{:x}\r\n{}\r\n",
+            chunk.len(),
+            String::from_utf8_lossy(chunk)
+        ));
+    }
+    req.push_str("0\r\n\r\n");
+    // The server may answer (and close) before it has read everything.
+    let _ = s.write_all(req.as_bytes()).await;
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp).await;
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, text)
+}
+
+#[tokio::test]
+async fn a_missing_or_wrong_token_is_refused() {
+    let ing = Ingest::start(json!({ "token": "s3cret" }), usize::MAX);
+    let c = client();
+    let r = c.post(&ing.url).body("{}").send().await.expect("sent");
+    assert_eq!(r.status().as_u16(), 401);
+    assert_eq!(
+        r.headers().get("www-authenticate").map(|v| v.as_bytes()),
+        Some(&b"Bearer"[..])
+    );
+    for auth in ["Bearer wrong", "Basic s3cret", "Bearer s3cre", "s3cret"] {
+        let r = c
+            .post(&ing.url)
+            .header("authorization", auth)
+            .body("{}")
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(r.status().as_u16(), 401, "{auth}");
+    }
+    let r = c
+        .post(&ing.url)
+        .bearer_auth("s3cret")
+        .body(r#"{"n":1}"#)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status().as_u16(), 202);
+    let health = c
+        .get(format!("{}/health", ing.base))
+        .send()
+        .await
+        .expect("health");
+    assert_eq!(health.status().as_u16(), 200, "health needs no token");
+    let (out, metrics) = ing.stop().await;
+    assert_eq!(out.iter().map(content).collect::<Vec<_>>(), [r#"{"n":1}"#]);
+    assert_eq!(status(&metrics, "unauthorized"), 5);
+}
+
+#[tokio::test]
+async fn a_slow_sink_makes_ingest_answer_429_and_every_accepted_record_arrives() {
+    // The flow holds 10 records, the server queues 20 more; nobody reads yet.
+    let mut ing = Ingest::start(json!({ "max_queued": 20, "retry_after": "2s" }), 10);
+    let c = client();
+    let body = |i: usize| {
+        (0..5)
+            .map(|j| format!("{{\"n\":{}}}\n", i * 5 + j))
+            .collect::<String>()
+    };
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for i in 0..30 {
+        let r = c.post(&ing.url).body(body(i)).send().await.expect("sent");
+        match r.status().as_u16() {
+            202 => accepted.push(i),
+            429 => {
+                refused += 1;
+                assert_eq!(
+                    r.headers().get("retry-after").map(|v| v.as_bytes()),
+                    Some(&b"2"[..])
+                );
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(refused > 0, "the full flow refused requests");
+    assert!(!accepted.is_empty());
+    assert!(
+        accepted.len() <= 6,
+        "at most 10 + 20 records taken: {accepted:?}"
+    );
+    // The sink catches up: what was accepted arrives, and new requests are taken again.
+    let mut out = std::mem::replace(&mut ing.out, edge(1, 1, WhenFull::Block).1);
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        while let Some(b) = out.recv().await {
+            got.extend(b.iter().map(content));
+        }
+        got
+    });
+    let mut i = 30;
+    loop {
+        let r = c.post(&ing.url).body(body(i)).send().await.expect("sent");
+        if r.status().as_u16() == 202 {
+            accepted.push(i);
+            break;
+        }
+        assert!(i < 10_000, "never accepted again");
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (_, metrics) = ing.stop().await;
+    let got = reader.await.expect("reader");
+    let want: Vec<String> = accepted
+        .iter()
+        .flat_map(|i| (0..5).map(move |j| format!("{{\"n\":{}}}", i * 5 + j)))
+        .collect();
+    assert_eq!(got, want, "every accepted record, in order, once");
+    assert_eq!(
+        status(&metrics, "rejected_full") as usize,
+        refused + (i - 30)
+    );
+}
+
+#[tokio::test]
+async fn ack_delivered_answers_once_the_flow_has_finished_the_records() {
+    let mut ing = Ingest::start(json!({ "ack": "delivered" }), usize::MAX);
+    let c = client();
+    let url = ing.url.clone();
+    let c2 = c.clone();
+    let pending = tokio::spawn(async move { post(&c2, &url, "{\"a\":1}\n{\"a\":2}\n").await });
+    let batch = ing.out.recv().await.expect("a batch");
+    assert_eq!(batch.len(), 2);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        !pending.is_finished(),
+        "answered before the records were finished"
+    );
+    drop(batch);
+    assert_eq!(
+        pending.await.expect("joined"),
+        (200, r#"{"accepted":2,"status":"delivered"}"#.to_owned())
+    );
+    // A record reported as failed: the answer says so.
+    let url = ing.url.clone();
+    let pending = tokio::spawn(async move { post(&c, &url, r#"{"a":3}"#).await });
+    let batch = ing.out.recv().await.expect("a batch");
+    batch[0].mark(AckStatus::Failed);
+    drop(batch);
+    assert_eq!(
+        pending.await.expect("joined"),
+        (200, r#"{"accepted":1,"status":"failed"}"#.to_owned())
+    );
+    ing.stop().await;
+}
+
+#[tokio::test]
+async fn a_stopped_server_refuses_new_requests() {
+    let ing = Ingest::start(json!({}), usize::MAX);
+    let c = client();
+    assert_eq!(post(&c, &ing.url, "{}").await.0, 202);
+    let url = ing.url.clone();
+    let (out, _) = ing.stop().await;
+    assert_eq!(out.len(), 1);
+    assert!(
+        c.post(&url).body("{}").send().await.is_err(),
+        "not listening"
+    );
+}
+
+#[test]
+fn server_configs_are_validated() {
+    let bad: HttpServerConfig = testing::config(json!({
+        "listen": "localhost",
+        "path": "/{x}",
+        "health_path": "health",
+        "token": "",
+        "max_queued": 0,
+    }));
+    let paths: Vec<String> = bad.validate().iter().map(|e| e.path.join(".")).collect();
+    assert_eq!(
+        paths,
+        ["listen", "path", "health_path", "token", "max_queued"]
+    );
+    let same: HttpServerConfig =
+        testing::config(json!({ "listen": "127.0.0.1:1", "path": "/health" }));
+    assert_eq!(same.validate().len(), 1);
+}
+
+#[test]
+fn bodies_parse_all_or_nothing() {
+    let ok = |s: &str| parse_body(&Bytes::copy_from_slice(s.as_bytes())).map(|r| r.len());
+    assert_eq!(ok(r#"{"a":1}"#), Ok(1));
+    assert_eq!(ok(r#"[1, "two", {"three":3}]"#), Ok(3));
+    assert_eq!(ok("{\"a\":1}\n\n{\"a\":2}"), Ok(2));
+    assert_eq!(ok("[]").map_err(|_| ()), Ok(0));
+    assert!(ok("{\"a\":1}\nnope\n").is_err_and(|e| e.contains("line 2")));
+    assert!(ok("").is_err());
+    assert!(ok("[1,").is_err());
+}
+
+#[test]
+fn pagination_forms_parse_from_yaml() {
+    let def = crate::builtin();
+    let def = def.get("http_poll").expect("registered");
+    for pagination in [
+        "link",
+        "{ next_url: .links.next }",
+        "{ cursor: { value: .meta.cursor, param: after } }",
+    ] {
+        let yaml = format!("url: http://127.0.0.1:1/x\npagination: {pagination}\n");
+        let node = marked_yaml::parse_yaml(0, &yaml).expect("yaml");
+        let cfg = (def.parse)(&node).unwrap_or_else(|e| panic!("{pagination}: {e}"));
+        assert!(cfg.validate().is_empty(), "{pagination}");
+    }
+    let node = marked_yaml::parse_yaml(0, "url: http://x/\npagination: nope\n").expect("yaml");
+    assert!((def.parse)(&node).is_err());
+}
+
+#[tokio::test]
+async fn under_back_pressure_ticks_are_skipped_not_queued() {
+    let api = api_with(&[1, 2]);
+    let addr = start_api(api.clone()).await;
+    let cfg: HttpPollConfig = testing::config(json!({
+        "url": format!("http://{addr}/plain"),
+        "interval": "10ms",
+        "records": "array",
+        "skip_unchanged": false,
+    }));
+    let src = testing::source(&cfg);
+    // The flow holds one page; nobody reads yet.
+    let metrics = Arc::new(NodeMetrics::default());
+    let (f_tx, _f_rx, _) = edge(usize::MAX, usize::MAX, WhenFull::Block);
+    let (tx, mut rx, _) = edge(2, usize::MAX, WhenFull::Block);
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(src.run(SourceContext {
+        name: NAME.into(),
+        out: Emitter::new(
+            NAME.into(),
+            vec![("failure".into(), vec![f_tx]), ("out".into(), vec![tx])],
+            metrics.clone(),
+        ),
+        shutdown: shutdown.clone(),
+        metrics: metrics.clone(),
+    }));
+    wait_for("a second poll", || api.hits.load(Ordering::SeqCst) >= 2).await;
+    // ~30 ticks pass while the second page waits for room: no request is made meanwhile.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(api.hits.load(Ordering::SeqCst), 2, "no poll while blocked");
+    let mut got = 0;
+    while got < 6 {
+        got += rx.recv().await.expect("a page").len();
+    }
+    shutdown.cancel();
+    // Read what is still coming (a blocked send finishes) until the source is gone.
+    while rx.recv().await.is_some() {}
+    task.await.expect("joined").expect("clean");
+    assert!(status(&metrics, "skipped_ticks") >= 1);
+    // The missed ticks were not made up for in a burst.
+    assert!(api.hits.load(Ordering::SeqCst) <= 6);
+}

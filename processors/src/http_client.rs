@@ -1,0 +1,25 @@
+//! The HTTP client the sinks share (`influxdb_sink`, and `s3_sink` through `object_store`).
+//!
+//! reqwest is built with rustls but without a built-in crypto provider (its default, aws-lc-rs,
+//! is a long C build); [`install_crypto_provider`] makes `ring` the process default once, before
+//! any client is made.
+
+use std::time::Duration;
+
+/// Make `ring` rustls's process-wide crypto provider, unless one already is.
+pub(crate) fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Err means another provider was installed first: that one is used, which is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// A client with this per-request timeout.
+pub(crate) fn client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    install_crypto_provider();
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .build()
+}

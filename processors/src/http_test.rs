@@ -1,0 +1,182 @@
+//! A tiny HTTP/1.1 server for sink tests: it answers the first `fail_first` requests itself with
+//! a given status (a server in trouble) and forwards the rest to a real server, or answers every
+//! request itself when there is no upstream (a server that refuses everything).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// The canned answer for failed requests.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn new(status: u16, body: &str) -> Self {
+        Self {
+            status,
+            headers: Vec::new(),
+            body: body.to_owned(),
+        }
+    }
+
+    pub fn header(mut self, k: &str, v: &str) -> Self {
+        self.headers.push((k.to_owned(), v.to_owned()));
+        self
+    }
+}
+
+type Fail = Arc<dyn Fn(usize, &str) -> bool + Send + Sync>;
+
+pub struct FlakyServer {
+    pub addr: SocketAddr,
+    /// Requests seen so far.
+    pub requests: Arc<AtomicUsize>,
+    /// Requests answered with the canned answer so far.
+    pub failed: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FlakyServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FlakyServer {
+    /// Fail the first `n` requests with `answer`, forward the others to `upstream` (every
+    /// request fails when there is none).
+    pub async fn start(upstream: Option<SocketAddr>, n: usize, answer: Answer) -> Self {
+        Self::start_with(upstream, move |i, _| i < n, answer).await
+    }
+
+    /// Fail the requests for which `fail(index, request head)` holds with `answer`, forward
+    /// the others to `upstream` (every request fails when there is none).
+    pub async fn start_with(
+        upstream: Option<SocketAddr>,
+        fail: impl Fn(usize, &str) -> bool + Send + Sync + 'static,
+        answer: Answer,
+    ) -> Self {
+        let fail: Fail = Arc::new(fail);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let requests = Arc::new(AtomicUsize::new(0));
+        let failed = Arc::new(AtomicUsize::new(0));
+        let (r, f) = (requests.clone(), failed.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                let (r, f, answer, fail) = (r.clone(), f.clone(), answer.clone(), fail.clone());
+                tokio::spawn(async move {
+                    let _ = serve(conn, upstream, fail, answer, r, f).await;
+                });
+            }
+        });
+        Self {
+            addr,
+            requests,
+            failed,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// Read one request (head and body) from `conn`; `None` at a clean end of the connection.
+async fn read_request(
+    conn: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<(String, Vec<u8>)>> {
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let mut chunk = [0u8; 16384];
+        let n = conn.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let len = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())
+                .flatten()
+        })
+        .unwrap_or(0);
+    while buf.len() < head_end + len {
+        let mut chunk = [0u8; 65536];
+        let n = conn.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body = buf[head_end..head_end + len].to_vec();
+    buf.drain(..head_end + len);
+    Ok(Some((head, body)))
+}
+
+async fn serve(
+    mut conn: TcpStream,
+    upstream: Option<SocketAddr>,
+    fail: Fail,
+    answer: Answer,
+    requests: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    while let Some((head, body)) = read_request(&mut conn, &mut buf).await? {
+        let n = requests.fetch_add(1, Ordering::SeqCst);
+        let failing = fail(n, &head);
+        match upstream {
+            Some(up) if !failing => {
+                // Forward with `Connection: close`, copy the answer back, then close.
+                let mut lines: Vec<&str> = head
+                    .trim_end_matches("\r\n")
+                    .split("\r\n")
+                    .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+                    .collect();
+                lines.push("Connection: close");
+                let mut out = lines.join("\r\n").into_bytes();
+                out.extend_from_slice(b"\r\n\r\n");
+                out.extend_from_slice(&body);
+                let mut up = TcpStream::connect(up).await?;
+                up.write_all(&out).await?;
+                let mut resp = Vec::new();
+                up.read_to_end(&mut resp).await?;
+                conn.write_all(&resp).await?;
+                conn.shutdown().await?;
+                return Ok(());
+            }
+            _ => {
+                failed.fetch_add(1, Ordering::SeqCst);
+                let mut out = format!(
+                    "HTTP/1.1 {} Canned\r\nContent-Length: {}\r\nContent-Type: application/json\r\n",
+                    answer.status,
+                    answer.body.len()
+                );
+                for (k, v) in &answer.headers {
+                    out.push_str(&format!("{k}: {v}\r\n"));
+                }
+                out.push_str("\r\n");
+                out.push_str(&answer.body);
+                conn.write_all(out.as_bytes()).await?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,355 @@
+//! InfluxDB line protocol: `measurement,tag=v field=1i,other="s" 1732300000000`.
+//!
+//! Escaping follows the InfluxDB v2 reference ("Special characters"): in the measurement, commas
+//! and spaces are escaped; in tag keys, tag values and field keys, commas, equals signs and
+//! spaces; in string field values, double quotes and backslashes. A backslash is itself written
+//! as `\\` everywhere, so a name ending in a backslash cannot swallow the separator after it
+//! (InfluxDB and VictoriaMetrics read two backslashes as one). Line protocol has no escape for a
+//! line break, so a name, tag or string containing one is refused rather than written wrong.
+//! Unicode is written as is (UTF-8).
+
+use std::fmt::Write as _;
+
+/// A field value.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum FieldValue {
+    /// A 64-bit float (finite).
+    Float(f64),
+    /// A signed 64-bit integer (`42i`).
+    Integer(i64),
+    /// A boolean.
+    Boolean(bool),
+    /// A string (`"..."`).
+    String(String),
+}
+
+/// Why a point cannot be written.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub(crate) enum LineError {
+    /// The measurement is empty.
+    #[error("the measurement is empty")]
+    EmptyMeasurement,
+    /// A field key is empty.
+    #[error("a field key is empty")]
+    EmptyFieldKey,
+    /// The point has no field.
+    #[error("the point has no field (line protocol needs at least one)")]
+    NoFields,
+    /// A float is NaN or infinite.
+    #[error("field `{0}` is not a finite number")]
+    NotFinite(String),
+    /// A measurement starting with `#`, which reads as a comment line.
+    #[error("the measurement starts with `#`, which line protocol reads as a comment")]
+    Comment,
+    /// A line break, which line protocol cannot escape.
+    #[error("{0} contains a line break, which line protocol cannot carry")]
+    LineBreak(String),
+}
+
+fn check_line(what: &str, s: &str) -> Result<(), LineError> {
+    if s.contains(['\n', '\r']) {
+        return Err(LineError::LineBreak(what.to_owned()));
+    }
+    Ok(())
+}
+
+/// Escape `s` onto `out`: backslashes always, and the characters in `special`.
+fn escape(out: &mut String, s: &str, special: &[char]) {
+    for c in s.chars() {
+        if c == '\\' || special.contains(&c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+}
+
+const MEASUREMENT: &[char] = &[',', ' '];
+const KEY: &[char] = &[',', '=', ' '];
+const STRING: &[char] = &['"'];
+
+/// Append one point as a line (with its trailing `\n`) to `out`. Tags with an empty key or
+/// value are left out (InfluxDB refuses them). On error `out` is left as it was.
+pub(crate) fn write_point(
+    out: &mut String,
+    measurement: &str,
+    tags: &[(String, String)],
+    fields: &[(String, FieldValue)],
+    timestamp: Option<i64>,
+) -> Result<(), LineError> {
+    if measurement.is_empty() {
+        return Err(LineError::EmptyMeasurement);
+    }
+    check_line("the measurement", measurement)?;
+    if measurement.starts_with('#') {
+        return Err(LineError::Comment);
+    }
+    if fields.is_empty() {
+        return Err(LineError::NoFields);
+    }
+    for (k, v) in tags {
+        check_line(&format!("tag `{k}`"), k)?;
+        check_line(&format!("tag `{k}`"), v)?;
+    }
+    for (k, v) in fields {
+        if k.is_empty() {
+            return Err(LineError::EmptyFieldKey);
+        }
+        check_line(&format!("field key `{k}`"), k)?;
+        match v {
+            FieldValue::Float(f) if !f.is_finite() => return Err(LineError::NotFinite(k.clone())),
+            FieldValue::String(s) => check_line(&format!("field `{k}`"), s)?,
+            _ => {}
+        }
+    }
+    escape(out, measurement, MEASUREMENT);
+    let mut sorted: Vec<&(String, String)> = tags
+        .iter()
+        .filter(|(k, v)| !k.is_empty() && !v.is_empty())
+        .collect();
+    // InfluxDB recommends tags sorted by key (it sorts them anyway; sorted is faster).
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    for (k, v) in sorted {
+        out.push(',');
+        escape(out, k, KEY);
+        out.push('=');
+        escape(out, v, KEY);
+    }
+    for (i, (k, v)) in fields.iter().enumerate() {
+        out.push(if i == 0 { ' ' } else { ',' });
+        escape(out, k, KEY);
+        out.push('=');
+        match v {
+            // `{}` is the shortest text that reads back as the same f64; never an exponent.
+            FieldValue::Float(f) => {
+                let _ = write!(out, "{f}");
+            }
+            FieldValue::Integer(n) => {
+                let _ = write!(out, "{n}i");
+            }
+            FieldValue::Boolean(b) => out.push_str(if *b { "true" } else { "false" }),
+            FieldValue::String(s) => {
+                out.push('"');
+                escape(out, s, STRING);
+                out.push('"');
+            }
+        }
+    }
+    if let Some(ts) = timestamp {
+        let _ = write!(out, " {ts}");
+    }
+    out.push('\n');
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod reference {
+    //! A small line-protocol reader written from the InfluxDB reference, independent of the
+    //! writer above, for the round-trip property tests.
+
+    use super::FieldValue;
+
+    /// One parsed line.
+    #[derive(Debug, PartialEq)]
+    pub struct Point {
+        pub measurement: String,
+        pub tags: Vec<(String, String)>,
+        pub fields: Vec<(String, FieldValue)>,
+        pub timestamp: Option<i64>,
+    }
+
+    /// Read up to an unescaped character of `stops`, unescaping `\x` to `x`.
+    fn token(s: &[char], i: &mut usize, stops: &[char]) -> String {
+        let mut out = String::new();
+        while *i < s.len() && !stops.contains(&s[*i]) {
+            if s[*i] == '\\' && *i + 1 < s.len() {
+                *i += 1;
+            }
+            out.push(s[*i]);
+            *i += 1;
+        }
+        out
+    }
+
+    pub fn parse(line: &str) -> Result<Point, String> {
+        let s: Vec<char> = line.trim_end_matches('\n').chars().collect();
+        let mut i = 0;
+        let measurement = token(&s, &mut i, &[',', ' ']);
+        let mut tags = Vec::new();
+        while i < s.len() && s[i] == ',' {
+            i += 1;
+            let k = token(&s, &mut i, &['=']);
+            i += 1;
+            let v = token(&s, &mut i, &[',', ' ']);
+            tags.push((k, v));
+        }
+        if i >= s.len() || s[i] != ' ' {
+            return Err(format!("no fields at {i}"));
+        }
+        let mut fields = Vec::new();
+        loop {
+            i += 1;
+            let k = token(&s, &mut i, &['=']);
+            i += 1;
+            let v = if s.get(i) == Some(&'"') {
+                i += 1;
+                let mut out = String::new();
+                while i < s.len() && s[i] != '"' {
+                    if s[i] == '\\' && i + 1 < s.len() {
+                        i += 1;
+                    }
+                    out.push(s[i]);
+                    i += 1;
+                }
+                i += 1;
+                FieldValue::String(out)
+            } else {
+                let raw = token(&s, &mut i, &[',', ' ']);
+                if let Some(n) = raw.strip_suffix('i') {
+                    FieldValue::Integer(n.parse().map_err(|e| format!("{raw}: {e}"))?)
+                } else if raw == "true" || raw == "false" {
+                    FieldValue::Boolean(raw == "true")
+                } else {
+                    FieldValue::Float(raw.parse().map_err(|e| format!("{raw}: {e}"))?)
+                }
+            };
+            fields.push((k, v));
+            if i >= s.len() || s[i] != ',' {
+                break;
+            }
+        }
+        let timestamp = if i < s.len() && s[i] == ' ' {
+            let rest: String = s[i + 1..].iter().collect();
+            Some(rest.parse().map_err(|e| format!("{rest}: {e}"))?)
+        } else {
+            None
+        };
+        Ok(Point {
+            measurement,
+            tags,
+            fields,
+            timestamp,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reference::{Point, parse};
+    use super::*;
+    use proptest::prelude::*;
+
+    fn line(
+        m: &str,
+        tags: &[(String, String)],
+        fields: &[(String, FieldValue)],
+        ts: Option<i64>,
+    ) -> Result<String, LineError> {
+        let mut s = String::new();
+        write_point(&mut s, m, tags, fields, ts).map(|()| s)
+    }
+
+    #[test]
+    fn escapes_exactly_as_the_reference_says() {
+        let tags = vec![
+            ("tag key".to_owned(), "a,b=c d".to_owned()),
+            ("t".to_owned(), String::new()),
+            ("b\\".to_owned(), "v\\".to_owned()),
+        ];
+        let fields = vec![
+            (
+                "f=1".to_owned(),
+                FieldValue::String("say \"hi\" \\o/ é".into()),
+            ),
+            ("n".to_owned(), FieldValue::Integer(-42)),
+            ("x".to_owned(), FieldValue::Float(71.0)),
+            ("ok".to_owned(), FieldValue::Boolean(true)),
+        ];
+        let l = line(
+            "my meas,ure=ment\\",
+            &tags,
+            &fields,
+            Some(1_732_300_000_000),
+        )
+        .expect("ok");
+        assert_eq!(
+            l,
+            "my\\ meas\\,ure=ment\\\\,b\\\\=v\\\\,tag\\ key=a\\,b\\=c\\ d \
+             f\\=1=\"say \\\"hi\\\" \\\\o/ é\",n=-42i,x=71,ok=true 1732300000000\n"
+        );
+    }
+
+    #[test]
+    fn refuses_what_cannot_be_written() {
+        let f = vec![("v".to_owned(), FieldValue::Float(1.0))];
+        assert_eq!(line("", &[], &f, None), Err(LineError::EmptyMeasurement));
+        assert_eq!(line("m", &[], &[], None), Err(LineError::NoFields));
+        let nan = vec![("v".to_owned(), FieldValue::Float(f64::NAN))];
+        assert!(matches!(
+            line("m", &[], &nan, None),
+            Err(LineError::NotFinite(_))
+        ));
+        assert!(matches!(
+            line("a\nb", &[], &f, None),
+            Err(LineError::LineBreak(_))
+        ));
+        let s = vec![("v".to_owned(), FieldValue::String("a\r\nb".into()))];
+        assert!(matches!(
+            line("m", &[], &s, None),
+            Err(LineError::LineBreak(_))
+        ));
+    }
+
+    /// Text with the characters line protocol treats specially, and unicode.
+    fn text() -> impl Strategy<Value = String> {
+        proptest::collection::vec(
+            prop_oneof![
+                Just(' '),
+                Just(','),
+                Just('='),
+                Just('"'),
+                Just('\\'),
+                Just('é'),
+                Just('😀'),
+                Just('\u{200b}'),
+                proptest::char::range('a', 'z'),
+                any::<char>().prop_filter("no line breaks", |c| *c != '\n' && *c != '\r'),
+            ],
+            1..12,
+        )
+        .prop_map(|v| v.into_iter().collect())
+    }
+
+    fn field_value() -> impl Strategy<Value = FieldValue> {
+        prop_oneof![
+            any::<i64>().prop_map(FieldValue::Integer),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(FieldValue::Float),
+            any::<bool>().prop_map(FieldValue::Boolean),
+            text().prop_map(FieldValue::String),
+            Just(FieldValue::String(String::new())),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Whatever the names, tags and values, the reference reader gets back exactly what was
+        /// written (tags sorted by key, as the writer sorts them).
+        #[test]
+        fn round_trips(
+            m in text(),
+            tags in proptest::collection::btree_map(text(), text(), 0..4),
+            fields in proptest::collection::btree_map(text(), field_value(), 1..4),
+            ts in proptest::option::of(any::<i64>()),
+        ) {
+            prop_assume!(!m.starts_with('#'));
+            let tags: Vec<(String, String)> = tags.into_iter().collect();
+            let fields: Vec<(String, FieldValue)> = fields.into_iter().collect();
+            let l = line(&m, &tags, &fields, ts).expect("writable");
+            prop_assert_eq!(l.matches('\n').count(), 1);
+            let p = parse(&l).map_err(|e| TestCaseError::fail(format!("{e}: {l:?}")))?;
+            prop_assert_eq!(p, Point { measurement: m, tags, fields, timestamp: ts });
+        }
+    }
+}

@@ -1,0 +1,713 @@
+//! `s3_sink`: write records into objects on S3 (or an S3-compatible server) or the local
+//! filesystem, through `object_store`.
+
+mod encode;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytesize::ByteSize;
+use flow_core::ack::{AckStatus, Acks};
+use flow_core::processor::{
+    BuildContext, BuildError, ConfigError, Describe, Kind, Output, Processor, ProcessorConfig,
+    ProcessorError, Sink, SinkContext,
+};
+use flow_core::record::Record;
+use object_store::path::Path as ObjectPath;
+use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt, PutPayload};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use crate::template::{Placeholders, Template, UUID_MARK, lookup, now_ms, time_ms, uuid_v4};
+use crate::window::TimeUnit;
+use encode::{Body, Row};
+
+/// Write records into objects on S3 (or an S3-compatible server) or the local filesystem, as
+/// JSON lines or CSV, optionally gzip- or zstd-compressed, under keys made from each record.
+///
+/// `url` is `s3://bucket/prefix` or `file:///dir`. The object key is a template below that
+/// prefix: `{name}` is a record field (or attribute), `{yyyy}` `{MM}` `{dd}` `{HH}` `{mm}`
+/// `{ss}` are parts of the record's event time (UTC) and `{uuid}` is unique per object, e.g.
+/// `{device}/dt={yyyy}-{MM}-{dd}/hour={HH}/part-{uuid}.jsonl.gz`. Records whose keys differ
+/// only by `{uuid}` (one partition) go to the same open object; several objects are open at
+/// once, one per partition. An object is closed and uploaded once it holds `max_records`
+/// records or `max_bytes` bytes, is `max_age` old or got nothing for `max_idle`, when more
+/// than `max_open_objects` are open (the least recently written one), and when the input
+/// ends (shutdown included). Objects bigger than `part_size` are sent as multipart uploads
+/// while they are written.
+///
+/// A record is acknowledged only once its object's upload completed, so a crash before that
+/// replays it (at-least-once). An object is never visible half-written: a single upload is
+/// atomic, and a multipart upload that fails is aborted (and, on the local filesystem, a
+/// staging file is renamed only once complete). Requests are retried with capped exponential
+/// backoff (5xx, 429, timeouts); an object that still cannot be uploaded is given up: its
+/// records are reported failed (counted in the node's `failed`, logged, acknowledged as
+/// failed). A record whose key cannot be made goes to `failure`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct S3SinkConfig {
+    /// Where objects go: `s3://bucket/prefix` (the prefix may be empty) or `file:///dir`.
+    pub url: String,
+    /// The S3 endpoint, for S3-compatible servers (`http://127.0.0.1:9000`). Empty or absent:
+    /// AWS (or `AWS_ENDPOINT`).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// The region. Absent: `AWS_REGION` / `AWS_DEFAULT_REGION`, else `us-east-1`.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// The access key id (use `${VAR}`). Empty or absent: `AWS_ACCESS_KEY_ID` and the other
+    /// standard AWS sources.
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    /// The secret access key (use `${VAR}`). Empty or absent: `AWS_SECRET_ACCESS_KEY`. Never
+    /// logged.
+    #[serde(default)]
+    pub secret_access_key: Option<String>,
+    /// A session token for temporary credentials. Empty or absent: `AWS_SESSION_TOKEN`.
+    #[serde(default)]
+    pub session_token: Option<String>,
+    /// Path-style requests (`endpoint/bucket/key`), which most S3-compatible servers need.
+    /// Absent: on when `endpoint` is set, off (virtual-hosted style) for AWS.
+    #[serde(default)]
+    pub path_style: Option<bool>,
+    /// The object key below the URL's prefix, a template (see above). Must contain `{uuid}`.
+    /// Absent: `dt={yyyy}-{MM}-{dd}/hour={HH}/part-{uuid}` with the format's extension
+    /// (`.jsonl`, `.csv`) and the compression's (`.gz`, `.zst`).
+    #[serde(default)]
+    pub key: Option<String>,
+    /// The field holding the record's event time (epoch time in `event_time_unit`, or RFC
+    /// 3339), for the time parts of the key. Absent: the record's event time, or the time it
+    /// arrives when it has none.
+    #[serde(default)]
+    pub event_time: Option<String>,
+    /// Unit of a numeric `event_time` field: `ms` or `s`.
+    #[serde(default)]
+    pub event_time_unit: TimeUnit,
+    /// The object format: `json` (JSON lines: each record's content, then a newline) or `csv`.
+    #[serde(default)]
+    pub format: Format,
+    /// For `csv`: the fields written, in order, one column each (dotted paths reach nested
+    /// fields; a missing field is an empty cell, an object or array is its JSON).
+    #[serde(default)]
+    pub columns: Option<Vec<String>>,
+    /// For `csv`: start each object with a header row of the column names.
+    #[serde(default = "default_true")]
+    pub csv_header: bool,
+    /// Compression of the objects: `none`, `gzip` or `zstd`.
+    #[serde(default)]
+    pub compression: Compression,
+    /// Close an object once it holds this many records.
+    #[serde(default = "default_max_records")]
+    pub max_records: u64,
+    /// Close an object once it is this big, like `128MiB` (compressed; while an object is
+    /// under 1 MiB uncompressed, that size counts).
+    #[serde(default = "default_max_bytes")]
+    #[schemars(with = "String")]
+    pub max_bytes: ByteSize,
+    /// Close an object this long after it was opened.
+    #[serde(default = "default_max_age", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub max_age: Duration,
+    /// Close an object that got no record for this long.
+    #[serde(default = "default_max_idle", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub max_idle: Duration,
+    /// At most this many objects open at once; opening one more closes the least recently
+    /// written.
+    #[serde(default = "default_max_open")]
+    pub max_open_objects: usize,
+    /// Objects bigger than this are uploaded in parts of this size (multipart upload) while
+    /// they are written; smaller ones in one request. At least `5MiB` (S3's minimum part).
+    #[serde(default = "default_part_size")]
+    #[schemars(with = "String")]
+    pub part_size: ByteSize,
+    /// How many times a failed request is tried again (5xx, 429, timeouts, connection
+    /// errors).
+    #[serde(default = "default_max_retries")]
+    pub max_retries: usize,
+    /// The longest wait between two attempts (the wait doubles from 100ms up to this).
+    #[serde(default = "default_retry_max", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub retry_max: Duration,
+    /// Stop retrying a request this long after its first attempt.
+    #[serde(default = "default_retry_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub retry_timeout: Duration,
+}
+
+/// The object format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    /// JSON lines: each record's content (its exact bytes when not modified) and a newline.
+    #[default]
+    Json,
+    /// CSV (RFC 4180) of the `columns`.
+    Csv,
+}
+
+/// The compression of the objects.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    /// None.
+    None,
+    /// gzip (fast level).
+    #[default]
+    Gzip,
+    /// zstd (level 3).
+    Zstd,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_max_records() -> u64 {
+    1_000_000
+}
+fn default_max_bytes() -> ByteSize {
+    ByteSize::mib(128)
+}
+fn default_max_age() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_max_idle() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_open() -> usize {
+    1000
+}
+fn default_part_size() -> ByteSize {
+    ByteSize::mib(8)
+}
+fn default_max_retries() -> usize {
+    10
+}
+fn default_retry_max() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_retry_timeout() -> Duration {
+    Duration::from_secs(180)
+}
+
+const MIN_PART: u64 = 5 * 1024 * 1024;
+
+impl Describe for S3SinkConfig {
+    const TYPE: &'static str = "s3_sink";
+    const KIND: Kind = Kind::Sink;
+}
+
+/// Where objects go, parsed from `url`.
+#[derive(Debug, PartialEq)]
+enum Target {
+    S3 { bucket: String, prefix: String },
+    File { dir: String },
+}
+
+fn nonempty(v: &Option<String>) -> Option<&str> {
+    v.as_deref().filter(|s| !s.is_empty())
+}
+
+impl S3SinkConfig {
+    fn target(&self) -> Result<Target, String> {
+        if let Some(rest) = self.url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(format!("`{}`: no bucket", self.url));
+            }
+            let prefix = prefix.trim_matches('/').to_owned();
+            if !prefix.is_empty() {
+                ObjectPath::parse(&prefix).map_err(|e| format!("`{}`: {e}", self.url))?;
+            }
+            Ok(Target::S3 {
+                bucket: bucket.to_owned(),
+                prefix,
+            })
+        } else if let Some(dir) = self.url.strip_prefix("file://") {
+            if !dir.starts_with('/') {
+                return Err(format!(
+                    "`{}`: a file URL needs an absolute path (file:///dir)",
+                    self.url
+                ));
+            }
+            Ok(Target::File {
+                dir: dir.to_owned(),
+            })
+        } else {
+            Err(format!(
+                "`{}`: must be s3://bucket/prefix or file:///dir",
+                self.url
+            ))
+        }
+    }
+
+    fn key_template(&self) -> String {
+        self.key.clone().unwrap_or_else(|| {
+            let ext = match self.format {
+                Format::Json => ".jsonl",
+                Format::Csv => ".csv",
+            };
+            let comp = match self.compression {
+                Compression::None => "",
+                Compression::Gzip => ".gz",
+                Compression::Zstd => ".zst",
+            };
+            format!("dt={{yyyy}}-{{MM}}-{{dd}}/hour={{HH}}/part-{{uuid}}{ext}{comp}")
+        })
+    }
+
+    fn store(&self, target: &Target) -> Result<Arc<dyn ObjectStore>, String> {
+        match target {
+            Target::File { dir } => {
+                std::fs::create_dir_all(dir).map_err(|e| format!("cannot create `{dir}`: {e}"))?;
+                let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
+                    .map_err(|e| e.to_string())?;
+                Ok(Arc::new(fs))
+            }
+            Target::S3 { bucket, .. } => {
+                crate::http_client::install_crypto_provider();
+                let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+                let endpoint = nonempty(&self.endpoint);
+                if let Some(e) = endpoint {
+                    b = b.with_endpoint(e).with_allow_http(e.starts_with("http://"));
+                }
+                let region = nonempty(&self.region).map(str::to_owned).or_else(|| {
+                    let env = |k| std::env::var(k).ok().filter(|v: &String| !v.is_empty());
+                    env("AWS_REGION").or_else(|| env("AWS_DEFAULT_REGION"))
+                });
+                b = b.with_region(region.unwrap_or_else(|| "us-east-1".into()));
+                if let Some(k) = nonempty(&self.access_key_id) {
+                    b = b.with_access_key_id(k);
+                }
+                if let Some(k) = nonempty(&self.secret_access_key) {
+                    b = b.with_secret_access_key(k);
+                }
+                if let Some(t) = nonempty(&self.session_token) {
+                    b = b.with_token(t);
+                }
+                let path_style = self.path_style.unwrap_or(endpoint.is_some());
+                b = b.with_virtual_hosted_style_request(!path_style);
+                b = b.with_retry(object_store::RetryConfig {
+                    backoff: object_store::BackoffConfig {
+                        init_backoff: Duration::from_millis(100),
+                        max_backoff: self.retry_max.max(Duration::from_millis(100)),
+                        base: 2.0,
+                    },
+                    max_retries: self.max_retries,
+                    retry_timeout: self.retry_timeout,
+                });
+                // The error names settings, never their values (no secrets in it).
+                Ok(Arc::new(b.build().map_err(|e| e.to_string())?))
+            }
+        }
+    }
+}
+
+impl ProcessorConfig for S3SinkConfig {
+    fn outputs(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn validate(&self) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        if let Err(e) = self.target() {
+            errors.push(ConfigError::new(&["url"], e));
+        }
+        match Template::parse(&self.key_template(), Placeholders::FieldsTimeUuid) {
+            Ok(t) if !t.has_uuid() => errors.push(ConfigError {
+                help: Some("for example `{device}/{yyyy}-{MM}-{dd}/part-{uuid}.jsonl`".into()),
+                ..ConfigError::new(
+                    &["key"],
+                    "the key needs `{uuid}`: objects rolled for one partition need different names",
+                )
+            }),
+            Ok(t) => {
+                let sample = t.sample().replace(UUID_MARK, "u");
+                if let Err(e) = ObjectPath::parse(&sample) {
+                    errors.push(ConfigError::new(&["key"], format!("not a valid key: {e}")));
+                }
+            }
+            Err(e) => errors.push(ConfigError::new(&["key"], e)),
+        }
+        match (self.format, &self.columns) {
+            (Format::Csv, None) => errors.push(ConfigError::new(
+                &["columns"],
+                "the csv format needs `columns`",
+            )),
+            (Format::Csv, Some(c)) if c.is_empty() || c.iter().any(String::is_empty) => {
+                errors.push(ConfigError::new(&["columns"], "empty column list or name"));
+            }
+            (Format::Json, Some(_)) => errors.push(ConfigError::new(
+                &["columns"],
+                "`columns` is for the csv format",
+            )),
+            _ => {}
+        }
+        if self.max_records == 0 {
+            errors.push(ConfigError::new(&["max_records"], "must be at least 1"));
+        }
+        if self.max_open_objects == 0 {
+            errors.push(ConfigError::new(
+                &["max_open_objects"],
+                "must be at least 1",
+            ));
+        }
+        if self.part_size.as_u64() < MIN_PART {
+            errors.push(ConfigError::new(
+                &["part_size"],
+                "must be at least 5MiB (S3's smallest part)",
+            ));
+        }
+        if self.max_age.is_zero() || self.max_idle.is_zero() {
+            let which = if self.max_age.is_zero() {
+                "max_age"
+            } else {
+                "max_idle"
+            };
+            errors.push(ConfigError::new(&[which], "must be more than 0s"));
+        }
+        errors
+    }
+
+    fn build(&self, _: &BuildContext) -> Result<Processor, BuildError> {
+        let target = self.target().map_err(BuildError)?;
+        let key = Template::parse(&self.key_template(), Placeholders::FieldsTimeUuid)
+            .map_err(BuildError)?;
+        let store = self.store(&target).map_err(BuildError)?;
+        let prefix = match &target {
+            Target::S3 { prefix, .. } => prefix.clone(),
+            Target::File { .. } => String::new(),
+        };
+        Ok(Processor::Sink(Box::new(S3Sink {
+            cfg: self.clone(),
+            store,
+            prefix,
+            key,
+        })))
+    }
+}
+
+struct S3Sink {
+    cfg: S3SinkConfig,
+    store: Arc<dyn ObjectStore>,
+    prefix: String,
+    key: Template,
+}
+
+/// An object being written.
+struct OpenObject {
+    path: ObjectPath,
+    body: Body,
+    /// Started once the object outgrew one part.
+    upload: Option<Box<dyn MultipartUpload>>,
+    /// Bytes already handed to parts.
+    uploaded: u64,
+    records: u64,
+    /// The acknowledgement tokens of every record in the object, released once it is complete.
+    acks: Acks,
+    opened: Instant,
+    last_write: Instant,
+}
+
+impl OpenObject {
+    fn size(&mut self) -> u64 {
+        self.uploaded + self.body.pending_len() as u64
+    }
+}
+
+/// Logs failed uploads at most once per burst.
+struct FailureLog {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+const LOG_EVERY: Duration = Duration::from_secs(10);
+/// Objects uploaded at once when many close together (idle ones, the end of the input).
+const CONCURRENT_UPLOADS: usize = 8;
+
+fn other(e: impl std::fmt::Display) -> ProcessorError {
+    ProcessorError::Other(e.to_string())
+}
+
+/// A field value used in a key: one path segment, nothing that could change the key's shape.
+fn key_segment(v: String) -> Result<String, String> {
+    if v.is_empty()
+        || v == "."
+        || v == ".."
+        || v.contains(['/', '{', '}'])
+        || v.chars().any(char::is_control)
+    {
+        return Err(format!("`{v}` cannot be part of an object key"));
+    }
+    Ok(v)
+}
+
+impl S3Sink {
+    fn event_time(&self, r: &mut Record) -> Result<i64, String> {
+        match &self.cfg.event_time {
+            Some(name) => {
+                let v = r.value().map_err(|e| e.to_string())?;
+                let t = lookup(v, name)
+                    .ok_or_else(|| format!("the record has no event time field `{name}`"))?;
+                time_ms(t, self.cfg.event_time_unit)
+            }
+            None => Ok(r.event_time.unwrap_or_else(now_ms)),
+        }
+    }
+
+    fn open(&self, partition: &str) -> Result<OpenObject, String> {
+        let key = partition.replace(UUID_MARK, &uuid_v4());
+        let full = if self.prefix.is_empty() {
+            key
+        } else {
+            format!("{}/{key}", self.prefix)
+        };
+        let path = ObjectPath::parse(&full).map_err(|e| format!("bad object key `{full}`: {e}"))?;
+        let mut body = Body::new(self.cfg.compression);
+        if let (Format::Csv, Some(cols), true) =
+            (self.cfg.format, &self.cfg.columns, self.cfg.csv_header)
+        {
+            let mut header = Vec::new();
+            encode::csv_header(&mut header, cols);
+            body.write(&header).map_err(|e| e.to_string())?;
+        }
+        let now = Instant::now();
+        Ok(OpenObject {
+            path,
+            body,
+            upload: None,
+            uploaded: 0,
+            records: 0,
+            acks: Acks::None,
+            opened: now,
+            last_write: now,
+        })
+    }
+
+    /// Upload what the encoder produced as one more part (starting the multipart upload).
+    async fn upload_part(&self, obj: &mut OpenObject) -> Result<(), object_store::Error> {
+        let data = obj.body.output().map(std::mem::take).unwrap_or_default();
+        if data.is_empty() {
+            return Ok(());
+        }
+        let upload = match &mut obj.upload {
+            Some(u) => u,
+            None => obj
+                .upload
+                .insert(self.store.put_multipart(&obj.path).await?),
+        };
+        obj.uploaded += data.len() as u64;
+        upload.put_part(PutPayload::from(data)).await
+    }
+
+    /// Finish and upload an object.
+    async fn upload(&self, mut obj: OpenObject) -> (OpenObject, Result<(), String>) {
+        let body = std::mem::replace(&mut obj.body, Body::new(Compression::None));
+        let result = async {
+            let data = body.finish().map_err(|e| e.to_string())?;
+            match obj.upload.as_mut() {
+                None => {
+                    self.store
+                        .put(&obj.path, PutPayload::from(data))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                Some(upload) => {
+                    if !data.is_empty() {
+                        upload
+                            .put_part(PutPayload::from(data))
+                            .await
+                            .map_err(|e| e.to_string())?;
+                    }
+                    upload.complete().await.map_err(|e| e.to_string())?;
+                }
+            }
+            Ok::<(), String>(())
+        }
+        .await;
+        (obj, result)
+    }
+
+    /// Acknowledge an uploaded object's records, or report them failed.
+    async fn settle(
+        &self,
+        ctx: &SinkContext,
+        obj: OpenObject,
+        result: Result<(), String>,
+        log: &mut FailureLog,
+    ) {
+        match result {
+            Ok(()) => {
+                tracing::debug!(node = &*ctx.name, object = %obj.path, records = obj.records, "object written");
+                ctx.metrics.add_sent(obj.records);
+                drop(obj.acks);
+            }
+            Err(e) => self.give_up(ctx, obj, &e, log).await,
+        }
+    }
+
+    /// Finish, upload and settle one object.
+    async fn close(&self, ctx: &SinkContext, obj: OpenObject, log: &mut FailureLog) {
+        let (obj, result) = self.upload(obj).await;
+        self.settle(ctx, obj, result, log).await;
+    }
+
+    /// Close several objects, a few uploads at a time.
+    async fn close_all(&self, ctx: &SinkContext, objs: Vec<OpenObject>, log: &mut FailureLog) {
+        use futures::StreamExt;
+        let mut uploads = futures::stream::iter(objs.into_iter().map(|o| self.upload(o)))
+            .buffer_unordered(CONCURRENT_UPLOADS);
+        while let Some((obj, result)) = uploads.next().await {
+            self.settle(ctx, obj, result, log).await;
+        }
+    }
+
+    /// Abort the object's upload (if any) and report its records failed.
+    async fn give_up(
+        &self,
+        ctx: &SinkContext,
+        mut obj: OpenObject,
+        err: &str,
+        log: &mut FailureLog,
+    ) {
+        let mut abort_error = None;
+        if let Some(upload) = obj.upload.as_mut()
+            && let Err(e) = upload.abort().await
+        {
+            abort_error = Some(e.to_string());
+        }
+        obj.acks.mark(AckStatus::Failed);
+        ctx.metrics.add_failed(obj.records);
+        if log.last.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
+            tracing::error!(
+                node = &*ctx.name,
+                object = %obj.path,
+                records = obj.records,
+                failed_since_last_log = log.suppressed,
+                error = err,
+                abort_error = abort_error.as_deref().unwrap_or("none"),
+                "object upload failed after retries; its records are reported failed"
+            );
+            log.last = Some(Instant::now());
+            log.suppressed = 0;
+        } else {
+            log.suppressed += obj.records;
+        }
+    }
+}
+
+#[async_trait]
+impl Sink for S3Sink {
+    async fn run(self: Box<Self>, mut ctx: SinkContext) -> Result<(), ProcessorError> {
+        let max_bytes = self.cfg.max_bytes.as_u64().max(1);
+        let part_size = usize::try_from(self.cfg.part_size.as_u64()).unwrap_or(usize::MAX);
+        let tick = (self.cfg.max_age.min(self.cfg.max_idle) / 4)
+            .clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let mut timer = tokio::time::interval(tick);
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut open: HashMap<String, OpenObject> = HashMap::new();
+        let mut failures = Output::new(ctx.name.clone(), ctx.failures.port_count().max(1));
+        let mut log = FailureLog {
+            last: None,
+            suppressed: 0,
+        };
+        let mut row = Row::default();
+        loop {
+            tokio::select! {
+                batch = ctx.input.next() => {
+                    let Some(batch) = batch else { break };
+                    ctx.metrics.add_received(batch.len() as u64);
+                    for mut r in batch {
+                        let partition = match self
+                            .event_time(&mut r)
+                            .and_then(|t| self.key.render(&mut r, t, key_segment))
+                        {
+                            Ok(p) => p,
+                            Err(msg) => {
+                                failures.fail(r, &msg);
+                                continue;
+                            }
+                        };
+                        row.clear();
+                        if let Err(msg) = row.encode(&mut r, self.cfg.format, self.cfg.columns.as_deref()) {
+                            failures.fail(r, &msg);
+                            continue;
+                        }
+                        if !open.contains_key(&partition) {
+                            if open.len() >= self.cfg.max_open_objects {
+                                let lru = open
+                                    .iter()
+                                    .min_by_key(|(_, o)| o.last_write)
+                                    .map(|(k, _)| k.clone());
+                                if let Some(obj) = lru.and_then(|k| open.remove(&k)) {
+                                    self.close(&ctx, obj, &mut log).await;
+                                }
+                            }
+                            match self.open(&partition) {
+                                Ok(o) => {
+                                    open.insert(partition.clone(), o);
+                                }
+                                Err(msg) => {
+                                    failures.fail(r, &msg);
+                                    continue;
+                                }
+                            }
+                        }
+                        let Some(obj) = open.get_mut(&partition) else { continue };
+                        if let Err(e) = obj.body.write(row.bytes()) {
+                            failures.fail(r, &format!("encoding failed: {e}"));
+                            continue;
+                        }
+                        obj.records += 1;
+                        obj.acks.merge(r.take_acks());
+                        obj.last_write = Instant::now();
+                        drop(r);
+                        let mut broken = None;
+                        if obj.body.output().is_some_and(|o| o.len() >= part_size)
+                            && let Err(e) = self.upload_part(obj).await
+                        {
+                            broken = Some(e.to_string());
+                        }
+                        let full = obj.records >= self.cfg.max_records || obj.size() >= max_bytes;
+                        if (broken.is_some() || full)
+                            && let Some(obj) = open.remove(&partition)
+                        {
+                            match broken {
+                                Some(e) => self.give_up(&ctx, obj, &e, &mut log).await,
+                                None => self.close(&ctx, obj, &mut log).await,
+                            }
+                        }
+                    }
+                    ctx.failures.flush(&mut failures).await.map_err(other)?;
+                    ctx.metrics.set_status("open_objects", serde_json::json!(open.len()));
+                }
+                _ = timer.tick() => {
+                    let mut due: Vec<String> = open
+                        .iter()
+                        .filter(|(_, o)| {
+                            o.opened.elapsed() >= self.cfg.max_age
+                                || o.last_write.elapsed() >= self.cfg.max_idle
+                        })
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    due.sort();
+                    let objs = due.iter().filter_map(|k| open.remove(k)).collect();
+                    self.close_all(&ctx, objs, &mut log).await;
+                    ctx.metrics.set_status("open_objects", serde_json::json!(open.len()));
+                }
+            }
+        }
+        // The input ended (or the flow is stopping): complete every open object.
+        let mut rest: Vec<(String, OpenObject)> = open.drain().collect();
+        rest.sort_by(|a, b| a.0.cmp(&b.0));
+        self.close_all(&ctx, rest.into_iter().map(|(_, o)| o).collect(), &mut log)
+            .await;
+        ctx.metrics.set_status("open_objects", serde_json::json!(0));
+        Ok(())
+    }
+}

@@ -1,0 +1,513 @@
+//! `s3_sink` against the local filesystem and a real S3-compatible server (s3s-fs, started by
+//! `scripts/test.sh`: `FLOW_TEST_S3_ENDPOINT`, `FLOW_TEST_S3_BUCKET`,
+//! `FLOW_TEST_S3_ACCESS_KEY`, `FLOW_TEST_S3_SECRET_KEY`). Objects are listed and downloaded
+//! back and must decompress to exactly the records sent. Without the server the S3 tests skip
+//! and say so, except with `CI` set, where they fail.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::sync::Arc;
+
+use flow_core::ack::{AckStatus, AckTracker, Acks};
+use flow_core::processor::ProcessorConfig;
+use flow_core::record::Record;
+use futures::TryStreamExt;
+use object_store::{ObjectStore, ObjectStoreExt};
+use serde_json::json;
+
+use super::{Compression, S3SinkConfig};
+use crate::http_test::{Answer, FlakyServer};
+use crate::testing::{config, rec, sink, sink_ctx};
+
+/// Decompress a whole object.
+pub(super) fn decompress(c: Compression, data: &[u8]) -> String {
+    let mut out = String::new();
+    match c {
+        Compression::None => out = String::from_utf8(data.to_vec()).expect("utf-8"),
+        Compression::Gzip => {
+            flate2::read::MultiGzDecoder::new(data)
+                .read_to_string(&mut out)
+                .expect("complete gzip");
+        }
+        Compression::Zstd => {
+            zstd::stream::read::Decoder::new(data)
+                .expect("zstd")
+                .read_to_string(&mut out)
+                .expect("complete zstd");
+        }
+    }
+    out
+}
+
+struct Server {
+    endpoint: String,
+    bucket: String,
+    access_key: String,
+    secret_key: String,
+}
+
+fn server() -> Option<Server> {
+    match std::env::var("FLOW_TEST_S3_ENDPOINT") {
+        Ok(endpoint) => {
+            let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} is not set"));
+            Some(Server {
+                endpoint,
+                bucket: var("FLOW_TEST_S3_BUCKET"),
+                access_key: var("FLOW_TEST_S3_ACCESS_KEY"),
+                secret_key: var("FLOW_TEST_S3_SECRET_KEY"),
+            })
+        }
+        Err(_) if std::env::var_os("CI").is_some() => {
+            panic!("FLOW_TEST_S3_ENDPOINT is not set but CI is: the S3 server did not start")
+        }
+        Err(_) => {
+            eprintln!("skipped: FLOW_TEST_S3_ENDPOINT is not set (scripts/test.sh starts s3s-fs)");
+            None
+        }
+    }
+}
+
+/// A key prefix no other test or run uses.
+fn unique(name: &str) -> String {
+    format!("flowtest/{name}-{}", crate::template::uuid_v4())
+}
+
+impl Server {
+    fn config(&self, endpoint: &str, prefix: &str, extra: serde_json::Value) -> S3SinkConfig {
+        let mut c = json!({
+            "url": format!("s3://{}/{prefix}", self.bucket),
+            "endpoint": endpoint,
+            "access_key_id": self.access_key,
+            "secret_access_key": self.secret_key,
+            "max_retries": 5,
+            "retry_max": "200ms",
+        });
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            c[k] = v.clone();
+        }
+        config(c)
+    }
+
+    fn store(&self) -> Arc<dyn ObjectStore> {
+        crate::http_client::install_crypto_provider();
+        Arc::new(
+            object_store::aws::AmazonS3Builder::new()
+                .with_endpoint(&self.endpoint)
+                .with_allow_http(true)
+                .with_bucket_name(&self.bucket)
+                .with_region("us-east-1")
+                .with_access_key_id(&self.access_key)
+                .with_secret_access_key(&self.secret_key)
+                .build()
+                .expect("client"),
+        )
+    }
+}
+
+/// Every object under `prefix`: key (below the prefix) -> decompressed content.
+async fn objects(
+    store: &dyn ObjectStore,
+    prefix: &str,
+    c: Compression,
+) -> BTreeMap<String, String> {
+    let p = object_store::path::Path::from(prefix);
+    let metas: Vec<_> = store.list(Some(&p)).try_collect().await.expect("listed");
+    let mut out = BTreeMap::new();
+    for m in metas {
+        let data = store
+            .get(&m.location)
+            .await
+            .expect("get")
+            .bytes()
+            .await
+            .expect("body");
+        let key = m
+            .location
+            .as_ref()
+            .trim_start_matches(prefix)
+            .trim_start_matches('/');
+        out.insert(key.to_owned(), decompress(c, &data));
+    }
+    out
+}
+
+/// Sensor-like records over three devices and three hours, each with its own ack token batch.
+fn readings(n: usize, tracker: &mut AckTracker) -> Vec<Vec<Record>> {
+    let start = 1_732_300_000_000i64; // 2024-11-22T18:26:40Z
+    (0..n)
+        .collect::<Vec<_>>()
+        .chunks(100)
+        .enumerate()
+        .map(|(b, chunk)| {
+            let token = tracker.token(b as u64);
+            chunk
+                .iter()
+                .map(|&i| {
+                    let ts = start + i as i64 * 5_000;
+                    let mut r = rec(&format!(
+                        r#"{{"device":"car-{}","ts":{ts},"n":{i},"s":"é \"q\""}}"#,
+                        i % 3
+                    ));
+                    r.event_time = Some(ts);
+                    r.with_acks(Acks::One(token.clone()))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The partition a reading belongs to, as the key template below renders it.
+fn partition(line: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(line).expect("json");
+    let ts = v["ts"].as_i64().expect("ts");
+    let d = chrono::DateTime::from_timestamp_millis(ts).expect("time");
+    format!(
+        "{}/dt={}/hour={}",
+        v["device"].as_str().expect("device"),
+        d.format("%Y-%m-%d"),
+        d.format("%H")
+    )
+}
+
+const KEY: &str = "{device}/dt={yyyy}-{MM}-{dd}/hour={HH}/part-{uuid}.jsonl.gz";
+
+/// Run the sink over `batches`; returns the failure port's records.
+async fn run(cfg: &S3SinkConfig, batches: Vec<Vec<Record>>) -> (Vec<Record>, u64, u64) {
+    let (ctx, tx, mut failures, metrics) = sink_ctx();
+    let feeder = tokio::spawn(async move {
+        for b in batches {
+            tx.send(b).await.expect("queued");
+        }
+    });
+    sink(cfg).run(ctx).await.expect("runs");
+    feeder.await.expect("fed");
+    let failed = crate::testing::records(&mut failures).await;
+    let m = metrics.snapshot();
+    (failed, m.sent, m.failed)
+}
+
+/// Every ack of the tracker finished, with this status.
+async fn all_acked(tracker: &mut AckTracker, batches: u64, status: AckStatus) {
+    for _ in 0..batches {
+        let f = tokio::time::timeout(std::time::Duration::from_secs(10), tracker.next())
+            .await
+            .expect("acked in time")
+            .expect("a batch");
+        assert_eq!(f.status, status, "batch {}", f.seq);
+    }
+}
+
+/// Check that `objs` hold exactly `sent` (in order within a partition), each object under its
+/// partition's key.
+fn assert_exact(objs: &BTreeMap<String, String>, sent: &[String], suffix: &str) {
+    let mut by_partition: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    for (key, text) in objs {
+        let (dir, file) = key.rsplit_once('/').expect("partitioned key");
+        assert!(
+            file.starts_with("part-")
+                && file.ends_with(suffix)
+                && file.len() == 5 + 36 + suffix.len(),
+            "{key}"
+        );
+        assert!(text.ends_with('\n'), "{key}: incomplete last line");
+        for line in text.lines() {
+            assert_eq!(partition(line), dir, "{key}: {line}");
+            by_partition.entry(dir.to_owned()).or_default().push(line);
+        }
+    }
+    let mut want: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    for l in sent {
+        want.entry(partition(l)).or_default().push(l);
+    }
+    assert_eq!(by_partition, want);
+}
+
+fn contents(batches: &[Vec<Record>]) -> Vec<String> {
+    batches
+        .iter()
+        .flatten()
+        .map(|r| String::from_utf8_lossy(r.raw_content().expect("raw")).into_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn file_objects_hold_exactly_the_records_under_partitioned_keys() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg: S3SinkConfig = config(json!({
+        "url": format!("file://{}", dir.path().display()),
+        "key": KEY,
+    }));
+    let mut tracker = AckTracker::new();
+    let batches = readings(3000, &mut tracker);
+    let sent = contents(&batches);
+    let (failed, n, _) = run(&cfg, batches).await;
+    assert!(failed.is_empty());
+    assert_eq!(n, 3000);
+    all_acked(&mut tracker, 30, AckStatus::Delivered).await;
+    let store = object_store::local::LocalFileSystem::new_with_prefix(dir.path()).expect("fs");
+    let objs = objects(&store, "", Compression::Gzip).await;
+    // 3 devices x 5 hours (3000 x 5 s from 18:26:40 reaches 22:36), one object each.
+    assert_eq!(objs.len(), 15, "{:?}", objs.keys());
+    assert_exact(&objs, &sent, ".jsonl.gz");
+}
+
+#[tokio::test]
+async fn rolls_by_count_and_writes_csv_and_zstd() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg: S3SinkConfig = config(json!({
+        "url": format!("file://{}/sub", dir.path().display()),
+        "key": "{device}/part-{uuid}.csv.zst",
+        "format": "csv",
+        "columns": ["n", "device", "s"],
+        "compression": "zstd",
+        "max_records": 100,
+    }));
+    let mut tracker = AckTracker::new();
+    let batches = readings(1000, &mut tracker);
+    let (failed, n, _) = run(&cfg, batches).await;
+    assert!(failed.is_empty());
+    assert_eq!(n, 1000);
+    let store =
+        object_store::local::LocalFileSystem::new_with_prefix(dir.path().join("sub")).expect("fs");
+    let objs = objects(&store, "", Compression::Zstd).await;
+    // 334, 333 and 333 records per device: 4 objects each, by 100.
+    assert_eq!(objs.len(), 12);
+    let mut ns = Vec::new();
+    for (key, text) in &objs {
+        let mut lines = text.split("\r\n").filter(|l| !l.is_empty());
+        assert_eq!(lines.next(), Some("n,device,s"), "{key}");
+        let rows: Vec<&str> = lines.collect();
+        assert!(rows.len() <= 100, "{key}");
+        for row in rows {
+            let (n, rest) = row.split_once(',').expect("row");
+            let n: usize = n.parse().expect("n");
+            assert_eq!(rest, format!("car-{},\"é \"\"q\"\"\"", n % 3));
+            assert!(key.starts_with(&format!("car-{}/", n % 3)));
+            ns.push(n);
+        }
+    }
+    ns.sort_unstable();
+    assert_eq!(ns, (0..1000).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_record_without_a_key_goes_to_failure_and_idle_objects_close() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg: S3SinkConfig = config(json!({
+        "url": format!("file://{}", dir.path().display()),
+        "key": "{device}/part-{uuid}.jsonl",
+        "compression": "none",
+        "max_idle": "100ms",
+    }));
+    let (ctx, tx, mut failures, metrics) = sink_ctx();
+    let task = tokio::spawn(sink(&cfg).run(ctx));
+    tx.send(vec![
+        rec(r#"{"device":"a","x":1}"#),
+        rec(r#"{"x":2}"#),
+        rec(r#"{"device":"a/b"}"#),
+    ])
+    .await
+    .expect("queued");
+    // The open object closes after 100ms of quiet, before the input ends.
+    let path = dir.path().join("a");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while metrics.snapshot().sent < 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the idle object was not closed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let files: Vec<_> = std::fs::read_dir(&path).expect("dir").collect();
+    assert_eq!(files.len(), 1);
+    drop(tx);
+    task.await.expect("joined").expect("runs");
+    let failed = crate::testing::records(&mut failures).await;
+    assert_eq!(failed.len(), 2);
+    let msg = |i: usize| {
+        failed[i]
+            .attributes
+            .get("error.message")
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert!(
+        msg(0).contains("no field or attribute `device`"),
+        "{}",
+        msg(0)
+    );
+    assert!(
+        msg(1).contains("cannot be part of an object key"),
+        "{}",
+        msg(1)
+    );
+}
+
+#[test]
+fn validation() {
+    let c: S3SinkConfig = config(json!({"url": "http://x", "key": "a/{device}.jsonl",
+        "format": "csv", "part_size": "1MiB", "max_records": 0}));
+    let paths: Vec<String> = c.validate().iter().map(|e| e.path.join(".")).collect();
+    assert_eq!(paths, ["url", "key", "columns", "max_records", "part_size"]);
+    let c: S3SinkConfig = config(json!({"url": "s3://b/p/q"}));
+    assert!(c.validate().is_empty(), "{:?}", c.validate());
+    assert_eq!(
+        c.key_template(),
+        "dt={yyyy}-{MM}-{dd}/hour={HH}/part-{uuid}.jsonl.gz"
+    );
+    assert_eq!(
+        c.target(),
+        Ok(super::Target::S3 {
+            bucket: "b".into(),
+            prefix: "p/q".into()
+        })
+    );
+    let c: S3SinkConfig = config(json!({"url": "file://rel/dir"}));
+    assert_eq!(c.validate()[0].path, ["url"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_objects_read_back_exactly_under_partitioned_keys() {
+    let Some(s) = server() else { return };
+    let prefix = unique("readback");
+    let cfg = s.config(&s.endpoint, &prefix, json!({"key": KEY}));
+    let mut tracker = AckTracker::new();
+    let batches = readings(3000, &mut tracker);
+    let sent = contents(&batches);
+    let (failed, n, _) = run(&cfg, batches).await;
+    assert!(failed.is_empty());
+    assert_eq!(n, 3000);
+    all_acked(&mut tracker, 30, AckStatus::Delivered).await;
+    let objs = objects(&*s.store(), &prefix, Compression::Gzip).await;
+    assert_eq!(objs.len(), 15, "{:?}", objs.keys());
+    assert_exact(&objs, &sent, ".jsonl.gz");
+}
+
+/// Records big enough for a multipart upload (over 5 MiB uncompressed, in 5 MiB parts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_large_objects_use_multipart_and_read_back_whole() {
+    let Some(s) = server() else { return };
+    let prefix = unique("multipart");
+    let cfg = s.config(
+        &s.endpoint,
+        &prefix,
+        json!({"key": "all/part-{uuid}.jsonl", "compression": "none", "part_size": "5MiB"}),
+    );
+    let pad = "x".repeat(900);
+    let batches: Vec<Vec<Record>> = (0..14_000)
+        .collect::<Vec<usize>>()
+        .chunks(500)
+        .map(|c| {
+            c.iter()
+                .map(|i| rec(&format!(r#"{{"n":{i},"pad":"{pad}"}}"#)))
+                .collect()
+        })
+        .collect();
+    let sent: String = contents(&batches)
+        .iter()
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(sent.len() > 12 * 1024 * 1024);
+    let (failed, n, _) = run(&cfg, batches).await;
+    assert!(failed.is_empty());
+    assert_eq!(n, 14_000);
+    let objs = objects(&*s.store(), &prefix, Compression::None).await;
+    assert_eq!(objs.len(), 1);
+    assert_eq!(
+        objs.values().next().map(String::as_str),
+        Some(sent.as_str())
+    );
+}
+
+/// The server answers 500 to the first requests, then recovers: nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_500_then_recovery_loses_nothing() {
+    let Some(s) = server() else { return };
+    let upstream = s
+        .endpoint
+        .trim_start_matches("http://")
+        .parse()
+        .expect("host:port");
+    let flaky = FlakyServer::start(
+        Some(upstream),
+        4,
+        Answer::new(500, "<Error><Code>InternalError</Code></Error>"),
+    )
+    .await;
+    let prefix = unique("flaky");
+    let cfg = s.config(&flaky.url(), &prefix, json!({"key": KEY}));
+    let mut tracker = AckTracker::new();
+    let batches = readings(600, &mut tracker);
+    let sent = contents(&batches);
+    let (failed, n, f) = run(&cfg, batches).await;
+    assert!(failed.is_empty());
+    assert_eq!((n, f), (600, 0));
+    all_acked(&mut tracker, 6, AckStatus::Delivered).await;
+    assert_eq!(flaky.failed.load(std::sync::atomic::Ordering::SeqCst), 4);
+    let objs = objects(&*s.store(), &prefix, Compression::Gzip).await;
+    assert_exact(&objs, &sent, ".jsonl.gz");
+}
+
+/// A part of a multipart upload is refused: the upload is aborted, no object (not even a
+/// partial one) appears, and the records are reported failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_a_refused_part_aborts_the_upload_and_leaves_no_object() {
+    let Some(s) = server() else { return };
+    let upstream = s
+        .endpoint
+        .trim_start_matches("http://")
+        .parse()
+        .expect("host:port");
+    let flaky = FlakyServer::start_with(
+        Some(upstream),
+        |_, head| head.starts_with("PUT ") && head.contains("partNumber=2"),
+        Answer::new(403, "<Error><Code>AccessDenied</Code></Error>"),
+    )
+    .await;
+    let prefix = unique("aborted");
+    let cfg = s.config(
+        &flaky.url(),
+        &prefix,
+        json!({"key": "all/part-{uuid}.jsonl", "compression": "none", "part_size": "5MiB"}),
+    );
+    let pad = "y".repeat(900);
+    let mut tracker = AckTracker::new();
+    let token = tracker.token(0);
+    let records: Vec<Record> = (0..14_000)
+        .map(|i| rec(&format!(r#"{{"n":{i},"pad":"{pad}"}}"#)).with_acks(Acks::One(token.clone())))
+        .collect();
+    drop(token);
+    let (failed, n, f) = run(&cfg, vec![records]).await;
+    assert!(failed.is_empty());
+    assert!(f > 0, "records reported failed");
+    assert_eq!(n + f, 14_000);
+    all_acked(&mut tracker, 1, AckStatus::Failed).await;
+    let objs = objects(&*s.store(), &prefix, Compression::None).await;
+    // Records after an aborted object go to a new one; only the last, small enough for one
+    // request, is written: whole, and holding exactly the records reported sent.
+    let mut lines = 0;
+    for (key, text) in &objs {
+        assert!(text.ends_with('\n'), "{key} is partial");
+        assert!(
+            !text.contains("\"n\":0,"),
+            "{key} holds the aborted object's records"
+        );
+        lines += text.lines().count() as u64;
+    }
+    assert_eq!(lines, n);
+}
+
+/// A wrong secret is refused (SignatureDoesNotMatch, not retried): the records are reported
+/// failed, not acknowledged as written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_wrong_credentials_report_the_records_failed() {
+    let Some(s) = server() else { return };
+    let prefix = unique("badkey");
+    let mut cfg = s.config(&s.endpoint, &prefix, json!({"key": KEY}));
+    cfg.secret_access_key = Some("wrong".into());
+    let mut tracker = AckTracker::new();
+    let batches = readings(200, &mut tracker);
+    let (_, n, f) = run(&cfg, batches).await;
+    assert_eq!((n, f), (0, 200));
+    all_acked(&mut tracker, 2, AckStatus::Failed).await;
+}
