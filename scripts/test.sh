@@ -25,6 +25,8 @@ apt_install() {
 # A C compiler for the crates that build C (VRL's oniguruma), and mold to link faster.
 apt_install gcc libc6-dev || true
 apt_install mold || true
+# openssl makes the certificates of the MQTT TLS test.
+apt_install openssl || true
 if command -v mold >/dev/null; then
   export RUSTFLAGS="${RUSTFLAGS:-} -C link-arg=-fuse-ld=mold"
 fi

@@ -13,6 +13,7 @@ pub mod file;
 pub mod file_sink;
 pub mod filter;
 pub mod generate;
+pub mod kafka;
 pub mod lines;
 pub mod mqtt;
 pub mod registry;
@@ -20,6 +21,7 @@ pub mod remap;
 pub mod route;
 pub mod stdin;
 pub mod stdout;
+mod template;
 pub mod window;
 mod write;
 

@@ -9,6 +9,7 @@ use crate::file::FileConfig;
 use crate::file_sink::FileSinkConfig;
 use crate::filter::FilterConfig;
 use crate::generate::GenerateConfig;
+use crate::kafka::{KafkaSinkConfig, KafkaSourceConfig};
 use crate::mqtt::{MqttSinkConfig, MqttSourceConfig};
 use crate::remap::RemapConfig;
 use crate::route::RouteConfig;
@@ -30,6 +31,8 @@ pub fn builtin() -> Registry {
         ProcessorDef::of::<WindowAggregateConfig>(),
         ProcessorDef::of::<MqttSourceConfig>(),
         ProcessorDef::of::<MqttSinkConfig>(),
+        ProcessorDef::of::<KafkaSourceConfig>(),
+        ProcessorDef::of::<KafkaSinkConfig>(),
     ])
 }
 
@@ -49,6 +52,8 @@ mod tests {
                 "file_sink",
                 "filter",
                 "generate",
+                "kafka_sink",
+                "kafka_source",
                 "mqtt_sink",
                 "mqtt_source",
                 "remap",

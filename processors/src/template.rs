@@ -1,0 +1,292 @@
+//! Templates over a record, shared by the sinks that name things after their records
+//! (`influxdb_sink` measurements, `s3_sink` object keys).
+//!
+//! `{name}` is the record's field `name` (`{a.b}` a nested one) or, when there is no such
+//! field, its attribute `name`. Where the sink allows it, `{yyyy}`, `{MM}`, `{dd}`, `{HH}`,
+//! `{mm}` and `{ss}` are the parts of the record's event time (UTC), and `{uuid}` a fresh
+//! random id (one per object).
+
+use chrono::{DateTime, Datelike, Timelike, Utc};
+use flow_core::record::{Record, Value};
+
+/// A parsed template: literal text and placeholders.
+#[derive(Clone, Debug)]
+pub(crate) struct Template {
+    parts: Vec<Part>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Part {
+    Text(String),
+    Field(String),
+    Time(TimePart),
+    Uuid,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum TimePart {
+    Year,
+    Month,
+    Day,
+    Hour,
+    Minute,
+    Second,
+}
+
+/// Which placeholders besides fields a template may use.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Placeholders {
+    /// Fields and attributes only.
+    Fields,
+    /// Fields, attributes, event-time parts and `{uuid}`.
+    FieldsTimeUuid,
+}
+
+/// What a rendered `{uuid}` is replaced with until the object is opened.
+pub(crate) const UUID_MARK: &str = "{uuid}";
+
+impl Template {
+    /// Parse `template`; an error says what is wrong with it.
+    pub fn parse(template: &str, allowed: Placeholders) -> Result<Self, String> {
+        let mut parts = Vec::new();
+        let mut rest = template;
+        while let Some(open) = rest.find('{') {
+            let (text, after) = rest.split_at(open);
+            if text.contains('}') {
+                return Err(format!("`{template}`: unmatched `}}`"));
+            }
+            if !text.is_empty() {
+                parts.push(Part::Text(text.to_owned()));
+            }
+            let close = after
+                .find('}')
+                .ok_or_else(|| format!("`{template}`: unclosed `{{`"))?;
+            let name = &after[1..close];
+            if name.is_empty() || name.contains('{') {
+                return Err(format!("`{template}`: empty or nested `{{}}`"));
+            }
+            let special = match name {
+                "yyyy" => Some(Part::Time(TimePart::Year)),
+                "MM" => Some(Part::Time(TimePart::Month)),
+                "dd" => Some(Part::Time(TimePart::Day)),
+                "HH" => Some(Part::Time(TimePart::Hour)),
+                "mm" => Some(Part::Time(TimePart::Minute)),
+                "ss" => Some(Part::Time(TimePart::Second)),
+                "uuid" => Some(Part::Uuid),
+                _ => None,
+            };
+            match (special, allowed) {
+                (Some(p), Placeholders::FieldsTimeUuid) => parts.push(p),
+                (Some(_), Placeholders::Fields) => {
+                    return Err(format!(
+                        "`{template}`: `{{{name}}}` is not available here (only fields and attributes)"
+                    ));
+                }
+                (None, _) => parts.push(Part::Field(name.to_owned())),
+            }
+            rest = &after[close + 1..];
+        }
+        if rest.contains('}') {
+            return Err(format!("`{template}`: unmatched `}}`"));
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Text(rest.to_owned()));
+        }
+        Ok(Self { parts })
+    }
+
+    /// Whether the template has a `{uuid}`.
+    pub fn has_uuid(&self) -> bool {
+        self.parts.contains(&Part::Uuid)
+    }
+
+    /// The template with every field replaced by `x` and the time parts by the epoch (checks).
+    pub fn sample(&self) -> String {
+        self.render_with(0, |_| Ok("x".to_owned()))
+            .unwrap_or_default()
+    }
+
+    /// Render for a record whose event time is `time_ms`; `{uuid}` is left as [`UUID_MARK`].
+    /// `check` vets (and may rewrite) each field value.
+    pub fn render(
+        &self,
+        record: &mut Record,
+        time_ms: i64,
+        check: impl Fn(String) -> Result<String, String>,
+    ) -> Result<String, String> {
+        // Parse the JSON view once (content that is not JSON has attributes only).
+        let _ = record.value();
+        let value = record.parsed_value();
+        let attributes = &record.attributes;
+        self.render_with(time_ms, |name| {
+            field_or_attribute(value, attributes, name)
+                .and_then(|v| check(v).map_err(|e| format!("`{{{name}}}`: {e}")))
+        })
+    }
+
+    fn render_with(
+        &self,
+        time_ms: i64,
+        mut field: impl FnMut(&str) -> Result<String, String>,
+    ) -> Result<String, String> {
+        let time = || {
+            DateTime::<Utc>::from_timestamp_millis(time_ms)
+                .ok_or_else(|| format!("event time {time_ms} is out of range"))
+        };
+        let mut out = String::new();
+        for p in &self.parts {
+            match p {
+                Part::Text(t) => out.push_str(t),
+                Part::Field(name) => out.push_str(&field(name)?),
+                Part::Uuid => out.push_str(UUID_MARK),
+                Part::Time(t) => {
+                    let d = time()?;
+                    let s = match t {
+                        TimePart::Year => format!("{:04}", d.year()),
+                        TimePart::Month => format!("{:02}", d.month()),
+                        TimePart::Day => format!("{:02}", d.day()),
+                        TimePart::Hour => format!("{:02}", d.hour()),
+                        TimePart::Minute => format!("{:02}", d.minute()),
+                        TimePart::Second => format!("{:02}", d.second()),
+                    };
+                    out.push_str(&s);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The field at a dotted `path` of `v`.
+pub(crate) fn lookup<'v>(v: &'v Value, path: &str) -> Option<&'v Value> {
+    let mut v = v;
+    for key in path.split('.') {
+        v = v.as_object()?.get(key)?;
+    }
+    Some(v)
+}
+
+/// A scalar as text: strings as they are, numbers and booleans as JSON writes them.
+pub(crate) fn scalar_text(v: &Value) -> Option<String> {
+    match v {
+        Value::Bytes(_) | Value::String(_) => v.to_str_lossy().map(|s| s.into_owned()),
+        Value::Integer(_) | Value::Float(_) | Value::Boolean(_) => Some(v.to_string()),
+        _ => None,
+    }
+}
+
+/// The record's field `name`, else its attribute `name`, as text.
+fn field_or_attribute(
+    value: Option<&Value>,
+    attributes: &flow_core::record::Attributes,
+    name: &str,
+) -> Result<String, String> {
+    if let Some(v) = value.and_then(|v| lookup(v, name)) {
+        return scalar_text(v).ok_or_else(|| {
+            format!(
+                "`{{{name}}}`: the field is not a string, number or boolean ({})",
+                v.kind_str()
+            )
+        });
+    }
+    attributes
+        .get(name)
+        .cloned()
+        .ok_or_else(|| format!("`{{{name}}}`: the record has no field or attribute `{name}`"))
+}
+
+/// A numeric or textual time as epoch milliseconds: a number in `unit`, an RFC 3339 string or a
+/// timestamp.
+pub(crate) fn time_ms(v: &Value, unit: crate::window::TimeUnit) -> Result<i64, String> {
+    use crate::window::TimeUnit;
+    match v {
+        Value::Integer(i) => Ok(match unit {
+            TimeUnit::Ms => *i,
+            TimeUnit::S => i.saturating_mul(1000),
+        }),
+        Value::Float(f) => {
+            let f = f.into_inner();
+            if !f.is_finite() {
+                return Err(format!("time `{f}` is not a finite number"));
+            }
+            Ok(match unit {
+                TimeUnit::Ms => f as i64,
+                TimeUnit::S => (f * 1000.0) as i64,
+            })
+        }
+        Value::Timestamp(t) => Ok(t.timestamp_millis()),
+        Value::Bytes(_) | Value::String(_) => {
+            let s = v.to_str_lossy().unwrap_or_default();
+            DateTime::parse_from_rfc3339(&s)
+                .map(|t| t.timestamp_millis())
+                .map_err(|e| format!("time `{s}` is not RFC 3339: {e}"))
+        }
+        other => Err(format!(
+            "time is a {}, not a number or a string",
+            other.kind_str()
+        )),
+    }
+}
+
+/// The current time in epoch milliseconds.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// A random (version 4) UUID.
+pub(crate) fn uuid_v4() -> String {
+    let mut b: [u8; 16] = rand::random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::rec;
+
+    #[test]
+    fn fields_attributes_time_parts_and_uuid() {
+        let t = Template::parse(
+            "{device}/dt={yyyy}-{MM}-{dd}/hour={HH}/{m.k}-{src}-part-{uuid}.jsonl",
+            Placeholders::FieldsTimeUuid,
+        )
+        .expect("parses");
+        assert!(t.has_uuid());
+        let mut r = rec(r#"{"device":"car-1","m":{"k":7}}"#);
+        r.set_attribute("src", "a");
+        // 2024-11-22T18:26:40.123Z
+        let key = t.render(&mut r, 1_732_300_000_123, Ok).expect("renders");
+        assert_eq!(key, "car-1/dt=2024-11-22/hour=18/7-a-part-{uuid}.jsonl");
+        let mut r = rec(r#"{"x":1}"#);
+        let err = t.render(&mut r, 0, Ok).expect_err("missing");
+        assert!(err.contains("no field or attribute `device`"), "{err}");
+        let mut r = rec(r#"{"device":{"a":1}}"#);
+        assert!(t.render(&mut r, 0, Ok).is_err());
+        assert!(Template::parse("{yyyy}", Placeholders::Fields).is_err());
+        assert!(Template::parse("a{", Placeholders::Fields).is_err());
+        assert!(Template::parse("a}", Placeholders::Fields).is_err());
+        assert!(Template::parse("{}", Placeholders::Fields).is_err());
+        let t = Template::parse("engine", Placeholders::Fields).expect("ok");
+        assert_eq!(t.sample(), "engine");
+    }
+
+    #[test]
+    fn uuids_are_v4_and_differ() {
+        let (a, b) = (uuid_v4(), uuid_v4());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 36);
+        assert_eq!(&a[14..15], "4");
+    }
+}
