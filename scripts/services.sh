@@ -29,6 +29,14 @@ wait_port() {
   return 1
 }
 
+# Stop every server started here (the EXIT trap).
+services_stop_all() {
+  local f
+  for f in stop_mosquitto stop_tansu stop_victoria_metrics stop_s3; do
+    if declare -F "$f" >/dev/null; then "$f"; fi
+  done
+}
+
 MOSQUITTO_PID=""
 MOSQUITTO_DIR=""
 
@@ -61,7 +69,7 @@ log_dest file $MOSQUITTO_DIR/mosquitto.log
 CONF
   "$mosquitto" -c "$MOSQUITTO_DIR/mosquitto.conf" >/dev/null 2>&1 &
   MOSQUITTO_PID=$!
-  trap stop_mosquitto EXIT
+  trap services_stop_all EXIT
   if ! wait_port "$port"; then
     echo "mosquitto did not start on 127.0.0.1:$port" >&2
     cat "$MOSQUITTO_DIR/mosquitto.log" >&2 || true
@@ -81,5 +89,44 @@ stop_mosquitto() {
   if [ -n "$MOSQUITTO_DIR" ]; then
     rm -rf "$MOSQUITTO_DIR"
     MOSQUITTO_DIR=""
+  fi
+}
+
+TANSU_PID=""
+
+# A Kafka-protocol broker: tansu (https://github.com/tansu-io/tansu), in-memory storage. Built
+# from crates.io when missing (~35-45 min cold on two cores, once per machine: it lands in
+# ~/.cargo/bin and later runs reuse it). Exports FLOW_TEST_KAFKA_BROKERS.
+start_tansu() {
+  local tansu
+  tansu=$(command -v tansu || echo "$HOME/.cargo/bin/tansu")
+  if [ ! -x "$tansu" ]; then
+    echo "==> installing the tansu Kafka broker (cargo install, once per machine)"
+    cargo install tansu --version 0.6.0 --locked --features dynostore --quiet || return 1
+    tansu="$HOME/.cargo/bin/tansu"
+  fi
+  export FLOW_TEST_TANSU="$tansu"
+  local port
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  TANSU_LOG=$(mktemp)
+  RUST_LOG="${TANSU_LOG_LEVEL:-warn}" "$tansu" broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
+    --storage-engine memory://tansu/ >"$TANSU_LOG" 2>&1 &
+  TANSU_PID=$!
+  trap services_stop_all EXIT
+  if ! wait_port "$port"; then
+    echo "tansu did not start on 127.0.0.1:$port" >&2
+    cat "$TANSU_LOG" >&2 || true
+    stop_tansu
+    return 1
+  fi
+  export FLOW_TEST_KAFKA_BROKERS="127.0.0.1:$port"
+  echo "==> tansu on $FLOW_TEST_KAFKA_BROKERS (pid $TANSU_PID)"
+}
+
+stop_tansu() {
+  if [ -n "$TANSU_PID" ]; then
+    kill "$TANSU_PID" 2>/dev/null || true
+    wait "$TANSU_PID" 2>/dev/null || true
+    TANSU_PID=""
   fi
 }
