@@ -196,3 +196,45 @@ stop_s3() {
     S3_DIR=""
   fi
 }
+
+TANSU_PID=""
+
+# A Kafka-protocol broker: tansu (https://github.com/tansu-io/tansu), in-memory storage. Built
+# from crates.io when missing (~35-45 min cold on two cores, once per machine: it lands in
+# ~/.cargo/bin and later runs reuse it). Exports FLOW_TEST_KAFKA_BROKERS.
+start_tansu() {
+  local tansu
+  tansu=$(command -v tansu || echo "$HOME/.cargo/bin/tansu")
+  if [ ! -x "$tansu" ]; then
+    echo "==> installing the tansu Kafka broker (cargo install, once per machine)"
+    # A debug build without debug info: about half the time of a release build, and fast
+    # enough for the tests' few thousand messages.
+    CARGO_PROFILE_DEV_DEBUG=0 cargo install tansu --version 0.6.0 --locked --features dynostore \
+      --debug --quiet || return 1
+    tansu="$HOME/.cargo/bin/tansu"
+  fi
+  export FLOW_TEST_TANSU="$tansu"
+  local port
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  TANSU_LOG=$(mktemp)
+  RUST_LOG="${TANSU_LOG_LEVEL:-warn}" "$tansu" broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
+    --storage-engine memory://tansu/ >"$TANSU_LOG" 2>&1 &
+  TANSU_PID=$!
+  services_on_exit stop_tansu
+  if ! wait_port "$port"; then
+    echo "tansu did not start on 127.0.0.1:$port" >&2
+    cat "$TANSU_LOG" >&2 || true
+    stop_tansu
+    return 1
+  fi
+  export FLOW_TEST_KAFKA_BROKERS="127.0.0.1:$port"
+  echo "==> tansu on $FLOW_TEST_KAFKA_BROKERS (pid $TANSU_PID)"
+}
+
+stop_tansu() {
+  if [ -n "$TANSU_PID" ]; then
+    kill "$TANSU_PID" 2>/dev/null || true
+    wait "$TANSU_PID" 2>/dev/null || true
+    TANSU_PID=""
+  fi
+}

@@ -25,6 +25,8 @@ apt_install() {
 # A C compiler for the crates that build C (VRL's oniguruma), and mold to link faster.
 apt_install gcc libc6-dev || true
 apt_install mold || true
+# openssl makes the certificates of the MQTT TLS test.
+apt_install openssl || true
 if command -v mold >/dev/null; then
   export RUSTFLAGS="${RUSTFLAGS:-} -C link-arg=-fuse-ld=mold"
 fi
@@ -50,6 +52,9 @@ if ! start_victoria_metrics; then
 fi
 if ! start_s3; then
   echo "warning: s3s-fs could not start; the S3 tests will skip (or fail with CI set)" >&2
+fi
+if ! start_tansu; then
+  echo "warning: tansu could not start; the Kafka tests run on librdkafka's mock cluster or skip (or fail with CI set)" >&2
 fi
 
 log "tests"

@@ -33,6 +33,7 @@ fn validate_accepts_every_example_flow() {
         .env("INPUT", "in.jsonl")
         .env("OUT_DIR", "out")
         .env("MQTT_URL", "mqtt://127.0.0.1:1883")
+        .env("KAFKA_BROKERS", "127.0.0.1:9092")
         .env("REST_URL", "http://127.0.0.1:8000/items")
         .env("INFLUX_URL", "http://127.0.0.1:8428")
         .env("S3_URL", "s3://bucket/prefix"));

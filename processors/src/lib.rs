@@ -18,6 +18,7 @@ pub mod generate;
 pub mod http;
 mod http_client;
 pub mod influxdb;
+pub mod kafka;
 pub mod lines;
 pub mod mqtt;
 pub mod registry;

@@ -11,6 +11,7 @@ use crate::filter::FilterConfig;
 use crate::generate::GenerateConfig;
 use crate::http::{HttpPollConfig, HttpServerConfig};
 use crate::influxdb::InfluxDbSinkConfig;
+use crate::kafka::{KafkaSinkConfig, KafkaSourceConfig};
 use crate::mqtt::{MqttSinkConfig, MqttSourceConfig};
 use crate::remap::RemapConfig;
 use crate::route::RouteConfig;
@@ -37,6 +38,8 @@ pub fn builtin() -> Registry {
         ProcessorDef::of::<HttpServerConfig>(),
         ProcessorDef::of::<InfluxDbSinkConfig>(),
         ProcessorDef::of::<S3SinkConfig>(),
+        ProcessorDef::of::<KafkaSourceConfig>(),
+        ProcessorDef::of::<KafkaSinkConfig>(),
     ])
 }
 
@@ -59,6 +62,8 @@ mod tests {
                 "http_poll",
                 "http_server",
                 "influxdb_sink",
+                "kafka_sink",
+                "kafka_source",
                 "mqtt_sink",
                 "mqtt_source",
                 "remap",

@@ -204,6 +204,8 @@ pub(crate) struct Message {
     pub qos: u8,
     pub retain: bool,
     pub pkid: u16,
+    /// The broker says it may have sent this message before (the DUP flag of a resend).
+    pub dup: bool,
 }
 
 /// What the event-loop task reports.
@@ -493,6 +495,7 @@ impl EventLoop {
                             qos: p.qos as u8,
                             retain: p.retain,
                             pkid: p.pkid,
+                            dup: p.dup,
                         })),
                         Packet::PubAck(a) => Polled::Event(MqttEvent::Confirmed(a.pkid)),
                         Packet::PubComp(a) => Polled::Event(MqttEvent::Confirmed(a.pkid)),
@@ -536,6 +539,7 @@ impl EventLoop {
                             qos: p.qos as u8,
                             retain: p.retain,
                             pkid: p.pkid,
+                            dup: p.dup,
                         })),
                         Packet::PubAck(a) => Polled::Event(MqttEvent::Confirmed(a.pkid)),
                         Packet::PubComp(a) => Polled::Event(MqttEvent::Confirmed(a.pkid)),

@@ -1,7 +1,7 @@
 //! `mqtt_source`: subscribe to an MQTT broker; acknowledge each message only once the flow has
 //! finished with it.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -25,7 +25,9 @@ use super::{
 /// only once their record is finished downstream (written by a sink, filtered out, or reported
 /// as failed), and in the order they arrived, as MQTT requires. With a persistent session
 /// (`clean_session: false`, the default, and a stable `client_id`) the broker keeps what was not
-/// acknowledged while the flow is down or slow, and sends it again: at-least-once delivery. At
+/// acknowledged while the flow is down or slow, and sends it again: at-least-once delivery
+/// (a message it resends after a lost connection while the flow still holds the first copy is
+/// not emitted twice; duplicates come only from acks lost with the connection or the process). At
 /// most `max_inflight` messages are in the flow at once; beyond that the source stops reading
 /// and the broker holds the backlog. Records carry attributes `mqtt.topic`, `mqtt.qos` and
 /// `mqtt.retain`. A payload that is not JSON (with `format: json`) goes to `failure`. Lost
@@ -206,12 +208,24 @@ struct MqttSource {
     template: Option<TopicTemplate>,
 }
 
-/// A message's acknowledgement: its QoS, packet id and the connection it came on.
+/// A message's acknowledgement: its QoS, packet id, and its number among the messages taken
+/// (to tell it from a later message with the same packet id).
 #[derive(Clone, Copy, Debug)]
 struct PendingAck {
     qos: u8,
     pkid: u16,
+    number: u64,
+}
+
+/// A message taken and not acknowledged yet.
+#[derive(Clone, Copy, Debug)]
+struct Held {
+    /// Its number among the messages taken.
+    number: u64,
+    /// The connection its ack is valid on.
     generation: u64,
+    /// The flow finished it while its connection was gone: acknowledge the resent copy.
+    finished: bool,
 }
 
 /// Batches emitted and not yet acknowledged to the broker, in order.
@@ -227,6 +241,14 @@ struct Acker {
     in_flow: usize,
     generation: u64,
     acked: u64,
+    /// Per packet id, the QoS 1/2 message taken and not yet acknowledged. When the broker
+    /// resends such a message after a reconnect (same packet id, DUP set), the copy is not
+    /// emitted again: the first copy's ack goes to the new connection instead (at once if the
+    /// flow already finished it). So a lost connection or a broker restart costs no duplicates
+    /// for what the flow still holds.
+    held: HashMap<u16, Held>,
+    /// Resent copies not emitted because the first copy was still in the flow.
+    resent_held: u64,
 }
 
 impl Acker {
@@ -247,20 +269,77 @@ impl Acker {
         self.send_due()
     }
 
-    /// Hand due acks to the client, in order, as far as its queue takes them. An ack from an
-    /// earlier connection is skipped: the broker sends that message again, and that copy is
-    /// acknowledged instead.
+    /// Hand due acks to the client, in order, as far as its queue takes them. An ack whose
+    /// message came on an earlier connection and was not resent on this one is skipped: the
+    /// broker sends that message again, and that copy is acknowledged instead.
     fn send_due(&mut self) -> Result<(), MqttError> {
         while let Some(a) = self.due.front().copied() {
-            if a.generation == self.generation && a.qos > 0 {
-                if !self.client.try_ack(a.qos, a.pkid)? {
-                    return Ok(());
+            if a.qos > 0
+                && let Some(h) = self.held.get_mut(&a.pkid)
+                && h.number == a.number
+            {
+                if h.generation == self.generation {
+                    if !self.client.try_ack(a.qos, a.pkid)? {
+                        return Ok(());
+                    }
+                    self.acked += 1;
+                    self.held.remove(&a.pkid);
+                } else {
+                    // Its connection is gone: wait for the broker to resend it.
+                    h.finished = true;
                 }
-                self.acked += 1;
             }
+            // Otherwise the packet id went to a later message (a new session): not ours.
             self.due.pop_front();
         }
         Ok(())
+    }
+
+    /// A message arrived on the current connection. `false` when it is a resent copy of one
+    /// taken on an earlier connection and not acknowledged: it is not emitted again; the first
+    /// copy's ack now goes to this connection (at once when the flow already finished it).
+    fn take(&mut self, m: &Message, number: u64) -> bool {
+        if m.qos == 0 {
+            return true;
+        }
+        if m.dup
+            && let Some(h) = self.held.get_mut(&m.pkid)
+            && h.generation < self.generation
+        {
+            h.generation = self.generation;
+            if h.finished {
+                h.finished = false;
+                self.due.push_back(PendingAck {
+                    qos: m.qos,
+                    pkid: m.pkid,
+                    number: h.number,
+                });
+            }
+            self.resent_held += 1;
+            return false;
+        }
+        self.held.insert(
+            m.pkid,
+            Held {
+                number,
+                generation: self.generation,
+                finished: false,
+            },
+        );
+        true
+    }
+
+    /// The connection is gone: acks can no longer go out on it.
+    fn disconnected(&mut self) {
+        self.generation += 1;
+    }
+
+    /// Connected (again). Without a session the broker resends nothing: forget what was held.
+    fn connected(&mut self, session_present: bool) {
+        self.generation += 1;
+        if !session_present {
+            self.held.clear();
+        }
     }
 }
 
@@ -268,6 +347,8 @@ fn other(e: impl std::fmt::Display) -> ProcessorError {
     ProcessorError::Other(e.to_string())
 }
 
+/// How many requests (acks, mostly) the client's queue holds.
+const ACK_QUEUE: usize = 64;
 /// How long to wait before trying again to queue acks the client could not take.
 const ACK_RETRY: Duration = Duration::from_millis(5);
 /// How long a graceful stop waits for the last acks and the disconnect to go out.
@@ -327,8 +408,10 @@ impl Source for MqttSource {
             Use {
                 manual_acks: true,
                 inflight: self.cfg.max_inflight,
-                // Acks never wait for room: the queue holds every ack the window allows.
-                requests: max_inflight * 2 + 64,
+                // Small: acks wait in `due` (ours) rather than in the client's queue, which
+                // drops its acks when the connection is lost; ours are kept and sent for the
+                // broker's resend instead (see `Acker::held`).
+                requests: ACK_QUEUE,
                 events: batch_size,
             },
         )
@@ -342,8 +425,11 @@ impl Source for MqttSource {
             in_flow: 0,
             generation: 0,
             acked: 0,
+            held: HashMap::new(),
+            resent_held: 0,
         };
         let mut seq = 0u64;
+        let mut number = 0u64;
         let mut first_connect = true;
         let mut pending = Output::new(name.clone(), out.port_count());
         let mut batch_acks: Vec<PendingAck> = Vec::new();
@@ -367,6 +453,12 @@ impl Source for MqttSource {
                 }
                 e = events.recv(), if a.in_flow < max_inflight => e,
             };
+            // Under a steady stream the retry timer never fires: hand over waiting acks here.
+            if !a.due.is_empty()
+                && let Err(e) = a.send_due()
+            {
+                break Err(other(e));
+            }
             // Take what is already there, up to a batch, without waiting.
             let mut next = event;
             loop {
@@ -379,18 +471,23 @@ impl Source for MqttSource {
                 };
                 match event {
                     MqttEvent::Publish(m) => {
-                        batch_acks.push(PendingAck {
-                            qos: m.qos,
-                            pkid: m.pkid,
-                            generation: a.generation,
-                        });
-                        match self.record(&m) {
-                            Ok(r) => pending.push(PortId::DEFAULT, r),
-                            Err((r, msg)) => pending.fail(r, &msg),
+                        number += 1;
+                        if !a.take(&m, number) {
+                            metrics.set_status("resent_held", serde_json::json!(a.resent_held));
+                        } else {
+                            batch_acks.push(PendingAck {
+                                qos: m.qos,
+                                pkid: m.pkid,
+                                number,
+                            });
+                            match self.record(&m) {
+                                Ok(r) => pending.push(PortId::DEFAULT, r),
+                                Err((r, msg)) => pending.fail(r, &msg),
+                            }
                         }
                     }
                     MqttEvent::Connected { session_present } => {
-                        a.generation += 1;
+                        a.connected(session_present);
                         metrics.set_status("connected", serde_json::json!(true));
                         if (first_connect || !session_present)
                             && let Err(e) = client.subscribe(&self.cfg.topics, self.cfg.qos).await
@@ -404,6 +501,7 @@ impl Source for MqttSource {
                         }
                     }
                     MqttEvent::Disconnected => {
+                        a.disconnected();
                         metrics.set_status("connected", serde_json::json!(false));
                     }
                     MqttEvent::SubAck(codes) => {
@@ -466,7 +564,10 @@ impl Source for MqttSource {
                 // Keep the event loop moving so acks go out; new messages are not taken (the
                 // broker sends them again to the next session).
                 e = events.recv(), if events_open => match e {
-                    Some(MqttEvent::Connected { .. }) => a.generation += 1,
+                    Some(MqttEvent::Connected { session_present }) => {
+                        a.connected(session_present)
+                    }
+                    Some(MqttEvent::Disconnected) => a.disconnected(),
                     Some(_) => {}
                     None => events_open = false,
                 },
@@ -485,5 +586,87 @@ impl Source for MqttSource {
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, async { tokio::join!(close, drain) }).await;
         driver.abort();
         result
+    }
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    fn acker() -> (Acker, rumqttc::EventLoop) {
+        let (c, el) = rumqttc::AsyncClient::new(rumqttc::MqttOptions::new("t", "h", 1), 16);
+        let a = Acker {
+            client: Client::V4(c),
+            tracker: AckTracker::new(),
+            commit: InOrderCommit::new(),
+            batches: VecDeque::new(),
+            due: VecDeque::new(),
+            in_flow: 0,
+            generation: 1,
+            acked: 0,
+            held: HashMap::new(),
+            resent_held: 0,
+        };
+        (a, el)
+    }
+
+    fn msg(pkid: u16, dup: bool) -> Message {
+        Message {
+            topic: "t".into(),
+            payload: bytes::Bytes::new(),
+            qos: 1,
+            retain: false,
+            pkid,
+            dup,
+        }
+    }
+
+    fn due(a: &mut Acker, pkid: u16, number: u64) {
+        a.due.push_back(PendingAck {
+            qos: 1,
+            pkid,
+            number,
+        });
+        a.send_due().expect("queued");
+    }
+
+    /// A message resent after a reconnect while its first copy is in the flow is not emitted
+    /// again; the first copy's ack goes out on the new connection, whether the flow finished it
+    /// before or after the resend.
+    #[test]
+    fn resent_copies_of_held_messages_are_not_emitted_again() {
+        let (mut a, _el) = acker();
+        assert!(a.take(&msg(1, false), 1));
+        assert!(a.take(&msg(2, false), 2));
+        a.disconnected();
+        // Finished while the connection is gone: no ack can go out yet.
+        due(&mut a, 1, 1);
+        assert_eq!(a.acked, 0);
+        a.connected(true);
+        assert!(!a.take(&msg(1, true), 3), "finished: acked, not emitted");
+        a.send_due().expect("queued");
+        assert_eq!(a.acked, 1);
+        assert!(!a.take(&msg(2, true), 4), "still in the flow: not emitted");
+        due(&mut a, 2, 2);
+        assert_eq!(a.acked, 2);
+        assert!(a.held.is_empty());
+        assert_eq!(a.resent_held, 2);
+        // Resent again after its ack went out: a new message (the broker lost the ack).
+        assert!(a.take(&msg(2, true), 5));
+    }
+
+    /// Without a session the broker resends nothing, and a packet id may name a new message:
+    /// the old one's ack is not sent for it.
+    #[test]
+    fn a_new_session_forgets_what_was_held() {
+        let (mut a, _el) = acker();
+        assert!(a.take(&msg(7, false), 1));
+        a.disconnected();
+        a.connected(false);
+        assert!(a.take(&msg(7, false), 2));
+        due(&mut a, 7, 1);
+        assert_eq!(a.acked, 0, "the old message's ack is not the new one's");
+        due(&mut a, 7, 2);
+        assert_eq!(a.acked, 1);
     }
 }

@@ -256,21 +256,56 @@ fn n(r: &mut Record) -> i64 {
         .expect("a number")
 }
 
-/// The sink publishes on the topic the template makes, at each QoS; `mosquitto_sub` receives
+/// A live subscriber (a plain `rumqttc` client, QoS 2), subscribed before this returns; the
+/// messages it receives come out of the channel as `topic payload` lines.
+async fn subscriber(url: &str, filter: &str) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    let u = super::BrokerUrl::parse(url).expect("url");
+    let id = format!("sub-{}", unique("x").replace('/', "-"));
+    let mut o = rumqttc::MqttOptions::new(id, u.host, u.port);
+    o.set_clean_session(true);
+    let (client, mut el) = rumqttc::AsyncClient::new(o, 16);
+    client
+        .subscribe(filter, rumqttc::QoS::ExactlyOnce)
+        .await
+        .expect("subscribe queued");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let _client = client;
+        let mut subscribed_tx = Some(subscribed_tx);
+        loop {
+            match el.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                    if let Some(t) = subscribed_tx.take() {
+                        let _ = t.send(());
+                    }
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                    let line = format!("{} {}", p.topic, String::from_utf8_lossy(&p.payload));
+                    if tx.send(line).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => panic!("the test subscriber lost the broker: {e}"),
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), subscribed)
+        .await
+        .expect("subscribed in time")
+        .expect("subscribed");
+    rx
+}
+
+/// The sink publishes on the topic the template makes, at each QoS; a live subscriber receives
 /// exactly the records, and each is acknowledged once the broker confirmed it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sink_round_trip_per_qos() {
     let Some(url) = broker() else { return };
     for (qos, protocol) in [(0, "v311"), (1, "v311"), (2, "v311"), (1, "v5")] {
         let base = unique(&format!("sink-q{qos}-{protocol}"));
-        let sub_id = format!("sub-q{qos}-{protocol}-{}", std::process::id());
-        // A persistent subscriber session, made first, so nothing is missed.
-        let filter = format!("{url}/{base}/#");
-        let st = Command::new("mosquitto_sub")
-            .args(["-L", &filter, "-q", "2", "-c", "-i", &sub_id, "-E"])
-            .status()
-            .expect("mosquitto_sub runs");
-        assert!(st.success());
+        let mut received = subscriber(&url, &format!("{base}/#")).await;
         let cfg: MqttSinkConfig = config(json!({
             "url": url, "protocol": protocol, "qos": qos,
             "client_id": format!("sink-q{qos}-{protocol}-{}", std::process::id()),
@@ -287,14 +322,18 @@ async fn sink_round_trip_per_qos() {
         assert_eq!(metrics.snapshot().sent, 30, "qos {qos}");
         let failed = crate::testing::records(&mut failures).await;
         assert_eq!(failed.len(), 1);
-        let out = Command::new("mosquitto_sub")
-            .args([
-                "-L", &filter, "-q", "2", "-c", "-i", &sub_id, "-v", "-C", "30", "-W", "10",
-            ])
-            .output()
-            .expect("mosquitto_sub runs");
-        let got = String::from_utf8_lossy(&out.stdout).into_owned();
-        let mut lines: Vec<&str> = got.lines().collect();
+        let mut lines: Vec<String> = Vec::new();
+        while lines.len() < 30 {
+            match tokio::time::timeout(Duration::from_secs(10), received.recv()).await {
+                Ok(Some(l)) => lines.push(l),
+                _ => break,
+            }
+        }
+        // Nothing more than the records comes.
+        if let Ok(Some(l)) = tokio::time::timeout(Duration::from_millis(200), received.recv()).await
+        {
+            lines.push(l);
+        }
         lines.sort();
         let mut want: Vec<String> = (0..30)
             .map(|i| {
@@ -307,10 +346,6 @@ async fn sink_round_trip_per_qos() {
             .collect();
         want.sort();
         assert_eq!(lines, want, "qos {qos} {protocol}");
-        // Drop the subscriber's session.
-        let _ = Command::new("mosquitto_sub")
-            .args(["-L", &filter, "-i", &sub_id, "-E"])
-            .status();
     }
 }
 

@@ -1,0 +1,392 @@
+//! `flow run` with Kafka against a real broker process (tansu, started by `scripts/test.sh`,
+//! `FLOW_TEST_KAFKA_BROKERS`): consumer groups over several processes, `kill -9`, restarts,
+//! a broker that is down at start, and the example flows. Records are produced by flow itself
+//! (`generate -> kafka_sink`) and read back from what the consumers wrote.
+
+mod common;
+
+use std::path::Path;
+
+use common::{Flow, counts, duplicates, free_port, lines, server, wait_for};
+
+fn brokers() -> Option<String> {
+    server("FLOW_TEST_KAFKA_BROKERS", "the Kafka broker (tansu)")
+}
+
+fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{name}-{}-{nanos}", std::process::id())
+}
+
+/// `generate` (`{"n": i}`, i = 0..COUNT at RATE/s) into a topic it creates with 4 partitions,
+/// keyed by `n`.
+const PRODUCER: &str = r#"
+name: producer
+processors:
+  numbers:
+    type: generate
+    preset: sequence
+    count: ${COUNT}
+    rate: ${RATE:-1000000}
+    batch_size: 100
+  kafka:
+    type: kafka_sink
+    brokers: ${KAFKA_BROKERS}
+    topic: ${TOPIC}
+    key: .n
+    create_topic: { partitions: 4 }
+connections:
+  - numbers -> kafka
+"#;
+
+/// One member of a consumer group writing to a file; a short session timeout so that a killed
+/// member's partitions move within seconds.
+const CONSUMER: &str = r#"
+name: consumer
+processors:
+  src:
+    type: kafka_source
+    brokers: ${KAFKA_BROKERS}
+    group: ${GROUP}
+    topics: ["${TOPIC}"]
+    batch_size: 100
+    commit_interval: 200ms
+    properties:
+      session.timeout.ms: "6000"
+      heartbeat.interval.ms: "500"
+      max.poll.interval.ms: "7000"
+  out:
+    type: file_sink
+    path: ${OUT_DIR}/out.jsonl
+    sync: true
+connections:
+  - src -> out
+"#;
+
+fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("flow file");
+    p
+}
+
+/// Produce `count` records at `rate`/s, in the background (creating the topic, on tansu).
+fn produce(dir: &Path, brokers: &str, topic: &str, count: u64, rate: u64) -> Flow {
+    let text = if brokers.contains(MOCK_MARK) {
+        PRODUCER.replace("    create_topic: { partitions: 4 }\n", "")
+    } else {
+        PRODUCER.to_owned()
+    };
+    let brokers = brokers.trim_end_matches(MOCK_MARK);
+    let file = write(dir, "producer.yaml", &text);
+    let (count, rate) = (count.to_string(), rate.to_string());
+    Flow::start(
+        &file,
+        dir,
+        "producer",
+        &[
+            ("KAFKA_BROKERS", brokers),
+            ("TOPIC", topic),
+            ("COUNT", &count),
+            ("RATE", &rate),
+        ],
+    )
+}
+
+fn consumer(dir: &Path, name: &str, brokers: &str, topic: &str, group: &str) -> Flow {
+    let brokers = brokers.trim_end_matches(MOCK_MARK);
+    let file = write(dir, "consumer.yaml", CONSUMER);
+    let out = dir.join(name);
+    std::fs::create_dir_all(&out).expect("out dir");
+    let out = out.display().to_string();
+    Flow::start(
+        &file,
+        dir,
+        name,
+        &[
+            ("KAFKA_BROKERS", brokers),
+            ("TOPIC", topic),
+            ("GROUP", group),
+            ("OUT_DIR", &out),
+        ],
+    )
+}
+
+/// Marks a broker list as librdkafka's mock cluster (which creates topics by itself).
+const MOCK_MARK: &str = "#mock";
+
+/// How the first member of a group of two leaves mid-stream.
+enum Leave {
+    /// SIGTERM: it commits what it finished and leaves the group.
+    Stop,
+    /// `kill -9`: the group notices when its session expires.
+    Kill9,
+}
+
+/// Two processes in one group on a 4-partition topic: both get partitions and records; then
+/// the first leaves mid-stream, the second takes its partitions over, and together they wrote
+/// every record (duplicates are
+/// allowed and counted). Returns the second member's log.
+fn group_of_two(brokers: &str, leave: Leave) -> Option<String> {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    let (topic, group) = (unique("group-topic"), unique("group"));
+    let n: u64 = 12_000;
+    let producer = produce(d, brokers, &topic, n, 1_500);
+    if !brokers.contains(MOCK_MARK) {
+        wait_for(30, "the topic", || {
+            producer.log().contains("created the Kafka topic")
+        });
+    }
+    let a = consumer(d, "a", brokers, &topic, &group);
+    let b = consumer(d, "b", brokers, &topic, &group);
+    let outs = [d.join("a/out.jsonl"), d.join("b/out.jsonl")];
+    wait_for(60, "both members to write", || {
+        lines(&outs[0]) > 0 && lines(&outs[1]) > 0
+    });
+    let assigned = |f: &Flow| f.log().matches("Kafka partitions assigned").count();
+    assert!(assigned(&a) > 0 && assigned(&b) > 0);
+    let before = (lines(&outs[0]), lines(&outs[1]));
+    match leave {
+        Leave::Stop => assert!(a.stop(), "a stops cleanly"),
+        Leave::Kill9 => a.kill_9(),
+    }
+    assert!(producer.wait(60), "the producer finished");
+    let union = || {
+        let mut all = std::collections::HashMap::new();
+        for o in &outs {
+            for (k, v) in counts(o) {
+                *all.entry(k).or_insert(0) += v;
+            }
+        }
+        all
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    while (union().len() as u64) < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not every record: {} of {n}; b's log:\n{}",
+            union().len(),
+            b.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let log_b = b.log();
+    assert!(b.stop(), "b stops cleanly");
+    let all = union();
+    eprintln!(
+        "before a left: a {} b {}; at the end: a {} b {}; {} duplicates",
+        before.0,
+        before.1,
+        lines(&outs[0]),
+        lines(&outs[1]),
+        duplicates(&all)
+    );
+    assert!((0..n).all(|i| all.contains_key(&i)));
+    Some(log_b)
+}
+
+/// The first of two members stops (SIGTERM) mid-stream: the second takes all partitions over
+/// and nothing is missing.
+#[test]
+fn a_group_member_that_stops_hands_its_partitions_over() {
+    let Some(brokers) = brokers() else { return };
+    let Some(log_b) = group_of_two(&brokers, Leave::Stop) else {
+        return;
+    };
+    assert_eq!(all_four(&log_b), 5, "b holds all 4 partitions: {log_b}");
+}
+
+/// The first of two members is killed with `kill -9` mid-stream: once its session expires the
+/// group gives its partitions to the others, which go on from its committed offsets, and
+/// nothing is missing.
+///
+/// Against librdkafka's mock cluster, served by this test process over TCP to the `flow run`
+/// processes: tansu 0.6 evicts a member whose session expired but then, more often than not,
+/// hands the survivors their old assignment again, so a killed member's partitions are not
+/// consumed there (a graceful leave works, see above).
+#[test]
+fn a_group_member_killed_with_kill_9_loses_nothing() {
+    let mock = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+    let brokers = format!("{}{MOCK_MARK}", mock.bootstrap_servers());
+    let Some(log_b) = group_of_two(&brokers, Leave::Kill9) else {
+        return;
+    };
+    assert_eq!(all_four(&log_b), 5, "b holds all 4 partitions: {log_b}");
+}
+
+/// `[` count of the last assignment line: 1 + the number of partitions.
+fn all_four(log: &str) -> usize {
+    log.lines()
+        .rfind(|l| l.contains("Kafka partitions assigned"))
+        .unwrap_or_default()
+        .matches('[')
+        .count()
+}
+
+/// A consumer killed with `kill -9` and started again goes on from its group's committed
+/// offsets: nothing is missing, and it does not start over.
+#[test]
+fn a_restart_after_kill_9_resumes_from_the_committed_offsets() {
+    let Some(brokers) = brokers() else { return };
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    let (topic, group) = (unique("resume-topic"), unique("resume"));
+    let n: u64 = 6_000;
+    let producer = produce(d, &brokers, &topic, n, 2_000);
+    wait_for(30, "the topic", || {
+        producer.log().contains("created the Kafka topic")
+    });
+    let c = consumer(d, "c", &brokers, &topic, &group);
+    let out = d.join("c/out.jsonl");
+    wait_for(60, "the first records", || lines(&out) >= 1_500);
+    c.kill_9();
+    let at_kill = lines(&out);
+    let c = consumer(d, "c", &brokers, &topic, &group);
+    assert!(producer.wait(60), "the producer finished");
+    wait_for(90, "every record", || counts(&out).len() as u64 == n);
+    assert!(c.stop());
+    let all = counts(&out);
+    let dups = duplicates(&all);
+    eprintln!("killed after {at_kill} records; {dups} duplicates");
+    assert!(
+        (dups as usize) < at_kill,
+        "the restart started over: {dups} duplicates of {at_kill}"
+    );
+    assert_eq!(
+        all.get(&0),
+        Some(&1),
+        "record 0 was committed, not read again"
+    );
+}
+
+/// No broker at start: the consumer says so once and keeps trying; once a broker is there it
+/// consumes.
+#[test]
+fn a_broker_down_at_start_is_retried() {
+    let Some(_) = brokers() else { return };
+    let tansu = std::env::var("FLOW_TEST_TANSU").unwrap_or_else(|_| "tansu".into());
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    let port = free_port();
+    let brokers = format!("127.0.0.1:{port}");
+    let (topic, group) = (unique("down-topic"), unique("down"));
+    let c = consumer(d, "c", &brokers, &topic, &group);
+    wait_for(30, "the retry line", || {
+        c.log().contains("librdkafka retries")
+    });
+    let url = format!("tcp://127.0.0.1:{port}");
+    let mut broker = std::process::Command::new(tansu)
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .args(["--storage-engine", "memory://tansu/"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("tansu starts");
+    let producer = produce(d, &brokers, &topic, 100, 1_000_000);
+    assert!(producer.wait(60), "the producer finished");
+    let out = d.join("c/out.jsonl");
+    wait_for(120, "the records", || counts(&out).len() == 100);
+    let log = c.log();
+    assert!(c.stop());
+    let _ = broker.kill();
+    let _ = broker.wait();
+    assert!(log.contains(&brokers), "the line names the brokers: {log}");
+    let lines = log.matches("librdkafka retries").count();
+    assert!(
+        lines <= 3,
+        "one line per burst, not one per attempt: {lines}\n{log}"
+    );
+}
+
+/// `flows/mqtt-to-kafka.yaml` and `flows/kafka-to-file.yaml` together: MQTT messages land in
+/// Kafka keyed by device, errors dropped, and come out in the file.
+#[test]
+fn the_example_flows_carry_mqtt_to_kafka_to_a_file() {
+    let Some(brokers) = brokers() else { return };
+    let Some(mqtt) = server("FLOW_TEST_MQTT_URL", "Mosquitto") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    let topic = unique("telemetry");
+    let out_dir = d.display().to_string();
+    let client = unique("m2k");
+    let env = [
+        ("MQTT_URL", mqtt.as_str()),
+        ("KAFKA_BROKERS", brokers.as_str()),
+        ("TOPIC", topic.as_str()),
+        ("CLIENT_ID", client.as_str()),
+        ("OUT_DIR", out_dir.as_str()),
+        ("GROUP", "example"),
+    ];
+    let repo = common::repo();
+    let m2k = Flow::start(&repo.join("flows/mqtt-to-kafka.yaml"), d, "m2k", &env);
+    wait_for(30, "the subscription", || m2k.log().contains("subscribed"));
+    let mut text = String::new();
+    for i in 0..300 {
+        let status = if i % 10 == 0 { "error" } else { "ok" };
+        text.push_str(&format!("{{\"n\":{i},\"status\":\"{status}\"}}\n"));
+    }
+    for dev in ["car-1", "car-2", "car-3"] {
+        let mut p = std::process::Command::new("mosquitto_pub")
+            .args([
+                "-L",
+                &format!("{mqtt}/sensors/{dev}/telemetry"),
+                "-q",
+                "1",
+                "-l",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("mosquitto_pub");
+        use std::io::Write;
+        p.stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("written");
+        assert!(p.wait().expect("waited").success());
+    }
+    let k2f = Flow::start(&repo.join("flows/kafka-to-file.yaml"), d, "k2f", &env);
+    let out = d.join("telemetry.jsonl");
+    wait_for(60, "the records in the file", || lines(&out) >= 810);
+    assert!(m2k.stop());
+    assert!(k2f.stop());
+    let mut got: Vec<(String, u64)> = std::fs::read_to_string(&out)
+        .expect("out")
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("json");
+            assert_eq!(v["status"], "ok");
+            (
+                v["device"].as_str().expect("device").to_owned(),
+                v["n"].as_u64().expect("n"),
+            )
+        })
+        .collect();
+    // Keyed by device: one device's readings share a partition, so they come out in order.
+    for dev in ["car-1", "car-2", "car-3"] {
+        let mut seen = std::collections::HashSet::new();
+        let ns: Vec<u64> = got
+            .iter()
+            .filter(|(d, n)| d == dev && seen.insert(*n))
+            .map(|(_, n)| *n)
+            .collect();
+        assert!(
+            ns.windows(2).all(|w| w[0] < w[1]),
+            "{dev} out of order: {ns:?}"
+        );
+    }
+    got.sort();
+    got.dedup();
+    assert_eq!(got.len(), 810, "3 devices x 270 ok readings");
+}

@@ -1,0 +1,534 @@
+//! `kafka_sink`: produce records to Kafka; a record is acknowledged on its delivery report.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use indexmap::IndexMap;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use flow_core::expr::{Expr, ExprKind};
+use flow_core::processor::{
+    BuildContext, BuildError, ConfigError, Describe, Kind, Output, Processor, ProcessorConfig,
+    ProcessorError, Sink, SinkContext,
+};
+use flow_core::record::{Record, Value, encode_json};
+
+use super::{Brokers, FlowContext, KafkaProcessorError, client_config, validate_common};
+use crate::template::{Placeholders, Template};
+
+/// Produce each record to a Kafka topic; a record is acknowledged once Kafka confirmed it.
+///
+/// The message value is the record's content (a record nobody modified keeps its exact bytes);
+/// the key comes from an expression, headers from attributes. By default the producer is
+/// idempotent with `acks=all`: the leader and its in-sync replicas have the message before it
+/// counts as delivered, and retries never duplicate or reorder it. Transient errors (a broker
+/// restarting, a leader moving) are retried by the client until `delivery_timeout`; permanent
+/// ones (a message too large, no authorization, an unknown topic) send the record to `failure`
+/// with the broker's error as `error.message`. At most `max_inflight` records wait for their
+/// delivery report; then the sink stops taking input (back-pressure).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSinkConfig {
+    /// Bootstrap brokers: `host:port,host:port` or a list.
+    pub brokers: Brokers,
+    /// The topic, a template: `{name}` is the record's field `name` (`{a.b}` a nested one), or
+    /// its attribute `name` when there is no such field (`{kafka.topic}` keeps a consumed
+    /// record's topic).
+    pub topic: String,
+    /// The message key, a VRL expression (`.device`); strings are used as they are, other
+    /// values as JSON. Absent, or `null`: no key (the partitioner spreads the records).
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Attributes sent as message headers: a list of names, or `["*"]` for all of them.
+    #[serde(default)]
+    pub headers: Vec<String>,
+    /// Compression of message batches.
+    #[serde(default)]
+    pub compression: Compression,
+    /// How long the producer waits to fill a batch (`linger.ms`).
+    #[serde(default = "default_linger", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub linger: Duration,
+    /// At most this many messages per batch sent to a partition (`batch.num.messages`).
+    #[serde(default = "default_batch_messages")]
+    pub batch_messages: u32,
+    /// At most this many bytes per batch sent to a partition (`batch.size`).
+    #[serde(default = "default_batch_bytes")]
+    pub batch_bytes: u32,
+    /// How many replicas must have a message before it counts as delivered: `all`, `1` or
+    /// `0` (`0` acknowledges records that may be lost).
+    #[serde(default)]
+    pub acks: AcksMode,
+    /// Idempotent producer: retries never duplicate or reorder messages (needs `acks: all`).
+    #[serde(default = "yes")]
+    pub idempotent: bool,
+    /// How long a message may take to be delivered, retries included; then its record goes to
+    /// `failure` (`message.timeout.ms`).
+    #[serde(default = "default_delivery_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub delivery_timeout: Duration,
+    /// At most this many records waiting for their delivery report.
+    #[serde(default = "default_max_inflight")]
+    pub max_inflight: usize,
+    /// Create the topic at start when it does not exist (for brokers that do not create topics
+    /// on first use). Only for a topic without `{placeholders}`.
+    #[serde(default)]
+    pub create_topic: Option<CreateTopic>,
+    /// Any librdkafka setting, passed as it is (`security.protocol`, `sasl.mechanism`,
+    /// `sasl.username`, `sasl.password: ${KAFKA_PASSWORD}`, `ssl.ca.location`, ...). See
+    /// librdkafka's CONFIGURATION.md.
+    #[serde(default)]
+    pub properties: IndexMap<String, String>,
+}
+
+/// Batch compression.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    /// No compression.
+    None,
+    /// gzip: small, slow.
+    Gzip,
+    /// Snappy.
+    Snappy,
+    /// LZ4: fast, a good default for JSON.
+    #[default]
+    Lz4,
+}
+
+impl Compression {
+    fn name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+        }
+    }
+}
+
+/// Replica acknowledgements.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum AcksMode {
+    /// The leader and all in-sync replicas.
+    #[default]
+    #[serde(rename = "all")]
+    All,
+    /// The leader only.
+    #[serde(rename = "1")]
+    Leader,
+    /// None: fire and forget.
+    #[serde(rename = "0")]
+    None,
+}
+
+/// A topic to create when it is missing.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTopic {
+    /// Number of partitions.
+    #[serde(default = "default_partitions")]
+    pub partitions: i32,
+    /// Replication factor.
+    #[serde(default = "one")]
+    pub replication: i32,
+}
+
+fn yes() -> bool {
+    true
+}
+fn one() -> i32 {
+    1
+}
+fn default_partitions() -> i32 {
+    4
+}
+fn default_linger() -> Duration {
+    Duration::from_millis(5)
+}
+fn default_batch_messages() -> u32 {
+    10_000
+}
+fn default_batch_bytes() -> u32 {
+    1_000_000
+}
+fn default_delivery_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_max_inflight() -> usize {
+    100_000
+}
+
+impl Describe for KafkaSinkConfig {
+    const TYPE: &'static str = "kafka_sink";
+    const KIND: Kind = Kind::Sink;
+}
+
+impl ProcessorConfig for KafkaSinkConfig {
+    fn outputs(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn validate(&self) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        validate_common(&self.brokers.joined(), &self.properties, &mut errors);
+        match Template::parse(&self.topic, Placeholders::Fields) {
+            Ok(t) => {
+                if self.create_topic.is_some() && t.sample() != self.topic {
+                    errors.push(ConfigError::new(
+                        &["create_topic"],
+                        "only a topic without {placeholders} can be created at start",
+                    ));
+                }
+                if let Err(e) = check_topic_name(&t.sample()) {
+                    errors.push(ConfigError::new(&["topic"], e));
+                }
+            }
+            Err(e) => errors.push(ConfigError::new(&["topic"], e)),
+        }
+        if let Some(k) = &self.key
+            && let Err(e) = Expr::compile(k, ExprKind::Value)
+        {
+            errors.extend(ConfigError::from_expr(&["key"], &e));
+        }
+        if self.idempotent && self.acks != AcksMode::All {
+            errors.push(ConfigError::new(
+                &["acks"],
+                "an idempotent producer needs `acks: all` (or set `idempotent: false`)",
+            ));
+        }
+        if self.max_inflight == 0 {
+            errors.push(ConfigError::new(&["max_inflight"], "must be at least 1"));
+        }
+        if let Some(c) = &self.create_topic {
+            if c.partitions < 1 {
+                errors.push(ConfigError::new(
+                    &["create_topic", "partitions"],
+                    "must be at least 1",
+                ));
+            }
+            if c.replication < 1 {
+                errors.push(ConfigError::new(
+                    &["create_topic", "replication"],
+                    "must be at least 1",
+                ));
+            }
+        }
+        if errors.is_empty()
+            && let Err(e) = self.client_config("check").create_native_config()
+        {
+            errors.push(ConfigError::new(&["properties"], e.to_string()));
+        }
+        errors
+    }
+
+    fn build(&self, _: &BuildContext) -> Result<Processor, BuildError> {
+        let topic = Template::parse(&self.topic, Placeholders::Fields).map_err(BuildError)?;
+        let key = self
+            .key
+            .as_deref()
+            .map(|k| Expr::compile(k, ExprKind::Value))
+            .transpose()?;
+        Ok(Processor::Sink(Box::new(KafkaSink {
+            cfg: self.clone(),
+            topic,
+            key,
+        })))
+    }
+}
+
+/// Topic names Kafka accepts: 1 to 249 of `[a-zA-Z0-9._-]`.
+fn check_topic_name(t: &str) -> Result<(), String> {
+    if t.is_empty() || t.len() > 249 {
+        return Err(format!("`{t}`: a topic name has 1 to 249 characters"));
+    }
+    if !t
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(format!(
+            "`{t}`: a topic name has only letters, digits, `.`, `_` and `-`"
+        ));
+    }
+    Ok(())
+}
+
+impl KafkaSinkConfig {
+    fn client_config(&self, node: &str) -> rdkafka::ClientConfig {
+        let defaults = [
+            ("client.id", format!("flow-{node}")),
+            ("compression.type", self.compression.name().to_owned()),
+            ("linger.ms", self.linger.as_millis().to_string()),
+            ("batch.num.messages", self.batch_messages.to_string()),
+            ("batch.size", self.batch_bytes.to_string()),
+            (
+                "acks",
+                match self.acks {
+                    AcksMode::All => "all",
+                    AcksMode::Leader => "1",
+                    AcksMode::None => "0",
+                }
+                .to_owned(),
+            ),
+            ("enable.idempotence", self.idempotent.to_string()),
+            (
+                "message.timeout.ms",
+                self.delivery_timeout.as_millis().to_string(),
+            ),
+            // Room for the in-flight window (librdkafka's default is 100,000 messages).
+            (
+                "queue.buffering.max.messages",
+                self.max_inflight.max(1).to_string(),
+            ),
+        ];
+        client_config(&self.brokers.joined(), &defaults, &self.properties, &[])
+    }
+}
+
+struct KafkaSink {
+    cfg: KafkaSinkConfig,
+    topic: Template,
+    key: Option<Expr>,
+}
+
+fn other(e: impl std::fmt::Display) -> ProcessorError {
+    ProcessorError::Other(e.to_string())
+}
+
+/// Errors that no retry fixes: the record goes to `failure`.
+fn permanent(e: &KafkaError) -> bool {
+    !matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::QueueFull) | None
+    )
+}
+
+/// A record on its way: what to send, and the record itself (dropped, so acknowledged, once
+/// delivered).
+struct Prepared {
+    record: Record,
+    topic: String,
+    key: Option<Vec<u8>>,
+    headers: Option<OwnedHeaders>,
+}
+
+impl KafkaSink {
+    /// Topic, key and headers for a record, or why it cannot be sent.
+    #[allow(
+        clippy::result_large_err,
+        reason = "the record is handed back on the rare error path"
+    )]
+    fn prepare(&self, mut record: Record) -> Result<Prepared, (Record, String)> {
+        let topic = match self
+            .topic
+            .render(&mut record, 0, |v| check_topic_name(&v).map(|()| v))
+        {
+            Ok(t) => t,
+            Err(e) => return Err((record, format!("topic {e}"))),
+        };
+        let key = match &self.key {
+            None => None,
+            Some(expr) => {
+                if let Err(e) = record.value() {
+                    let msg = format!("key: {e}");
+                    return Err((record, msg));
+                }
+                let Some(value) = record.parsed_value() else {
+                    return Err((record, "key: content was not parsed".into()));
+                };
+                match expr.eval(value, &record.attributes) {
+                    Ok(Value::Null) => None,
+                    Ok(v) => Some(
+                        crate::template::scalar_text(&v)
+                            .unwrap_or_else(|| {
+                                String::from_utf8_lossy(&encode_json(&v)).into_owned()
+                            })
+                            .into_bytes(),
+                    ),
+                    Err(e) => return Err((record, format!("key: {e}"))),
+                }
+            }
+        };
+        let headers = if self.cfg.headers.is_empty() {
+            None
+        } else {
+            let all = self.cfg.headers.iter().any(|h| h == "*");
+            let mut h = OwnedHeaders::new();
+            for (name, value) in &record.attributes {
+                if all || self.cfg.headers.iter().any(|n| n == name) {
+                    h = h.insert(Header {
+                        key: name,
+                        value: Some(value.as_bytes()),
+                    });
+                }
+            }
+            Some(h)
+        };
+        Ok(Prepared {
+            record,
+            topic,
+            key,
+            headers,
+        })
+    }
+}
+
+/// How long to wait before offering a message again when the producer's queue is full.
+const QUEUE_FULL_WAIT: Duration = Duration::from_millis(5);
+
+#[async_trait]
+impl Sink for KafkaSink {
+    async fn run(self: Box<Self>, mut ctx: SinkContext) -> Result<(), ProcessorError> {
+        let context = FlowContext::new(&ctx.name, &self.cfg.brokers.joined());
+        let producer: FutureProducer<FlowContext> = self
+            .cfg
+            .client_config(&ctx.name)
+            .create_with_context(context.clone())
+            .map_err(|e| other(KafkaProcessorError::Config(e.to_string())))?;
+        let producer = Arc::new(producer);
+        if let Some(c) = &self.cfg.create_topic {
+            super::ensure_topic(
+                &self.cfg.brokers.joined(),
+                &self.cfg.properties,
+                &self.cfg.topic,
+                c.partitions,
+                c.replication,
+            )
+            .await
+            .map_err(other)?;
+        }
+        let max_inflight = self.cfg.max_inflight;
+        let mut inflight = FuturesUnordered::new();
+        let mut failures = Output::new(ctx.name.clone(), ctx.failures.port_count().max(1));
+        let mut input_done = false;
+        // Records of the current batch not yet handed to the producer.
+        let mut todo: std::collections::VecDeque<Prepared> = std::collections::VecDeque::new();
+        loop {
+            if input_done && todo.is_empty() && inflight.is_empty() {
+                break;
+            }
+            // Hand records over while the window has room and the producer's queue takes them.
+            let mut queue_full = false;
+            let mut failed = false;
+            while inflight.len() < max_inflight
+                && let Some(mut p) = todo.pop_front()
+            {
+                let payload = p.record.content().clone();
+                let mut fr = FutureRecord::<[u8], [u8]>::to(&p.topic).payload(&payload[..]);
+                if let Some(k) = &p.key {
+                    fr = fr.key(&k[..]);
+                }
+                if let Some(h) = &p.headers {
+                    fr = fr.headers(h.clone());
+                }
+                match producer.send_result(fr).map_err(|(e, _)| e) {
+                    Ok(delivery) => {
+                        let record = p.record;
+                        inflight.push(async move { (delivery.await, record) });
+                    }
+                    Err(e) if !permanent(&e) => {
+                        todo.push_front(p);
+                        queue_full = true;
+                        break;
+                    }
+                    Err(e) => {
+                        failures.fail(p.record, &e);
+                        failed = true;
+                    }
+                }
+            }
+            if failed {
+                ctx.failures.flush(&mut failures).await.map_err(other)?;
+            }
+            tokio::select! {
+                biased;
+                Some(first) = inflight.next(), if !inflight.is_empty() => {
+                    context.reachable();
+                    // Take every report that is ready before going on.
+                    let mut next = Some(first);
+                    let (mut sent, mut failed) = (0u64, false);
+                    while let Some((report, record)) = next {
+                        match report {
+                            // Dropping the record acknowledges it.
+                            Ok(Ok(_)) => sent += 1,
+                            Ok(Err((e, _))) => {
+                                failures.fail(record, &e);
+                                failed = true;
+                            }
+                            Err(_) => {
+                                failures.fail(record, &"the Kafka producer stopped");
+                                failed = true;
+                            }
+                        }
+                        next = futures::FutureExt::now_or_never(inflight.next()).flatten();
+                    }
+                    ctx.metrics.add_sent(sent);
+                    if failed {
+                        ctx.failures.flush(&mut failures).await.map_err(other)?;
+                    }
+                }
+                batch = ctx.input.next(), if !input_done && todo.is_empty() && inflight.len() < max_inflight => {
+                    let Some(batch) = batch else {
+                        input_done = true;
+                        continue;
+                    };
+                    ctx.metrics.add_received(batch.len() as u64);
+                    let mut failed = false;
+                    for record in batch {
+                        match self.prepare(record) {
+                            Ok(p) => todo.push_back(p),
+                            Err((r, msg)) => {
+                                failures.fail(r, &msg);
+                                failed = true;
+                            }
+                        }
+                    }
+                    if failed {
+                        ctx.failures.flush(&mut failures).await.map_err(other)?;
+                    }
+                }
+                _ = tokio::time::sleep(QUEUE_FULL_WAIT), if queue_full && inflight.is_empty() => {}
+            }
+        }
+        // Everything was delivered or failed; nothing is left in the producer's queue.
+        let p = producer.clone();
+        let _ = tokio::task::spawn_blocking(move || p.flush(Duration::from_secs(10))).await;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+    use crate::testing::config;
+    use serde_json::json;
+
+    #[test]
+    fn validation_points_at_the_options() {
+        let c: KafkaSinkConfig = config(json!({
+            "brokers": "", "topic": "bad topic", "key": ".a ==", "acks": "1",
+            "properties": {"group.id": "x"}
+        }));
+        let paths: Vec<String> = c.validate().into_iter().map(|e| e.path.join(".")).collect();
+        assert_eq!(
+            paths,
+            ["brokers", "properties.group.id", "topic", "key", "acks"]
+        );
+        let c: KafkaSinkConfig =
+            config(json!({"brokers": ["127.0.0.1:9092"], "topic": "t-{device}"}));
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
+        let c: KafkaSinkConfig = config(json!({
+            "brokers": "h:1", "topic": "t", "properties": {"no.such.setting": "1"}
+        }));
+        let e = c.validate();
+        assert_eq!(e[0].path, ["properties"]);
+        assert!(e[0].message.contains("no.such.setting"), "{e:?}");
+    }
+}

@@ -1,0 +1,323 @@
+//! `kafka_sink` and `kafka_source` against a Kafka cluster: the real broker when
+//! `FLOW_TEST_KAFKA_BROKERS` is set (`scripts/test.sh` starts one), otherwise librdkafka's
+//! in-process mock cluster. Results are read back with a plain rdkafka client.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::json;
+
+use flow_core::record::Record;
+
+use super::{KafkaSinkConfig, KafkaSourceConfig};
+use crate::testing::{config, rec, sink, sink_ctx, source, source_ctx};
+
+/// A cluster for one test: the real broker, or a mock one kept alive by the returned guard.
+struct Cluster {
+    brokers: String,
+    _mock: Option<MockCluster<'static, DefaultProducerContext>>,
+}
+
+fn cluster() -> Cluster {
+    if let Ok(b) = std::env::var("FLOW_TEST_KAFKA_BROKERS") {
+        return Cluster {
+            brokers: b,
+            _mock: None,
+        };
+    }
+    let mock = MockCluster::new(1).expect("mock cluster");
+    Cluster {
+        brokers: mock.bootstrap_servers(),
+        _mock: Some(mock),
+    }
+}
+
+fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("flowtest-{name}-{}-{nanos}", std::process::id())
+}
+
+async fn create_topic(c: &Cluster, topic: &str, partitions: i32) {
+    if let Some(mock) = &c._mock {
+        mock.create_topic(topic, partitions, 1).expect("mock topic");
+        return;
+    }
+    let brokers = &c.brokers;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin");
+    let r = admin
+        .create_topics(
+            [&NewTopic::new(
+                topic,
+                partitions,
+                TopicReplication::Fixed(1),
+            )],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .expect("create topics");
+    for t in r {
+        t.expect("topic created");
+    }
+}
+
+async fn produce(brokers: &str, topic: &str, values: &[String]) {
+    let p: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("producer");
+    for (i, v) in values.iter().enumerate() {
+        let key = format!("k{i}");
+        p.send(
+            FutureRecord::to(topic).payload(v).key(&key).partition(0),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("delivered");
+    }
+}
+
+/// A message read back: key, value, headers.
+type Read = (String, String, Vec<(String, String)>);
+
+/// Everything in `topic` from the start.
+fn read_all(brokers: &str, topic: &str, n: usize) -> Vec<Read> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    c.subscribe(&[topic]).expect("subscribed");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut out = Vec::new();
+    while out.len() < n && Instant::now() < deadline {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+            let text =
+                |b: Option<&[u8]>| String::from_utf8_lossy(b.unwrap_or_default()).into_owned();
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| (h.key.to_owned(), text(h.value)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push((text(m.key()), text(m.payload()), headers));
+        }
+    }
+    out
+}
+
+/// The group's committed offset of `topic` partition 0 (`None`: nothing committed).
+fn committed(brokers: &str, group: &str, topic: &str) -> Option<i64> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, 0);
+    let got = c
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed offsets");
+    match got.find_partition(topic, 0).map(|e| e.offset()) {
+        Some(Offset::Offset(o)) => Some(o),
+        _ => None,
+    }
+}
+
+async fn until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The sink writes each record with its key and headers; a plain consumer reads exactly them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sink_writes_values_keys_and_headers() {
+    let c = cluster();
+    let topic = unique("sink");
+    create_topic(&c, &topic, 1).await;
+    let cfg: KafkaSinkConfig = config(json!({
+        "brokers": c.brokers, "topic": topic, "key": ".device", "headers": ["site"],
+    }));
+    let (ctx, tx, mut failures, metrics) = sink_ctx();
+    let records: Vec<Record> = (0..100)
+        .map(|i| {
+            let mut r = rec(&format!(r#"{{"device":"d{}","i":{i}}}"#, i % 3));
+            r.set_attribute("site", "plant-1");
+            r.set_attribute("other", "not sent");
+            r
+        })
+        .collect();
+    tx.send(records).await.expect("queued");
+    drop(tx);
+    sink(&cfg).run(ctx).await.expect("runs");
+    assert_eq!(metrics.snapshot().sent, 100);
+    assert!(crate::testing::records(&mut failures).await.is_empty());
+    let got = read_all(&c.brokers, &topic, 100);
+    assert_eq!(got.len(), 100);
+    for (i, (key, value, headers)) in got.iter().enumerate() {
+        assert_eq!(value, &format!(r#"{{"device":"d{}","i":{i}}}"#, i % 3));
+        assert_eq!(key, &format!("d{}", i % 3));
+        assert_eq!(headers, &[("site".to_owned(), "plant-1".to_owned())]);
+    }
+}
+
+/// A message over the size limit and a record without a key field go to `failure` with the
+/// reason; the others are delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_unkeyable_records_go_to_failure() {
+    let c = cluster();
+    let topic = unique("big");
+    create_topic(&c, &topic, 1).await;
+    let cfg: KafkaSinkConfig = config(json!({
+        "brokers": c.brokers, "topic": topic, "key": "to_string!(.device)",
+        "properties": {"message.max.bytes": "10000"},
+    }));
+    let (ctx, tx, mut failures, metrics) = sink_ctx();
+    let big = "x".repeat(20_000);
+    tx.send(vec![
+        rec(r#"{"device":"a"}"#),
+        rec(&format!(r#"{{"device":"b","blob":"{big}"}}"#)),
+        rec(r#"{"device":{"x":1}}"#),
+        rec(r#"{"device":"c"}"#),
+    ])
+    .await
+    .expect("queued");
+    drop(tx);
+    sink(&cfg).run(ctx).await.expect("runs");
+    assert_eq!(metrics.snapshot().sent, 2);
+    let failed = crate::testing::records(&mut failures).await;
+    let mut reasons: Vec<String> = failed
+        .iter()
+        .map(|r| {
+            r.attributes
+                .get("error.message")
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect();
+    reasons.sort();
+    assert_eq!(failed.len(), 2, "{reasons:?}");
+    assert!(
+        reasons[0].starts_with("Message production error: MessageSizeTooLarge"),
+        "{reasons:?}"
+    );
+    assert!(reasons[1].starts_with("key: "), "{reasons:?}");
+    let got = read_all(&c.brokers, &topic, 2);
+    let values: Vec<&str> = got.iter().map(|g| g.1.as_str()).collect();
+    assert_eq!(values, [r#"{"device":"a"}"#, r#"{"device":"c"}"#]);
+}
+
+/// The source emits every message with its Kafka attributes, and commits an offset only once
+/// every record before it is finished: not past a record still in the flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_commits_only_what_is_finished_in_order() {
+    let c = cluster();
+    let topic = unique("src");
+    let group = unique("group");
+    create_topic(&c, &topic, 1).await;
+    let values: Vec<String> = (0..10).map(|i| format!(r#"{{"n":{i}}}"#)).collect();
+    produce(&c.brokers, &topic, &values).await;
+    let cfg: KafkaSourceConfig = config(json!({
+        "brokers": c.brokers, "group": group, "topics": [topic],
+        "batch_size": 1, "commit_interval": "100ms",
+    }));
+    let mut h = source_ctx(1);
+    let run = tokio::spawn(source(&cfg).run(h.ctx));
+    let mut held: Vec<Record> = Vec::new();
+    while held.len() < 10 {
+        let batch = tokio::time::timeout(Duration::from_secs(30), h.ports[1].recv())
+            .await
+            .expect("records in time")
+            .expect("a batch");
+        held.extend(batch);
+    }
+    let mut texts: Vec<String> = Vec::new();
+    for r in &mut held {
+        texts.push(String::from_utf8_lossy(r.content()).into_owned());
+    }
+    assert_eq!(texts, values);
+    let a = &held[3].attributes;
+    assert_eq!(a["kafka.topic"], topic);
+    assert_eq!(a["kafka.partition"], "0");
+    assert_eq!(a["kafka.offset"], "3");
+    assert_eq!(a["kafka.key"], "k3");
+    assert!(a["kafka.timestamp"].parse::<i64>().is_ok());
+    // Finish 0..4 and 6..10, keep 4 and 5: the commit stops at 4.
+    let mut rest: Vec<Record> = Vec::new();
+    for (i, r) in held.into_iter().enumerate() {
+        if i == 4 || i == 5 {
+            rest.push(r);
+        }
+    }
+    let (b, g, t) = (c.brokers.clone(), group.clone(), topic.clone());
+    until(20, "the commit of 0..4", || {
+        committed(&b, &g, &t) == Some(4)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(committed(&b, &g, &t), Some(4), "no commit past record 4");
+    drop(rest);
+    until(20, "the commit of all", || {
+        committed(&b, &g, &t) == Some(10)
+    })
+    .await;
+    h.shutdown.cancel();
+    run.await.expect("joined").expect("runs");
+}
+
+/// A value that is not JSON goes to `failure` and is still committed (it is finished).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_sends_non_json_values_to_failure() {
+    let c = cluster();
+    let topic = unique("bad");
+    let group = unique("group");
+    create_topic(&c, &topic, 1).await;
+    produce(
+        &c.brokers,
+        &topic,
+        &[r#"{"ok":1}"#.into(), "not json".into()],
+    )
+    .await;
+    let cfg: KafkaSourceConfig = config(json!({
+        "brokers": c.brokers, "group": group, "topics": [topic], "commit_interval": "100ms",
+    }));
+    let mut h = source_ctx(1);
+    let run = tokio::spawn(source(&cfg).run(h.ctx));
+    let failed = tokio::time::timeout(Duration::from_secs(30), h.ports[0].recv())
+        .await
+        .expect("a failure in time")
+        .expect("a batch");
+    assert_eq!(failed.len(), 1);
+    assert!(failed[0].attributes["error.message"].starts_with("value:"));
+    assert_eq!(failed[0].attributes["kafka.offset"], "1");
+    let ok = tokio::time::timeout(Duration::from_secs(30), h.ports[1].recv())
+        .await
+        .expect("a record in time")
+        .expect("a batch");
+    assert_eq!(ok.len(), 1);
+    drop((failed, ok));
+    let (b, g, t) = (c.brokers.clone(), group.clone(), topic.clone());
+    until(30, "the commit", || committed(&b, &g, &t) == Some(2)).await;
+    h.shutdown.cancel();
+    run.await.expect("joined").expect("runs");
+}
