@@ -3,42 +3,18 @@
 //! `scripts/test.sh` installs; like the other broker tests, skips outside CI when
 //! `FLOW_TEST_MQTT_URL` is not set, and fails in CI.
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+
+use common::{Flow, counts, free_port, lines, wait_for};
 
 fn enabled() -> bool {
-    if std::env::var_os("FLOW_TEST_MQTT_URL").is_some() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "FLOW_TEST_MQTT_URL is not set but CI is: the MQTT broker did not start"
-    );
-    eprintln!("skipped: FLOW_TEST_MQTT_URL is not set (scripts/test.sh starts Mosquitto)");
-    false
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    common::server("FLOW_TEST_MQTT_URL", "Mosquitto").is_some()
 }
 
 fn signal(child: &Child, sig: &str) {
@@ -141,53 +117,17 @@ connections:
   - src -> out
 "#;
 
-/// A running `flow run`, its stderr going to a file.
-struct Flow {
-    child: Child,
-    log: PathBuf,
+/// The test flow (`FLOW`, written to `dir/flow.yaml` unless a test wrote its own there).
+fn start(dir: &Path, name: &str, env: &[(&str, &str)]) -> Flow {
+    let file = dir.join("flow.yaml");
+    if !file.exists() {
+        std::fs::write(&file, FLOW).expect("flow");
+    }
+    Flow::start(&file, dir, name, env)
 }
 
-impl Flow {
-    fn start(dir: &Path, name: &str, env: &[(&str, &str)]) -> Flow {
-        let file = dir.join("flow.yaml");
-        if !file.exists() {
-            std::fs::write(&file, FLOW).expect("flow");
-        }
-        let log = dir.join(format!("{name}.log"));
-        let err = std::fs::File::create(&log).expect("log");
-        let mut c = Command::new(env!("CARGO_BIN_EXE_flow"));
-        c.current_dir(repo())
-            .args(["-v", "run", "--quiet"])
-            .arg(&file)
-            .stdout(Stdio::null())
-            .stderr(err);
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        let child = c.spawn().expect("flow starts");
-        Flow { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn wait_subscribed(&self) {
-        wait_for(20, "the subscription", || self.log().contains("subscribed"));
-    }
-
-    /// SIGTERM and wait for a graceful exit.
-    fn stop(mut self) {
-        signal(&self.child, "-TERM");
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Flow {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn subscribed(flow: &Flow) {
+    wait_for(20, "the subscription", || flow.log().contains("subscribed"));
 }
 
 fn publish(url: &str, topic: &str, from: usize, to: usize, extra: &[&str]) {
@@ -210,19 +150,6 @@ fn publish(url: &str, topic: &str, from: usize, to: usize, extra: &[&str]) {
     );
 }
 
-/// How many times each `n` was written.
-fn counts(path: &Path) -> HashMap<u64, u32> {
-    let mut m = HashMap::new();
-    for line in std::fs::read_to_string(path).unwrap_or_default().lines() {
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(line)
-            && let Some(n) = v["n"].as_u64()
-        {
-            *m.entry(n).or_insert(0) += 1;
-        }
-    }
-    m
-}
-
 /// The duplicated `n`s as ranges, for the test's report: `[a..=b, ...]`.
 fn dup_ranges(c: &HashMap<u64, u32>) -> String {
     let mut d: Vec<u64> = c.iter().filter(|(_, k)| **k > 1).map(|(n, _)| *n).collect();
@@ -240,16 +167,10 @@ fn dup_ranges(c: &HashMap<u64, u32>) -> String {
     format!("[{}]", out.join(", "))
 }
 
-fn lines(path: &Path) -> usize {
-    std::fs::read_to_string(path)
-        .map(|t| t.lines().count())
-        .unwrap_or(0)
-}
-
 /// Make the persistent session (subscribe once), stop the flow, queue `n` messages for it.
 fn queue_for_session(dir: &Path, broker: &Broker, env: &[(&str, &str)], n: usize) {
-    let f = Flow::start(dir, "first", env);
-    f.wait_subscribed();
+    let f = start(dir, "first", env);
+    subscribed(&f);
     f.stop();
     publish(&broker.url(), "sensors/dev-1/telemetry", 0, n, &[]);
 }
@@ -271,7 +192,7 @@ fn broker_restart_mid_stream_loses_nothing() {
     ];
     queue_for_session(dir.path(), &broker, &env, 10_000);
     let out = dir.path().join("out.jsonl");
-    let flow = Flow::start(dir.path(), "run", &env);
+    let flow = start(dir.path(), "run", &env);
     wait_for(30, "the first records", || lines(&out) >= 500);
     broker.stop();
     let at_stop = lines(&out);
@@ -308,12 +229,12 @@ fn kill_9_and_restart_loses_nothing() {
     ];
     queue_for_session(dir.path(), &broker, &env, 5_000);
     let out = dir.path().join("out.jsonl");
-    let mut flow = Flow::start(dir.path(), "run", &env);
+    let mut flow = start(dir.path(), "run", &env);
     wait_for(30, "the first records", || lines(&out) >= 500);
     flow.child.kill().expect("SIGKILL");
     let _ = flow.child.wait();
     let at_kill = lines(&out);
-    let flow = Flow::start(dir.path(), "again", &env);
+    let flow = start(dir.path(), "again", &env);
     wait_for(60, "all 5,000 messages", || counts(&out).len() == 5_000);
     flow.stop();
     let c = counts(&out);
@@ -343,7 +264,7 @@ fn a_shared_subscription_splits_the_stream() {
         .map(|(i, d)| {
             let out_dir = d.path().display().to_string();
             let id = format!("shared-{i}");
-            Flow::start(
+            start(
                 d.path(),
                 "run",
                 &[
@@ -356,7 +277,7 @@ fn a_shared_subscription_splits_the_stream() {
             )
         })
         .collect();
-    flows.iter().for_each(Flow::wait_subscribed);
+    flows.iter().for_each(subscribed);
     publish(&url, "sensors/dev-1/telemetry", 0, 2_000, &["-V", "mqttv5"]);
     let outs: Vec<PathBuf> = dirs.iter().map(|d| d.path().join("out.jsonl")).collect();
     let union = || {
@@ -367,7 +288,9 @@ fn a_shared_subscription_splits_the_stream() {
         all
     };
     wait_for(60, "all 2,000 messages", || union().len() == 2_000);
-    flows.into_iter().for_each(Flow::stop);
+    for f in flows {
+        f.stop();
+    }
     let (a, b) = (counts(&outs[0]).len(), counts(&outs[1]).len());
     eprintln!("split {a} + {b}");
     assert!(a > 0 && b > 0, "one process got nothing: {a} + {b}");
@@ -384,7 +307,7 @@ fn broker_down_at_start_is_retried() {
     let dir = tempfile::tempdir().expect("tmp");
     let url = format!("mqtt://127.0.0.1:{port}");
     let out_dir = dir.path().display().to_string();
-    let flow = Flow::start(
+    let flow = start(
         dir.path(),
         "run",
         &[
@@ -396,7 +319,7 @@ fn broker_down_at_start_is_retried() {
     let retrying = "cannot reach the MQTT broker; retrying with backoff";
     wait_for(20, "the retry log line", || flow.log().contains(retrying));
     let broker = Broker::start_on(port, "allow_anonymous true\npersistence false");
-    flow.wait_subscribed();
+    subscribed(&flow);
     publish(&broker.url(), "sensors/dev-1/telemetry", 0, 10, &[]);
     let out = dir.path().join("out.jsonl");
     wait_for(20, "the messages", || counts(&out).len() == 10);
@@ -427,7 +350,7 @@ fn a_wrong_password_is_a_clear_error() {
         passwd.display()
     ));
     let (url, out_dir) = (broker.url(), dir.path().display().to_string());
-    let mut flow = Flow::start(
+    let mut flow = start(
         dir.path(),
         "run",
         &[
@@ -569,8 +492,8 @@ connections:
         )
     };
     std::fs::write(d.join("flow.yaml"), flow_yaml(&p("ca.pem"))).expect("flow");
-    let flow = Flow::start(d, "run", &[]);
-    flow.wait_subscribed();
+    let flow = start(d, "run", &[]);
+    subscribed(&flow);
     let st = Command::new("mosquitto_pub")
         .args([
             "-h",
@@ -608,7 +531,7 @@ connections:
     );
     let wrong_ca = other.path().join("ca.pem").display().to_string();
     std::fs::write(d.join("flow.yaml"), flow_yaml(&wrong_ca)).expect("flow");
-    let flow = Flow::start(d, "untrusted", &[]);
+    let flow = start(d, "untrusted", &[]);
     wait_for(20, "the TLS error", || flow.log().contains("cannot reach"));
     let log = flow.log();
     flow.stop();

@@ -10,7 +10,9 @@ use flow_core::processor::{
     BuildContext, BuildError, ConfigError, Describe, Kind, Output, Processor, ProcessorConfig,
     ProcessorError, Sink, SinkContext,
 };
-use flow_core::record::{Record, Value};
+use flow_core::record::Record;
+
+use crate::template::{Placeholders, Template};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -111,7 +113,7 @@ impl ProcessorConfig for MqttSinkConfig {
     fn validate(&self) -> Vec<ConfigError> {
         let mut errors = Vec::new();
         self.connection("node").validate(&mut errors);
-        match TopicFormat::parse(&self.topic) {
+        match topic_template(&self.topic) {
             Ok(t) => {
                 if let Err(e) = check_topic(&t.sample(), false) {
                     errors.push(ConfigError::new(&["topic"], e));
@@ -129,7 +131,7 @@ impl ProcessorConfig for MqttSinkConfig {
     }
 
     fn build(&self, ctx: &BuildContext) -> Result<Processor, BuildError> {
-        let topic = TopicFormat::parse(&self.topic).map_err(BuildError)?;
+        let topic = topic_template(&self.topic).map_err(BuildError)?;
         Ok(Processor::Sink(Box::new(MqttSink {
             conn: self.connection(&ctx.name),
             cfg: self.clone(),
@@ -138,115 +140,26 @@ impl ProcessorConfig for MqttSinkConfig {
     }
 }
 
-/// A topic template: literal text and `{name}` placeholders.
-#[derive(Clone, Debug)]
-pub(crate) struct TopicFormat {
-    parts: Vec<Part>,
+/// The MQTT topic for a record: the shared template, each placeholder one whole topic level.
+fn topic_template(t: &str) -> Result<Template, String> {
+    Template::parse(t, Placeholders::Fields)
 }
 
-#[derive(Clone, Debug)]
-enum Part {
-    Text(String),
-    Field(String),
-}
-
-impl TopicFormat {
-    pub fn parse(template: &str) -> Result<Self, String> {
-        let mut parts = Vec::new();
-        let mut rest = template;
-        while let Some(open) = rest.find('{') {
-            let (text, after) = rest.split_at(open);
-            if text.contains('}') {
-                return Err(format!("`{template}`: unmatched `}}`"));
-            }
-            if !text.is_empty() {
-                parts.push(Part::Text(text.to_owned()));
-            }
-            let close = after
-                .find('}')
-                .ok_or_else(|| format!("`{template}`: unclosed `{{`"))?;
-            let name = &after[1..close];
-            if name.is_empty() || name.contains('{') {
-                return Err(format!("`{template}`: empty or nested `{{}}`"));
-            }
-            parts.push(Part::Field(name.to_owned()));
-            rest = &after[close + 1..];
+fn render_topic(t: &Template, record: &mut Record) -> Result<String, String> {
+    t.render(record, 0, |value| {
+        if value.is_empty() || value.contains(['+', '#', '/', '\0']) {
+            Err(format!("`{value}` cannot be a topic level"))
+        } else {
+            Ok(value)
         }
-        if rest.contains('}') {
-            return Err(format!("`{template}`: unmatched `}}`"));
-        }
-        if !rest.is_empty() {
-            parts.push(Part::Text(rest.to_owned()));
-        }
-        Ok(Self { parts })
-    }
-
-    /// The template with every placeholder replaced by `x` (for validation).
-    fn sample(&self) -> String {
-        self.parts
-            .iter()
-            .map(|p| match p {
-                Part::Text(t) => t.as_str(),
-                Part::Field(_) => "x",
-            })
-            .collect()
-    }
-
-    /// The topic for a record.
-    pub fn render(&self, record: &mut Record) -> Result<String, String> {
-        let mut topic = String::new();
-        for p in &self.parts {
-            match p {
-                Part::Text(t) => topic.push_str(t),
-                Part::Field(name) => {
-                    let field = match record.view() {
-                        Ok((v, _)) => lookup(v, name).map(|v| scalar(v, name)).transpose()?,
-                        Err(_) => None,
-                    };
-                    let value = match field {
-                        Some(v) => v,
-                        None => record.attributes.get(name).cloned().ok_or_else(|| {
-                            format!(
-                                "topic `{{{name}}}`: the record has no field or attribute `{name}`"
-                            )
-                        })?,
-                    };
-                    if value.is_empty() || value.contains(['+', '#', '/', '\0']) {
-                        return Err(format!(
-                            "topic `{{{name}}}`: `{value}` cannot be a topic level"
-                        ));
-                    }
-                    topic.push_str(&value);
-                }
-            }
-        }
-        Ok(topic)
-    }
-}
-
-fn lookup<'v>(v: &'v Value, path: &str) -> Option<&'v Value> {
-    let mut v = v;
-    for key in path.split('.') {
-        v = v.as_object()?.get(key)?;
-    }
-    Some(v)
-}
-
-fn scalar(v: &Value, name: &str) -> Result<String, String> {
-    match v {
-        Value::Bytes(b) => Ok(String::from_utf8_lossy(b).into_owned()),
-        Value::String(s) => Ok(s.to_string()),
-        Value::Integer(_) | Value::Float(_) | Value::Boolean(_) => Ok(v.to_string()),
-        other => Err(format!(
-            "topic `{{{name}}}`: the field is not a string, number or boolean ({other})"
-        )),
-    }
+    })
+    .map_err(|e| format!("topic {e}"))
 }
 
 struct MqttSink {
     conn: Connection,
     cfg: MqttSinkConfig,
-    topic: TopicFormat,
+    topic: Template,
 }
 
 /// A record on its way to the broker.
@@ -370,7 +283,7 @@ impl Sink for MqttSink {
                     };
                     ctx.metrics.add_received(batch.len() as u64);
                     for mut record in batch {
-                        match self.topic.render(&mut record) {
+                        match render_topic(&self.topic, &mut record) {
                             Ok(topic) => {
                                 let payload = record.content().clone();
                                 to_send.push_back(Outgoing { seq, _record: record, topic, payload });
@@ -412,17 +325,21 @@ mod unit {
 
     #[test]
     fn topic_templates_use_fields_then_attributes() {
-        let t = TopicFormat::parse("devices/{device}/{cmd.kind}/{mqtt.qos}").expect("ok");
+        let t = topic_template("devices/{device}/{cmd.kind}/{mqtt.qos}").expect("ok");
         let mut r = rec(r#"{"device":"car-1","cmd":{"kind":"stop"}}"#);
         r.set_attribute("mqtt.qos", "1");
-        assert_eq!(t.render(&mut r).expect("topic"), "devices/car-1/stop/1");
+        assert_eq!(
+            render_topic(&t, &mut r).expect("topic"),
+            "devices/car-1/stop/1"
+        );
         let mut r = rec(r#"{"device":"a/b"}"#);
-        assert!(t.render(&mut r).is_err());
+        let err = render_topic(&t, &mut r).expect_err("a level with /");
+        assert!(err.contains("cannot be a topic level"), "{err}");
         let mut r = rec(r#"{"x":1}"#);
-        let err = t.render(&mut r).expect_err("missing");
+        let err = render_topic(&t, &mut r).expect_err("missing");
         assert!(err.contains("no field or attribute `device`"), "{err}");
-        assert!(TopicFormat::parse("a/{b").is_err());
-        assert!(TopicFormat::parse("a/}b").is_err());
-        assert!(TopicFormat::parse("a/{}").is_err());
+        assert!(topic_template("a/{b").is_err());
+        assert!(topic_template("a/}b").is_err());
+        assert!(topic_template("a/{}").is_err());
     }
 }
