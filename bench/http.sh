@@ -5,8 +5,9 @@
 # events each (default 1,000) over keep-alive connections, first to the ceiling (a minimal axum
 # handler that reads the body and discards it), then to `flow run flows/http-ingest.yaml`
 # (http_server -> filter -> file_sink, release build). Prints, for both, accepted events/s and
-# the p50/p99 latency of a request; for the flow also the end-to-end rate (until the last line is
-# in the output file), the 429s it answered, and its peak RSS; then the ratio to the ceiling.
+# the p50/p99 latency of a request (from its first attempt to its final 2xx, 429 answers and
+# retry waits included); for the flow also the end-to-end rate (until the last line is in the
+# output file), the 429s it answered, and its peak RSS; then the ratio to the ceiling.
 # The load generator runs on the same machine and takes its share of the CPU in both runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -32,8 +32,11 @@ use super::{BoundedSet, check_pointer, hash64, json_pointer, redact, without_cre
 /// `Last-Modified` go back as `If-None-Match` / `If-Modified-Since` (a `304` or an identical
 /// body yields nothing), and with `dedupe` each record's key is remembered (the most recent
 /// `max_keys`) so a record whose key was already emitted is skipped. With `pagination`, every
-/// page is fetched, one batch per page. Server errors (5xx, 429) and timeouts are retried with
-/// capped exponential backoff (honouring `Retry-After`); any other 4xx is not retried before
+/// page is fetched, one batch per page, as long as it is on the origin of `url` (same scheme,
+/// host and port): a next page elsewhere is not fetched (the configured headers, which may
+/// hold secrets, go only to that origin), and the poll ends there with a warning. Server
+/// errors (5xx, 429) and timeouts are retried with capped exponential backoff (honouring
+/// `Retry-After` up to `max_backoff`); any other 4xx is not retried before
 /// the next poll, and the wait between polls doubles while it lasts. One log line per burst of
 /// failures, and one when the endpoint recovers. Under back-pressure the poller waits and the
 /// ticks it missed are skipped, never queued up. Records carry attributes `http.status` and
@@ -55,11 +58,12 @@ pub struct HttpPollConfig {
     /// A request body (for `post` and `put`).
     #[serde(default)]
     pub body: Option<String>,
-    /// Time between the starts of two polls, like `30s`.
+    /// Time between the starts of two polls, like `30s` (at most 1 day).
     #[serde(default = "default_interval", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub interval: Duration,
-    /// The longest a request may take, response body included; then it is retried.
+    /// The longest a request may take, response body included; then it is retried (at most 1
+    /// hour).
     #[serde(default = "default_timeout", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub timeout: Duration,
@@ -83,14 +87,16 @@ pub struct HttpPollConfig {
     pub dedupe: Option<DedupeConfig>,
     /// How to find the next page: `link` (the `Link` header's `rel="next"`),
     /// `{ next_url: EXPR }` or `{ cursor: { value: EXPR, param: NAME } }`. Absent: one page.
+    /// Only pages on the origin of `url` (scheme, host and port) are followed.
     #[serde(default)]
     pub pagination: Option<Pagination>,
     /// At most this many pages per poll.
     #[serde(default = "default_max_pages")]
     pub max_pages: usize,
     /// The longest wait between retries of a failing request (the wait doubles from 500ms up to
-    /// this); also the longest wait between polls while the endpoint answers with a client
-    /// error (4xx).
+    /// this, at most 1 day); also the longest wait between polls while the endpoint answers
+    /// with a client error (4xx), and the longest `Retry-After` honoured (a server asking for
+    /// longer is retried after this).
     #[serde(default = "default_max_backoff", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub max_backoff: Duration,
@@ -189,6 +195,11 @@ fn default_max_keys() -> usize {
 /// The first wait before a retry; doubles up to `max_backoff`.
 const BACKOFF_START: Duration = Duration::from_millis(500);
 
+/// The longest `interval` and `max_backoff` (deadlines are computed by adding them to now).
+const MAX_WAIT: Duration = Duration::from_secs(24 * 60 * 60);
+/// The longest `timeout`.
+const MAX_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+
 impl Describe for HttpPollConfig {
     const TYPE: &'static str = "http_poll";
     const KIND: Kind = Kind::Source;
@@ -254,14 +265,22 @@ impl ProcessorConfig for HttpPollConfig {
         if let Err(e) = self.header_map() {
             errors.push(e);
         }
-        if self.interval.is_zero() {
-            errors.push(ConfigError::new(&["interval"], "must be more than 0s"));
-        }
-        if self.timeout.is_zero() {
-            errors.push(ConfigError::new(&["timeout"], "must be more than 0s"));
-        }
-        if self.max_backoff.is_zero() {
-            errors.push(ConfigError::new(&["max_backoff"], "must be more than 0s"));
+        for (field, value, max, most) in [
+            ("interval", self.interval, MAX_WAIT, "1 day"),
+            ("timeout", self.timeout, MAX_TIMEOUT, "1 hour"),
+            ("max_backoff", self.max_backoff, MAX_WAIT, "1 day"),
+        ] {
+            if value.is_zero() {
+                errors.push(ConfigError::new(&[field], "must be more than 0s"));
+            } else if value > max {
+                errors.push(ConfigError::new(
+                    &[field],
+                    format!(
+                        "`{}` is too long: at most {most}",
+                        humantime_serde::re::humantime::format_duration(value)
+                    ),
+                ));
+            }
         }
         if self.max_pages == 0 {
             errors.push(ConfigError::new(&["max_pages"], "must be at least 1"));
@@ -408,6 +427,8 @@ struct State {
     seen: Option<BoundedSet>,
     /// Consecutive failed attempts (one log line per burst).
     failures: u64,
+    /// The last poll stopped at a next page on another origin (one log line per burst).
+    offsite: bool,
     backoff: Duration,
     client_backoff: Duration,
     counters: Counters,
@@ -423,6 +444,8 @@ struct Counters {
     retries: u64,
     client_errors: u64,
     skipped_ticks: u64,
+    /// Next pages not fetched because they are on another origin.
+    offsite_pages: u64,
 }
 
 impl State {
@@ -758,8 +781,10 @@ impl HttpPoll {
                                 "request failed; retrying with backoff"
                             );
                         }
-                        // The server's `Retry-After` when it asks for longer than the backoff.
-                        let wait = after.map_or(st.backoff, |a| a.max(st.backoff));
+                        // The server's `Retry-After` when it asks for longer than the backoff,
+                        // up to `max_backoff`.
+                        let wait = after
+                            .map_or(st.backoff, |a| a.min(self.cfg.max_backoff).max(st.backoff));
                         st.backoff = (st.backoff * 2).min(self.cfg.max_backoff);
                         st.publish(metrics);
                         tokio::select! {
@@ -789,10 +814,26 @@ impl HttpPoll {
             // Waits while the flow is full: back-pressure.
             out.flush(pending).await.map_err(other)?;
             match next {
+                Some(n) if n.origin() != self.url.origin() => {
+                    // The configured headers may hold secrets: they go to `url`'s origin only.
+                    st.counters.offsite_pages += 1;
+                    if !st.offsite {
+                        tracing::warn!(
+                            node = %self.node,
+                            url = %redact(url.as_str()),
+                            next = %n.origin().ascii_serialization(),
+                            "the next page is on another origin (scheme, host or port); not \
+                             following it"
+                        );
+                    }
+                    st.offsite = true;
+                    return Ok(Cycle::Done);
+                }
                 Some(n) if !visited.contains(&n) => url = n,
-                _ => return Ok(Cycle::Done),
+                _ => break,
             }
         }
+        st.offsite = false;
         Ok(Cycle::Done)
     }
 }
@@ -865,6 +906,7 @@ impl Source for HttpPoll {
                 .as_ref()
                 .map(|d| BoundedSet::new(d.max_keys)),
             failures: 0,
+            offsite: false,
             backoff: BACKOFF_START.min(self.cfg.max_backoff),
             client_backoff: self.cfg.interval,
             counters: Counters::default(),

@@ -74,7 +74,9 @@ pub struct HttpServerConfig {
     #[schemars(with = "String")]
     pub retry_after: Duration,
     /// With `ack: delivered`, how long a request waits for its records to be finished before it
-    /// is answered `504` (the records may still be delivered later).
+    /// is answered `504` (the records may still be delivered later); at most 1 hour. When the
+    /// flow stops meanwhile, the request waits at most 1s more, then is answered `503` with
+    /// `Retry-After`.
     #[serde(default = "default_ack_timeout", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub ack_timeout: Duration,
@@ -109,6 +111,9 @@ fn default_retry_after() -> Duration {
 fn default_ack_timeout() -> Duration {
     Duration::from_secs(30)
 }
+
+/// The longest `ack_timeout` (a deadline is computed by adding it to now).
+const MAX_ACK_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 
 impl Describe for HttpServerConfig {
     const TYPE: &'static str = "http_server";
@@ -173,6 +178,11 @@ impl ProcessorConfig for HttpServerConfig {
         }
         if self.ack_timeout.is_zero() {
             errors.push(ConfigError::new(&["ack_timeout"], "must be more than 0s"));
+        } else if self.ack_timeout > MAX_ACK_TIMEOUT {
+            errors.push(ConfigError::new(
+                &["ack_timeout"],
+                "is too long: at most 1 hour",
+            ));
         }
         errors
     }
@@ -406,7 +416,27 @@ async fn ingest(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) ->
     let Some(mut tracker) = tracker else {
         return json(StatusCode::ACCEPTED, serde_json::json!({ "accepted": n }));
     };
-    match tokio::time::timeout(s.ack_timeout, tracker.next()).await {
+    let deadline = tokio::time::Instant::now() + s.ack_timeout;
+    let acked = tokio::select! {
+        a = tokio::time::timeout_at(deadline, tracker.next()) => a,
+        () = s.stopping.cancelled() => {
+            // The flow is stopping: a short grace for records already on their way, then the
+            // client is told to come back (rather than held until `ack_timeout`).
+            let grace = deadline.min(tokio::time::Instant::now() + STOPPING_GRACE);
+            match tokio::time::timeout_at(grace, tracker.next()).await {
+                Err(_) => {
+                    bump(&s.stats.ack_timeouts);
+                    return s.busy(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the flow is stopping; the records were accepted but not yet \
+                         delivered, they may still be",
+                    );
+                }
+                a => a,
+            }
+        }
+    };
+    match acked {
         Ok(Some(f)) => {
             let status = match f.status {
                 AckStatus::Delivered => "delivered",
@@ -441,6 +471,10 @@ async fn health(State(s): State<Arc<Shared>>) -> Response {
         serde_json::json!({ "status": "ok", "queued": queued, "max_queued": s.max_queued }),
     )
 }
+
+/// With `ack: delivered`, how long a request still waits for its acknowledgement once the flow
+/// is stopping, before it is answered `503`.
+const STOPPING_GRACE: Duration = Duration::from_secs(1);
 
 /// How often the request counters are published while idle.
 const PUBLISH_EVERY: Duration = Duration::from_secs(1);

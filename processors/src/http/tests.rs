@@ -75,6 +75,10 @@ struct Api {
     fail_next: AtomicU64,
     /// Answer this many next requests only after 2 s.
     slow_next: AtomicU64,
+    /// With `fail_next`: the `Retry-After` (seconds) of the `500`s, when not 0.
+    retry_after: AtomicU64,
+    /// Requests to `/pages` that carried an `Authorization` header.
+    authorized: AtomicU64,
 }
 
 fn take_one(a: &AtomicU64) -> bool {
@@ -86,7 +90,15 @@ fn take_one(a: &AtomicU64) -> bool {
 async fn items(api: &Api, headers: &HeaderMap, etag: bool) -> Response {
     api.hits.fetch_add(1, Ordering::SeqCst);
     if take_one(&api.fail_next) {
-        return (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response();
+        let mut r = (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response();
+        let after = api.retry_after.load(Ordering::SeqCst);
+        if after > 0 {
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                after.to_string().parse().expect("value"),
+            );
+        }
+        return r;
     }
     if take_one(&api.slow_next) {
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -119,6 +131,9 @@ fn param(uri: &Uri, name: &str) -> Option<String> {
 /// Three pages of two items, linked by `Link: <...>; rel="next"` (relative, then absolute).
 async fn pages(State(api): State<Arc<Api>>, headers: HeaderMap, uri: Uri) -> Response {
     api.hits.fetch_add(1, Ordering::SeqCst);
+    if headers.contains_key(header::AUTHORIZATION) {
+        api.authorized.fetch_add(1, Ordering::SeqCst);
+    }
     let page: u64 = param(&uri, "page")
         .and_then(|p| p.parse().ok())
         .unwrap_or(1);
@@ -129,6 +144,11 @@ async fn pages(State(api): State<Arc<Api>>, headers: HeaderMap, uri: Uri) -> Res
         .unwrap_or("127.0.0.1")
         .to_owned();
     let link = match page {
+        // `?elsewhere=HOST:PORT`: page 2 is on another server.
+        1 if param(&uri, "elsewhere").is_some() => format!(
+            "<http://{}/pages?page=2>; rel=\"next\"",
+            param(&uri, "elsewhere").unwrap_or_default()
+        ),
         1 => "</pages?page=2>; rel=\"next\", </pages?page=3>; rel=\"last\"".to_owned(),
         2 => format!(
             "<http://{host}/pages?page=1>; rel=\"prev\", <http://{host}/pages?page=3>; rel=\"next\""
@@ -288,6 +308,11 @@ async fn a_dedupe_key_emits_each_id_once_without_validators() {
         api.ok.load(Ordering::SeqCst) >= seen + 2
     })
     .await;
+    // The poller's own count: a response still in flight when it stops is never handled.
+    wait_for("the poller to have skipped both repeated bodies", || {
+        status(&p.metrics, "unchanged") >= 2 && status(&p.metrics, "duplicates") >= 1
+    })
+    .await;
     let (mut out, failed, metrics) = p.stop().await;
     assert_eq!(ids(&mut out), [1, 2, 3]);
     assert!(failed.is_empty());
@@ -320,6 +345,45 @@ async fn link_pagination_follows_three_pages() {
     assert!(urls[2].ends_with("/pages?page=2"), "{urls:?}");
     assert!(urls[5].ends_with("/pages?page=3"), "{urls:?}");
     assert_eq!(api.hits.load(Ordering::SeqCst), 3, "one poll, three pages");
+    assert_eq!(status(&metrics, "polls"), 1);
+}
+
+#[tokio::test]
+async fn a_next_page_on_another_origin_is_not_fetched() {
+    let api = Arc::new(Api::default());
+    let addr = start_api(api.clone()).await;
+    // Another port of the same host is another origin.
+    let other = Arc::new(Api::default());
+    let other_addr = start_api(other.clone()).await;
+    let p = Poller::start(json!({
+        "url": format!("http://{addr}/pages?elsewhere={other_addr}"),
+        "headers": { "Authorization": "Bearer s3cret" },
+        "interval": "1h",
+        "records": "array",
+        "pagination": "link",
+    }));
+    wait_for("page 1 and the poll's end", || {
+        p.received() >= 2
+            && status(&p.metrics, "polls") >= 1
+            && status(&p.metrics, "offsite_pages") >= 1
+    })
+    .await;
+    let (mut out, failed, metrics) = p.stop().await;
+    assert_eq!(ids(&mut out), [11, 12], "page 1's records only");
+    assert!(failed.is_empty());
+    assert_eq!(api.hits.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        api.authorized.load(Ordering::SeqCst),
+        1,
+        "the headers go to `url`"
+    );
+    assert_eq!(
+        other.hits.load(Ordering::SeqCst),
+        0,
+        "nothing sent elsewhere"
+    );
+    assert_eq!(other.authorized.load(Ordering::SeqCst), 0);
+    assert_eq!(status(&metrics, "offsite_pages"), 1);
     assert_eq!(status(&metrics, "polls"), 1);
 }
 
@@ -368,6 +432,26 @@ async fn a_server_error_is_retried_until_the_endpoint_recovers() {
 }
 
 #[tokio::test]
+async fn retry_after_is_capped_at_max_backoff() {
+    let api = api_with(&[1, 2]);
+    api.fail_next.store(1, Ordering::SeqCst);
+    // A day: honoured as is, the records would not come before the deadline.
+    api.retry_after.store(86_400, Ordering::SeqCst);
+    let addr = start_api(api.clone()).await;
+    let p = Poller::start(json!({
+        "url": format!("http://{addr}/items"),
+        "interval": "1h",
+        "records": "array",
+        "max_backoff": "100ms",
+    }));
+    wait_for("the records", || p.received() >= 2).await;
+    let (mut out, _, metrics) = p.stop().await;
+    assert_eq!(ids(&mut out), [1, 2]);
+    assert_eq!(api.hits.load(Ordering::SeqCst), 2, "one 500, then the page");
+    assert_eq!(status(&metrics, "retries"), 1);
+}
+
+#[tokio::test]
 async fn a_slow_answer_times_out_and_is_retried() {
     let api = api_with(&[1, 2]);
     api.slow_next.store(1, Ordering::SeqCst);
@@ -402,7 +486,12 @@ async fn a_client_error_is_not_hammered() {
     // at most a dozen.
     let hits = api.hits.load(Ordering::SeqCst);
     assert!(hits <= 15, "{hits} requests in about a second");
-    assert_eq!(status(&metrics, "client_errors"), hits);
+    // Every answer counted, but one request may have been in flight when the poller stopped.
+    let client_errors = status(&metrics, "client_errors");
+    assert!(
+        client_errors >= 1 && client_errors <= hits && hits - client_errors <= 1,
+        "{client_errors} client errors for {hits} requests"
+    );
 }
 
 #[tokio::test]
@@ -474,6 +563,28 @@ fn poll_configs_are_validated() {
         errors.iter().all(|e| !e.message.contains("sec")),
         "a header value is never shown"
     );
+    // Durations that would overflow a deadline (or make no sense) are refused.
+    let long: HttpPollConfig = testing::config(json!({
+        "url": "http://127.0.0.1:1/x",
+        "interval": "2days",
+        "timeout": "2h",
+        "max_backoff": "1000000years",
+    }));
+    let errors = long.validate();
+    let paths: Vec<String> = errors.iter().map(|e| e.path.join(".")).collect();
+    assert_eq!(paths, ["interval", "timeout", "max_backoff"]);
+    assert!(
+        errors[0].message.contains("at most 1 day"),
+        "{}",
+        errors[0].message
+    );
+    let fine: HttpPollConfig = testing::config(json!({
+        "url": "http://127.0.0.1:1/x",
+        "interval": "1day",
+        "timeout": "1h",
+        "max_backoff": "1day",
+    }));
+    assert!(fine.validate().is_empty());
 }
 
 #[test]
@@ -787,6 +898,37 @@ async fn ack_delivered_answers_once_the_flow_has_finished_the_records() {
 }
 
 #[tokio::test]
+async fn ack_delivered_answers_503_when_the_flow_stops() {
+    let mut ing = Ingest::start(
+        json!({ "ack": "delivered", "ack_timeout": "1h", "retry_after": "3s" }),
+        usize::MAX,
+    );
+    let c = client();
+    let url = ing.url.clone();
+    let pending = tokio::spawn(async move {
+        let r = c.post(&url).body(r#"{"a":1}"#).send().await.expect("sent");
+        let after = r
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap_or_default().to_owned());
+        (r.status().as_u16(), after, r.text().await.expect("body"))
+    });
+    // The records are in the flow but never finished.
+    let batch = ing.out.recv().await.expect("a batch");
+    ing.shutdown.cancel();
+    let (code, after, body) = tokio::time::timeout(Duration::from_secs(20), pending)
+        .await
+        .expect("answered long before ack_timeout")
+        .expect("joined");
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(after.as_deref(), Some("3"));
+    assert!(body.contains("stopping"), "{body}");
+    drop(batch);
+    let (_, metrics) = ing.stop().await;
+    assert_eq!(status(&metrics, "ack_timeouts"), 1);
+}
+
+#[tokio::test]
 async fn a_stopped_server_refuses_new_requests() {
     let ing = Ingest::start(json!({}), usize::MAX);
     let c = client();
@@ -808,11 +950,19 @@ fn server_configs_are_validated() {
         "health_path": "health",
         "token": "",
         "max_queued": 0,
+        "ack_timeout": "2h",
     }));
     let paths: Vec<String> = bad.validate().iter().map(|e| e.path.join(".")).collect();
     assert_eq!(
         paths,
-        ["listen", "path", "health_path", "token", "max_queued"]
+        [
+            "listen",
+            "path",
+            "health_path",
+            "token",
+            "max_queued",
+            "ack_timeout"
+        ]
     );
     let same: HttpServerConfig =
         testing::config(json!({ "listen": "127.0.0.1:1", "path": "/health" }));
