@@ -24,14 +24,18 @@ pub enum AckStatus {
     /// Could not be processed and was reported (sent to a `failure` port with no edge, counted
     /// and logged). The source may commit it: it will not get better by replaying.
     Failed = 1,
+    /// Never reached the end of the flow: dropped unprocessed because the part of the flow
+    /// that should have taken it stopped (a failed processor's queued input). The source must
+    /// not commit it, nor anything after it, so that it is read again after a restart.
+    Abandoned = 2,
 }
 
 impl AckStatus {
     fn from_u8(v: u8) -> Self {
-        if v == AckStatus::Failed as u8 {
-            AckStatus::Failed
-        } else {
-            AckStatus::Delivered
+        match v {
+            0 => AckStatus::Delivered,
+            1 => AckStatus::Failed,
+            _ => AckStatus::Abandoned,
         }
     }
 }
@@ -43,6 +47,13 @@ pub struct Finished {
     pub seq: u64,
     /// The worst status any record of the batch reached.
     pub status: AckStatus,
+}
+
+impl Finished {
+    /// Whether the source may commit the batch: not when a record of it was abandoned.
+    pub fn committable(&self) -> bool {
+        self.status != AckStatus::Abandoned
+    }
 }
 
 struct Inner {

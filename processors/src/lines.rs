@@ -246,6 +246,10 @@ impl Batcher {
 
     /// A batch finished: the new committed position, if it advanced.
     fn finished(&mut self, f: Finished) -> Option<Position> {
+        if !f.committable() {
+            // Abandoned downstream: the checkpoint stays before it.
+            return None;
+        }
         let end = self.ends.remove(&f.seq)?;
         let p = self.commit.finish(f.seq, end)?;
         self.metrics

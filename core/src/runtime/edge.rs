@@ -233,8 +233,13 @@ impl Drop for EdgeReceiver {
     fn drop(&mut self) {
         let mut st = self.shared.state.lock();
         st.receiver_closed = true;
-        // Whatever is still queued is dropped with the receiver: its records finish.
-        st.queue.clear();
+        // Whatever is still queued is dropped unprocessed: abandoned, so that its sources do
+        // not commit it.
+        for (batch, _) in st.queue.drain(..) {
+            for r in &batch {
+                r.mark(crate::ack::AckStatus::Abandoned);
+            }
+        }
         drop(st);
         self.shared.not_full.notify_one();
     }
@@ -243,6 +248,33 @@ impl Drop for EdgeReceiver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Records still queued when the consumer goes (it failed) are abandoned: their source
+    /// learns it must not commit them.
+    #[tokio::test]
+    async fn records_left_in_a_dropped_queue_are_abandoned() {
+        use crate::ack::{AckStatus, AckTracker, Acks};
+        let mut tracker = AckTracker::new();
+        let (tx, rx, _) = edge(100, usize::MAX, WhenFull::Block);
+        let delivered = tracker.token(0);
+        let queued = tracker.token(1);
+        let b0: Batch = vec![Record::from_bytes(&b"{}"[..]).with_acks(Acks::One(delivered))];
+        let b1: Batch = vec![Record::from_bytes(&b"{}"[..]).with_acks(Acks::One(queued))];
+        tx.send(b0).await.expect("room");
+        tx.send(b1).await.expect("room");
+        let mut rx = rx;
+        drop(rx.recv().await.expect("first batch"));
+        drop(rx);
+        let mut seen = [
+            tracker.next().await.expect("one"),
+            tracker.next().await.expect("two"),
+        ];
+        seen.sort_by_key(|f| f.seq);
+        assert_eq!(seen[0].status, AckStatus::Delivered);
+        assert!(seen[0].committable());
+        assert_eq!(seen[1].status, AckStatus::Abandoned);
+        assert!(!seen[1].committable());
+    }
 
     fn batch(n: usize) -> Batch {
         (0..n).map(|_| Record::from_bytes(&b"{}"[..])).collect()

@@ -441,6 +441,12 @@ async fn ingest(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) ->
             let status = match f.status {
                 AckStatus::Delivered => "delivered",
                 AckStatus::Failed => "failed",
+                AckStatus::Abandoned => {
+                    return error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the flow stopped before the records were delivered; send them again",
+                    );
+                }
             };
             json(
                 StatusCode::OK,

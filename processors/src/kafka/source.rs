@@ -358,6 +358,10 @@ struct State {
 impl State {
     /// A batch finished: move the offsets of every batch up to the committed one into `done`.
     fn finished(&mut self, f: Finished) {
+        if !f.committable() {
+            // Abandoned downstream: its offsets, and all after them, stay uncommitted.
+            return;
+        }
         let Some(upto) = self.commit.finish(f.seq, f.seq) else {
             return;
         };

@@ -254,6 +254,11 @@ struct Acker {
 impl Acker {
     /// A batch finished: queue the acks of every batch up to the committed one, in order.
     fn finished(&mut self, f: Finished) -> Result<(), MqttError> {
+        if !f.committable() {
+            // Abandoned downstream: never acknowledged, so the broker sends it again (to the
+            // next session); nothing after it is acknowledged either.
+            return Ok(());
+        }
         if let Some(upto) = self.commit.finish(f.seq, f.seq) {
             while let Some((seq, _)) = self.batches.front() {
                 if *seq > upto {

@@ -140,7 +140,10 @@ impl Engine {
     pub fn delivered(&mut self) {
         if let Some(u) = &mut self.undelivered {
             while let Some(f) = u.tracker.try_next() {
-                u.pending.remove(&f.seq);
+                // An abandoned window stays in the checkpoints, to be emitted again.
+                if f.committable() {
+                    u.pending.remove(&f.seq);
+                }
             }
         }
     }
