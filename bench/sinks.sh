@@ -13,6 +13,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n="${1:-200000}"
+# The S3 baseline needs the AWS CLI (Debian: package awscli, /usr/bin/aws). Check before the
+# long build, and say what is missing rather than dying silently under `set -e`.
+aws=$(command -v aws || true)
+if [ -z "$aws" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "==> the aws CLI is missing: installing the Debian package awscli"
+  { apt-get install -y -qq awscli >/dev/null 2>&1 ||
+    { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq awscli >/dev/null 2>&1; }; } || true
+  aws=$(command -v aws || true)
+fi
+if [ -z "$aws" ]; then
+  echo "bench/sinks.sh: the aws CLI is needed for the S3 baseline (aws s3 cp) and was not found;" >&2
+  echo "  install it (Debian/Ubuntu: sudo apt-get install awscli) and run again" >&2
+  exit 1
+fi
 if command -v mold >/dev/null; then export RUSTFLAGS="${RUSTFLAGS:-} -C link-arg=-fuse-ld=mold"; fi
 cargo build -q --release -p flow-cli
 bin=$PWD/target/release/flow
@@ -22,8 +36,6 @@ cleanup() { rm -rf "$work"; }
 services_on_exit cleanup
 start_victoria_metrics >/dev/null
 start_s3 >/dev/null
-aws=/usr/bin/aws
-[ -x "$aws" ] || aws=$(command -v aws)
 
 now() { python3 -c 'import time; print(time.time())'; }
 rate() { python3 -c "import sys; print(int($1 / max($2, 1e-9)))"; }

@@ -231,8 +231,34 @@ fn sensors_to_s3_on_the_local_filesystem() {
     assert_archive(&objects(&store, ""), &valid_lines(&events));
 }
 
+/// Every file under `dir`, recursively (none when it does not exist).
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// An object_store staging file: a name ending in `#` and digits (`part-x.jsonl.gz#1`).
+fn is_staging(p: &Path) -> bool {
+    let name = p
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    name.rsplit_once('#')
+        .is_some_and(|(_, d)| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// SIGTERM while objects are open: the flow completes them before it exits, so every object is
-/// whole; none is partial or left as a staging file.
+/// whole; none is partial or left as a staging file. The signal comes once the flow has
+/// written its first objects (an object rolls every 50 records of its device), so others are
+/// open then.
 #[test]
 fn sigterm_mid_object_leaves_only_complete_objects() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -250,6 +276,7 @@ processors:
     key: "{device}/part-{uuid}.jsonl.gz"
     max_age: 1h
     max_idle: 1h
+    max_records: 50
     part_size: 5MiB
 connections:
   - gen -> archive
@@ -274,8 +301,27 @@ connections:
                 c.env(k, v);
             }
         }
-        let child = c.spawn().expect("flow starts");
-        std::thread::sleep(Duration::from_millis(1500));
+        let mut child = c.spawn().expect("flow starts");
+        // Wait for a real sign of progress (a first object, or a staging file), not a guess.
+        let out_dir = dir.path().join("out");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let written = match server {
+                Some(s) => {
+                    let prefix = url.trim_start_matches(&format!("s3://{}/", s.bucket));
+                    !objects(&*s.store(), prefix).is_empty()
+                }
+                None => !walk(&out_dir).is_empty(),
+            };
+            if written {
+                break;
+            }
+            if let Some(status) = child.try_wait().expect("flow state") {
+                panic!("{url}: the flow ended before writing anything: {status}");
+            }
+            assert!(Instant::now() < deadline, "{url}: nothing written in 120s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status();
@@ -293,9 +339,14 @@ connections:
                 objects(&*s.store(), prefix)
             }
             None => {
+                // object_store's listing skips staging files: look at the directory itself.
+                let staging: Vec<_> = walk(&out_dir)
+                    .into_iter()
+                    .filter(|p| is_staging(p))
+                    .collect();
+                assert!(staging.is_empty(), "{url}: staging files left: {staging:?}");
                 let store =
-                    object_store::local::LocalFileSystem::new_with_prefix(dir.path().join("out"))
-                        .expect("fs");
+                    object_store::local::LocalFileSystem::new_with_prefix(&out_dir).expect("fs");
                 objects(&store, "")
             }
         };
@@ -445,4 +496,13 @@ fn which_curl() {
         Command::new("curl").arg("--version").output().is_ok(),
         "the InfluxDB end-to-end test reads back with curl"
     );
+}
+
+#[test]
+fn staging_file_names_are_recognised() {
+    assert!(is_staging(Path::new("/o/car-1/part-x.jsonl.gz#1")));
+    assert!(is_staging(Path::new("part-x#42")));
+    assert!(!is_staging(Path::new("part-x.jsonl.gz")));
+    assert!(!is_staging(Path::new("part#x")));
+    assert!(!is_staging(Path::new("part#")));
 }

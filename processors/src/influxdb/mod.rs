@@ -376,7 +376,8 @@ impl InfluxDbSink {
         let resp = match req.send().await {
             Ok(r) => r,
             // Connection refused, reset, timeout: the server may come back.
-            Err(e) => return Attempt::Retry(error_chain(&e), None),
+            // Without the URL: its query could hold credentials.
+            Err(e) => return Attempt::Retry(error_chain(&e.without_url()), None),
         };
         let status = resp.status();
         if status.is_success() {
@@ -442,7 +443,7 @@ impl InfluxDbSink {
                 let msg = format!("{msg} (gave up after {attempts} attempts)");
                 return fail_all(ctx, records, &msg).await;
             }
-            let wait = after.map_or(backoff, |a| a.min(MAX_RETRY_AFTER));
+            let wait = retry_wait(after, backoff);
             if last_log.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
                 tracing::warn!(
                     node = &*ctx.name,
@@ -462,6 +463,12 @@ impl InfluxDbSink {
             backoff = (backoff * 2).min(self.cfg.retry_max.max(FIRST_BACKOFF));
         }
     }
+}
+
+/// The wait before the next attempt: the server's `Retry-After` (capped), but never less than
+/// the backoff, so `Retry-After: 0` or a date in the past does not make a hot loop.
+pub(super) fn retry_wait(after: Option<Duration>, backoff: Duration) -> Duration {
+    after.map_or(backoff, |a| a.min(MAX_RETRY_AFTER).max(backoff))
 }
 
 fn field_value(name: &str, v: &Value) -> Result<FieldValue, String> {

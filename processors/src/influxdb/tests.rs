@@ -350,3 +350,24 @@ async fn requests_carry_token_gzip_and_parameters() {
     assert!(head.contains("authorization: token secret-token"), "{head}");
     assert!(head.contains("content-encoding: gzip"), "{head}");
 }
+
+/// `Retry-After: 0` or a date in the past waits the backoff, not nothing (no hot loop); a
+/// longer `Retry-After` is honoured, capped.
+#[test]
+fn retry_after_never_waits_less_than_the_backoff() {
+    use super::retry_wait;
+    let backoff = Duration::from_millis(400);
+    assert_eq!(retry_wait(Some(Duration::ZERO), backoff), backoff);
+    let past = super::parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT");
+    assert_eq!(past, Some(Duration::ZERO));
+    assert_eq!(retry_wait(past, backoff), backoff);
+    assert_eq!(retry_wait(None, backoff), backoff);
+    assert_eq!(
+        retry_wait(Some(Duration::from_secs(3)), backoff),
+        Duration::from_secs(3)
+    );
+    assert_eq!(
+        retry_wait(Some(Duration::from_secs(100_000)), backoff),
+        Duration::from_secs(300)
+    );
+}

@@ -6,19 +6,21 @@ mod encode;
 mod tests;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytesize::ByteSize;
-use flow_core::ack::{AckStatus, Acks};
+use flow_core::ack::Acks;
 use flow_core::processor::{
     BuildContext, BuildError, ConfigError, Describe, Kind, Output, Processor, ProcessorConfig,
     ProcessorError, Sink, SinkContext,
 };
 use flow_core::record::Record;
+use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as ObjectPath;
-use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{MultipartId, ObjectStore, ObjectStoreExt, PutPayload};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use tokio::time::Instant;
@@ -43,11 +45,17 @@ use encode::{Body, Row};
 ///
 /// A record is acknowledged only once its object's upload completed, so a crash before that
 /// replays it (at-least-once). An object is never visible half-written: a single upload is
-/// atomic, and a multipart upload that fails is aborted (and, on the local filesystem, a
-/// staging file is renamed only once complete). Requests are retried with capped exponential
-/// backoff (5xx, 429, timeouts); an object that still cannot be uploaded is given up: its
-/// records are reported failed (counted in the node's `failed`, logged, acknowledged as
-/// failed). A record whose key cannot be made goes to `failure`.
+/// atomic, a multipart upload becomes visible only once completed (on the local filesystem, a
+/// staging file `name#1` is renamed once complete), and one left open when the flow stops on
+/// an error is aborted. Requests are retried with capped exponential backoff (5xx, 429,
+/// timeouts; `max_retries`, `retry_max`, `retry_timeout`); when a request still fails, the
+/// upload is not given up: the finished bytes and the records' acknowledgements are kept, the
+/// sink stops taking input (back-pressure) and the failed request is tried again after 1s,
+/// doubling up to 60s, until it succeeds, logging a warning once per burst of failures (and
+/// every 5 minutes while it lasts). Refused requests (wrong credentials, missing bucket) are
+/// retried too, logged as a likely configuration error: fixing it loses nothing. When the
+/// input ends (shutdown included), every open object is completed the same way. A record
+/// whose key cannot be made goes to `failure`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct S3SinkConfig {
@@ -126,15 +134,17 @@ pub struct S3SinkConfig {
     #[serde(default = "default_part_size")]
     #[schemars(with = "String")]
     pub part_size: ByteSize,
-    /// How many times a failed request is tried again (5xx, 429, timeouts, connection
-    /// errors).
+    /// How many times a failed request is tried again at once (5xx, 429, timeouts, connection
+    /// errors), before the upload waits (1s, doubling up to 60s) and tries it again, for
+    /// ever.
     #[serde(default = "default_max_retries")]
     pub max_retries: usize,
     /// The longest wait between two attempts (the wait doubles from 100ms up to this).
     #[serde(default = "default_retry_max", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub retry_max: Duration,
-    /// Stop retrying a request this long after its first attempt.
+    /// Stop the immediate retries of a request this long after its first attempt (the upload
+    /// then waits and tries again, for ever).
     #[serde(default = "default_retry_timeout", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub retry_timeout: Duration,
@@ -261,13 +271,13 @@ impl S3SinkConfig {
         })
     }
 
-    fn store(&self, target: &Target) -> Result<Arc<dyn ObjectStore>, String> {
+    fn store(&self, target: &Target) -> Result<(Arc<dyn ObjectStore>, Multipart), String> {
         match target {
             Target::File { dir } => {
                 std::fs::create_dir_all(dir).map_err(|e| format!("cannot create `{dir}`: {e}"))?;
                 let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
                     .map_err(|e| e.to_string())?;
-                Ok(Arc::new(fs))
+                Ok((Arc::new(fs), Multipart::File(PathBuf::from(dir))))
             }
             Target::S3 { bucket, .. } => {
                 crate::http_client::install_crypto_provider();
@@ -302,7 +312,8 @@ impl S3SinkConfig {
                     retry_timeout: self.retry_timeout,
                 });
                 // The error names settings, never their values (no secrets in it).
-                Ok(Arc::new(b.build().map_err(|e| e.to_string())?))
+                let s3 = Arc::new(b.build().map_err(|e| e.to_string())?);
+                Ok((s3.clone(), Multipart::Store(s3)))
             }
         }
     }
@@ -378,7 +389,7 @@ impl ProcessorConfig for S3SinkConfig {
         let target = self.target().map_err(BuildError)?;
         let key = Template::parse(&self.key_template(), Placeholders::FieldsTimeUuid)
             .map_err(BuildError)?;
-        let store = self.store(&target).map_err(BuildError)?;
+        let (store, multipart) = self.store(&target).map_err(BuildError)?;
         let prefix = match &target {
             Target::S3 { prefix, .. } => prefix.clone(),
             Target::File { .. } => String::new(),
@@ -386,8 +397,10 @@ impl ProcessorConfig for S3SinkConfig {
         Ok(Processor::Sink(Box::new(S3Sink {
             cfg: self.clone(),
             store,
+            multipart,
             prefix,
             key,
+            log: std::sync::Mutex::default(),
         })))
     }
 }
@@ -395,8 +408,31 @@ impl ProcessorConfig for S3SinkConfig {
 struct S3Sink {
     cfg: S3SinkConfig,
     store: Arc<dyn ObjectStore>,
+    multipart: Multipart,
     prefix: String,
     key: Template,
+    log: std::sync::Mutex<RetryLog>,
+}
+
+/// How multipart uploads are made: through the store's low-level API (S3), where a failed
+/// part can be sent again under the same number, or into a staging file (local filesystem)
+/// written at known offsets and renamed once complete.
+enum Multipart {
+    Store(Arc<dyn MultipartStore>),
+    File(PathBuf),
+}
+
+/// A multipart upload in progress.
+enum Upload {
+    Store {
+        id: MultipartId,
+        parts: Vec<PartId>,
+    },
+    File {
+        staging: PathBuf,
+        target: PathBuf,
+        written: u64,
+    },
 }
 
 /// An object being written.
@@ -404,7 +440,7 @@ struct OpenObject {
     path: ObjectPath,
     body: Body,
     /// Started once the object outgrew one part.
-    upload: Option<Box<dyn MultipartUpload>>,
+    upload: Option<Upload>,
     /// Bytes already handed to parts.
     uploaded: u64,
     records: u64,
@@ -420,13 +456,62 @@ impl OpenObject {
     }
 }
 
-/// Logs failed uploads at most once per burst.
-struct FailureLog {
-    last: Option<Instant>,
-    suppressed: u64,
+/// A failed request of an upload: the message, and whether it looks like a configuration
+/// error (refused credentials, missing bucket) rather than an outage.
+struct UploadError {
+    message: String,
+    config: bool,
 }
 
-const LOG_EVERY: Duration = Duration::from_secs(10);
+impl From<object_store::Error> for UploadError {
+    fn from(e: object_store::Error) -> Self {
+        use object_store::Error as E;
+        let message = e.to_string();
+        let config = matches!(
+            e,
+            E::PermissionDenied { .. } | E::Unauthenticated { .. } | E::NotFound { .. }
+        ) || [
+            "AccessDenied",
+            "SignatureDoesNotMatch",
+            "InvalidAccessKeyId",
+            "NoSuchBucket",
+        ]
+        .iter()
+        .any(|c| message.contains(c));
+        Self { message, config }
+    }
+}
+
+impl From<std::io::Error> for UploadError {
+    fn from(e: std::io::Error) -> Self {
+        let config = matches!(
+            e.kind(),
+            std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+        );
+        Self {
+            message: e.to_string(),
+            config,
+        }
+    }
+}
+
+/// Logs failing uploads once per burst (while at least one upload keeps failing), with a
+/// reminder every few minutes, and once more when they recover.
+#[derive(Default)]
+struct RetryLog {
+    /// Uploads failing right now.
+    failing: usize,
+    /// Failed attempts in this burst.
+    attempts: u64,
+    last_warning: Option<Instant>,
+}
+
+/// The first wait before an upload is tried again after a failed request (object_store's own
+/// retries included); it doubles up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+/// How often a burst of failures is logged again.
+const REMIND_EVERY: Duration = Duration::from_secs(300);
 /// Objects uploaded at once when many close together (idle ones, the end of the input).
 const CONCURRENT_UPLOADS: usize = 8;
 
@@ -445,6 +530,47 @@ fn key_segment(v: String) -> Result<String, String> {
         return Err(format!("`{v}` cannot be part of an object key"));
     }
     Ok(v)
+}
+
+/// Write `data` at `offset` of `file` (created if missing), cutting off whatever a failed
+/// earlier attempt left after `offset`, so a part can be written again.
+fn write_at(file: &std::path::Path, offset: u64, data: &PutPayload) -> std::io::Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(file)?;
+    f.set_len(offset)?;
+    f.seek(SeekFrom::Start(offset))?;
+    for chunk in data.iter() {
+        f.write_all(chunk)?;
+    }
+    f.sync_data()
+}
+
+/// Make a complete staging file the object (a no-op when an earlier attempt already did).
+fn publish(staging: &std::path::Path, target: &std::path::Path) -> std::io::Result<()> {
+    if !staging.exists() && target.exists() {
+        return Ok(());
+    }
+    std::fs::File::open(staging)?.sync_all()?;
+    std::fs::rename(staging, target)
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, UploadError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(UploadError::from),
+        Err(e) => Err(UploadError {
+            message: e.to_string(),
+            config: false,
+        }),
+    }
 }
 
 impl S3Sink {
@@ -489,133 +615,281 @@ impl S3Sink {
         })
     }
 
-    /// Upload what the encoder produced as one more part (starting the multipart upload).
-    async fn upload_part(&self, obj: &mut OpenObject) -> Result<(), object_store::Error> {
-        let data = obj.body.output().map(std::mem::take).unwrap_or_default();
-        if data.is_empty() {
-            return Ok(());
-        }
-        let upload = match &mut obj.upload {
-            Some(u) => u,
-            None => obj
-                .upload
-                .insert(self.store.put_multipart(&obj.path).await?),
-        };
-        obj.uploaded += data.len() as u64;
-        upload.put_part(PutPayload::from(data)).await
-    }
-
-    /// Finish and upload an object.
-    async fn upload(&self, mut obj: OpenObject) -> (OpenObject, Result<(), String>) {
-        let body = std::mem::replace(&mut obj.body, Body::new(Compression::None));
-        let result = async {
-            let data = body.finish().map_err(|e| e.to_string())?;
-            match obj.upload.as_mut() {
-                None => {
-                    self.store
-                        .put(&obj.path, PutPayload::from(data))
-                        .await
-                        .map_err(|e| e.to_string())?;
-                }
-                Some(upload) => {
-                    if !data.is_empty() {
-                        upload
-                            .put_part(PutPayload::from(data))
-                            .await
-                            .map_err(|e| e.to_string())?;
-                    }
-                    upload.complete().await.map_err(|e| e.to_string())?;
-                }
-            }
-            Ok::<(), String>(())
-        }
-        .await;
-        (obj, result)
-    }
-
-    /// Acknowledge an uploaded object's records, or report them failed.
-    async fn settle(
+    /// Run `op` until it succeeds: after a failure (object_store's own retries included),
+    /// wait (1s, doubling up to 60s) and try again, for ever. Nothing is given up: the
+    /// object's bytes and its records' ack tokens are kept meanwhile, and the sink takes no
+    /// input (back-pressure). A refused request (wrong credentials, missing bucket) is
+    /// retried too, so fixing the configuration loses nothing.
+    async fn retry<T, F, Fut>(
         &self,
         ctx: &SinkContext,
-        obj: OpenObject,
-        result: Result<(), String>,
-        log: &mut FailureLog,
-    ) {
-        match result {
-            Ok(()) => {
-                tracing::debug!(node = &*ctx.name, object = %obj.path, records = obj.records, "object written");
-                ctx.metrics.add_sent(obj.records);
-                drop(obj.acks);
+        obj: &OpenObject,
+        what: &str,
+        mut op: F,
+    ) -> T
+    where
+        F: FnMut(u64) -> Fut,
+        Fut: std::future::Future<Output = Result<T, UploadError>>,
+    {
+        let mut wait = RETRY_FIRST;
+        let mut attempt = 0u64;
+        loop {
+            match op(attempt).await {
+                Ok(v) => {
+                    if attempt > 0 {
+                        self.recovered(ctx);
+                    }
+                    return v;
+                }
+                Err(e) => {
+                    attempt += 1;
+                    self.failed(ctx, obj, what, &e, attempt, wait);
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(RETRY_MAX);
+                }
             }
-            Err(e) => self.give_up(ctx, obj, &e, log).await,
         }
     }
 
-    /// Finish, upload and settle one object.
-    async fn close(&self, ctx: &SinkContext, obj: OpenObject, log: &mut FailureLog) {
-        let (obj, result) = self.upload(obj).await;
-        self.settle(ctx, obj, result, log).await;
+    fn failed(
+        &self,
+        ctx: &SinkContext,
+        obj: &OpenObject,
+        what: &str,
+        e: &UploadError,
+        attempt: u64,
+        wait: Duration,
+    ) {
+        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        if attempt == 1 {
+            log.failing += 1;
+        }
+        log.attempts += 1;
+        ctx.metrics
+            .set_status("failing_uploads", serde_json::json!(log.failing));
+        let warn = log.last_warning.is_none_or(|t| t.elapsed() >= REMIND_EVERY);
+        if !warn {
+            tracing::debug!(node = &*ctx.name, object = %obj.path, attempt, error = %e.message, "{what} failed, retrying");
+            return;
+        }
+        log.last_warning = Some(Instant::now());
+        let hint = if e.config {
+            "refused: likely a configuration error (credentials, bucket, endpoint or \
+             permissions); retrying until it succeeds, nothing is lost meanwhile"
+        } else {
+            "failed; retrying until it succeeds, nothing is lost meanwhile"
+        };
+        tracing::warn!(
+            node = &*ctx.name,
+            object = %obj.path,
+            records = obj.records,
+            failing_uploads = log.failing,
+            failed_attempts = log.attempts,
+            retry_in = ?wait,
+            error = %e.message,
+            "{what} {hint} (the sink takes no more input until then)"
+        );
+    }
+
+    fn recovered(&self, ctx: &SinkContext) {
+        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        log.failing = log.failing.saturating_sub(1);
+        ctx.metrics
+            .set_status("failing_uploads", serde_json::json!(log.failing));
+        if log.failing == 0 {
+            tracing::info!(
+                node = &*ctx.name,
+                failed_attempts = log.attempts,
+                "object uploads work again"
+            );
+            *log = RetryLog::default();
+        }
+    }
+
+    /// Start the object's multipart upload (retried until it starts).
+    async fn start_upload(&self, ctx: &SinkContext, obj: &OpenObject) -> Upload {
+        match &self.multipart {
+            Multipart::Store(mp) => {
+                let id = self
+                    .retry(ctx, obj, "starting a multipart upload", |_| async {
+                        Ok(mp.create_multipart(&obj.path).await?)
+                    })
+                    .await;
+                Upload::Store {
+                    id,
+                    parts: Vec::new(),
+                }
+            }
+            Multipart::File(dir) => {
+                let target = dir.join(obj.path.as_ref());
+                let mut staging = target.clone().into_os_string();
+                staging.push("#1");
+                Upload::File {
+                    staging: staging.into(),
+                    target,
+                    written: 0,
+                }
+            }
+        }
+    }
+
+    /// Upload one more part (retried until it is stored).
+    async fn put_part(&self, ctx: &SinkContext, obj: &mut OpenObject, data: PutPayload) {
+        let mut upload = match obj.upload.take() {
+            Some(u) => u,
+            None => self.start_upload(ctx, obj).await,
+        };
+        let len = data.content_length() as u64;
+        match &mut upload {
+            Upload::Store { id, parts } => {
+                let (mp, idx) = (self.multipart_store(), parts.len());
+                let obj = &*obj;
+                let part = self
+                    .retry(ctx, obj, "uploading a part", |_| {
+                        let data = data.clone();
+                        let id = &*id;
+                        async move { Ok(mp.put_part(&obj.path, id, idx, data).await?) }
+                    })
+                    .await;
+                parts.push(part);
+            }
+            Upload::File {
+                staging, written, ..
+            } => {
+                let offset = *written;
+                self.retry(ctx, obj, "writing a part", |_| {
+                    let (file, data) = (staging.clone(), data.clone());
+                    blocking(move || write_at(&file, offset, &data))
+                })
+                .await;
+                *written += len;
+            }
+        }
+        obj.uploaded += len;
+        obj.upload = Some(upload);
+    }
+
+    fn multipart_store(&self) -> &dyn MultipartStore {
+        match &self.multipart {
+            Multipart::Store(mp) => &**mp,
+            Multipart::File(_) => unreachable!("a store upload needs a multipart store"),
+        }
+    }
+
+    /// Upload what the encoder produced as one more part (starting the multipart upload).
+    async fn upload_part(&self, ctx: &SinkContext, obj: &mut OpenObject) {
+        let data = obj.body.output().map(std::mem::take).unwrap_or_default();
+        if !data.is_empty() {
+            self.put_part(ctx, obj, PutPayload::from(data)).await;
+        }
+    }
+
+    /// Finish and upload an object (retried until it is complete), then acknowledge its
+    /// records.
+    async fn close(&self, ctx: &SinkContext, mut obj: OpenObject) -> Result<(), ProcessorError> {
+        let body = std::mem::replace(&mut obj.body, Body::new(Compression::None));
+        let data = body
+            .finish()
+            .map_err(|e| other(format!("`{}`: encoding failed: {e}", obj.path)))?;
+        if obj.upload.is_none() {
+            let payload = PutPayload::from(data);
+            self.retry(ctx, &obj, "uploading an object", |_| {
+                let payload = payload.clone();
+                let obj = &obj;
+                async move {
+                    self.store.put(&obj.path, payload).await?;
+                    Ok(())
+                }
+            })
+            .await;
+        } else {
+            if !data.is_empty() {
+                self.put_part(ctx, &mut obj, PutPayload::from(data)).await;
+            }
+            let upload = obj.upload.take();
+            match &upload {
+                Some(Upload::Store { id, parts }) => {
+                    let mp = self.multipart_store();
+                    self.retry(ctx, &obj, "completing a multipart upload", |attempt| {
+                        let parts = parts.clone();
+                        let obj = &obj;
+                        async move {
+                            match mp.complete_multipart(&obj.path, id, parts).await {
+                                Ok(_) => Ok(()),
+                                // An earlier attempt may have completed it, only its answer
+                                // was lost: then the upload is gone and the object is there.
+                                Err(object_store::Error::NotFound { .. })
+                                    if attempt > 0 && self.store.head(&obj.path).await.is_ok() =>
+                                {
+                                    Ok(())
+                                }
+                                Err(e) => Err(e.into()),
+                            }
+                        }
+                    })
+                    .await;
+                }
+                Some(Upload::File {
+                    staging, target, ..
+                }) => {
+                    self.retry(ctx, &obj, "completing a file", |_| {
+                        let (s, t) = (staging.clone(), target.clone());
+                        blocking(move || publish(&s, &t))
+                    })
+                    .await;
+                }
+                None => {}
+            }
+        }
+        tracing::debug!(node = &*ctx.name, object = %obj.path, records = obj.records, "object written");
+        ctx.metrics.add_sent(obj.records);
+        drop(obj.acks);
+        Ok(())
     }
 
     /// Close several objects, a few uploads at a time.
-    async fn close_all(&self, ctx: &SinkContext, objs: Vec<OpenObject>, log: &mut FailureLog) {
-        use futures::StreamExt;
-        let mut uploads = futures::stream::iter(objs.into_iter().map(|o| self.upload(o)))
-            .buffer_unordered(CONCURRENT_UPLOADS);
-        while let Some((obj, result)) = uploads.next().await {
-            self.settle(ctx, obj, result, log).await;
-        }
-    }
-
-    /// Abort the object's upload (if any) and report its records failed.
-    async fn give_up(
+    async fn close_all(
         &self,
         ctx: &SinkContext,
-        mut obj: OpenObject,
-        err: &str,
-        log: &mut FailureLog,
-    ) {
-        let mut abort_error = None;
-        if let Some(upload) = obj.upload.as_mut()
-            && let Err(e) = upload.abort().await
-        {
-            abort_error = Some(e.to_string());
+        objs: Vec<OpenObject>,
+    ) -> Result<(), ProcessorError> {
+        use futures::StreamExt;
+        let mut uploads = futures::stream::iter(objs.into_iter().map(|o| self.close(ctx, o)))
+            .buffer_unordered(CONCURRENT_UPLOADS);
+        let mut result = Ok(());
+        while let Some(r) = uploads.next().await {
+            result = result.and(r);
         }
-        obj.acks.mark(AckStatus::Failed);
-        ctx.metrics.add_failed(obj.records);
-        if log.last.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
-            tracing::error!(
-                node = &*ctx.name,
-                object = %obj.path,
-                records = obj.records,
-                failed_since_last_log = log.suppressed,
-                error = err,
-                abort_error = abort_error.as_deref().unwrap_or("none"),
-                "object upload failed after retries; its records are reported failed"
-            );
-            log.last = Some(Instant::now());
-            log.suppressed = 0;
-        } else {
-            log.suppressed += obj.records;
+        result
+    }
+
+    /// Abort a multipart upload left open by an error (best effort), so it does not linger.
+    async fn abort(&self, obj: &mut OpenObject) {
+        match obj.upload.take() {
+            Some(Upload::Store { id, .. }) => {
+                if let Err(e) = self.multipart_store().abort_multipart(&obj.path, &id).await {
+                    tracing::warn!(object = %obj.path, error = %e, "could not abort a multipart upload");
+                }
+            }
+            Some(Upload::File { staging, .. }) => {
+                let _ = std::fs::remove_file(staging);
+            }
+            None => {}
         }
     }
-}
 
-#[async_trait]
-impl Sink for S3Sink {
-    async fn run(self: Box<Self>, mut ctx: SinkContext) -> Result<(), ProcessorError> {
+    async fn run_open(
+        &self,
+        ctx: &mut SinkContext,
+        open: &mut HashMap<String, OpenObject>,
+    ) -> Result<(), ProcessorError> {
         let max_bytes = self.cfg.max_bytes.as_u64().max(1);
         let part_size = usize::try_from(self.cfg.part_size.as_u64()).unwrap_or(usize::MAX);
         let tick = (self.cfg.max_age.min(self.cfg.max_idle) / 4)
             .clamp(Duration::from_millis(50), Duration::from_secs(1));
         let mut timer = tokio::time::interval(tick);
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut open: HashMap<String, OpenObject> = HashMap::new();
         let mut failures = Output::new(ctx.name.clone(), ctx.failures.port_count().max(1));
-        let mut log = FailureLog {
-            last: None,
-            suppressed: 0,
-        };
         let mut row = Row::default();
         loop {
             tokio::select! {
@@ -645,7 +919,7 @@ impl Sink for S3Sink {
                                     .min_by_key(|(_, o)| o.last_write)
                                     .map(|(k, _)| k.clone());
                                 if let Some(obj) = lru.and_then(|k| open.remove(&k)) {
-                                    self.close(&ctx, obj, &mut log).await;
+                                    self.close(ctx, obj).await?;
                                 }
                             }
                             match self.open(&partition) {
@@ -667,20 +941,13 @@ impl Sink for S3Sink {
                         obj.acks.merge(r.take_acks());
                         obj.last_write = Instant::now();
                         drop(r);
-                        let mut broken = None;
-                        if obj.body.output().is_some_and(|o| o.len() >= part_size)
-                            && let Err(e) = self.upload_part(obj).await
-                        {
-                            broken = Some(e.to_string());
+                        if obj.body.output().is_some_and(|o| o.len() >= part_size) {
+                            self.upload_part(ctx, obj).await;
                         }
-                        let full = obj.records >= self.cfg.max_records || obj.size() >= max_bytes;
-                        if (broken.is_some() || full)
+                        if (obj.records >= self.cfg.max_records || obj.size() >= max_bytes)
                             && let Some(obj) = open.remove(&partition)
                         {
-                            match broken {
-                                Some(e) => self.give_up(&ctx, obj, &e, &mut log).await,
-                                None => self.close(&ctx, obj, &mut log).await,
-                            }
+                            self.close(ctx, obj).await?;
                         }
                     }
                     ctx.failures.flush(&mut failures).await.map_err(other)?;
@@ -697,17 +964,36 @@ impl Sink for S3Sink {
                         .collect();
                     due.sort();
                     let objs = due.iter().filter_map(|k| open.remove(k)).collect();
-                    self.close_all(&ctx, objs, &mut log).await;
+                    self.close_all(ctx, objs).await?;
                     ctx.metrics.set_status("open_objects", serde_json::json!(open.len()));
                 }
             }
         }
-        // The input ended (or the flow is stopping): complete every open object.
+        // The input ended (or the flow is stopping): complete every open object (retried
+        // until it is).
         let mut rest: Vec<(String, OpenObject)> = open.drain().collect();
         rest.sort_by(|a, b| a.0.cmp(&b.0));
-        self.close_all(&ctx, rest.into_iter().map(|(_, o)| o).collect(), &mut log)
-            .await;
+        self.close_all(ctx, rest.into_iter().map(|(_, o)| o).collect())
+            .await?;
         ctx.metrics.set_status("open_objects", serde_json::json!(0));
         Ok(())
+    }
+}
+
+#[async_trait]
+impl Sink for S3Sink {
+    async fn run(self: Box<Self>, mut ctx: SinkContext) -> Result<(), ProcessorError> {
+        let mut open: HashMap<String, OpenObject> = HashMap::new();
+        let result = self.run_open(&mut ctx, &mut open).await;
+        if result.is_err() {
+            // Stopping on an error: leave no multipart upload behind, and do not let the
+            // unwritten records count as finished (dropping their tokens would): the source
+            // must not commit past them, so they are read again after a restart.
+            for (_, mut obj) in open.drain() {
+                self.abort(&mut obj).await;
+                std::mem::forget(std::mem::take(&mut obj.acks));
+            }
+        }
+        result
     }
 }

@@ -343,6 +343,54 @@ async fn a_record_without_a_key_goes_to_failure_and_idle_objects_close() {
     );
 }
 
+/// Every file under `dir`, recursively.
+fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("dir").flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// A multipart object on the local filesystem is written into a staging file, part by part,
+/// and renamed once complete: one whole object, no staging file left.
+#[tokio::test]
+async fn file_large_objects_are_staged_then_published_whole() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg: S3SinkConfig = config(json!({
+        "url": format!("file://{}", dir.path().display()),
+        "key": "all/part-{uuid}.jsonl",
+        "compression": "none",
+        "part_size": "5MiB",
+    }));
+    let pad = "z".repeat(900);
+    let batches: Vec<Vec<Record>> = (0..14_000)
+        .collect::<Vec<usize>>()
+        .chunks(500)
+        .map(|c| {
+            c.iter()
+                .map(|i| rec(&format!(r#"{{"n":{i},"pad":"{pad}"}}"#)))
+                .collect()
+        })
+        .collect();
+    let sent: String = contents(&batches)
+        .iter()
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let (failed, n, _) = run(&cfg, batches).await;
+    assert!(failed.is_empty());
+    assert_eq!(n, 14_000);
+    let all = files(dir.path());
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert!(!all[0].to_string_lossy().contains('#'), "{all:?}");
+    assert_eq!(std::fs::read_to_string(&all[0]).expect("read"), sent);
+}
+
 #[test]
 fn validation() {
     let c: S3SinkConfig = config(json!({"url": "http://x", "key": "a/{device}.jsonl",
@@ -448,23 +496,61 @@ async fn s3_500_then_recovery_loses_nothing() {
     assert_exact(&objs, &sent, ".jsonl.gz");
 }
 
-/// A part of a multipart upload is refused: the upload is aborted, no object (not even a
-/// partial one) appears, and the records are reported failed.
+/// The data directory of the s3s-fs server behind `endpoint` (its last argument, read from
+/// /proc), to look at the uploads it keeps in progress (`.upload-<id>.json`). `None` when it
+/// cannot be found (another server, no /proc).
+fn s3s_data_dir(endpoint: &str) -> Option<std::path::PathBuf> {
+    let port = endpoint.rsplit(':').next()?.trim_end_matches('/');
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmd
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let is_server = args.first().is_some_and(|a| a.ends_with("s3s-fs"))
+            && args.windows(2).any(|w| w[0] == "--port" && w[1] == port);
+        if is_server {
+            return args.last().map(std::path::PathBuf::from);
+        }
+    }
+    None
+}
+
+/// A part of a multipart upload is refused twice: it is sent again (same upload, same part
+/// number) until accepted, the upload completes, nothing is lost or reported failed, and no
+/// upload is left in progress on the server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s3_a_refused_part_aborts_the_upload_and_leaves_no_object() {
+async fn s3_a_refused_part_is_sent_again_and_the_upload_completes() {
     let Some(s) = server() else { return };
     let upstream = s
         .endpoint
         .trim_start_matches("http://")
         .parse()
         .expect("host:port");
+    let upload_ids = Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+    let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (ids, n2) = (upload_ids.clone(), refused.clone());
     let flaky = FlakyServer::start_with(
         Some(upstream),
-        |_, head| head.starts_with("PUT ") && head.contains("partNumber=2"),
+        move |_, head| {
+            let line = head.lines().next().unwrap_or_default();
+            if let Some(id) = line
+                .split(['?', '&', ' '])
+                .find_map(|p| p.strip_prefix("uploadId="))
+            {
+                ids.lock().expect("ids").insert(id.to_owned());
+            }
+            line.starts_with("PUT ")
+                && line.contains("partNumber=2")
+                && n2.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 2
+        },
         Answer::new(403, "<Error><Code>AccessDenied</Code></Error>"),
     )
     .await;
-    let prefix = unique("aborted");
+    let prefix = unique("refused-part");
     let cfg = s.config(
         &flaky.url(),
         &prefix,
@@ -477,37 +563,111 @@ async fn s3_a_refused_part_aborts_the_upload_and_leaves_no_object() {
         .map(|i| rec(&format!(r#"{{"n":{i},"pad":"{pad}"}}"#)).with_acks(Acks::One(token.clone())))
         .collect();
     drop(token);
+    let sent: String = records
+        .iter()
+        .map(|r| {
+            format!(
+                "{}\n",
+                String::from_utf8_lossy(r.raw_content().expect("raw"))
+            )
+        })
+        .collect();
     let (failed, n, f) = run(&cfg, vec![records]).await;
     assert!(failed.is_empty());
-    assert!(f > 0, "records reported failed");
-    assert_eq!(n + f, 14_000);
-    all_acked(&mut tracker, 1, AckStatus::Failed).await;
+    assert_eq!((n, f), (14_000, 0));
+    all_acked(&mut tracker, 1, AckStatus::Delivered).await;
+    assert_eq!(flaky.failed.load(std::sync::atomic::Ordering::SeqCst), 2);
     let objs = objects(&*s.store(), &prefix, Compression::None).await;
-    // Records after an aborted object go to a new one; only the last, small enough for one
-    // request, is written: whole, and holding exactly the records reported sent.
-    let mut lines = 0;
-    for (key, text) in &objs {
-        assert!(text.ends_with('\n'), "{key} is partial");
-        assert!(
-            !text.contains("\"n\":0,"),
-            "{key} holds the aborted object's records"
-        );
-        lines += text.lines().count() as u64;
+    assert_eq!(objs.len(), 1, "{:?}", objs.keys());
+    assert_eq!(
+        objs.values().next().map(String::as_str),
+        Some(sent.as_str())
+    );
+    // One upload, completed: the refused part was sent again within it.
+    let ids = upload_ids.lock().expect("ids").clone();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    match s3s_data_dir(&s.endpoint) {
+        Some(dir) => {
+            for id in &ids {
+                let info = dir.join(format!(".upload-{id}.json"));
+                assert!(!info.exists(), "upload {id} left in progress: {info:?}");
+            }
+        }
+        None => eprintln!("s3s-fs data dir not found: uploads in progress not checked"),
     }
-    assert_eq!(lines, n);
 }
 
-/// A wrong secret is refused (SignatureDoesNotMatch, not retried): the records are reported
-/// failed, not acknowledged as written.
+/// The server fails more requests than object_store's own retries cover (1 retry here):
+/// the sink waits and tries again until it succeeds; nothing is lost or reported failed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s3_wrong_credentials_report_the_records_failed() {
+async fn s3_outage_longer_than_the_request_retries_loses_nothing() {
+    let Some(s) = server() else { return };
+    let upstream = s
+        .endpoint
+        .trim_start_matches("http://")
+        .parse()
+        .expect("host:port");
+    let flaky = FlakyServer::start(
+        Some(upstream),
+        6,
+        Answer::new(503, "<Error><Code>SlowDown</Code></Error>"),
+    )
+    .await;
+    let prefix = unique("outage");
+    let cfg = s.config(
+        &flaky.url(),
+        &prefix,
+        json!({"key": KEY, "max_retries": 1, "retry_max": "50ms"}),
+    );
+    let mut tracker = AckTracker::new();
+    let batches = readings(300, &mut tracker);
+    let sent = contents(&batches);
+    let (failed, n, f) = run(&cfg, batches).await;
+    assert!(failed.is_empty());
+    assert_eq!((n, f), (300, 0));
+    all_acked(&mut tracker, 3, AckStatus::Delivered).await;
+    assert_eq!(flaky.failed.load(std::sync::atomic::Ordering::SeqCst), 6);
+    let objs = objects(&*s.store(), &prefix, Compression::Gzip).await;
+    assert_exact(&objs, &sent, ".jsonl.gz");
+}
+
+/// A wrong secret is refused (SignatureDoesNotMatch): the sink keeps the records, retries
+/// and reports the failing upload; nothing is acknowledged (neither written nor failed), so
+/// the source does not commit past records never written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_wrong_credentials_keep_retrying_and_acknowledge_nothing() {
     let Some(s) = server() else { return };
     let prefix = unique("badkey");
     let mut cfg = s.config(&s.endpoint, &prefix, json!({"key": KEY}));
     cfg.secret_access_key = Some("wrong".into());
     let mut tracker = AckTracker::new();
     let batches = readings(200, &mut tracker);
-    let (_, n, f) = run(&cfg, batches).await;
-    assert_eq!((n, f), (0, 200));
-    all_acked(&mut tracker, 2, AckStatus::Failed).await;
+    let (ctx, tx, _failures, metrics) = sink_ctx();
+    let task = tokio::spawn(sink(&cfg).run(ctx));
+    for b in batches {
+        tx.send(b).await.expect("queued");
+    }
+    // The input ends: the sink must still not give the objects up.
+    drop(tx);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while metrics
+        .snapshot()
+        .status
+        .get("failing_uploads")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0)
+        == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no failing upload reported"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let acked = tokio::time::timeout(std::time::Duration::from_secs(3), tracker.next()).await;
+    assert!(acked.is_err(), "acknowledged: {acked:?}");
+    assert!(!task.is_finished(), "the sink gave up");
+    let m = metrics.snapshot();
+    assert_eq!((m.sent, m.failed), (0, 0));
+    task.abort();
 }
