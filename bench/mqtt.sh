@@ -9,6 +9,8 @@
 #    a line appears in its output file, polled every 1 ms).
 # The broker is a local Mosquitto with `max_inflight_messages 1000` (its default of 20 caps any
 # QoS 1 consumer); both consumers see the same broker.
+# Every wait gives up after WAIT seconds (default 300) with what it saw; KEEP=1 keeps the work
+# directory (flow logs, outputs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n="${1:-50000}"
@@ -30,11 +32,21 @@ CONF
 mosquitto_bin=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 "$mosquitto_bin" -c "$work/m.conf" >/dev/null 2>&1 &
 mpid=$!
-trap 'kill $mpid 2>/dev/null; rm -rf "$work"' EXIT
+trap 'kill $mpid 2>/dev/null; if [ -n "${KEEP:-}" ]; then echo "work dir kept: $work"; else rm -rf "$work"; fi' EXIT
 wait_port "$port"
 url="mqtt://127.0.0.1:$port"
 topic=sensors/bench-1/telemetry
 now() { date +%s.%N; }
+
+wait_s="${WAIT:-300}"
+# Give up: say what was being waited for, show the flow's log, stop.
+give_up() { echo "bench/mqtt.sh: gave up (waits last at most ${wait_s}s): $1" >&2; [ -n "${2:-}" ] && tail -20 "$2" >&2; exit 1; }
+# publish: stdin lines, one QoS 1 message each, in runs of at most 50,000 per mosquitto_pub.
+# mosquitto_pub -l (2.0.11) ends once the message whose id equals the last line's is
+# acknowledged; ids wrap after 65,535, so with more lines it quits early (at exit 0) and the
+# rest is never sent (100,000 lines: about 34,500 sent).
+publish() { split -l 50000 --filter "mosquitto_pub -L '$url/$topic' -q 1 -l"; }
+lines() { wc -l <"$1"; }
 
 gen() { # gen COUNT: JSON lines
   python3 -c "import sys
@@ -44,9 +56,10 @@ for i in range(int(sys.argv[1])): w('{\"n\":%d,\"status\":\"ok\",\"temperature\"
 
 echo "== throughput: $n QoS 1 messages queued, then drained"
 mosquitto_sub -L "$url/sensors/+/telemetry" -q 1 -c -i bench-sub -E
-gen "$n" | mosquitto_pub -L "$url/$topic" -q 1 -l
+gen "$n" | publish
 t0=$(now)
-mosquitto_sub -L "$url/sensors/+/telemetry" -q 1 -c -i bench-sub -C "$n" >/dev/null
+mosquitto_sub -L "$url/sensors/+/telemetry" -q 1 -c -i bench-sub -C "$n" -W "$wait_s" >/dev/null \
+  || give_up "mosquitto_sub did not get $n messages"
 t1=$(now)
 sub_rate=$(python3 -c "print(int($n / ($t1 - $t0)))")
 echo "mosquitto_sub: $sub_rate msg/s"
@@ -62,11 +75,15 @@ until grep -q subscribed "$work/flow1.log" 2>/dev/null; do
 done
 kill -TERM $fpid; wait $fpid || true
 : >"$out/telemetry.jsonl"
-gen "$n" | mosquitto_pub -L "$url/$topic" -q 1 -l
+gen "$n" | publish
 t0=$(now)
 "$bin" run --quiet flows/mqtt-to-file.yaml 2>"$work/flow2.log" &
 fpid=$!
-while [ "$(wc -l <"$out/telemetry.jsonl")" -lt "$n" ]; do sleep 0.01; done
+deadline=$(($(date +%s) + wait_s))
+while [ "$(lines "$out/telemetry.jsonl")" -lt "$n" ]; do
+  [ "$(date +%s)" -lt "$deadline" ] || { kill -TERM $fpid; give_up "the flow wrote $(lines "$out/telemetry.jsonl") of $n lines" "$work/flow2.log"; }
+  sleep 0.01
+done
 t1=$(now)
 kill -TERM $fpid; wait $fpid || true
 flow_rate=$(python3 -c "print(int($n / ($t1 - $t0)))")
@@ -83,33 +100,39 @@ for i in range(n):
     if d>0: time.sleep(d)
     sys.stdout.write('{\"n\":%d,\"ts\":%.6f}\n' % (i,time.time())); sys.stdout.flush()" "$m" "$rate"
 }
-mosquitto_sub -L "$url/sensors/+/telemetry" -q 1 -C "$m" -F '%U %p' >"$work/sub.txt" &
+mosquitto_sub -L "$url/sensors/+/telemetry" -q 1 -C "$m" -W "$wait_s" -F '%U %p' >"$work/sub.txt" &
 spid=$!
 sleep 0.5
-pace | mosquitto_pub -L "$url/$topic" -q 1 -l
-wait $spid
+pace | publish
+wait $spid || give_up "mosquitto_sub got $(lines "$work/sub.txt") of $m messages"
 : >"$out/telemetry.jsonl"
 # A new session: the one used above has the messages of mosquitto_sub's run queued.
 CLIENT_ID=bench-flow-live "$bin" -v run --quiet flows/mqtt-to-file.yaml 2>"$work/flow3.log" &
 fpid=$!
-until grep -q subscribed "$work/flow3.log" 2>/dev/null; do sleep 0.05; done
-python3 - "$out/telemetry.jsonl" "$m" >"$work/flow.txt" <<'PY' &
+until grep -q subscribed "$work/flow3.log" 2>/dev/null; do
+  kill -0 $fpid 2>/dev/null || give_up "the flow ended before it subscribed" "$work/flow3.log"
+  sleep 0.05
+done
+python3 - "$out/telemetry.jsonl" "$m" "$wait_s" >"$work/flow.txt" <<'PY' &
 import sys, time
-path, m = sys.argv[1], int(sys.argv[2])
-seen, buf = 0, b""
+path, m, wait = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+seen, buf, idle = 0, b"", time.time()
 with open(path, "rb") as f:
     while seen < m:
         chunk = f.read()
         if not chunk:
+            if time.time() - idle > wait:
+                sys.exit("%d of %d lines" % (seen, m))
             time.sleep(0.001); continue
+        idle = time.time()
         t = time.time(); buf += chunk
         *lines, buf = buf.split(b"\n")
         for l in lines:
             sys.stdout.write("%.6f %s\n" % (t, l.decode())); seen += 1
 PY
 wpid=$!
-pace | mosquitto_pub -L "$url/$topic" -q 1 -l
-wait $wpid
+pace | publish
+wait $wpid || { kill -TERM $fpid; give_up "the flow's file (latency run)" "$work/flow3.log"; }
 kill -TERM $fpid; wait $fpid || true
 lat() {
   python3 - "$1" "$2" <<'PY'

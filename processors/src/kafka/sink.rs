@@ -1,18 +1,20 @@
 //! `kafka_sink`: produce records to Kafka; a record is acknowledged on its delivery report.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 use indexmap::IndexMap;
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use flow_core::ack::AckStatus;
 use flow_core::expr::{Expr, ExprKind};
 use flow_core::processor::{
     BuildContext, BuildError, ConfigError, Describe, Kind, Output, Processor, ProcessorConfig,
@@ -310,6 +312,63 @@ fn permanent(e: &KafkaError) -> bool {
     )
 }
 
+/// The producer's context: librdkafka's logs, and the delivery reports, handled on the
+/// producer's polling thread. Each message carries its record (boxed) as its opaque: a
+/// delivered record is dropped right there, which acknowledges it; a failed one is handed to
+/// the sink's task for `failure`. So there is no future, channel or task per message.
+struct Reports {
+    flow: FlowContext,
+    /// Messages handed to the producer whose report was not handled yet.
+    inflight: AtomicUsize,
+    /// Delivered since the sink's task last looked (for its metrics).
+    sent: AtomicU64,
+    /// Failed deliveries, for the sink's task.
+    failed: Mutex<Vec<(Record, KafkaError)>>,
+    /// Wakes the sink's task after reports.
+    wake: tokio::sync::Notify,
+}
+
+impl ClientContext for Reports {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        self.flow.log(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.flow.error(error, reason);
+    }
+}
+
+impl ProducerContext for Reports {
+    type DeliveryOpaque = Box<Record>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, record: Box<Record>) {
+        match result {
+            // Dropping the record acknowledges it.
+            Ok(_) => {
+                drop(record);
+                self.sent.fetch_add(1, Ordering::Relaxed);
+            }
+            // Purged, never sent: the producer was dropped with it queued (the sink stopped
+            // early). Not delivered, so its source must not commit it.
+            Err((e, _))
+                if matches!(
+                    e.rdkafka_error_code(),
+                    Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight)
+                ) =>
+            {
+                record.mark(AckStatus::Abandoned);
+            }
+            Err((e, _)) => self
+                .failed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((*record, e.clone())),
+        }
+        self.inflight.fetch_sub(1, Ordering::AcqRel);
+        self.wake.notify_one();
+    }
+}
+
 /// A record on its way: what to send, and the record itself (dropped, so acknowledged, once
 /// delivered).
 struct Prepared {
@@ -387,12 +446,18 @@ const QUEUE_FULL_WAIT: Duration = Duration::from_millis(5);
 impl Sink for KafkaSink {
     async fn run(self: Box<Self>, mut ctx: SinkContext) -> Result<(), ProcessorError> {
         let context = FlowContext::new(&ctx.name, &self.cfg.brokers.joined());
-        let producer: FutureProducer<FlowContext> = self
+        let producer: ThreadedProducer<Reports> = self
             .cfg
             .client_config(&ctx.name)
-            .create_with_context(context.clone())
+            .create_with_context(Reports {
+                flow: context.clone(),
+                inflight: AtomicUsize::new(0),
+                sent: AtomicU64::new(0),
+                failed: Mutex::new(Vec::new()),
+                wake: tokio::sync::Notify::new(),
+            })
             .map_err(|e| other(KafkaProcessorError::Config(e.to_string())))?;
-        let producer = Arc::new(producer);
+        let reports = producer.context().clone();
         if let Some(c) = &self.cfg.create_topic {
             super::ensure_topic(
                 &self.cfg.brokers.joined(),
@@ -405,76 +470,84 @@ impl Sink for KafkaSink {
             .map_err(other)?;
         }
         let max_inflight = self.cfg.max_inflight;
-        let mut inflight = FuturesUnordered::new();
         let mut failures = Output::new(ctx.name.clone(), ctx.failures.port_count().max(1));
         let mut input_done = false;
         // Records of the current batch not yet handed to the producer.
         let mut todo: std::collections::VecDeque<Prepared> = std::collections::VecDeque::new();
         loop {
-            if input_done && todo.is_empty() && inflight.is_empty() {
+            // The reports handled since the last turn.
+            let sent = reports.sent.swap(0, Ordering::Relaxed);
+            if sent > 0 {
+                context.reachable();
+                ctx.metrics.add_sent(sent);
+            }
+            let failed_reports = std::mem::take(
+                &mut *reports
+                    .failed
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner),
+            );
+            let mut failed = !failed_reports.is_empty();
+            for (record, e) in failed_reports {
+                failures.fail(record, &e);
+            }
+            if input_done && todo.is_empty() && reports.inflight.load(Ordering::Acquire) == 0 {
+                if failed {
+                    ctx.failures.flush(&mut failures).await.map_err(other)?;
+                }
                 break;
             }
             // Hand records over while the window has room and the producer's queue takes them.
             let mut queue_full = false;
-            let mut failed = false;
-            while inflight.len() < max_inflight
-                && let Some(mut p) = todo.pop_front()
+            while reports.inflight.load(Ordering::Acquire) < max_inflight
+                && let Some(p) = todo.pop_front()
             {
-                let payload = p.record.content().clone();
-                let mut fr = FutureRecord::<[u8], [u8]>::to(&p.topic).payload(&payload[..]);
-                if let Some(k) = &p.key {
-                    fr = fr.key(&k[..]);
+                let Prepared {
+                    mut record,
+                    topic,
+                    key,
+                    headers,
+                } = p;
+                let payload = record.content().clone();
+                let mut br =
+                    BaseRecord::<[u8], [u8], Box<Record>>::with_opaque_to(&topic, Box::new(record))
+                        .payload(&payload[..]);
+                if let Some(k) = &key {
+                    br = br.key(&k[..]);
                 }
-                if let Some(h) = &p.headers {
-                    fr = fr.headers(h.clone());
+                if let Some(h) = &headers {
+                    br = br.headers(h.clone());
                 }
-                match producer.send_result(fr).map_err(|(e, _)| e) {
-                    Ok(delivery) => {
-                        let record = p.record;
-                        inflight.push(async move { (delivery.await, record) });
-                    }
-                    Err(e) if !permanent(&e) => {
-                        todo.push_front(p);
+                // Counted before the send: its report may come at once.
+                reports.inflight.fetch_add(1, Ordering::AcqRel);
+                if let Err((e, br)) = producer.send(br) {
+                    reports.inflight.fetch_sub(1, Ordering::AcqRel);
+                    let record = *br.delivery_opaque;
+                    if permanent(&e) {
+                        failures.fail(record, &e);
+                        failed = true;
+                    } else {
+                        todo.push_front(Prepared {
+                            record,
+                            topic,
+                            key,
+                            headers,
+                        });
                         queue_full = true;
                         break;
-                    }
-                    Err(e) => {
-                        failures.fail(p.record, &e);
-                        failed = true;
                     }
                 }
             }
             if failed {
                 ctx.failures.flush(&mut failures).await.map_err(other)?;
             }
+            let inflight = reports.inflight.load(Ordering::Acquire);
             tokio::select! {
+                // Input first: reports need no prompt handling (a delivered record was
+                // acknowledged in the callback); they wake the sink when the window is full,
+                // the producer's queue is, or the input is idle.
                 biased;
-                Some(first) = inflight.next(), if !inflight.is_empty() => {
-                    context.reachable();
-                    // Take every report that is ready before going on.
-                    let mut next = Some(first);
-                    let (mut sent, mut failed) = (0u64, false);
-                    while let Some((report, record)) = next {
-                        match report {
-                            // Dropping the record acknowledges it.
-                            Ok(Ok(_)) => sent += 1,
-                            Ok(Err((e, _))) => {
-                                failures.fail(record, &e);
-                                failed = true;
-                            }
-                            Err(_) => {
-                                failures.fail(record, &"the Kafka producer stopped");
-                                failed = true;
-                            }
-                        }
-                        next = futures::FutureExt::now_or_never(inflight.next()).flatten();
-                    }
-                    ctx.metrics.add_sent(sent);
-                    if failed {
-                        ctx.failures.flush(&mut failures).await.map_err(other)?;
-                    }
-                }
-                batch = ctx.input.next(), if !input_done && todo.is_empty() && inflight.len() < max_inflight => {
+                batch = ctx.input.next(), if !input_done && todo.is_empty() && inflight < max_inflight => {
                     let Some(batch) = batch else {
                         input_done = true;
                         continue;
@@ -494,12 +567,14 @@ impl Sink for KafkaSink {
                         ctx.failures.flush(&mut failures).await.map_err(other)?;
                     }
                 }
-                _ = tokio::time::sleep(QUEUE_FULL_WAIT), if queue_full && inflight.is_empty() => {}
+                // A report came (a permit stored since the last turn counts too: no report is
+                // missed between the counters above and here).
+                () = reports.wake.notified(), if inflight > 0 => {}
+                _ = tokio::time::sleep(QUEUE_FULL_WAIT), if queue_full && inflight == 0 => {}
             }
         }
         // Everything was delivered or failed; nothing is left in the producer's queue.
-        let p = producer.clone();
-        let _ = tokio::task::spawn_blocking(move || p.flush(Duration::from_secs(10))).await;
+        let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
         Ok(())
     }
 }
