@@ -15,6 +15,16 @@ pub(crate) fn install_crypto_provider() {
     });
 }
 
+/// The system's trusted root certificates (for the MQTT and HTTP clients' rustls configs).
+/// A root rustls cannot parse is skipped, as browsers do.
+pub(crate) fn native_roots() -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    roots
+}
+
 /// A client with this per-request timeout.
 pub(crate) fn client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
     install_crypto_provider();

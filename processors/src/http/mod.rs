@@ -166,11 +166,7 @@ fn parse_array(body: &Bytes) -> Result<Vec<Record>, String> {
 
 /// A rustls client configuration with the `ring` provider and the system's trusted roots.
 pub(crate) fn tls_config() -> Result<rustls::ClientConfig, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        // A system root rustls cannot parse is skipped, as browsers do.
-        let _ = roots.add(cert);
-    }
+    let roots = crate::http_client::native_roots();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

@@ -344,13 +344,7 @@ fn tls_config(tls: &TlsConfig) -> Result<rumqttc::TlsConfiguration, MqttError> {
                 roots.add(cert).map_err(|e| err("CA", path, &e))?;
             }
         }
-        None => {
-            let native = rustls_native_certs::load_native_certs();
-            for cert in native.certs {
-                // A system root rustls cannot parse is skipped, as browsers do.
-                let _ = roots.add(cert);
-            }
-        }
+        None => roots = crate::http_client::native_roots(),
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)

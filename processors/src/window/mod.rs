@@ -405,32 +405,12 @@ impl Clock {
 enum TimeError {
     #[error("event time: {0}")]
     Eval(flow_core::expr::EvalError),
-    #[error("event time must be a number, an RFC 3339 string or a timestamp, got {0}")]
-    Type(String),
-    #[error("event time `{0}` is not RFC 3339: {1}")]
-    Parse(String, chrono::ParseError),
+    #[error("event {0}")]
+    Value(String),
 }
 
 fn to_ms(v: &Value, unit: TimeUnit) -> Result<i64, TimeError> {
-    let scale = match unit {
-        TimeUnit::Ms => 1.0,
-        TimeUnit::S => 1000.0,
-    };
-    match v {
-        Value::Integer(i) => Ok(match unit {
-            TimeUnit::Ms => *i,
-            TimeUnit::S => i.saturating_mul(1000),
-        }),
-        Value::Float(f) => Ok((f.into_inner() * scale) as i64),
-        Value::Timestamp(t) => Ok(t.timestamp_millis()),
-        Value::Bytes(b) => {
-            let s = String::from_utf8_lossy(b);
-            chrono::DateTime::parse_from_rfc3339(&s)
-                .map(|t| t.timestamp_millis())
-                .map_err(|e| TimeError::Parse(s.into_owned(), e))
-        }
-        other => Err(TimeError::Type(other.kind_str().to_owned())),
-    }
+    crate::template::time_ms(v, unit).map_err(TimeError::Value)
 }
 
 impl Window {
