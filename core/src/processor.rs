@@ -324,7 +324,8 @@ impl Output {
             .iter_mut()
             .enumerate()
             .filter(|(_, b)| !b.is_empty())
-            .map(|(i, b)| (PortId(i), std::mem::take(b)))
+            // The next batch is likely as large: no regrowing it record by record.
+            .map(|(i, b)| (PortId(i), std::mem::replace(b, Vec::with_capacity(b.len()))))
     }
 
     /// What was pushed to `port` so far (tests).

@@ -251,7 +251,11 @@ mod tests {
             texts(&mut r.out),
             [r#"{"a":1}"#, r#"{"a": 2}"#, r#"{"a":3}"#]
         );
-        assert!(r.out.iter().all(|r| r.parsed_value().is_some()));
+        assert!(
+            r.out
+                .iter_mut()
+                .all(|r| r.value().is_ok_and(flow_core::record::Value::is_object))
+        );
         assert_eq!(r.status["committed_offset"], json!(26));
         assert_eq!(r.status["committed_lines"], json!(4));
     }

@@ -142,7 +142,7 @@ impl Decoder {
                 Ok(r) => Decoded::Record(r),
                 Err((r, e)) => Decoded::Error(r, e.to_string()),
             },
-            Format::Lines => Decoded::Record(Record::from_parts(line.clone(), Value::Bytes(line))),
+            Format::Lines => Decoded::Record(Record::from_text(line)),
             Format::Csv => self.csv(line),
         }
     }

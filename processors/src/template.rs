@@ -95,6 +95,15 @@ impl Template {
         Ok(Self { parts })
     }
 
+    /// The template's text when it has no placeholders (the same for every record).
+    pub fn constant(&self) -> Option<String> {
+        match &self.parts[..] {
+            [] => Some(String::new()),
+            [Part::Text(t)] => Some(t.clone()),
+            _ => None,
+        }
+    }
+
     /// Whether the template has a `{uuid}`.
     pub fn has_uuid(&self) -> bool {
         self.parts.contains(&Part::Uuid)
@@ -114,8 +123,11 @@ impl Template {
         time_ms: i64,
         check: impl Fn(String) -> Result<String, String>,
     ) -> Result<String, String> {
-        // Parse the JSON view once (content that is not JSON has attributes only).
-        let _ = record.value();
+        // Parse the JSON view once, if a placeholder may need it (content that is not JSON has
+        // attributes only).
+        if self.parts.iter().any(|p| matches!(p, Part::Field(_))) {
+            let _ = record.value();
+        }
         let value = record.parsed_value();
         let attributes = &record.attributes;
         self.render_with(time_ms, |name| {

@@ -23,7 +23,7 @@ use flow_core::processor::{
     BuildContext, BuildError, ConfigError, Describe, Kind, Output, PortId, Processor,
     ProcessorConfig, ProcessorError, Source, SourceContext,
 };
-use flow_core::record::{Record, Value};
+use flow_core::record::Record;
 
 use super::{Brokers, FlowContext, KafkaProcessorError, client_config, validate_common};
 
@@ -318,9 +318,7 @@ impl KafkaSource {
                 Ok(r) => r,
                 Err((r, e)) => return Err((attributes(r, m), format!("value: {e}"))),
             },
-            crate::mqtt::source::PayloadFormat::Raw => {
-                Record::from_parts(payload.clone(), Value::Bytes(payload))
-            }
+            crate::mqtt::source::PayloadFormat::Raw => Record::from_text(payload),
         };
         Ok(attributes(r, m))
     }

@@ -371,14 +371,12 @@ impl MqttSource {
                 Ok(r) => r,
                 Err((r, e)) => return Err((with_attributes(r, m), format!("payload: {e}"))),
             },
-            PayloadFormat::Raw => {
-                Record::from_parts(m.payload.clone(), Value::Bytes(m.payload.clone()))
-            }
+            PayloadFormat::Raw => Record::from_text(m.payload.clone()),
         };
         if let Some(t) = &self.template
             && let Some(fields) = t.captures(&m.topic)
             && !fields.is_empty()
-            && matches!(r.parsed_value(), Some(Value::Object(_)))
+            && matches!(r.value(), Ok(Value::Object(_)))
             && let Ok(Value::Object(o)) = r.value_mut()
         {
             for (name, value) in fields {
