@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Benchmark of kafka_sink and kafka_source against a plain librdkafka client, in the same run:
 #   bash bench/kafka.sh [N] [RUNS]
-# Makes N sensor events (default 1,000,000) with flow's own `generate` processor, starts its own
+# Makes N sensor events (default 2,000,000) with flow's own `generate` processor, starts its own
 # tansu broker (scripts/services.sh, in-memory storage), then in a release build, RUNS rounds
-# (default 3; each on new topics with 4 partitions) of:
+# (default 5; each on new topics with 4 partitions, deleted at the end of the round) of:
 # - produce: the file into `base` by the baseline (processors/examples/kafka_baseline.rs: what
 #   `kcat -P` does, on the same bundled librdkafka and with kafka_sink's default settings), and
 #   into `flow` and `raw` by a flow (`file` -> `kafka_sink`, with `format: json`, the
@@ -16,11 +16,15 @@
 # consumers, joining the group; medians of the rounds), the ratios flow / baseline and the
 # flow's peak RSS, and checks that every output has the N events. KEEP=1 keeps the work
 # directory (logs, measurements).
+# Why 2,000,000 events and 5 rounds: an idempotent producer starts sending only once it has its
+# producer id, which librdkafka asks for on a 500 ms timer: 0 to 0.5 s of every produce run, on
+# either side, at random. With 1,000,000 events (about a second) that alone moved single ratios
+# between 0.6 and 1.4.
 # Debian's kcat cannot be the baseline: its librdkafka 2.0.2 cannot talk to tansu.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-n="${1:-1000000}"
-runs="${2:-3}"
+n="${1:-2000000}"
+runs="${2:-5}"
 if command -v mold >/dev/null; then export RUSTFLAGS="${RUSTFLAGS:-} -C link-arg=-fuse-ld=mold"; fi
 cargo build -q --release -p flow-cli
 cargo build -q --release -p flow-processors --example kafka_baseline
@@ -165,6 +169,10 @@ for r in $(seq "$runs"); do
     "json $(tail -1 "$work/produce-json.txt" | cut -d' ' -f1), raw $(tail -1 "$work/produce-lines.txt" | cut -d' ' -f1);" \
     "consume ev/s baseline $(tail -1 "$work/consume-base.txt" | cut -d' ' -f1)," \
     "json $(tail -1 "$work/consume-json.txt" | cut -d' ' -f1), raw $(tail -1 "$work/consume-raw.txt" | cut -d' ' -f1)"
+  # The broker keeps topics in memory: free them for the next round.
+  for t in base flow raw; do
+    "$FLOW_TEST_TANSU" topic delete --broker "tcp://$brokers" "$t-$r" >/dev/null
+  done
 done
 echo "every output had the $n events, once"
 

@@ -8,8 +8,8 @@
 //!
 //! - `kafka_baseline produce BROKERS TOPIC FILE`: every line of FILE is one message (no key),
 //!   sent with flow's `kafka_sink` defaults (`acks=all`, idempotence, lz4, `linger.ms=5`,
-//!   batches of 10,000 messages or 1 MB, 100,000 messages queued at most); exits once every
-//!   delivery report came back, like `kcat -P`.
+//!   batches of 10,000 messages or 1 MB, 100,000 messages queued at most, eager connections);
+//!   exits once every delivery report came back, like `kcat -P`.
 //! - `kafka_baseline consume BROKERS TOPIC N FILE`: reads TOPIC from the beginning in a new
 //!   consumer group (no commits) until N messages came, writing each value as a line to FILE,
 //!   like `kcat -C -G group -o beginning -c N`. librdkafka's consumer defaults, as kcat has.
@@ -64,7 +64,8 @@ fn main() {
                 .set("acks", "all")
                 .set("enable.idempotence", "true")
                 .set("message.timeout.ms", "300000")
-                .set("queue.buffering.max.messages", "100000");
+                .set("queue.buffering.max.messages", "100000")
+                .set("enable.sparse.connections", "false");
             for (k, v) in &extra {
                 config.set(k, v);
             }

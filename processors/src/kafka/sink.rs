@@ -240,6 +240,7 @@ impl ProcessorConfig for KafkaSinkConfig {
             .transpose()?;
         Ok(Processor::Sink(Box::new(KafkaSink {
             cfg: self.clone(),
+            fixed_topic: topic.constant(),
             topic,
             key,
         })))
@@ -284,6 +285,10 @@ impl KafkaSinkConfig {
                 "message.timeout.ms",
                 self.delivery_timeout.as_millis().to_string(),
             ),
+            // Connect to every broker as soon as it is known. With lazy connections, the
+            // idempotent producer may find no broker up when it first asks for its producer id,
+            // and retries only every 500 ms: up to a second before the first message is sent.
+            ("enable.sparse.connections", "false".to_owned()),
             // Room for the in-flight window (librdkafka's default is 100,000 messages).
             (
                 "queue.buffering.max.messages",
@@ -296,6 +301,8 @@ impl KafkaSinkConfig {
 
 struct KafkaSink {
     cfg: KafkaSinkConfig,
+    /// The topic when it has no placeholders (rendered once, not per record).
+    fixed_topic: Option<String>,
     topic: Template,
     key: Option<Expr>,
 }
@@ -370,10 +377,11 @@ impl ProducerContext for Reports {
 }
 
 /// A record on its way: what to send, and the record itself (dropped, so acknowledged, once
-/// delivered).
+/// delivered; boxed once, as it rides on the message).
 struct Prepared {
-    record: Record,
-    topic: String,
+    record: Box<Record>,
+    /// `None`: the sink's fixed topic.
+    topic: Option<String>,
     key: Option<Vec<u8>>,
     headers: Option<OwnedHeaders>,
 }
@@ -385,12 +393,15 @@ impl KafkaSink {
         reason = "the record is handed back on the rare error path"
     )]
     fn prepare(&self, mut record: Record) -> Result<Prepared, (Record, String)> {
-        let topic = match self
-            .topic
-            .render(&mut record, 0, |v| check_topic_name(&v).map(|()| v))
-        {
-            Ok(t) => t,
-            Err(e) => return Err((record, format!("topic {e}"))),
+        let topic = match &self.fixed_topic {
+            Some(_) => None,
+            None => match self
+                .topic
+                .render(&mut record, 0, |v| check_topic_name(&v).map(|()| v))
+            {
+                Ok(t) => Some(t),
+                Err(e) => return Err((record, format!("topic {e}"))),
+            },
         };
         let key = match &self.key {
             None => None,
@@ -431,7 +442,7 @@ impl KafkaSink {
             Some(h)
         };
         Ok(Prepared {
-            record,
+            record: Box::new(record),
             topic,
             key,
             headers,
@@ -509,9 +520,12 @@ impl Sink for KafkaSink {
                     headers,
                 } = p;
                 let payload = record.content().clone();
-                let mut br =
-                    BaseRecord::<[u8], [u8], Box<Record>>::with_opaque_to(&topic, Box::new(record))
-                        .payload(&payload[..]);
+                let to = topic
+                    .as_deref()
+                    .or(self.fixed_topic.as_deref())
+                    .unwrap_or_default();
+                let mut br = BaseRecord::<[u8], [u8], Box<Record>>::with_opaque_to(to, record)
+                    .payload(&payload[..]);
                 if let Some(k) = &key {
                     br = br.key(&k[..]);
                 }
@@ -522,9 +536,9 @@ impl Sink for KafkaSink {
                 reports.inflight.fetch_add(1, Ordering::AcqRel);
                 if let Err((e, br)) = producer.send(br) {
                     reports.inflight.fetch_sub(1, Ordering::AcqRel);
-                    let record = *br.delivery_opaque;
+                    let record = br.delivery_opaque;
                     if permanent(&e) {
-                        failures.fail(record, &e);
+                        failures.fail(*record, &e);
                         failed = true;
                     } else {
                         todo.push_front(Prepared {
@@ -574,7 +588,13 @@ impl Sink for KafkaSink {
             }
         }
         // Everything was delivered or failed; nothing is left in the producer's queue.
-        let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = producer.flush(Duration::from_secs(10));
+            // Dropping the producer waits for its polling thread, which wakes every 100 ms:
+            // not worth holding up the end of the flow for.
+            std::thread::spawn(move || drop(producer));
+        })
+        .await;
         Ok(())
     }
 }
