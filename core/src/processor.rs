@@ -146,6 +146,29 @@ pub enum ProcessorError {
 pub struct BuildContext {
     /// The processor's name in the flow.
     pub name: String,
+    /// Whether a processor this one feeds reads the records' fields ([`ProcessorConfig::
+    /// reads_values`]). Sources of JSON then build the structured view as they read (one pass);
+    /// otherwise they only check the content and leave the view to be built on first use.
+    pub consumers_read_values: bool,
+}
+
+impl BuildContext {
+    /// A context for `name`, as if its consumers read fields (tests, tools).
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            consumers_read_values: true,
+        }
+    }
+
+    /// How a source should read JSON content.
+    pub fn json_view(&self) -> crate::record::JsonView {
+        if self.consumers_read_values {
+            crate::record::JsonView::Eager
+        } else {
+            crate::record::JsonView::Lazy
+        }
+    }
 }
 
 /// A processor's config: the typed, validated description of what it should do.
@@ -160,6 +183,12 @@ pub trait ProcessorConfig: fmt::Debug + Send + Sync + 'static {
 
     /// Make the running processor.
     fn build(&self, ctx: &BuildContext) -> Result<Processor, BuildError>;
+
+    /// Whether this processor reads its input records' fields (their structured view), not
+    /// only their content and attributes. Sinks that write the content as it is say no.
+    fn reads_values(&self) -> bool {
+        true
+    }
 }
 
 /// The static description of a processor type, for the registry.

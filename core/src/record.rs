@@ -1,10 +1,11 @@
 //! Records: what flows along the edges.
 //!
 //! A record is NiFi's FlowFile plus lineage: content bytes, string attributes, an optional event
-//! time, an id and the ids of the records it was made from. Its structured (JSON) view is parsed
-//! lazily, by the first processor that reads it, at most once: fan-out copies share it too, even
-//! those made before the parse. A flow that only moves bytes (a file into Kafka) never builds it;
-//! sources check that JSON content is well-formed without building it ([`Record::parse_json`]).
+//! time, an id and the ids of the records it was made from. Its structured (JSON) view is built
+//! at most once, and shared by fan-out copies, even those made before it was built. Sources
+//! build it as they read when a processor they feed reads fields ([`JsonView::Eager`]); in a flow
+//! that only moves bytes (a file into Kafka) they only check the content ([`JsonView::Lazy`]),
+//! and the view is built, if ever, on first use.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -63,6 +64,17 @@ impl Origin {
 
 /// String attributes, sorted by name (`mqtt.topic`, `error.message`, ...).
 pub type Attributes = BTreeMap<String, String>;
+
+/// How a source reads JSON content into records.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum JsonView {
+    /// Check that it is well-formed; build the structured view on first use (cheap when
+    /// nothing reads fields, as when a file is moved into Kafka).
+    #[default]
+    Lazy,
+    /// Build the structured view at once (something reads fields anyway: one pass, not two).
+    Eager,
+}
 
 /// The content could not be read as JSON.
 #[derive(Debug, thiserror::Error)]
@@ -141,8 +153,25 @@ impl Record {
         reason = "the record is handed back on the rare error path"
     )]
     pub fn parse_json(content: Bytes) -> Result<Self, (Self, ParseError)> {
-        match check_json(&content) {
-            Ok(()) => Ok(Self::from_bytes(content)),
+        Self::json(content, JsonView::Lazy)
+    }
+
+    /// A record over raw JSON content, read as `view` says: checked only, or with its
+    /// structured view built. On error the record comes back with the error.
+    #[allow(
+        clippy::result_large_err,
+        reason = "the record is handed back on the rare error path"
+    )]
+    pub fn json(content: Bytes, view: JsonView) -> Result<Self, (Self, ParseError)> {
+        let checked = match view {
+            JsonView::Lazy => check_json(&content).map(|()| None),
+            JsonView::Eager => serde_json::from_slice::<Value>(&content)
+                .map(Some)
+                .map_err(ParseError),
+        };
+        match checked {
+            Ok(None) => Ok(Self::from_bytes(content)),
+            Ok(Some(v)) => Ok(Self::from_parts(content, v)),
             Err(e) => Err((Self::from_bytes(content), e)),
         }
     }
@@ -415,6 +444,9 @@ mod tests {
             Record::parse_json(Bytes::from_static(br#" {"a": [1, "\u00e9"]} "#)).expect("valid");
         assert!(r.parsed_value().is_none());
         assert!(r.value().expect("parsed").is_object());
+        let eager = Record::json(Bytes::from_static(br#"{"a":1}"#), JsonView::Eager);
+        assert!(eager.expect("valid").parsed_value().is_some());
+        assert!(Record::json(Bytes::from_static(b"[1,"), JsonView::Eager).is_err());
         let mut t = Record::from_text(Bytes::from_static(b"not json"));
         assert_eq!(t.value().expect("text"), &Value::from("not json"));
     }

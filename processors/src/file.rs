@@ -9,6 +9,7 @@ use flow_core::processor::{
     BuildContext, BuildError, ConfigError, Describe, Kind, Processor, ProcessorConfig,
     ProcessorError, Source, SourceContext,
 };
+use flow_core::record::JsonView;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, AsyncSeekExt, BufReader};
@@ -68,12 +69,15 @@ impl ProcessorConfig for FileConfig {
         errors
     }
 
-    fn build(&self, _: &BuildContext) -> Result<Processor, BuildError> {
-        Ok(Processor::Source(Box::new(FileSource(self.clone()))))
+    fn build(&self, ctx: &BuildContext) -> Result<Processor, BuildError> {
+        Ok(Processor::Source(Box::new(FileSource(
+            self.clone(),
+            ctx.json_view(),
+        ))))
     }
 }
 
-struct FileSource(FileConfig);
+struct FileSource(FileConfig, JsonView);
 
 fn io(context: String) -> impl FnOnce(std::io::Error) -> ProcessorError {
     move |source| ProcessorError::Io { context, source }
@@ -82,7 +86,7 @@ fn io(context: String) -> impl FnOnce(std::io::Error) -> ProcessorError {
 #[async_trait]
 impl Source for FileSource {
     async fn run(self: Box<Self>, ctx: SourceContext) -> Result<(), ProcessorError> {
-        let cfg = self.0;
+        let (cfg, json_view) = (self.0, self.1);
         let path = Path::new(&cfg.path);
         let mut checkpoint = FileCheckpoint::new(cfg.checkpoint.as_deref().map(PathBuf::from));
         let mut start = checkpoint.load().await?;
@@ -122,6 +126,7 @@ impl Source for FileSource {
             .map_err(io(format!("seeking in `{}`", cfg.path)))?;
         let input = LineInput {
             format: cfg.format,
+            json_view,
             batch_size: cfg.batch_size,
             flush_each_read: false,
             start,

@@ -40,6 +40,10 @@ impl Describe for FileSinkConfig {
 }
 
 impl ProcessorConfig for FileSinkConfig {
+    fn reads_values(&self) -> bool {
+        false
+    }
+
     fn outputs(&self) -> Vec<String> {
         Vec::new()
     }

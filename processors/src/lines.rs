@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use flow_core::ack::{AckToken, AckTracker, Acks, Finished, InOrderCommit};
 use flow_core::processor::{Output, PortId, ProcessorError, SourceContext};
-use flow_core::record::{Origin, Record, Value};
+use flow_core::record::{JsonView, Origin, Record, Value};
 use flow_core::runtime::emit::Emitter;
 use flow_core::runtime::metrics::NodeMetrics;
 use schemars::JsonSchema;
@@ -125,20 +125,22 @@ pub(crate) enum Decoded {
 /// Turns lines into records.
 pub(crate) struct Decoder {
     format: Format,
+    json_view: JsonView,
     header: Option<Vec<String>>,
 }
 
 impl Decoder {
-    pub(crate) fn new(format: Format) -> Self {
+    pub(crate) fn new(format: Format, json_view: JsonView) -> Self {
         Self {
             format,
+            json_view,
             header: None,
         }
     }
 
     pub(crate) fn decode(&mut self, line: Bytes) -> Decoded {
         match self.format {
-            Format::Json => match Record::parse_json(line) {
+            Format::Json => match Record::json(line, self.json_view) {
                 Ok(r) => Decoded::Record(r),
                 Err((r, e)) => Decoded::Error(r, e.to_string()),
             },
@@ -198,6 +200,8 @@ impl Checkpoint for NoCheckpoint {
 /// How to read one input.
 pub(crate) struct LineInput<'a> {
     pub format: Format,
+    /// How JSON lines are read.
+    pub json_view: JsonView,
     pub batch_size: usize,
     /// Send what was read after every read instead of waiting for a full batch (interactive
     /// input).
@@ -281,7 +285,7 @@ where
     } = ctx;
     metrics.set_status("committed_offset", serde_json::json!(input.start.offset));
     metrics.set_status("committed_lines", serde_json::json!(input.start.line));
-    let mut decoder = Decoder::new(input.format);
+    let mut decoder = Decoder::new(input.format, input.json_view);
     if let Some(h) = input.header {
         decoder.decode(h);
     }

@@ -5,6 +5,7 @@ use flow_core::processor::{
     BuildContext, BuildError, ConfigError, Describe, Kind, Processor, ProcessorConfig,
     ProcessorError, Source, SourceContext,
 };
+use flow_core::record::JsonView;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -47,18 +48,22 @@ impl ProcessorConfig for StdinConfig {
         Vec::new()
     }
 
-    fn build(&self, _: &BuildContext) -> Result<Processor, BuildError> {
-        Ok(Processor::Source(Box::new(Stdin(self.clone()))))
+    fn build(&self, ctx: &BuildContext) -> Result<Processor, BuildError> {
+        Ok(Processor::Source(Box::new(Stdin(
+            self.clone(),
+            ctx.json_view(),
+        ))))
     }
 }
 
-struct Stdin(StdinConfig);
+struct Stdin(StdinConfig, JsonView);
 
 #[async_trait]
 impl Source for Stdin {
     async fn run(self: Box<Self>, ctx: SourceContext) -> Result<(), ProcessorError> {
         let input = LineInput {
             format: self.0.format,
+            json_view: self.1,
             batch_size: self.0.batch_size,
             flush_each_read: true,
             start: Position::default(),

@@ -24,6 +24,10 @@ impl Describe for StdoutConfig {
 }
 
 impl ProcessorConfig for StdoutConfig {
+    fn reads_values(&self) -> bool {
+        false
+    }
+
     fn outputs(&self) -> Vec<String> {
         Vec::new()
     }

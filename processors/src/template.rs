@@ -104,6 +104,11 @@ impl Template {
         }
     }
 
+    /// Whether a placeholder may read a record field.
+    pub fn has_fields(&self) -> bool {
+        self.parts.iter().any(|p| matches!(p, Part::Field(_)))
+    }
+
     /// Whether the template has a `{uuid}`.
     pub fn has_uuid(&self) -> bool {
         self.parts.contains(&Part::Uuid)
@@ -125,7 +130,7 @@ impl Template {
     ) -> Result<String, String> {
         // Parse the JSON view once, if a placeholder may need it (content that is not JSON has
         // attributes only).
-        if self.parts.iter().any(|p| matches!(p, Part::Field(_))) {
+        if self.has_fields() {
             let _ = record.value();
         }
         let value = record.parsed_value();

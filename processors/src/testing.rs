@@ -19,7 +19,7 @@ pub const NAME: &str = "under_test";
 fn build(cfg: &dyn ProcessorConfig) -> Processor {
     let errors = cfg.validate();
     assert!(errors.is_empty(), "invalid config: {errors:?}");
-    let ctx = BuildContext { name: NAME.into() };
+    let ctx = BuildContext::new(NAME);
     match cfg.build(&ctx) {
         Ok(p) => p,
         Err(e) => panic!("build failed: {e}"),

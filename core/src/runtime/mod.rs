@@ -124,11 +124,16 @@ pub struct EdgeReport {
 pub fn start(spec: &FlowSpec, shutdown: CancellationToken) -> Result<RunningFlow, StartError> {
     // Build everything first: a flow that cannot start starts nothing.
     let mut built = Vec::with_capacity(spec.nodes.len());
-    for n in &spec.nodes {
+    for (i, n) in spec.nodes.iter().enumerate() {
+        let consumers_read_values = spec
+            .edges
+            .iter()
+            .any(|e| e.from == i && spec.nodes[e.to].config.reads_values());
         let p = n
             .config
             .build(&BuildContext {
                 name: n.name.clone(),
+                consumers_read_values,
             })
             .map_err(|source| StartError::Build {
                 name: n.name.clone(),

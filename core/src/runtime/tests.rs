@@ -24,6 +24,8 @@ struct Probe {
     /// other record).
     max_in_flight: AtomicU64,
     finished: Mutex<Vec<(u64, AckStatus)>>,
+    /// What the source was told at build: whether a consumer reads fields.
+    consumers_read_values: Mutex<Option<bool>>,
 }
 
 static PROBE: Mutex<Option<Arc<Probe>>> = Mutex::new(None);
@@ -82,11 +84,13 @@ impl ProcessorConfig for CountConfig {
     fn outputs(&self) -> Vec<String> {
         vec!["out".into()]
     }
-    fn build(&self, _: &BuildContext) -> Result<Processor, BuildError> {
+    fn build(&self, ctx: &BuildContext) -> Result<Processor, BuildError> {
+        let probe = probe();
+        *probe.consumers_read_values.lock() = Some(ctx.consumers_read_values);
         Ok(Processor::Source(Box::new(CountSource {
             count: self.count,
             batch: self.batch,
-            probe: probe(),
+            probe,
         })))
     }
 }
@@ -133,6 +137,9 @@ impl Sink for SlowSink {
 impl ProcessorConfig for SlowConfig {
     fn outputs(&self) -> Vec<String> {
         Vec::new()
+    }
+    fn reads_values(&self) -> bool {
+        false
     }
     fn build(&self, _: &BuildContext) -> Result<Processor, BuildError> {
         Ok(Processor::Sink(Box::new(SlowSink {
@@ -277,6 +284,8 @@ connections:
     .await;
     // 50 even records to `a`, 100 to `b`.
     assert_eq!(probe.written.load(Ordering::SeqCst), 150);
+    // `strict` reads fields, so the source was told to build them as it reads.
+    assert_eq!(*probe.consumers_read_values.lock(), Some(true));
     let strict = report
         .nodes
         .iter()
@@ -287,4 +296,23 @@ connections:
     assert_eq!(finished.len(), 10);
     // Every batch had odd records that failed with no failure edge.
     assert!(finished.iter().all(|(_, s)| *s == AckStatus::Failed));
+}
+
+#[tokio::test]
+async fn sources_learn_whether_their_consumers_read_fields() {
+    let _g = SERIAL.lock().await;
+    let (_, probe) = run_flow(
+        r#"
+processors:
+  src: { type: count, count: 10, batch: 10 }
+  a: { type: slow, slowness: 0 }
+  b: { type: slow, slowness: 0 }
+connections:
+  - src -> a
+  - src -> b
+"#,
+    )
+    .await;
+    assert_eq!(probe.written.load(Ordering::SeqCst), 20);
+    assert_eq!(*probe.consumers_read_values.lock(), Some(false));
 }

@@ -174,6 +174,11 @@ impl Describe for KafkaSinkConfig {
 }
 
 impl ProcessorConfig for KafkaSinkConfig {
+    fn reads_values(&self) -> bool {
+        self.key.is_some()
+            || Template::parse(&self.topic, Placeholders::Fields).is_ok_and(|t| t.has_fields())
+    }
+
     fn outputs(&self) -> Vec<String> {
         Vec::new()
     }

@@ -23,7 +23,7 @@ use flow_core::processor::{
     BuildContext, BuildError, ConfigError, Describe, Kind, Output, PortId, Processor,
     ProcessorConfig, ProcessorError, Source, SourceContext,
 };
-use flow_core::record::Record;
+use flow_core::record::{JsonView, Record};
 
 use super::{Brokers, FlowContext, KafkaProcessorError, client_config, validate_common};
 
@@ -161,15 +161,17 @@ impl ProcessorConfig for KafkaSourceConfig {
         errors
     }
 
-    fn build(&self, _: &BuildContext) -> Result<Processor, BuildError> {
+    fn build(&self, ctx: &BuildContext) -> Result<Processor, BuildError> {
         Ok(Processor::Source(Box::new(KafkaSource {
             cfg: self.clone(),
+            json_view: ctx.json_view(),
         })))
     }
 }
 
 struct KafkaSource {
     cfg: KafkaSourceConfig,
+    json_view: JsonView,
 }
 
 type Tp = (String, i32);
@@ -314,7 +316,8 @@ impl KafkaSource {
     fn record(&self, m: &BorrowedMessage<'_>) -> Result<Record, (Record, String)> {
         let payload = bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default());
         let r = match self.cfg.format {
-            crate::mqtt::source::PayloadFormat::Json => match Record::parse_json(payload) {
+            crate::mqtt::source::PayloadFormat::Json => match Record::json(payload, self.json_view)
+            {
                 Ok(r) => r,
                 Err((r, e)) => return Err((attributes(r, m), format!("value: {e}"))),
             },

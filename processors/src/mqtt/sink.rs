@@ -106,6 +106,10 @@ impl Describe for MqttSinkConfig {
 }
 
 impl ProcessorConfig for MqttSinkConfig {
+    fn reads_values(&self) -> bool {
+        topic_template(&self.topic).is_ok_and(|t| t.has_fields())
+    }
+
     fn outputs(&self) -> Vec<String> {
         Vec::new()
     }

@@ -10,7 +10,7 @@ use flow_core::processor::{
     BuildContext, BuildError, ConfigError, Describe, Kind, Output, PortId, Processor,
     ProcessorConfig, ProcessorError, Source, SourceContext,
 };
-use flow_core::record::{Record, Value};
+use flow_core::record::{JsonView, Record, Value};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -198,6 +198,7 @@ impl ProcessorConfig for MqttSourceConfig {
             conn: self.connection(&ctx.name),
             cfg: self.clone(),
             template,
+            json_view: ctx.json_view(),
         })))
     }
 }
@@ -206,6 +207,7 @@ struct MqttSource {
     conn: Connection,
     cfg: MqttSourceConfig,
     template: Option<TopicTemplate>,
+    json_view: JsonView,
 }
 
 /// A message's acknowledgement: its QoS, packet id, and its number among the messages taken
@@ -367,7 +369,7 @@ impl MqttSource {
     )]
     fn record(&self, m: &Message) -> Result<Record, (Record, String)> {
         let mut r = match self.cfg.format {
-            PayloadFormat::Json => match Record::parse_json(m.payload.clone()) {
+            PayloadFormat::Json => match Record::json(m.payload.clone(), self.json_view) {
                 Ok(r) => r,
                 Err((r, e)) => return Err((with_attributes(r, m), format!("payload: {e}"))),
             },

@@ -320,6 +320,12 @@ impl S3SinkConfig {
 }
 
 impl ProcessorConfig for S3SinkConfig {
+    fn reads_values(&self) -> bool {
+        self.format == Format::Csv
+            || Template::parse(&self.key_template(), Placeholders::FieldsTimeUuid)
+                .is_ok_and(|t| t.has_fields())
+    }
+
     fn outputs(&self) -> Vec<String> {
         Vec::new()
     }

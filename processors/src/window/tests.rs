@@ -252,7 +252,7 @@ struct Harness {
 }
 
 fn start(c: &WindowAggregateConfig) -> Harness {
-    let Ok(Processor::Task(task)) = c.build(&BuildContext { name: "w".into() }) else {
+    let Ok(Processor::Task(task)) = c.build(&BuildContext::new("w")) else {
         panic!("a task");
     };
     let (in_tx, in_rx, _) = edge(usize::MAX, usize::MAX, WhenFull::Block);
