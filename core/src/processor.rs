@@ -146,9 +146,10 @@ pub enum ProcessorError {
 pub struct BuildContext {
     /// The processor's name in the flow.
     pub name: String,
-    /// Whether a processor this one feeds reads the records' fields ([`ProcessorConfig::
-    /// reads_values`]). Sources of JSON then build the structured view as they read (one pass);
-    /// otherwise they only check the content and leave the view to be built on first use.
+    /// Whether a processor this one feeds reads the records' fields
+    /// ([`ProcessorConfig::reads_values`]). Sources of JSON then build the structured view as
+    /// they read (one pass); otherwise they only check the content and leave the view to be
+    /// built on first use.
     pub consumers_read_values: bool,
 }
 

@@ -38,7 +38,7 @@ use crate::processor::{ConfigError, FAILURE, Kind, ProcessorConfig, Registry};
 use crate::runtime::edge::WhenFull;
 
 /// Default back-pressure threshold of an edge, in records. NiFi uses 10,000 FlowFiles; a record
-/// here carries a parsed view of about a kilobyte, and 4,096 (four source batches) keeps the
+/// with its parsed view takes about a kilobyte, and 4,096 (four source batches) keeps the
 /// sensors benchmark at full speed with a third less memory than 10,000.
 pub const DEFAULT_MAX_RECORDS: usize = 4_096;
 /// Default back-pressure threshold of an edge, in bytes.

@@ -16,7 +16,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use flow_core::record::{Record, Value};
+use flow_core::record::{JsonView, Record, Value};
 use serde_json::value::RawValue;
 
 pub use poll::HttpPollConfig;
@@ -106,11 +106,11 @@ fn first_significant(body: &[u8]) -> Option<u8> {
 /// The records of a pushed body: a JSON object (one record), a JSON array (one record per
 /// element) or JSON lines (one record per non-empty line). All or nothing: the first error is
 /// returned, with its line, and no record is made. Records keep their exact bytes (array
-/// elements too).
-pub(crate) fn parse_body(body: &Bytes) -> Result<Vec<Record>, String> {
+/// elements too); `view` says whether their structured view is built now.
+pub(crate) fn parse_body(body: &Bytes, view: JsonView) -> Result<Vec<Record>, String> {
     match first_significant(body) {
         None => Err("the body is empty".into()),
-        Some(b'[') => parse_array(body),
+        Some(b'[') => parse_array(body, view),
         Some(_) => {
             // JSON lines, unless the first line is not a whole document: then one document
             // over several lines (pretty-printed JSON).
@@ -119,10 +119,10 @@ pub(crate) fn parse_body(body: &Bytes) -> Result<Vec<Record>, String> {
                 .next()
                 .is_some_and(|(l, _)| serde_json::from_slice::<&RawValue>(&l).is_ok());
             if first_is_whole {
-                parse_lines(body)
+                parse_lines(body, view)
             } else {
-                let v: Value = serde_json::from_slice(body).map_err(|e| format!("{e}"))?;
-                Ok(vec![Record::from_parts(body.clone(), v)])
+                let r = Record::json(body.clone(), view).map_err(|(_, e)| e.to_string())?;
+                Ok(vec![r])
             }
         }
     }
@@ -133,13 +133,13 @@ fn blank(line: &[u8]) -> bool {
 }
 
 /// One record per non-empty line; the first malformed line is the error.
-pub(crate) fn parse_lines(body: &Bytes) -> Result<Vec<Record>, String> {
+pub(crate) fn parse_lines(body: &Bytes, view: JsonView) -> Result<Vec<Record>, String> {
     let mut records = Vec::new();
     for (n, (line, _)) in crate::lines::split_lines(body).enumerate() {
         if blank(&line) {
             continue;
         }
-        match Record::parse_json(line) {
+        match Record::json(line, view) {
             Ok(r) => records.push(r),
             Err((_, e)) => return Err(format!("line {}: {e}", n + 1)),
         }
@@ -151,15 +151,13 @@ pub(crate) fn parse_lines(body: &Bytes) -> Result<Vec<Record>, String> {
 }
 
 /// One record per element of a JSON array, each over its own bytes in `body`.
-fn parse_array(body: &Bytes) -> Result<Vec<Record>, String> {
+fn parse_array(body: &Bytes, view: JsonView) -> Result<Vec<Record>, String> {
     let elements: Vec<&RawValue> =
         serde_json::from_slice(body).map_err(|e| format!("content is not valid JSON: {e}"))?;
     let mut records = Vec::with_capacity(elements.len());
     for raw in elements {
         let content = body.slice_ref(raw.get().as_bytes());
-        let value: Value = serde_json::from_str(raw.get())
-            .map_err(|e| format!("content is not valid JSON: {e}"))?;
-        records.push(Record::from_parts(content, value));
+        records.push(Record::json(content, view).map_err(|(_, e)| e.to_string())?);
     }
     Ok(records)
 }

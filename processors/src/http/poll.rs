@@ -11,7 +11,7 @@ use flow_core::processor::{
     BuildContext, BuildError, ConfigError, Describe, Kind, Output, PortId, Processor,
     ProcessorConfig, ProcessorError, Source, SourceContext,
 };
-use flow_core::record::{Attributes, Record, Value, encode_json};
+use flow_core::record::{Attributes, JsonView, Record, Value, encode_json};
 use flow_core::runtime::CancellationToken;
 use flow_core::runtime::emit::Emitter;
 use flow_core::runtime::metrics::NodeMetrics;
@@ -358,6 +358,12 @@ impl ProcessorConfig for HttpPollConfig {
             },
             headers,
             client,
+            // The dedupe key reads fields too.
+            json_view: if self.dedupe.is_some() {
+                JsonView::Eager
+            } else {
+                ctx.json_view()
+            },
             dedupe,
             next,
         })))
@@ -380,6 +386,7 @@ struct HttpPoll {
     client: reqwest::Client,
     dedupe: Option<Expr>,
     next: Option<Next>,
+    json_view: JsonView,
 }
 
 /// What the last response from a URL said, for change detection and 304s.
@@ -670,7 +677,7 @@ impl HttpPoll {
         // Each record, with why it goes to `failure` if it does.
         let mut records: Vec<(Record, Option<String>)> = Vec::new();
         match self.cfg.records {
-            Split::Body => records.push(match Record::parse_json(f.body.clone()) {
+            Split::Body => records.push(match Record::json(f.body.clone(), self.json_view) {
                 Ok(r) => (r, None),
                 Err((r, e)) => (r, Some(e.to_string())),
             }),
@@ -679,7 +686,7 @@ impl HttpPoll {
                     if line.iter().all(u8::is_ascii_whitespace) {
                         continue;
                     }
-                    records.push(match Record::parse_json(line) {
+                    records.push(match Record::json(line, self.json_view) {
                         Ok(r) => (r, None),
                         Err((r, e)) => (r, Some(format!("line {}: {e}", n + 1))),
                     });

@@ -19,7 +19,7 @@ use flow_core::processor::{
     BuildContext, BuildError, ConfigError, Describe, Kind, PortId, Processor, ProcessorConfig,
     ProcessorError, Source, SourceContext,
 };
-use flow_core::record::Record;
+use flow_core::record::{JsonView, Record};
 use flow_core::runtime::CancellationToken;
 use flow_core::runtime::metrics::NodeMetrics;
 use futures::StreamExt;
@@ -189,7 +189,9 @@ impl ProcessorConfig for HttpServerConfig {
 
     fn build(&self, ctx: &BuildContext) -> Result<Processor, BuildError> {
         Ok(Processor::Source(Box::new(HttpServer::bind(
-            self, &ctx.name,
+            self,
+            &ctx.name,
+            ctx.json_view(),
         )?)))
     }
 }
@@ -199,11 +201,16 @@ pub(crate) struct HttpServer {
     node: String,
     cfg: HttpServerConfig,
     listener: std::net::TcpListener,
+    json_view: JsonView,
 }
 
 impl HttpServer {
     /// Check the config and bind the listener (so a port in use fails the start of the flow).
-    pub(crate) fn bind(cfg: &HttpServerConfig, node: &str) -> Result<Self, BuildError> {
+    pub(crate) fn bind(
+        cfg: &HttpServerConfig,
+        node: &str,
+        json_view: JsonView,
+    ) -> Result<Self, BuildError> {
         if let Some(e) = cfg.validate().first() {
             return Err(BuildError(format!("{}: {}", e.path.join("."), e.message)));
         }
@@ -218,6 +225,7 @@ impl HttpServer {
             node: node.to_owned(),
             cfg: cfg.clone(),
             listener,
+            json_view,
         })
     }
 
@@ -277,6 +285,7 @@ struct Shared {
     ack_timeout: Duration,
     stopping: CancellationToken,
     stats: Arc<Stats>,
+    json_view: JsonView,
 }
 
 fn json(status: StatusCode, body: serde_json::Value) -> Response {
@@ -378,7 +387,7 @@ async fn ingest(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) ->
             return error(StatusCode::BAD_REQUEST, &e);
         }
     };
-    let mut records = match parse_body(&body) {
+    let mut records = match parse_body(&body, s.json_view) {
         Ok(r) => r,
         Err(e) => {
             bump(&s.stats.rejected_malformed);
@@ -518,6 +527,7 @@ impl Source for HttpServer {
             ack_timeout: cfg.ack_timeout,
             stopping: shutdown.clone(),
             stats: stats.clone(),
+            json_view: self.json_view,
         });
         let app = Router::new()
             .route(&cfg.path, post(ingest))

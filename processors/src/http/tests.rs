@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use flow_core::ack::AckStatus;
 use flow_core::processor::{ProcessorConfig, Source, SourceContext};
-use flow_core::record::Record;
+use flow_core::record::{JsonView, Record};
 use flow_core::runtime::CancellationToken;
 use flow_core::runtime::edge::{EdgeReceiver, WhenFull, edge};
 use flow_core::runtime::emit::Emitter;
@@ -622,7 +622,7 @@ impl Ingest {
     fn start(mut cfg: serde_json::Value, max_records: usize) -> Ingest {
         cfg["listen"] = json!("127.0.0.1:0");
         let cfg: HttpServerConfig = testing::config(cfg);
-        let server = HttpServer::bind(&cfg, NAME).expect("binds");
+        let server = HttpServer::bind(&cfg, NAME, JsonView::Lazy).expect("binds");
         let addr = server.local_addr();
         let metrics = Arc::new(NodeMetrics::default());
         let (f_tx, _, _) = edge(usize::MAX, usize::MAX, WhenFull::Block);
@@ -971,7 +971,9 @@ fn server_configs_are_validated() {
 
 #[test]
 fn bodies_parse_all_or_nothing() {
-    let ok = |s: &str| parse_body(&Bytes::copy_from_slice(s.as_bytes())).map(|r| r.len());
+    let ok = |s: &str| {
+        parse_body(&Bytes::copy_from_slice(s.as_bytes()), JsonView::Lazy).map(|r| r.len())
+    };
     assert_eq!(ok(r#"{"a":1}"#), Ok(1));
     assert_eq!(ok(r#"[1, "two", {"three":3}]"#), Ok(3));
     assert_eq!(ok("{\"a\":1}\n\n{\"a\":2}"), Ok(2));

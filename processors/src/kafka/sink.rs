@@ -597,7 +597,9 @@ impl Sink for KafkaSink {
             let _ = producer.flush(Duration::from_secs(10));
             // Dropping the producer waits for its polling thread, which wakes every 100 ms:
             // not worth holding up the end of the flow for.
-            std::thread::spawn(move || drop(producer));
+            let _ = std::thread::Builder::new()
+                .name("kafka producer drop".into())
+                .spawn(move || drop(producer));
         })
         .await;
         Ok(())

@@ -51,7 +51,7 @@ pub struct KafkaSourceConfig {
     /// Where a group without a committed offset starts: `earliest` or `latest`.
     #[serde(default)]
     pub start: StartFrom,
-    /// How a message value becomes a record: `json` (parsed; not JSON goes to `failure`) or
+    /// How a message value becomes a record: `json` (checked; not JSON goes to `failure`) or
     /// `raw` (the bytes as they are).
     #[serde(default)]
     pub format: crate::mqtt::source::PayloadFormat,

@@ -76,7 +76,7 @@ pub struct MqttSourceConfig {
     /// (exactly once between broker and flow).
     #[serde(default = "default_qos")]
     pub qos: u8,
-    /// How a payload becomes a record: `json` (parsed; not JSON goes to `failure`) or `raw`
+    /// How a payload becomes a record: `json` (checked; not JSON goes to `failure`) or `raw`
     /// (the bytes as they are).
     #[serde(default)]
     pub format: PayloadFormat,
@@ -197,8 +197,13 @@ impl ProcessorConfig for MqttSourceConfig {
         Ok(Processor::Source(Box::new(MqttSource {
             conn: self.connection(&ctx.name),
             cfg: self.clone(),
+            // Fields taken from the topic are written into the view.
+            json_view: if template.is_some() {
+                JsonView::Eager
+            } else {
+                ctx.json_view()
+            },
             template,
-            json_view: ctx.json_view(),
         })))
     }
 }

@@ -322,6 +322,7 @@ impl S3SinkConfig {
 impl ProcessorConfig for S3SinkConfig {
     fn reads_values(&self) -> bool {
         self.format == Format::Csv
+            || self.event_time.is_some()
             || Template::parse(&self.key_template(), Placeholders::FieldsTimeUuid)
                 .is_ok_and(|t| t.has_fields())
     }
