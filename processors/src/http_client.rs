@@ -1,8 +1,10 @@
-//! The HTTP client the sinks share (`influxdb_sink`, and `s3_sink` through `object_store`).
+//! The HTTP client the processors share (`http_poll`, `influxdb_sink`, and `s3_sink` through
+//! `object_store`).
 //!
 //! reqwest is built with rustls but without a built-in crypto provider (its default, aws-lc-rs,
 //! is a long C build); [`install_crypto_provider`] makes `ring` the process default once, before
-//! any client is made.
+//! any client is made. Servers are verified against the system's trusted roots (reqwest's
+//! platform verifier).
 
 use std::time::Duration;
 
@@ -25,11 +27,15 @@ pub(crate) fn native_roots() -> rustls::RootCertStore {
     roots
 }
 
-/// A client with this per-request timeout.
-pub(crate) fn client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+/// A client builder with the crypto provider installed and this per-request timeout.
+pub(crate) fn builder(timeout: Duration) -> reqwest::ClientBuilder {
     install_crypto_provider();
-    reqwest::Client::builder()
-        .timeout(timeout)
+    reqwest::Client::builder().timeout(timeout)
+}
+
+/// A client with this per-request timeout (and at most 10 s to connect).
+pub(crate) fn client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    builder(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(10)))
         .build()
 }

@@ -13,7 +13,6 @@ mod tests;
 
 use std::collections::{HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
 
 use bytes::Bytes;
 use flow_core::record::{JsonView, Record, Value};
@@ -160,17 +159,6 @@ fn parse_array(body: &Bytes, view: JsonView) -> Result<Vec<Record>, String> {
         records.push(Record::json(content, view).map_err(|(_, e)| e.to_string())?);
     }
     Ok(records)
-}
-
-/// A rustls client configuration with the `ring` provider and the system's trusted roots.
-pub(crate) fn tls_config() -> Result<rustls::ClientConfig, String> {
-    let roots = crate::http_client::native_roots();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
 }
 
 /// A URL without its credentials and query (which may hold secrets), for logs.

@@ -340,10 +340,7 @@ impl ProcessorConfig for HttpPollConfig {
             .map(|d| Expr::compile(&d.key, ExprKind::Value))
             .transpose()
             .map_err(|e| BuildError(format!("dedupe key: {e}")))?;
-        let tls = super::tls_config().map_err(BuildError)?;
-        let client = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .timeout(self.timeout)
+        let client = crate::http_client::builder(self.timeout)
             .user_agent(concat!("flow/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| BuildError(format!("HTTP client: {e}")))?;

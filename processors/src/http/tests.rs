@@ -602,10 +602,8 @@ fn bounded_set_forgets_the_oldest() {
 // The ingest server.
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls_config().expect("tls"))
-        .build()
-        .expect("client")
+    crate::http_client::install_crypto_provider();
+    reqwest::Client::builder().build().expect("client")
 }
 
 /// A running ingest source whose `out` edge holds `max_records`.
