@@ -2,85 +2,16 @@
 //! by a plain HTTP/1.1 client, and `flows/rest-to-file.yaml` polling a small server this test
 //! runs itself. Both are stopped with SIGTERM and must exit cleanly.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// A running `flow run`, its stderr going to a file.
-struct Flow {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Flow {
-    fn start(file: &str, log_dir: &Path, env: &[(&str, &str)]) -> Flow {
-        let log = log_dir.join("flow.log");
-        let err = std::fs::File::create(&log).expect("log");
-        let mut c = Command::new(env!("CARGO_BIN_EXE_flow"));
-        c.current_dir(repo())
-            .args(["-v", "run", "--quiet", file])
-            .stdout(Stdio::null())
-            .stderr(err);
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        let child = c.spawn().expect("flow starts");
-        Flow {
-            child: Some(child),
-            log,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM; the run must end gracefully.
-    fn stop(mut self) {
-        let mut child = self.child.take().expect("running");
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let status = child.wait().expect("waited");
-        assert!(
-            status.success(),
-            "flow exited with {status}:\n{}",
-            self.log()
-        );
-    }
-}
-
-impl Drop for Flow {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
+use common::{Flow, free_port, lines, wait_for};
 
 /// One HTTP/1.1 request over a fresh connection: the status code and the body.
 fn request(addr: &str, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
@@ -100,7 +31,8 @@ fn request(addr: &str, method: &str, path: &str, body: &str) -> Option<(u16, Str
     Some((code, body))
 }
 
-fn lines(path: &Path) -> Vec<serde_json::Value> {
+/// The JSON lines of a file, parsed.
+fn json_lines(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
@@ -114,8 +46,9 @@ fn http_ingest_flow_appends_what_is_not_an_error() {
     let addr = format!("127.0.0.1:{}", free_port());
     let out_dir = dir.path().display().to_string();
     let flow = Flow::start(
-        "flows/http-ingest.yaml",
+        Path::new("flows/http-ingest.yaml"),
         dir.path(),
+        "flow",
         &[("LISTEN", addr.as_str()), ("OUT_DIR", out_dir.as_str())],
     );
     wait_for(30, "the health endpoint", || {
@@ -135,8 +68,8 @@ fn http_ingest_flow_appends_what_is_not_an_error() {
         request(&addr, "POST", "/elsewhere", "{}").map(|r| r.0),
         Some(404)
     );
-    flow.stop();
-    let got: Vec<i64> = lines(&dir.path().join("ingest.jsonl"))
+    flow.stop_cleanly();
+    let got: Vec<i64> = json_lines(&dir.path().join("ingest.jsonl"))
         .iter()
         .map(|v| v["n"].as_i64().expect("n"))
         .collect();
@@ -182,8 +115,9 @@ fn rest_to_file_flow_writes_each_id_once() {
     let url = format!("http://{addr}/items");
     let out_dir = dir.path().display().to_string();
     let flow = Flow::start(
-        "flows/rest-to-file.yaml",
+        Path::new("flows/rest-to-file.yaml"),
         dir.path(),
+        "flow",
         &[
             ("REST_URL", url.as_str()),
             ("POLL_INTERVAL", "50ms"),
@@ -191,15 +125,15 @@ fn rest_to_file_flow_writes_each_id_once() {
         ],
     );
     let out = dir.path().join("items.jsonl");
-    wait_for(30, "the first two items", || lines(&out).len() >= 2);
+    wait_for(30, "the first two items", || lines(&out) >= 2);
     *body.lock().expect("lock") = r#"[{"id":2,"v":"b"},{"id":3,"v":"c"}]"#.to_owned();
-    wait_for(30, "the third item", || lines(&out).len() >= 3);
+    wait_for(30, "the third item", || lines(&out) >= 3);
     let seen = hits.load(Ordering::SeqCst);
     wait_for(30, "three more polls", || {
         hits.load(Ordering::SeqCst) >= seen + 3
     });
-    flow.stop();
-    let got: Vec<(i64, String)> = lines(&out)
+    flow.stop_cleanly();
+    let got: Vec<(i64, String)> = json_lines(&out)
         .iter()
         .map(|v| {
             (

@@ -75,10 +75,25 @@ impl Flow {
 
     /// SIGTERM and wait for a graceful exit; `true` when it exited 0.
     pub fn stop(mut self) -> bool {
+        self.terminate().is_some_and(|s| s.success())
+    }
+
+    /// SIGTERM; the run must end gracefully (the log is in the failure message).
+    pub fn stop_cleanly(mut self) {
+        let status = self.terminate().expect("waited");
+        assert!(
+            status.success(),
+            "flow exited with {status}:\n{}",
+            self.log()
+        );
+    }
+
+    /// SIGTERM, then wait for the exit.
+    fn terminate(&mut self) -> Option<std::process::ExitStatus> {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
-        self.child.wait().is_ok_and(|s| s.success())
+        self.child.wait().ok()
     }
 
     /// Wait for the flow to end by itself; `true` when it exited 0.
