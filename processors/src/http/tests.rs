@@ -940,6 +940,202 @@ async fn a_stopped_server_refuses_new_requests() {
     );
 }
 
+/// A connection to the ingest server that has sent `sent`.
+async fn sent(base: &str, sent: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
+        .await
+        .expect("connect");
+    s.write_all(sent.as_bytes()).await.expect("sent");
+    s
+}
+
+/// Everything the server sends until it closes the connection (or resets it).
+async fn until_closed(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "the server did not close the connection");
+    String::from_utf8_lossy(&got).to_ascii_lowercase()
+}
+
+const STALLED: &str = "POST /ingest HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                       Content-Length: 100\r\n\r\n{\"a\":";
+
+#[tokio::test]
+async fn stalled_clients_get_503_and_do_not_hold_a_graceful_stop() {
+    // No timeout would end these clients: only the stop may.
+    let ing = Ingest::start(
+        json!({ "header_timeout": "1h", "body_timeout": "1h", "retry_after": "2s" }),
+        usize::MAX,
+    );
+    // Headers and part of a body, then nothing.
+    let mut stalled = sent(&ing.base, STALLED).await;
+    // Part of the headers.
+    let mut half = sent(&ing.base, "POST /ingest HTTP/1.1\r\nHost: x\r\n").await;
+    // Connected, nothing sent.
+    let mut idle = Vec::new();
+    for _ in 0..50 {
+        idle.push(sent(&ing.base, "").await);
+    }
+    let metrics = ing.metrics.clone();
+    wait_for("the stalled request to reach the server", || {
+        metrics.snapshot().status.get("requests") == Some(&json!(1))
+    })
+    .await;
+    let stop = tokio::spawn(ing.stop());
+    let answer = until_closed(&mut stalled).await;
+    assert!(answer.starts_with("http/1.1 503"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    assert!(answer.contains("retry-after: 2"), "{answer}");
+    assert!(answer.contains("stopping"), "{answer}");
+    until_closed(&mut half).await;
+    for c in &mut idle {
+        until_closed(c).await;
+    }
+    let (out, _) = tokio::time::timeout(Duration::from_secs(20), stop)
+        .await
+        .expect("slow clients do not hold the stop")
+        .expect("joined");
+    assert!(out.is_empty(), "nothing of the stalled body got in");
+}
+
+#[tokio::test]
+async fn slow_and_idle_clients_are_cut_off() {
+    let ing = Ingest::start(
+        json!({ "header_timeout": "200ms", "body_timeout": "200ms" }),
+        usize::MAX,
+    );
+    // Connected, nothing sent: closed after header_timeout.
+    let mut idle = sent(&ing.base, "").await;
+    assert_eq!(until_closed(&mut idle).await, "");
+    // Headers never finished: closed.
+    let mut half = sent(&ing.base, "POST /ingest HTTP/1.1\r\nHost: x\r\n").await;
+    until_closed(&mut half).await;
+    // The body never finished: 408, and closed.
+    let mut stalled = sent(&ing.base, STALLED).await;
+    let answer = until_closed(&mut stalled).await;
+    assert!(answer.starts_with("http/1.1 408"), "{answer}");
+    assert!(
+        answer.contains("the body did not arrive within 200ms"),
+        "{answer}"
+    );
+    // A kept-alive connection idle after its answer: closed too.
+    let mut kept = sent(
+        &ing.base,
+        "POST /ingest HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\n\r\n{\"a\":1}",
+    )
+    .await;
+    let answer = until_closed(&mut kept).await;
+    assert!(answer.starts_with("http/1.1 202"), "{answer}");
+    let (out, metrics) = ing.stop().await;
+    assert_eq!(out.iter().map(content).collect::<Vec<_>>(), [r#"{"a":1}"#]);
+    assert_eq!(status(&metrics, "body_timeouts"), 1);
+}
+
+#[tokio::test]
+async fn connections_beyond_max_connections_wait_their_turn() {
+    let ing = Ingest::start(
+        json!({ "max_connections": 2, "header_timeout": "1h" }),
+        usize::MAX,
+    );
+    let first = sent(&ing.base, "").await;
+    let _second = sent(&ing.base, "").await;
+    let mut third = sent(
+        &ing.base,
+        "POST /ingest HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\nConnection: close\r\n\r\n{\"a\":1}",
+    )
+    .await;
+    let mut buf = [0u8; 64];
+    let early = tokio::time::timeout(
+        Duration::from_millis(300),
+        tokio::io::AsyncReadExt::read(&mut third, &mut buf),
+    )
+    .await;
+    assert!(early.is_err(), "served while two connections were open");
+    drop(first);
+    let answer = until_closed(&mut third).await;
+    assert!(answer.starts_with("http/1.1 202"), "{answer}");
+    let (out, _) = ing.stop().await;
+    assert_eq!(out.len(), 1);
+}
+
+#[tokio::test]
+async fn content_types_and_records_that_are_not_objects_are_refused() {
+    let ing = Ingest::start(json!({ "max_record_size": "64B" }), usize::MAX);
+    let c = client();
+    let send = |ct: &'static str, body: &'static str| {
+        let (c, url) = (c.clone(), ing.url.clone());
+        async move {
+            let r = c
+                .post(url)
+                .header("content-type", ct)
+                .body(body)
+                .send()
+                .await
+                .expect("sent");
+            (r.status().as_u16(), r.text().await.expect("body"))
+        }
+    };
+    let (code, msg) = send("application/x-www-form-urlencoded", r#"{"a":1}"#).await;
+    assert_eq!(code, 415);
+    assert!(
+        msg.contains("application/json") && msg.contains("application/x-ndjson"),
+        "says what is accepted: {msg}"
+    );
+    let (code, msg) = send("application/json", "42").await;
+    assert_eq!(code, 400);
+    assert!(
+        msg.contains("the body: a record must be a JSON object, not a number"),
+        "{msg}"
+    );
+    let (code, msg) = send("application/json", r#"[1, "a"]"#).await;
+    assert_eq!(code, 400);
+    assert!(
+        msg.contains("element 1: a record must be a JSON object"),
+        "{msg}"
+    );
+    let (code, msg) = send("application/x-ndjson", "{\"a\":1}\n[1]\n").await;
+    assert_eq!(code, 400);
+    assert!(
+        msg.contains("line 2: a record must be a JSON object, not an array"),
+        "{msg}"
+    );
+    let (code, msg) = send(
+        "application/x-ndjson",
+        "{\"a\":1}\n{\"a\":\"0123456789012345678901234567890123456789012345678901234567890\"}\n",
+    )
+    .await;
+    assert_eq!(code, 413);
+    assert!(
+        msg.contains("line 2 is 69 bytes, over max_record_size (64 B)"),
+        "{msg}"
+    );
+    // Blank lines, whitespace only or not, are skipped.
+    assert_eq!(
+        send(
+            "application/x-ndjson",
+            "{\"a\":1}\n   \n\t\r\n\n{\"a\":2}\n"
+        )
+        .await,
+        (202, r#"{"accepted":2}"#.to_owned())
+    );
+    assert_eq!(
+        send("application/json; charset=utf-8", r#"[{"a":3}]"#)
+            .await
+            .0,
+        202
+    );
+    let (out, metrics) = ing.stop().await;
+    assert_eq!(
+        out.iter().map(content).collect::<Vec<_>>(),
+        [r#"{"a":1}"#, r#"{"a":2}"#, r#"{"a":3}"#]
+    );
+    assert_eq!(status(&metrics, "rejected_type"), 1);
+    assert_eq!(status(&metrics, "rejected_malformed"), 3);
+    assert_eq!(status(&metrics, "rejected_too_large"), 1);
+}
+
 #[test]
 fn server_configs_are_validated() {
     let bad: HttpServerConfig = testing::config(json!({
@@ -967,18 +1163,129 @@ fn server_configs_are_validated() {
     assert_eq!(same.validate().len(), 1);
 }
 
+fn rules(kind: BodyType) -> BodyRules {
+    BodyRules {
+        kind,
+        max_record: 64,
+        max_record_size: bytesize::ByteSize::b(64),
+        view: JsonView::Lazy,
+    }
+}
+
+fn parse(kind: BodyType, s: &str) -> Result<usize, Refused> {
+    rules(kind)
+        .parse(&Bytes::copy_from_slice(s.as_bytes()))
+        .map(|r| r.len())
+}
+
 #[test]
 fn bodies_parse_all_or_nothing() {
-    let ok = |s: &str| {
-        parse_body(&Bytes::copy_from_slice(s.as_bytes()), JsonView::Lazy).map(|r| r.len())
-    };
+    let ok = |s: &str| parse(BodyType::Either, s).map_err(|e| e.message().to_owned());
     assert_eq!(ok(r#"{"a":1}"#), Ok(1));
-    assert_eq!(ok(r#"[1, "two", {"three":3}]"#), Ok(3));
+    assert_eq!(ok(r#"[{"a":1}, {"b":2}]"#), Ok(2));
     assert_eq!(ok("{\"a\":1}\n\n{\"a\":2}"), Ok(2));
-    assert_eq!(ok("[]").map_err(|_| ()), Ok(0));
-    assert!(ok("{\"a\":1}\nnope\n").is_err_and(|e| e.contains("line 2")));
-    assert!(ok("").is_err());
+    assert_eq!(
+        ok("{\"a\":1}\n \t\n\r\n{\"a\":2}\n  "),
+        Ok(2),
+        "blank lines are skipped"
+    );
+    assert_eq!(ok("[]"), Ok(0));
+    assert!(ok("{\"a\":1}\nnope\n").is_err_and(|e| e.starts_with("line 2: ")));
+    assert_eq!(ok(""), Err("the body is empty".into()));
+    assert_eq!(ok(" \n\t"), Err("the body is empty".into()));
     assert!(ok("[1,").is_err());
+}
+
+#[test]
+fn every_record_must_be_an_object() {
+    let err = |kind, s: &str| match parse(kind, s) {
+        Err(Refused::Malformed(m)) => m,
+        other => panic!("{s}: {other:?}"),
+    };
+    assert_eq!(
+        err(BodyType::Either, "42"),
+        "line 1: a record must be a JSON object, not a number"
+    );
+    assert_eq!(
+        err(BodyType::Json, "42"),
+        "the body: a record must be a JSON object, not a number"
+    );
+    assert_eq!(
+        err(BodyType::Either, r#"[{"a":1}, 1, "a"]"#),
+        "element 2: a record must be a JSON object, not a number"
+    );
+    assert_eq!(
+        err(BodyType::Json, r#"[[1], {"a":1}]"#),
+        "element 1: a record must be a JSON object, not an array"
+    );
+    assert_eq!(
+        err(BodyType::Lines, "{\"a\":1}\n\n\"s\"\n"),
+        "line 3: a record must be a JSON object, not a string"
+    );
+    assert_eq!(
+        err(BodyType::Either, "{\"a\":1}\nnull"),
+        "line 2: a record must be a JSON object, not null"
+    );
+    assert_eq!(
+        err(BodyType::Either, "{\"a\":1}\n true"),
+        "line 2: a record must be a JSON object, not a boolean"
+    );
+}
+
+#[test]
+fn the_content_type_says_how_a_body_is_read() {
+    let of = |ct: &str| BodyType::of(Some(ct.as_bytes()));
+    assert_eq!(BodyType::of(None), Ok(BodyType::Either));
+    assert_eq!(of("application/json"), Ok(BodyType::Json));
+    assert_eq!(of("Application/JSON; charset=UTF-8"), Ok(BodyType::Json));
+    assert_eq!(of("application/vnd.acme.reading+json"), Ok(BodyType::Json));
+    for lines in [
+        "application/x-ndjson",
+        "application/ndjson",
+        "application/jsonl",
+        "application/x-jsonlines",
+    ] {
+        assert_eq!(of(lines), Ok(BodyType::Lines), "{lines}");
+    }
+    assert_eq!(of("text/plain; charset=utf-8"), Ok(BodyType::Either));
+    let refused = of("application/x-www-form-urlencoded").expect_err("refused");
+    assert!(
+        refused.starts_with("`Content-Type: application/x-www-form-urlencoded` is not accepted: send application/json"),
+        "{refused}"
+    );
+    assert!(refused.contains("application/x-ndjson"), "{refused}");
+    assert!(of("application/json; charset=latin1").is_err());
+    assert!(of("not a type").is_err());
+
+    // JSON is one document; JSON lines are lines, even when the first one spans the body.
+    assert_eq!(parse(BodyType::Lines, "{\"a\":1}\n{\"a\":2}\n"), Ok(2));
+    assert!(parse(BodyType::Lines, "{\n\"a\": 1}").is_err());
+    match parse(BodyType::Json, "{\"a\":1}\n{\"a\":2}\n") {
+        Err(Refused::Malformed(m)) => assert!(m.contains("application/x-ndjson"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(parse(BodyType::Json, "{\n  \"a\": 1\n}\n"), Ok(1));
+}
+
+#[test]
+fn a_record_over_max_record_size_refuses_the_body_naming_it() {
+    let big = format!(r#"{{"a":"{}"}}"#, "x".repeat(100));
+    let too_large = |kind, body: &str| match parse(kind, body) {
+        Err(Refused::TooLarge(m)) => m,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        too_large(BodyType::Either, &format!("{{\"a\":1}}\n{big}\n")),
+        "line 2 is 108 bytes, over max_record_size (64 B)"
+    );
+    assert_eq!(
+        too_large(BodyType::Json, &format!("[{{\"a\":1}}, {big}]")),
+        "element 2 is 108 bytes, over max_record_size (64 B)"
+    );
+    assert_eq!(
+        too_large(BodyType::Json, &big),
+        "the body is 108 bytes, over max_record_size (64 B)"
+    );
 }
 
 #[test]
