@@ -516,6 +516,218 @@ async fn a_body_that_is_not_what_was_configured_goes_to_failure() {
     assert!(failed[0].value().is_ok());
 }
 
+/// A static file served as Python's `http.server` (`/python`) and nginx (`/nginx`) serve one:
+/// `Last-Modified` is the file's modification time and `Date` the server's clock, both in whole
+/// seconds (a clock the test sets here). `If-Modified-Since` is answered `304` when the file is
+/// not newer; `/nginx` also sends an `ETag` made of the modification time and the size, and
+/// answers `304` to a matching `If-None-Match`.
+#[derive(Default)]
+struct StaticFile {
+    clock: AtomicU64,
+    mtime: AtomicU64,
+    body: Mutex<String>,
+    not_modified: AtomicU64,
+}
+
+impl StaticFile {
+    /// Rewrite the file now (by the server's clock).
+    fn write(&self, body: &str) {
+        *self.body.lock().expect("lock") = body.to_owned();
+        self.mtime
+            .store(self.clock.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+}
+
+async fn static_file(State(f): State<Arc<StaticFile>>, headers: HeaderMap, uri: Uri) -> Response {
+    let at = |secs: u64| std::time::UNIX_EPOCH + Duration::from_secs(secs);
+    let secs = |v: &axum::http::HeaderValue| {
+        let t = httpdate::parse_http_date(v.to_str().ok()?).ok()?;
+        t.duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_secs())
+    };
+    let mtime = f.mtime.load(Ordering::SeqCst);
+    let body = f.body.lock().expect("lock").clone();
+    let tag = format!("\"{mtime:x}-{:x}\"", body.len());
+    let nginx = uri.path() == "/nginx";
+    let fresh = match headers.get(header::IF_NONE_MATCH) {
+        Some(inm) if nginx => inm.as_bytes() == tag.as_bytes(),
+        _ => headers
+            .get(header::IF_MODIFIED_SINCE)
+            .and_then(secs)
+            .is_some_and(|since| mtime <= since),
+    };
+    let mut r = if fresh {
+        f.not_modified.fetch_add(1, Ordering::SeqCst);
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        body.into_response()
+    };
+    let h = r.headers_mut();
+    let date = httpdate::fmt_http_date(at(f.clock.load(Ordering::SeqCst)));
+    h.insert(header::DATE, date.parse().expect("date"));
+    let modified = httpdate::fmt_http_date(at(mtime));
+    h.insert(header::LAST_MODIFIED, modified.parse().expect("date"));
+    if nginx {
+        h.insert(header::ETAG, tag.parse().expect("etag"));
+    }
+    r
+}
+
+/// The contents of the next batch a poller emits (within 20 s).
+async fn next_batch(out: &mut EdgeReceiver) -> Vec<String> {
+    let batch = tokio::time::timeout(Duration::from_secs(20), out.recv())
+        .await
+        .expect("a batch within 20 s")
+        .expect("the poller runs");
+    batch.iter().map(content).collect()
+}
+
+#[tokio::test]
+async fn a_change_within_the_second_of_the_last_answer_is_not_missed() {
+    for path in ["/python", "/nginx"] {
+        let file = Arc::new(StaticFile::default());
+        file.clock.store(1_700_000_000, Ordering::SeqCst);
+        file.write(r#"{"v":1}"#);
+        let app = Router::new()
+            .route("/python", get(static_file))
+            .route("/nginx", get(static_file))
+            .with_state(file.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let mut p = Poller::start(json!({
+            "url": format!("http://{addr}{path}"),
+            "interval": "20ms",
+        }));
+        assert_eq!(next_batch(&mut p.out).await, [r#"{"v":1}"#], "{path}");
+        // Rewritten within the second of that answer: same Last-Modified (and, for nginx,
+        // the same ETag, the size being the same).
+        file.write(r#"{"v":2}"#);
+        assert_eq!(next_batch(&mut p.out).await, [r#"{"v":2}"#], "{path}");
+        // A second later the validators are trusted again: polls are answered 304.
+        file.clock.fetch_add(1, Ordering::SeqCst);
+        wait_for("304s", || file.not_modified.load(Ordering::SeqCst) >= 2).await;
+        file.write(r#"{"v":3}"#);
+        assert_eq!(next_batch(&mut p.out).await, [r#"{"v":3}"#], "{path}");
+        let (out, failed, metrics) = p.stop().await;
+        assert!(out.is_empty() && failed.is_empty(), "each version once");
+        assert!(status(&metrics, "not_modified") >= 2);
+    }
+}
+
+/// Kills the child process when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn every_version_of_a_file_python_serves_is_emitted() {
+    // A real `python3 -m http.server`: it sends Last-Modified and answers If-Modified-Since.
+    let python = std::process::Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !python {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "python3 is missing but CI is set"
+        );
+        eprintln!("skipped: no python3");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |v: u32| {
+        let tmp = dir.path().join("tmp");
+        std::fs::write(&tmp, format!(r#"{{"v":{v}}}"#)).expect("written");
+        std::fs::rename(&tmp, dir.path().join("data.json")).expect("renamed");
+    };
+    write(0);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let _server = Child(
+        std::process::Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .arg("--directory")
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 starts"),
+    );
+    let url = format!("http://127.0.0.1:{port}/data.json");
+    let c = client();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while c.get(&url).send().await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "python3 never served"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut p = Poller::start(json!({ "url": url, "interval": "20ms" }));
+    // Each version is written as soon as the previous one is emitted: mostly within the same
+    // second as the answer that carried it.
+    for v in 0..8 {
+        if v > 0 {
+            write(v);
+        }
+        assert_eq!(next_batch(&mut p.out).await, [format!(r#"{{"v":{v}}}"#)]);
+    }
+    let (out, failed, _) = p.stop().await;
+    assert!(out.is_empty() && failed.is_empty(), "each version once");
+}
+
+#[tokio::test]
+async fn records_over_max_record_size_go_to_failure_with_their_start() {
+    let api = api_with(&[1, 22222, 3]);
+    let addr = start_api(api.clone()).await;
+    // `[{"id":1},{"id":22222},{"id":3}]`: the middle element is 12 bytes, the body 32.
+    let p = Poller::start(json!({
+        "url": format!("http://{addr}/plain"),
+        "interval": "1h",
+        "records": "array",
+        "max_record_size": "10B",
+    }));
+    wait_for("three records", || p.received() >= 3).await;
+    let (mut out, failed, _) = p.stop().await;
+    assert_eq!(ids(&mut out), [1, 3]);
+    assert_eq!(failed.len(), 1);
+    assert_eq!(
+        failed[0].attributes["error.message"],
+        "element 2 is 12 bytes, over max_record_size (10 B); only its first 1024 bytes are kept"
+    );
+    assert_eq!(content(&failed[0]), r#"{"id":22222}"#);
+    let p = Poller::start(json!({
+        "url": format!("http://{addr}/plain"),
+        "interval": "1h",
+        "max_record_size": "10B",
+    }));
+    wait_for("the body", || p.received() >= 1).await;
+    let (out, failed, _) = p.stop().await;
+    assert!(out.is_empty());
+    assert!(
+        failed[0].attributes["error.message"].starts_with("the body is 32 bytes, over"),
+        "{}",
+        failed[0].attributes["error.message"]
+    );
+}
+
 #[test]
 fn link_headers_are_parsed() {
     let mut h = HeaderMap::new();
