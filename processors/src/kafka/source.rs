@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytesize::ByteSize;
 use indexmap::IndexMap;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
@@ -38,7 +39,9 @@ use super::{Brokers, FlowContext, KafkaProcessorError, client_config, validate_c
 /// is committed. When more than `max_inflight` records are in the flow, the source pauses its
 /// partitions (the consumer stays in the group) and resumes once the flow has drained to half.
 /// Records carry attributes `kafka.topic`, `kafka.partition`, `kafka.offset`, `kafka.key`,
-/// `kafka.timestamp` (ms) and one attribute per message header.
+/// `kafka.timestamp` (ms) and one attribute per message header. A value that is not JSON (with
+/// `format: json`), or larger than `max_record_size` (only its first 1 KiB is kept), goes to
+/// `failure`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSourceConfig {
@@ -69,6 +72,11 @@ pub struct KafkaSourceConfig {
     /// `sasl.password: ${KAFKA_PASSWORD}`, ...). See librdkafka's CONFIGURATION.md.
     #[serde(default)]
     pub properties: IndexMap<String, String>,
+    /// The largest message value taken as a record, like `1MiB`; a larger one goes to
+    /// `failure` with its first 1 KiB (and its offset is committed like any other).
+    #[serde(default = "crate::record_size::default_max_record_size")]
+    #[schemars(with = "String")]
+    pub max_record_size: ByteSize,
 }
 
 /// Where a new consumer group starts.
@@ -153,6 +161,7 @@ impl ProcessorConfig for KafkaSourceConfig {
                 "must be more than 0s",
             ));
         }
+        crate::record_size::validate(self.max_record_size, None, &mut errors);
         if errors.is_empty()
             && let Err(e) = self.client_config("check").create_native_config()
         {
@@ -314,7 +323,17 @@ impl KafkaSource {
         reason = "the record is handed back on the rare error path"
     )]
     fn record(&self, m: &BorrowedMessage<'_>) -> Result<Record, (Record, String)> {
-        let payload = bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default());
+        let value = m.payload().unwrap_or_default();
+        if value.len() > crate::record_size::bytes(self.cfg.max_record_size) {
+            let (r, e) = crate::record_size::oversized(
+                value,
+                value.len() as u64,
+                self.cfg.max_record_size,
+                "the value",
+            );
+            return Err((attributes(r, m), e));
+        }
+        let payload = bytes::Bytes::copy_from_slice(value);
         let r = match self.cfg.format {
             crate::mqtt::source::PayloadFormat::Json => match Record::json(payload, self.json_view)
             {

@@ -321,3 +321,51 @@ async fn source_sends_non_json_values_to_failure() {
     h.shutdown.cancel();
     run.await.expect("joined").expect("runs");
 }
+
+/// A value over `max_record_size` goes to `failure` with its first 1 KiB; it is finished, so
+/// its offset is committed with the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_sends_values_over_max_record_size_to_failure() {
+    let c = cluster();
+    let topic = unique("oversized");
+    let group = unique("group");
+    create_topic(&c, &topic, 1).await;
+    let big = format!(r#"{{"big":"{}"}}"#, "x".repeat(3000));
+    produce(
+        &c.brokers,
+        &topic,
+        &[r#"{"n":1}"#.into(), big, r#"{"n":2}"#.into()],
+    )
+    .await;
+    let cfg: KafkaSourceConfig = config(json!({
+        "brokers": c.brokers, "group": group, "topics": [topic], "commit_interval": "100ms",
+        "max_record_size": "2KiB",
+    }));
+    let mut h = source_ctx(1);
+    let run = tokio::spawn(source(&cfg).run(h.ctx));
+    let mut failed = tokio::time::timeout(Duration::from_secs(30), h.ports[0].recv())
+        .await
+        .expect("a failure in time")
+        .expect("a batch");
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].content().len(), 1024);
+    assert_eq!(
+        failed[0].attributes["error.message"],
+        "the value is 3010 bytes, over max_record_size (2.0 KiB); only its first 1024 bytes are \
+         kept"
+    );
+    assert_eq!(failed[0].attributes["kafka.offset"], "1");
+    let mut ok = 0;
+    while ok < 2 {
+        let batch = tokio::time::timeout(Duration::from_secs(30), h.ports[1].recv())
+            .await
+            .expect("a record in time")
+            .expect("a batch");
+        ok += batch.len();
+    }
+    drop(failed);
+    let (b, g, t) = (c.brokers.clone(), group.clone(), topic.clone());
+    until(30, "the commit", || committed(&b, &g, &t) == Some(3)).await;
+    h.shutdown.cancel();
+    run.await.expect("joined").expect("runs");
+}

@@ -5,6 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytesize::ByteSize;
 use flow_core::ack::{AckTracker, Acks, Finished, InOrderCommit};
 use flow_core::processor::{
     BuildContext, BuildError, ConfigError, Describe, Kind, Output, PortId, Processor,
@@ -30,7 +31,8 @@ use super::{
 /// not emitted twice; duplicates come only from acks lost with the connection or the process). At
 /// most `max_inflight` messages are in the flow at once; beyond that the source stops reading
 /// and the broker holds the backlog. Records carry attributes `mqtt.topic`, `mqtt.qos` and
-/// `mqtt.retain`. A payload that is not JSON (with `format: json`) goes to `failure`. Lost
+/// `mqtt.retain`. A payload that is not JSON (with `format: json`), or larger than
+/// `max_record_size` (only its first 1 KiB is kept), goes to `failure`. Lost
 /// connections are retried with capped exponential backoff (one log line per burst of
 /// attempts); refused credentials stop the flow with an error.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -94,6 +96,11 @@ pub struct MqttSourceConfig {
     /// a lone message is not held back).
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
+    /// The largest payload taken as a record, like `1MiB` (at most 16 MiB, the largest packet
+    /// the client reads); a larger one goes to `failure` with its first 1 KiB.
+    #[serde(default = "crate::record_size::default_max_record_size")]
+    #[schemars(with = "String")]
+    pub max_record_size: ByteSize,
 }
 
 /// How a payload becomes a record.
@@ -184,6 +191,11 @@ impl ProcessorConfig for MqttSourceConfig {
         if self.batch_size == 0 {
             errors.push(ConfigError::new(&["batch_size"], "must be at least 1"));
         }
+        crate::record_size::validate(
+            self.max_record_size,
+            Some(ByteSize::b(super::MAX_PACKET as u64)),
+            &mut errors,
+        );
         errors
     }
 
@@ -373,6 +385,15 @@ impl MqttSource {
         reason = "the record is handed back on the rare error path"
     )]
     fn record(&self, m: &Message) -> Result<Record, (Record, String)> {
+        if m.payload.len() > crate::record_size::bytes(self.cfg.max_record_size) {
+            let (r, e) = crate::record_size::oversized(
+                &m.payload,
+                m.payload.len() as u64,
+                self.cfg.max_record_size,
+                "the payload",
+            );
+            return Err((with_attributes(r, m), e));
+        }
         let mut r = match self.cfg.format {
             PayloadFormat::Json => match Record::json(m.payload.clone(), self.json_view) {
                 Ok(r) => r,

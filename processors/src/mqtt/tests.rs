@@ -185,6 +185,63 @@ async fn non_json_payloads_go_to_failure() {
     run.await.expect("joined").expect("runs");
 }
 
+/// A payload over `max_record_size` goes to `failure` with its first 1 KiB; the messages
+/// around it are delivered, and all three are acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payloads_over_max_record_size_go_to_failure() {
+    let Some(url) = broker() else { return };
+    let topic = unique("oversized");
+    let cfg: MqttSourceConfig = config(json!({
+        "url": url, "client_id": format!("oversized-{}", std::process::id()),
+        "clean_session": true, "topics": [topic.clone()], "max_record_size": "2KiB",
+    }));
+    let mut h = source_ctx(1);
+    let run = tokio::spawn(source(&cfg).run(h.ctx));
+    until(10, "the subscription", || {
+        status(&h.metrics, "subscribed") == Some(json!(true))
+    })
+    .await;
+    let big = format!(r#"{{"big":"{}"}}"#, "x".repeat(3000));
+    publish(
+        &url,
+        &topic,
+        1,
+        false,
+        &[r#"{"n":1}"#.into(), big, r#"{"n":2}"#.into()],
+    );
+    let mut failed = tokio::time::timeout(Duration::from_secs(10), h.ports[0].recv())
+        .await
+        .expect("in time")
+        .expect("a batch");
+    assert_eq!(failed.len(), 1);
+    assert_eq!(
+        text(&mut failed[0]),
+        format!(r#"{{"big":"{}"#, "x".repeat(1016))
+    );
+    assert_eq!(
+        failed[0].attributes["error.message"],
+        "the payload is 3010 bytes, over max_record_size (2.0 KiB); only its first 1024 bytes \
+         are kept"
+    );
+    assert_eq!(failed[0].attributes["mqtt.topic"], topic);
+    drop(failed);
+    let mut ok = Vec::new();
+    while ok.len() < 2 {
+        let batch = tokio::time::timeout(Duration::from_secs(10), h.ports[1].recv())
+            .await
+            .expect("in time")
+            .expect("a batch");
+        ok.extend(batch.into_iter().map(|mut r| text(&mut r)));
+    }
+    assert_eq!(ok, [r#"{"n":1}"#, r#"{"n":2}"#]);
+    until(10, "the acks", || {
+        status(&h.metrics, "acked") == Some(json!(3))
+    })
+    .await;
+    h.shutdown.cancel();
+    run.await.expect("joined").expect("runs");
+}
+
 /// A downstream that does not finish records: the source stops at `max_inflight` (10, below
 /// Mosquitto's own window of 20) and does not acknowledge, so the broker keeps the backlog; once
 /// records finish, all of it arrives, in order.
