@@ -265,7 +265,11 @@ fn run(
                 return None;
             }
         };
-        tokio::spawn(handle_signals(shutdown.clone()));
+        let forced = ForcedExit {
+            reporter: running.reporter(),
+            report: report_path.map(Path::to_path_buf),
+        };
+        tokio::spawn(handle_signals(shutdown.clone(), forced));
         let progress = interactive.then(|| tokio::spawn(show_progress(progress_handles(&running))));
         let report = running.wait().await;
         if let Some(p) = progress {
@@ -278,8 +282,7 @@ fn run(
         return Ok(ExitCode::from(INVALID));
     };
     if let Some(path) = report_path {
-        let json = serde_json::to_vec_pretty(&report)?;
-        std::fs::write(path, json).with_context(|| format!("cannot write {}", path.display()))?;
+        write_report(path, &report)?;
     }
     if interactive {
         print_summary(&report, &flow);
@@ -294,8 +297,33 @@ fn run(
     })
 }
 
-/// First SIGINT/SIGTERM: graceful stop. Second: exit now.
-async fn handle_signals(shutdown: CancellationToken) {
+fn write_report(path: &Path, report: &RunReport) -> anyhow::Result<()> {
+    let json = serde_json::to_vec_pretty(report)?;
+    std::fs::write(path, json).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// What a forced exit still does: write `--report` from the live counters.
+struct ForcedExit {
+    reporter: flow_core::runtime::Reporter,
+    report: Option<PathBuf>,
+}
+
+impl ForcedExit {
+    fn write_report(&self) {
+        let Some(path) = &self.report else { return };
+        let report = self.reporter.report(vec![
+            "forced exit (second signal) before the flow had stopped: records in flight were \
+             not finished, and the counters are as they were then"
+                .into(),
+        ]);
+        if let Err(e) = write_report(path, &report) {
+            eprintln!("error: {e:#}");
+        }
+    }
+}
+
+/// First SIGINT/SIGTERM: graceful stop. Second: write `--report` and exit now.
+async fn handle_signals(shutdown: CancellationToken, forced: ForcedExit) {
     let mut count = 0;
     loop {
         if wait_for_signal().await.is_err() {
@@ -309,6 +337,7 @@ async fn handle_signals(shutdown: CancellationToken) {
             shutdown.cancel();
         } else {
             eprintln!("forced exit");
+            forced.write_report();
             std::process::exit(130);
         }
     }

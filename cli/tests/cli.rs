@@ -372,3 +372,145 @@ fn kill_9_mid_run_then_restart_matches_an_uninterrupted_run() {
     assert!(got_n.values().all(|n| *n <= 2), "a window at most twice");
     assert!(got.len() >= want.len());
 }
+
+/// A `file` source whose input does not exist: the run fails before anything starts, so no
+/// sink creates its output, and the error is printed once.
+#[test]
+fn a_missing_input_file_fails_once_and_creates_nothing() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let flow_file = dir.path().join("flow.yaml");
+    std::fs::write(
+        &flow_file,
+        r#"
+processors:
+  src: { type: file, path: "${DIR}/missing.jsonl" }
+  sink: { type: file_sink, path: "${DIR}/out/out.jsonl" }
+connections:
+  - src -> sink
+"#,
+    )
+    .expect("write flow");
+    let out = run(flow()
+        .args(["run", "--quiet"])
+        .arg(&flow_file)
+        .env("DIR", dir.path()));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        stderr.matches("missing.jsonl").count(),
+        1,
+        "the error, once: {stderr}"
+    );
+    assert!(
+        stderr.contains("processor `src`: cannot open `") && stderr.contains("No such file"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("out").exists(),
+        "no output was created for a flow that did not start"
+    );
+}
+
+/// A second signal while a graceful stop cannot finish (the sink is stuck opening a FIFO that
+/// nobody reads): the flow exits 130 at once and still writes `--report`, from the live
+/// counters, saying the exit was forced.
+#[test]
+fn a_forced_exit_still_writes_the_report() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let fifo = dir.path().join("stuck");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo")
+            .success()
+    );
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").to_string()
+    };
+    let flow_file = dir.path().join("flow.yaml");
+    std::fs::write(
+        &flow_file,
+        r#"
+processors:
+  in: { type: http_server, listen: "${ADDR}" }
+  stuck: { type: file_sink, path: "${DIR}/stuck" }
+connections:
+  - in -> stuck
+"#,
+    )
+    .expect("write flow");
+    let report_path = dir.path().join("report.json");
+    let log_path = dir.path().join("log");
+    let mut child = flow()
+        .args(["run", "--quiet", "--report"])
+        .arg(&report_path)
+        .arg(&flow_file)
+        .env("DIR", dir.path())
+        .env("ADDR", &addr)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).expect("log"))
+        .spawn()
+        .expect("spawn");
+    let post = |body: &str| -> Option<String> {
+        use std::io::Read;
+        let mut s = std::net::TcpStream::connect(&addr).ok()?;
+        write!(
+            s,
+            "POST /ingest HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .ok()?;
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).ok()?;
+        Some(answer)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if post(r#"{"n":1}"#).is_some_and(|a| a.starts_with("HTTP/1.1 202")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the server never took a record");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = child.id().to_string();
+    let signal = || {
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+    };
+    signal();
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    while !log().contains("stopping") {
+        assert!(
+            Instant::now() < deadline,
+            "no graceful stop began: {}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        child.try_wait().expect("status").is_none(),
+        "the stop cannot finish while the sink is stuck"
+    );
+    signal();
+    let status = child.wait().expect("exit");
+    assert_eq!(status.code(), Some(130), "{}", log());
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report_path).expect("a report")).expect("json");
+    let received = report["nodes"]
+        .as_array()
+        .and_then(|n| n.iter().find(|n| n["name"] == "in"))
+        .map(|n| n["received"].clone());
+    assert_eq!(received, Some(serde_json::json!(1)));
+    assert!(
+        report["errors"][0]
+            .as_str()
+            .is_some_and(|e| e.starts_with("forced exit")),
+        "{report}"
+    );
+}

@@ -296,7 +296,8 @@ impl RunningFlow {
                 Err(e) => Some(format!("a processor task ended abnormally: {e}")),
             };
             if let Some(f) = failure {
-                tracing::error!(error = %f, "stopping the flow");
+                // The error itself is in the report (one place to handle it); say why it stops.
+                tracing::warn!("a processor failed: stopping the flow");
                 errors.push(f);
                 // Stop the sources; the rest drains.
                 self.shutdown.cancel();
@@ -306,6 +307,36 @@ impl RunningFlow {
     }
 
     fn report(&self, errors: Vec<String>) -> RunReport {
+        self.reporter().report(errors)
+    }
+
+    /// What reports on this flow's live counters from elsewhere, also once [`Self::wait`]
+    /// has taken the flow (a forced exit writes its report with it).
+    pub fn reporter(&self) -> Reporter {
+        Reporter {
+            nodes: self.nodes.clone(),
+            edges: self.edges.clone(),
+            started: self.started,
+        }
+    }
+
+    /// How long the flow has been running.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+/// Reports on a flow's live counters (see [`RunningFlow::reporter`]).
+#[derive(Clone)]
+pub struct Reporter {
+    nodes: Vec<NodeHandle>,
+    edges: Vec<EdgeHandle>,
+    started: Instant,
+}
+
+impl Reporter {
+    /// The counters as they are now, with these errors.
+    pub fn report(&self, errors: Vec<String>) -> RunReport {
         RunReport {
             elapsed_secs: self.started.elapsed().as_secs_f64(),
             nodes: self
@@ -329,11 +360,6 @@ impl RunningFlow {
                 .collect(),
             errors,
         }
-    }
-
-    /// How long the flow has been running.
-    pub fn elapsed(&self) -> Duration {
-        self.started.elapsed()
     }
 }
 
