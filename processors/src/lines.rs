@@ -34,7 +34,8 @@ pub enum Format {
     /// One JSON document per line (JSON lines). A line that is not valid JSON goes to `failure`.
     #[default]
     Json,
-    /// Each line is a record as is: its content is the raw line, its structured view the string.
+    /// Each line is a record as is (blank ones are skipped): its content is the raw line, its
+    /// structured view the string.
     Lines,
     /// CSV with a header line; each row becomes an object of strings keyed by the header. A
     /// quoted field may not contain a line break.
