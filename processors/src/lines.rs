@@ -291,10 +291,10 @@ where
     }
     let source_id = Origin::source_id(&name);
     let mut b = Batcher {
+        tracker: AckTracker::named(name.clone()),
         pending: Output::new(name, out.port_count()),
         token: None,
         len: 0,
-        tracker: AckTracker::new(),
         seq: 0,
         ends: BTreeMap::new(),
         commit: InOrderCommit::new(),
@@ -327,11 +327,11 @@ where
                         seq: pos.line,
                     });
                     b.pending
-                        .push(PortId::DEFAULT, r.with_acks(Acks::One(token)));
+                        .push(PortId::DEFAULT, r.with_acks(Acks::one(token)));
                 }
                 Decoded::Skip => continue,
                 Decoded::Error(r, msg) => {
-                    let mut r = r.with_acks(Acks::One(token));
+                    let mut r = r.with_acks(Acks::one(token));
                     r.set_attribute(input.line_attribute, pos.line.to_string());
                     b.pending.fail(r, &format!("line {}: {msg}", pos.line));
                 }

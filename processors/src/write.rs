@@ -43,7 +43,7 @@ pub(crate) async fn write_lines<W: LineWriter>(
         }
         match write_batch(&mut w, &buf, sync).await {
             Ok(()) => {
-                drop(batch);
+                flow_core::record::finish_all(batch);
                 ctx.metrics.add_sent(n);
             }
             Err(e) => fail(&mut ctx, batch, &e).await?,

@@ -430,7 +430,7 @@ impl InfluxDbSink {
                             "InfluxDB write succeeded again"
                         );
                     }
-                    drop(records);
+                    flow_core::record::finish_all(records);
                     ctx.metrics.add_sent(n);
                     return Ok(());
                 }

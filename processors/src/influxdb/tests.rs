@@ -94,7 +94,7 @@ fn points(n: usize, tracker: &mut AckTracker) -> (Vec<Vec<Record>>, Vec<Sent>) {
                     let v = json!({"device": device, "site": "s,1 =x", "window_start": ts,
                         "count": i as i64, "avg_temperature": avg, "status": "ok"});
                     want.push((device.to_owned(), ts, i as i64, avg));
-                    rec(&v.to_string()).with_acks(Acks::One(token.clone()))
+                    rec(&v.to_string()).with_acks(Acks::one(token.clone()))
                 })
                 .collect()
         })

@@ -14,7 +14,6 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use flow_core::ack::AckStatus;
 use flow_core::expr::{Expr, ExprKind};
 use flow_core::processor::{
     BuildContext, BuildError, ConfigError, Describe, Kind, Output, Processor, ProcessorConfig,
@@ -355,9 +354,8 @@ impl ProducerContext for Reports {
 
     fn delivery(&self, result: &DeliveryResult<'_>, record: Box<Record>) {
         match result {
-            // Dropping the record acknowledges it.
             Ok(_) => {
-                drop(record);
+                record.finish();
                 self.sent.fetch_add(1, Ordering::Relaxed);
             }
             // Purged, never sent: the producer was dropped with it queued (the sink stopped
@@ -368,7 +366,7 @@ impl ProducerContext for Reports {
                     Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight)
                 ) =>
             {
-                record.mark(AckStatus::Abandoned);
+                drop(record);
             }
             Err((e, _)) => self
                 .failed

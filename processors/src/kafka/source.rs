@@ -447,7 +447,7 @@ impl Source for KafkaSource {
             .map_err(|e| other(KafkaProcessorError::Fatal(e.to_string())))?;
         tracing::info!(node = %name, topics = ?self.cfg.topics, group = %self.cfg.group, "subscribed");
         let mut st = State {
-            tracker: AckTracker::new(),
+            tracker: AckTracker::named(name.clone()),
             commit: InOrderCommit::new(),
             batches: VecDeque::new(),
             in_flow: 0,
@@ -539,7 +539,7 @@ impl Source for KafkaSource {
             let mut batch = Output::new(name.clone(), out.port_count());
             for (port, records) in pending.drain() {
                 for r in records {
-                    batch.push(port, r.with_acks(Acks::One(token.clone())));
+                    batch.push(port, r.with_acks(Acks::one(token.clone())));
                 }
             }
             drop(token);

@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use flow_core::record::finish_all;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -267,6 +268,8 @@ async fn source_commits_only_what_is_finished_in_order() {
     for (i, r) in held.into_iter().enumerate() {
         if i == 4 || i == 5 {
             rest.push(r);
+        } else {
+            r.finish();
         }
     }
     let (b, g, t) = (c.brokers.clone(), group.clone(), topic.clone());
@@ -276,7 +279,7 @@ async fn source_commits_only_what_is_finished_in_order() {
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(committed(&b, &g, &t), Some(4), "no commit past record 4");
-    drop(rest);
+    finish_all(rest);
     until(20, "the commit of all", || {
         committed(&b, &g, &t) == Some(10)
     })
@@ -315,7 +318,7 @@ async fn source_sends_non_json_values_to_failure() {
         .expect("a record in time")
         .expect("a batch");
     assert_eq!(ok.len(), 1);
-    drop((failed, ok));
+    finish_all(failed.into_iter().chain(ok));
     let (b, g, t) = (c.brokers.clone(), group.clone(), topic.clone());
     until(30, "the commit", || committed(&b, &g, &t) == Some(2)).await;
     h.shutdown.cancel();

@@ -172,8 +172,8 @@ struct MqttSink {
 /// A record on its way to the broker.
 struct Outgoing {
     seq: u64,
-    /// Held until the broker confirmed it: dropping it acknowledges it.
-    _record: Record,
+    /// Held until the broker confirmed it, then finished.
+    record: Record,
     topic: String,
     payload: Bytes,
 }
@@ -246,7 +246,8 @@ impl Sink for MqttSink {
                 e = events.recv() => match e {
                     Some(MqttEvent::Sent(pkid)) => {
                         if qos == 0 {
-                            if unassigned.pop_front().is_some() {
+                            if let Some(o) = unassigned.pop_front() {
+                                o.record.finish();
                                 ctx.metrics.add_sent(1);
                             }
                         } else if !awaiting.contains_key(&pkid)
@@ -257,8 +258,8 @@ impl Sink for MqttSink {
                         }
                     }
                     Some(MqttEvent::Confirmed(pkid)) => {
-                        if awaiting.remove(&pkid).is_some() {
-                            // Dropping the record acknowledges it.
+                        if let Some(o) = awaiting.remove(&pkid) {
+                            o.record.finish();
                             ctx.metrics.add_sent(1);
                         }
                     }
@@ -293,7 +294,7 @@ impl Sink for MqttSink {
                         match render_topic(&self.topic, &mut record) {
                             Ok(topic) => {
                                 let payload = record.content().clone();
-                                to_send.push_back(Outgoing { seq, _record: record, topic, payload });
+                                to_send.push_back(Outgoing { seq, record, topic, payload });
                                 seq += 1;
                             }
                             Err(msg) => failures.fail(record, &msg),

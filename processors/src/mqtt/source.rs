@@ -428,7 +428,7 @@ impl Source for MqttSource {
         .map_err(other)?;
         let mut a = Acker {
             client: client.clone(),
-            tracker: AckTracker::new(),
+            tracker: AckTracker::named(name.clone()),
             commit: InOrderCommit::new(),
             batches: VecDeque::new(),
             due: VecDeque::new(),
@@ -545,7 +545,7 @@ impl Source for MqttSource {
             let mut batch = Output::new(name.clone(), out.port_count());
             for (port, records) in pending.drain() {
                 for r in records {
-                    batch.push(port, r.with_acks(Acks::One(token.clone())));
+                    batch.push(port, r.with_acks(Acks::one(token.clone())));
                 }
             }
             drop(token);

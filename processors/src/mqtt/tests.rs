@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flow_core::processor::ProcessorConfig;
-use flow_core::record::Record;
+use flow_core::record::{Record, finish_all};
 use flow_core::runtime::metrics::NodeMetrics;
 use serde_json::json;
 
@@ -121,6 +121,7 @@ async fn source_round_trip_per_qos_and_protocol() {
             for mut r in batch {
                 texts.push(text(&mut r));
                 first.get_or_insert(r.attributes.clone());
+                r.finish();
             }
         }
         let want: Vec<String> = (0..50)
@@ -173,10 +174,10 @@ async fn non_json_payloads_go_to_failure() {
         "{msg}"
     );
     assert_eq!(failed[0].attributes["mqtt.topic"], topic);
-    drop(failed);
+    finish_all(failed);
     let ok = h.ports[1].recv().await.expect("the good one");
     assert_eq!(ok.len(), 1);
-    drop(ok);
+    finish_all(ok);
     until(10, "the acks", || {
         status(&h.metrics, "acked") == Some(json!(2))
     })
@@ -232,7 +233,7 @@ async fn a_slow_downstream_stops_the_source_at_max_inflight() {
     for r in held.iter_mut() {
         seen.push(n(r));
     }
-    drop(held);
+    finish_all(held);
     while seen.len() < 2000 {
         let b = tokio::time::timeout(Duration::from_secs(10), h.ports[1].recv())
             .await
@@ -241,6 +242,7 @@ async fn a_slow_downstream_stops_the_source_at_max_inflight() {
         assert!(b.len() <= 4);
         for mut r in b {
             seen.push(n(&mut r));
+            r.finish();
         }
     }
     assert_eq!(seen, (0..2000).collect::<Vec<_>>());

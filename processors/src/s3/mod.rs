@@ -616,7 +616,7 @@ impl S3Sink {
             upload: None,
             uploaded: 0,
             records: 0,
-            acks: Acks::None,
+            acks: Acks::none(),
             opened: now,
             last_write: now,
         })
@@ -850,7 +850,7 @@ impl S3Sink {
         }
         tracing::debug!(node = &*ctx.name, object = %obj.path, records = obj.records, "object written");
         ctx.metrics.add_sent(obj.records);
-        drop(obj.acks);
+        obj.acks.release();
         Ok(())
     }
 
@@ -993,12 +993,11 @@ impl Sink for S3Sink {
         let mut open: HashMap<String, OpenObject> = HashMap::new();
         let result = self.run_open(&mut ctx, &mut open).await;
         if result.is_err() {
-            // Stopping on an error: leave no multipart upload behind, and do not let the
-            // unwritten records count as finished (dropping their tokens would): the source
-            // must not commit past them, so they are read again after a restart.
+            // Stopping on an error: leave no multipart upload behind. The objects' acks are
+            // dropped unreleased, which abandons their records: the source must not commit
+            // past them, so they are read again after a restart.
             for (_, mut obj) in open.drain() {
                 self.abort(&mut obj).await;
-                std::mem::forget(std::mem::take(&mut obj.acks));
             }
         }
         result

@@ -149,7 +149,7 @@ fn readings(n: usize, tracker: &mut AckTracker) -> Vec<Vec<Record>> {
                         i % 3
                     ));
                     r.event_time = Some(ts);
-                    r.with_acks(Acks::One(token.clone()))
+                    r.with_acks(Acks::one(token.clone()))
                 })
                 .collect()
         })
@@ -560,7 +560,7 @@ async fn s3_a_refused_part_is_sent_again_and_the_upload_completes() {
     let mut tracker = AckTracker::new();
     let token = tracker.token(0);
     let records: Vec<Record> = (0..14_000)
-        .map(|i| rec(&format!(r#"{{"n":{i},"pad":"{pad}"}}"#)).with_acks(Acks::One(token.clone())))
+        .map(|i| rec(&format!(r#"{{"n":{i},"pad":"{pad}"}}"#)).with_acks(Acks::one(token.clone())))
         .collect();
     drop(token);
     let sent: String = records
