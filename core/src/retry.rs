@@ -41,6 +41,66 @@ pub struct Retry {
     burst: Mutex<Burst>,
 }
 
+/// The attempts of one operation (see [`Retry::attempts`]).
+pub struct Attempts<'a> {
+    retry: &'a Retry,
+    what: &'a str,
+    failures: u32,
+    wait: Duration,
+}
+
+impl Attempts<'_> {
+    /// How many attempts failed so far.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// The last attempt failed with `e`: `Ok` once it is time to try again (after the
+    /// backoff), or the error to give up with (`e` itself when retrying cannot help, an error
+    /// after `max_attempts`, or [`ProcessorError::Stopped`] when the flow is stopping).
+    pub async fn failed(&mut self, e: ProcessorError) -> Result<(), ProcessorError> {
+        let r = self.retry;
+        if e.retry_hint() == RetryHint::NoRetry {
+            if self.failures > 0 {
+                r.ended();
+            }
+            return Err(e);
+        }
+        self.failures += 1;
+        let attempt = self.failures;
+        if r.max_attempts.is_some_and(|m| attempt >= m) {
+            if attempt > 1 {
+                r.ended();
+            }
+            return Err(ProcessorError::other(format!(
+                "{} failed {attempt} times, giving up: {e}",
+                self.what
+            )));
+        }
+        let delay = e
+            .retry_after()
+            .map_or(self.wait, |a| a.min(MAX_RETRY_AFTER).max(self.wait));
+        r.failed(self.what, &e, attempt, delay);
+        tokio::select! {
+            biased;
+            () = r.shutdown.cancelled() => {
+                r.ended();
+                return Err(r.stopped(self.what, &e));
+            }
+            () = tokio::time::sleep(delay) => {}
+        }
+        self.wait = (self.wait * 2).min(r.max);
+        Ok(())
+    }
+
+    /// The last attempt worked.
+    pub fn succeeded(self) {
+        if self.failures > 0 {
+            self.retry.recovered(self.what);
+        }
+    }
+}
+
 #[derive(Default)]
 struct Burst {
     /// Operations failing right now.
@@ -94,46 +154,27 @@ impl Retry {
         F: FnMut(u32) -> Fut,
         Fut: Future<Output = Result<T, ProcessorError>>,
     {
-        let mut attempt = 0u32;
-        let mut wait = self.first;
+        let mut attempts = self.attempts(what);
         loop {
-            let e = match op(attempt).await {
+            match op(attempts.failures()).await {
                 Ok(v) => {
-                    if attempt > 0 {
-                        self.recovered(what);
-                    }
+                    attempts.succeeded();
                     return Ok(v);
                 }
-                Err(e) => e,
-            };
-            if e.retry_hint() == RetryHint::NoRetry {
-                if attempt > 0 {
-                    self.ended();
-                }
-                return Err(e);
+                Err(e) => attempts.failed(e).await?,
             }
-            attempt += 1;
-            if self.max_attempts.is_some_and(|m| attempt >= m) {
-                if attempt > 1 {
-                    self.ended();
-                }
-                return Err(ProcessorError::other(format!(
-                    "{what} failed {attempt} times, giving up: {e}"
-                )));
-            }
-            let delay = e
-                .retry_after()
-                .map_or(wait, |a| a.min(MAX_RETRY_AFTER).max(wait));
-            self.failed(what, &e, attempt, delay);
-            tokio::select! {
-                biased;
-                () = self.shutdown.cancelled() => {
-                    self.ended();
-                    return Err(self.stopped(what, &e));
-                }
-                () = tokio::time::sleep(delay) => {}
-            }
-            wait = (wait * 2).min(self.max);
+        }
+    }
+
+    /// The attempts of one operation, for callers that drive the loop themselves (when each
+    /// attempt needs `&mut` state): call [`Attempts::failed`] after each failure (it waits,
+    /// or says to give up) and [`Attempts::succeeded`] once it worked.
+    pub fn attempts<'a>(&'a self, what: &'a str) -> Attempts<'a> {
+        Attempts {
+            retry: self,
+            what,
+            failures: 0,
+            wait: self.first,
         }
     }
 
