@@ -563,7 +563,7 @@ impl TaskTransform for Window {
         let settings = self
             .settings
             .take()
-            .ok_or_else(|| ProcessorError::Other("window started twice".into()))?;
+            .ok_or_else(|| ProcessorError::other("window started twice"))?;
         let mut engine = Engine::new(settings);
         let this = self;
         let store = match &this.cfg.state {
@@ -571,7 +571,7 @@ impl TaskTransform for Window {
                 let s = store::Store::open(path, &ctx.name).await?;
                 if let Some(bytes) = s.load().await? {
                     engine.restore(&bytes).map_err(|e| {
-                        ProcessorError::Other(format!("window state in {path} is unreadable: {e}"))
+                        ProcessorError::other(format!("window state in {path} is unreadable: {e}"))
                     })?;
                     tracing::info!(node = %ctx.name, open = engine.open(), "resumed open windows from the checkpoint");
                 }
@@ -580,8 +580,6 @@ impl TaskTransform for Window {
             }
             None => None,
         };
-        let gone =
-            |e: flow_core::runtime::emit::DownstreamGone| ProcessorError::Other(e.to_string());
         let mut out = Output::new(ctx.name.clone(), ctx.out.port_count());
         let clock = Clock::new();
         let processing_time = this.event_time.is_none();
@@ -636,7 +634,7 @@ impl TaskTransform for Window {
                 last_input = now;
             }
             ctx.metrics.add_dropped(out.take_dropped());
-            ctx.out.flush(&mut out).await.map_err(gone)?;
+            ctx.out.flush(&mut out).await?;
             engine.delivered();
             if let Some(s) = &store
                 && next_checkpoint.is_some_and(|t| now >= t)
@@ -659,7 +657,7 @@ impl TaskTransform for Window {
         }
         publish(&engine, &ctx);
         ctx.metrics.add_dropped(out.take_dropped());
-        ctx.out.flush(&mut out).await.map_err(gone)?;
+        ctx.out.flush(&mut out).await?;
         Ok(())
     }
 }
@@ -668,7 +666,7 @@ impl TaskTransform for Window {
 async fn checkpoint(engine: &mut Engine, store: &store::Store) -> Result<(), ProcessorError> {
     let bytes = engine
         .snapshot()
-        .map_err(|e| ProcessorError::Other(format!("cannot encode window state: {e}")))?;
+        .map_err(|e| ProcessorError::other(format!("cannot encode window state: {e}")))?;
     store.save(bytes).await?;
     engine.release_acks();
     Ok(())
