@@ -6,11 +6,13 @@
 //! - [`processor`]: the processor contract and the registry type;
 //! - [`spec`]: the flow file, its validation and its JSON Schema;
 //! - [`graph`]: drawing a flow (DOT, Mermaid);
+//! - [`retry`]: how sinks retry an unavailable destination;
 //! - [`runtime`]: tasks, bounded edges, back-pressure, shutdown.
 pub mod ack;
 pub mod expr;
 pub mod graph;
 pub mod processor;
 pub mod record;
+pub mod retry;
 pub mod runtime;
 pub mod spec;

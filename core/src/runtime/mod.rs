@@ -7,7 +7,9 @@
 //!   they hold; every transform ends when all its inputs are closed and drained; sinks flush and
 //!   end; sources wait for their acknowledgements and commit. [`RunningFlow::wait`] returns once
 //!   every task has ended.
-//! - A processor that fails stops the flow the same graceful way and makes the run an error.
+//! - A processor that fails (returns an error or panics) stops the flow the same graceful way
+//!   and makes the run an error. Whatever it held (its input queue, its state, the records in
+//!   hand) is abandoned, so no source commits it: it is read again on the next run.
 
 pub mod edge;
 pub mod emit;
@@ -203,7 +205,8 @@ pub fn start(spec: &FlowSpec, shutdown: CancellationToken) -> Result<RunningFlow
             name.clone(),
             outputs[i].take().unwrap_or_default(),
             metrics.clone(),
-        );
+        )
+        .with_reported(&n.config.reported_outputs());
         let input = Input::new(inputs[i].take().unwrap_or_default());
         match built[i].take() {
             Some(Processor::Source(s)) => {
@@ -237,6 +240,7 @@ pub fn start(spec: &FlowSpec, shutdown: CancellationToken) -> Result<RunningFlow
                     input,
                     failures: emitter,
                     metrics,
+                    shutdown: shutdown.clone(),
                 };
                 tasks.spawn(async move { (i, s.run(ctx).await) });
             }
@@ -260,18 +264,17 @@ async fn run_transform(
     metrics: Arc<NodeMetrics>,
 ) -> Result<(), ProcessorError> {
     let mut out = Output::new(name, emitter.port_count());
-    let gone = |e: emit::DownstreamGone| ProcessorError::Other(e.to_string());
     while let Some(batch) = input.next().await {
         metrics.add_received(batch.len() as u64);
         for r in batch {
             t.process(r, &mut out);
         }
         metrics.add_dropped(out.take_dropped());
-        emitter.flush(&mut out).await.map_err(gone)?;
+        emitter.flush(&mut out).await?;
     }
     t.finish(&mut out);
     metrics.add_dropped(out.take_dropped());
-    emitter.flush(&mut out).await.map_err(gone)?;
+    emitter.flush(&mut out).await?;
     Ok(())
 }
 
