@@ -21,7 +21,7 @@
 //! at-least-once delivery.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use tokio::sync::mpsc;
 
@@ -240,6 +240,41 @@ impl Acks {
     }
 }
 
+/// A source's acknowledgements, counted by its [`AckTracker`] for the node's metrics: batches
+/// handed out and not finished yet, and batches finished, by status.
+#[derive(Debug, Default)]
+pub struct AckCounters {
+    pending: AtomicU64,
+    delivered: AtomicU64,
+    failed: AtomicU64,
+    abandoned: AtomicU64,
+}
+
+/// A snapshot of [`AckCounters`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AckSnapshot {
+    /// Batches handed out and not finished yet.
+    pub pending: u64,
+    /// Batches finished `Delivered` (committable).
+    pub delivered: u64,
+    /// Batches finished `Failed` (committable: replaying would not help).
+    pub failed: u64,
+    /// Batches finished `Abandoned` (not committed: read again on the next run).
+    pub abandoned: u64,
+}
+
+impl AckCounters {
+    /// Read every counter.
+    pub fn snapshot(&self) -> AckSnapshot {
+        AckSnapshot {
+            pending: self.pending.load(Ordering::Relaxed),
+            delivered: self.delivered.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            abandoned: self.abandoned.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// The source's side: makes tokens and receives finished batches.
 pub struct AckTracker {
     tx: mpsc::UnboundedSender<Finished>,
@@ -248,6 +283,7 @@ pub struct AckTracker {
     /// The source's name, for the warning about abandoned batches (`None`: no warning).
     node: Option<Arc<str>>,
     abandoned: u64,
+    counters: Option<Arc<AckCounters>>,
 }
 
 impl Default for AckTracker {
@@ -267,7 +303,15 @@ impl AckTracker {
             outstanding: 0,
             node: None,
             abandoned: 0,
+            counters: None,
         }
+    }
+
+    /// Also count into `counters` (a source's node metrics:
+    /// [`crate::runtime::metrics::NodeMetrics::acks`]). Several trackers may share them.
+    pub fn counting(mut self, counters: Arc<AckCounters>) -> Self {
+        self.counters = Some(counters);
+        self
     }
 
     /// A source's tracker: the first abandoned batch it sees is logged (once), naming `node`.
@@ -281,6 +325,9 @@ impl AckTracker {
     /// A token for the batch with sequence number `seq`.
     pub fn token(&mut self, seq: u64) -> AckToken {
         self.outstanding += 1;
+        if let Some(c) = &self.counters {
+            c.pending.fetch_add(1, Ordering::Relaxed);
+        }
         AckToken(Arc::new(Inner {
             seq,
             status: AtomicU8::new(AckStatus::Delivered as u8),
@@ -315,6 +362,15 @@ impl AckTracker {
 
     fn seen(&mut self, f: Finished) -> Finished {
         self.outstanding -= 1;
+        if let Some(c) = &self.counters {
+            c.pending.fetch_sub(1, Ordering::Relaxed);
+            match f.status {
+                AckStatus::Delivered => &c.delivered,
+                AckStatus::Failed => &c.failed,
+                AckStatus::Abandoned => &c.abandoned,
+            }
+            .fetch_add(1, Ordering::Relaxed);
+        }
         if f.status == AckStatus::Abandoned {
             self.abandoned += 1;
             if self.abandoned == 1

@@ -7,10 +7,12 @@
 //! - [`spec`]: the flow file, its validation and its JSON Schema;
 //! - [`graph`]: drawing a flow (DOT, Mermaid);
 //! - [`retry`]: how sinks retry an unavailable destination;
-//! - [`runtime`]: tasks, bounded edges, back-pressure, shutdown.
+//! - [`runtime`]: tasks, bounded edges, back-pressure, shutdown;
+//! - [`observe`]: what a running flow shows the outside (the control API's types).
 pub mod ack;
 pub mod expr;
 pub mod graph;
+pub mod observe;
 pub mod processor;
 pub mod record;
 pub mod retry;

@@ -65,7 +65,7 @@ impl PortId {
 }
 
 /// What shape a processor has.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     /// Makes records; has no inputs.
@@ -352,7 +352,11 @@ pub struct SourceContext {
     pub out: Emitter,
     /// Cancelled on shutdown: stop reading, emit what you have, wait for acks, commit, return.
     pub shutdown: CancellationToken,
-    /// Counters shared with the runtime.
+    /// Counters shared with the runtime. A source counts the records it reads
+    /// (`add_received`), makes its tracker count acknowledgements
+    /// ([`crate::ack::AckTracker::counting`] with `metrics.acks()`), and publishes what it knows
+    /// of its lag ([`NodeMetrics::set_lag`], [`NodeMetrics::set_progress`]) and connection
+    /// ([`NodeMetrics::set_connected`]).
     pub metrics: Arc<NodeMetrics>,
 }
 
@@ -380,7 +384,7 @@ pub struct TaskContext {
     /// Cancelled when the flow is asked to stop. When the input ends with this cancelled, the
     /// flow is shutting down (keep state to resume); otherwise the input itself ended (flush).
     pub shutdown: CancellationToken,
-    /// Counters shared with the runtime (`received` is counted by the task itself).
+    /// Counters shared with the runtime (which counts what `input` gives and `out` sends).
     pub metrics: Arc<NodeMetrics>,
 }
 
@@ -392,8 +396,9 @@ pub struct TaskContext {
 /// [`Record::take_acks`]) until the result that includes them is emitted (the tokens move into
 /// it) or a checkpoint holds them (then they are released). Every record taken in ends
 /// explicitly, as for [`Transform::process`]: if the task panics or returns an error, whatever
-/// it holds is abandoned, and no source commits it. Count received records with
-/// `metrics.add_received`.
+/// it holds is abandoned, and no source commits it. The runtime counts the records `input`
+/// hands out and those `out` sends; the task counts records it drops on purpose
+/// (`metrics.add_dropped`).
 #[async_trait]
 pub trait TaskTransform: Send {
     /// Run until the input is exhausted.
@@ -408,7 +413,7 @@ pub struct SinkContext {
     pub input: Input,
     /// The sink's `failure` port, for records it could not write.
     pub failures: Emitter,
-    /// Counters shared with the runtime.
+    /// Counters shared with the runtime (which counts the records `input` hands out).
     pub metrics: Arc<NodeMetrics>,
     /// Cancelled when the flow is asked to stop. The input still drains (write what comes), but
     /// a sink waiting for an unavailable destination gives up ([`crate::retry::Retry`] does):

@@ -336,6 +336,18 @@ impl Record {
 
 impl Clone for Record {
     fn clone(&self) -> Self {
+        self.copy_with(self.acks.clone())
+    }
+}
+
+impl Record {
+    /// A copy that holds no acknowledgement token (a tap's): holding it holds up no source,
+    /// and dropping it finishes nothing.
+    pub fn untracked_copy(&self) -> Record {
+        self.copy_with(Acks::none())
+    }
+
+    fn copy_with(&self, acks: Acks) -> Self {
         // Copies of a record not parsed yet share one cell for its parsed view.
         let parsed = OnceLock::new();
         if self.value.is_none() {
@@ -351,7 +363,7 @@ impl Clone for Record {
             attributes: self.attributes.clone(),
             event_time: self.event_time,
             origin: self.origin,
-            acks: self.acks.clone(),
+            acks,
         }
     }
 }

@@ -169,6 +169,7 @@ impl Source for FileSource {
             header,
             line_attribute: "file.line",
             max_record_size: cfg.max_record_size,
+            size: Some(len),
         };
         lines::run(input, &mut file, ctx, &mut checkpoint).await?;
         Ok(())

@@ -229,7 +229,7 @@ impl Source for Generate {
             metrics,
         } = ctx;
         let mut generator = Generator::new(&cfg, &name)?;
-        let mut tracker = AckTracker::new();
+        let mut tracker = AckTracker::named(name.clone()).counting(metrics.acks());
         let count = cfg.count.unwrap_or(u64::MAX);
         let mut ticks = cfg.rate.map(|rate| {
             let period = Duration::from_secs_f64(1.0 / rate.min(MAX_TICK_RATE));

@@ -292,6 +292,8 @@ pub(crate) struct LineInput<'a> {
     pub line_attribute: &'a str,
     /// The longest line taken; a longer one goes to `failure`.
     pub max_record_size: ByteSize,
+    /// The input's size in bytes, when known (a file): the source publishes its progress.
+    pub size: Option<u64>,
 }
 
 /// Fills batches, sends them with one ack token each, and commits in order as they finish.
@@ -304,6 +306,7 @@ struct Batcher {
     ends: BTreeMap<u64, Position>,
     commit: InOrderCommit<Position>,
     metrics: Arc<NodeMetrics>,
+    size: Option<u64>,
 }
 
 impl Batcher {
@@ -331,6 +334,9 @@ impl Batcher {
         self.seq += 1;
         drop(token);
         self.metrics.add_received(self.len as u64);
+        if let Some(size) = self.size {
+            self.metrics.set_progress(end.offset, size);
+        }
         self.len = 0;
         out.flush(&mut self.pending)
             .await
@@ -380,7 +386,7 @@ where
     }
     let source_id = Origin::source_id(&name);
     let mut b = Batcher {
-        tracker: AckTracker::named(name.clone()),
+        tracker: AckTracker::named(name.clone()).counting(metrics.acks()),
         pending: Output::new(name, out.port_count()),
         token: None,
         len: 0,
@@ -388,7 +394,11 @@ where
         ends: BTreeMap::new(),
         commit: InOrderCommit::new(),
         metrics,
+        size: input.size,
     };
+    if let Some(size) = input.size {
+        b.metrics.set_progress(input.start.offset, size);
+    }
     let mut committed = input.start;
     let mut pos = input.start;
     let max_line = crate::record_size::bytes(input.max_record_size);
@@ -462,6 +472,9 @@ where
         }
     }
     b.send(&mut out, pos).await?;
+    if let Some(size) = input.size {
+        b.metrics.set_progress(pos.offset, size);
+    }
     // Let the flow drain, then wait for every batch.
     drop(out);
     while let Some(f) = b.tracker.next().await {
@@ -564,6 +577,7 @@ mod tests {
             header: None,
             line_attribute: "test.line",
             max_record_size: max,
+            size: None,
         };
         let mut checkpoint = NoCheckpoint;
         let (mut failed_rx, mut out_rx) = (h.ports.remove(0), h.ports.remove(0));

@@ -79,6 +79,7 @@ impl Source for Stdin {
             header: None,
             line_attribute: "stdin.line",
             max_record_size: self.0.max_record_size,
+            size: None,
         };
         let mut stdin = tokio::io::stdin();
         lines::run(input, &mut stdin, ctx, &mut NoCheckpoint).await?;

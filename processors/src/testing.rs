@@ -152,7 +152,7 @@ pub fn sink_ctx_stoppable() -> (
     let shutdown = CancellationToken::new();
     let ctx = SinkContext {
         name: NAME.into(),
-        input: Input::new(vec![in_rx]),
+        input: Input::new(vec![in_rx], metrics.clone()),
         failures: Emitter::new(
             NAME.into(),
             vec![("failure".into(), vec![f_tx])],

@@ -105,7 +105,6 @@ pub(crate) async fn write_lines<T: Target>(
     };
     while let Some(mut batch) = ctx.input.next().await {
         let n = batch.len() as u64;
-        ctx.metrics.add_received(n);
         p.buf.clear();
         p.written = 0;
         for r in batch.iter_mut() {

@@ -46,14 +46,14 @@ pub struct EdgeStats {
     pub high_water_records: AtomicU64,
     /// Highest number of bytes ever queued.
     pub high_water_bytes: AtomicU64,
-    /// Records that went through.
+    /// Records the producer queued (those taken by the consumer: `sent - records`).
     pub sent: AtomicU64,
     /// Records dropped because the queue was full (`when_full: drop_newest`).
     pub dropped: AtomicU64,
 }
 
 /// A snapshot of [`EdgeStats`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EdgeSnapshot {
     /// Records queued now.
     pub records: u64,
@@ -63,7 +63,7 @@ pub struct EdgeSnapshot {
     pub high_water_records: u64,
     /// Highest number of bytes ever queued.
     pub high_water_bytes: u64,
-    /// Records that went through.
+    /// Records the producer queued.
     pub sent: u64,
     /// Records dropped because the queue was full.
     pub dropped: u64,
@@ -115,6 +115,16 @@ pub struct EdgeReceiver {
 #[derive(Debug)]
 pub struct Closed(pub Batch);
 
+/// What became of a batch given to [`EdgeSender::send`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sent {
+    /// It is in the queue.
+    Queued,
+    /// The queue was full and sheds (`when_full: drop_newest`): counted in the edge's
+    /// `dropped`, and finished.
+    Dropped,
+}
+
 /// Make an edge with the given thresholds.
 pub fn edge(
     max_records: usize,
@@ -148,9 +158,9 @@ pub fn edge(
 
 impl EdgeSender {
     /// Queue a batch, waiting for room when the queue is full and the policy is `block`.
-    pub async fn send(&self, batch: Batch) -> Result<(), Closed> {
+    pub async fn send(&self, batch: Batch) -> Result<Sent, Closed> {
         if batch.is_empty() {
-            return Ok(());
+            return Ok(Sent::Queued);
         }
         let n = batch.len();
         let size: usize = batch.iter().map(Record::size).sum();
@@ -172,6 +182,7 @@ impl EdgeSender {
                     st.queue.push_back((batch, size));
                     s.stats.records.store(st.records as u64, Ordering::Relaxed);
                     s.stats.bytes.store(st.bytes as u64, Ordering::Relaxed);
+                    s.stats.sent.fetch_add(n as u64, Ordering::Relaxed);
                     s.stats
                         .high_water_records
                         .fetch_max(st.records as u64, Ordering::Relaxed);
@@ -180,14 +191,14 @@ impl EdgeSender {
                         .fetch_max(st.bytes as u64, Ordering::Relaxed);
                     drop(st);
                     s.not_empty.wake();
-                    return Ok(());
+                    return Ok(Sent::Queued);
                 }
                 if s.when_full == WhenFull::DropNewest {
                     s.stats.dropped.fetch_add(n as u64, Ordering::Relaxed);
                     drop(st);
                     // Shed on purpose: finished, so the source commits past them.
                     crate::record::finish_all(batch);
-                    return Ok(());
+                    return Ok(Sent::Dropped);
                 }
             }
             notified.await;
@@ -218,9 +229,6 @@ impl EdgeReceiver {
             st.bytes -= size;
             s.stats.records.store(st.records as u64, Ordering::Relaxed);
             s.stats.bytes.store(st.bytes as u64, Ordering::Relaxed);
-            s.stats
-                .sent
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
             drop(st);
             s.not_full.notify_one();
             return Poll::Ready(Some(batch));
@@ -319,8 +327,9 @@ mod tests {
             .map(|_| Record::from_bytes(&b"{}"[..]).with_acks(Acks::one(shed.clone())))
             .collect();
         drop(shed);
-        tx.send(b).await.expect("dropped, not blocked");
+        assert_eq!(tx.send(b).await.expect("not blocked"), Sent::Dropped);
         assert_eq!(stats.snapshot().dropped, 2);
+        assert_eq!(stats.snapshot().sent, 3, "what was shed was not sent");
         let f = tracker.try_next().expect("finished at once");
         assert_eq!(f.status, AckStatus::Delivered);
     }

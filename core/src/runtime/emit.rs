@@ -1,5 +1,10 @@
 //! The runtime's side of a node's ports: fan a batch out to every edge of a port, and merge the
-//! edges coming in.
+//! edges coming in. Both ends count, for every kind of node, in this one place:
+//! [`Emitter::send`] counts records out per port (only what an edge queued: a batch every edge
+//! of the port shed under `when_full: drop_newest` is counted by those edges, not as sent),
+//! failed and dropped, and offers copies to an open tap; [`Input::next`] counts records in and
+//! the time the node spent on its previous batch. These are the per-batch hooks: keep them
+//! cheap (atomics, no allocation while no tap is open).
 
 use std::sync::Arc;
 use std::task::Poll;
@@ -8,8 +13,9 @@ use std::time::{Duration, Instant};
 use crate::ack::AckStatus;
 use crate::processor::{Output, PortId};
 use crate::record::finish_all;
-use crate::runtime::edge::{Batch, EdgeReceiver, EdgeSender};
+use crate::runtime::edge::{Batch, EdgeReceiver, EdgeSender, Sent};
 use crate::runtime::metrics::NodeMetrics;
+use crate::runtime::tap::TapPoint;
 
 /// Every downstream edge of a port is gone: the flow is failing.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +30,7 @@ pub struct DownstreamGone {
 struct Port {
     name: String,
     edges: Vec<EdgeSender>,
+    tap: Arc<TapPoint>,
     /// Records sent here with no edge are counted as failed and logged, not dropped quietly
     /// (`failure`, and the ports a processor declares in `reported_outputs`).
     reported: bool,
@@ -98,6 +105,7 @@ impl Emitter {
                 .map(|(i, (name, edges))| Port {
                     name,
                     edges,
+                    tap: Arc::default(),
                     reported: i == PortId::FAILURE.0,
                     log: None,
                 })
@@ -115,6 +123,14 @@ impl Emitter {
         self
     }
 
+    /// Each port's name and tap, in port order.
+    pub fn taps(&self) -> Vec<(String, Arc<TapPoint>)> {
+        self.ports
+            .iter()
+            .map(|p| (p.name.clone(), p.tap.clone()))
+            .collect()
+    }
+
     /// The number of ports.
     pub fn port_count(&self) -> usize {
         self.ports.len()
@@ -130,6 +146,10 @@ impl Emitter {
     /// (acknowledged, counted as dropped), except `failure` and the processor's other
     /// reported ports, whose records are counted as failed, logged once per burst and
     /// acknowledged `Failed`. A batch for an edge whose consumer is gone is abandoned.
+    ///
+    /// Counting: records on `failure` count as failed; on another port, as sent (and out on
+    /// that port) when at least one edge queued them. A batch every edge shed
+    /// (`when_full: drop_newest`) is counted as dropped by those edges only.
     pub async fn send(&mut self, port: PortId, batch: Batch) -> Result<(), DownstreamGone> {
         if batch.is_empty() {
             return Ok(());
@@ -139,6 +159,9 @@ impl Emitter {
             // No such port: a processor bug. Dropping the batch abandons it.
             return Ok(());
         };
+        if p.tap.is_open() {
+            p.tap.offer(&batch);
+        }
         if p.edges.is_empty() {
             if p.reported {
                 self.metrics.add_failed(n);
@@ -156,12 +179,16 @@ impl Emitter {
             node: self.node.clone(),
             port: p.name.clone(),
         })?;
-        let mut delivered = false;
+        let (mut open, mut queued) = (false, false);
+        let mut count = |sent: Result<Sent, _>| {
+            open |= sent.is_ok();
+            queued |= matches!(sent, Ok(Sent::Queued));
+        };
         for e in rest {
-            delivered |= e.send(batch.clone()).await.is_ok();
+            count(e.send(batch.clone()).await);
         }
-        delivered |= last.send(batch).await.is_ok();
-        if !delivered {
+        count(last.send(batch).await);
+        if !open {
             return Err(DownstreamGone {
                 node: self.node.clone(),
                 port: p.name.clone(),
@@ -169,8 +196,11 @@ impl Emitter {
         }
         if port == PortId::FAILURE {
             self.metrics.add_failed(n);
-        } else {
+        } else if queued {
             self.metrics.add_sent(n);
+        }
+        if queued {
+            self.metrics.add_port_out(port.0, n);
         }
         Ok(())
     }
@@ -185,20 +215,42 @@ impl Emitter {
     }
 }
 
-/// A node's incoming edges, merged.
+/// A node's incoming edges, merged. Counts what the node takes in (see the module doc).
 pub struct Input {
     edges: Vec<EdgeReceiver>,
     next: usize,
+    metrics: Arc<NodeMetrics>,
+    /// When the last batch was handed out (the node has been on it since).
+    handed: Option<Instant>,
 }
 
 impl Input {
-    /// Merge these edges.
-    pub fn new(edges: Vec<EdgeReceiver>) -> Self {
-        Self { edges, next: 0 }
+    /// Merge these edges, counting into `metrics`.
+    pub fn new(edges: Vec<EdgeReceiver>, metrics: Arc<NodeMetrics>) -> Self {
+        Self {
+            edges,
+            next: 0,
+            metrics,
+            handed: None,
+        }
     }
 
     /// The next batch from any edge, taking turns; `None` once every edge is closed and drained.
+    /// Counts its records as received, and the time since the previous batch was handed out
+    /// as that batch's processing time. Cancel-safe: a batch is only taken when returned.
     pub async fn next(&mut self) -> Option<Batch> {
+        if let Some(t) = self.handed.take() {
+            self.metrics.observe_batch(t.elapsed());
+        }
+        let batch = self.poll_batch().await;
+        if let Some(b) = &batch {
+            self.metrics.add_received(b.len() as u64);
+            self.handed = Some(Instant::now());
+        }
+        batch
+    }
+
+    async fn poll_batch(&mut self) -> Option<Batch> {
         std::future::poll_fn(|cx| {
             let mut i = 0;
             while i < self.edges.len() {
@@ -226,5 +278,14 @@ impl Input {
             }
         })
         .await
+    }
+}
+
+impl Drop for Emitter {
+    fn drop(&mut self) {
+        // Nothing more leaves this node: end its taps.
+        for p in &self.ports {
+            p.tap.close();
+        }
     }
 }

@@ -10,15 +10,21 @@
 //! - A processor that fails (returns an error or panics) stops the flow the same graceful way
 //!   and makes the run an error. Whatever it held (its input queue, its state, the records in
 //!   hand) is abandoned, so no source commits it: it is read again on the next run.
+//! - Every node's state (starting, running, finished, failed with its error) is set here as it
+//!   changes, and its records are counted here ([`emit`]), the same way for every kind of node:
+//!   watchers ([`Reporter`], the control API) read them live.
 
 pub mod edge;
 pub mod emit;
 pub mod metrics;
+pub mod tap;
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use futures::FutureExt as _;
+use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 pub use tokio_util::sync::CancellationToken;
 
@@ -27,9 +33,10 @@ use crate::processor::{
     TaskContext, Transform,
 };
 use crate::spec::FlowSpec;
-use edge::{EdgeSnapshot, EdgeStats};
+use edge::{EdgeSnapshot, EdgeStats, WhenFull};
 use emit::{Emitter, Input};
-use metrics::{NodeMetrics, NodeSnapshot};
+use metrics::{NodeMetrics, NodeSnapshot, NodeState};
+use tap::Taps;
 
 /// Starting a flow failed.
 #[derive(Debug, thiserror::Error)]
@@ -56,34 +63,52 @@ pub struct NodeHandle {
     pub type_name: String,
     /// Shape.
     pub kind: Kind,
-    /// Counters.
+    /// Output ports, `failure` first.
+    pub ports: Vec<String>,
+    /// Counters and state.
     pub metrics: Arc<NodeMetrics>,
 }
 
 /// Live handles on an edge's counters.
 #[derive(Clone)]
 pub struct EdgeHandle {
-    /// `from.port -> to`.
-    pub label: String,
+    /// Its index among the flow's connections (file order).
+    pub id: usize,
+    /// The producing node.
+    pub from: String,
+    /// The producing node's port.
+    pub port: String,
+    /// The consuming node.
+    pub to: String,
     /// Counters.
     pub stats: Arc<EdgeStats>,
     /// Its record threshold.
     pub max_records: usize,
     /// Its byte threshold.
     pub max_bytes: u64,
+    /// What it does when full.
+    pub when_full: WhenFull,
+}
+
+impl EdgeHandle {
+    /// `from.port -> to`, for messages.
+    pub fn label(&self) -> String {
+        format!("{}.{} -> {}", self.from, self.port, self.to)
+    }
 }
 
 /// A started flow.
 pub struct RunningFlow {
     nodes: Vec<NodeHandle>,
     edges: Vec<EdgeHandle>,
+    taps: Taps,
     tasks: JoinSet<(usize, Result<(), ProcessorError>)>,
     shutdown: CancellationToken,
     started: Instant,
 }
 
 /// What a finished run reports.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunReport {
     /// Wall time.
     pub elapsed_secs: f64,
@@ -96,7 +121,7 @@ pub struct RunReport {
 }
 
 /// One node in a [`RunReport`].
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct NodeReport {
     /// Name in the flow.
     pub name: String,
@@ -109,10 +134,16 @@ pub struct NodeReport {
 }
 
 /// One edge in a [`RunReport`].
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EdgeReport {
-    /// `from.port -> to`.
-    pub edge: String,
+    /// Its index among the flow's connections (file order).
+    pub id: usize,
+    /// The producing node.
+    pub from: String,
+    /// The producing node's port.
+    pub port: String,
+    /// The consuming node.
+    pub to: String,
     /// Its record threshold.
     pub max_records: usize,
     /// Its byte threshold.
@@ -169,10 +200,14 @@ pub fn start(spec: &FlowSpec, shutdown: CancellationToken) -> Result<RunningFlow
         outputs[e.from][e.port].1.push(tx);
         inputs[e.to].push(rx);
         edges.push(EdgeHandle {
-            label: spec.edge_label(e),
+            id: edges.len(),
+            from: spec.nodes[e.from].name.clone(),
+            port: spec.nodes[e.from].outputs[e.port].clone(),
+            to: spec.nodes[e.to].name.clone(),
             stats,
             max_records: e.settings.max_records,
             max_bytes: e.settings.max_bytes.as_u64(),
+            when_full: e.settings.when_full,
         });
     }
 
@@ -183,11 +218,13 @@ pub fn start(spec: &FlowSpec, shutdown: CancellationToken) -> Result<RunningFlow
             name: n.name.clone(),
             type_name: n.type_name.clone(),
             kind: n.kind,
-            metrics: Arc::new(NodeMetrics::default()),
+            ports: n.outputs.clone(),
+            metrics: Arc::new(NodeMetrics::with_ports(&n.outputs)),
         })
         .collect();
 
     let mut tasks = JoinSet::new();
+    let mut taps = Taps::default();
     // Downstream first: every node starts after the nodes it feeds, so sinks start first and
     // sources last (a validated flow is acyclic; file order is the fallback).
     let graph = spec.graph();
@@ -207,53 +244,93 @@ pub fn start(spec: &FlowSpec, shutdown: CancellationToken) -> Result<RunningFlow
             metrics.clone(),
         )
         .with_reported(&n.config.reported_outputs());
-        let input = Input::new(inputs[i].take().unwrap_or_default());
-        match built[i].take() {
-            Some(Processor::Source(s)) => {
-                let ctx = SourceContext {
-                    name,
-                    out: emitter,
-                    shutdown: shutdown.clone(),
-                    metrics,
-                };
-                drop(input);
-                tasks.spawn(async move { (i, s.run(ctx).await) });
-            }
-            Some(Processor::Transform(t)) => {
-                tasks.spawn(
-                    async move { (i, run_transform(name, t, input, emitter, metrics).await) },
-                );
-            }
-            Some(Processor::Task(t)) => {
-                let ctx = TaskContext {
-                    name,
+        taps.push(n.name.clone(), emitter.taps());
+        let input = Input::new(inputs[i].take().unwrap_or_default(), metrics.clone());
+        let task: futures::future::BoxFuture<'static, Result<(), ProcessorError>> =
+            match built[i].take() {
+                Some(Processor::Source(s)) => {
+                    let ctx = SourceContext {
+                        name: name.clone(),
+                        out: emitter,
+                        shutdown: shutdown.clone(),
+                        metrics: metrics.clone(),
+                    };
+                    drop(input);
+                    s.run(ctx)
+                }
+                Some(Processor::Transform(t)) => Box::pin(run_transform(
+                    name.clone(),
+                    t,
                     input,
-                    out: emitter,
-                    shutdown: shutdown.clone(),
-                    metrics,
-                };
-                tasks.spawn(async move { (i, t.run(ctx).await) });
-            }
-            Some(Processor::Sink(s)) => {
-                let ctx = SinkContext {
-                    name,
-                    input,
-                    failures: emitter,
-                    metrics,
-                    shutdown: shutdown.clone(),
-                };
-                tasks.spawn(async move { (i, s.run(ctx).await) });
-            }
-            None => {}
-        }
+                    emitter,
+                    metrics.clone(),
+                )),
+                Some(Processor::Task(t)) => {
+                    let ctx = TaskContext {
+                        name: name.clone(),
+                        input,
+                        out: emitter,
+                        shutdown: shutdown.clone(),
+                        metrics: metrics.clone(),
+                    };
+                    t.run(ctx)
+                }
+                Some(Processor::Sink(s)) => {
+                    let ctx = SinkContext {
+                        name: name.clone(),
+                        input,
+                        failures: emitter,
+                        metrics: metrics.clone(),
+                        shutdown: shutdown.clone(),
+                    };
+                    s.run(ctx)
+                }
+                None => continue,
+            };
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move { (i, supervise(&name, task, &metrics, &shutdown).await) });
     }
     Ok(RunningFlow {
         nodes,
         edges,
+        taps,
         tasks,
         shutdown,
         started: Instant::now(),
     })
+}
+
+/// Run one node's task, keeping its state as it changes: running, then finished or failed.
+/// A failure (an error or a panic) stops the flow at once: the sources stop, the rest drains.
+async fn supervise(
+    name: &str,
+    task: futures::future::BoxFuture<'static, Result<(), ProcessorError>>,
+    metrics: &NodeMetrics,
+    shutdown: &CancellationToken,
+) -> Result<(), ProcessorError> {
+    metrics.set_state(NodeState::Running, None);
+    let result = match AssertUnwindSafe(task).catch_unwind().await {
+        Ok(r) => r,
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown cause".into());
+            Err(ProcessorError::Other(format!("panicked: {why}")))
+        }
+    };
+    match &result {
+        Ok(()) => metrics.set_state(NodeState::Finished, None),
+        Err(e) => {
+            metrics.set_state(NodeState::Failed, Some(e.to_string()));
+            // The error itself goes into the report (printed at the end); say now that the
+            // flow stops, and why, for whoever watches the log or the API's events.
+            tracing::error!(node = name, error = %e, "processor failed: stopping the flow");
+            shutdown.cancel();
+        }
+    }
+    result
 }
 
 async fn run_transform(
@@ -265,7 +342,6 @@ async fn run_transform(
 ) -> Result<(), ProcessorError> {
     let mut out = Output::new(name, emitter.port_count());
     while let Some(batch) = input.next().await {
-        metrics.add_received(batch.len() as u64);
         for r in batch {
             t.process(r, &mut out);
         }
@@ -293,17 +369,17 @@ impl RunningFlow {
     pub async fn wait(mut self) -> RunReport {
         let mut errors = Vec::new();
         while let Some(joined) = self.tasks.join_next().await {
-            let failure = match joined {
-                Ok((_, Ok(()))) => None,
-                Ok((i, Err(e))) => Some(format!("processor `{}` failed: {e}", self.nodes[i].name)),
-                Err(e) => Some(format!("a processor task ended abnormally: {e}")),
-            };
-            if let Some(f) = failure {
-                // The error itself is in the report (one place to handle it); say why it stops.
-                tracing::warn!("a processor failed: stopping the flow");
-                errors.push(f);
-                // Stop the sources; the rest drains.
-                self.shutdown.cancel();
+            match joined {
+                Ok((_, Ok(()))) => {}
+                Ok((i, Err(e))) => {
+                    errors.push(format!("processor `{}` failed: {e}", self.nodes[i].name));
+                }
+                Err(e) => {
+                    // Panics are caught in the task; this is a cancelled task (a runtime
+                    // shutting down).
+                    errors.push(format!("a processor task ended abnormally: {e}"));
+                    self.shutdown.cancel();
+                }
             }
         }
         self.report(errors)
@@ -319,8 +395,14 @@ impl RunningFlow {
         Reporter {
             nodes: self.nodes.clone(),
             edges: self.edges.clone(),
+            taps: self.taps.clone(),
             started: self.started,
         }
+    }
+
+    /// Every port's tap.
+    pub fn taps(&self) -> &Taps {
+        &self.taps
     }
 
     /// How long the flow has been running.
@@ -334,10 +416,31 @@ impl RunningFlow {
 pub struct Reporter {
     nodes: Vec<NodeHandle>,
     edges: Vec<EdgeHandle>,
+    taps: Taps,
     started: Instant,
 }
 
 impl Reporter {
+    /// The nodes' live counters.
+    pub fn nodes(&self) -> &[NodeHandle] {
+        &self.nodes
+    }
+
+    /// The edges' live counters.
+    pub fn edges(&self) -> &[EdgeHandle] {
+        &self.edges
+    }
+
+    /// Every port's tap.
+    pub fn taps(&self) -> &Taps {
+        &self.taps
+    }
+
+    /// How long the flow has been running.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
     /// The counters as they are now, with these errors.
     pub fn report(&self, errors: Vec<String>) -> RunReport {
         RunReport {
@@ -355,7 +458,10 @@ impl Reporter {
                 .edges
                 .iter()
                 .map(|e| EdgeReport {
-                    edge: e.label.clone(),
+                    id: e.id,
+                    from: e.from.clone(),
+                    port: e.port.clone(),
+                    to: e.to.clone(),
                     max_records: e.max_records,
                     max_bytes: e.max_bytes,
                     counters: e.stats.snapshot(),

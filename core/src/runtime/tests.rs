@@ -134,7 +134,6 @@ impl Sink for SlowSink {
                 tokio::task::yield_now().await;
             }
             let n = batch.len() as u64;
-            ctx.metrics.add_received(n);
             finish_all(batch);
             let written = self.probe.written.fetch_add(n, Ordering::SeqCst) + n;
             let produced = self.probe.produced.load(Ordering::SeqCst);
@@ -254,7 +253,6 @@ impl TaskTransform for Hold {
         let mut held: Vec<Acks> = Vec::new();
         let mut out = Output::new(ctx.name.clone(), ctx.out.port_count());
         while let Some(batch) = ctx.input.next().await {
-            ctx.metrics.add_received(batch.len() as u64);
             for mut r in batch {
                 let n = r
                     .value()
@@ -309,15 +307,28 @@ fn registry() -> Registry {
     ])
 }
 
-async fn run_flow(yaml: &str) -> (RunReport, Arc<Probe>) {
+fn start_flow(yaml: &str) -> (RunningFlow, Arc<Probe>) {
     let p = Arc::new(Probe::default());
     *PROBE.lock() = Some(p.clone());
     let loaded = crate::spec::load(yaml, &|_| None, &registry());
     let flow = loaded
         .flow
         .unwrap_or_else(|| panic!("invalid test flow: {:?}", loaded.diagnostics));
-    let running = start(&flow, CancellationToken::new()).expect("starts");
+    (start(&flow, CancellationToken::new()).expect("starts"), p)
+}
+
+async fn run_flow(yaml: &str) -> (RunReport, Arc<Probe>) {
+    let (running, p) = start_flow(yaml);
     (running.wait().await, p)
+}
+
+fn node<'a>(report: &'a RunReport, name: &str) -> &'a NodeSnapshot {
+    &report
+        .nodes
+        .iter()
+        .find(|n| n.name == name)
+        .unwrap_or_else(|| panic!("no node {name}"))
+        .counters
 }
 
 // One test at a time touches PROBE.
@@ -344,8 +355,10 @@ connections:
     for e in &report.edges {
         assert!(
             e.counters.high_water_records <= e.max_records as u64,
-            "{} went over its threshold: {:?}",
-            e.edge,
+            "{}.{} -> {} went over its threshold: {:?}",
+            e.from,
+            e.port,
+            e.to,
             e.counters
         );
     }
@@ -518,4 +531,210 @@ connections:
     let finished = probe.finished.lock();
     assert_eq!(finished.len(), 4);
     assert!(finished.iter().all(|(_, s)| *s == AckStatus::Failed));
+}
+
+/// Every kind of node is counted by the runtime, once: what a transform, a task transform and
+/// a sink take in, what leaves each port, and each node's final state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runtime_counts_every_kind_of_node_once() {
+    let _g = SERIAL.lock().await;
+    let (report, probe) = run_flow(
+        r#"
+processors:
+  src: { type: count, count: 100, batch: 10 }
+  even: { type: even }
+  hold: { type: hold, pass_below: 1000, fail_at: -5 }
+  sink: { type: slow, slowness: 0 }
+connections:
+  - src -> even
+  - even -> hold
+  - hold -> sink
+"#,
+    )
+    .await;
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(probe.written.load(Ordering::SeqCst), 50);
+    let (src, even, hold, sink) = (
+        node(&report, "src"),
+        node(&report, "even"),
+        node(&report, "hold"),
+        node(&report, "sink"),
+    );
+    assert_eq!((src.received, src.sent), (100, 100));
+    assert_eq!((even.received, even.sent, even.dropped), (100, 50, 50));
+    assert_eq!(even.ports.get("out"), Some(&50));
+    assert_eq!(even.ports.get("failure"), Some(&0));
+    assert_eq!((hold.received, hold.sent), (50, 50));
+    assert_eq!(sink.received, 50);
+    for n in [src, even, hold, sink] {
+        assert_eq!(n.state, NodeState::Finished, "{n:?}");
+    }
+    // Every node that takes input timed its batches.
+    assert_eq!(sink.batches.as_ref().map(|b| b.count), Some(10));
+    assert!(src.batches.is_none());
+    for e in &report.edges {
+        assert_eq!((e.counters.sent, e.counters.records), (e.counters.sent, 0));
+    }
+}
+
+/// Sink that never reads its input (the edge before it fills up and sheds).
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct StuckConfig {}
+
+struct Stuck;
+
+#[async_trait]
+impl Sink for Stuck {
+    async fn run(self: Box<Self>, ctx: SinkContext) -> Result<(), ProcessorError> {
+        ctx.shutdown.cancelled().await;
+        drop(ctx);
+        Ok(())
+    }
+}
+
+impl ProcessorConfig for StuckConfig {
+    fn outputs(&self) -> Vec<String> {
+        Vec::new()
+    }
+    fn build(&self, _: &BuildContext) -> Result<Processor, BuildError> {
+        Ok(Processor::Sink(Box::new(Stuck)))
+    }
+}
+
+impl Describe for StuckConfig {
+    const TYPE: &'static str = "stuck";
+    const KIND: Kind = Kind::Sink;
+}
+
+/// Records a `drop_newest` edge sheds are the edge's dropped, not the producer's sent: the
+/// producer's port counts only what an edge queued.
+#[tokio::test]
+async fn records_an_edge_sheds_are_not_counted_as_sent() {
+    let _g = SERIAL.lock().await;
+    let p = Arc::new(Probe::default());
+    *PROBE.lock() = Some(p.clone());
+    let reg = Registry::new(vec![
+        ProcessorDef::of::<CountConfig>(),
+        ProcessorDef::of::<StuckConfig>(),
+        ProcessorDef::of::<SlowConfig>(),
+    ]);
+    let loaded = crate::spec::load(
+        r#"
+processors:
+  src: { type: count, count: 100, batch: 10 }
+  stuck: { type: stuck }
+connections:
+  - { from: src, to: stuck, max_records: 30, when_full: drop_newest }
+"#,
+        &|_| None,
+        &reg,
+    );
+    let flow = loaded.flow.expect("valid");
+    let shutdown = CancellationToken::new();
+    let running = start(&flow, shutdown.clone()).expect("starts");
+    let reporter = running.reporter();
+    let done = tokio::spawn(running.wait());
+    // The edge never blocks the source: it offers all 100 records (then waits for the acks
+    // of the queued ones, which the stuck sink never finishes until it is stopped).
+    loop {
+        let e = reporter.edges()[0].stats.snapshot();
+        if e.sent + e.dropped == 100 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let report = reporter.report(Vec::new());
+    shutdown.cancel();
+    done.await.expect("joined");
+    let src = node(&report, "src");
+    let edge = &report.edges[0].counters;
+    assert_eq!((edge.sent, edge.dropped), (30, 70));
+    assert_eq!((src.received, src.sent), (100, 30));
+    assert_eq!(src.ports.get("out"), Some(&30));
+    assert_eq!(edge.records, 30, "still queued");
+}
+
+/// A node's failure is known as it happens, not only by `wait`: its state says failed with the
+/// error, and the flow is asked to stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_is_known_as_it_happens() {
+    let _g = SERIAL.lock().await;
+    let (running, _) = start_flow(
+        r#"
+processors:
+  src: { type: count, count: 100000000, batch: 10 }
+  hold: { type: hold, pass_below: 1000, fail_at: 75 }
+  sink: { type: slow, slowness: 0 }
+connections:
+  - src -> hold
+  - hold -> sink
+"#,
+    );
+    let hold = running.nodes()[1].metrics.clone();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while hold.state() != NodeState::Failed {
+        assert!(Instant::now() < deadline, "the failure was never seen");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(
+        hold.snapshot().error.as_deref(),
+        Some("test transform fails at 75")
+    );
+    // Nobody called `wait`, yet the source was told to stop, so the flow ends.
+    let report = running.wait().await;
+    assert!(
+        report.errors.iter().any(|e| e.contains("`hold` failed")),
+        "{:?}",
+        report.errors
+    );
+}
+
+/// A tap sees exactly the records leaving its port, as copies that hold no acknowledgement:
+/// the source commits the same as without it.
+#[tokio::test]
+async fn a_tap_sees_exactly_its_ports_records_and_holds_no_ack() {
+    let _g = SERIAL.lock().await;
+    let (running, probe) = start_flow(
+        r#"
+processors:
+  src: { type: count, count: 40, batch: 10 }
+  even: { type: even }
+  sink: { type: slow, slowness: 0 }
+connections:
+  - src -> even
+  - even -> sink
+"#,
+    );
+    // The tasks have not run yet (this runtime has one thread and we have not yielded).
+    let mut tap = running.taps().watch("even", None).expect("a port");
+    assert_eq!(
+        running.taps().watch("even", Some("nope")).map(|_| ()),
+        Err(tap::TapError::UnknownPort {
+            node: "even".into(),
+            port: "nope".into(),
+            ports: "failure, out, late".into()
+        })
+    );
+    // Read the tap while the flow runs (its channel holds only so many batches).
+    let reader = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Some(t) = tap.next().await {
+            assert_eq!(t.lost, 0);
+            for mut r in t.records {
+                assert!(r.acks().is_empty());
+                seen.push(String::from_utf8_lossy(r.content()).into_owned());
+            }
+        }
+        seen
+    });
+    let report = running.wait().await;
+    let seen = reader.await.expect("joined");
+    let want: Vec<String> = (0..40)
+        .step_by(2)
+        .map(|n| format!("{{\"n\":{n}}}"))
+        .collect();
+    assert_eq!(seen, want);
+    assert!(report.errors.is_empty());
+    assert_eq!(probe.committed.load(Ordering::SeqCst), 40);
 }

@@ -21,6 +21,7 @@
 //! before anything else (`$${` writes a literal `${`); an unset variable without a default is
 //! an error.
 
+mod api;
 pub mod diagnostic;
 mod interpolate;
 
@@ -31,6 +32,7 @@ use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode};
 use marked_yaml::{LoaderOptions, Node, Span};
 use serde::Deserialize;
 
+pub use api::ApiConfig;
 pub use diagnostic::{Diagnostic, Pos, Severity, did_you_mean, render, render_short};
 pub use interpolate::interpolate;
 
@@ -95,6 +97,7 @@ const TOP_KEYS: &[&str] = &[
     "defaults",
     "processors",
     "connections",
+    "api",
 ];
 
 /// A processor of the flow.
@@ -108,6 +111,9 @@ pub struct NodeSpec {
     pub kind: Kind,
     /// Its validated config.
     pub config: Box<dyn ProcessorConfig>,
+    /// Its config as written (after `${VAR}` interpolation, so it may hold secrets: see
+    /// [`crate::observe::redact`]), for display.
+    pub settings: serde_json::Value,
     /// Its output ports: `failure` first, then the declared ones.
     pub outputs: Vec<String>,
     /// Where it is defined.
@@ -140,6 +146,8 @@ pub struct FlowSpec {
     pub nodes: Vec<NodeSpec>,
     /// Its connections, in file order.
     pub edges: Vec<EdgeSpec>,
+    /// The control API's settings (`api:`), when the file has them.
+    pub api: Option<ApiConfig>,
 }
 
 impl FlowSpec {
@@ -344,11 +352,13 @@ impl Loader<'_> {
             }
             None => {}
         }
+        let api = top.get_node("api").and_then(|n| self.api(n));
         let flow = FlowSpec {
             name,
             description,
             nodes,
             edges,
+            api,
         };
         self.check_graph(&flow);
         Some(flow)
@@ -425,6 +435,21 @@ impl Loader<'_> {
                     self.serde_error(&e, node);
                 }
                 EdgeSettingsConfig::default()
+            }
+        }
+    }
+
+    fn api(&mut self, node: &Node) -> Option<ApiConfig> {
+        if let Some(m) = node.as_mapping() {
+            self.check_keys(m, api::KEYS, "`api`");
+        }
+        match marked_yaml::from_node::<ApiConfig>(node) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                if !matches!(&*e, marked_yaml::Error::UnknownFieldError(..)) {
+                    self.serde_error(&e, node);
+                }
+                None
             }
         }
     }
@@ -506,11 +531,14 @@ impl Loader<'_> {
         }
         let mut outputs = vec![FAILURE.to_owned()];
         outputs.extend(config.outputs());
+        let settings =
+            marked_yaml::from_node::<serde_json::Value>(&config_node).unwrap_or_default();
         Some(NodeSpec {
             name: name.to_owned(),
             type_name: type_name.to_owned(),
             kind: def.kind,
             config,
+            settings,
             outputs,
             pos: key_pos,
         })
@@ -771,6 +799,7 @@ impl Loader<'_> {
 pub fn json_schema(registry: &Registry) -> serde_json::Value {
     let mut g = schemars::generate::SchemaSettings::draft2020_12().into_generator();
     let edge = g.subschema_for::<EdgeSettingsConfig>();
+    let api = g.subschema_for::<ApiConfig>();
     let mut variants = Vec::new();
     for def in registry.all() {
         let mut schema = (def.schema)(&mut g).to_value();
@@ -806,6 +835,7 @@ pub fn json_schema(registry: &Registry) -> serde_json::Value {
             "name": { "type": "string", "description": "The flow's name." },
             "description": { "type": "string", "description": "What the flow does." },
             "defaults": { "$ref": "#/$defs/EdgeSettingsConfig", "description": "Back-pressure settings for every edge." },
+            "api": api,
             "processors": {
                 "type": "object",
                 "description": "Processors by name.",

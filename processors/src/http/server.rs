@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::{Bytes, BytesMut};
 use bytesize::ByteSize;
-use flow_core::ack::{AckStatus, AckTracker, Acks};
+use flow_core::ack::{AckCounters, AckStatus, AckTracker, Acks};
 use flow_core::processor::{
     BuildContext, BuildError, ConfigError, Describe, Kind, PortId, Processor, ProcessorConfig,
     ProcessorError, Source, SourceContext,
@@ -343,6 +343,8 @@ struct Shared {
     body_timeout: Duration,
     stopping: CancellationToken,
     stats: Arc<Stats>,
+    /// The source's acknowledgement counters (one tracker per request counts into them).
+    acks: Arc<AckCounters>,
     /// How bodies become records (the kind is set per request).
     rules: BodyRules,
 }
@@ -504,7 +506,7 @@ async fn ingest(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) ->
     };
     let mut tracker = None;
     if s.ack == AckMode::Delivered {
-        let mut t = AckTracker::new();
+        let mut t = AckTracker::new().counting(s.acks.clone());
         let token = t.token(0);
         for r in &mut records {
             r.merge_acks(Acks::one(token.clone()));
@@ -626,6 +628,7 @@ impl Source for HttpServer {
             body_timeout: cfg.body_timeout,
             stopping: shutdown.clone(),
             stats: stats.clone(),
+            acks: metrics.acks(),
             rules: BodyRules {
                 kind: BodyType::Either,
                 max_record: crate::record_size::bytes(cfg.max_record_size),

@@ -532,7 +532,6 @@ impl Sink for InfluxDbSink {
             tokio::select! {
                 batch = ctx.input.next() => {
                     let Some(batch) = batch else { break };
-                    ctx.metrics.add_received(batch.len() as u64);
                     for mut r in batch {
                         line.clear();
                         if let Err(msg) = self.encode(&mut r, &mut line) {

@@ -646,7 +646,6 @@ impl KafkaSink {
                         continue;
                     };
                     progress = tokio::time::Instant::now();
-                    ctx.metrics.add_received(batch.len() as u64);
                     let mut failed = false;
                     for record in batch {
                         match self.prepare(record) {

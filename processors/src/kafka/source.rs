@@ -25,6 +25,7 @@ use flow_core::processor::{
     ProcessorConfig, ProcessorError, Source, SourceContext,
 };
 use flow_core::record::{JsonView, Record};
+use flow_core::runtime::metrics::{LagUnit, NodeMetrics};
 
 use super::{Brokers, FlowContext, KafkaProcessorError, client_config, validate_common};
 
@@ -120,6 +121,9 @@ impl KafkaSourceConfig {
             // The prefetch queue, per partition; librdkafka's default (64 MiB) is a lot of
             // memory for a flow that pauses anyway.
             ("queued.max.messages.kbytes", "16384".to_owned()),
+            // Statistics every 5 s: the consumer lag per partition, published as the
+            // source's lag.
+            ("statistics.interval.ms", "5000".to_owned()),
         ];
         let owned = [
             ("group.id", self.group.clone()),
@@ -233,11 +237,29 @@ impl Offsets {
 struct SourceContextKafka {
     flow: FlowContext,
     offsets: Arc<Mutex<Offsets>>,
+    metrics: Arc<NodeMetrics>,
 }
 
 impl ClientContext for SourceContextKafka {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
         self.flow.log(level, fac, message);
+    }
+
+    /// The consumer lag per assigned partition (the high watermark minus the consumer's
+    /// position; librdkafka says -1 while it does not know), as the source's lag.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        self.metrics.clear_lag(LagUnit::Records);
+        for (topic, t) in &statistics.topics {
+            for (id, p) in &t.partitions {
+                if *id >= 0
+                    && let Ok(lag) = u64::try_from(p.consumer_lag)
+                {
+                    let partition = format!("{topic}/{id}");
+                    self.metrics
+                        .set_lag(LagUnit::Records, Some(&partition), lag);
+                }
+            }
+        }
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
@@ -450,6 +472,7 @@ impl Source for KafkaSource {
         let context = SourceContextKafka {
             flow: FlowContext::new(&name, &self.cfg.brokers.joined()),
             offsets: offsets.clone(),
+            metrics: metrics.clone(),
         };
         let consumer: StreamConsumer<SourceContextKafka> = self
             .cfg
@@ -462,7 +485,7 @@ impl Source for KafkaSource {
             .map_err(|e| ProcessorError::other(KafkaProcessorError::Fatal(e.to_string())))?;
         tracing::info!(node = %name, topics = ?self.cfg.topics, group = %self.cfg.group, "subscribed");
         let mut st = State {
-            tracker: AckTracker::named(name.clone()),
+            tracker: AckTracker::named(name.clone()).counting(metrics.acks()),
             commit: InOrderCommit::new(),
             batches: VecDeque::new(),
             in_flow: 0,

@@ -266,6 +266,7 @@ impl Sink for MqttSink {
                     Some(MqttEvent::Connected { session_present }) => {
                         unreachable = false;
                         ctx.metrics.set_status("connected", serde_json::json!(true));
+                        ctx.metrics.set_connected(true);
                         if !first_connect && !session_present && qos > 0 {
                             // The broker lost the session, and the client its unsent queue:
                             // send every unconfirmed record again, in order.
@@ -281,6 +282,7 @@ impl Sink for MqttSink {
                     Some(MqttEvent::Disconnected) => {
                         unreachable = true;
                         ctx.metrics.set_status("connected", serde_json::json!(false));
+                        ctx.metrics.set_connected(false);
                     }
                     Some(MqttEvent::Fatal(e)) => return Err(ProcessorError::other(e)),
                     Some(MqttEvent::Publish(_) | MqttEvent::SubAck(_)) => {}
@@ -291,7 +293,6 @@ impl Sink for MqttSink {
                         input_done = true;
                         continue;
                     };
-                    ctx.metrics.add_received(batch.len() as u64);
                     for mut record in batch {
                         match render_topic(&self.topic, &mut record) {
                             Ok(topic) => {

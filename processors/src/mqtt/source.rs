@@ -12,6 +12,7 @@ use flow_core::processor::{
     ProcessorConfig, ProcessorError, Source, SourceContext,
 };
 use flow_core::record::{JsonView, Record, Value};
+use flow_core::runtime::metrics::LagUnit;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -445,7 +446,7 @@ impl Source for MqttSource {
         .map_err(ProcessorError::other)?;
         let mut a = Acker {
             client: client.clone(),
-            tracker: AckTracker::named(name.clone()),
+            tracker: AckTracker::named(name.clone()).counting(metrics.acks()),
             commit: InOrderCommit::new(),
             batches: VecDeque::new(),
             due: VecDeque::new(),
@@ -461,6 +462,9 @@ impl Source for MqttSource {
         let mut pending = Output::new(name.clone(), out.port_count());
         let mut batch_acks: Vec<PendingAck> = Vec::new();
         metrics.set_status("connected", serde_json::json!(false));
+        metrics.set_connected(false);
+        // Messages taken from the broker and not acknowledged to it yet: held by this source.
+        let held = |a: &Acker| metrics.set_lag(LagUnit::Messages, None, a.in_flow as u64);
         let result: Result<(), ProcessorError> = 'run: loop {
             let event = tokio::select! {
                 biased;
@@ -470,6 +474,7 @@ impl Source for MqttSource {
                         break Err(ProcessorError::other(e));
                     }
                     metrics.set_status("acked", serde_json::json!(a.acked));
+                    held(&a);
                     continue;
                 }
                 _ = tokio::time::sleep(ACK_RETRY), if !a.due.is_empty() => {
@@ -516,6 +521,7 @@ impl Source for MqttSource {
                     MqttEvent::Connected { session_present } => {
                         a.connected(session_present);
                         metrics.set_status("connected", serde_json::json!(true));
+                        metrics.set_connected(true);
                         if (first_connect || !session_present)
                             && let Err(e) = client.subscribe(&self.cfg.topics, self.cfg.qos).await
                         {
@@ -530,6 +536,7 @@ impl Source for MqttSource {
                     MqttEvent::Disconnected => {
                         a.disconnected();
                         metrics.set_status("connected", serde_json::json!(false));
+                        metrics.set_connected(false);
                     }
                     MqttEvent::SubAck(codes) => {
                         if let Some(i) = codes.iter().position(|ok| !ok) {
@@ -569,6 +576,7 @@ impl Source for MqttSource {
             }
             drop(token);
             metrics.add_received(n as u64);
+            held(&a);
             // Waits while the flow is full: back-pressure.
             if let Err(e) = out.flush(&mut batch).await {
                 break Err(ProcessorError::other(e));

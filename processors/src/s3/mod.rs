@@ -895,7 +895,6 @@ impl S3Sink {
             tokio::select! {
                 batch = ctx.input.next() => {
                     let Some(batch) = batch else { break };
-                    ctx.metrics.add_received(batch.len() as u64);
                     for mut r in batch {
                         let partition = match self
                             .event_time(&mut r)

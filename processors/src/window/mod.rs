@@ -611,7 +611,6 @@ impl TaskTransform for Window {
                 biased;
                 batch = ctx.input.next() => {
                     let Some(batch) = batch else { break };
-                    ctx.metrics.add_received(batch.len() as u64);
                     for r in batch {
                         this.handle(r, &mut engine, &mut out, &clock, &mut args);
                     }

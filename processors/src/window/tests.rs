@@ -266,7 +266,7 @@ fn start(c: &WindowAggregateConfig) -> Harness {
     let metrics = Arc::new(NodeMetrics::default());
     let ctx = TaskContext {
         name: "w".into(),
-        input: Input::new(vec![in_rx]),
+        input: Input::new(vec![in_rx], metrics.clone()),
         out: Emitter::new("w".into(), ports, metrics.clone()),
         shutdown: CancellationToken::new(),
         metrics,
