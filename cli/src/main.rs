@@ -1,6 +1,6 @@
 //! `flow`: run, validate, draw and describe flows.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -9,10 +9,15 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use flow_core::processor::Kind;
 use flow_core::runtime::CancellationToken;
-use flow_core::runtime::{RunReport, RunningFlow};
+use flow_core::runtime::RunReport;
 use flow_core::spec::{self, Severity};
 
+mod api;
+mod client;
 mod docs;
+mod progress;
+mod tap;
+mod top;
 
 /// Records are made on one worker thread and freed on another; glibc's allocator serialises
 /// that on arena locks (15% of the sensors benchmark was spent waiting on them). mimalloc frees
@@ -44,7 +49,24 @@ enum Command {
         /// Write the run report (per-node and per-edge counters) as JSON to this file.
         #[arg(long, value_name = "FILE")]
         report: Option<PathBuf>,
+        /// Serve the control API (/metrics, /api/v1/...) on ADDR (default 127.0.0.1:9420;
+        /// `127.0.0.1:0` picks a free port). The bound address is printed on stderr.
+        #[arg(long, value_name = "ADDR", num_args = 0..=1)]
+        api: Option<Option<String>>,
+        /// The token the control API requires (`Authorization: Bearer TOKEN`); required to
+        /// listen on anything but a loopback address.
+        #[arg(
+            long,
+            value_name = "TOKEN",
+            env = "FLOW_API_TOKEN",
+            hide_env_values = true
+        )]
+        api_token: Option<String>,
     },
+    /// Watch a running flow (`flow run --api`): per-node rates and per-edge queues, live.
+    Top(top::Args),
+    /// Print copies of the records leaving a port of a running flow, as JSON lines.
+    Tap(tap::Args),
     /// Check flow files without running them: every error, with file:line:column.
     Validate {
         /// Flow files.
@@ -95,8 +117,9 @@ const USAGE: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
-    match dispatch(cli.command) {
+    let events = api::events::EventLog::new(1000);
+    init_logging(cli.verbose, events.clone());
+    match dispatch(cli.command, events) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -105,7 +128,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(verbose: u8) {
+fn init_logging(verbose: u8, events: std::sync::Arc<api::events::EventLog>) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::{Layer as _, filter::LevelFilter};
     // rustls's platform verifier logs every refused certificate as an error of its own; the
     // processor's warning (burst-limited, with the node and URL) already carries its reason.
     let default = match verbose {
@@ -116,14 +142,22 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let log = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        .with_filter(filter);
+    // Warnings and errors also go to the API's events, whatever the log level.
+    let bulletins = api::events::EventLayer(events).with_filter(LevelFilter::WARN);
+    tracing_subscriber::registry()
+        .with(log)
+        .with(bulletins)
         .init();
 }
 
-fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+fn dispatch(
+    command: Command,
+    events: std::sync::Arc<api::events::EventLog>,
+) -> anyhow::Result<ExitCode> {
     let registry = flow_processors::builtin();
     match command {
         Command::Processors => {
@@ -172,7 +206,19 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             file,
             quiet,
             report,
-        } => run(&file, quiet, report.as_deref(), &registry),
+            api,
+            api_token,
+        } => {
+            let api = api.as_ref().map(|a| a.as_deref());
+            let observe = Observe {
+                api,
+                api_token: api_token.as_deref(),
+                events,
+            };
+            run(&file, quiet, report.as_deref(), &registry, observe)
+        }
+        Command::Top(args) => top::run(args),
+        Command::Tap(args) => tap::run(args),
     }
 }
 
@@ -236,12 +282,24 @@ fn validate(
     })
 }
 
+/// What `flow run` serves to watchers.
+struct Observe<'a> {
+    /// `--api [ADDR]`.
+    api: Option<Option<&'a str>>,
+    /// `--api-token`.
+    api_token: Option<&'a str>,
+    /// Recent warnings and errors.
+    events: std::sync::Arc<api::events::EventLog>,
+}
+
 fn run(
     file: &Path,
     quiet: bool,
     report_path: Option<&Path>,
     registry: &flow_core::processor::Registry,
+    observe: Observe,
 ) -> anyhow::Result<ExitCode> {
+    let started = std::time::SystemTime::now();
     let text = read(file)?;
     let loaded = spec::load_with_env(&text, registry);
     if !loaded.diagnostics.is_empty() {
@@ -250,6 +308,7 @@ fn run(
     let Some(flow) = loaded.flow else {
         return Ok(ExitCode::from(INVALID));
     };
+    let api = api::Settings::resolve(observe.api, observe.api_token, flow.api.as_ref())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("flow-worker")
@@ -257,27 +316,45 @@ fn run(
         .context("cannot start the runtime")?;
     let interactive = !quiet && std::io::stderr().is_terminal();
     let report = runtime.block_on(async {
+        let bound = match api {
+            Some(settings) => Some(api::bind(settings).await?),
+            None => None,
+        };
         let shutdown = CancellationToken::new();
         let running = match flow_core::runtime::start(&flow, shutdown.clone()) {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("error: {e}");
-                return None;
+                return Ok(None);
             }
         };
+        let serving = bound.map(|b| {
+            b.serve(
+                &flow,
+                registry,
+                running.reporter(),
+                observe.events.clone(),
+                started,
+            )
+        });
         let forced = ForcedExit {
             reporter: running.reporter(),
             report: report_path.map(Path::to_path_buf),
         };
         tokio::spawn(handle_signals(shutdown.clone(), forced));
-        let progress = interactive.then(|| tokio::spawn(show_progress(progress_handles(&running))));
+        let progress =
+            interactive.then(|| tokio::spawn(progress::show(progress::Handles::of(&running))));
         let report = running.wait().await;
         if let Some(p) = progress {
             p.abort();
             eprint!("\r\x1b[2K");
         }
-        Some(report)
-    });
+        if let Some(s) = serving {
+            // Streams send their last snapshot (equal to the report) and end.
+            s.finish(Duration::from_secs(2)).await;
+        }
+        anyhow::Ok(Some(report))
+    })?;
     let Some(report) = report else {
         return Ok(ExitCode::from(INVALID));
     };
@@ -360,56 +437,6 @@ async fn wait_for_signal() -> std::io::Result<()> {
     tokio::signal::ctrl_c().await
 }
 
-struct ProgressHandles {
-    sources: Vec<std::sync::Arc<flow_core::runtime::metrics::NodeMetrics>>,
-    sinks: Vec<std::sync::Arc<flow_core::runtime::metrics::NodeMetrics>>,
-}
-
-fn progress_handles(running: &RunningFlow) -> ProgressHandles {
-    let pick = |k: Kind| {
-        running
-            .nodes()
-            .iter()
-            .filter(|n| n.kind == k)
-            .map(|n| n.metrics.clone())
-            .collect()
-    };
-    ProgressHandles {
-        sources: pick(Kind::Source),
-        sinks: pick(Kind::Sink),
-    }
-}
-
-async fn show_progress(h: ProgressHandles) {
-    let start = std::time::Instant::now();
-    let (mut last_in, mut last_out) = (0u64, 0u64);
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        let records_in: u64 = h.sources.iter().map(|m| m.snapshot().received).sum();
-        let records_out: u64 = h.sinks.iter().map(|m| m.snapshot().sent).sum();
-        eprint!(
-            "\r\x1b[2K{:>5}s  in {} ({}/s)  out {} ({}/s)",
-            start.elapsed().as_secs(),
-            human(records_in),
-            human(records_in - last_in),
-            human(records_out),
-            human(records_out - last_out),
-        );
-        let _ = std::io::stderr().flush();
-        (last_in, last_out) = (records_in, records_out);
-    }
-}
-
-fn human(n: u64) -> String {
-    match n {
-        0..1_000 => n.to_string(),
-        1_000..1_000_000 => format!("{:.1}k", n as f64 / 1e3),
-        _ => format!("{:.2}M", n as f64 / 1e6),
-    }
-}
-
 fn print_summary(report: &RunReport, flow: &flow_core::spec::FlowSpec) {
     let name_w = flow
         .nodes
@@ -440,6 +467,6 @@ fn print_summary(report: &RunReport, flow: &flow_core::spec::FlowSpec) {
         "{} records in {:.2}s ({}/s)",
         total_in,
         report.elapsed_secs,
-        human((total_in as f64 / report.elapsed_secs.max(1e-9)) as u64)
+        progress::human((total_in as f64 / report.elapsed_secs.max(1e-9)) as u64)
     );
 }
