@@ -2,6 +2,7 @@
 //!
 //! - [`record`]: what flows (content, attributes, event time, id, parents, acks);
 //! - [`ack`]: end-to-end acknowledgement tokens;
+//! - [`clock`]: processing time, which `flow test` drives;
 //! - [`expr`]: VRL expressions;
 //! - [`processor`]: the processor contract and the registry type;
 //! - [`spec`]: the flow file, its validation and its JSON Schema;
@@ -9,6 +10,7 @@
 //! - [`retry`]: how sinks retry an unavailable destination;
 //! - [`runtime`]: tasks, bounded edges, back-pressure, shutdown.
 pub mod ack;
+pub mod clock;
 pub mod expr;
 pub mod graph;
 pub mod processor;

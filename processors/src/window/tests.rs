@@ -371,6 +371,7 @@ fn window(c: &WindowAggregateConfig) -> (Window, Engine) {
         event_time: compiled.event_time,
         args,
         settings: None,
+        clock: Clock::system(),
     };
     (w, Engine::new(compiled.settings))
 }
@@ -383,7 +384,7 @@ fn run_window(
     events: &[(&str, &str, i64)],
 ) -> (Vec<String>, Vec<String>, Vec<String>) {
     let (w, mut engine) = window(c);
-    let clock = Clock::new();
+    let clock = Clock::system();
     let mut out = Output::new("w".into(), 3);
     let mut args = Vec::new();
     for (k, t, v) in events {
