@@ -209,21 +209,34 @@ pub fn load(
                 ));
             }
             Ok(flow_text) => {
-                let mut flow_diags = Vec::new();
+                // The flow's own errors, each with the tests whose environment shows it.
+                let mut flow_diags: Vec<(Diagnostic, Vec<String>)> = Vec::new();
+                let total = parsed.tests.len();
                 for t in parsed.tests {
                     match r.prepare(t, &parsed.env, &flow_text, registry, env) {
                         Prepared::Ready(t) => tests.push(*t),
                         Prepared::FlowInvalid(name, diags) => {
-                            for mut d in diags {
-                                d.message = format!("{} (in test `{name}`)", d.message);
-                                if !flow_diags.contains(&d) {
-                                    flow_diags.push(d);
+                            for d in diags {
+                                match flow_diags.iter_mut().find(|(seen, _)| *seen == d) {
+                                    Some((_, names)) => names.push(name.clone()),
+                                    None => flow_diags.push((d, vec![name.clone()])),
                                 }
                             }
                         }
                         Prepared::Skipped => {}
                     }
                 }
+                let flow_diags: Vec<Diagnostic> = flow_diags
+                    .into_iter()
+                    .map(|(mut d, names)| {
+                        if names.len() < total {
+                            let names: Vec<String> =
+                                names.iter().map(|n| format!("`{n}`")).collect();
+                            d.message = format!("{} (in test {})", d.message, names.join(", "));
+                        }
+                        d
+                    })
+                    .collect();
                 if !flow_diags.is_empty() {
                     invalid.push(Invalid {
                         path: parsed.flow_path.clone(),
@@ -756,7 +769,9 @@ impl Reader<'_> {
             self.error(at, "an expected output is a mapping with `at`");
             return None;
         };
+        let before = self.diags.len();
         self.check_keys(map, EXPECT_KEYS, "an expected output");
+        let unknown_keys = self.diags.len() > before;
         let Some(at) = map.get_node("at") else {
             let at = self.node_pos(node);
             self.error(
@@ -827,10 +842,11 @@ impl Reader<'_> {
             Some(n) => self.attributes(n),
             None => Attributes::new(),
         };
-        if records.is_none()
-            && count.is_none()
-            && map.get_node("conditions").is_none()
-            && map.get_node("attributes").is_none()
+        // (A misspelt key is reported already, with its correction.)
+        if !unknown_keys
+            && ["records", "count", "conditions", "attributes"]
+                .iter()
+                .all(|k| map.get_node(k).is_none())
         {
             let pos = self.scalar_pos(at);
             self.error(pos, format!("nothing is expected of `{}`", at.as_str()))
@@ -884,12 +900,17 @@ impl Reader<'_> {
         } else {
             return at;
         };
-        let offset = offset.min(value.len());
+        // Within the value: a problem at its very end points at its last character.
+        let mut offset = offset.min(value.len().saturating_sub(1));
+        while !value.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let len = len.clamp(1, (value.len() - offset).max(1));
         let start = at.range.start + shift + offset;
         Pos {
             line: at.line,
             column: at.column + shift + value[..offset].chars().count(),
-            range: start..(start + len.max(1)).min(self.text.len()),
+            range: start..(start + len).min(self.text.len()),
         }
     }
 

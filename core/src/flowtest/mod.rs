@@ -188,3 +188,6 @@ pub fn render_result(r: &TestResult) -> String {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
