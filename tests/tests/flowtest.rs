@@ -207,3 +207,25 @@ fn every_example_flow_has_tests_that_pass() {
         flows.len()
     );
 }
+
+/// The README's example is a working test of flows/mqtt-to-kafka.yaml.
+#[test]
+fn the_readme_example_passes() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).expect("README.md");
+    let start = readme
+        .find("```yaml\n# flows/mqtt-to-kafka.test.yaml\n")
+        .expect("the example in the README");
+    let body = &readme[start + "```yaml\n".len()..];
+    let body = &body[..body.find("```").expect("its end")];
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("readme.test.yaml");
+    let flow = repo().join("flows/mqtt-to-kafka.yaml");
+    std::fs::write(&path, format!("flow: {}\n{body}", flow.display())).expect("write");
+    let results = run(&path, None);
+    assert_eq!(results.len(), 1);
+    assert!(
+        results[0].passed(),
+        "{}",
+        flowtest::render_result(&results[0])
+    );
+}
