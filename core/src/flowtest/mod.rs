@@ -24,9 +24,10 @@
 //!         conditions: ['.count > 0']
 //! ```
 //!
-//! How it runs, and why this way, is in [`harness`]'s docs: the real runtime and the real
-//! transforms, with sources and sinks swapped for test doubles, on a paused tokio runtime
-//! whose clock (and so the flow's [`crate::clock::Clock`]) moves only when the test says.
+//! How it runs, and why this way, is in the docs of `flowtest/harness.rs`: the real runtime
+//! and the real transforms, with sources and sinks swapped for test doubles, on a paused tokio
+//! runtime whose clock (and so the flow's [`crate::clock::Clock`]) moves only when the test
+//! says.
 
 mod check;
 mod file;
