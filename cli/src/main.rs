@@ -13,6 +13,7 @@ use flow_core::runtime::{RunReport, RunningFlow};
 use flow_core::spec::{self, Severity};
 
 mod docs;
+mod test_cmd;
 
 /// Records are made on one worker thread and freed on another; glibc's allocator serialises
 /// that on arena locks (15% of the sensors benchmark was spent waiting on them). mimalloc frees
@@ -53,6 +54,23 @@ enum Command {
         /// Output: `pretty` (with the offending line), `short` (one line each) or `json`.
         #[arg(long, value_enum, default_value_t = Format::Pretty)]
         format: Format,
+    },
+    /// Run the unit tests of flows (`NAME.test.yaml` files; docs/testing.md): records in at
+    /// a node, expectations on ports, a virtual clock, no servers. Exit 1 if any test fails.
+    Test {
+        /// Test files, flow files (their `NAME.test.yaml` beside them) or folders (searched
+        /// for `*.test.yaml`).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// `pretty` (pass/fail and what differs) or `junit` (XML on stdout, for CI).
+        #[arg(long, value_enum, default_value_t = test_cmd::TestFormat::Pretty)]
+        format: test_cmd::TestFormat,
+        /// Run only the tests whose name contains this.
+        #[arg(long, value_name = "NAME")]
+        filter: Option<String>,
+        /// Report a test as hung after this many seconds of real time.
+        #[arg(long, value_name = "SECS", default_value_t = 60)]
+        timeout: u64,
     },
     /// Draw a flow.
     Graph {
@@ -95,7 +113,8 @@ const USAGE: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    // Tests send records to `failure` on purpose: only errors are logged unless asked.
+    init_logging(cli.verbose, matches!(cli.command, Command::Test { .. }));
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -105,10 +124,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(verbose: u8) {
+fn init_logging(verbose: u8, quiet: bool) {
     // rustls's platform verifier logs every refused certificate as an error of its own; the
     // processor's warning (burst-limited, with the node and URL) already carries its reason.
     let default = match verbose {
+        0 if quiet => "error",
         0 => "warn,rustls_platform_verifier=off",
         1 => "info,rustls_platform_verifier=off",
         2 => "debug",
@@ -154,6 +174,18 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             ExitCode::from(INVALID)
         }),
         Command::Validate { files, format } => validate(&files, format, &registry),
+        Command::Test {
+            paths,
+            format,
+            filter,
+            timeout,
+        } => test_cmd::run(
+            &paths,
+            format,
+            filter.as_deref(),
+            Duration::from_secs(timeout),
+            &registry,
+        ),
         Command::Graph { file, format } => {
             let text = read(&file)?;
             let loaded = spec::load_with_env(&text, &registry);
