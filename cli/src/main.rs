@@ -17,6 +17,7 @@ mod client;
 mod docs;
 mod progress;
 mod tap;
+mod test_cmd;
 mod top;
 
 /// Records are made on one worker thread and freed on another; glibc's allocator serialises
@@ -76,6 +77,23 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Pretty)]
         format: Format,
     },
+    /// Run the unit tests of flows (`NAME.test.yaml` files; docs/testing.md): records in at
+    /// a node, expectations on ports, a virtual clock, no servers. Exit 1 if any test fails.
+    Test {
+        /// Test files, flow files (their `NAME.test.yaml` beside them) or folders (searched
+        /// for `*.test.yaml`).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// `pretty` (pass/fail and what differs) or `junit` (XML on stdout, for CI).
+        #[arg(long, value_enum, default_value_t = test_cmd::TestFormat::Pretty)]
+        format: test_cmd::TestFormat,
+        /// Run only the tests whose name contains this.
+        #[arg(long, value_name = "NAME")]
+        filter: Option<String>,
+        /// Report a test as hung after this many seconds of real time.
+        #[arg(long, value_name = "SECS", default_value_t = 60)]
+        timeout: u64,
+    },
     /// Draw a flow.
     Graph {
         /// The flow file.
@@ -118,7 +136,9 @@ const USAGE: u8 = 2;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let events = api::events::EventLog::new(1000);
-    init_logging(cli.verbose, events.clone());
+    // Tests send records to `failure` on purpose: only errors are logged unless asked.
+    let quiet = matches!(cli.command, Command::Test { .. });
+    init_logging(cli.verbose, quiet, events.clone());
     match dispatch(cli.command, events) {
         Ok(code) => code,
         Err(e) => {
@@ -128,13 +148,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(verbose: u8, events: std::sync::Arc<api::events::EventLog>) {
+fn init_logging(verbose: u8, quiet: bool, events: std::sync::Arc<api::events::EventLog>) {
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     use tracing_subscriber::{Layer as _, filter::LevelFilter};
     // rustls's platform verifier logs every refused certificate as an error of its own; the
     // processor's warning (burst-limited, with the node and URL) already carries its reason.
     let default = match verbose {
+        0 if quiet => "error",
         0 => "warn,rustls_platform_verifier=off",
         1 => "info,rustls_platform_verifier=off",
         2 => "debug",
@@ -188,6 +209,18 @@ fn dispatch(
             ExitCode::from(INVALID)
         }),
         Command::Validate { files, format } => validate(&files, format, &registry),
+        Command::Test {
+            paths,
+            format,
+            filter,
+            timeout,
+        } => test_cmd::run(
+            &paths,
+            format,
+            filter.as_deref(),
+            Duration::from_secs(timeout),
+            &registry,
+        ),
         Command::Graph { file, format } => {
             let text = read(&file)?;
             let loaded = spec::load_with_env(&text, &registry);

@@ -262,14 +262,19 @@ pub struct BuildContext {
     /// they read (one pass); otherwise they only check the content and leave the view to be
     /// built on first use.
     pub consumers_read_values: bool,
+    /// The flow's processing time (see [`crate::clock`]): read it here, never `SystemTime`,
+    /// so that `flow test` can drive it.
+    pub clock: crate::clock::Clock,
 }
 
 impl BuildContext {
-    /// A context for `name`, as if its consumers read fields (tests, tools).
+    /// A context for `name`, as if its consumers read fields, on the system clock (tests,
+    /// tools).
     pub fn new(name: impl Into<String>) -> Self {
         Self {
             name: name.into(),
             consumers_read_values: true,
+            clock: crate::clock::Clock::system(),
         }
     }
 

@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 pub use tokio_util::sync::CancellationToken;
 
+use crate::clock::Clock;
 use crate::processor::{
     BuildContext, BuildError, Kind, Output, Processor, ProcessorError, SinkContext, SourceContext,
     TaskContext, Transform,
@@ -155,6 +156,15 @@ pub struct EdgeReport {
 
 /// Build every processor of `spec` and start the flow. Cancel `shutdown` to stop it gracefully.
 pub fn start(spec: &FlowSpec, shutdown: CancellationToken) -> Result<RunningFlow, StartError> {
+    start_with_clock(spec, shutdown, Clock::system())
+}
+
+/// [`start`], with processing time told by `clock` (`flow test` gives a virtual one).
+pub fn start_with_clock(
+    spec: &FlowSpec,
+    shutdown: CancellationToken,
+    clock: Clock,
+) -> Result<RunningFlow, StartError> {
     // Build everything first: a flow that cannot start starts nothing.
     let mut built = Vec::with_capacity(spec.nodes.len());
     for (i, n) in spec.nodes.iter().enumerate() {
@@ -167,6 +177,7 @@ pub fn start(spec: &FlowSpec, shutdown: CancellationToken) -> Result<RunningFlow
             .build(&BuildContext {
                 name: n.name.clone(),
                 consumers_read_values,
+                clock: clock.clone(),
             })
             .map_err(|source| StartError::Build {
                 name: n.name.clone(),

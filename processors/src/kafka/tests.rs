@@ -471,8 +471,9 @@ async fn source_sends_values_over_max_record_size_to_failure() {
             .expect("a record in time")
             .expect("a batch");
         ok += batch.len();
+        finish_all(batch);
     }
-    drop(failed);
+    finish_all(failed);
     let (b, g, t) = (c.brokers.clone(), group.clone(), topic.clone());
     until(30, "the commit", || committed(&b, &g, &t) == Some(3)).await;
     h.shutdown.cancel();

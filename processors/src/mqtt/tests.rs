@@ -225,14 +225,17 @@ async fn payloads_over_max_record_size_go_to_failure() {
          are kept"
     );
     assert_eq!(failed[0].attributes["mqtt.topic"], topic);
-    drop(failed);
+    finish_all(failed);
     let mut ok = Vec::new();
     while ok.len() < 2 {
         let batch = tokio::time::timeout(Duration::from_secs(10), h.ports[1].recv())
             .await
             .expect("in time")
             .expect("a batch");
-        ok.extend(batch.into_iter().map(|mut r| text(&mut r)));
+        for mut r in batch {
+            ok.push(text(&mut r));
+            r.finish();
+        }
     }
     assert_eq!(ok, [r#"{"n":1}"#, r#"{"n":2}"#]);
     until(10, "the acks", || {

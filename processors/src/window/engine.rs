@@ -252,6 +252,15 @@ impl Engine {
             Ok(b) => b,
             Err(e) => return out.fail(record, &e),
         };
+        if let Some(e) = self
+            .s
+            .aggregates
+            .iter()
+            .zip(args)
+            .find_map(|((_, a), v)| a.check(v).err())
+        {
+            return out.fail(record, &Reject::Aggregate(e.to_string()));
+        }
         if let Some(o) = record.origin {
             let p = self.positions.entry(o.source).or_insert(o.seq);
             *p = (*p).max(o.seq);

@@ -8,6 +8,7 @@ mod store;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use flow_core::clock::Clock;
 use flow_core::expr::{Expr, ExprKind};
 use flow_core::processor::{
     BuildContext, BuildError, ConfigError, Describe, Kind, Output, Processor, ProcessorConfig,
@@ -390,7 +391,7 @@ impl ProcessorConfig for WindowAggregateConfig {
         self.compile().err().unwrap_or_default()
     }
 
-    fn build(&self, _ctx: &BuildContext) -> Result<Processor, BuildError> {
+    fn build(&self, ctx: &BuildContext) -> Result<Processor, BuildError> {
         let c = self.compile().map_err(|errs| {
             BuildError(
                 errs.iter()
@@ -411,6 +412,7 @@ impl ProcessorConfig for WindowAggregateConfig {
             event_time: c.event_time,
             args,
             settings: Some(c.settings),
+            clock: ctx.clock.clone(),
         })))
     }
 }
@@ -428,33 +430,8 @@ struct Window {
     args: Vec<Option<Expr>>,
     /// Moved into the engine when the task starts.
     settings: Option<Settings>,
-}
-
-/// Processing time in epoch milliseconds that follows tokio's clock (so paused-time tests
-/// control it).
-struct Clock {
-    epoch_ms: i64,
-    start: Instant,
-}
-
-impl Clock {
-    fn new() -> Self {
-        let epoch_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, ms);
-        Self {
-            epoch_ms,
-            start: Instant::now(),
-        }
-    }
-    fn now_ms(&self) -> i64 {
-        self.epoch_ms.saturating_add(ms(self.start.elapsed()))
-    }
-    /// When the clock reaches `t`; `None` when that is too far to represent (never).
-    fn instant_of(&self, t: i64) -> Option<Instant> {
-        let ahead = t.saturating_sub(self.now_ms()).max(0);
-        Instant::now().checked_add(Duration::from_millis(u64::try_from(ahead).unwrap_or(0)))
-    }
+    /// Processing time (the flow's clock: `flow test` drives it).
+    clock: Clock,
 }
 
 /// Why an event time could not be read.
@@ -581,7 +558,7 @@ impl TaskTransform for Window {
             None => None,
         };
         let mut out = Output::new(ctx.name.clone(), ctx.out.port_count());
-        let clock = Clock::new();
+        let clock = this.clock.clone();
         let processing_time = this.event_time.is_none();
         let idle = this.cfg.idle_timeout;
         // Durations from the config may be too long to add to an instant: such a deadline is

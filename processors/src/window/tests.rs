@@ -103,6 +103,33 @@ fn summarize(out: &Output) -> (Vec<String>, Vec<String>) {
     (windows, late)
 }
 
+/// A record one of whose aggregates cannot take its argument (`sum` of a string) fails whole:
+/// no other aggregate of its window counts it, and it does not move the watermark.
+#[test]
+fn a_record_with_a_bad_argument_is_counted_by_no_aggregate() {
+    let c = cfg(serde_json::json!({}));
+    let mut e = engine(&c);
+    let mut out = Output::new("w".into(), 3);
+    let bad = Record::from_bytes(r#"{"k":"a","t":50,"v":"hot"}"#);
+    e.add(
+        bad,
+        50,
+        Value::from("a"),
+        &[Value::Null, Value::from("hot")],
+        &mut out,
+    );
+    add_events(&mut e, &[("a", 1, 2)], 0, &mut out);
+    e.flush(&mut out);
+    assert_eq!(out.port(PortId::FAILURE).len(), 1);
+    let (w, late) = summarize(&out);
+    assert_eq!(
+        w,
+        vec!["a:0-10:1:2"],
+        "counted once, by the good record only"
+    );
+    assert!(late.is_empty(), "the bad record did not move the watermark");
+}
+
 #[test]
 fn tumbling_boundaries_lateness_duplicates_and_single_keys() {
     let c = cfg(serde_json::json!({ "allowed_lateness": "2ms" }));
@@ -371,6 +398,7 @@ fn window(c: &WindowAggregateConfig) -> (Window, Engine) {
         event_time: compiled.event_time,
         args,
         settings: None,
+        clock: Clock::system(),
     };
     (w, Engine::new(compiled.settings))
 }
@@ -383,7 +411,7 @@ fn run_window(
     events: &[(&str, &str, i64)],
 ) -> (Vec<String>, Vec<String>, Vec<String>) {
     let (w, mut engine) = window(c);
-    let clock = Clock::new();
+    let clock = Clock::system();
     let mut out = Output::new("w".into(), 3);
     let mut args = Vec::new();
     for (k, t, v) in events {
