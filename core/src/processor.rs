@@ -107,7 +107,8 @@ impl ConfigError {
                 path: path.iter().map(|s| s.to_string()).collect(),
                 offset: d.span.map(|s| s.0),
                 message: format!("invalid expression: {}", d.message),
-                help: d.notes.first().cloned(),
+                // Every explanation, one per line.
+                help: (!d.notes.is_empty()).then(|| d.notes.join("\n")),
             })
             .collect()
     }
@@ -176,6 +177,14 @@ impl BuildContext {
 pub trait ProcessorConfig: fmt::Debug + Send + Sync + 'static {
     /// Output ports besides `failure`, the default port first. Sinks declare none.
     fn outputs(&self) -> Vec<String>;
+
+    /// Ports among [`ProcessorConfig::outputs`] whose records must never be dropped silently
+    /// (records that left the normal path, like a window's `late` records). With no edge,
+    /// they are counted as failed and logged once per burst, as `failure`'s are. On every
+    /// other port, no edge means dropped on purpose.
+    fn reported_outputs(&self) -> Vec<String> {
+        Vec::new()
+    }
 
     /// Check what can be checked without I/O: expressions compile, values are in range.
     fn validate(&self) -> Vec<ConfigError> {
