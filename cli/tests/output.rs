@@ -48,6 +48,7 @@ fn commands_that_print_end_quietly_when_stdout_is_closed() {
         &["graph", "flows/demo.yaml"],
         &["graph", "--format", "mermaid", "flows/demo.yaml"],
         &["docs", docs],
+        &["test", "flows/demo.test.yaml"],
     ] {
         let out = with_closed_stdout(args);
         assert_eq!(

@@ -93,7 +93,10 @@ fn diagnostics(list: DiagnosticList, source: &str) -> Vec<ExprDiagnostic> {
             let labels = d
                 .labels
                 .iter()
-                .filter(|l| !l.primary && !l.message.is_empty())
+                // A syntax error's list of every token the grammar allows is noise.
+                .filter(|l| {
+                    !l.primary && !l.message.is_empty() && !l.message.starts_with("expected one of")
+                })
                 .map(|l| backticks(&l.message));
             let notes = d.notes.iter().map(|n| {
                 let n = n.to_string();
