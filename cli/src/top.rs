@@ -42,7 +42,7 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         .context("cannot start the runtime")?;
     if args.once {
         let stats: Stats = runtime.block_on(client.get_json("/api/v1/stats"))?;
-        print!("{}", table(&stats));
+        crate::print_out(&table(&stats))?;
         return Ok(std::process::ExitCode::SUCCESS);
     }
     let mut terminal = ratatui::init();
