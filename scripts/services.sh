@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Servers the tests use, installed when missing and started on 127.0.0.1. Source it:
 #   . scripts/services.sh; start_mosquitto; ...; stop_mosquitto
-# start_mosquitto exports FLOW_TEST_MQTT_URL, start_victoria_metrics FLOW_TEST_INFLUX_URL and
+# start_mosquitto exports FLOW_TEST_MQTT_URL, start_victoria_metrics FLOW_TEST_INFLUX_URL (and
+# FLOW_TEST_VM_SCRAPE_CONFIG, the scrape config it reads every second) and
 # start_s3 FLOW_TEST_S3_ENDPOINT (with _BUCKET, _ACCESS_KEY, _SECRET_KEY); each server is
 # stopped when the shell exits.
 
@@ -117,9 +118,12 @@ start_victoria_metrics() {
   port=$(any_free_port) || return 1
   VM_DIR=$(mktemp -d)
   # 100 years of retention: test data has old timestamps. No latency offset: data written is
-  # queryable at once.
+  # queryable at once. It also scrapes like Prometheus: tests write their targets into the
+  # scrape config (FLOW_TEST_VM_SCRAPE_CONFIG), read again every second.
+  printf 'scrape_configs: []\n' >"$VM_DIR/scrape.yml"
   "$vm" -httpListenAddr="127.0.0.1:$port" -storageDataPath="$VM_DIR/data" -retentionPeriod=100y \
-    -search.latencyOffset=0s >"$VM_DIR/victoria-metrics.log" 2>&1 &
+    -search.latencyOffset=0s -promscrape.config="$VM_DIR/scrape.yml" \
+    -promscrape.configCheckInterval=1s >"$VM_DIR/victoria-metrics.log" 2>&1 &
   VM_PID=$!
   services_on_exit stop_victoria_metrics
   local ok=""
@@ -134,6 +138,7 @@ start_victoria_metrics() {
     return 1
   fi
   export FLOW_TEST_INFLUX_URL="http://127.0.0.1:$port"
+  export FLOW_TEST_VM_SCRAPE_CONFIG="$VM_DIR/scrape.yml"
   echo "==> victoria-metrics on $FLOW_TEST_INFLUX_URL (pid $VM_PID)"
 }
 

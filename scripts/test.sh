@@ -27,6 +27,8 @@ apt_install gcc libc6-dev || true
 apt_install mold || true
 # openssl makes the certificates of the MQTT TLS test.
 apt_install openssl || true
+# promtool (Debian's prometheus) checks the API's /metrics; tmux drives the interactive `flow top`.
+apt_install prometheus tmux || true
 if command -v mold >/dev/null; then
   export RUSTFLAGS="${RUSTFLAGS:-} -C link-arg=-fuse-ld=mold"
 fi
