@@ -186,7 +186,7 @@ impl SortBy {
             SortBy::Name => nodes.sort_by(|a, b| a.name.cmp(&b.name)),
             SortBy::In => nodes.sort_by(|a, b| desc(a.rates.received, b.rates.received)),
             SortBy::Out => nodes.sort_by(|a, b| desc(a.rates.sent, b.rates.sent)),
-            SortBy::Failed => nodes.sort_by(|a, b| b.counters.failed.cmp(&a.counters.failed)),
+            SortBy::Failed => nodes.sort_by_key(|n| std::cmp::Reverse(n.counters.failed)),
         }
     }
 }

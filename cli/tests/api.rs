@@ -22,9 +22,19 @@ struct ApiFlow {
 
 impl ApiFlow {
     fn start(file: &Path, args: &[&str], env: &[(&str, &str)]) -> ApiFlow {
+        let args: Vec<&str> = ["--api", "127.0.0.1:0"]
+            .iter()
+            .chain(args)
+            .copied()
+            .collect();
+        Self::spawn(file, &args, env)
+    }
+
+    /// `flow run --quiet ARGS FILE`: the API must be asked for by `args` or the file.
+    fn spawn(file: &Path, args: &[&str], env: &[(&str, &str)]) -> ApiFlow {
         let mut c = Command::new(env!("CARGO_BIN_EXE_flow"));
         c.current_dir(repo())
-            .args(["run", "--quiet", "--api", "127.0.0.1:0"])
+            .args(["run", "--quiet"])
             .args(args)
             .arg(file)
             .env_remove("FLOW_API_TOKEN")
@@ -78,7 +88,11 @@ impl ApiFlow {
             .args(["-TERM", &self.child.id().to_string()])
             .status();
         let status = self.child.wait().expect("waited");
-        assert!(status.success(), "flow exited with {status}:\n{}", self.log());
+        assert!(
+            status.success(),
+            "flow exited with {status}:\n{}",
+            self.log()
+        );
     }
 }
 
@@ -421,7 +435,10 @@ fn a_tap_sees_its_port_and_changes_nothing() {
     flow.wait_ok(120);
     drop(idle);
     let (tapped_n, lost) = reader.join().expect("tap reader");
-    eprintln!("tapped {} records of split.threes, told of {lost} lost", tapped_n.len());
+    eprintln!(
+        "tapped {} records of split.threes, told of {lost} lost",
+        tapped_n.len()
+    );
 
     // Every output and the committed offset are the same as without the API.
     for f in ["threes.jsonl", "others.jsonl", ".offset"] {
@@ -429,7 +446,10 @@ fn a_tap_sees_its_port_and_changes_nothing() {
         let b = std::fs::read(tapped.join(f)).expect("tapped output");
         assert!(a == b, "{f} differs with a tap open");
     }
-    assert_eq!(common::lines(&tapped.join("others.jsonl")) as u64, N - N / 3 - 1);
+    assert_eq!(
+        common::lines(&tapped.join("others.jsonl")) as u64,
+        N - N / 3 - 1
+    );
 
     // The tap saw that port's records, in order, from when it opened (all of them after
     // that, unless it was told it lost some).
@@ -490,8 +510,24 @@ fn a_token_guards_everything_but_health() {
         assert_eq!(get(&format!("{url}{path}"), Some("wrong")).0, 401, "{path}");
     }
     for path in ["/metrics", "/api/v1/stats"] {
-        assert_eq!(get(&format!("{url}{path}"), Some("s3cret")).0, 200, "{path}");
+        assert_eq!(
+            get(&format!("{url}{path}"), Some("s3cret")).0,
+            200,
+            "{path}"
+        );
     }
+    flow.stop_ok();
+
+    // The same from the flow file's `api:` section, the token from the environment.
+    let sectioned = write_flow(
+        dir.path(),
+        "sectioned.yaml",
+        &format!("api: {{ listen: \"127.0.0.1:0\", token: \"${{TOK}}\" }}\n{ENDLESS}"),
+    );
+    let flow = ApiFlow::spawn(&sectioned, &[], &[("OUT_DIR", out), ("TOK", "fromenv")]);
+    let url = flow.url.clone();
+    assert_eq!(get(&format!("{url}/metrics"), None).0, 401);
+    assert_eq!(get(&format!("{url}/metrics"), Some("fromenv")).0, 200);
     flow.stop_ok();
 
     // Anything but loopback without a token: a clear refusal, nothing started.
@@ -533,7 +569,13 @@ fn flow_top_once_and_interactive() {
         .lines()
         .map(|l| {
             l.split_whitespace()
-                .map(|w| if w.starts_with(|c: char| c.is_ascii_digit()) { "N" } else { w })
+                .map(|w| {
+                    if w.starts_with(|c: char| c.is_ascii_digit()) {
+                        "N"
+                    } else {
+                        w
+                    }
+                })
                 .collect::<Vec<_>>()
                 .join(" ")
                 + "\n"
@@ -543,21 +585,27 @@ fn flow_top_once_and_interactive() {
 
     // The interactive view, in a real terminal.
     if Command::new("tmux").arg("-V").output().is_err() {
-        assert!(std::env::var_os("CI").is_none(), "tmux is missing but CI is set");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "tmux is missing but CI is set"
+        );
         eprintln!("skipped the interactive flow top: no tmux");
         flow.stop_ok();
         return;
     }
     let session = format!("flowtop{}", std::process::id());
     let top = format!("{} top {url}", env!("CARGO_BIN_EXE_flow"));
-    let tmux = |args: &[&str]| {
-        Command::new("tmux")
-            .args(args)
-            .output()
-            .expect("tmux runs")
-    };
+    let tmux = |args: &[&str]| Command::new("tmux").args(args).output().expect("tmux runs");
     let started = tmux(&[
-        "new-session", "-d", "-s", &session, "-x", "140", "-y", "40", &top,
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "140",
+        "-y",
+        "40",
+        &top,
     ]);
     assert!(started.status.success(), "{started:?}");
     let mut screen = String::new();
@@ -640,5 +688,8 @@ connections:
     });
     flow.stop_ok();
     let _ = std::fs::write(&config, "scrape_configs: []\n");
-    assert_eq!(scraped, Some(common::lines(&dir.path().join("written.jsonl")) as f64));
+    assert_eq!(
+        scraped,
+        Some(common::lines(&dir.path().join("written.jsonl")) as f64)
+    );
 }

@@ -546,7 +546,7 @@ impl TappedRecord {
     /// A tapped copy, as sent to clients.
     pub fn new(node: &str, port: &str, mut r: crate::record::Record) -> Self {
         let content = match r.value() {
-            Ok(v) => serde_json::to_value(&*v).unwrap_or_default(),
+            Ok(v) => serde_json::to_value(v).unwrap_or_default(),
             Err(_) => serde_json::Value::String(String::from_utf8_lossy(r.content()).into_owned()),
         };
         TappedRecord {

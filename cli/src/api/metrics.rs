@@ -58,6 +58,13 @@ pub fn encode(registry: &Registry, openmetrics: bool) -> Result<String, std::fmt
 
 type Labels<'a> = Vec<(&'static str, &'a str)>;
 
+/// A per-node counter family: name, help, and how to read it from a snapshot.
+type NodeCounter = (
+    &'static str,
+    &'static str,
+    fn(&flow_core::runtime::metrics::NodeSnapshot) -> u64,
+);
+
 fn node(name: &str) -> Labels<'_> {
     vec![("node", name)]
 }
@@ -205,21 +212,22 @@ impl Collector for FlowCollector {
         )?;
 
         // Nodes.
-        let mut info = enc.encode_descriptor(
-            "flow_node",
-            "Each processor: its type and shape (value 1).",
-            None,
-            MetricType::Info,
-        )?;
-        for (n, _) in &nodes {
-            let kind = n.kind.to_string();
-            ConstGauge::new(1i64).encode(info.encode_family(&[
-                ("node", n.name.as_str()),
-                ("type", n.type_name.as_str()),
-                ("kind", kind.as_str()),
-            ])?)?;
+        {
+            let mut info = enc.encode_descriptor(
+                "flow_node",
+                "Each processor: its type and shape (value 1).",
+                None,
+                MetricType::Info,
+            )?;
+            for (n, _) in &nodes {
+                let kind = n.kind.to_string();
+                ConstGauge::new(1i64).encode(info.encode_family(&[
+                    ("node", n.name.as_str()),
+                    ("type", n.type_name.as_str()),
+                    ("kind", kind.as_str()),
+                ])?)?;
+            }
         }
-        drop(info);
         family(
             &mut enc,
             "flow_node_state",
@@ -242,11 +250,7 @@ impl Collector for FlowCollector {
                 })
             }),
         )?;
-        let counters: [(
-            &str,
-            &str,
-            fn(&flow_core::runtime::metrics::NodeSnapshot) -> u64,
-        ); 4] = [
+        let counters: [NodeCounter; 4] = [
             (
                 "flow_node_records_in",
                 "Records in: read by a source, taken from its input by a transform or sink.",

@@ -372,15 +372,13 @@ struct StreamQuery {
     interval: Option<String>,
 }
 
-fn parse_interval(text: Option<&str>) -> Result<Duration, Response> {
+/// The stream's interval (`1s` by default), kept within 100 ms and an hour; the error is
+/// the message for a 400.
+fn parse_interval(text: Option<&str>) -> Result<Duration, String> {
     let d = match text {
         None => Duration::from_secs(1),
-        Some(t) => humantime::parse_duration(t).map_err(|e| {
-            error(
-                StatusCode::BAD_REQUEST,
-                format!("invalid interval `{t}`: {e} (like `1s` or `500ms`)"),
-            )
-        })?,
+        Some(t) => humantime::parse_duration(t)
+            .map_err(|e| format!("invalid interval `{t}`: {e} (like `1s` or `500ms`)"))?,
     };
     Ok(d.clamp(Duration::from_millis(100), Duration::from_secs(3600)))
 }
@@ -391,7 +389,7 @@ async fn stats_stream(
 ) -> Response {
     let interval = match parse_interval(q.interval.as_deref()) {
         Ok(i) => i,
-        Err(r) => return r,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
     let stream = futures::stream::unfold(
         (

@@ -151,15 +151,18 @@ pub enum TapError {
     NoDefaultPort(String),
 }
 
+/// A node's ports (index = port id): each port's name and tap point.
+pub(crate) type PortTaps = Vec<(String, Arc<TapPoint>)>;
+
 /// Every port's tap point of a running flow.
 #[derive(Clone, Debug, Default)]
 pub struct Taps {
-    /// Per node: its name and, per port (index = port id), the port's name and tap point.
-    nodes: Vec<(String, Vec<(String, Arc<TapPoint>)>)>,
+    /// Per node: its name and its ports' taps.
+    nodes: Vec<(String, PortTaps)>,
 }
 
 impl Taps {
-    pub(crate) fn push(&mut self, node: String, ports: Vec<(String, Arc<TapPoint>)>) {
+    pub(crate) fn push(&mut self, node: String, ports: PortTaps) {
         self.nodes.push((node, ports));
     }
 

@@ -374,3 +374,28 @@ connections:
         ["processor `p`, `limit`: expected an integer, found `x`"]
     );
 }
+
+#[test]
+fn the_api_section_is_read_and_checked() {
+    let env = |k: &str| (k == "TOKEN").then(|| "s3cret".to_owned());
+    let ok = load(
+        "api: { listen: \"127.0.0.1:0\", token: \"${TOKEN}\" }\nprocessors:\n  src: { type: src }\n",
+        &env,
+        &registry(),
+    );
+    assert!(!ok.has_errors(), "{:?}", ok.diagnostics);
+    assert_eq!(
+        ok.flow.and_then(|f| f.api),
+        Some(ApiConfig {
+            listen: Some("127.0.0.1:0".into()),
+            token: Some("s3cret".into()),
+        })
+    );
+
+    let text = "api:\n  lisen: 0.0.0.0:1\n  token: [1]\nprocessors:\n  src: { type: src }\n";
+    let out = rendered(text);
+    assert!(out.contains("unknown key `lisen`"), "{out}");
+    assert!(out.contains("did you mean `listen`"), "{out}");
+    assert!(out.contains("`api.token`"), "{out}");
+    assert!(out.contains("flow.yaml:3:"), "{out}");
+}
