@@ -470,7 +470,14 @@ async fn tap(
     let messages = async_stream(move |tx| async move {
         let mut sent = 0u64;
         while sent < limit {
-            let Some(t) = tap.next().await else { break };
+            let Some(t) = tap.next().await else {
+                // The node ended: say what was lost after the last delivery, too.
+                let lost = tap.take_lost();
+                if lost > 0 {
+                    let _ = tx.send(TapMessage::Lost { lost }).await;
+                }
+                break;
+            };
             if t.lost > 0 && tx.send(TapMessage::Lost { lost: t.lost }).await.is_err() {
                 return;
             }
