@@ -42,8 +42,9 @@ connections:
   - numbers -> kafka
 "#;
 
-/// One member of a consumer group writing to a file; a short session timeout so that a killed
-/// member's partitions move within seconds.
+/// One member of a consumer group writing to a file, each record with the partition and offset
+/// it was read from; a short session timeout so that a killed member's partitions move within
+/// seconds.
 const CONSUMER: &str = r#"
 name: consumer
 processors:
@@ -58,12 +59,18 @@ processors:
       session.timeout.ms: "6000"
       heartbeat.interval.ms: "500"
       max.poll.interval.ms: "7000"
+  where:
+    type: remap
+    source: |
+      .partition = parse_int!(string!(%"kafka.partition"))
+      .offset = parse_int!(string!(%"kafka.offset"))
   out:
     type: file_sink
     path: ${OUT_DIR}/out.jsonl
     sync: true
 connections:
-  - src -> out
+  - src -> where
+  - where -> out
 "#;
 
 fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
@@ -201,14 +208,27 @@ fn a_group_member_that_stops_hands_its_partitions_over() {
 
 /// The first of two members is killed with `kill -9` mid-stream: once its session expires the
 /// group gives its partitions to the others, which go on from its committed offsets, and
-/// nothing is missing.
+/// nothing is missing. On the real broker (`FLOW_TEST_KAFKA_BROKERS`).
 ///
-/// Against librdkafka's mock cluster, served by this test process over TCP to the `flow run`
-/// processes: tansu 0.6 evicts a member whose session expired but then, more often than not,
-/// hands the survivors their old assignment again, so a killed member's partitions are not
-/// consumed there (a graceful leave works, see above).
+/// Ignored while the broker is tansu 0.6: it evicts a member whose session expired but then
+/// hands the survivor its old assignment again (seen on 2026-12-02: b was revoked [0, 1] and
+/// given [0, 1] back), so the killed member's partitions are never consumed there. Run it on
+/// a broker whose groups do that (`cargo nextest run --run-ignored all -E
+/// 'test(kill_9_loses_nothing)'`); the mock variant below runs always.
 #[test]
+#[ignore = "tansu 0.6 gives a group's survivor its old assignment back after a member's session expired"]
 fn a_group_member_killed_with_kill_9_loses_nothing() {
+    let Some(brokers) = brokers() else { return };
+    let Some(log_b) = group_of_two(&brokers, Leave::Kill9) else {
+        return;
+    };
+    assert_eq!(all_four(&log_b), 5, "b holds all 4 partitions: {log_b}");
+}
+
+/// The same on librdkafka's mock cluster, served by this test process over TCP to the `flow
+/// run` processes: it runs without a broker too.
+#[test]
+fn a_group_member_killed_with_kill_9_loses_nothing_on_the_mock() {
     let mock = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
     let brokers = format!("{}{MOCK_MARK}", mock.bootstrap_servers());
     let Some(log_b) = group_of_two(&brokers, Leave::Kill9) else {
@@ -293,6 +313,27 @@ fn a_restart_after_kill_9_resumes_from_the_committed_offsets() {
         dups <= at_kill - committed_total,
         "records committed before the kill were read again: {dups} duplicates, but only \
          {at_kill} - {committed_total} were read and not committed"
+    );
+    // Record by record, partition by partition: what was committed before the kill (offsets
+    // below the partition's committed offset) was written exactly once; only what came after
+    // may have been read a second time, and no more than that.
+    let mut written: std::collections::HashMap<(i64, i64), u32> = Default::default();
+    for line in std::fs::read_to_string(&out).expect("out").lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("json");
+        let at = |f: &str| v[f].as_i64().unwrap_or_else(|| panic!("no {f}: {line}"));
+        *written.entry((at("partition"), at("offset"))).or_insert(0) += 1;
+    }
+    let mut reread = [0u32; 4];
+    for (&(p, o), &k) in &written {
+        let p = usize::try_from(p).expect("a partition of 4");
+        assert!(k <= 2, "partition {p} offset {o} written {k} times");
+        if o < committed[p] {
+            reread[p] += k - 1;
+        }
+    }
+    assert_eq!(
+        reread, [0; 4],
+        "per partition, records below the committed offsets {committed:?} read again"
     );
 }
 

@@ -171,7 +171,7 @@ fn dup_ranges(c: &HashMap<u64, u32>) -> String {
 fn queue_for_session(dir: &Path, broker: &Broker, env: &[(&str, &str)], n: usize) {
     let f = start(dir, "first", env);
     subscribed(&f);
-    f.stop();
+    f.stop_cleanly();
     publish(&broker.url(), "sensors/dev-1/telemetry", 0, n, &[]);
 }
 
@@ -198,7 +198,7 @@ fn broker_restart_mid_stream_loses_nothing() {
     let at_stop = lines(&out);
     broker.run();
     wait_for(120, "all 10,000 messages", || counts(&out).len() == 10_000);
-    flow.stop();
+    flow.stop_cleanly();
     let c = counts(&out);
     let dups: u32 = c.values().map(|k| k - 1).sum();
     eprintln!(
@@ -236,7 +236,7 @@ fn kill_9_and_restart_loses_nothing() {
     let at_kill = lines(&out);
     let flow = start(dir.path(), "again", &env);
     wait_for(60, "all 5,000 messages", || counts(&out).len() == 5_000);
-    flow.stop();
+    flow.stop_cleanly();
     let c = counts(&out);
     let dups: u32 = c.values().map(|k| k - 1).sum();
     eprintln!(
@@ -289,11 +289,38 @@ fn a_shared_subscription_splits_the_stream() {
     };
     wait_for(60, "all 2,000 messages", || union().len() == 2_000);
     for f in flows {
-        f.stop();
+        f.stop_cleanly();
     }
-    let (a, b) = (counts(&outs[0]).len(), counts(&outs[1]).len());
-    eprintln!("split {a} + {b}");
-    assert!(a > 0 && b > 0, "one process got nothing: {a} + {b}");
+    // Read once both have stopped: nothing is written after this.
+    let (a, b) = (counts(&outs[0]), counts(&outs[1]));
+    eprintln!("split {} + {}", a.len(), b.len());
+    assert!(
+        !a.is_empty() && !b.is_empty(),
+        "one process got nothing: {} + {}",
+        a.len(),
+        b.len()
+    );
+    // Disjoint and together complete: every message went to exactly one of them, once (QoS 1
+    // without a reconnection has no reason to deliver anything twice).
+    let both: Vec<u64> = a.keys().filter(|n| b.contains_key(n)).copied().collect();
+    assert!(
+        both.is_empty(),
+        "{} messages went to both: {both:?}",
+        both.len()
+    );
+    let twice: Vec<u64> = a
+        .iter()
+        .chain(&b)
+        .filter(|(_, k)| **k > 1)
+        .map(|(n, _)| *n)
+        .collect();
+    assert!(twice.is_empty(), "written more than once: {twice:?}");
+    let all = union();
+    assert!(
+        (0..2_000).all(|n| all.contains_key(&n)),
+        "a message is missing"
+    );
+    assert_eq!(all.len(), 2_000, "nothing but the messages");
 }
 
 /// No broker at start: the flow keeps retrying, with one log line for the burst of attempts,
@@ -324,7 +351,7 @@ fn broker_down_at_start_is_retried() {
     let out = dir.path().join("out.jsonl");
     wait_for(20, "the messages", || counts(&out).len() == 10);
     let log = flow.log();
-    flow.stop();
+    flow.stop_cleanly();
     assert_eq!(log.matches(retrying).count(), 1, "{log}");
     assert!(log.contains("connected to the MQTT broker"), "{log}");
     assert!(log.contains(&url), "the line names the broker: {log}");
@@ -512,7 +539,7 @@ connections:
     assert!(st.success(), "mosquitto_pub over TLS");
     let out = d.join("out.jsonl");
     wait_for(20, "the message over TLS", || counts(&out).len() == 1);
-    flow.stop();
+    flow.stop_cleanly();
     drop(broker);
 
     // A CA that did not sign the broker's certificate: the handshake fails, and the log says
@@ -534,7 +561,7 @@ connections:
     let flow = start(d, "untrusted", &[]);
     wait_for(20, "the TLS error", || flow.log().contains("cannot reach"));
     let log = flow.log();
-    flow.stop();
+    flow.stop_cleanly();
     eprintln!("{log}");
     assert!(log.contains(&format!("mqtts://localhost:{port}")), "{log}");
     assert!(

@@ -527,11 +527,26 @@ mod tests {
         assert_eq!(e.eval(&v, &attrs).expect("ok"), json("3"));
     }
 
+    /// That a condition or a value leaves the record as it was is guaranteed by the types:
+    /// `test` and `eval` take `&Value` and `&Attributes`. What is checked here is that the
+    /// program does not see a changed record either: it runs on the record itself (read-only),
+    /// not on a writable copy, so a write, to a field or an attribute, or a removal, changes
+    /// nothing the rest of the program reads. (VRL drops the target's refusal of the write
+    /// silently, so the program goes on; a condition that assigns is not refused at validation.)
     #[test]
     fn conditions_cannot_change_the_record() {
-        let e = Expr::compile(".x = 1\ntrue", ExprKind::Condition).expect("compiles");
-        let v = json("{}");
-        let _ = e.test(&v, &Attributes::new());
-        assert_eq!(v, json("{}"));
+        let attrs = Attributes::from([("a".to_owned(), "1".to_owned())]);
+        let v = json(r#"{"x":0}"#);
+        for src in [
+            ".x = 1\n.x == 0",
+            ".y = 1\n.y == null",
+            "%a = \"2\"\n%a == \"1\"",
+            "del(.x)\n.x == 0",
+        ] {
+            let e = Expr::compile(src, ExprKind::Condition).expect("compiles");
+            assert_eq!(e.test(&v, &attrs), Ok(true), "{src}");
+            let e = Expr::compile(src, ExprKind::Value).expect("compiles");
+            assert_eq!(e.eval(&v, &attrs), Ok(Value::Boolean(true)), "{src}");
+        }
     }
 }

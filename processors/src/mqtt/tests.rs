@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use flow_core::ack::AckStatus;
 use flow_core::processor::ProcessorConfig;
 use flow_core::record::{Record, finish_all};
 use flow_core::runtime::metrics::NodeMetrics;
@@ -374,16 +375,44 @@ async fn sink_round_trip_per_qos() {
             "topic": format!("{base}/{{device}}/commands"),
         }));
         let (ctx, tx, mut failures, metrics) = sink_ctx();
-        let mut records: Vec<Record> = (0..30)
+        // One ack token per record (its sequence number is `i`; 30 is the one without a
+        // device), so each record's acknowledgement is seen on its own.
+        let mut tracker = flow_core::ack::AckTracker::new();
+        let records: Vec<Record> = (0..30)
             .map(|i| rec(&format!(r#"{{"device":"d{}","i":{i}}}"#, i % 3)))
+            .chain([rec(r#"{"nodevice":true}"#)])
+            .enumerate()
+            .map(|(i, r)| r.with_acks(flow_core::ack::Acks::one(tracker.token(i as u64))))
             .collect();
-        records.push(rec(r#"{"nodevice":true}"#));
         tx.send(records).await.expect("queued");
         drop(tx);
         sink(&cfg).run(ctx).await.expect("runs");
         assert_eq!(metrics.snapshot().sent, 30, "qos {qos}");
         let failed = crate::testing::records(&mut failures).await;
         assert_eq!(failed.len(), 1);
+        // Every record finished exactly once: the 30 published ones delivered (at QoS 1 and 2
+        // the sink finishes a record on the broker's PUBACK or PUBCOMP, at QoS 0 once it was
+        // written), the one whose topic cannot be made failed; none abandoned.
+        let mut acks = std::collections::BTreeMap::new();
+        while let Some(f) = tracker.next().await {
+            assert!(
+                acks.insert(f.seq, f.status).is_none(),
+                "{f:?} finished twice"
+            );
+        }
+        let want_acks: std::collections::BTreeMap<u64, AckStatus> = (0..31)
+            .map(|i| {
+                (
+                    i,
+                    if i < 30 {
+                        AckStatus::Delivered
+                    } else {
+                        AckStatus::Failed
+                    },
+                )
+            })
+            .collect();
+        assert_eq!(acks, want_acks, "qos {qos} {protocol}");
         let mut lines: Vec<String> = Vec::new();
         while lines.len() < 30 {
             match tokio::time::timeout(Duration::from_secs(10), received.recv()).await {

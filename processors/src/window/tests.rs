@@ -224,23 +224,38 @@ fn limits_fail_or_evict_the_oldest_flagged() {
     );
     let mut e = engine(&c);
     let mut out = Output::new("w".into(), 3);
-    for (k, t) in [("a", 1), ("b", 15), ("c", 25)] {
+    // `a` closes first but comes second: the oldest is the window that closes first, not the
+    // one opened first. No watermark closes any of them (100 ms of lateness).
+    for (k, t, v) in [("b", 15, 2), ("a", 1, 1), ("a", 3, 10), ("c", 25, 3)] {
         let r = Record::from_bytes(format!(r#"{{"k":"{k}"}}"#));
         e.add(
             r,
             t,
             Value::from(k),
-            &[Value::Null, Value::from(1)],
+            &[Value::Null, Value::from(v)],
             &mut out,
         );
     }
-    let evicted: Vec<_> = out
-        .port(OUT)
-        .iter()
-        .filter(|r| r.attributes.contains_key("window.evicted"))
-        .collect();
-    assert_eq!(evicted.len(), 1);
+    let (windows, late) = summarize(&out);
+    assert_eq!(windows, ["a:0-10:2:11"], "only a's window went, whole");
+    assert!(late.is_empty());
+    assert!(
+        out.port(OUT)
+            .iter()
+            .all(|r| r.attributes.get("window.evicted").map(String::as_str) == Some("true")),
+        "flagged as evicted"
+    );
     assert_eq!(e.counters.evicted, 1);
+    assert_eq!(e.open(), 2);
+    // The two younger windows are still open, intact, and not flagged when they close.
+    let mut rest = Output::new("w".into(), 3);
+    e.flush(&mut rest);
+    assert_eq!(summarize(&rest).0, ["b:10-20:1:2", "c:20-30:1:3"]);
+    assert!(
+        rest.port(OUT)
+            .iter()
+            .all(|r| !r.attributes.contains_key("window.evicted"))
+    );
 }
 
 #[test]
