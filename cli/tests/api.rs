@@ -137,7 +137,9 @@ fn promtool_check(scrape: &str) {
             std::env::var_os("CI").is_none(),
             "promtool is missing but CI is set (scripts/test.sh installs Debian's prometheus)"
         );
-        eprintln!("skipped promtool: not installed");
+        eprintln!(
+            "skipped: promtool is not installed (scripts/test.sh installs Debian's prometheus)"
+        );
         return;
     }
     let mut p = Command::new("promtool")
@@ -633,7 +635,7 @@ fn flow_top_once_and_interactive() {
             std::env::var_os("CI").is_none(),
             "tmux is missing but CI is set"
         );
-        eprintln!("skipped the interactive flow top: no tmux");
+        eprintln!("skipped: tmux is not installed (the interactive flow top)");
         flow.stop_ok();
         return;
     }
