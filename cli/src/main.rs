@@ -13,6 +13,7 @@ use flow_core::runtime::{RunReport, RunningFlow};
 use flow_core::spec::{self, Severity};
 
 mod docs;
+mod plugin;
 
 /// Records are made on one worker thread and freed on another; glibc's allocator serialises
 /// that on arena locks (15% of the sensors benchmark was spent waiting on them). mimalloc frees
@@ -66,6 +67,11 @@ enum Command {
     Processors,
     /// Print the JSON Schema of flow files (for editor autocompletion).
     Schema,
+    /// Make a plugin crate, or show what a plugin declares.
+    Plugin {
+        #[command(subcommand)]
+        command: plugin::PluginCommand,
+    },
     /// Write the processor reference (Markdown, from the config doc comments) into DIR.
     Docs {
         /// Where to write, usually `docs/reference`.
@@ -154,6 +160,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             ExitCode::from(INVALID)
         }),
         Command::Validate { files, format } => validate(&files, format, &registry),
+        Command::Plugin { command } => plugin::run(command).map(|()| ExitCode::SUCCESS),
         Command::Graph { file, format } => {
             let text = read(&file)?;
             let loaded = spec::load_with_env(&text, &registry);
