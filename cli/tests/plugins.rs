@@ -375,7 +375,7 @@ connections:
         );
     };
     has(
-        "6:5",
+        "8:17",
         "Additional properties are not allowed ('treshold' was unexpected)",
     );
     has("7:15", "\"wide\" is not of type \"integer\"");
@@ -412,7 +412,7 @@ fn plugin_new_builds_a_plugin_that_inspect_and_validate_read() {
         "world    flow:plugin@0.1.0",
         "ports    matched (default), unmatched, failure",
         "\"above\"",
-        "flow:plugin/host@0.1.0",
+        "wasi:cli/environment@0.2.6  (needs `grants.env` to do anything)",
     ] {
         assert!(stdout.contains(want), "no {want:?} in:\n{stdout}");
     }

@@ -119,13 +119,20 @@ impl Module {
         let mut errors: Vec<(Vec<String>, String)> = schema
             .iter_errors(config)
             .map(|e| {
-                let path = e
+                let mut path: Vec<String> = e
                     .instance_path()
                     .as_str()
                     .split('/')
                     .skip(1)
                     .map(|s| s.replace("~1", "/").replace("~0", "~"))
                     .collect();
+                // An unknown key: point at it rather than at its mapping.
+                if let jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected } =
+                    e.kind()
+                    && let [key] = unexpected.as_slice()
+                {
+                    path.push(key.clone());
+                }
                 (path, e.to_string())
             })
             .collect();

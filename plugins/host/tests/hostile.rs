@@ -309,7 +309,7 @@ fn a_config_against_the_plugins_schema_is_refused_with_its_path() {
     assert_eq!(
         paths,
         [
-            vec!["config".to_owned()],
+            vec!["config".to_owned(), "treshold".to_owned()],
             vec!["config".to_owned(), "window".to_owned()]
         ],
         "{errors:?}"
