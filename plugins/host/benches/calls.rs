@@ -31,10 +31,7 @@ fn inputs(n: usize) -> Vec<Input> {
 }
 
 fn calls(c: &mut Criterion) {
-    let limits = Limits {
-        memory: 256 << 20,
-        ..Limits::default()
-    };
+    let limits = Limits::default();
     for name in ["alerts", "alerts_py"] {
         let path = plugin(name);
         let module = match Module::load(&path, &limits) {

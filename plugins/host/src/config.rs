@@ -87,8 +87,7 @@ pub struct LimitsConfig {
     #[serde(default, with = "humantime_serde")]
     #[schemars(with = "Option<String>")]
     pub deadline: Option<Duration>,
-    /// Linear memory of the instance, all memories together, like `64MiB` (the default). A
-    /// Python plugin needs about 100MiB.
+    /// Linear memory of the instance, all memories together, like `64MiB` (the default).
     #[schemars(with = "Option<String>")]
     pub memory: Option<ByteSize>,
     /// The most one call may answer: contents, attributes and ports (default `16MiB`).
@@ -259,12 +258,17 @@ impl WasmConfig {
             .clone()
     }
 
+    /// The plugin's config: an absent `config:` is `{}`.
+    fn config_value(&self) -> serde_json::Value {
+        match &self.config.0 {
+            serde_json::Value::Null => serde_json::json!({}),
+            v => v.clone(),
+        }
+    }
+
     /// The plugin's config as the JSON text `init` takes.
     fn config_text(&self) -> String {
-        match &self.config.0 {
-            serde_json::Value::Null => "{}".to_owned(),
-            v => v.to_string(),
-        }
+        self.config_value().to_string()
     }
 }
 
@@ -312,7 +316,7 @@ impl ProcessorConfig for WasmConfig {
                 errors.push(err);
             }
             Ok(m) => {
-                for (path, message) in m.check_config(&self.config.0) {
+                for (path, message) in m.check_config(&self.config_value()) {
                     let mut full = vec!["config".to_owned()];
                     full.extend(path);
                     errors.push(ConfigError {

@@ -258,3 +258,12 @@ async fn outputs_hold_their_input_until_every_copy_is_finished() {
     let f = tracker.next().await.expect("finished");
     assert_eq!((f.seq, f.status), (0, AckStatus::Delivered));
 }
+
+#[tokio::test]
+async fn an_absent_config_is_an_empty_one() {
+    let cfg: flow_wasm::WasmConfig =
+        serde_json::from_value(json!({ "module": common::plugin("alerts_py") })).expect("config");
+    assert!(cfg.validate().is_empty(), "{:?}", cfg.validate());
+    let r = run(&cfg, vec![vec![rec(HOT), rec(COOL)]]).await;
+    assert_eq!(r.contents("matched"), [HOT], "the default threshold, 95");
+}

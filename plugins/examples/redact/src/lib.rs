@@ -170,7 +170,7 @@ fn luhn(s: &str) -> bool {
             }
         })
         .sum();
-    digits.len() >= 13 && sum % 10 == 0
+    digits.len() >= 13 && sum.is_multiple_of(10)
 }
 
 flow_plugin::export_plugin!(Redact);

@@ -80,7 +80,7 @@ impl Unit {
     }
 
     /// To the dimension's base unit (kelvin, pascal, m/s, metre).
-    fn to_base(self, v: f64) -> f64 {
+    fn base_of(self, v: f64) -> f64 {
         use Unit::*;
         match self {
             Celsius => v + 273.15,
@@ -97,7 +97,7 @@ impl Unit {
         }
     }
 
-    fn from_base(self, v: f64) -> f64 {
+    fn of_base(self, v: f64) -> f64 {
         use Unit::*;
         match self {
             Celsius => v - 273.15,
@@ -154,7 +154,7 @@ impl Map for Units {
             let Some(n) = v.as_f64() else {
                 return Err(Error::new(format!("`{name}` is not a number")));
             };
-            let converted = to.from_base(from.to_base(n));
+            let converted = to.of_base(from.base_of(n));
             *v = ((converted * self.scale).round() / self.scale).into();
         }
         Ok(value)
