@@ -24,7 +24,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use flow_core::ack::Acks;
 use flow_core::processor::{Output, PortId, ProcessorError, TaskContext, TaskTransform};
 use flow_core::record::Record;
 use flow_core::runtime::metrics::NodeMetrics;
@@ -305,40 +304,53 @@ impl Worker {
         }
         // The input's tokens move to its outputs: it is finished when they all are, and the
         // input itself, holding none, finishes nothing when it drops.
-        let mut acks = record.take_acks();
-        let n = outputs.len();
-        for (i, (o, port)) in outputs.into_iter().zip(ports).enumerate() {
-            let acks = if i + 1 == n {
-                std::mem::take(&mut acks)
-            } else {
-                acks.clone()
+        let acks = record.take_acks();
+        let mut outputs: Vec<(PluginOutput, PortId)> = outputs.into_iter().zip(ports).collect();
+        let last = outputs.pop();
+        for (o, port) in outputs {
+            let base = match o.content {
+                None => record.clone(),
+                Some(content) => child_of(&record, content),
             };
-            out.push(port, make_output(&record, o, acks));
+            out.push(
+                port,
+                decorate(base.with_acks(acks.clone()), o.attributes, o.event_time),
+            );
+        }
+        if let Some((o, port)) = last {
+            // The last output takes the tokens, and a pass-through the record itself.
+            let base = match o.content {
+                None => record,
+                Some(content) => child_of(&record, content),
+            };
+            out.push(
+                port,
+                decorate(base.with_acks(acks), o.attributes, o.event_time),
+            );
         }
     }
 }
 
-/// One output record: the input itself (or a copy) for a pass-through, else a child of it.
-fn make_output(input: &Record, o: PluginOutput, acks: Acks) -> Record {
-    let mut r = match o.content {
-        None => input.clone().with_acks(acks),
-        Some(content) => {
-            let content = Bytes::from(content);
-            let mut child = match Record::parse_json(content) {
-                Ok(r) => r,
-                Err((r, _)) => Record::from_text(r.raw_content().cloned().unwrap_or_default()),
-            };
-            child.set_parents(vec![input.id()]);
-            child.attributes = input.attributes.clone();
-            child.event_time = input.event_time;
-            child.origin = input.origin;
-            child.with_acks(acks)
-        }
+/// A new record made of `content`, derived from `input` (its parent): the same attributes,
+/// event time and origin. JSON content is checked as JSON; anything else is text.
+fn child_of(input: &Record, content: Vec<u8>) -> Record {
+    let mut child = match Record::parse_json(Bytes::from(content)) {
+        Ok(r) => r,
+        Err((r, _)) => Record::from_text(r.raw_content().cloned().unwrap_or_default()),
     };
-    for (k, v) in o.attributes {
+    child.set_parents(vec![input.id()]);
+    child.attributes = input.attributes.clone();
+    child.event_time = input.event_time;
+    child.origin = input.origin;
+    child
+}
+
+/// Set what the plugin said about an output: attributes and event time.
+fn decorate(mut r: Record, attributes: Vec<(String, String)>, event_time: Option<i64>) -> Record {
+    for (k, v) in attributes {
         r.attributes.insert(k, v);
     }
-    if let Some(t) = o.event_time {
+    if let Some(t) = event_time {
         r.event_time = Some(t);
     }
     r
