@@ -51,6 +51,12 @@ log "plugins: format and lint the plugin workspace (plugins/examples, plugins/sd
   && env -u RUSTFLAGS cargo clippy --release --locked --target wasm32-wasip2 -q -- -D warnings)
 # --- WebAssembly plugins: end -------------------------------------------------------------
 
+# --- flow test: the unit tests of every example flow (flows/*.test.yaml, docs/testing.md).
+# No server needed: sources and sinks are replaced. Exit 1 on any failing test.
+log "flow tests of the example flows"
+cargo run -q -p flow-cli --locked -- test flows/
+# ---
+
 log "servers"
 . scripts/services.sh
 if ! start_mosquitto; then

@@ -14,6 +14,7 @@ use flow_core::spec::{self, Severity};
 
 mod docs;
 mod plugin;
+mod test_cmd;
 
 /// Records are made on one worker thread and freed on another; glibc's allocator serialises
 /// that on arena locks (15% of the sensors benchmark was spent waiting on them). mimalloc frees
@@ -54,6 +55,23 @@ enum Command {
         /// Output: `pretty` (with the offending line), `short` (one line each) or `json`.
         #[arg(long, value_enum, default_value_t = Format::Pretty)]
         format: Format,
+    },
+    /// Run the unit tests of flows (`NAME.test.yaml` files; docs/testing.md): records in at
+    /// a node, expectations on ports, a virtual clock, no servers. Exit 1 if any test fails.
+    Test {
+        /// Test files, flow files (their `NAME.test.yaml` beside them) or folders (searched
+        /// for `*.test.yaml`).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// `pretty` (pass/fail and what differs) or `junit` (XML on stdout, for CI).
+        #[arg(long, value_enum, default_value_t = test_cmd::TestFormat::Pretty)]
+        format: test_cmd::TestFormat,
+        /// Run only the tests whose name contains this.
+        #[arg(long, value_name = "NAME")]
+        filter: Option<String>,
+        /// Report a test as hung after this many seconds of real time.
+        #[arg(long, value_name = "SECS", default_value_t = 60)]
+        timeout: u64,
     },
     /// Draw a flow.
     Graph {
@@ -101,7 +119,8 @@ const USAGE: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    // Tests send records to `failure` on purpose: only errors are logged unless asked.
+    init_logging(cli.verbose, matches!(cli.command, Command::Test { .. }));
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -111,10 +130,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(verbose: u8) {
+fn init_logging(verbose: u8, quiet: bool) {
     // rustls's platform verifier logs every refused certificate as an error of its own; the
     // processor's warning (burst-limited, with the node and URL) already carries its reason.
     let default = match verbose {
+        0 if quiet => "error",
         0 => "warn,rustls_platform_verifier=off",
         1 => "info,rustls_platform_verifier=off",
         2 => "debug",
@@ -161,6 +181,18 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }),
         Command::Validate { files, format } => validate(&files, format, &registry),
         Command::Plugin { command } => plugin::run(command).map(|()| ExitCode::SUCCESS),
+        Command::Test {
+            paths,
+            format,
+            filter,
+            timeout,
+        } => test_cmd::run(
+            &paths,
+            format,
+            filter.as_deref(),
+            Duration::from_secs(timeout),
+            &registry,
+        ),
         Command::Graph { file, format } => {
             let text = read(&file)?;
             let loaded = spec::load_with_env(&text, &registry);
@@ -272,7 +304,11 @@ fn run(
                 return None;
             }
         };
-        tokio::spawn(handle_signals(shutdown.clone()));
+        let forced = ForcedExit {
+            reporter: running.reporter(),
+            report: report_path.map(Path::to_path_buf),
+        };
+        tokio::spawn(handle_signals(shutdown.clone(), forced));
         let progress = interactive.then(|| tokio::spawn(show_progress(progress_handles(&running))));
         let report = running.wait().await;
         if let Some(p) = progress {
@@ -285,8 +321,7 @@ fn run(
         return Ok(ExitCode::from(INVALID));
     };
     if let Some(path) = report_path {
-        let json = serde_json::to_vec_pretty(&report)?;
-        std::fs::write(path, json).with_context(|| format!("cannot write {}", path.display()))?;
+        write_report(path, &report)?;
     }
     if interactive {
         print_summary(&report, &flow);
@@ -301,8 +336,33 @@ fn run(
     })
 }
 
-/// First SIGINT/SIGTERM: graceful stop. Second: exit now.
-async fn handle_signals(shutdown: CancellationToken) {
+fn write_report(path: &Path, report: &RunReport) -> anyhow::Result<()> {
+    let json = serde_json::to_vec_pretty(report)?;
+    std::fs::write(path, json).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// What a forced exit still does: write `--report` from the live counters.
+struct ForcedExit {
+    reporter: flow_core::runtime::Reporter,
+    report: Option<PathBuf>,
+}
+
+impl ForcedExit {
+    fn write_report(&self) {
+        let Some(path) = &self.report else { return };
+        let report = self.reporter.report(vec![
+            "forced exit (second signal) before the flow had stopped: records in flight were \
+             not finished, and the counters are as they were then"
+                .into(),
+        ]);
+        if let Err(e) = write_report(path, &report) {
+            eprintln!("error: {e:#}");
+        }
+    }
+}
+
+/// First SIGINT/SIGTERM: graceful stop. Second: write `--report` and exit now.
+async fn handle_signals(shutdown: CancellationToken, forced: ForcedExit) {
     let mut count = 0;
     loop {
         if wait_for_signal().await.is_err() {
@@ -316,6 +376,7 @@ async fn handle_signals(shutdown: CancellationToken) {
             shutdown.cancel();
         } else {
             eprintln!("forced exit");
+            forced.write_report();
             std::process::exit(130);
         }
     }

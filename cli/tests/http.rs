@@ -13,12 +13,18 @@ use std::time::Duration;
 
 use common::{Flow, free_port, lines, wait_for};
 
-/// One HTTP/1.1 request over a fresh connection: the status code and the body.
+/// One HTTP/1.1 request over a fresh connection: the status code and the body. JSON lines go as
+/// `application/x-ndjson`, anything else as `application/json`.
 fn request(addr: &str, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
+    let content_type = if body.trim_end().contains('\n') {
+        "application/x-ndjson"
+    } else {
+        "application/json"
+    };
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );

@@ -65,7 +65,10 @@ fn run_example(name: &str, input: Option<&Path>, out_dir: &Path) -> serde_json::
     if let Some(i) = input {
         c.env("INPUT", i);
     }
-    ok(&mut c);
+    let out = ok(&mut c);
+    // Every input the plugin took was forwarded, dropped or failed: none was lost on the way.
+    let stderr = text(&out.stderr);
+    assert!(!stderr.contains("abandoned"), "{stderr}");
     serde_json::from_slice(&std::fs::read(&report).expect("report")).expect("report json")
 }
 

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use bytesize::ByteSize;
 use flow_core::processor::{
     BuildContext, BuildError, ConfigError, Describe, Kind, Processor, ProcessorConfig,
     ProcessorError, Source, SourceContext,
@@ -12,17 +13,20 @@ use flow_core::processor::{
 use flow_core::record::JsonView;
 use schemars::JsonSchema;
 use serde::Deserialize;
-use tokio::io::{AsyncBufReadExt, AsyncSeekExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncSeekExt, BufReader};
 
 use crate::lines::{self, Checkpoint, Format, LineInput, Position};
 
 /// Read records from a file, one per line (JSON lines, raw lines or CSV).
 ///
-/// The file is read once, to its end; the flow ends when every source has ended. With a
+/// The file is opened when the flow starts (a missing or unreadable file stops the start, before
+/// any sink has created anything) and read once, to its end; the flow ends when every source
+/// has ended. With a
 /// `checkpoint`, the position of the last line whose records were all finished downstream
 /// (written by a sink, filtered out, or reported as failed) is saved, and a restarted flow
-/// resumes after it: at-least-once delivery. Lines that cannot be read go to `failure` with
-/// `error.message` ("line N: ...") and `file.line` attributes.
+/// resumes after it: at-least-once delivery. Blank lines are skipped. Lines that cannot be read,
+/// and lines longer than `max_record_size` (only their first 1 KiB is kept), go to `failure`
+/// with `error.message` ("line N: ...") and `file.line` attributes.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
@@ -39,6 +43,11 @@ pub struct FileConfig {
     /// end.
     #[serde(default)]
     pub checkpoint: Option<String>,
+    /// The longest line taken, like `1MiB`; a longer line goes to `failure` with its first 1 KiB
+    /// (it is skipped without being held in memory).
+    #[serde(default = "crate::record_size::default_max_record_size")]
+    #[schemars(with = "String")]
+    pub max_record_size: ByteSize,
 }
 
 fn default_batch_size() -> usize {
@@ -66,18 +75,42 @@ impl ProcessorConfig for FileConfig {
         if self.checkpoint.as_deref() == Some("") {
             errors.push(ConfigError::new(&["checkpoint"], "the path is empty"));
         }
+        crate::record_size::validate(self.max_record_size, None, &mut errors);
         errors
     }
 
+    /// Opens the file (and reads the checkpoint): a file that cannot be read fails the start of
+    /// the flow, before any sink creates its output.
     fn build(&self, ctx: &BuildContext) -> Result<Processor, BuildError> {
-        Ok(Processor::Source(Box::new(FileSource(
-            self.clone(),
-            ctx.json_view(),
-        ))))
+        let file = std::fs::File::open(&self.path)
+            .map_err(|e| BuildError(format!("cannot open `{}`: {e}", self.path)))?;
+        if file.metadata().is_ok_and(|m| m.is_dir()) {
+            return Err(BuildError(format!(
+                "cannot read `{}`: it is a directory",
+                self.path
+            )));
+        }
+        let mut checkpoint = FileCheckpoint::new(self.checkpoint.as_deref().map(PathBuf::from));
+        let start = checkpoint.load().map_err(|e| BuildError(e.to_string()))?;
+        Ok(Processor::Source(Box::new(FileSource {
+            cfg: self.clone(),
+            json_view: ctx.json_view(),
+            file,
+            checkpoint,
+            start,
+        })))
     }
 }
 
-struct FileSource(FileConfig, JsonView);
+struct FileSource {
+    cfg: FileConfig,
+    json_view: JsonView,
+    /// Opened by `build`.
+    file: std::fs::File,
+    checkpoint: FileCheckpoint,
+    /// Where the checkpoint says to resume.
+    start: Position,
+}
 
 fn io(context: String) -> impl FnOnce(std::io::Error) -> ProcessorError {
     move |source| ProcessorError::Io { context, source }
@@ -86,13 +119,14 @@ fn io(context: String) -> impl FnOnce(std::io::Error) -> ProcessorError {
 #[async_trait]
 impl Source for FileSource {
     async fn run(self: Box<Self>, ctx: SourceContext) -> Result<(), ProcessorError> {
-        let (cfg, json_view) = (self.0, self.1);
-        let path = Path::new(&cfg.path);
-        let mut checkpoint = FileCheckpoint::new(cfg.checkpoint.as_deref().map(PathBuf::from));
-        let mut start = checkpoint.load().await?;
-        let mut file = tokio::fs::File::open(path)
-            .await
-            .map_err(io(format!("cannot open `{}`", cfg.path)))?;
+        let FileSource {
+            cfg,
+            json_view,
+            file,
+            mut checkpoint,
+            mut start,
+        } = *self;
+        let mut file = tokio::fs::File::from_std(file);
         let len = file
             .metadata()
             .await
@@ -110,7 +144,9 @@ impl Source for FileSource {
         // Resuming inside a CSV file: its header is still needed.
         let header = if cfg.format == Format::Csv && start.offset > 0 {
             let mut line = Vec::new();
-            BufReader::new(&mut file)
+            // The header is a line like any other: at most `max_record_size`.
+            let most = cfg.max_record_size.as_u64().saturating_add(2);
+            BufReader::new((&mut file).take(most))
                 .read_until(b'\n', &mut line)
                 .await
                 .map_err(io(format!("reading `{}`", cfg.path)))?;
@@ -132,6 +168,7 @@ impl Source for FileSource {
             start,
             header,
             line_attribute: "file.line",
+            max_record_size: cfg.max_record_size,
         };
         lines::run(input, &mut file, ctx, &mut checkpoint).await?;
         Ok(())
@@ -157,11 +194,11 @@ impl FileCheckpoint {
     }
 
     /// The saved position; the start of the file when there is none.
-    async fn load(&mut self) -> Result<Position, ProcessorError> {
+    fn load(&mut self) -> Result<Position, ProcessorError> {
         let Some(path) = &self.path else {
             return Ok(Position::default());
         };
-        let text = match tokio::fs::read(path).await {
+        let text = match std::fs::read(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Position::default()),
             Err(e) => return Err(io(format!("reading checkpoint `{}`", path.display()))(e)),
@@ -211,7 +248,7 @@ impl Checkpoint for FileCheckpoint {
 mod tests {
     use super::*;
     use crate::testing::{SourceHarness, config, drain, records, source, source_ctx};
-    use flow_core::record::Record;
+    use flow_core::record::{Record, finish_all};
     use serde_json::json;
 
     struct Run {
@@ -348,7 +385,7 @@ mod tests {
         let mut batches = drain(&mut ports[1]).await;
         assert_eq!(batches.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 1]);
         let held = batches.remove(1);
-        drop(batches);
+        batches.into_iter().for_each(finish_all);
         let status = |key: &str| metrics.snapshot().status.get(key).cloned();
         for _ in 0..100 {
             if status("committed_offset") == Some(json!(16)) {
@@ -364,7 +401,7 @@ mod tests {
         );
         assert_eq!(status("committed_lines"), Some(json!(2)));
         assert!(!run.is_finished(), "waits for the held batch");
-        drop(held);
+        finish_all(held);
         run.await.expect("joined").expect("runs");
         assert_eq!(status("committed_offset"), Some(json!(40)));
         let saved: Position =
@@ -378,17 +415,20 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_missing_file_is_a_clear_error() {
-        let mut h = source_ctx(1);
+    #[test]
+    fn a_missing_file_fails_the_build() {
         let cfg: FileConfig = config(json!({"path": "/nonexistent/in.jsonl"}));
-        let err = source(&cfg).run(h.ctx).await.expect_err("fails");
-        assert!(
-            err.to_string()
-                .contains("cannot open `/nonexistent/in.jsonl`"),
-            "{err}"
+        let err = match cfg.build(&BuildContext::new(crate::testing::NAME)) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("built"),
+        };
+        assert_eq!(
+            err,
+            "cannot open `/nonexistent/in.jsonl`: No such file or directory (os error 2)"
         );
-        assert!(h.ports[1].recv().await.is_none());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg: FileConfig = config(json!({"path": dir.path()}));
+        assert!(cfg.build(&BuildContext::new("f")).is_err(), "a directory");
     }
 
     #[test]

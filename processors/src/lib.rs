@@ -21,6 +21,7 @@ pub mod influxdb;
 pub mod kafka;
 pub mod lines;
 pub mod mqtt;
+mod record_size;
 pub mod registry;
 pub mod remap;
 pub mod route;

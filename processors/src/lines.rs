@@ -3,13 +3,16 @@
 //!
 //! Lines are cut out of large read chunks as [`Bytes`] slices, so a record's content shares the
 //! chunk's allocation instead of being copied. `\n` and `\r\n` both end a line, a last line without
-//! a newline is still a line, and empty lines are skipped (they still count in line numbers and
-//! offsets).
+//! a newline is still a line, and blank lines (empty, or only spaces and tabs) are skipped in every
+//! format (they still count in line numbers and offsets). A line longer than `max_record_size`
+//! goes to `failure` with only its first bytes: it is skipped to its end without being held in
+//! memory.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 
 use bytes::{Bytes, BytesMut};
+use bytesize::ByteSize;
 use std::sync::Arc;
 
 use flow_core::ack::{AckToken, AckTracker, Acks, Finished, InOrderCommit};
@@ -31,7 +34,8 @@ pub enum Format {
     /// One JSON document per line (JSON lines). A line that is not valid JSON goes to `failure`.
     #[default]
     Json,
-    /// Each line is a record as is: its content is the raw line, its structured view the string.
+    /// Each line is a record as is (blank ones are skipped): its content is the raw line, its
+    /// structured view the string.
     Lines,
     /// CSV with a header line; each row becomes an object of strings keyed by the header. A
     /// quoted field may not contain a line break.
@@ -47,39 +51,106 @@ pub struct Position {
     pub line: u64,
 }
 
-/// Cuts an input into chunks that end on a line boundary.
+/// What the splitter read next.
+#[derive(Debug)]
+pub(crate) enum Chunk {
+    /// A run of whole lines (the last one may lack its newline at the end of input).
+    Lines(Bytes),
+    /// A line over the limit, skipped without holding it: its first bytes, its size (without
+    /// its line ending) and the bytes it took with its line ending.
+    Oversized { start: Bytes, size: u64, taken: u64 },
+}
+
+/// A line over the limit being skipped.
+struct Skipping {
+    start: Bytes,
+    size: u64,
+}
+
+/// Cuts an input into chunks that end on a line boundary. A line longer than `max_line` is not
+/// held: once that many bytes of it are buffered, the rest is read and discarded up to its
+/// newline, so the buffer never grows far beyond `max_line` (plus one read).
 pub(crate) struct Splitter {
     buf: BytesMut,
     /// How much of `buf` is known to hold no newline.
     scanned: usize,
     eof: bool,
+    max_line: usize,
+    skipping: Option<Skipping>,
 }
 
 impl Splitter {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(max_line: usize) -> Self {
         Self {
             buf: BytesMut::new(),
             scanned: 0,
             eof: false,
+            max_line,
+            skipping: None,
         }
     }
 
-    /// The next run of whole lines (the last line may lack its newline at the end of input);
-    /// `None` at the end. Cancel-safe: a cancelled call loses no data.
+    /// The buffer's capacity: what the splitter holds however long the lines are.
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// The next run of whole lines, or a line over the limit; `None` at the end. Cancel-safe:
+    /// a cancelled call loses no data.
     pub(crate) async fn next_chunk<R: AsyncRead + Unpin>(
         &mut self,
         reader: &mut R,
-    ) -> std::io::Result<Option<Bytes>> {
+    ) -> std::io::Result<Option<Chunk>> {
         loop {
-            if let Some(i) = memchr::memrchr(b'\n', &self.buf[self.scanned..]) {
-                let end = self.scanned + i + 1;
-                self.scanned = 0;
-                return Ok(Some(self.buf.split_to(end).freeze()));
-            }
-            self.scanned = self.buf.len();
-            if self.eof {
-                self.scanned = 0;
-                return Ok((!self.buf.is_empty()).then(|| self.buf.split().freeze()));
+            if let Some(skip) = &mut self.skipping {
+                // Discard up to the end of the line; the bytes after it are kept.
+                if let Some(i) = memchr::memchr(b'\n', &self.buf) {
+                    let size = skip.size + i as u64;
+                    let _ = self.buf.split_to(i + 1);
+                    let start = std::mem::take(&mut skip.start);
+                    self.skipping = None;
+                    return Ok(Some(Chunk::Oversized {
+                        start,
+                        size,
+                        taken: size + 1,
+                    }));
+                }
+                skip.size += self.buf.len() as u64;
+                self.buf.clear();
+                if self.eof {
+                    let (start, size) = (std::mem::take(&mut skip.start), skip.size);
+                    self.skipping = None;
+                    return Ok(Some(Chunk::Oversized {
+                        start,
+                        size,
+                        taken: size,
+                    }));
+                }
+            } else {
+                if let Some(i) = memchr::memrchr(b'\n', &self.buf[self.scanned..]) {
+                    let end = self.scanned + i + 1;
+                    self.scanned = 0;
+                    return Ok(Some(Chunk::Lines(self.buf.split_to(end).freeze())));
+                }
+                // What is buffered is all one line (whole lines before it were returned).
+                if self.buf.len() > self.max_line {
+                    let kept = self.buf.len().min(crate::record_size::KEPT);
+                    self.skipping = Some(Skipping {
+                        start: Bytes::copy_from_slice(&self.buf[..kept]),
+                        size: self.buf.len() as u64,
+                    });
+                    self.buf.clear();
+                    self.scanned = 0;
+                    continue;
+                }
+                self.scanned = self.buf.len();
+                if self.eof {
+                    self.scanned = 0;
+                    return Ok(
+                        (!self.buf.is_empty()).then(|| Chunk::Lines(self.buf.split().freeze()))
+                    );
+                }
             }
             self.buf.reserve(CHUNK);
             if reader.read_buf(&mut self.buf).await? == 0 {
@@ -87,6 +158,13 @@ impl Splitter {
             }
         }
     }
+}
+
+/// Whether a line holds nothing but whitespace (space, tab, CR): such a line is skipped like an
+/// empty one, by every line-oriented input.
+pub(crate) fn is_blank(line: &[u8]) -> bool {
+    line.iter()
+        .all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
 }
 
 /// The lines of a chunk: each line without its line ending, and the bytes it took with it.
@@ -212,6 +290,8 @@ pub(crate) struct LineInput<'a> {
     pub header: Option<Bytes>,
     /// The attribute a failed record's line number goes to (`file.line`).
     pub line_attribute: &'a str,
+    /// The longest line taken; a longer one goes to `failure`.
+    pub max_record_size: ByteSize,
 }
 
 /// Fills batches, sends them with one ack token each, and commits in order as they finish.
@@ -231,6 +311,15 @@ impl Batcher {
     fn token(&mut self) -> AckToken {
         let (tracker, seq) = (&mut self.tracker, self.seq);
         self.token.get_or_insert_with(|| tracker.token(seq)).clone()
+    }
+
+    /// A line that could not be read goes to `failure`, with its line number.
+    fn fail(&mut self, r: Record, msg: &str, pos: Position, line_attribute: &str) {
+        let token = self.token();
+        let mut r = r.with_acks(Acks::one(token));
+        r.set_attribute(line_attribute, pos.line.to_string());
+        self.pending.fail(r, &format!("line {}: {msg}", pos.line));
+        self.len += 1;
     }
 
     /// Send the batch being filled, which ends at `end`.
@@ -291,10 +380,10 @@ where
     }
     let source_id = Origin::source_id(&name);
     let mut b = Batcher {
+        tracker: AckTracker::named(name.clone()),
         pending: Output::new(name, out.port_count()),
         token: None,
         len: 0,
-        tracker: AckTracker::new(),
         seq: 0,
         ends: BTreeMap::new(),
         commit: InOrderCommit::new(),
@@ -302,7 +391,8 @@ where
     };
     let mut committed = input.start;
     let mut pos = input.start;
-    let mut splitter = Splitter::new();
+    let max_line = crate::record_size::bytes(input.max_record_size);
+    let mut splitter = Splitter::new(max_line);
     loop {
         let chunk = tokio::select! {
             biased;
@@ -312,31 +402,51 @@ where
                 source,
             })?,
         };
-        let Some(chunk) = chunk else { break };
-        for (line, taken) in split_lines(&chunk) {
+        let lines = match chunk {
+            None => break,
+            Some(Chunk::Lines(lines)) => lines,
+            Some(Chunk::Oversized { start, size, taken }) => {
+                pos.offset += taken;
+                pos.line += 1;
+                let (r, msg) =
+                    crate::record_size::oversized(&start, size, input.max_record_size, "the line");
+                b.fail(r, &msg, pos, input.line_attribute);
+                if b.len >= input.batch_size {
+                    b.send(&mut out, pos).await?;
+                }
+                Bytes::new()
+            }
+        };
+        for (line, taken) in split_lines(&lines) {
             pos.offset += taken;
             pos.line += 1;
-            if line.is_empty() {
+            if is_blank(&line) {
                 continue;
             }
-            let token = b.token();
-            match decoder.decode(line) {
-                Decoded::Record(mut r) => {
-                    r.origin = Some(Origin {
-                        source: source_id,
-                        seq: pos.line,
-                    });
-                    b.pending
-                        .push(PortId::DEFAULT, r.with_acks(Acks::One(token)));
-                }
-                Decoded::Skip => continue,
-                Decoded::Error(r, msg) => {
-                    let mut r = r.with_acks(Acks::One(token));
-                    r.set_attribute(input.line_attribute, pos.line.to_string());
-                    b.pending.fail(r, &format!("line {}: {msg}", pos.line));
+            if line.len() > max_line {
+                let (r, msg) = crate::record_size::oversized(
+                    &line,
+                    line.len() as u64,
+                    input.max_record_size,
+                    "the line",
+                );
+                b.fail(r, &msg, pos, input.line_attribute);
+            } else {
+                match decoder.decode(line) {
+                    Decoded::Record(mut r) => {
+                        r.origin = Some(Origin {
+                            source: source_id,
+                            seq: pos.line,
+                        });
+                        let token = b.token();
+                        b.pending
+                            .push(PortId::DEFAULT, r.with_acks(Acks::one(token)));
+                        b.len += 1;
+                    }
+                    Decoded::Skip => continue,
+                    Decoded::Error(r, msg) => b.fail(r, &msg, pos, input.line_attribute),
                 }
             }
-            b.len += 1;
             if b.len >= input.batch_size {
                 b.send(&mut out, pos).await?;
             }
@@ -361,4 +471,168 @@ where
     }
     checkpoint.save(committed, true).await?;
     Ok(committed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{records, source_ctx};
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use tokio::io::ReadBuf;
+
+    /// `n` bytes of `x`, made as they are read (the test holds none of them).
+    struct Xs(u64);
+
+    impl AsyncRead for Xs {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let n = usize::try_from(self.0)
+                .unwrap_or(usize::MAX)
+                .min(buf.remaining());
+            buf.initialize_unfilled_to(n).fill(b'x');
+            buf.advance(n);
+            self.0 -= n as u64;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    const MB50: u64 = 50_000_000;
+
+    /// `before`, a line of `MB50` bytes (no newline), then `after`.
+    fn with_a_huge_line(before: &'static str, after: &'static str) -> impl AsyncRead + Unpin {
+        std::io::Cursor::new(before)
+            .chain(Xs(MB50))
+            .chain(std::io::Cursor::new(after))
+    }
+
+    #[tokio::test]
+    async fn a_line_over_the_limit_is_skipped_without_being_held() {
+        let max = 1024 * 1024;
+        let mut reader = with_a_huge_line("a\n", "\r\nb\n");
+        let mut s = Splitter::new(max);
+        let mut got = Vec::new();
+        let mut most_held = 0;
+        while let Some(c) = s.next_chunk(&mut reader).await.expect("reads") {
+            most_held = most_held.max(s.capacity());
+            got.push(match c {
+                Chunk::Lines(l) => format!("lines {:?}", String::from_utf8_lossy(&l)),
+                Chunk::Oversized { start, size, taken } => {
+                    assert!(start.iter().all(|b| *b == b'x'));
+                    format!("oversized {} {size} {taken}", start.len())
+                }
+            });
+        }
+        assert_eq!(
+            got,
+            [
+                "lines \"a\\n\"".to_owned(),
+                format!("oversized 1024 {} {}", MB50 + 1, MB50 + 2),
+                "lines \"b\\n\"".to_owned(),
+            ]
+        );
+        // The 50 MB line was never held: the buffer stays near the limit.
+        assert!(most_held <= 2 * max + 4 * CHUNK, "held {most_held} bytes");
+
+        // A last line over the limit, without a newline.
+        let mut reader = std::io::Cursor::new("a\n").chain(Xs(MB50));
+        let mut s = Splitter::new(max);
+        let mut sizes = Vec::new();
+        while let Some(c) = s.next_chunk(&mut reader).await.expect("reads") {
+            if let Chunk::Oversized { size, taken, .. } = c {
+                sizes.push((size, taken));
+            }
+        }
+        assert_eq!(sizes, [(MB50, MB50)]);
+    }
+
+    async fn read(
+        format: Format,
+        max: ByteSize,
+        reader: &mut (impl AsyncRead + Unpin + Send),
+    ) -> (Vec<Record>, Vec<Record>, Position) {
+        let mut h = source_ctx(1);
+        let input = LineInput {
+            format,
+            json_view: JsonView::Eager,
+            batch_size: 2,
+            flush_each_read: false,
+            start: Position::default(),
+            header: None,
+            line_attribute: "test.line",
+            max_record_size: max,
+        };
+        let mut checkpoint = NoCheckpoint;
+        let (mut failed_rx, mut out_rx) = (h.ports.remove(0), h.ports.remove(0));
+        let (pos, out, failed) = tokio::join!(
+            run(input, reader, h.ctx, &mut checkpoint),
+            records(&mut out_rx),
+            records(&mut failed_rx),
+        );
+        (out, failed, pos.expect("runs"))
+    }
+
+    fn texts(records: &mut [Record]) -> Vec<String> {
+        records
+            .iter_mut()
+            .map(|r| String::from_utf8_lossy(r.content()).into_owned())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn an_oversized_line_goes_to_failure_and_the_lines_around_it_are_delivered() {
+        let mut reader = with_a_huge_line("{\"n\":1}\n", "\n{\"n\":2}\n");
+        let (mut out, mut failed, pos) = read(Format::Json, ByteSize::mib(1), &mut reader).await;
+        assert_eq!(texts(&mut out), [r#"{"n":1}"#, r#"{"n":2}"#]);
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].content().len(), crate::record_size::KEPT);
+        let attrs = &failed[0].attributes;
+        assert_eq!(attrs.get("test.line").map(String::as_str), Some("2"));
+        assert_eq!(
+            attrs.get("error.message").map(String::as_str),
+            Some(
+                "line 2: the line is 50000000 bytes, over max_record_size (1.0 MiB); only its \
+                 first 1024 bytes are kept"
+            )
+        );
+        assert_eq!(
+            pos,
+            Position {
+                offset: 8 + MB50 + 1 + 8,
+                line: 3
+            }
+        );
+
+        // A line over the limit that arrives whole in one read.
+        let mut reader = std::io::Cursor::new("{\"n\":1}\n\"0123456789\"\n{\"n\":2}\n");
+        let (mut out, mut failed, _) = read(Format::Json, ByteSize::b(9), &mut reader).await;
+        assert_eq!(texts(&mut out), [r#"{"n":1}"#, r#"{"n":2}"#]);
+        assert_eq!(texts(&mut failed), ["\"0123456789\""]);
+    }
+
+    #[tokio::test]
+    async fn blank_lines_are_skipped_in_every_format() {
+        for (format, text, want) in [
+            (
+                Format::Json,
+                "{\"n\":1}\n  \n\t\r\n\n{\"n\":2}",
+                [r#"{"n":1}"#, r#"{"n":2}"#],
+            ),
+            (Format::Lines, "one\n \t \n\n   \r\ntwo", ["one", "two"]),
+            (
+                Format::Csv,
+                "a\n  \n1\n\r\n2\n",
+                [r#"{"a":"1"}"#, r#"{"a":"2"}"#],
+            ),
+        ] {
+            let mut reader = std::io::Cursor::new(text);
+            let (mut out, failed, pos) = read(format, ByteSize::mib(1), &mut reader).await;
+            assert_eq!(texts(&mut out), want, "{format:?}");
+            assert!(failed.is_empty(), "{format:?}");
+            assert_eq!(pos.offset, text.len() as u64);
+        }
+    }
 }

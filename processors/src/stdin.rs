@@ -1,6 +1,7 @@
 //! `stdin`: read records from standard input, one per line.
 
 use async_trait::async_trait;
+use bytesize::ByteSize;
 use flow_core::processor::{
     BuildContext, BuildError, ConfigError, Describe, Kind, Processor, ProcessorConfig,
     ProcessorError, Source, SourceContext,
@@ -14,8 +15,9 @@ use crate::lines::{self, Format, LineInput, NoCheckpoint, Position};
 /// Read records from standard input, one per line (JSON lines, raw lines or CSV).
 ///
 /// What was read is sent as soon as it arrives (no waiting for a full batch), so typing a line
-/// sends a record. The source ends at the end of input. Lines that cannot be read go to `failure`
-/// with `error.message` ("line N: ...") and `stdin.line` attributes.
+/// sends a record. The source ends at the end of input. Blank lines are skipped. Lines that cannot
+/// be read, and lines longer than `max_record_size` (only their first 1 KiB is kept), go to
+/// `failure` with `error.message` ("line N: ...") and `stdin.line` attributes.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StdinConfig {
@@ -25,6 +27,11 @@ pub struct StdinConfig {
     /// Most records per batch.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
+    /// The longest line taken, like `1MiB`; a longer line goes to `failure` with its first 1 KiB
+    /// (it is skipped without being held in memory).
+    #[serde(default = "crate::record_size::default_max_record_size")]
+    #[schemars(with = "String")]
+    pub max_record_size: ByteSize,
 }
 
 fn default_batch_size() -> usize {
@@ -42,10 +49,12 @@ impl ProcessorConfig for StdinConfig {
     }
 
     fn validate(&self) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
         if self.batch_size == 0 {
-            return vec![ConfigError::new(&["batch_size"], "must be at least 1")];
+            errors.push(ConfigError::new(&["batch_size"], "must be at least 1"));
         }
-        Vec::new()
+        crate::record_size::validate(self.max_record_size, None, &mut errors);
+        errors
     }
 
     fn build(&self, ctx: &BuildContext) -> Result<Processor, BuildError> {
@@ -69,6 +78,7 @@ impl Source for Stdin {
             start: Position::default(),
             header: None,
             line_attribute: "stdin.line",
+            max_record_size: self.0.max_record_size,
         };
         let mut stdin = tokio::io::stdin();
         lines::run(input, &mut stdin, ctx, &mut NoCheckpoint).await?;

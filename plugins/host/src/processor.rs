@@ -98,8 +98,8 @@ impl TaskTransform for WasmProcessor {
         std::thread::Builder::new()
             .name(format!("wasm:{}", ctx.name))
             .spawn(move || worker.run(rx, ports))
-            .map_err(|e| ProcessorError::Other(format!("cannot start the plugin thread: {e}")))?;
-        let stopped = || ProcessorError::Other("the plugin thread stopped".into());
+            .map_err(|e| ProcessorError::other(format!("cannot start the plugin thread: {e}")))?;
+        let stopped = || ProcessorError::other("the plugin thread stopped");
         let mut pending: VecDeque<oneshot::Receiver<Output>> = VecDeque::new();
         let mut input_done = false;
         loop {
@@ -109,10 +109,7 @@ impl TaskTransform for WasmProcessor {
                     pending.pop_front();
                     let mut out = out.ok_or_else(stopped)?;
                     ctx.metrics.add_dropped(out.take_dropped());
-                    ctx.out
-                        .flush(&mut out)
-                        .await
-                        .map_err(|e| ProcessorError::Other(e.to_string()))?;
+                    ctx.out.flush(&mut out).await?;
                 }
                 batch = ctx.input.next(), if !input_done && pending.len() < IN_FLIGHT => {
                     match batch {

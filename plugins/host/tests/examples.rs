@@ -241,7 +241,7 @@ async fn outputs_hold_their_input_until_every_copy_is_finished() {
     let token = tracker.token(0);
     in_tx
         .send(vec![
-            rec(r#"{"status":"ok","temperature":99}"#).with_acks(Acks::One(token)),
+            rec(r#"{"status":"ok","temperature":99}"#).with_acks(Acks::one(token)),
         ])
         .await
         .expect("send");
@@ -249,12 +249,12 @@ async fn outputs_hold_their_input_until_every_copy_is_finished() {
     handle.await.expect("join").expect("runs");
     let ok = rxs[1].recv().await.expect("ok batch");
     let hot = rxs[4].recv().await.expect("hot batch");
-    drop(ok);
+    flow_core::record::finish_all(ok);
     assert!(
         tracker.try_next().is_none(),
         "the copy on `hot` still holds the input"
     );
-    drop(hot);
+    flow_core::record::finish_all(hot);
     let f = tracker.next().await.expect("finished");
     assert_eq!((f.seq, f.status), (0, AckStatus::Delivered));
 }

@@ -102,63 +102,185 @@ fn first_significant(body: &[u8]) -> Option<u8> {
         .find(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
 }
 
-/// The records of a pushed body: a JSON object (one record), a JSON array (one record per
-/// element) or JSON lines (one record per non-empty line). All or nothing: the first error is
-/// returned, with its line, and no record is made. Records keep their exact bytes (array
-/// elements too); `view` says whether their structured view is built now.
-pub(crate) fn parse_body(body: &Bytes, view: JsonView) -> Result<Vec<Record>, String> {
-    match first_significant(body) {
-        None => Err("the body is empty".into()),
-        Some(b'[') => parse_array(body, view),
-        Some(_) => {
-            // JSON lines, unless the first line is not a whole document: then one document
-            // over several lines (pretty-printed JSON).
-            let mut lines = crate::lines::split_lines(body).filter(|(l, _)| !blank(l));
-            let first_is_whole = lines
-                .next()
-                .is_some_and(|(l, _)| serde_json::from_slice::<&RawValue>(&l).is_ok());
-            if first_is_whole {
-                parse_lines(body, view)
-            } else {
-                let r = Record::json(body.clone(), view).map_err(|(_, e)| e.to_string())?;
-                Ok(vec![r])
+/// How a pushed body is read, from its `Content-Type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BodyType {
+    /// One JSON document: an object, or an array of objects.
+    Json,
+    /// JSON lines: one object per non-blank line.
+    Lines,
+    /// Either, told apart by the content (no `Content-Type`, or `text/plain`).
+    Either,
+}
+
+/// The content types a pushed body may have, for the `415` answer.
+pub(crate) const ACCEPTED_TYPES: &str = "application/json (an object or an array of objects), \
+     application/x-ndjson or application/jsonl (one object per line), or text/plain (either), \
+     in UTF-8";
+
+impl BodyType {
+    /// The body type a `Content-Type` says; `Err` with the reason for one not accepted. No
+    /// `Content-Type` at all is read as [`BodyType::Either`].
+    pub(crate) fn of(content_type: Option<&[u8]>) -> Result<Self, String> {
+        let Some(raw) = content_type else {
+            return Ok(Self::Either);
+        };
+        let text = String::from_utf8_lossy(raw);
+        let Ok(m) = text.parse::<mime::Mime>() else {
+            return Err(format!("`Content-Type: {text}` is not a media type"));
+        };
+        if let Some(charset) = m.get_param(mime::CHARSET)
+            && charset != mime::UTF_8
+        {
+            return Err(format!(
+                "charset {charset} is not accepted: send {ACCEPTED_TYPES}"
+            ));
+        }
+        let subtype = m.subtype().as_str();
+        let kind = match (m.type_(), subtype) {
+            (mime::APPLICATION, "json") => Some(Self::Json),
+            (mime::APPLICATION, _) if m.suffix() == Some(mime::JSON) => Some(Self::Json),
+            (mime::APPLICATION, "x-ndjson" | "ndjson" | "jsonl" | "x-jsonlines" | "jsonlines") => {
+                Some(Self::Lines)
+            }
+            (mime::TEXT, "plain") => Some(Self::Either),
+            _ => None,
+        };
+        kind.ok_or_else(|| {
+            format!(
+                "`Content-Type: {}` is not accepted: send {ACCEPTED_TYPES}",
+                m.essence_str()
+            )
+        })
+    }
+}
+
+/// Why a pushed body was refused; nothing of it is ingested.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// Not what its type says, or a record that is not a JSON object (`400`).
+    Malformed(String),
+    /// A record over `max_record_size` (`413`).
+    TooLarge(String),
+}
+
+impl Refused {
+    #[cfg(test)]
+    pub(crate) fn message(&self) -> &str {
+        match self {
+            Refused::Malformed(m) | Refused::TooLarge(m) => m,
+        }
+    }
+}
+
+/// How a pushed body becomes records.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BodyRules {
+    /// What its `Content-Type` said.
+    pub kind: BodyType,
+    /// The largest record, in bytes.
+    pub max_record: usize,
+    /// `max_record` as configured, for messages.
+    pub max_record_size: bytesize::ByteSize,
+    /// Whether the records' structured view is built now.
+    pub view: JsonView,
+}
+
+/// What a JSON document is, by its first byte, when it is not an object.
+fn not_an_object(content: &[u8]) -> Option<&'static str> {
+    match first_significant(content)? {
+        b'{' => None,
+        b'[' => Some("an array"),
+        b'"' => Some("a string"),
+        b't' | b'f' => Some("a boolean"),
+        b'n' => Some("null"),
+        _ => Some("a number"),
+    }
+}
+
+impl BodyRules {
+    /// One record over `content` (a whole JSON document), or why not; `at` names it in
+    /// messages ("line 3", "element 2", "the body").
+    fn record(&self, content: Bytes, at: &str) -> Result<Record, Refused> {
+        if content.len() > self.max_record {
+            return Err(Refused::TooLarge(format!(
+                "{at} is {} bytes, over max_record_size ({})",
+                content.len(),
+                self.max_record_size
+            )));
+        }
+        let r = Record::json(content, self.view)
+            .map_err(|(_, e)| Refused::Malformed(format!("{at}: {e}")))?;
+        if let Some(what) = r.raw_content().and_then(|c| not_an_object(c)) {
+            return Err(Refused::Malformed(format!(
+                "{at}: a record must be a JSON object, not {what}"
+            )));
+        }
+        Ok(r)
+    }
+
+    /// The records of a pushed body: with [`BodyType::Json`] a JSON object (one record) or an
+    /// array of objects (one record per element), with [`BodyType::Lines`] one object per
+    /// non-blank line, and with [`BodyType::Either`] whichever the body is. All or nothing: the
+    /// first error is returned, naming its line or element, and no record is made. Records keep
+    /// their exact bytes (array elements too).
+    pub(crate) fn parse(&self, body: &Bytes) -> Result<Vec<Record>, Refused> {
+        let first = first_significant(body)
+            .ok_or_else(|| Refused::Malformed("the body is empty".into()))?;
+        match self.kind {
+            BodyType::Lines => self.parse_lines(body),
+            BodyType::Json if first == b'[' => self.parse_array(body),
+            BodyType::Json => match self.record(body.clone(), "the body") {
+                Ok(r) => Ok(vec![r]),
+                Err(Refused::Malformed(m)) if m.contains("trailing characters") => Err(
+                    Refused::Malformed(format!("{m} (JSON lines go as application/x-ndjson)")),
+                ),
+                Err(e) => Err(e),
+            },
+            BodyType::Either if first == b'[' => self.parse_array(body),
+            BodyType::Either => {
+                // JSON lines, unless the first line is not a whole document: then one document
+                // over several lines (pretty-printed JSON).
+                let mut lines =
+                    crate::lines::split_lines(body).filter(|(l, _)| !crate::lines::is_blank(l));
+                let first_is_whole = lines
+                    .next()
+                    .is_some_and(|(l, _)| serde_json::from_slice::<&RawValue>(&l).is_ok());
+                if first_is_whole {
+                    self.parse_lines(body)
+                } else {
+                    Ok(vec![self.record(body.clone(), "the body")?])
+                }
             }
         }
     }
-}
 
-fn blank(line: &[u8]) -> bool {
-    first_significant(line).is_none()
-}
-
-/// One record per non-empty line; the first malformed line is the error.
-pub(crate) fn parse_lines(body: &Bytes, view: JsonView) -> Result<Vec<Record>, String> {
-    let mut records = Vec::new();
-    for (n, (line, _)) in crate::lines::split_lines(body).enumerate() {
-        if blank(&line) {
-            continue;
+    /// One record per non-blank line; the first bad line is the error.
+    fn parse_lines(&self, body: &Bytes) -> Result<Vec<Record>, Refused> {
+        let mut records = Vec::new();
+        for (n, (line, _)) in crate::lines::split_lines(body).enumerate() {
+            if crate::lines::is_blank(&line) {
+                continue;
+            }
+            records.push(self.record(line, &format!("line {}", n + 1))?);
         }
-        match Record::json(line, view) {
-            Ok(r) => records.push(r),
-            Err((_, e)) => return Err(format!("line {}: {e}", n + 1)),
+        if records.is_empty() {
+            return Err(Refused::Malformed("the body has no records".into()));
         }
+        Ok(records)
     }
-    if records.is_empty() {
-        return Err("the body has no records".into());
-    }
-    Ok(records)
-}
 
-/// One record per element of a JSON array, each over its own bytes in `body`.
-fn parse_array(body: &Bytes, view: JsonView) -> Result<Vec<Record>, String> {
-    let elements: Vec<&RawValue> =
-        serde_json::from_slice(body).map_err(|e| format!("content is not valid JSON: {e}"))?;
-    let mut records = Vec::with_capacity(elements.len());
-    for raw in elements {
-        let content = body.slice_ref(raw.get().as_bytes());
-        records.push(Record::json(content, view).map_err(|(_, e)| e.to_string())?);
+    /// One record per element of a JSON array, each over its own bytes in `body`.
+    fn parse_array(&self, body: &Bytes) -> Result<Vec<Record>, Refused> {
+        let elements: Vec<&RawValue> = serde_json::from_slice(body)
+            .map_err(|e| Refused::Malformed(format!("content is not valid JSON: {e}")))?;
+        let mut records = Vec::with_capacity(elements.len());
+        for (i, raw) in elements.into_iter().enumerate() {
+            let content = body.slice_ref(raw.get().as_bytes());
+            records.push(self.record(content, &format!("element {}", i + 1))?);
+        }
+        Ok(records)
     }
-    Ok(records)
 }
 
 /// A URL without its credentials and query (which may hold secrets), for logs.

@@ -31,7 +31,12 @@ use super::{BoundedSet, check_pointer, hash64, json_pointer, redact, without_cre
 /// each JSON line. Only what is new or changed is emitted: the last response's `ETag` and
 /// `Last-Modified` go back as `If-None-Match` / `If-Modified-Since` (a `304` or an identical
 /// body yields nothing), and with `dedupe` each record's key is remembered (the most recent
-/// `max_keys`) so a record whose key was already emitted is skipped. With `pagination`, every
+/// `max_keys`) so a record whose key was already emitted is skipped. HTTP dates count whole
+/// seconds, so a `Last-Modified` less than a second older than the response's `Date` (or a
+/// response without `Date`) cannot tell that answer from a change later in the same second
+/// (RFC 9110, 8.8.2.2); then no validator is sent next time (servers derive `ETag`s from the
+/// same time) and the body is compared instead, so no change is missed. A record larger than
+/// `max_record_size` goes to `failure` with its first 1 KiB. With `pagination`, every
 /// page is fetched, one batch per page, as long as it is on the origin of `url` (same scheme,
 /// host and port): a next page elsewhere is not fetched (the configured headers, which may
 /// hold secrets, go only to that origin), and the poll ends there with a warning. Server
@@ -105,6 +110,11 @@ pub struct HttpPollConfig {
     #[serde(default = "default_max_body")]
     #[schemars(with = "String")]
     pub max_body: ByteSize,
+    /// The largest record, like `1MiB`: the whole body (`records: body`), an element of the
+    /// array or a line. A larger one goes to `failure` with its first 1 KiB.
+    #[serde(default = "crate::record_size::default_max_record_size")]
+    #[schemars(with = "String")]
+    pub max_record_size: ByteSize,
 }
 
 /// The request method.
@@ -288,6 +298,7 @@ impl ProcessorConfig for HttpPollConfig {
         if self.max_body.as_u64() == 0 {
             errors.push(ConfigError::new(&["max_body"], "must be more than 0 bytes"));
         }
+        crate::record_size::validate(self.max_record_size, None, &mut errors);
         if let Err(e) = check_pointer(&self.pointer) {
             errors.push(ConfigError::new(&["pointer"], e));
         }
@@ -389,10 +400,40 @@ struct HttpPoll {
 /// What the last response from a URL said, for change detection and 304s.
 #[derive(Clone, Debug, Default)]
 struct Memo {
+    /// The validators sent with the next request: none when the last answer was modified
+    /// within its last second (see [`trustworthy_validators`]).
     etag: Option<HeaderValue>,
     last_modified: Option<HeaderValue>,
     body_hash: u64,
     next: Option<Url>,
+}
+
+/// Whether a response's validators can tell it from any later change. HTTP dates have
+/// one-second resolution: a `Last-Modified` that is not at least a second older than the
+/// response's `Date` is weak (RFC 9110, 8.8.2.2), because the resource may change again within
+/// that second and keep the same `Last-Modified`; servers of static files (nginx, Apache) derive
+/// their `ETag` from that same time and the size, so it is no better. Without a `Date` to compare
+/// with, a `Last-Modified` is not trusted either. A response without `Last-Modified` (an `ETag`
+/// alone, usually from the content) is trusted.
+fn trustworthy_validators(headers: &HeaderMap) -> bool {
+    let date = |name| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| httpdate::parse_http_date(v).ok())
+    };
+    if !headers.contains_key(reqwest::header::LAST_MODIFIED) {
+        return true;
+    }
+    match (
+        date(reqwest::header::LAST_MODIFIED),
+        date(reqwest::header::DATE),
+    ) {
+        (Some(modified), Some(date)) => date
+            .duration_since(modified)
+            .is_ok_and(|d| d >= Duration::from_secs(1)),
+        _ => false,
+    }
 }
 
 /// A response worth reading.
@@ -474,10 +515,6 @@ impl State {
             metrics.set_status("keys", serde_json::json!(seen.len()));
         }
     }
-}
-
-fn other(e: impl std::fmt::Display) -> ProcessorError {
-    ProcessorError::Other(e.to_string())
 }
 
 /// The `Retry-After` header, in seconds (the HTTP-date form is ignored: the backoff applies).
@@ -652,17 +689,18 @@ impl HttpPoll {
         attrs.insert("http.url".into(), without_credentials(page));
         let mut parsed = Parsed::default();
         let next = self.next_url(page, &f, &mut parsed, &attrs);
-        let etag = f.headers.get(reqwest::header::ETAG).cloned();
         let body_hash = hash64(&f.body);
-        let unchanged = self.cfg.skip_unchanged
-            && memo
-                .as_ref()
-                .is_some_and(|m| m.body_hash == body_hash || (etag.is_some() && m.etag == etag));
+        // With the body in hand, only the body says whether it changed (an unchanged `ETag`
+        // may come from a change within the same second).
+        let unchanged =
+            self.cfg.skip_unchanged && memo.as_ref().is_some_and(|m| m.body_hash == body_hash);
+        let trusted = trustworthy_validators(&f.headers);
+        let validator = |name| trusted.then(|| f.headers.get(name).cloned()).flatten();
         st.remember(
             page,
             Memo {
-                etag,
-                last_modified: f.headers.get(reqwest::header::LAST_MODIFIED).cloned(),
+                etag: validator(reqwest::header::ETAG),
+                last_modified: validator(reqwest::header::LAST_MODIFIED),
                 body_hash,
                 next: next.clone(),
             },
@@ -673,14 +711,27 @@ impl HttpPoll {
         }
         // Each record, with why it goes to `failure` if it does.
         let mut records: Vec<(Record, Option<String>)> = Vec::new();
+        let max = self.cfg.max_record_size;
+        let oversized = |content: &[u8], what: &str| {
+            let (r, e) = crate::record_size::oversized(content, content.len() as u64, max, what);
+            (r, Some(e))
+        };
+        let max_record = crate::record_size::bytes(max);
         match self.cfg.records {
+            Split::Body if f.body.len() > max_record => {
+                records.push(oversized(&f.body, "the body"))
+            }
             Split::Body => records.push(match Record::json(f.body.clone(), self.json_view) {
                 Ok(r) => (r, None),
                 Err((r, e)) => (r, Some(e.to_string())),
             }),
             Split::Ndjson => {
                 for (n, (line, _)) in crate::lines::split_lines(&f.body).enumerate() {
-                    if line.iter().all(u8::is_ascii_whitespace) {
+                    if crate::lines::is_blank(&line) {
+                        continue;
+                    }
+                    if line.len() > max_record {
+                        records.push(oversized(&line, &format!("line {}", n + 1)));
                         continue;
                     }
                     records.push(match Record::json(line, self.json_view) {
@@ -693,7 +744,15 @@ impl HttpPoll {
                 Err(e) => records.push((Record::from_bytes(f.body.clone()), Some(e))),
                 Ok(v) => match json_pointer(&v, &self.cfg.pointer) {
                     Some(Value::Array(items)) => {
-                        records.extend(items.iter().map(|i| (Record::from_value(i.clone()), None)));
+                        records.extend(items.iter().enumerate().map(|(i, item)| {
+                            // Encoded once here: the size is known and the content is ready.
+                            let content = encode_json(item);
+                            if content.len() > max_record {
+                                oversized(&content, &format!("element {}", i + 1))
+                            } else {
+                                (Record::from_parts(content.into(), item.clone()), None)
+                            }
+                        }));
                     }
                     _ => records.push((
                         Record::from_bytes(f.body.clone()),
@@ -816,7 +875,7 @@ impl HttpPoll {
             let made = pending.port(PortId::DEFAULT).len() + pending.port(PortId::FAILURE).len();
             metrics.add_received(made as u64);
             // Waits while the flow is full: back-pressure.
-            out.flush(pending).await.map_err(other)?;
+            out.flush(pending).await.map_err(ProcessorError::other)?;
             match next {
                 Some(n) if n.origin() != self.url.origin() => {
                     // The configured headers may hold secrets: they go to `url`'s origin only.

@@ -26,8 +26,9 @@ use futures::StreamExt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinSet;
 
-use super::parse_body;
+use super::{BodyRules, BodyType, Refused};
 
 /// Accept records pushed over HTTP: devices and services POST JSON to the flow.
 ///
@@ -35,12 +36,25 @@ use super::parse_body;
 /// or JSON lines (one record per line). The answer is `202 Accepted` once the records are
 /// queued, or with `ack: delivered`, `200 OK` once the flow has finished with every one of them
 /// (written by the sinks, filtered out, or reported as failed: the body's `status` says which).
+/// Every record must be a JSON object. The `Content-Type` says how the body is read:
+/// `application/json` (or any `+json` type) is one document, an object or an array of objects;
+/// `application/x-ndjson` (or `application/ndjson`, `application/jsonl`) is one object per
+/// line; `text/plain` or no `Content-Type` is either, told apart by the content. Any other type
+/// is answered `415` (with the accepted ones); blank lines are skipped.
 /// Push flow control: at most `max_queued` records wait to enter the flow; when the flow is
 /// full and they fill up, requests are answered `429 Too Many Requests` with `Retry-After`, and
-/// nothing of them is taken (`503` while the flow stops). A body over `max_body` is answered
-/// `413`; a malformed one `400` with the reason and its line, and nothing of that body is
-/// ingested. With `token`, requests need `Authorization: Bearer <token>` (`401` otherwise). A
-/// `GET` on `health_path` answers `200` while the server runs (without authentication).
+/// nothing of them is taken. A body over `max_body`, or with a record over `max_record_size`,
+/// is answered `413`; a malformed one (or a record that is not an object) `400` with the reason
+/// and its line or element, and nothing of that body is ingested. With `token`, requests need
+/// `Authorization: Bearer <token>` (`401` otherwise). A `GET` on `health_path` answers `200`
+/// while the server runs (without authentication).
+///
+/// Slow or idle clients cannot hold the server: a request's headers must arrive within
+/// `header_timeout` (which also closes connections idle that long), its body within
+/// `body_timeout` (`408` otherwise), and at most `max_connections` are open at once. When the
+/// flow stops, the server stops accepting, answers requests in flight and new ones on open
+/// connections `503` with `Retry-After` and `Connection: close` (with `ack: delivered`, after
+/// at most 1s more for their acknowledgement), and closes what is still open after 5s.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpServerConfig {
@@ -80,6 +94,25 @@ pub struct HttpServerConfig {
     #[serde(default = "default_ack_timeout", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub ack_timeout: Duration,
+    /// The largest record, like `1MiB`: a line of JSON lines, an element of an array, or a
+    /// whole single-object body. A body with a larger one is answered `413`, naming it.
+    #[serde(default = "crate::record_size::default_max_record_size")]
+    #[schemars(with = "String")]
+    pub max_record_size: ByteSize,
+    /// How long a client has to send a request's headers. It is also how long a connection may
+    /// stay idle, new or kept alive between requests, before the server closes it.
+    #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub header_timeout: Duration,
+    /// How long a client has to send a request's whole body once its headers are in; then the
+    /// request is answered `408` and its connection closed.
+    #[serde(default = "default_body_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub body_timeout: Duration,
+    /// At most this many connections are open at once; further clients wait to be accepted
+    /// until one closes.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
 }
 
 /// When a request is answered.
@@ -111,9 +144,22 @@ fn default_retry_after() -> Duration {
 fn default_ack_timeout() -> Duration {
     Duration::from_secs(30)
 }
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_body_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_connections() -> usize {
+    512
+}
 
-/// The longest `ack_timeout` (a deadline is computed by adding it to now).
+/// The longest `ack_timeout`, `header_timeout` and `body_timeout` (deadlines are computed by
+/// adding them to now).
 const MAX_ACK_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+
+/// How long a stopping server waits for its connections to close before it closes them.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Describe for HttpServerConfig {
     const TYPE: &'static str = "http_server";
@@ -176,14 +222,21 @@ impl ProcessorConfig for HttpServerConfig {
                 "must be between 1 and 4294967295",
             ));
         }
-        if self.ack_timeout.is_zero() {
-            errors.push(ConfigError::new(&["ack_timeout"], "must be more than 0s"));
-        } else if self.ack_timeout > MAX_ACK_TIMEOUT {
-            errors.push(ConfigError::new(
-                &["ack_timeout"],
-                "is too long: at most 1 hour",
-            ));
+        for (field, value) in [
+            ("ack_timeout", self.ack_timeout),
+            ("header_timeout", self.header_timeout),
+            ("body_timeout", self.body_timeout),
+        ] {
+            if value.is_zero() {
+                errors.push(ConfigError::new(&[field], "must be more than 0s"));
+            } else if value > MAX_ACK_TIMEOUT {
+                errors.push(ConfigError::new(&[field], "is too long: at most 1 hour"));
+            }
         }
+        if self.max_connections == 0 || self.max_connections > Semaphore::MAX_PERMITS {
+            errors.push(ConfigError::new(&["max_connections"], "must be at least 1"));
+        }
+        crate::record_size::validate(self.max_record_size, None, &mut errors);
         errors
     }
 
@@ -246,8 +299,10 @@ struct Stats {
     rejected_full: AtomicU64,
     rejected_malformed: AtomicU64,
     rejected_too_large: AtomicU64,
+    rejected_type: AtomicU64,
     unauthorized: AtomicU64,
     ack_timeouts: AtomicU64,
+    body_timeouts: AtomicU64,
 }
 
 impl Stats {
@@ -258,6 +313,8 @@ impl Stats {
         metrics.set_status("rejected_full", get(&self.rejected_full));
         metrics.set_status("rejected_malformed", get(&self.rejected_malformed));
         metrics.set_status("rejected_too_large", get(&self.rejected_too_large));
+        metrics.set_status("rejected_type", get(&self.rejected_type));
+        metrics.set_status("body_timeouts", get(&self.body_timeouts));
         metrics.set_status("unauthorized", get(&self.unauthorized));
         metrics.set_status("ack_timeouts", get(&self.ack_timeouts));
     }
@@ -283,9 +340,11 @@ struct Shared {
     ack: AckMode,
     retry_after: HeaderValue,
     ack_timeout: Duration,
+    body_timeout: Duration,
     stopping: CancellationToken,
     stats: Arc<Stats>,
-    json_view: JsonView,
+    /// How bodies become records (the kind is set per request).
+    rules: BodyRules,
 }
 
 fn json(status: StatusCode, body: serde_json::Value) -> Response {
@@ -304,12 +363,24 @@ fn error(status: StatusCode, message: &str) -> Response {
     json(status, serde_json::json!({ "error": message }))
 }
 
+/// An answer after which the connection is closed (the rest of the body is not read).
+fn closing(mut r: Response) -> Response {
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
 impl Shared {
     fn busy(&self, status: StatusCode, message: &str) -> Response {
         let mut r = error(status, message);
         r.headers_mut()
             .insert(header::RETRY_AFTER, self.retry_after.clone());
         r
+    }
+
+    /// `503`: the flow is stopping; the connection is closed.
+    fn stopping(&self, message: &str) -> Response {
+        closing(self.busy(StatusCode::SERVICE_UNAVAILABLE, message))
     }
 
     fn authorized(&self, headers: &HeaderMap) -> bool {
@@ -349,7 +420,7 @@ async fn read_body(body: Body, max: usize) -> Result<Option<Bytes>, String> {
 async fn ingest(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
     bump(&s.stats.requests);
     if s.stopping.is_cancelled() {
-        return s.busy(StatusCode::SERVICE_UNAVAILABLE, "the flow is stopping");
+        return s.stopping("the flow is stopping");
     }
     if !s.authorized(&headers) {
         bump(&s.stats.unauthorized);
@@ -365,12 +436,19 @@ async fn ingest(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) ->
             &format!("the body is larger than {} bytes", s.max_body),
         )
     };
+    let kind = match BodyType::of(headers.get(header::CONTENT_TYPE).map(HeaderValue::as_bytes)) {
+        Ok(k) => k,
+        Err(e) => {
+            bump(&s.stats.rejected_type);
+            return closing(error(StatusCode::UNSUPPORTED_MEDIA_TYPE, &e));
+        }
+    };
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > s.max_body as u64) {
-        return too_large();
+        return closing(too_large());
     }
     if s.queue.available_permits() == 0 {
         bump(&s.stats.rejected_full);
@@ -379,17 +457,38 @@ async fn ingest(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) ->
             "the flow is full; retry later",
         );
     }
-    let body = match read_body(body, s.max_body).await {
-        Ok(Some(b)) => b,
-        Ok(None) => return too_large(),
-        Err(e) => {
+    // A client that stalls mid-body holds neither the server nor a stop.
+    let read = tokio::select! {
+        biased;
+        () = s.stopping.cancelled() => return s.stopping("the flow is stopping"),
+        r = tokio::time::timeout(s.body_timeout, read_body(body, s.max_body)) => r,
+    };
+    let body = match read {
+        Ok(Ok(Some(b))) => b,
+        Ok(Ok(None)) => return closing(too_large()),
+        Ok(Err(e)) => {
             bump(&s.stats.rejected_malformed);
-            return error(StatusCode::BAD_REQUEST, &e);
+            return closing(error(StatusCode::BAD_REQUEST, &e));
+        }
+        Err(_) => {
+            bump(&s.stats.body_timeouts);
+            return closing(error(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!(
+                    "the body did not arrive within {}",
+                    humantime_serde::re::humantime::format_duration(s.body_timeout)
+                ),
+            ));
         }
     };
-    let mut records = match parse_body(&body, s.json_view) {
+    let rules = BodyRules { kind, ..s.rules };
+    let mut records = match rules.parse(&body) {
         Ok(r) => r,
-        Err(e) => {
+        Err(Refused::TooLarge(e)) => {
+            bump(&s.stats.rejected_too_large);
+            return error(StatusCode::PAYLOAD_TOO_LARGE, &e);
+        }
+        Err(Refused::Malformed(e)) => {
             bump(&s.stats.rejected_malformed);
             return error(StatusCode::BAD_REQUEST, &e);
         }
@@ -408,7 +507,7 @@ async fn ingest(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) ->
         let mut t = AckTracker::new();
         let token = t.token(0);
         for r in &mut records {
-            r.merge_acks(Acks::One(token.clone()));
+            r.merge_acks(Acks::one(token.clone()));
         }
         tracker = Some(t);
     }
@@ -419,7 +518,7 @@ async fn ingest(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) ->
         })
         .is_err()
     {
-        return s.busy(StatusCode::SERVICE_UNAVAILABLE, "the flow is stopping");
+        return s.stopping("the flow is stopping");
     }
     bump(&s.stats.accepted);
     let Some(mut tracker) = tracker else {
@@ -435,8 +534,7 @@ async fn ingest(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) ->
             match tokio::time::timeout_at(grace, tracker.next()).await {
                 Err(_) => {
                     bump(&s.stats.ack_timeouts);
-                    return s.busy(
-                        StatusCode::SERVICE_UNAVAILABLE,
+                    return s.stopping(
                         "the flow is stopping; the records were accepted but not yet \
                          delivered, they may still be",
                     );
@@ -525,17 +623,31 @@ impl Source for HttpServer {
             ack: cfg.ack,
             retry_after: HeaderValue::from(retry_secs),
             ack_timeout: cfg.ack_timeout,
+            body_timeout: cfg.body_timeout,
             stopping: shutdown.clone(),
             stats: stats.clone(),
-            json_view: self.json_view,
+            rules: BodyRules {
+                kind: BodyType::Either,
+                max_record: crate::record_size::bytes(cfg.max_record_size),
+                max_record_size: cfg.max_record_size,
+                view: self.json_view,
+            },
         });
         let app = Router::new()
             .route(&cfg.path, post(ingest))
             .route(&cfg.health_path, get(health))
             .with_state(shared);
-        let serve =
-            axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        let mut server = tokio::spawn(async move { serve.await });
+        let serving = serve(
+            listener,
+            app,
+            Limits {
+                header_timeout: cfg.header_timeout,
+                max_connections: cfg.max_connections,
+            },
+            shutdown.clone(),
+            self.node.clone(),
+        );
+        let mut server = tokio::spawn(serving);
         tracing::info!(node = %self.node, %addr, path = %cfg.path, "listening");
         let mut publish = tokio::time::interval(PUBLISH_EVERY);
         let mut result = Ok(());
@@ -552,10 +664,8 @@ impl Source for HttpServer {
                     stats.publish(&metrics);
                 }
                 joined = &mut server => {
-                    match joined {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => result = Err(ProcessorError::Io { context: format!("serving on {addr}"), source: e }),
-                        Err(e) => result = Err(ProcessorError::Other(format!("the HTTP server stopped: {e}"))),
+                    if let Err(e) = joined {
+                        result = Err(ProcessorError::Other(format!("the HTTP server stopped: {e}")));
                     }
                     break;
                 }
@@ -580,6 +690,115 @@ impl Source for HttpServer {
         tracing::info!(node = %self.node, %addr, "stopped listening");
         result
     }
+}
+
+/// What bounds the server's connections.
+struct Limits {
+    header_timeout: Duration,
+    max_connections: usize,
+}
+
+/// Serve `app` on `listener` until `stopping`, then close every connection within
+/// [`STOP_TIMEOUT`].
+///
+/// hyper reads each connection with a header read timeout (which also closes idle and
+/// kept-alive connections); the handler bounds the body. At most `max_connections` are open:
+/// beyond that the listener is not polled, so clients wait in the OS's accept queue. On stop the
+/// listener closes, each connection gets hyper's graceful shutdown (an idle one closes now, a
+/// busy one after its answer, which the handler makes `503` at once) and whatever is still open
+/// after [`STOP_TIMEOUT`] (a client that does not read its answer) is dropped.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: Limits,
+    stopping: CancellationToken,
+    node: String,
+) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut conns = JoinSet::new();
+    let mut failing = false;
+    loop {
+        let slot = tokio::select! {
+            biased;
+            () = stopping.cancelled() => break,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+        };
+        let accepted = tokio::select! {
+            biased;
+            () = stopping.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        while conns.try_join_next().is_some() {}
+        let stream = match accepted {
+            Ok((stream, _)) => {
+                failing = false;
+                stream
+            }
+            // The client gave up before it was accepted: not the server's problem.
+            Err(e) if is_connection_error(&e) => continue,
+            Err(e) => {
+                // Out of file descriptors, mostly: wait for connections to close.
+                if !failing {
+                    tracing::warn!(node = %node, error = %e, "cannot accept connections; retrying");
+                }
+                failing = true;
+                tokio::select! {
+                    () = stopping.cancelled() => break,
+                    () = tokio::time::sleep(ACCEPT_RETRY) => continue,
+                }
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = http.serve_connection(
+            hyper_util::rt::TokioIo::new(stream),
+            hyper_util::service::TowerToHyperService::new(app.clone()),
+        );
+        let stopping = stopping.clone();
+        conns.spawn(async move {
+            let _slot = slot;
+            let mut conn = std::pin::pin!(conn);
+            let ended = tokio::select! {
+                r = conn.as_mut() => r,
+                () = stopping.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            // A client that went away or timed out: nothing to do about it.
+            if let Err(e) = ended {
+                tracing::debug!(error = %e, "connection ended");
+            }
+        });
+    }
+    drop(listener);
+    let open = async { while conns.join_next().await.is_some() {} };
+    if tokio::time::timeout(STOP_TIMEOUT, open).await.is_err() {
+        tracing::warn!(
+            node = %node,
+            connections = conns.len(),
+            "closing connections still open 5s after the stop"
+        );
+        conns.shutdown().await;
+    }
+}
+
+/// How long to wait before accepting again after an error (such as too many open files).
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+/// An accept error about one connection (the listener is fine).
+fn is_connection_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+    )
 }
 
 async fn forward(

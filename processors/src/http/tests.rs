@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use flow_core::ack::AckStatus;
 use flow_core::processor::{ProcessorConfig, Source, SourceContext};
-use flow_core::record::{JsonView, Record};
+use flow_core::record::{JsonView, Record, finish_all};
 use flow_core::runtime::CancellationToken;
 use flow_core::runtime::edge::{EdgeReceiver, WhenFull, edge};
 use flow_core::runtime::emit::Emitter;
@@ -516,6 +516,218 @@ async fn a_body_that_is_not_what_was_configured_goes_to_failure() {
     assert!(failed[0].value().is_ok());
 }
 
+/// A static file served as Python's `http.server` (`/python`) and nginx (`/nginx`) serve one:
+/// `Last-Modified` is the file's modification time and `Date` the server's clock, both in whole
+/// seconds (a clock the test sets here). `If-Modified-Since` is answered `304` when the file is
+/// not newer; `/nginx` also sends an `ETag` made of the modification time and the size, and
+/// answers `304` to a matching `If-None-Match`.
+#[derive(Default)]
+struct StaticFile {
+    clock: AtomicU64,
+    mtime: AtomicU64,
+    body: Mutex<String>,
+    not_modified: AtomicU64,
+}
+
+impl StaticFile {
+    /// Rewrite the file now (by the server's clock).
+    fn write(&self, body: &str) {
+        *self.body.lock().expect("lock") = body.to_owned();
+        self.mtime
+            .store(self.clock.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+}
+
+async fn static_file(State(f): State<Arc<StaticFile>>, headers: HeaderMap, uri: Uri) -> Response {
+    let at = |secs: u64| std::time::UNIX_EPOCH + Duration::from_secs(secs);
+    let secs = |v: &axum::http::HeaderValue| {
+        let t = httpdate::parse_http_date(v.to_str().ok()?).ok()?;
+        t.duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_secs())
+    };
+    let mtime = f.mtime.load(Ordering::SeqCst);
+    let body = f.body.lock().expect("lock").clone();
+    let tag = format!("\"{mtime:x}-{:x}\"", body.len());
+    let nginx = uri.path() == "/nginx";
+    let fresh = match headers.get(header::IF_NONE_MATCH) {
+        Some(inm) if nginx => inm.as_bytes() == tag.as_bytes(),
+        _ => headers
+            .get(header::IF_MODIFIED_SINCE)
+            .and_then(secs)
+            .is_some_and(|since| mtime <= since),
+    };
+    let mut r = if fresh {
+        f.not_modified.fetch_add(1, Ordering::SeqCst);
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        body.into_response()
+    };
+    let h = r.headers_mut();
+    let date = httpdate::fmt_http_date(at(f.clock.load(Ordering::SeqCst)));
+    h.insert(header::DATE, date.parse().expect("date"));
+    let modified = httpdate::fmt_http_date(at(mtime));
+    h.insert(header::LAST_MODIFIED, modified.parse().expect("date"));
+    if nginx {
+        h.insert(header::ETAG, tag.parse().expect("etag"));
+    }
+    r
+}
+
+/// The contents of the next batch a poller emits (within 20 s).
+async fn next_batch(out: &mut EdgeReceiver) -> Vec<String> {
+    let batch = tokio::time::timeout(Duration::from_secs(20), out.recv())
+        .await
+        .expect("a batch within 20 s")
+        .expect("the poller runs");
+    batch.iter().map(content).collect()
+}
+
+#[tokio::test]
+async fn a_change_within_the_second_of_the_last_answer_is_not_missed() {
+    for path in ["/python", "/nginx"] {
+        let file = Arc::new(StaticFile::default());
+        file.clock.store(1_700_000_000, Ordering::SeqCst);
+        file.write(r#"{"v":1}"#);
+        let app = Router::new()
+            .route("/python", get(static_file))
+            .route("/nginx", get(static_file))
+            .with_state(file.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let mut p = Poller::start(json!({
+            "url": format!("http://{addr}{path}"),
+            "interval": "20ms",
+        }));
+        assert_eq!(next_batch(&mut p.out).await, [r#"{"v":1}"#], "{path}");
+        // Rewritten within the second of that answer: same Last-Modified (and, for nginx,
+        // the same ETag, the size being the same).
+        file.write(r#"{"v":2}"#);
+        assert_eq!(next_batch(&mut p.out).await, [r#"{"v":2}"#], "{path}");
+        // A second later the validators are trusted again: polls are answered 304.
+        file.clock.fetch_add(1, Ordering::SeqCst);
+        wait_for("304s", || file.not_modified.load(Ordering::SeqCst) >= 2).await;
+        file.write(r#"{"v":3}"#);
+        assert_eq!(next_batch(&mut p.out).await, [r#"{"v":3}"#], "{path}");
+        let (out, failed, metrics) = p.stop().await;
+        assert!(out.is_empty() && failed.is_empty(), "each version once");
+        assert!(status(&metrics, "not_modified") >= 2);
+    }
+}
+
+/// Kills the child process when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn every_version_of_a_file_python_serves_is_emitted() {
+    // A real `python3 -m http.server`: it sends Last-Modified and answers If-Modified-Since.
+    let python = std::process::Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !python {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "python3 is missing but CI is set"
+        );
+        eprintln!("skipped: no python3");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |v: u32| {
+        let tmp = dir.path().join("tmp");
+        std::fs::write(&tmp, format!(r#"{{"v":{v}}}"#)).expect("written");
+        std::fs::rename(&tmp, dir.path().join("data.json")).expect("renamed");
+    };
+    write(0);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let _server = Child(
+        std::process::Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .arg("--directory")
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 starts"),
+    );
+    let url = format!("http://127.0.0.1:{port}/data.json");
+    let c = client();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while c.get(&url).send().await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "python3 never served"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut p = Poller::start(json!({ "url": url, "interval": "20ms" }));
+    // Each version is written as soon as the previous one is emitted: mostly within the same
+    // second as the answer that carried it.
+    for v in 0..8 {
+        if v > 0 {
+            write(v);
+        }
+        assert_eq!(next_batch(&mut p.out).await, [format!(r#"{{"v":{v}}}"#)]);
+    }
+    let (out, failed, _) = p.stop().await;
+    assert!(out.is_empty() && failed.is_empty(), "each version once");
+}
+
+#[tokio::test]
+async fn records_over_max_record_size_go_to_failure_with_their_start() {
+    let api = api_with(&[1, 22222, 3]);
+    let addr = start_api(api.clone()).await;
+    // `[{"id":1},{"id":22222},{"id":3}]`: the middle element is 12 bytes, the body 32.
+    let p = Poller::start(json!({
+        "url": format!("http://{addr}/plain"),
+        "interval": "1h",
+        "records": "array",
+        "max_record_size": "10B",
+    }));
+    wait_for("three records", || p.received() >= 3).await;
+    let (mut out, failed, _) = p.stop().await;
+    assert_eq!(ids(&mut out), [1, 3]);
+    assert_eq!(failed.len(), 1);
+    assert_eq!(
+        failed[0].attributes["error.message"],
+        "element 2 is 12 bytes, over max_record_size (10 B); only its first 1024 bytes are kept"
+    );
+    assert_eq!(content(&failed[0]), r#"{"id":22222}"#);
+    let p = Poller::start(json!({
+        "url": format!("http://{addr}/plain"),
+        "interval": "1h",
+        "max_record_size": "10B",
+    }));
+    wait_for("the body", || p.received() >= 1).await;
+    let (out, failed, _) = p.stop().await;
+    assert!(out.is_empty());
+    assert!(
+        failed[0].attributes["error.message"].starts_with("the body is 32 bytes, over"),
+        "{}",
+        failed[0].attributes["error.message"]
+    );
+}
+
 #[test]
 fn link_headers_are_parsed() {
     let mut h = HeaderMap::new();
@@ -877,7 +1089,7 @@ async fn ack_delivered_answers_once_the_flow_has_finished_the_records() {
         !pending.is_finished(),
         "answered before the records were finished"
     );
-    drop(batch);
+    finish_all(batch);
     assert_eq!(
         pending.await.expect("joined"),
         (200, r#"{"accepted":2,"status":"delivered"}"#.to_owned())
@@ -887,7 +1099,7 @@ async fn ack_delivered_answers_once_the_flow_has_finished_the_records() {
     let pending = tokio::spawn(async move { post(&c, &url, r#"{"a":3}"#).await });
     let batch = ing.out.recv().await.expect("a batch");
     batch[0].mark(AckStatus::Failed);
-    drop(batch);
+    finish_all(batch);
     assert_eq!(
         pending.await.expect("joined"),
         (200, r#"{"accepted":1,"status":"failed"}"#.to_owned())
@@ -940,6 +1152,202 @@ async fn a_stopped_server_refuses_new_requests() {
     );
 }
 
+/// A connection to the ingest server that has sent `sent`.
+async fn sent(base: &str, sent: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
+        .await
+        .expect("connect");
+    s.write_all(sent.as_bytes()).await.expect("sent");
+    s
+}
+
+/// Everything the server sends until it closes the connection (or resets it).
+async fn until_closed(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "the server did not close the connection");
+    String::from_utf8_lossy(&got).to_ascii_lowercase()
+}
+
+const STALLED: &str = "POST /ingest HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                       Content-Length: 100\r\n\r\n{\"a\":";
+
+#[tokio::test]
+async fn stalled_clients_get_503_and_do_not_hold_a_graceful_stop() {
+    // No timeout would end these clients: only the stop may.
+    let ing = Ingest::start(
+        json!({ "header_timeout": "1h", "body_timeout": "1h", "retry_after": "2s" }),
+        usize::MAX,
+    );
+    // Headers and part of a body, then nothing.
+    let mut stalled = sent(&ing.base, STALLED).await;
+    // Part of the headers.
+    let mut half = sent(&ing.base, "POST /ingest HTTP/1.1\r\nHost: x\r\n").await;
+    // Connected, nothing sent.
+    let mut idle = Vec::new();
+    for _ in 0..50 {
+        idle.push(sent(&ing.base, "").await);
+    }
+    let metrics = ing.metrics.clone();
+    wait_for("the stalled request to reach the server", || {
+        metrics.snapshot().status.get("requests") == Some(&json!(1))
+    })
+    .await;
+    let stop = tokio::spawn(ing.stop());
+    let answer = until_closed(&mut stalled).await;
+    assert!(answer.starts_with("http/1.1 503"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    assert!(answer.contains("retry-after: 2"), "{answer}");
+    assert!(answer.contains("stopping"), "{answer}");
+    until_closed(&mut half).await;
+    for c in &mut idle {
+        until_closed(c).await;
+    }
+    let (out, _) = tokio::time::timeout(Duration::from_secs(20), stop)
+        .await
+        .expect("slow clients do not hold the stop")
+        .expect("joined");
+    assert!(out.is_empty(), "nothing of the stalled body got in");
+}
+
+#[tokio::test]
+async fn slow_and_idle_clients_are_cut_off() {
+    let ing = Ingest::start(
+        json!({ "header_timeout": "200ms", "body_timeout": "200ms" }),
+        usize::MAX,
+    );
+    // Connected, nothing sent: closed after header_timeout.
+    let mut idle = sent(&ing.base, "").await;
+    assert_eq!(until_closed(&mut idle).await, "");
+    // Headers never finished: closed.
+    let mut half = sent(&ing.base, "POST /ingest HTTP/1.1\r\nHost: x\r\n").await;
+    until_closed(&mut half).await;
+    // The body never finished: 408, and closed.
+    let mut stalled = sent(&ing.base, STALLED).await;
+    let answer = until_closed(&mut stalled).await;
+    assert!(answer.starts_with("http/1.1 408"), "{answer}");
+    assert!(
+        answer.contains("the body did not arrive within 200ms"),
+        "{answer}"
+    );
+    // A kept-alive connection idle after its answer: closed too.
+    let mut kept = sent(
+        &ing.base,
+        "POST /ingest HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\n\r\n{\"a\":1}",
+    )
+    .await;
+    let answer = until_closed(&mut kept).await;
+    assert!(answer.starts_with("http/1.1 202"), "{answer}");
+    let (out, metrics) = ing.stop().await;
+    assert_eq!(out.iter().map(content).collect::<Vec<_>>(), [r#"{"a":1}"#]);
+    assert_eq!(status(&metrics, "body_timeouts"), 1);
+}
+
+#[tokio::test]
+async fn connections_beyond_max_connections_wait_their_turn() {
+    let ing = Ingest::start(
+        json!({ "max_connections": 2, "header_timeout": "1h" }),
+        usize::MAX,
+    );
+    let first = sent(&ing.base, "").await;
+    let _second = sent(&ing.base, "").await;
+    let mut third = sent(
+        &ing.base,
+        "POST /ingest HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\nConnection: close\r\n\r\n{\"a\":1}",
+    )
+    .await;
+    let mut buf = [0u8; 64];
+    let early = tokio::time::timeout(
+        Duration::from_millis(300),
+        tokio::io::AsyncReadExt::read(&mut third, &mut buf),
+    )
+    .await;
+    assert!(early.is_err(), "served while two connections were open");
+    drop(first);
+    let answer = until_closed(&mut third).await;
+    assert!(answer.starts_with("http/1.1 202"), "{answer}");
+    let (out, _) = ing.stop().await;
+    assert_eq!(out.len(), 1);
+}
+
+#[tokio::test]
+async fn content_types_and_records_that_are_not_objects_are_refused() {
+    let ing = Ingest::start(json!({ "max_record_size": "64B" }), usize::MAX);
+    let c = client();
+    let send = |ct: &'static str, body: &'static str| {
+        let (c, url) = (c.clone(), ing.url.clone());
+        async move {
+            let r = c
+                .post(url)
+                .header("content-type", ct)
+                .body(body)
+                .send()
+                .await
+                .expect("sent");
+            (r.status().as_u16(), r.text().await.expect("body"))
+        }
+    };
+    let (code, msg) = send("application/x-www-form-urlencoded", r#"{"a":1}"#).await;
+    assert_eq!(code, 415);
+    assert!(
+        msg.contains("application/json") && msg.contains("application/x-ndjson"),
+        "says what is accepted: {msg}"
+    );
+    let (code, msg) = send("application/json", "42").await;
+    assert_eq!(code, 400);
+    assert!(
+        msg.contains("the body: a record must be a JSON object, not a number"),
+        "{msg}"
+    );
+    let (code, msg) = send("application/json", r#"[1, "a"]"#).await;
+    assert_eq!(code, 400);
+    assert!(
+        msg.contains("element 1: a record must be a JSON object"),
+        "{msg}"
+    );
+    let (code, msg) = send("application/x-ndjson", "{\"a\":1}\n[1]\n").await;
+    assert_eq!(code, 400);
+    assert!(
+        msg.contains("line 2: a record must be a JSON object, not an array"),
+        "{msg}"
+    );
+    let (code, msg) = send(
+        "application/x-ndjson",
+        "{\"a\":1}\n{\"a\":\"0123456789012345678901234567890123456789012345678901234567890\"}\n",
+    )
+    .await;
+    assert_eq!(code, 413);
+    assert!(
+        msg.contains("line 2 is 69 bytes, over max_record_size (64 B)"),
+        "{msg}"
+    );
+    // Blank lines, whitespace only or not, are skipped.
+    assert_eq!(
+        send(
+            "application/x-ndjson",
+            "{\"a\":1}\n   \n\t\r\n\n{\"a\":2}\n"
+        )
+        .await,
+        (202, r#"{"accepted":2}"#.to_owned())
+    );
+    assert_eq!(
+        send("application/json; charset=utf-8", r#"[{"a":3}]"#)
+            .await
+            .0,
+        202
+    );
+    let (out, metrics) = ing.stop().await;
+    assert_eq!(
+        out.iter().map(content).collect::<Vec<_>>(),
+        [r#"{"a":1}"#, r#"{"a":2}"#, r#"{"a":3}"#]
+    );
+    assert_eq!(status(&metrics, "rejected_type"), 1);
+    assert_eq!(status(&metrics, "rejected_malformed"), 3);
+    assert_eq!(status(&metrics, "rejected_too_large"), 1);
+}
+
 #[test]
 fn server_configs_are_validated() {
     let bad: HttpServerConfig = testing::config(json!({
@@ -967,18 +1375,129 @@ fn server_configs_are_validated() {
     assert_eq!(same.validate().len(), 1);
 }
 
+fn rules(kind: BodyType) -> BodyRules {
+    BodyRules {
+        kind,
+        max_record: 64,
+        max_record_size: bytesize::ByteSize::b(64),
+        view: JsonView::Lazy,
+    }
+}
+
+fn parse(kind: BodyType, s: &str) -> Result<usize, Refused> {
+    rules(kind)
+        .parse(&Bytes::copy_from_slice(s.as_bytes()))
+        .map(|r| r.len())
+}
+
 #[test]
 fn bodies_parse_all_or_nothing() {
-    let ok = |s: &str| {
-        parse_body(&Bytes::copy_from_slice(s.as_bytes()), JsonView::Lazy).map(|r| r.len())
-    };
+    let ok = |s: &str| parse(BodyType::Either, s).map_err(|e| e.message().to_owned());
     assert_eq!(ok(r#"{"a":1}"#), Ok(1));
-    assert_eq!(ok(r#"[1, "two", {"three":3}]"#), Ok(3));
+    assert_eq!(ok(r#"[{"a":1}, {"b":2}]"#), Ok(2));
     assert_eq!(ok("{\"a\":1}\n\n{\"a\":2}"), Ok(2));
-    assert_eq!(ok("[]").map_err(|_| ()), Ok(0));
-    assert!(ok("{\"a\":1}\nnope\n").is_err_and(|e| e.contains("line 2")));
-    assert!(ok("").is_err());
+    assert_eq!(
+        ok("{\"a\":1}\n \t\n\r\n{\"a\":2}\n  "),
+        Ok(2),
+        "blank lines are skipped"
+    );
+    assert_eq!(ok("[]"), Ok(0));
+    assert!(ok("{\"a\":1}\nnope\n").is_err_and(|e| e.starts_with("line 2: ")));
+    assert_eq!(ok(""), Err("the body is empty".into()));
+    assert_eq!(ok(" \n\t"), Err("the body is empty".into()));
     assert!(ok("[1,").is_err());
+}
+
+#[test]
+fn every_record_must_be_an_object() {
+    let err = |kind, s: &str| match parse(kind, s) {
+        Err(Refused::Malformed(m)) => m,
+        other => panic!("{s}: {other:?}"),
+    };
+    assert_eq!(
+        err(BodyType::Either, "42"),
+        "line 1: a record must be a JSON object, not a number"
+    );
+    assert_eq!(
+        err(BodyType::Json, "42"),
+        "the body: a record must be a JSON object, not a number"
+    );
+    assert_eq!(
+        err(BodyType::Either, r#"[{"a":1}, 1, "a"]"#),
+        "element 2: a record must be a JSON object, not a number"
+    );
+    assert_eq!(
+        err(BodyType::Json, r#"[[1], {"a":1}]"#),
+        "element 1: a record must be a JSON object, not an array"
+    );
+    assert_eq!(
+        err(BodyType::Lines, "{\"a\":1}\n\n\"s\"\n"),
+        "line 3: a record must be a JSON object, not a string"
+    );
+    assert_eq!(
+        err(BodyType::Either, "{\"a\":1}\nnull"),
+        "line 2: a record must be a JSON object, not null"
+    );
+    assert_eq!(
+        err(BodyType::Either, "{\"a\":1}\n true"),
+        "line 2: a record must be a JSON object, not a boolean"
+    );
+}
+
+#[test]
+fn the_content_type_says_how_a_body_is_read() {
+    let of = |ct: &str| BodyType::of(Some(ct.as_bytes()));
+    assert_eq!(BodyType::of(None), Ok(BodyType::Either));
+    assert_eq!(of("application/json"), Ok(BodyType::Json));
+    assert_eq!(of("Application/JSON; charset=UTF-8"), Ok(BodyType::Json));
+    assert_eq!(of("application/vnd.acme.reading+json"), Ok(BodyType::Json));
+    for lines in [
+        "application/x-ndjson",
+        "application/ndjson",
+        "application/jsonl",
+        "application/x-jsonlines",
+    ] {
+        assert_eq!(of(lines), Ok(BodyType::Lines), "{lines}");
+    }
+    assert_eq!(of("text/plain; charset=utf-8"), Ok(BodyType::Either));
+    let refused = of("application/x-www-form-urlencoded").expect_err("refused");
+    assert!(
+        refused.starts_with("`Content-Type: application/x-www-form-urlencoded` is not accepted: send application/json"),
+        "{refused}"
+    );
+    assert!(refused.contains("application/x-ndjson"), "{refused}");
+    assert!(of("application/json; charset=latin1").is_err());
+    assert!(of("not a type").is_err());
+
+    // JSON is one document; JSON lines are lines, even when the first one spans the body.
+    assert_eq!(parse(BodyType::Lines, "{\"a\":1}\n{\"a\":2}\n"), Ok(2));
+    assert!(parse(BodyType::Lines, "{\n\"a\": 1}").is_err());
+    match parse(BodyType::Json, "{\"a\":1}\n{\"a\":2}\n") {
+        Err(Refused::Malformed(m)) => assert!(m.contains("application/x-ndjson"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(parse(BodyType::Json, "{\n  \"a\": 1\n}\n"), Ok(1));
+}
+
+#[test]
+fn a_record_over_max_record_size_refuses_the_body_naming_it() {
+    let big = format!(r#"{{"a":"{}"}}"#, "x".repeat(100));
+    let too_large = |kind, body: &str| match parse(kind, body) {
+        Err(Refused::TooLarge(m)) => m,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        too_large(BodyType::Either, &format!("{{\"a\":1}}\n{big}\n")),
+        "line 2 is 108 bytes, over max_record_size (64 B)"
+    );
+    assert_eq!(
+        too_large(BodyType::Json, &format!("[{{\"a\":1}}, {big}]")),
+        "element 2 is 108 bytes, over max_record_size (64 B)"
+    );
+    assert_eq!(
+        too_large(BodyType::Json, &big),
+        "the body is 108 bytes, over max_record_size (64 B)"
+    );
 }
 
 #[test]

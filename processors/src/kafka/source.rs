@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytesize::ByteSize;
 use indexmap::IndexMap;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
@@ -38,7 +39,9 @@ use super::{Brokers, FlowContext, KafkaProcessorError, client_config, validate_c
 /// is committed. When more than `max_inflight` records are in the flow, the source pauses its
 /// partitions (the consumer stays in the group) and resumes once the flow has drained to half.
 /// Records carry attributes `kafka.topic`, `kafka.partition`, `kafka.offset`, `kafka.key`,
-/// `kafka.timestamp` (ms) and one attribute per message header.
+/// `kafka.timestamp` (ms) and one attribute per message header. A value that is not JSON (with
+/// `format: json`), or larger than `max_record_size` (only its first 1 KiB is kept), goes to
+/// `failure`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSourceConfig {
@@ -69,6 +72,11 @@ pub struct KafkaSourceConfig {
     /// `sasl.password: ${KAFKA_PASSWORD}`, ...). See librdkafka's CONFIGURATION.md.
     #[serde(default)]
     pub properties: IndexMap<String, String>,
+    /// The largest message value taken as a record, like `1MiB`; a larger one goes to
+    /// `failure` with its first 1 KiB (and its offset is committed like any other).
+    #[serde(default = "crate::record_size::default_max_record_size")]
+    #[schemars(with = "String")]
+    pub max_record_size: ByteSize,
 }
 
 /// Where a new consumer group starts.
@@ -153,6 +161,7 @@ impl ProcessorConfig for KafkaSourceConfig {
                 "must be more than 0s",
             ));
         }
+        crate::record_size::validate(self.max_record_size, None, &mut errors);
         if errors.is_empty()
             && let Err(e) = self.client_config("check").create_native_config()
         {
@@ -290,10 +299,6 @@ impl ConsumerContext for SourceContextKafka {
     }
 }
 
-fn other(e: impl std::fmt::Display) -> ProcessorError {
-    ProcessorError::Other(e.to_string())
-}
-
 /// A batch in the flow: its sequence number, the assignment epoch it was read in, and per
 /// partition the offset after its last record.
 struct InFlight {
@@ -314,7 +319,17 @@ impl KafkaSource {
         reason = "the record is handed back on the rare error path"
     )]
     fn record(&self, m: &BorrowedMessage<'_>) -> Result<Record, (Record, String)> {
-        let payload = bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default());
+        let value = m.payload().unwrap_or_default();
+        if value.len() > crate::record_size::bytes(self.cfg.max_record_size) {
+            let (r, e) = crate::record_size::oversized(
+                value,
+                value.len() as u64,
+                self.cfg.max_record_size,
+                "the value",
+            );
+            return Err((attributes(r, m), e));
+        }
+        let payload = bytes::Bytes::copy_from_slice(value);
         let r = match self.cfg.format {
             crate::mqtt::source::PayloadFormat::Json => match Record::json(payload, self.json_view)
             {
@@ -440,14 +455,14 @@ impl Source for KafkaSource {
             .cfg
             .client_config(&name)
             .create_with_context(context)
-            .map_err(|e| other(KafkaProcessorError::Config(e.to_string())))?;
+            .map_err(|e| ProcessorError::other(KafkaProcessorError::Config(e.to_string())))?;
         let topics: Vec<&str> = self.cfg.topics.iter().map(String::as_str).collect();
         consumer
             .subscribe(&topics)
-            .map_err(|e| other(KafkaProcessorError::Fatal(e.to_string())))?;
+            .map_err(|e| ProcessorError::other(KafkaProcessorError::Fatal(e.to_string())))?;
         tracing::info!(node = %name, topics = ?self.cfg.topics, group = %self.cfg.group, "subscribed");
         let mut st = State {
-            tracker: AckTracker::new(),
+            tracker: AckTracker::named(name.clone()),
             commit: InOrderCommit::new(),
             batches: VecDeque::new(),
             in_flow: 0,
@@ -539,7 +554,7 @@ impl Source for KafkaSource {
             let mut batch = Output::new(name.clone(), out.port_count());
             for (port, records) in pending.drain() {
                 for r in records {
-                    batch.push(port, r.with_acks(Acks::One(token.clone())));
+                    batch.push(port, r.with_acks(Acks::one(token.clone())));
                 }
             }
             drop(token);
@@ -553,7 +568,7 @@ impl Source for KafkaSource {
                 tokio::select! {
                     r = &mut flush => {
                         if let Err(e) = r {
-                            break 'run Err(other(e));
+                            break 'run Err(ProcessorError::other(e));
                         }
                         break;
                     }

@@ -5,6 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytesize::ByteSize;
 use flow_core::ack::{AckTracker, Acks, Finished, InOrderCommit};
 use flow_core::processor::{
     BuildContext, BuildError, ConfigError, Describe, Kind, Output, PortId, Processor,
@@ -30,7 +31,8 @@ use super::{
 /// not emitted twice; duplicates come only from acks lost with the connection or the process). At
 /// most `max_inflight` messages are in the flow at once; beyond that the source stops reading
 /// and the broker holds the backlog. Records carry attributes `mqtt.topic`, `mqtt.qos` and
-/// `mqtt.retain`. A payload that is not JSON (with `format: json`) goes to `failure`. Lost
+/// `mqtt.retain`. A payload that is not JSON (with `format: json`), or larger than
+/// `max_record_size` (only its first 1 KiB is kept), goes to `failure`. Lost
 /// connections are retried with capped exponential backoff (one log line per burst of
 /// attempts); refused credentials stop the flow with an error.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -94,6 +96,11 @@ pub struct MqttSourceConfig {
     /// a lone message is not held back).
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
+    /// The largest payload taken as a record, like `1MiB` (at most 16 MiB, the largest packet
+    /// the client reads); a larger one goes to `failure` with its first 1 KiB.
+    #[serde(default = "crate::record_size::default_max_record_size")]
+    #[schemars(with = "String")]
+    pub max_record_size: ByteSize,
 }
 
 /// How a payload becomes a record.
@@ -184,6 +191,11 @@ impl ProcessorConfig for MqttSourceConfig {
         if self.batch_size == 0 {
             errors.push(ConfigError::new(&["batch_size"], "must be at least 1"));
         }
+        crate::record_size::validate(
+            self.max_record_size,
+            Some(ByteSize::b(super::MAX_PACKET as u64)),
+            &mut errors,
+        );
         errors
     }
 
@@ -355,10 +367,6 @@ impl Acker {
     }
 }
 
-fn other(e: impl std::fmt::Display) -> ProcessorError {
-    ProcessorError::Other(e.to_string())
-}
-
 /// How many requests (acks, mostly) the client's queue holds.
 const ACK_QUEUE: usize = 64;
 /// How long to wait before trying again to queue acks the client could not take.
@@ -373,6 +381,15 @@ impl MqttSource {
         reason = "the record is handed back on the rare error path"
     )]
     fn record(&self, m: &Message) -> Result<Record, (Record, String)> {
+        if m.payload.len() > crate::record_size::bytes(self.cfg.max_record_size) {
+            let (r, e) = crate::record_size::oversized(
+                &m.payload,
+                m.payload.len() as u64,
+                self.cfg.max_record_size,
+                "the payload",
+            );
+            return Err((with_attributes(r, m), e));
+        }
         let mut r = match self.cfg.format {
             PayloadFormat::Json => match Record::json(m.payload.clone(), self.json_view) {
                 Ok(r) => r,
@@ -425,10 +442,10 @@ impl Source for MqttSource {
                 events: batch_size,
             },
         )
-        .map_err(other)?;
+        .map_err(ProcessorError::other)?;
         let mut a = Acker {
             client: client.clone(),
-            tracker: AckTracker::new(),
+            tracker: AckTracker::named(name.clone()),
             commit: InOrderCommit::new(),
             batches: VecDeque::new(),
             due: VecDeque::new(),
@@ -450,14 +467,14 @@ impl Source for MqttSource {
                 _ = shutdown.cancelled() => break Ok(()),
                 Some(f) = a.tracker.next(), if a.tracker.outstanding() > 0 => {
                     if let Err(e) = a.finished(f) {
-                        break Err(other(e));
+                        break Err(ProcessorError::other(e));
                     }
                     metrics.set_status("acked", serde_json::json!(a.acked));
                     continue;
                 }
                 _ = tokio::time::sleep(ACK_RETRY), if !a.due.is_empty() => {
                     if let Err(e) = a.send_due() {
-                        break Err(other(e));
+                        break Err(ProcessorError::other(e));
                     }
                     continue;
                 }
@@ -467,7 +484,7 @@ impl Source for MqttSource {
             if !a.due.is_empty()
                 && let Err(e) = a.send_due()
             {
-                break Err(other(e));
+                break Err(ProcessorError::other(e));
             }
             // Take what is already there, up to a batch, without waiting.
             let mut next = event;
@@ -475,7 +492,7 @@ impl Source for MqttSource {
                 let Some(event) = next.take() else {
                     if batch_acks.is_empty() {
                         // The event loop ended without a fatal error: the client is gone.
-                        break 'run Err(other(MqttError::ClientGone));
+                        break 'run Err(ProcessorError::other(MqttError::ClientGone));
                     }
                     break;
                 };
@@ -502,12 +519,12 @@ impl Source for MqttSource {
                         if (first_connect || !session_present)
                             && let Err(e) = client.subscribe(&self.cfg.topics, self.cfg.qos).await
                         {
-                            break 'run Err(other(e));
+                            break 'run Err(ProcessorError::other(e));
                         }
                         first_connect = false;
                         // Acks due from the previous connection are void now.
                         if let Err(e) = a.send_due() {
-                            break 'run Err(other(e));
+                            break 'run Err(ProcessorError::other(e));
                         }
                     }
                     MqttEvent::Disconnected => {
@@ -517,12 +534,14 @@ impl Source for MqttSource {
                     MqttEvent::SubAck(codes) => {
                         if let Some(i) = codes.iter().position(|ok| !ok) {
                             let topic = self.cfg.topics.get(i).cloned().unwrap_or_default();
-                            break 'run Err(other(MqttError::SubscriptionRefused(topic)));
+                            break 'run Err(ProcessorError::other(MqttError::SubscriptionRefused(
+                                topic,
+                            )));
                         }
                         tracing::info!(node = %name, topics = ?self.cfg.topics, "subscribed");
                         metrics.set_status("subscribed", serde_json::json!(true));
                     }
-                    MqttEvent::Fatal(e) => break 'run Err(other(e)),
+                    MqttEvent::Fatal(e) => break 'run Err(ProcessorError::other(e)),
                     MqttEvent::Sent(_) | MqttEvent::Confirmed(_) => {}
                 }
                 if batch_acks.len() >= batch_size || a.in_flow + batch_acks.len() >= max_inflight {
@@ -545,14 +564,14 @@ impl Source for MqttSource {
             let mut batch = Output::new(name.clone(), out.port_count());
             for (port, records) in pending.drain() {
                 for r in records {
-                    batch.push(port, r.with_acks(Acks::One(token.clone())));
+                    batch.push(port, r.with_acks(Acks::one(token.clone())));
                 }
             }
             drop(token);
             metrics.add_received(n as u64);
             // Waits while the flow is full: back-pressure.
             if let Err(e) = out.flush(&mut batch).await {
-                break Err(other(e));
+                break Err(ProcessorError::other(e));
             }
         };
         // Let the flow drain, then acknowledge what it finished.

@@ -151,7 +151,7 @@ pub async fn run(config: &WasmConfig, batches: Vec<Vec<Record>>) -> Run {
         let token = tracker.token(i as u64);
         let batch = batch
             .into_iter()
-            .map(|r| r.with_acks(Acks::One(token.clone())))
+            .map(|r| r.with_acks(Acks::one(token.clone())))
             .collect();
         drop(token);
         in_tx.send(batch).await.expect("the processor takes input");
@@ -169,29 +169,38 @@ pub async fn run(config: &WasmConfig, batches: Vec<Vec<Record>>) -> Run {
         }
         records.push(port);
     }
-    // Copies of the outputs the test looks at, without tokens; the originals finish now.
+    // Copies of the outputs the test looks at, without tokens; the originals finish now, as a
+    // sink finishes what it wrote.
     let kept: Vec<Vec<Record>> = records
         .iter()
         .map(|p| {
             p.iter()
                 .map(|r| {
                     let mut c = r.clone();
-                    drop(c.take_acks());
+                    c.take_acks().release();
                     c
                 })
                 .collect()
         })
         .collect();
-    drop(records);
+    records.into_iter().flatten().for_each(Record::finish);
     let mut finished = vec![None; n];
     while let Some(f) = tracker.try_next() {
         finished[f.seq as usize] = Some(f.status);
     }
-    let finished = finished
+    let finished: Vec<AckStatus> = finished
         .into_iter()
         .enumerate()
         .map(|(i, s)| s.unwrap_or_else(|| panic!("batch {i} never finished")))
         .collect();
+    // A run that ended well finishes every input explicitly: forwarded, dropped on purpose or
+    // failed, never lost.
+    if result.is_ok() {
+        assert!(
+            !finished.contains(&AckStatus::Abandoned),
+            "the processor abandoned an input: {finished:?}"
+        );
+    }
     Run {
         ports,
         records: kept,
