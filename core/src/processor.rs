@@ -118,7 +118,8 @@ impl ConfigError {
                 path: path.iter().map(|s| s.to_string()).collect(),
                 offset: d.span.map(|s| s.0),
                 message: format!("invalid expression: {}", d.message),
-                help: d.notes.first().cloned(),
+                // Every explanation, one per line.
+                help: (!d.notes.is_empty()).then(|| d.notes.join("\n")),
             })
             .collect()
     }

@@ -328,11 +328,13 @@ impl WindowAggregateConfig {
                 Err(e) => errors.push(ConfigError::new(&["aggregates", name], e.to_string())),
             }
         }
-        if self.max_open_windows == 0 || self.max_keys == 0 {
-            errors.push(ConfigError::new(
-                &["max_open_windows"],
-                "limits must be at least 1",
-            ));
+        for (key, limit) in [
+            ("max_open_windows", self.max_open_windows),
+            ("max_keys", self.max_keys),
+        ] {
+            if limit == 0 {
+                errors.push(ConfigError::new(&[key], "must be at least 1"));
+            }
         }
         if self.checkpoint_interval.is_zero() {
             errors.push(ConfigError::new(
