@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use crate::module::Module;
 use crate::processor::WasmProcessor;
-use crate::sandbox::{DirGrant, Grants, Instance, Limits};
+use crate::sandbox::{DirGrant, FlowTime, Grants, Instance, Limits};
 
 /// Run a WebAssembly plugin (a component of the `flow:plugin@0.1` world) on every record.
 ///
@@ -109,8 +109,9 @@ pub struct GrantsConfig {
     /// TCP, UDP and name lookups to any address (default false).
     #[serde(default)]
     pub network: bool,
-    /// The real clocks (default false: the plugin reads the Unix epoch, so its output depends
-    /// only on its input).
+    /// The clocks (default false: the plugin reads the Unix epoch, so its output depends only
+    /// on its input). The wall clock reads the flow's processing time when the batch was handed
+    /// over (in `flow test`, the test's clock); the monotonic clock is the real one.
     #[serde(default)]
     pub clock: bool,
 }
@@ -248,6 +249,7 @@ impl WasmConfig {
                 .collect(),
             network: self.grants.network,
             clock: self.grants.clock,
+            time: FlowTime::default(),
         }
     }
 
@@ -335,6 +337,7 @@ impl ProcessorConfig for WasmConfig {
         let module = self.module().map_err(BuildError)?;
         let limits = self.limits();
         let grants = self.grants();
+        grants.time.set(ctx.clock.now_ms());
         let config = self.config_text();
         // A config the plugin refuses stops the flow before it starts.
         let mut instance = Instance::new(&module, &limits, &grants, ctx.name.as_str().into())
@@ -357,6 +360,7 @@ impl ProcessorConfig for WasmConfig {
             config,
             self.max_batch,
             self.watch,
+            ctx.clock.clone(),
         ))))
     }
 }

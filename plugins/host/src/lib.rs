@@ -30,7 +30,7 @@ pub mod world;
 pub use bindings::{Input, Level, Outcome, Output, PluginInfo};
 pub use config::{WasmConfig, definition};
 pub use module::Module;
-pub use sandbox::{CallError, DirGrant, Grants, Instance, Limits};
+pub use sandbox::{CallError, DirGrant, FlowTime, Grants, Instance, Limits};
 
 use std::path::PathBuf;
 

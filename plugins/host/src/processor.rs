@@ -24,6 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use flow_core::clock::Clock;
 use flow_core::processor::{Output, PortId, ProcessorError, TaskContext, TaskTransform};
 use flow_core::record::Record;
 use flow_core::runtime::metrics::NodeMetrics;
@@ -42,6 +43,7 @@ const LOG_EVERY: Duration = Duration::from_secs(5);
 
 /// The built processor.
 pub struct WasmProcessor {
+    clock: Clock,
     worker: Worker,
 }
 
@@ -54,10 +56,12 @@ impl WasmProcessor {
         config: String,
         max_batch: usize,
         watch: Duration,
+        clock: Clock,
     ) -> Self {
         let path = module.path.clone();
         let stamp = stamp(&path);
         Self {
+            clock,
             worker: Worker {
                 name: Arc::from(""),
                 ports: module.info.outputs.clone(),
@@ -83,13 +87,15 @@ impl WasmProcessor {
 
 struct Job {
     batch: Vec<Record>,
+    /// The flow's processing time when the batch was handed over (a granted wall clock).
+    now_ms: i64,
     reply: oneshot::Sender<Output>,
 }
 
 #[async_trait]
 impl TaskTransform for WasmProcessor {
     async fn run(self: Box<Self>, mut ctx: TaskContext) -> Result<(), ProcessorError> {
-        let mut worker = self.worker;
+        let WasmProcessor { clock, mut worker } = *self;
         worker.name = ctx.name.clone();
         worker.metrics = Some(ctx.metrics.clone());
         worker.publish();
@@ -116,7 +122,7 @@ impl TaskTransform for WasmProcessor {
                         Some(batch) => {
                             ctx.metrics.add_received(batch.len() as u64);
                             let (reply, answer) = oneshot::channel();
-                            tx.send(Job { batch, reply }).await.map_err(|_| stopped())?;
+                            tx.send(Job { batch, now_ms: clock.now_ms(), reply }).await.map_err(|_| stopped())?;
                             pending.push_back(answer);
                         }
                         None => input_done = true,
@@ -186,6 +192,7 @@ impl Worker {
     fn run(mut self, mut rx: mpsc::Receiver<Job>, ports: usize) {
         while let Some(job) = rx.blocking_recv() {
             self.reload_if_changed();
+            self.grants.time.set(job.now_ms);
             let mut out = Output::new(self.name.clone(), ports);
             self.handle(job.batch, &mut out);
             // The task may be gone (the flow is failing); the records then drop with `out`.

@@ -3,7 +3,8 @@
 //! By default a plugin gets nothing from the outside world: no preopened directory (so no
 //! filesystem), no socket (TCP, UDP and name lookups are refused), no environment variable,
 //! no argument, an empty stdin, and clocks frozen at the Unix epoch. A flow grants each of
-//! these per processor (`grants:`). Randomness is always available (hash maps need it).
+//! these per processor (`grants:`); a granted wall clock reads the flow's processing time
+//! ([`FlowTime`]), so that `flow test` drives it as it drives every processor's. Randomness is always available (hash maps need it).
 //! Whatever the guest writes to stdout or stderr goes to the flow's log, bounded.
 //!
 //! Limits hold per instance: the linear memories together may not exceed `memory` (a
@@ -12,6 +13,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -75,8 +77,48 @@ pub struct Grants {
     pub dirs: Vec<DirGrant>,
     /// TCP, UDP and name lookups to any address.
     pub network: bool,
-    /// The real wall and monotonic clocks (otherwise both read zero).
+    /// The clocks: the wall clock reads [`Grants::time`], the monotonic clock is the real one
+    /// (otherwise both read zero).
     pub clock: bool,
+    /// The flow's processing time, as a granted wall clock reads it.
+    pub time: FlowTime,
+}
+
+/// The flow's processing time as a plugin's wall clock reads it: the flow's
+/// [`flow_core::clock::Clock`] when the batch being processed was handed to the plugin (set
+/// by the processor before each call; constant during a call, which its deadline bounds). A
+/// flow's processors never read the system clock themselves, so `flow test` moves this one
+/// too. Clones share the time.
+#[derive(Clone, Debug, Default)]
+pub struct FlowTime(Arc<AtomicI64>);
+
+impl FlowTime {
+    /// The time now is `epoch_ms`.
+    pub fn set(&self, epoch_ms: i64) {
+        self.0.store(epoch_ms, Ordering::Relaxed);
+    }
+
+    /// The time set last, in epoch milliseconds.
+    pub fn get(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl PartialEq for FlowTime {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for FlowTime {}
+
+impl wasmtime_wasi::HostWallClock for FlowTime {
+    fn resolution(&self) -> Duration {
+        Duration::from_millis(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::from_millis(u64::try_from(self.get()).unwrap_or(0))
+    }
 }
 
 /// A host directory lent to a plugin.
@@ -561,7 +603,9 @@ fn wasi_ctx(grants: &Grants, stdout: &Capture, stderr: &Capture) -> Result<WasiC
             .allow_udp(false)
             .allow_ip_name_lookup(false);
     }
-    if !grants.clock {
+    if grants.clock {
+        b.wall_clock(grants.time.clone());
+    } else {
         b.wall_clock(Frozen).monotonic_clock(Frozen);
     }
     Ok(b.build())

@@ -4,7 +4,8 @@
 
 mod common;
 
-use common::{config, plugin, rec, run};
+use common::{config, plugin, rec, run, run_at};
+use flow_core::clock::Clock;
 use flow_core::ack::AckStatus;
 use flow_core::processor::ProcessorConfig;
 use flow_wasm::{Limits, Module, PluginError};
@@ -251,6 +252,32 @@ async fn the_environment_and_the_clock_are_lent_only_when_granted() {
     let real = contained("clock", json!({ "grants": { "clock": true } })).await;
     let now = answered(&real)["now_ms"].as_u64().unwrap_or(0);
     assert!(now > 1_700_000_000_000, "{now}");
+}
+
+/// A granted wall clock is the flow's processing time, as `flow test` drives it: a paused
+/// clock reads its start, and moves when the flow's time moves.
+#[tokio::test(start_paused = true)]
+async fn a_granted_wall_clock_reads_the_flows_processing_time() {
+    const START: i64 = 1_893_456_000_000; // 2030-01-01T00:00:00Z
+    let cfg = config(
+        "hostile",
+        json!({ "mode": "clock" }),
+        json!({ "grants": { "clock": true } }),
+    );
+    let batches = || {
+        vec![
+            vec![rec(GOOD1)],
+            vec![rec(EVIL), rec(GOOD2)],
+            vec![rec(GOOD3)],
+        ]
+    };
+    let r = run_at(&cfg, batches(), Clock::starting_at(START)).await;
+    assert_eq!(answered(&r), json!({ "now_ms": START }));
+
+    let clock = Clock::starting_at(START);
+    tokio::time::advance(std::time::Duration::from_secs(90)).await;
+    let r = run_at(&cfg, batches(), clock).await;
+    assert_eq!(answered(&r), json!({ "now_ms": START + 90_000 }));
 }
 
 #[test]

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Once};
 
 use flow_core::ack::{AckStatus, AckTracker, Acks};
+use flow_core::clock::Clock;
 use flow_core::processor::{BuildContext, Processor, ProcessorConfig, TaskContext};
 use flow_core::record::Record;
 use flow_core::runtime::CancellationToken;
@@ -118,10 +119,17 @@ impl Run {
 
 /// Build `config` and run it over `batches`; batch `i` carries acknowledgement token `i`.
 pub async fn run(config: &WasmConfig, batches: Vec<Vec<Record>>) -> Run {
+    run_at(config, batches, Clock::system()).await
+}
+
+/// [`run`], with the flow's processing time read from `clock`.
+pub async fn run_at(config: &WasmConfig, batches: Vec<Vec<Record>>, clock: Clock) -> Run {
     let errors = config.validate();
     assert!(errors.is_empty(), "invalid config: {errors:?}");
+    let mut ctx = BuildContext::new("plugin");
+    ctx.clock = clock;
     let processor = config
-        .build(&BuildContext::new("plugin"))
+        .build(&ctx)
         .unwrap_or_else(|e| panic!("build: {e}"));
     let Processor::Task(task) = processor else {
         panic!("`wasm` is a task transform");
