@@ -5,8 +5,8 @@
 mod common;
 
 use common::{config, plugin, rec, run, run_at};
-use flow_core::clock::Clock;
 use flow_core::ack::AckStatus;
+use flow_core::clock::Clock;
 use flow_core::processor::ProcessorConfig;
 use flow_wasm::{Limits, Module, PluginError};
 use serde_json::json;

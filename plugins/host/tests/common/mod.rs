@@ -128,9 +128,7 @@ pub async fn run_at(config: &WasmConfig, batches: Vec<Vec<Record>>, clock: Clock
     assert!(errors.is_empty(), "invalid config: {errors:?}");
     let mut ctx = BuildContext::new("plugin");
     ctx.clock = clock;
-    let processor = config
-        .build(&ctx)
-        .unwrap_or_else(|e| panic!("build: {e}"));
+    let processor = config.build(&ctx).unwrap_or_else(|e| panic!("build: {e}"));
     let Processor::Task(task) = processor else {
         panic!("`wasm` is a task transform");
     };
