@@ -352,15 +352,17 @@ impl ProcessorConfig for WasmConfig {
             }
             Err(e) => return Err(BuildError(e.to_string())),
         }
-        Ok(Processor::Task(Box::new(WasmProcessor::new(
-            module,
-            instance,
-            limits,
-            grants,
-            config,
-            self.max_batch,
-            self.watch,
-            ctx.clock.clone(),
-        ))))
+        Ok(Processor::Task(Box::new(
+            WasmProcessor::new(
+                module,
+                instance,
+                limits,
+                grants,
+                config,
+                self.max_batch,
+                self.watch,
+            )
+            .with_clock(ctx.clock.clone()),
+        )))
     }
 }

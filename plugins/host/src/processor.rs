@@ -56,12 +56,11 @@ impl WasmProcessor {
         config: String,
         max_batch: usize,
         watch: Duration,
-        clock: Clock,
     ) -> Self {
         let path = module.path.clone();
         let stamp = stamp(&path);
         Self {
-            clock,
+            clock: Clock::system(),
             worker: Worker {
                 name: Arc::from(""),
                 ports: module.info.outputs.clone(),
@@ -82,6 +81,14 @@ impl WasmProcessor {
                 metrics: None,
             },
         }
+    }
+}
+
+impl WasmProcessor {
+    /// Read processing time from `clock` (the flow's; the system clock otherwise).
+    pub(crate) fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 }
 
