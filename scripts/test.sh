@@ -43,6 +43,16 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 log "generated docs are current"
 cargo run -q -p flow-cli --locked -- docs --check docs/reference
 
+# --- WebAssembly plugins (plugins/): begin -------------------------------------------------
+# The example plugins are WebAssembly components the tests run: built when missing or stale
+# (adds the wasm32-wasip2 rustup target and installs componentize-py from PyPI when missing).
+log "plugins: build"
+bash plugins/build.sh
+log "plugins: format and lint the plugin workspace (plugins/examples, plugins/sdk)"
+(cd plugins/examples && cargo fmt --all -- --check \
+  && env -u RUSTFLAGS cargo clippy --release --locked --target wasm32-wasip2 -q -- -D warnings)
+# --- WebAssembly plugins: end -------------------------------------------------------------
+
 # --- flow test: the unit tests of every example flow (flows/*.test.yaml, docs/testing.md).
 # No server needed: sources and sinks are replaced. Exit 1 on any failing test.
 log "flow tests of the example flows"

@@ -15,6 +15,7 @@ use flow_core::spec::{self, Severity};
 mod api;
 mod client;
 mod docs;
+mod plugin;
 mod progress;
 mod tap;
 mod test_cmd;
@@ -106,6 +107,11 @@ enum Command {
     Processors,
     /// Print the JSON Schema of flow files (for editor autocompletion).
     Schema,
+    /// Make a plugin crate, or show what a plugin declares.
+    Plugin {
+        #[command(subcommand)]
+        command: plugin::PluginCommand,
+    },
     /// Write the processor reference (Markdown, from the config doc comments) into DIR.
     Docs {
         /// Where to write, usually `docs/reference`.
@@ -248,6 +254,7 @@ fn dispatch(
             ExitCode::from(INVALID)
         }),
         Command::Validate { files, format } => validate(&files, format, &registry),
+        Command::Plugin { command } => plugin::run(command).map(|()| ExitCode::SUCCESS),
         Command::Test {
             paths,
             format,

@@ -27,8 +27,10 @@ fn run(c: &mut Command) -> Output {
 fn validate_accepts_every_example_flow() {
     let files = flow_tests::example_flows();
     assert!(files.len() >= 2);
+    let plugins = flow_tests::plugins_dir();
     let out = run(flow()
         .arg("validate")
+        .env("PLUGINS", &plugins)
         .args(&files)
         .env("INPUT", "in.jsonl")
         .env("OUT_DIR", "out")

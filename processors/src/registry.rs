@@ -40,6 +40,7 @@ pub fn builtin() -> Registry {
         ProcessorDef::of::<S3SinkConfig>(),
         ProcessorDef::of::<KafkaSourceConfig>(),
         ProcessorDef::of::<KafkaSinkConfig>(),
+        flow_wasm::definition(),
     ])
 }
 
@@ -71,6 +72,7 @@ mod tests {
                 "s3_sink",
                 "stdin",
                 "stdout",
+                "wasm",
                 "window_aggregate"
             ]
         );

@@ -70,3 +70,30 @@ pub fn node<'a>(
         .unwrap_or_else(|| panic!("no node `{name}` in the report"))
         .counters
 }
+
+/// The built example plugins (`plugins/examples/target/plugins`), building them with
+/// `plugins/build.sh` when one is missing (scripts/test.sh builds them before the tests).
+pub fn plugins_dir() -> PathBuf {
+    static BUILD: std::sync::Once = std::sync::Once::new();
+    let dir = repo().join("plugins/examples/target/plugins");
+    let all = [
+        "alerts",
+        "alerts_py",
+        "hostile",
+        "hostile_v2",
+        "redact",
+        "router",
+        "units",
+        "zscore",
+    ];
+    if all.iter().any(|p| !dir.join(format!("{p}.wasm")).exists()) {
+        BUILD.call_once(|| {
+            let status = std::process::Command::new("bash")
+                .arg(repo().join("plugins/build.sh"))
+                .status()
+                .expect("run plugins/build.sh");
+            assert!(status.success(), "plugins/build.sh failed");
+        });
+    }
+    dir
+}

@@ -8,6 +8,7 @@ use flow_tests::{example_flows, load, node, repo, run};
 
 /// Every variable any example flow may use, set to something plausible.
 fn fake_env() -> HashMap<String, String> {
+    let plugins = flow_tests::plugins_dir().display().to_string();
     [
         ("INPUT", "events.jsonl"),
         ("OUT_DIR", "out"),
@@ -16,6 +17,7 @@ fn fake_env() -> HashMap<String, String> {
         ("REST_URL", "http://127.0.0.1:8000/items"),
         ("INFLUX_URL", "http://127.0.0.1:8428"),
         ("S3_URL", "s3://bucket/prefix"),
+        ("PLUGINS", plugins.as_str()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))

@@ -178,6 +178,11 @@ impl<'a> Source<'a> {
                 if fc == c {
                     break b;
                 }
+                // A `$` skipped is a `${VAR}` the value holds the replacement of: what follows
+                // in the file is not the value's text.
+                if fc == '$' {
+                    return None;
+                }
                 if !fc.is_whitespace() {
                     skipped += 1;
                     if skipped > MAX_SKIP {
@@ -290,5 +295,14 @@ mod tests {
         let at = s.pos(Some(&marker(text, 3)), 1);
         assert_eq!(s.point_into(at.clone(), "éééééé x", 13, 1), at);
         assert_eq!(s.point_into(at.clone(), "éééééé\nx", 13, 1), at);
+    }
+
+    #[test]
+    fn an_interpolated_value_keeps_the_scalar_position() {
+        // `${DIR}` replaced by `/abs/dir`: the value's first `/` is not the file's.
+        let text = "module: ${DIR}/x.wasm\n";
+        let s = Source::new(text);
+        let at = s.pos(Some(&marker(text, 8)), 1);
+        assert_eq!(s.point_into(at.clone(), "/abs/dir/x.wasm", 0, 15), at);
     }
 }
