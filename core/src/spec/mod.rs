@@ -95,6 +95,8 @@ const TOP_KEYS: &[&str] = &[
     "defaults",
     "processors",
     "connections",
+    // The designer's canvas positions: read by the designer, ignored by the engine.
+    crate::document::LAYOUT_KEY,
 ];
 
 /// A processor of the flow.
@@ -811,6 +813,11 @@ pub fn json_schema(registry: &Registry) -> serde_json::Value {
                 "description": "Processors by name.",
                 "propertyNames": { "pattern": "^[A-Za-z0-9_-]+$" },
                 "additionalProperties": { "oneOf": variants }
+            },
+            "layout": {
+                "type": "object",
+                "description": "Canvas positions of the processors, written by flow-designer; the engine ignores it.",
+                "additionalProperties": { "type": "array", "items": { "type": "number" }, "minItems": 2, "maxItems": 2 }
             },
             "connections": {
                 "type": "array",
