@@ -41,6 +41,12 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 log "generated docs are current"
 cargo run -q -p flow-cli --locked -- docs --check docs/reference
 
+# --- flow test: the unit tests of every example flow (flows/*.test.yaml, docs/testing.md).
+# No server needed: sources and sinks are replaced. Exit 1 on any failing test.
+log "flow tests of the example flows"
+cargo run -q -p flow-cli --locked -- test flows/
+# ---
+
 log "servers"
 . scripts/services.sh
 if ! start_mosquitto; then

@@ -13,6 +13,7 @@ use flow_core::runtime::{RunReport, RunningFlow};
 use flow_core::spec::{self, Severity};
 
 mod docs;
+mod test_cmd;
 
 /// Records are made on one worker thread and freed on another; glibc's allocator serialises
 /// that on arena locks (15% of the sensors benchmark was spent waiting on them). mimalloc frees
@@ -53,6 +54,23 @@ enum Command {
         /// Output: `pretty` (with the offending line), `short` (one line each) or `json`.
         #[arg(long, value_enum, default_value_t = Format::Pretty)]
         format: Format,
+    },
+    /// Run the unit tests of flows (`NAME.test.yaml` files; docs/testing.md): records in at
+    /// a node, expectations on ports, a virtual clock, no servers. Exit 1 if any test fails.
+    Test {
+        /// Test files, flow files (their `NAME.test.yaml` beside them) or folders (searched
+        /// for `*.test.yaml`).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// `pretty` (pass/fail and what differs) or `junit` (XML on stdout, for CI).
+        #[arg(long, value_enum, default_value_t = test_cmd::TestFormat::Pretty)]
+        format: test_cmd::TestFormat,
+        /// Run only the tests whose name contains this.
+        #[arg(long, value_name = "NAME")]
+        filter: Option<String>,
+        /// Report a test as hung after this many seconds of real time.
+        #[arg(long, value_name = "SECS", default_value_t = 60)]
+        timeout: u64,
     },
     /// Draw a flow.
     Graph {
@@ -95,9 +113,18 @@ const USAGE: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    // Tests send records to `failure` on purpose: only errors are logged unless asked.
+    init_logging(cli.verbose, matches!(cli.command, Command::Test { .. }));
     match dispatch(cli.command) {
         Ok(code) => code,
+        // `flow schema | head`: the reader has what it wanted.
+        Err(e)
+            if e.is::<StdoutClosed>()
+                || e.downcast_ref::<std::io::Error>()
+                    .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(USAGE)
@@ -105,10 +132,40 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(verbose: u8) {
+/// The reader of stdout went away (`flow processors | head -1`). Like ripgrep, the command
+/// stops quietly and exits 0: the reader chose to stop, and a 141 would fail every
+/// `set -o pipefail` script that only wanted the first lines.
+#[derive(Debug)]
+struct StdoutClosed;
+
+impl std::fmt::Display for StdoutClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stdout was closed")
+    }
+}
+
+impl std::error::Error for StdoutClosed {}
+
+/// Write to stdout (`print!` panics when the reader has gone).
+fn print_out(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
+        Err(e) => Err(anyhow::Error::new(e).context("cannot write to stdout")),
+    }
+}
+
+/// Write to stderr; if it is closed there is nowhere to say so (`eprint!` would panic).
+fn print_err(text: &str) {
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+}
+
+fn init_logging(verbose: u8, quiet: bool) {
     // rustls's platform verifier logs every refused certificate as an error of its own; the
     // processor's warning (burst-limited, with the node and URL) already carries its reason.
     let default = match verbose {
+        0 if quiet => "error",
         0 => "warn,rustls_platform_verifier=off",
         1 => "info,rustls_platform_verifier=off",
         2 => "debug",
@@ -133,19 +190,21 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 .map(|d| d.type_name.len())
                 .max()
                 .unwrap_or(0);
+            let mut list = String::new();
             for d in registry.all() {
-                println!(
-                    "{:width$}  {:9}  {}",
+                list.push_str(&format!(
+                    "{:width$}  {:9}  {}\n",
                     d.type_name,
                     d.kind.to_string(),
                     d.summary()
-                );
+                ));
             }
+            print_out(&list)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Schema => {
             let schema = spec::json_schema(&registry);
-            println!("{}", serde_json::to_string_pretty(&schema)?);
+            print_out(&format!("{}\n", serde_json::to_string_pretty(&schema)?))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Docs { dir, check } => Ok(if docs::write_or_check(&registry, &dir, check)? {
@@ -154,18 +213,30 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             ExitCode::from(INVALID)
         }),
         Command::Validate { files, format } => validate(&files, format, &registry),
+        Command::Test {
+            paths,
+            format,
+            filter,
+            timeout,
+        } => test_cmd::run(
+            &paths,
+            format,
+            filter.as_deref(),
+            Duration::from_secs(timeout),
+            &registry,
+        ),
         Command::Graph { file, format } => {
             let text = read(&file)?;
             let loaded = spec::load_with_env(&text, &registry);
             let Some(flow) = loaded.flow else {
-                print_diagnostics(&file, &text, &loaded.diagnostics, Format::Pretty);
+                print_diagnostics(&file, &text, &loaded.diagnostics, Format::Pretty)?;
                 return Ok(ExitCode::from(INVALID));
             };
             let out = match format {
                 GraphFormat::Dot => flow_core::graph::to_dot(&flow),
                 GraphFormat::Mermaid => flow_core::graph::to_mermaid(&flow),
             };
-            print!("{out}");
+            print_out(&out)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Run {
@@ -180,33 +251,85 @@ fn read(file: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))
 }
 
-fn print_diagnostics(file: &Path, text: &str, diags: &[spec::Diagnostic], format: Format) {
+fn print_diagnostics(
+    file: &Path,
+    text: &str,
+    diags: &[spec::Diagnostic],
+    format: Format,
+) -> anyhow::Result<()> {
     let name = file.display().to_string();
     match format {
-        Format::Pretty => eprint!("{}", spec::render(&name, text, diags)),
-        Format::Short => eprint!("{}", spec::render_short(&name, diags)),
+        Format::Pretty => print_err(&spec::render(&name, text, diags)),
+        Format::Short => print_err(&spec::render_short(&name, diags)),
         Format::Json => {
+            let mut lines = String::new();
             for d in diags {
                 let mut v = serde_json::to_value(d).unwrap_or_default();
                 if let Some(o) = v.as_object_mut() {
                     o.insert("file".into(), name.clone().into());
                 }
-                println!("{v}");
+                lines.push_str(&format!("{v}\n"));
             }
+            print_out(&lines)?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether stdout still has a reader after a print.
+fn still_open(printed: anyhow::Result<()>) -> anyhow::Result<bool> {
+    match printed {
+        Ok(()) => Ok(true),
+        Err(e) if e.is::<StdoutClosed>() => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// A file that cannot be read, reported like a finding so the other files are still checked.
+fn print_unreadable(file: &Path, error: &std::io::Error, format: Format) -> anyhow::Result<()> {
+    let name = file.display().to_string();
+    match format {
+        Format::Pretty | Format::Short => {
+            print_err(&format!("{name}: error: cannot read: {error}\n"));
+            Ok(())
+        }
+        Format::Json => {
+            let v = serde_json::json!({
+                "severity": "error",
+                "message": format!("cannot read: {error}"),
+                "line": 0,
+                "column": 0,
+                "file": name,
+            });
+            print_out(&format!("{v}\n"))
         }
     }
 }
 
+/// Check every file, even after one that is invalid or cannot be read; exit 1 if any is
+/// (also when the reader of the JSON findings stopped reading).
 fn validate(
     files: &[PathBuf],
     format: Format,
     registry: &flow_core::processor::Registry,
 ) -> anyhow::Result<ExitCode> {
     let mut invalid = 0;
+    let mut stdout_open = true;
     for file in files {
-        let text = read(file)?;
+        let text = match std::fs::read_to_string(file) {
+            Ok(t) => t,
+            Err(e) => {
+                if stdout_open {
+                    stdout_open = still_open(print_unreadable(file, &e, format))?;
+                }
+                invalid += 1;
+                continue;
+            }
+        };
         let loaded = spec::load_with_env(&text, registry);
-        print_diagnostics(file, &text, &loaded.diagnostics, format);
+        if stdout_open {
+            stdout_open = still_open(print_diagnostics(file, &text, &loaded.diagnostics, format))?;
+        }
         let errors = loaded
             .diagnostics
             .iter()
@@ -223,9 +346,9 @@ fn validate(
                 } else {
                     String::new()
                 };
-                eprintln!("{}: ok{w}", file.display());
+                print_err(&format!("{}: ok{w}\n", file.display()));
             } else {
-                eprintln!("{}: {errors} error(s)", file.display());
+                print_err(&format!("{}: {errors} error(s)\n", file.display()));
             }
         }
     }
@@ -245,7 +368,7 @@ fn run(
     let text = read(file)?;
     let loaded = spec::load_with_env(&text, registry);
     if !loaded.diagnostics.is_empty() {
-        print_diagnostics(file, &text, &loaded.diagnostics, Format::Pretty);
+        print_diagnostics(file, &text, &loaded.diagnostics, Format::Pretty)?;
     }
     let Some(flow) = loaded.flow else {
         return Ok(ExitCode::from(INVALID));

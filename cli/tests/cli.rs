@@ -514,3 +514,249 @@ connections:
         "{report}"
     );
 }
+
+/// The committed line of a `file` source's checkpoint (0 when it never committed).
+fn committed_line(path: &Path) -> u64 {
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["line"].as_u64())
+        .unwrap_or(0)
+}
+
+/// `n` sensor-like events, 100 ms apart, over 5 devices, with `extra` lines inserted at line
+/// `at` (0-based).
+fn events(n: usize, at: usize, extra: &[&str]) -> String {
+    let mut lines: Vec<String> = (0..n)
+        .map(|i| {
+            format!(
+                r#"{{"device":"d{}","ts":{},"temperature":{}}}"#,
+                i % 5,
+                1_732_300_000_000u64 + 100 * i as u64,
+                60 + i % 40
+            )
+        })
+        .collect();
+    for (j, l) in extra.iter().enumerate() {
+        lines.insert(at + j, (*l).to_owned());
+    }
+    lines.join("\n") + "\n"
+}
+
+const WINDOW_FLOW: &str = r#"
+processors:
+  events: { type: file, path: "${DIR}/in.jsonl", checkpoint: "${DIR}/in.offset", batch_size: 50 }
+  per_device:
+    type: window_aggregate
+    key: .device
+    key_field: device
+    event_time: .ts
+    window: { tumbling: 10s }
+    allowed_lateness: 2s
+    aggregates: { count: count(), max_temperature: max(.temperature) }
+  archive: { type: file_sink, path: "${DIR}/archive.jsonl" }
+  windows: { type: file_sink, path: "${WINDOWS}" }
+  late: { type: file_sink, path: "${DIR}/late.jsonl" }
+connections:
+  - events -> archive
+  - events -> per_device
+  - per_device -> windows
+  - per_device.late -> late
+"#;
+
+fn run_window_flow(dir: &Path, windows: &Path) -> Output {
+    std::fs::write(dir.join("flow.yaml"), WINDOW_FLOW).expect("flow");
+    run(flow()
+        .args(["run", "--quiet"])
+        .arg(dir.join("flow.yaml"))
+        .env("DIR", dir)
+        .env("WINDOWS", windows))
+}
+
+/// A sink that cannot write for good (`/proc/version`: `EIO`) stops the flow with exit 1, and
+/// the window, which failed while it held every record in its state, lets the source commit
+/// none of them (although the other branch wrote them all): the rerun to a good path writes
+/// every window. Before, the failure was a warning, the run exited 0 with the checkpoint past
+/// every line, and a rerun wrote nothing.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_failing_sink_and_a_failing_window_never_let_the_source_commit() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    std::fs::write(d.join("in.jsonl"), events(1000, 0, &[])).expect("input");
+    let failed = run_window_flow(d, Path::new("/proc/version"));
+    assert_eq!(failed.status.code(), Some(1), "{}", text(&failed.stderr));
+    assert!(
+        text(&failed.stderr).contains("/proc/version"),
+        "{}",
+        text(&failed.stderr)
+    );
+    assert_eq!(committed_line(&d.join("in.offset")), 0, "nothing committed");
+
+    let windows = d.join("windows.jsonl");
+    let again = run_window_flow(d, &windows);
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    assert_eq!(committed_line(&d.join("in.offset")), 1000);
+    // The same windows as a run that never failed.
+    let fresh = tempfile::tempdir().expect("tmp");
+    std::fs::write(fresh.path().join("in.jsonl"), events(1000, 0, &[])).expect("input");
+    let reference = fresh.path().join("windows.jsonl");
+    assert!(run_window_flow(fresh.path(), &reference).status.success());
+    assert_eq!(lines_of(&windows), lines_of(&reference));
+    assert_eq!(
+        lines_of(&windows).len(),
+        5 * 10,
+        "5 devices, 100 s of events"
+    );
+}
+
+/// A full device (`/dev/full`) is retried while the flow waits; SIGTERM then stops it within
+/// bounds, the run says the sink gave up (exit 1), and the checkpoint stays before every line
+/// that was not written, so a rerun to a good path writes them all.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_full_device_is_retried_and_a_stop_commits_nothing_unwritten() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    std::fs::write(d.join("in.jsonl"), events(1000, 0, &[])).expect("input");
+    std::fs::write(
+        d.join("flow.yaml"),
+        r#"
+processors:
+  events: { type: file, path: "${DIR}/in.jsonl", checkpoint: "${DIR}/in.offset", batch_size: 50 }
+  out: { type: file_sink, path: "${OUT}" }
+connections:
+  - events -> out
+"#,
+    )
+    .expect("flow");
+    let child = flow()
+        .args(["run", "--quiet"])
+        .arg(d.join("flow.yaml"))
+        .env("DIR", d)
+        .env("OUT", "/dev/full")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let started = Instant::now();
+    let done = child.wait_with_output().expect("wait");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "a bounded stop"
+    );
+    let err = text(&done.stderr);
+    assert_eq!(done.status.code(), Some(1), "{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(err.contains("retrying"), "{err}");
+    assert_eq!(committed_line(&d.join("in.offset")), 0);
+    let out = d.join("out.jsonl");
+    let again = run(flow()
+        .args(["run", "--quiet"])
+        .arg(d.join("flow.yaml"))
+        .env("DIR", d)
+        .env("OUT", &out));
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    assert_eq!(lines_of(&out), lines_of(&d.join("in.jsonl")));
+}
+
+/// Event times no window can handle (the ends of 64-bit integers, a date in 2100) go to
+/// `failure`, logged, and the run is otherwise exactly the run without them: same windows,
+/// same late records, everything committed. Before, 9223372036854775807 panicked the window in
+/// a debug build, with the checkpoint already past every line.
+#[test]
+fn bad_event_times_fail_alone_and_everything_is_committed() {
+    let bad = [
+        r#"{"device":"d1","ts":9223372036854775807,"temperature":1}"#,
+        r#"{"device":"d1","ts":18446744073709551615,"temperature":1}"#,
+        r#"{"device":"d1","ts":-9223372036854775808,"temperature":1}"#,
+        r#"{"device":"d1","ts":4102444800000,"temperature":1}"#,
+    ];
+    let with = tempfile::tempdir().expect("tmp");
+    let without = tempfile::tempdir().expect("tmp");
+    std::fs::write(with.path().join("in.jsonl"), events(700, 350, &bad)).expect("input");
+    std::fs::write(without.path().join("in.jsonl"), events(700, 0, &[])).expect("input");
+    let got = run_window_flow(with.path(), &with.path().join("windows.jsonl"));
+    let want = run_window_flow(without.path(), &without.path().join("windows.jsonl"));
+    assert!(got.status.success(), "{}", text(&got.stderr));
+    assert!(want.status.success(), "{}", text(&want.stderr));
+    let err = text(&got.stderr);
+    assert!(
+        err.contains("the `failure` port has no edge") && err.contains("is out of range"),
+        "{err}"
+    );
+    for f in ["windows.jsonl", "late.jsonl"] {
+        assert_eq!(
+            lines_of(&with.path().join(f)),
+            lines_of(&without.path().join(f)),
+            "{f}"
+        );
+    }
+    assert!(!lines_of(&with.path().join("windows.jsonl")).is_empty());
+    assert_eq!(committed_line(&with.path().join("in.offset")), 704);
+}
+
+/// Late records with no edge on `late` are counted as failed and logged, never dropped
+/// silently.
+#[test]
+fn late_records_on_an_unconnected_port_are_counted_and_logged() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    // 30 s of events, then 10 from its first window, already fired: late.
+    let mut input = events(300, 0, &[]);
+    for i in 0..10 {
+        input.push_str(&format!(
+            "{{\"device\":\"d0\",\"ts\":{},\"temperature\":1}}\n",
+            1_732_300_000_000u64 + i
+        ));
+    }
+    std::fs::write(d.join("in.jsonl"), input).expect("input");
+    std::fs::write(
+        d.join("flow.yaml"),
+        r#"
+processors:
+  events: { type: file, path: "${DIR}/in.jsonl" }
+  per_device:
+    type: window_aggregate
+    key: .device
+    event_time: .ts
+    window: { tumbling: 10s }
+    aggregates: { count: count() }
+  windows: { type: file_sink, path: "${DIR}/windows.jsonl" }
+connections:
+  - events -> per_device
+  - per_device -> windows
+"#,
+    )
+    .expect("flow");
+    let report = d.join("report.json");
+    let out = run(flow()
+        .args(["run", "--quiet"])
+        .arg(d.join("flow.yaml"))
+        .arg("--report")
+        .arg(&report)
+        .env("DIR", d));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("records went to port `late`, which has no edge")
+            && err.contains("records=10"),
+        "{err}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).expect("report")).expect("json");
+    let window = report["nodes"]
+        .as_array()
+        .and_then(|n| n.iter().find(|n| n["name"] == "per_device"))
+        .cloned()
+        .expect("node");
+    assert_eq!(window["failed"], 10, "{window}");
+}

@@ -1,11 +1,21 @@
 //! End-to-end acknowledgement.
 //!
 //! A source hands out one [`AckToken`] per batch it emits; every record of that batch carries a
-//! clone of it (an `Arc` increment, so fan-out copies are cheap). When the last record holding the
-//! token is gone (a sink wrote it, a filter dropped it on purpose, a failure was reported, a
-//! window emitted the aggregate that includes it), the token resolves and the source receives the
-//! batch's sequence number with the worst [`AckStatus`] any of its records reached. Only then may
-//! the source commit (advance a file offset, send a PUBACK, commit a Kafka offset).
+//! clone of it in its [`Acks`] (an `Arc` increment, so fan-out copies are cheap). When the last
+//! holder of the token is gone, the token resolves and the source receives the batch's
+//! sequence number with the worst [`AckStatus`] any of its records reached. Only then may the
+//! source commit (advance a file offset, send a PUBACK, commit a Kafka offset), and only if
+//! the batch is [`Finished::committable`] and every batch before it was too.
+//!
+//! **Finishing is explicit.** Every legitimate end of a record's journey releases its `Acks`:
+//! a sink wrote it ([`crate::record::Record::finish`]), a transform dropped it on purpose
+//! ([`crate::processor::Output::drop_record`]), it failed and was reported (the runtime marks
+//! it `Failed`, then releases it), it left on a port without edges, a `drop_newest` edge shed
+//! it, or a window moved its tokens into the aggregate it emitted or released them once a
+//! checkpoint holds the record. `Acks` dropped any other way (a task that panicked or returned
+//! an error while holding records, in its state or in hand; a transform that lost a record; a
+//! queue whose consumer is gone) mark their batches `Abandoned`: the source commits neither
+//! them nor anything after them, so they are read again after a restart.
 //!
 //! A process crash resolves nothing, so whatever was not committed is read again on restart:
 //! at-least-once delivery.
@@ -19,14 +29,15 @@ use tokio::sync::mpsc;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[repr(u8)]
 pub enum AckStatus {
-    /// Written by a sink, or dropped on purpose (filtered out).
+    /// Written by a sink, or dropped on purpose (filtered out, or on a port with no edge).
     Delivered = 0,
     /// Could not be processed and was reported (sent to a `failure` port with no edge, counted
     /// and logged). The source may commit it: it will not get better by replaying.
     Failed = 1,
-    /// Never reached the end of the flow: dropped unprocessed because the part of the flow
-    /// that should have taken it stopped (a failed processor's queued input). The source must
-    /// not commit it, nor anything after it, so that it is read again after a restart.
+    /// Never reached the end of the flow: its holder stopped without finishing it (a processor
+    /// that panicked or failed with it in hand or in its state, its queued input, a sink that
+    /// gave up writing it at a stop, a transform that lost it). The source must not commit it,
+    /// nor anything after it, so that it is read again after a restart.
     Abandoned = 2,
 }
 
@@ -98,74 +109,134 @@ impl std::fmt::Debug for AckToken {
 /// The acknowledgement tokens a record holds: none (not tracked), one (the usual case), or
 /// several (an aggregate holds the tokens of every batch that contributed to it; duplicates are
 /// merged, so a window over a million records from 100 batches holds 100 tokens).
-#[derive(Clone, Debug, Default)]
-pub enum Acks {
-    /// Not tracked (for example records made by a processor out of nothing).
+///
+/// Finishing is explicit: whoever ends a record's journey calls [`Acks::release`] (through
+/// [`crate::record::Record::finish`], [`crate::processor::Output::drop_record`], a sink's
+/// write, the runtime's failure path). `Acks` dropped without being released (a task that
+/// panicked or returned an error with records in hand, a transform that lost a record) mark
+/// their batches [`AckStatus::Abandoned`], so the source never commits them.
+#[derive(Clone, Default)]
+pub struct Acks(Set);
+
+#[derive(Clone, Default)]
+enum Set {
     #[default]
     None,
-    /// One batch.
     One(AckToken),
-    /// Several batches, without duplicates.
     Many(Vec<AckToken>),
 }
 
+impl Drop for Acks {
+    fn drop(&mut self) {
+        // Not released: whatever held these records stopped without finishing them.
+        self.mark(AckStatus::Abandoned);
+    }
+}
+
+impl std::fmt::Debug for Acks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.tokens()).finish()
+    }
+}
+
+impl From<AckToken> for Acks {
+    fn from(token: AckToken) -> Self {
+        Acks::one(token)
+    }
+}
+
 impl Acks {
+    /// No token: the record is not tracked (made by a processor out of nothing, or a test's).
+    pub const fn none() -> Self {
+        Acks(Set::None)
+    }
+
+    /// One batch's token.
+    pub fn one(token: AckToken) -> Self {
+        Acks(Set::One(token))
+    }
+
+    /// Done with these batches: their status stays what was marked (`Delivered` unless
+    /// something marked worse). Call it exactly when a record's journey legitimately ends.
+    pub fn release(mut self) {
+        // The tokens drop here (their batches resolve once no other holder is left); `self`
+        // is left empty, so its own drop marks nothing.
+        drop(std::mem::take(&mut self.0));
+    }
+
+    /// Mark with `status`, then release.
+    pub fn finish(self, status: AckStatus) {
+        self.mark(status);
+        self.release();
+    }
+
     /// Raise the status of every batch this record belongs to.
     pub fn mark(&self, status: AckStatus) {
-        match self {
-            Acks::None => {}
-            Acks::One(t) => t.mark(status),
-            Acks::Many(ts) => ts.iter().for_each(|t| t.mark(status)),
+        match &self.0 {
+            Set::None => {}
+            Set::One(t) => t.mark(status),
+            Set::Many(ts) => ts.iter().for_each(|t| t.mark(status)),
         }
     }
 
     /// Take over `other`'s tokens (used when records are joined into one).
-    pub fn merge(&mut self, other: Acks) {
-        let incoming: Vec<AckToken> = match other {
-            Acks::None => return,
-            Acks::One(t) => vec![t],
-            Acks::Many(ts) => ts,
+    pub fn merge(&mut self, mut other: Acks) {
+        let incoming: Vec<AckToken> = match std::mem::take(&mut other.0) {
+            Set::None => return,
+            Set::One(t) => vec![t],
+            Set::Many(ts) => ts,
         };
         for token in incoming {
-            match self {
-                Acks::None => *self = Acks::One(token),
-                Acks::One(existing) => {
-                    if !existing.ptr_eq(&token) {
-                        let first = existing.clone();
-                        *self = Acks::Many(vec![first, token]);
-                    }
+            self.push(token, usize::MAX);
+        }
+    }
+
+    /// Add `token` unless one of the last `window` tokens is the same batch's (a rare
+    /// duplicate only costs a reference; checking the last few keeps long lists cheap).
+    fn push(&mut self, token: AckToken, window: usize) {
+        match &mut self.0 {
+            Set::None => self.0 = Set::One(token),
+            Set::One(existing) => {
+                if !existing.ptr_eq(&token) {
+                    let first = existing.clone();
+                    self.0 = Set::Many(vec![first, token]);
                 }
-                Acks::Many(ts) => {
-                    // Consecutive records mostly come from the same batch: check the last first.
-                    if !ts.iter().rev().any(|t| t.ptr_eq(&token)) {
-                        ts.push(token);
-                    }
+            }
+            Set::Many(ts) => {
+                // Consecutive records mostly come from the same batch: check the last first.
+                if !ts.iter().rev().take(window).any(|t| t.ptr_eq(&token)) {
+                    ts.push(token);
                 }
             }
         }
     }
 
+    /// Add copies of `other`'s tokens, checking only the last few held for duplicates (for
+    /// long-lived collections that grow by many small merges, like a window's emitted
+    /// batches).
+    pub fn merge_recent(&mut self, other: &Acks) {
+        for t in other.tokens() {
+            self.push(t.clone(), 16);
+        }
+    }
+
     /// The tokens held.
     pub fn tokens(&self) -> &[AckToken] {
-        match self {
-            Acks::None => &[],
-            Acks::One(t) => std::slice::from_ref(t),
-            Acks::Many(ts) => ts,
+        match &self.0 {
+            Set::None => &[],
+            Set::One(t) => std::slice::from_ref(t),
+            Set::Many(ts) => ts,
         }
     }
 
     /// How many batch tokens are held.
     pub fn len(&self) -> usize {
-        match self {
-            Acks::None => 0,
-            Acks::One(_) => 1,
-            Acks::Many(ts) => ts.len(),
-        }
+        self.tokens().len()
     }
 
     /// True when no token is held.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        matches!(self.0, Set::None)
     }
 }
 
@@ -174,6 +245,9 @@ pub struct AckTracker {
     tx: mpsc::UnboundedSender<Finished>,
     rx: mpsc::UnboundedReceiver<Finished>,
     outstanding: u64,
+    /// The source's name, for the warning about abandoned batches (`None`: no warning).
+    node: Option<Arc<str>>,
+    abandoned: u64,
 }
 
 impl Default for AckTracker {
@@ -183,13 +257,24 @@ impl Default for AckTracker {
 }
 
 impl AckTracker {
-    /// A tracker with nothing outstanding.
+    /// A tracker with nothing outstanding, that reports nothing itself (for trackers inside a
+    /// processor, like a window's for the windows it emitted).
     pub fn new() -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         Self {
             tx,
             rx,
             outstanding: 0,
+            node: None,
+            abandoned: 0,
+        }
+    }
+
+    /// A source's tracker: the first abandoned batch it sees is logged (once), naming `node`.
+    pub fn named(node: impl Into<Arc<str>>) -> Self {
+        Self {
+            node: Some(node.into()),
+            ..Self::new()
         }
     }
 
@@ -208,21 +293,43 @@ impl AckTracker {
         self.outstanding
     }
 
+    /// Batches that finished abandoned so far.
+    pub fn abandoned(&self) -> u64 {
+        self.abandoned
+    }
+
     /// The next finished batch; `None` when nothing is outstanding.
     pub async fn next(&mut self) -> Option<Finished> {
         if self.outstanding == 0 {
             return None;
         }
         let f = self.rx.recv().await?;
-        self.outstanding -= 1;
-        Some(f)
+        Some(self.seen(f))
     }
 
     /// A finished batch if one is ready now.
     pub fn try_next(&mut self) -> Option<Finished> {
         let f = self.rx.try_recv().ok()?;
+        Some(self.seen(f))
+    }
+
+    fn seen(&mut self, f: Finished) -> Finished {
         self.outstanding -= 1;
-        Some(f)
+        if f.status == AckStatus::Abandoned {
+            self.abandoned += 1;
+            if self.abandoned == 1
+                && let Some(node) = &self.node
+            {
+                tracing::warn!(
+                    node = &**node,
+                    batch = f.seq,
+                    "a batch was abandoned downstream (a processor stopped or lost records \
+                     before finishing them): this source commits neither it nor anything \
+                     after it, so they are read again on the next run"
+                );
+            }
+        }
+        f
     }
 }
 
@@ -271,23 +378,51 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_batch_resolves_when_its_last_record_is_gone() {
+    async fn a_batch_resolves_when_its_last_holder_released_it() {
         let mut tracker = AckTracker::new();
         let token = tracker.token(7);
-        let a = Acks::One(token.clone());
-        let b = Acks::One(token);
-        drop(a);
+        let a = Acks::one(token.clone());
+        let b = Acks::one(token);
+        a.release();
         assert!(
             tracker.try_next().is_none(),
             "one record still holds the batch"
         );
-        b.mark(AckStatus::Failed);
-        drop(b);
+        b.finish(AckStatus::Failed);
         let f = tracker.next().await.expect("finished");
         assert_eq!(f.seq, 7);
         assert_eq!(f.status, AckStatus::Failed);
+        assert!(f.committable());
         assert_eq!(tracker.outstanding(), 0);
         assert!(tracker.next().await.is_none());
+    }
+
+    /// Finishing is explicit: a holder that goes away without releasing (a panic, an error
+    /// return, a lost record) abandons its batches, whatever the other holders did.
+    #[tokio::test]
+    async fn acks_dropped_without_release_abandon_their_batches() {
+        let mut tracker = AckTracker::named("src");
+        let t0 = tracker.token(0);
+        let t1 = tracker.token(1);
+        let delivered = Acks::one(t0.clone());
+        let mut joined = Acks::one(t0);
+        joined.merge(Acks::one(t1.clone()));
+        let lost = Acks::one(t1);
+        delivered.release();
+        joined.release();
+        drop(lost);
+        let mut seen = [
+            tracker.next().await.expect("one"),
+            tracker.next().await.expect("two"),
+        ];
+        seen.sort_by_key(|f| f.seq);
+        assert_eq!(seen[0].status, AckStatus::Delivered);
+        assert_eq!(seen[1].status, AckStatus::Abandoned);
+        assert!(!seen[1].committable());
+        assert_eq!(tracker.abandoned(), 1);
+        // An empty holder has nothing to abandon.
+        drop(Acks::none());
+        drop(Acks::default());
     }
 
     #[test]
@@ -295,11 +430,17 @@ mod tests {
         let mut tracker = AckTracker::new();
         let t1 = tracker.token(1);
         let t2 = tracker.token(2);
-        let mut acks = Acks::None;
+        let mut acks = Acks::none();
         for t in [&t1, &t1, &t2, &t1, &t2] {
-            acks.merge(Acks::One(t.clone()));
+            acks.merge(Acks::one(t.clone()));
         }
         assert_eq!(acks.len(), 2);
+        let mut recent = Acks::none();
+        recent.merge_recent(&acks);
+        recent.merge_recent(&acks);
+        assert_eq!(recent.len(), 2);
+        recent.release();
+        acks.release();
     }
 
     #[test]

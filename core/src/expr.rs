@@ -67,25 +67,59 @@ fn functions() -> &'static [Box<dyn Function>] {
     FNS.get_or_init(vrl::stdlib::all)
 }
 
-fn diagnostics(list: DiagnosticList) -> Vec<ExprDiagnostic> {
+/// VRL's diagnostics in full: the message, what the primary label says and the token it
+/// points at (`call to undefined function `foo``), then the other labels (`did you mean
+/// `floor`?`) and the notes as explanations.
+fn diagnostics(list: DiagnosticList, source: &str) -> Vec<ExprDiagnostic> {
     list.into_iter()
         .filter(|d| matches!(d.severity, Severity::Error | Severity::Bug))
         .map(|d| {
             let primary = d.labels.iter().find(|l| l.primary).or(d.labels.first());
             let mut message = d.message.clone();
-            if let Some(l) = primary
-                && !l.message.is_empty()
-                && !d.message.contains(&l.message)
-            {
-                message = format!("{message}: {}", l.message);
+            if let Some(l) = primary {
+                if !l.message.is_empty() && !message.contains(&l.message) {
+                    message = format!("{message}: {}", l.message);
+                }
+                // Name the token pointed at when it is one word (a function, a variable).
+                let token = source.get(l.span.start()..l.span.end()).unwrap_or_default();
+                if !token.is_empty()
+                    && token.len() <= 64
+                    && token.chars().all(|c| c.is_alphanumeric() || c == '_')
+                    && !message.contains(&format!("`{token}`"))
+                {
+                    message = format!("{message} `{token}`");
+                }
             }
+            let labels = d
+                .labels
+                .iter()
+                // A syntax error's list of every token the grammar allows is noise.
+                .filter(|l| {
+                    !l.primary && !l.message.is_empty() && !l.message.starts_with("expected one of")
+                })
+                .map(|l| backticks(&l.message));
+            let notes = d.notes.iter().map(|n| {
+                let n = n.to_string();
+                n.strip_prefix("hint: ").map(str::to_owned).unwrap_or(n)
+            });
             ExprDiagnostic {
                 message,
                 span: primary.map(|l| (l.span.start(), l.span.end())),
-                notes: d.notes.iter().map(|n| n.to_string()).collect(),
+                notes: labels.chain(notes).collect(),
             }
         })
         .collect()
+}
+
+/// VRL quotes names with `"`; flow's messages use backticks: `did you mean "floor"?`.
+fn backticks(label: &str) -> String {
+    match label
+        .strip_prefix("did you mean \"")
+        .and_then(|r| r.strip_suffix("\"?"))
+    {
+        Some(name) => format!("did you mean `{name}`?"),
+        None => label.to_owned(),
+    }
 }
 
 /// Error code VRL gives an expression whose runtime error is not handled.
@@ -125,7 +159,10 @@ pub enum ExprKind {
 /// A compiled VRL program. Cheap to clone.
 #[derive(Clone)]
 pub struct Expr {
-    program: Arc<Program>,
+    /// The program that runs and reports errors. For a condition with a `fast` form it is
+    /// compiled on first use (a record on which the fast form fails): validating a flow then
+    /// compiles each fallible condition twice, not three times.
+    program: Arc<OnceLock<Result<Program, String>>>,
     source: Arc<str>,
     kind: ExprKind,
     /// For wrapped conditions: the same condition with errors turned into `null` and no local
@@ -143,12 +180,28 @@ impl std::fmt::Debug for Expr {
     }
 }
 
+/// `source` with its run-time errors handled: the error becomes an `abort` with its message.
+fn compile_wrapped(source: &str) -> Result<Program, CompileError> {
+    let wrapped = format!("{WRAP_HEAD}{source}{WRAP_TAIL}");
+    compile_vrl(&wrapped).map_err(|d| {
+        let mut diags = diagnostics(d, &wrapped);
+        for diag in &mut diags {
+            diag.span = diag.span.map(|(a, b)| {
+                let a = a.saturating_sub(WRAP_HEAD.len()).min(source.len());
+                let b = b.saturating_sub(WRAP_HEAD.len()).clamp(a, source.len());
+                (a, b)
+            });
+        }
+        CompileError(diags)
+    })
+}
+
 impl Expr {
     /// Compile `source` for the given use.
     pub fn compile(source: &str, kind: ExprKind) -> Result<Self, CompileError> {
         let mut fast = None;
         let program = match compile_vrl(source) {
-            Ok(p) => p,
+            Ok(p) => Some(p),
             // VRL refuses expressions that may fail at run time unless the program handles the
             // error (`.temperature > 95` when `.temperature` might not be a number). For
             // conditions and values we handle it for the user: the error becomes the record's
@@ -160,33 +213,39 @@ impl Expr {
                         .ok()
                         .map(Arc::new);
                 }
-                let wrapped = format!("{WRAP_HEAD}{source}{WRAP_TAIL}");
-                compile_vrl(&wrapped).map_err(|d| {
-                    let mut diags = diagnostics(d);
-                    for diag in &mut diags {
-                        diag.span = diag.span.map(|(a, b)| {
-                            let a = a.saturating_sub(WRAP_HEAD.len()).min(source.len());
-                            let b = b.saturating_sub(WRAP_HEAD.len()).clamp(a, source.len());
-                            (a, b)
-                        });
-                    }
-                    CompileError(diags)
-                })?
+                // The fast form compiled: the wrapped one differs only in how it handles the
+                // same errors, and is compiled when first needed.
+                match fast {
+                    Some(_) => None,
+                    None => Some(compile_wrapped(source)?),
+                }
             }
-            Err(d) => return Err(CompileError(diagnostics(d))),
+            // Conditions and values handle their run-time errors (above): with other errors,
+            // VRL's complaint that they do not is noise.
+            Err(d) if kind != ExprKind::Program => {
+                let d: Vec<_> = d
+                    .into_iter()
+                    .filter(|d| d.code != UNHANDLED_ERROR)
+                    .collect();
+                return Err(CompileError(diagnostics(d.into(), source)));
+            }
+            Err(d) => return Err(CompileError(diagnostics(d, source))),
         };
-        if kind == ExprKind::Condition {
-            let ty = program.final_type_info().result;
-            if !ty.kind().contains_boolean() {
-                return Err(CompileError(vec![ExprDiagnostic {
-                    message: format!(
-                        "a condition must return a boolean, this returns {}",
-                        ty.kind()
-                    ),
-                    span: Some((0, source.len())),
-                    notes: vec!["compare a field, for example `.status == \"error\"`".into()],
-                }]));
-            }
+        // Without the full program, the fast form `{ condition } ?? null` has the condition's
+        // type (or null).
+        let typed = program.as_ref().or(fast.as_deref());
+        if kind == ExprKind::Condition
+            && let Some(ty) = typed.map(|p| p.final_type_info().result)
+            && !ty.kind().contains_boolean()
+        {
+            return Err(CompileError(vec![ExprDiagnostic {
+                message: format!(
+                    "a condition must return a boolean, this returns {}",
+                    ty.kind()
+                ),
+                span: Some((0, source.len())),
+                notes: vec!["compare a field, for example `.status == \"error\"`".into()],
+            }]));
         }
         let path = match kind {
             ExprKind::Value => vrl::path::parse_target_path(source.trim())
@@ -194,8 +253,12 @@ impl Expr {
                 .map(Arc::new),
             _ => None,
         };
+        let cell = OnceLock::new();
+        if let Some(p) = program {
+            let _ = cell.set(Ok(p));
+        }
         Ok(Self {
-            program: Arc::new(program),
+            program: Arc::new(cell),
             source: source.into(),
             kind,
             fast,
@@ -275,7 +338,12 @@ impl Expr {
     }
 
     fn run(&self, target: &mut dyn Target) -> Result<Value, EvalError> {
-        run_program(&self.program, target).map_err(|e| match e {
+        let program = self
+            .program
+            .get_or_init(|| compile_wrapped(&self.source).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| EvalError::Failed(format!("the expression does not compile: {e}")))?;
+        run_program(program, target).map_err(|e| match e {
             vrl::compiler::ExpressionError::Abort { message, .. } => match self.kind {
                 // The wrapper's abort carries the expression's own error.
                 ExprKind::Condition | ExprKind::Value => {

@@ -2,17 +2,23 @@
 //!
 //! - [`record`]: what flows (content, attributes, event time, id, parents, acks);
 //! - [`ack`]: end-to-end acknowledgement tokens;
+//! - [`clock`]: processing time, which `flow test` drives;
 //! - [`expr`]: VRL expressions;
-//! - [`document`]: the flow file as an editable document (the designer's model);
 //! - [`processor`]: the processor contract and the registry type;
-//! - [`spec`]: the flow file, its validation and its JSON Schema;
+//! - [`spec`]: the flow file: its editable document (the designer's model), its validation
+//!   and its JSON Schema;
 //! - [`graph`]: drawing a flow (DOT, Mermaid);
-//! - [`runtime`]: tasks, bounded edges, back-pressure, shutdown.
+//! - [`retry`]: how sinks retry an unavailable destination;
+//! - [`runtime`]: tasks, bounded edges, back-pressure, shutdown;
+//! - [`flowtest`]: `flow test`, unit tests for flows (records in at a node, expectations on
+//!   ports, a virtual clock).
 pub mod ack;
-pub mod document;
+pub mod clock;
 pub mod expr;
+pub mod flowtest;
 pub mod graph;
 pub mod processor;
 pub mod record;
+pub mod retry;
 pub mod runtime;
 pub mod spec;

@@ -17,15 +17,26 @@
 //!   acknowledgement token (see [`crate::ack`]).
 //! - [`Sink`]: a task that consumes batches and writes them somewhere.
 //!
-//! **Acknowledgement**: a record is finished when it is dropped. A transform that returns without
-//! pushing a record has dropped it on purpose (that acknowledges it); a sink drops records once
-//! they are written. A record that cannot be processed goes to [`Output::fail`] (the `failure`
-//! port, with `error.*` attributes); if that port has no edge the runtime counts and logs it, and
-//! it is acknowledged with status `Failed`. Nothing is ever lost silently, and nothing panics on
-//! input.
+//! **Acknowledgement** (see [`crate::ack`]): finishing a record is explicit. Every legitimate
+//! end of a record releases its acknowledgement tokens: a sink wrote it ([`Record::finish`]),
+//! a transform dropped it on purpose ([`Output::drop_record`]), it went to [`Output::fail`]
+//! (the `failure` port, with `error.*` attributes; with no edge there the runtime counts and
+//! logs it, and it is acknowledged `Failed`), it went to a port without edges, a window
+//! emitted the aggregate that includes it. A record that is simply dropped (a panic, an error
+//! return, a bug that loses it) is *abandoned*: its source commits neither it nor anything
+//! after it, so it is read again after a restart. Nothing is ever lost silently, and nothing
+//! panics on input.
+//!
+//! **Errors**: a record's own problem (it cannot be parsed, encoded, routed; the destination
+//! rejects its content) sends that record to `failure` and the processor goes on. A problem
+//! of the processor or its destination is a [`ProcessorError`], whose [`RetryHint`] says
+//! whether waiting can fix it (a server down, a full disk: sinks retry with
+//! [`crate::retry::Retry`]) or not (refused credentials, a path that is not a file: the flow
+//! stops with the error). Either way, records not written are never committed.
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use schemars::JsonSchema;
@@ -35,7 +46,7 @@ use tokio_util::sync::CancellationToken;
 use crate::ack::AckStatus;
 use crate::record::Record;
 use crate::runtime::edge::Batch;
-use crate::runtime::emit::{Emitter, Input};
+use crate::runtime::emit::{DownstreamGone, Emitter, Input};
 use crate::runtime::metrics::NodeMetrics;
 
 /// The port every processor has, for records it could not process.
@@ -107,7 +118,8 @@ impl ConfigError {
                 path: path.iter().map(|s| s.to_string()).collect(),
                 offset: d.span.map(|s| s.0),
                 message: format!("invalid expression: {}", d.message),
-                help: d.notes.first().cloned(),
+                // Every explanation, one per line.
+                help: (!d.notes.is_empty()).then(|| d.notes.join("\n")),
             })
             .collect()
     }
@@ -125,10 +137,23 @@ impl From<crate::expr::CompileError> for BuildError {
     }
 }
 
-/// A running processor failed and the flow cannot go on.
+/// Whether trying the same thing again, later, may succeed (Arroyo's `RetryHint`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryHint {
+    /// The destination is unavailable for now (a server down or overloaded, a timeout, a
+    /// full disk): try again with capped exponential backoff.
+    WithBackoff,
+    /// Waiting cannot fix it (refused credentials, a path that is not a writable file, an
+    /// I/O error after which the data may be gone): stop the flow with the error.
+    NoRetry,
+}
+
+/// A running processor failed (or one attempt of it did: see [`ProcessorError::retry_hint`]).
+/// Returned from a task, it stops the flow and makes the run an error; the records the
+/// processor held are abandoned, so their sources do not commit them.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessorError {
-    /// An I/O error the processor cannot recover from.
+    /// An I/O error; whether it is worth retrying depends on its kind ([`io_retry_hint`]).
     #[error("{context}: {source}")]
     Io {
         /// What the processor was doing.
@@ -136,9 +161,96 @@ pub enum ProcessorError {
         /// The error.
         source: std::io::Error,
     },
-    /// Anything else.
+    /// The destination (or source) is unavailable for now; worth retrying with backoff.
+    #[error("{message}")]
+    Unavailable {
+        /// What failed.
+        message: String,
+        /// How long the other side asked to wait (`Retry-After`), if it did.
+        retry_after: Option<Duration>,
+    },
+    /// The flow was asked to stop while the processor was still retrying: it gave up, and left
+    /// what it had not written unacknowledged (read again on the next run).
+    #[error("{0}")]
+    Stopped(String),
+    /// Anything else; not retried.
     #[error("{0}")]
     Other(String),
+}
+
+impl ProcessorError {
+    /// An error from anything displayable, not retried.
+    pub fn other(e: impl fmt::Display) -> Self {
+        ProcessorError::Other(e.to_string())
+    }
+
+    /// The destination is unavailable for now: retry with backoff.
+    pub fn unavailable(e: impl fmt::Display) -> Self {
+        ProcessorError::Unavailable {
+            message: e.to_string(),
+            retry_after: None,
+        }
+    }
+
+    /// An I/O error while doing `context`.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        ProcessorError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// Whether retrying may help.
+    pub fn retry_hint(&self) -> RetryHint {
+        match self {
+            ProcessorError::Io { source, .. } => io_retry_hint(source),
+            ProcessorError::Unavailable { .. } => RetryHint::WithBackoff,
+            ProcessorError::Stopped(_) | ProcessorError::Other(_) => RetryHint::NoRetry,
+        }
+    }
+
+    /// How long the other side asked to wait before the next attempt.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ProcessorError::Unavailable { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+impl From<DownstreamGone> for ProcessorError {
+    fn from(e: DownstreamGone) -> Self {
+        ProcessorError::other(e)
+    }
+}
+
+/// Whether an I/O error is worth retrying. Running out of space or quota, a busy resource, a
+/// timeout, an interrupted call or a lost connection: yes, the condition can pass. Anything
+/// else is not: permission denied, a read-only file system, a path that is a directory, an
+/// argument the destination does not take (`EINVAL`, as when writing to most of `/proc`), a
+/// closed pipe (the reader is gone) and the generic `EIO`: after a failed write or `fsync`
+/// the kernel may have dropped the data, so a retry that "succeeds" could hide a loss
+/// (PostgreSQL's fsyncgate); the flow stops instead, and the records are read again by the
+/// next run.
+pub fn io_retry_hint(e: &std::io::Error) -> RetryHint {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::StorageFull
+        | K::QuotaExceeded
+        | K::ResourceBusy
+        | K::WouldBlock
+        | K::Interrupted
+        | K::TimedOut
+        | K::ConnectionRefused
+        | K::ConnectionReset
+        | K::ConnectionAborted
+        | K::NotConnected
+        | K::HostUnreachable
+        | K::NetworkUnreachable
+        | K::NetworkDown
+        | K::OutOfMemory => RetryHint::WithBackoff,
+        _ => RetryHint::NoRetry,
+    }
 }
 
 /// What `build` gets besides the config.
@@ -151,14 +263,19 @@ pub struct BuildContext {
     /// they read (one pass); otherwise they only check the content and leave the view to be
     /// built on first use.
     pub consumers_read_values: bool,
+    /// The flow's processing time (see [`crate::clock`]): read it here, never `SystemTime`,
+    /// so that `flow test` can drive it.
+    pub clock: crate::clock::Clock,
 }
 
 impl BuildContext {
-    /// A context for `name`, as if its consumers read fields (tests, tools).
+    /// A context for `name`, as if its consumers read fields, on the system clock (tests,
+    /// tools).
     pub fn new(name: impl Into<String>) -> Self {
         Self {
             name: name.into(),
             consumers_read_values: true,
+            clock: crate::clock::Clock::system(),
         }
     }
 
@@ -176,6 +293,14 @@ impl BuildContext {
 pub trait ProcessorConfig: fmt::Debug + Send + Sync + 'static {
     /// Output ports besides `failure`, the default port first. Sinks declare none.
     fn outputs(&self) -> Vec<String>;
+
+    /// Ports among [`ProcessorConfig::outputs`] whose records must never be dropped silently
+    /// (records that left the normal path, like a window's `late` records). With no edge,
+    /// they are counted as failed and logged once per burst, as `failure`'s are. On every
+    /// other port, no edge means dropped on purpose.
+    fn reported_outputs(&self) -> Vec<String> {
+        Vec::new()
+    }
 
     /// Check what can be checked without I/O: expressions compile, values are in range.
     fn validate(&self) -> Vec<ConfigError> {
@@ -218,9 +343,10 @@ pub enum Processor {
 /// Records in, records out, one at a time. The runtime hands a transform every record of a
 /// batch, then forwards what it pushed, port by port, keeping the order.
 pub trait Transform: Send {
-    /// Handle one record: push it (or records derived from it) to ports of `out`, or drop it on
-    /// purpose with [`Output::drop_record`] (which counts it). Never panic on bad input: use
-    /// [`Output::fail`].
+    /// Handle one record: push it (or records derived from it, see [`Record::derive`]) to
+    /// ports of `out`, or drop it on purpose with [`Output::drop_record`] (which counts and
+    /// acknowledges it). A record that is neither pushed nor dropped that way is abandoned:
+    /// its source will not commit it. Never panic on bad input: use [`Output::fail`].
     fn process(&mut self, record: Record, out: &mut Output);
 
     /// Called once after the last input, to emit anything held back.
@@ -272,8 +398,11 @@ pub struct TaskContext {
 ///
 /// Contract: read batches from `ctx.input` until `None`, emit with `ctx.out` (which waits when
 /// downstream is full). Records held in state keep their acknowledgement tokens (see
-/// [`Record::take_acks`]) until the result that includes them is emitted, or a checkpoint makes
-/// them safe. Count received records with `metrics.add_received`.
+/// [`Record::take_acks`]) until the result that includes them is emitted (the tokens move into
+/// it) or a checkpoint holds them (then they are released). Every record taken in ends
+/// explicitly, as for [`Transform::process`]: if the task panics or returns an error, whatever
+/// it holds is abandoned, and no source commits it. Count received records with
+/// `metrics.add_received`.
 #[async_trait]
 pub trait TaskTransform: Send {
     /// Run until the input is exhausted.
@@ -290,13 +419,31 @@ pub struct SinkContext {
     pub failures: Emitter,
     /// Counters shared with the runtime.
     pub metrics: Arc<NodeMetrics>,
+    /// Cancelled when the flow is asked to stop. The input still drains (write what comes), but
+    /// a sink waiting for an unavailable destination gives up ([`crate::retry::Retry`] does):
+    /// a stop stays bounded, and what was not written stays uncommitted.
+    pub shutdown: CancellationToken,
 }
 
 /// A record consumer.
 ///
-/// Contract: write each batch, then drop its records (which acknowledges them) and count them
-/// with `metrics.add_sent`. Records that cannot be written go to `failures` with the error.
-/// Flush everything before returning, once `input` is exhausted.
+/// Contract: write each batch, then finish its records ([`Record::finish`], which
+/// acknowledges them) and count them with `metrics.add_sent`. Flush everything before
+/// returning, once `input` is exhausted. What goes wrong is one of two things:
+/// - **the record's fault**: it cannot be encoded, it is too large for the destination, the
+///   destination rejected its content (a 400 for that record, a message too large). It goes to
+///   `failures` with the error (acknowledged `Failed`: replaying would not help) and the sink
+///   goes on.
+/// - **the sink's**: the destination is unavailable or broken. Transient conditions
+///   ([`RetryHint::WithBackoff`]: I/O errors such as a full disk, connection refused,
+///   timeouts, 429/5xx) are retried with capped exponential backoff, logged once per burst,
+///   while the sink takes no more input (back-pressure). Conditions retrying cannot fix
+///   ([`RetryHint::NoRetry`]: permission denied, not a file, `EIO`, refused credentials) are
+///   returned as the error: the flow stops and the run fails. Asked to stop while retrying,
+///   the sink gives up with [`ProcessorError::Stopped`].
+///
+/// Either way, records not written are never acknowledged as written: a sink never finishes
+/// them, so their sources do not commit them and read them again on the next run.
 #[async_trait]
 pub trait Sink: Send {
     /// Run until the input is exhausted.
@@ -343,7 +490,7 @@ impl Output {
     /// Drop a record on purpose (counted in the node's `dropped`; this acknowledges it).
     pub fn drop_record(&mut self, record: Record) {
         self.dropped += 1;
-        drop(record);
+        record.finish();
     }
 
     /// How many records were dropped on purpose since the last call (resets the count).

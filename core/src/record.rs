@@ -119,7 +119,7 @@ impl Record {
             attributes: Attributes::new(),
             event_time: None,
             origin: None,
-            acks: Acks::None,
+            acks: Acks::none(),
         }
     }
 
@@ -304,7 +304,8 @@ impl Record {
         self
     }
 
-    /// Take the tokens out (a window keeps them until its aggregate is emitted).
+    /// Take the tokens out (a window keeps them until its aggregate is emitted or a checkpoint
+    /// holds the record). The record is then no longer tracked: dropping it finishes nothing.
     pub fn take_acks(&mut self) -> Acks {
         std::mem::take(&mut self.acks)
     }
@@ -314,9 +315,17 @@ impl Record {
         self.acks.merge(acks);
     }
 
-    /// Mark the record's batches with `status`. The record still has to be dropped to finish.
+    /// Mark the record's batches with `status`. The record still has to be finished (or
+    /// dropped, which abandons it).
     pub fn mark(&self, status: AckStatus) {
         self.acks.mark(status);
+    }
+
+    /// This record's journey ended well (a sink wrote it): release its acknowledgement tokens.
+    /// A record dropped without this (or another explicit end: [`Record::take_acks`] and
+    /// [`Acks::release`]) abandons its batches, so its source does not commit it.
+    pub fn finish(mut self) {
+        self.take_acks().release();
     }
 
     /// Set an attribute.
@@ -345,6 +354,11 @@ impl Clone for Record {
             acks: self.acks.clone(),
         }
     }
+}
+
+/// Finish every record (see [`Record::finish`]): a sink wrote them all.
+pub fn finish_all(records: impl IntoIterator<Item = Record>) {
+    records.into_iter().for_each(Record::finish);
 }
 
 /// Check that `content` is one JSON value that [`Record::value`] can build, without building it.
@@ -518,10 +532,14 @@ mod tests {
     #[test]
     fn derive_links_the_parent_and_moves_the_ack() {
         let mut tracker = crate::ack::AckTracker::new();
-        let mut r = Record::from_bytes(&b"{}"[..]).with_acks(Acks::One(tracker.token(0)));
+        let mut r = Record::from_bytes(&b"{}"[..]).with_acks(Acks::one(tracker.token(0)));
         let child = r.derive(Value::from(1));
         assert_eq!(child.parents(), &[r.id()]);
         assert!(r.acks().is_empty());
         assert_eq!(child.acks().len(), 1);
+        drop(r);
+        child.finish();
+        let f = tracker.try_next().expect("finished");
+        assert_eq!(f.status, AckStatus::Delivered);
     }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use flow_core::document::{ConnectionForm, FlowDocument};
+use flow_core::spec::document::{ConnectionForm, FlowDocument};
 use flow_core::processor::{FAILURE, Kind, Registry};
 use marked_yaml::Node as YamlNode;
 use marked_yaml::types::MarkedScalarNode;

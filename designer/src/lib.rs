@@ -2,7 +2,7 @@
 //! files.
 //!
 //! The flow file is the model: the designer edits its text through
-//! [`flow_core::document::FlowDocument`] (comments, order and formatting kept, only the
+//! [`flow_core::spec::document::FlowDocument`] (comments, order and formatting kept, only the
 //! touched lines change) and validates it with [`flow_core::spec::load`], the code behind
 //! `flow validate`. Everything else is derived from the text after each edit.
 //!

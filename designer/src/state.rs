@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use flow_core::document::{EdgeSettingsEdit, EditError, FlowDocument, Outline, Value, valid_name};
+use flow_core::spec::document::{EdgeSettingsEdit, EditError, FlowDocument, Outline, Value, valid_name};
 use flow_core::processor::Registry;
 use marked_yaml::Node as YamlNode;
 

@@ -3,7 +3,7 @@
 //! Each finding is then placed on what it is about (a processor and one of its fields, or a
 //! connection) by its position in the text.
 
-use flow_core::document::{FlowDocument, Loc};
+use flow_core::spec::document::{FlowDocument, Loc};
 use flow_core::processor::Registry;
 use flow_core::spec::{self, Severity};
 

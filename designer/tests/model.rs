@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use flow_core::document::{EdgeSettingsEdit, FlowDocument, Value};
+use flow_core::spec::document::{EdgeSettingsEdit, FlowDocument, Value};
 use flow_core::spec::{self, Severity};
 use proptest::prelude::*;
 

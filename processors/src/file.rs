@@ -248,7 +248,7 @@ impl Checkpoint for FileCheckpoint {
 mod tests {
     use super::*;
     use crate::testing::{SourceHarness, config, drain, records, source, source_ctx};
-    use flow_core::record::Record;
+    use flow_core::record::{Record, finish_all};
     use serde_json::json;
 
     struct Run {
@@ -385,7 +385,7 @@ mod tests {
         let mut batches = drain(&mut ports[1]).await;
         assert_eq!(batches.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 1]);
         let held = batches.remove(1);
-        drop(batches);
+        batches.into_iter().for_each(finish_all);
         let status = |key: &str| metrics.snapshot().status.get(key).cloned();
         for _ in 0..100 {
             if status("committed_offset") == Some(json!(16)) {
@@ -401,7 +401,7 @@ mod tests {
         );
         assert_eq!(status("committed_lines"), Some(json!(2)));
         assert!(!run.is_finished(), "waits for the held batch");
-        drop(held);
+        finish_all(held);
         run.await.expect("joined").expect("runs");
         assert_eq!(status("committed_offset"), Some(json!(40)));
         let saved: Position =

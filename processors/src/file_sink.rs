@@ -8,14 +8,18 @@ use flow_core::processor::{
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use crate::write::write_lines;
+use crate::write::{Lines, write_lines};
 
 /// Write records to a file, one per line (JSON lines).
 ///
 /// Each record's content is written followed by a newline: a record that was not modified keeps
 /// its exact original bytes, a modified one is written as compact JSON. Each batch is one write;
-/// records are acknowledged once it succeeded. A batch that cannot be written goes to `failure`
-/// with the error, and the sink keeps going. Missing parent directories are created.
+/// records are acknowledged once it succeeded. When the file cannot be written, that is never a
+/// record's fault: a full disk or quota (`ENOSPC`, `EDQUOT`) is retried with capped backoff,
+/// continuing where the write stopped, while the flow waits; any other error (`EIO`, permission
+/// denied, not a writable file) stops the flow with the error, the part of the batch already
+/// written cut off again. Either way, records not written are never acknowledged, so their
+/// source reads them again on the next run. Missing parent directories are created.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileSinkConfig {
@@ -84,7 +88,14 @@ impl Sink for FileSink {
             .open(path)
             .await
             .map_err(io("cannot open"))?;
-        write_lines(file, ctx, cfg.sync).await
+        let len = file.metadata().await.map_err(io("cannot read"))?.len();
+        let lines = Lines {
+            target: file.into_std().await,
+            name: format!("`{}`", cfg.path),
+            len,
+            durable: cfg.sync,
+        };
+        write_lines(lines, ctx).await
     }
 }
 
@@ -130,24 +141,55 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&path).expect("read"), "b\nc\n");
     }
 
+    /// Records of one batch with one ack token; the tracker says how the batch ended.
+    fn tracked(n: usize) -> (flow_core::ack::AckTracker, Vec<flow_core::record::Record>) {
+        let mut tracker = flow_core::ack::AckTracker::new();
+        let t = tracker.token(0);
+        let records = (0..n)
+            .map(|i| rec(&format!("{{\"i\":{i}}}")).with_acks(flow_core::ack::Acks::one(t.clone())))
+            .collect();
+        (tracker, records)
+    }
+
+    /// A full device is the sink's problem, not the records': retried (the flow waits) until
+    /// the flow is asked to stop; then the sink gives up and nothing is acknowledged.
+    #[cfg(target_os = "linux")]
+    #[tokio::test(start_paused = true)]
+    async fn a_full_device_is_retried_and_a_stop_gives_up_without_acknowledging() {
+        let cfg: FileSinkConfig = config(json!({"path": "/dev/full"}));
+        let (ctx, tx, mut failures, metrics, stop) = crate::testing::sink_ctx_stoppable();
+        let (mut tracker, records) = tracked(2);
+        tx.send(records).await.expect("queued");
+        let run = tokio::spawn(sink(&cfg).run(ctx));
+        tokio::time::sleep(std::time::Duration::from_secs(120)).await;
+        assert!(!run.is_finished(), "still retrying");
+        assert!(tracker.try_next().is_none(), "nothing acknowledged");
+        stop.cancel();
+        let e = run.await.expect("joined").expect_err("gave up");
+        assert!(matches!(e, ProcessorError::Stopped(_)), "{e}");
+        assert!(e.to_string().contains("No space left on device"), "{e}");
+        drop(tx);
+        let f = tracker.next().await.expect("finished");
+        assert!(!f.committable(), "{f:?}");
+        assert!(crate::testing::records(&mut failures).await.is_empty());
+        assert_eq!(metrics.snapshot().sent, 0);
+    }
+
+    /// A file that cannot be written for good (`EIO` from `/proc/version`) stops the flow with
+    /// the error, and nothing is acknowledged.
     #[cfg(target_os = "linux")]
     #[tokio::test]
-    async fn a_failed_write_goes_to_failure_and_the_sink_goes_on() {
-        let cfg: FileSinkConfig = config(json!({"path": "/dev/full"}));
-        let (ctx, tx, mut failures, metrics) = sink_ctx();
-        tx.send(vec![rec("a"), rec("b")]).await.expect("queued");
-        tx.send(vec![rec("c")]).await.expect("queued");
+    async fn an_unwritable_file_fails_the_sink_and_acknowledges_nothing() {
+        let cfg: FileSinkConfig = config(json!({"path": "/proc/version"}));
+        let (ctx, tx, mut failures, _, _) = crate::testing::sink_ctx_stoppable();
+        let (mut tracker, records) = tracked(3);
+        tx.send(records).await.expect("queued");
         drop(tx);
-        sink(&cfg).run(ctx).await.expect("keeps going");
-        let failed = crate::testing::records(&mut failures).await;
-        assert_eq!(failed.len(), 3);
-        let msg = failed[0]
-            .attributes
-            .get("error.message")
-            .cloned()
-            .unwrap_or_default();
-        assert!(msg.starts_with("write failed: "), "{msg}");
-        assert_eq!(metrics.snapshot().received, 3);
+        let e = sink(&cfg).run(ctx).await.expect_err("fails");
+        assert!(e.to_string().contains("/proc/version"), "{e}");
+        let f = tracker.next().await.expect("finished");
+        assert!(!f.committable(), "{f:?}");
+        assert!(crate::testing::records(&mut failures).await.is_empty());
     }
 
     #[test]

@@ -254,10 +254,11 @@ impl Source for Generate {
             };
             while generator.next < due.min(count) {
                 let n = (due.min(count) - generator.next).min(cfg.batch_size as u64) as usize;
-                let acks = Acks::One(tracker.token(seq));
+                let acks = Acks::one(tracker.token(seq));
                 seq += 1;
                 let batch = generator.batch(n, &acks);
-                drop(acks);
+                // This template's work is done; the records hold their own copies.
+                acks.release();
                 metrics.add_received(n as u64);
                 tokio::select! {
                     biased;

@@ -63,8 +63,18 @@ impl FlakyServer {
         fail: impl Fn(usize, &str) -> bool + Send + Sync + 'static,
         answer: Answer,
     ) -> Self {
+        Self::start_on("127.0.0.1:0", upstream, fail, answer).await
+    }
+
+    /// [`FlakyServer::start_with`] on a given address (a server that comes back where it was).
+    pub async fn start_on(
+        at: &str,
+        upstream: Option<SocketAddr>,
+        fail: impl Fn(usize, &str) -> bool + Send + Sync + 'static,
+        answer: Answer,
+    ) -> Self {
         let fail: Fail = Arc::new(fail);
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = TcpListener::bind(at).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let requests = Arc::new(AtomicUsize::new(0));
         let failed = Arc::new(AtomicUsize::new(0));
@@ -88,6 +98,12 @@ impl FlakyServer {
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
+}
+
+/// An address on 127.0.0.1 where nothing listens (yet).
+pub fn closed_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
 }
 
 /// Read one request (head and body) from `conn`; `None` at a clean end of the connection.

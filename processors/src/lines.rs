@@ -316,7 +316,7 @@ impl Batcher {
     /// A line that could not be read goes to `failure`, with its line number.
     fn fail(&mut self, r: Record, msg: &str, pos: Position, line_attribute: &str) {
         let token = self.token();
-        let mut r = r.with_acks(Acks::One(token));
+        let mut r = r.with_acks(Acks::one(token));
         r.set_attribute(line_attribute, pos.line.to_string());
         self.pending.fail(r, &format!("line {}: {msg}", pos.line));
         self.len += 1;
@@ -380,10 +380,10 @@ where
     }
     let source_id = Origin::source_id(&name);
     let mut b = Batcher {
+        tracker: AckTracker::named(name.clone()),
         pending: Output::new(name, out.port_count()),
         token: None,
         len: 0,
-        tracker: AckTracker::new(),
         seq: 0,
         ends: BTreeMap::new(),
         commit: InOrderCommit::new(),
@@ -440,7 +440,7 @@ where
                         });
                         let token = b.token();
                         b.pending
-                            .push(PortId::DEFAULT, r.with_acks(Acks::One(token)));
+                            .push(PortId::DEFAULT, r.with_acks(Acks::one(token)));
                         b.len += 1;
                     }
                     Decoded::Skip => continue,

@@ -8,12 +8,14 @@ use flow_core::processor::{
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use crate::write::write_lines;
+use crate::write::{Lines, write_lines};
 
 /// Write records to standard output, one per line (JSON lines).
 ///
 /// Each record's content is written followed by a newline: a record that was not modified keeps
 /// its exact original bytes, a modified one is written as compact JSON. It takes no options.
+/// Write errors are handled as `file_sink`'s: retried while they may pass, otherwise the flow
+/// stops (a closed pipe, as in `flow run ... | head`, stops it).
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StdoutConfig {}
@@ -42,7 +44,13 @@ struct Stdout;
 #[async_trait]
 impl Sink for Stdout {
     async fn run(self: Box<Self>, ctx: SinkContext) -> Result<(), ProcessorError> {
-        write_lines(tokio::io::stdout(), ctx, false).await
+        let lines = Lines {
+            target: std::io::stdout(),
+            name: "standard output".into(),
+            len: 0,
+            durable: false,
+        };
+        write_lines(lines, ctx).await
     }
 }
 

@@ -213,35 +213,71 @@ fn field_or_attribute(
 }
 
 /// A numeric or textual time as epoch milliseconds: a number in `unit`, an RFC 3339 string or a
-/// timestamp.
+/// timestamp. A time that is not a date chrono can represent (about ±262,000 years), or whose
+/// conversion to milliseconds would overflow, is an error, never clamped or wrapped.
 pub(crate) fn time_ms(v: &Value, unit: crate::window::TimeUnit) -> Result<i64, String> {
     use crate::window::TimeUnit;
-    match v {
-        Value::Integer(i) => Ok(match unit {
-            TimeUnit::Ms => *i,
-            TimeUnit::S => i.saturating_mul(1000),
-        }),
+    let out_of_range = |shown: &dyn std::fmt::Display| {
+        format!(
+            "time `{shown}` is out of range: as epoch {}, it is not a date between the years \
+             {} and {}",
+            match unit {
+                TimeUnit::Ms => "milliseconds",
+                TimeUnit::S => "seconds",
+            },
+            DateTime::<Utc>::MIN_UTC.year(),
+            DateTime::<Utc>::MAX_UTC.year()
+        )
+    };
+    let ms = match v {
+        Value::Integer(i) => match unit {
+            TimeUnit::Ms => Some(*i),
+            TimeUnit::S => i.checked_mul(1000),
+        }
+        .ok_or_else(|| out_of_range(i))?,
         Value::Float(f) => {
             let f = f.into_inner();
             if !f.is_finite() {
                 return Err(format!("time `{f}` is not a finite number"));
             }
-            Ok(match unit {
-                TimeUnit::Ms => f as i64,
-                TimeUnit::S => (f * 1000.0) as i64,
-            })
+            let ms = match unit {
+                TimeUnit::Ms => f,
+                TimeUnit::S => f * 1000.0,
+            };
+            // `as` would saturate silently. `i64::MIN` is exactly -2^63 as a float, and 2^63 is
+            // the first float past `i64::MAX`.
+            let limit = -(i64::MIN as f64);
+            if !(-limit..limit).contains(&ms) {
+                return Err(out_of_range(&format!("{f:?}")));
+            }
+            ms as i64
         }
-        Value::Timestamp(t) => Ok(t.timestamp_millis()),
+        Value::Timestamp(t) => t.timestamp_millis(),
         Value::Bytes(_) | Value::String(_) => {
             let s = v.to_str_lossy().unwrap_or_default();
             DateTime::parse_from_rfc3339(&s)
                 .map(|t| t.timestamp_millis())
-                .map_err(|e| format!("time `{s}` is not RFC 3339: {e}"))
+                .map_err(|e| format!("time `{s}` is not RFC 3339: {e}"))?
         }
-        other => Err(format!(
-            "time is a {}, not a number or a string",
-            other.kind_str()
-        )),
+        other => {
+            return Err(format!(
+                "time is a {}, not a number or a string",
+                other.kind_str()
+            ));
+        }
+    };
+    if DateTime::<Utc>::from_timestamp_millis(ms).is_none() {
+        return Err(out_of_range(&value_text(v)));
+    }
+    Ok(ms)
+}
+
+/// A number as written (for messages).
+fn value_text(v: &Value) -> String {
+    match v {
+        Value::Integer(i) => i.to_string(),
+        Value::Float(f) => format!("{:?}", f.into_inner()),
+        other => other.to_string(),
     }
 }
 

@@ -73,6 +73,8 @@ pub fn contents(out: &Output, port: PortId) -> Vec<String> {
         .iter()
         .map(|r| {
             let mut r = r.clone();
+            // A look, not an end of the record: the copy's acks are released.
+            r.take_acks().release();
             String::from_utf8_lossy(r.content()).into_owned()
         })
         .collect()
@@ -120,21 +122,34 @@ pub async fn drain(rx: &mut EdgeReceiver) -> Vec<Batch> {
     batches
 }
 
-/// Every record left on an edge whose producer is gone, with their acks released (so the source
+/// Every record left on an edge whose producer is gone, finished as a sink would (so the source
 /// that made them can finish while the test still looks at them).
 pub async fn records(rx: &mut EdgeReceiver) -> Vec<Record> {
     let mut records: Vec<Record> = drain(rx).await.into_iter().flatten().collect();
     for r in &mut records {
-        drop(r.take_acks());
+        r.take_acks().release();
     }
     records
 }
 
 /// A sink context fed by the returned sender; its failure port goes to the returned receiver.
 pub fn sink_ctx() -> (SinkContext, EdgeSender, EdgeReceiver, Arc<NodeMetrics>) {
+    let (ctx, tx, failures, metrics, _) = sink_ctx_stoppable();
+    (ctx, tx, failures, metrics)
+}
+
+/// [`sink_ctx`], and the token that asks the sink to stop.
+pub fn sink_ctx_stoppable() -> (
+    SinkContext,
+    EdgeSender,
+    EdgeReceiver,
+    Arc<NodeMetrics>,
+    CancellationToken,
+) {
     let metrics = Arc::new(NodeMetrics::default());
     let (in_tx, in_rx, _) = edge(usize::MAX, usize::MAX, WhenFull::Block);
     let (f_tx, f_rx, _) = edge(usize::MAX, usize::MAX, WhenFull::Block);
+    let shutdown = CancellationToken::new();
     let ctx = SinkContext {
         name: NAME.into(),
         input: Input::new(vec![in_rx]),
@@ -144,6 +159,7 @@ pub fn sink_ctx() -> (SinkContext, EdgeSender, EdgeReceiver, Arc<NodeMetrics>) {
             metrics.clone(),
         ),
         metrics: metrics.clone(),
+        shutdown: shutdown.clone(),
     };
-    (ctx, in_tx, f_rx, metrics)
+    (ctx, in_tx, f_rx, metrics, shutdown)
 }

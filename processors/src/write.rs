@@ -1,81 +1,332 @@
 //! Writing records as lines, shared by the `file_sink` and `stdout` sinks.
+//!
+//! Each batch is one buffer of lines, written by plain `write` calls on a blocking thread, so
+//! the sink knows exactly how many bytes reached the destination. An error that may pass (a
+//! full disk, a quota, an interrupted call) is retried with backoff and the write continues
+//! where it stopped: no line is written twice or torn. An error retrying cannot fix (`EIO`,
+//! permission denied, a closed pipe), or a stop while retrying, ends the sink with the error;
+//! the part of the batch already written is cut off again where the destination allows it (a
+//! file), and the batch's records are not acknowledged, so their source reads them again.
 
-use std::future::Future;
+use std::io::Write;
 
-use flow_core::processor::{Output, ProcessorError, SinkContext};
-use flow_core::runtime::edge::Batch;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use flow_core::processor::{ProcessorError, SinkContext};
+use flow_core::record::finish_all;
+use flow_core::retry::Retry;
 
 /// Where lines go.
-pub(crate) trait LineWriter: AsyncWrite + Unpin + Send {
-    /// Make what was written durable (fsync), when the sink was asked to.
-    fn sync(&mut self) -> impl Future<Output = std::io::Result<()>> + Send;
+pub(crate) trait Target: Send + 'static {
+    /// Write some bytes (as [`std::io::Write::write`]).
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize>;
+    /// Make what was written durable (fsync) and flushed.
+    fn sync(&mut self, durable: bool) -> std::io::Result<()>;
+    /// Cut the destination back to `len` bytes, if it can be (a regular file).
+    fn truncate(&mut self, len: u64) -> std::io::Result<()>;
 }
 
-impl LineWriter for tokio::fs::File {
-    async fn sync(&mut self) -> std::io::Result<()> {
-        self.sync_data().await
+impl Target for std::fs::File {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        Write::write(self, buf)
     }
-}
-
-impl LineWriter for tokio::io::Stdout {
-    async fn sync(&mut self) -> std::io::Result<()> {
+    fn sync(&mut self, durable: bool) -> std::io::Result<()> {
+        if durable { self.sync_data() } else { Ok(()) }
+    }
+    fn truncate(&mut self, len: u64) -> std::io::Result<()> {
+        if self.metadata()?.is_file() {
+            self.set_len(len)?;
+        }
         Ok(())
     }
 }
 
-/// Write every batch from `ctx.input` to `w`, one line per record (its content, so records that
-/// were not modified keep their exact bytes), one write per batch. A batch that cannot be written
-/// goes to `failure` with the error; the sink keeps going.
-pub(crate) async fn write_lines<W: LineWriter>(
-    mut w: W,
+impl Target for std::io::Stdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.lock().write(buf)
+    }
+    fn sync(&mut self, _durable: bool) -> std::io::Result<()> {
+        self.lock().flush()
+    }
+    fn truncate(&mut self, _len: u64) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A destination, its name for messages, and how much of it is ours (its length, for a
+/// file: where a batch that fails half-way is cut back to).
+pub(crate) struct Lines<T> {
+    pub target: T,
+    /// `` `out.jsonl` `` or `standard output`.
+    pub name: String,
+    pub len: u64,
+    /// fsync after every batch.
+    pub durable: bool,
+}
+
+/// One batch's progress, moved to the blocking thread and back.
+struct Progress<T> {
+    target: T,
+    buf: Vec<u8>,
+    written: usize,
+}
+
+/// Write from `written` to the end of `buf`, then sync; `written` counts what reached the
+/// destination whatever happens.
+fn write_rest<T: Target>(p: &mut Progress<T>, durable: bool) -> std::io::Result<()> {
+    while p.written < p.buf.len() {
+        match p.target.write(&p.buf[p.written..]) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => p.written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    p.target.sync(durable)
+}
+
+/// Write every batch from `ctx.input` to `out`, one line per record (its content, so records
+/// that were not modified keep their exact bytes), one write per batch, and acknowledge a
+/// batch's records once all of it was written (and synced, if asked).
+pub(crate) async fn write_lines<T: Target>(
+    out: Lines<T>,
     mut ctx: SinkContext,
-    sync: bool,
 ) -> Result<(), ProcessorError> {
-    let mut buf = Vec::new();
+    let retry = Retry::new(&ctx);
+    let what = format!("writing to {}", out.name);
+    let Lines {
+        target,
+        name,
+        mut len,
+        durable,
+    } = out;
+    let mut p = Progress {
+        target,
+        buf: Vec::new(),
+        written: 0,
+    };
     while let Some(mut batch) = ctx.input.next().await {
         let n = batch.len() as u64;
         ctx.metrics.add_received(n);
-        buf.clear();
+        p.buf.clear();
+        p.written = 0;
         for r in batch.iter_mut() {
-            buf.extend_from_slice(r.content());
-            buf.push(b'\n');
+            p.buf.extend_from_slice(r.content());
+            p.buf.push(b'\n');
         }
-        match write_batch(&mut w, &buf, sync).await {
-            Ok(()) => {
-                drop(batch);
-                ctx.metrics.add_sent(n);
+        let mut attempts = retry.attempts(&what);
+        loop {
+            let (back, result) = tokio::task::spawn_blocking(move || {
+                let r = write_rest(&mut p, durable);
+                (p, r)
+            })
+            .await
+            .map_err(|e| ProcessorError::other(format!("{what}: {e}")))?;
+            p = back;
+            let Err(e) = result else {
+                attempts.succeeded();
+                break;
+            };
+            let e = ProcessorError::io(what.clone(), e);
+            if let Err(e) = attempts.failed(e).await {
+                // Giving up: cut off the part of the batch that was written, so the next run,
+                // which writes these records again, leaves no torn or doubled line.
+                return Err(cut_back(p, len, e, &name).await);
             }
-            Err(e) => fail(&mut ctx, batch, &e).await?,
         }
-    }
-    w.flush().await.map_err(|source| ProcessorError::Io {
-        context: "flushing".into(),
-        source,
-    })
-}
-
-async fn write_batch<W: LineWriter>(w: &mut W, buf: &[u8], sync: bool) -> std::io::Result<()> {
-    w.write_all(buf).await?;
-    w.flush().await?;
-    if sync {
-        w.sync().await?;
+        len += p.buf.len() as u64;
+        finish_all(batch);
+        ctx.metrics.add_sent(n);
     }
     Ok(())
 }
 
-async fn fail(
-    ctx: &mut SinkContext,
-    batch: Batch,
-    err: &std::io::Error,
-) -> Result<(), ProcessorError> {
-    let mut out = Output::new(ctx.name.clone(), ctx.failures.port_count().max(1));
-    let msg = format!("write failed: {err}");
-    for r in batch {
-        out.fail(r, &msg);
+/// Truncate the destination to `len` after a failed batch; the error to report.
+async fn cut_back<T: Target>(
+    mut p: Progress<T>,
+    len: u64,
+    e: ProcessorError,
+    name: &str,
+) -> ProcessorError {
+    if p.written == 0 {
+        return e;
     }
-    ctx.failures
-        .flush(&mut out)
-        .await
-        .map_err(|e| ProcessorError::Other(e.to_string()))
+    let cut = tokio::task::spawn_blocking(move || p.target.truncate(len)).await;
+    match cut {
+        Ok(Ok(())) => e,
+        Ok(Err(t)) => ProcessorError::other(format!(
+            "{e}; the part of the batch already written could not be cut off {name} ({t})"
+        )),
+        Err(t) => ProcessorError::other(format!("{e}; {t}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use flow_core::ack::{AckStatus, AckTracker, Acks};
+
+    use super::*;
+    use crate::testing::{rec, sink_ctx_stoppable};
+
+    /// A destination that takes at most `room` bytes per write, and fails the writes listed in
+    /// `errors` (by call number) with the given errors.
+    #[derive(Clone, Default)]
+    struct Fake {
+        data: Arc<Mutex<Vec<u8>>>,
+        calls: Arc<Mutex<u32>>,
+        errors: Arc<Mutex<Vec<(u32, std::io::ErrorKind)>>>,
+        room: usize,
+    }
+
+    impl Target for Fake {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let mut calls = self.calls.lock().expect("lock");
+            *calls += 1;
+            if let Some((_, kind)) = self
+                .errors
+                .lock()
+                .expect("lock")
+                .iter()
+                .find(|(c, _)| *c == *calls)
+            {
+                return Err((*kind).into());
+            }
+            let n = buf.len().min(self.room);
+            self.data.lock().expect("lock").extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn sync(&mut self, _: bool) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn truncate(&mut self, len: u64) -> std::io::Result<()> {
+            let len = usize::try_from(len).expect("small");
+            self.data.lock().expect("lock").truncate(len);
+            Ok(())
+        }
+    }
+
+    impl Fake {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.data.lock().expect("lock")).into_owned()
+        }
+    }
+
+    fn lines(fake: &Fake) -> Lines<Fake> {
+        Lines {
+            target: fake.clone(),
+            name: "`fake`".into(),
+            len: 0,
+            durable: false,
+        }
+    }
+
+    /// Two batches of three records, each batch with its own ack token.
+    fn batches(tracker: &mut AckTracker) -> Vec<Vec<flow_core::record::Record>> {
+        (0..2)
+            .map(|b| {
+                let t = tracker.token(b);
+                (0..3)
+                    .map(|i| {
+                        rec(&format!(r#"{{"b":{b},"i":{i}}}"#)).with_acks(Acks::one(t.clone()))
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    const ALL: &str = "{\"b\":0,\"i\":0}\n{\"b\":0,\"i\":1}\n{\"b\":0,\"i\":2}\n\
+                       {\"b\":1,\"i\":0}\n{\"b\":1,\"i\":1}\n{\"b\":1,\"i\":2}\n";
+
+    /// A full disk mid-batch: retried, and the write goes on where it stopped.
+    #[tokio::test(start_paused = true)]
+    async fn a_full_disk_is_retried_and_the_write_continues_where_it_stopped() {
+        let fake = Fake {
+            room: 10,
+            errors: Arc::new(Mutex::new(vec![
+                (2, std::io::ErrorKind::StorageFull),
+                (3, std::io::ErrorKind::StorageFull),
+                (7, std::io::ErrorKind::QuotaExceeded),
+            ])),
+            ..Fake::default()
+        };
+        let mut tracker = AckTracker::new();
+        let (ctx, tx, _failures, metrics, _) = sink_ctx_stoppable();
+        for b in batches(&mut tracker) {
+            tx.send(b).await.expect("queued");
+        }
+        drop(tx);
+        write_lines(lines(&fake), ctx)
+            .await
+            .expect("written in the end");
+        assert_eq!(fake.text(), ALL, "no line doubled or torn");
+        assert_eq!(metrics.snapshot().sent, 6);
+        for _ in 0..2 {
+            let f = tracker.next().await.expect("finished");
+            assert_eq!(f.status, AckStatus::Delivered);
+        }
+    }
+
+    /// An error retrying cannot fix, after part of a batch was written: the sink fails, the
+    /// part is cut off, and the batch's records are not acknowledged (the batch before is).
+    #[tokio::test(start_paused = true)]
+    async fn a_fatal_error_cuts_the_partial_batch_and_abandons_it() {
+        let fake = Fake {
+            room: 20,
+            errors: Arc::new(Mutex::new(vec![(5, std::io::ErrorKind::Other)])),
+            ..Fake::default()
+        };
+        let mut tracker = AckTracker::new();
+        let (ctx, tx, _failures, metrics, _) = sink_ctx_stoppable();
+        for b in batches(&mut tracker) {
+            tx.send(b).await.expect("queued");
+        }
+        drop(tx);
+        let e = write_lines(lines(&fake), ctx).await.expect_err("fails");
+        assert!(e.to_string().starts_with("writing to `fake`: "), "{e}");
+        let first_batch = &ALL[..ALL.len() / 2];
+        assert_eq!(
+            fake.text(),
+            first_batch,
+            "the second batch's part was cut off"
+        );
+        assert_eq!(metrics.snapshot().sent, 3);
+        let mut seen = [
+            tracker.next().await.expect("one"),
+            tracker.next().await.expect("two"),
+        ];
+        seen.sort_by_key(|f| f.seq);
+        assert_eq!(seen[0].status, AckStatus::Delivered);
+        assert_eq!(seen[1].status, AckStatus::Abandoned);
+    }
+
+    /// Asked to stop while a full disk is being retried: the sink gives up at once, cuts the
+    /// partial batch, and leaves it unacknowledged.
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_while_retrying_gives_up_and_abandons() {
+        let fake = Fake {
+            room: 4,
+            errors: Arc::new(Mutex::new(
+                (2..10_000)
+                    .map(|c| (c, std::io::ErrorKind::StorageFull))
+                    .collect(),
+            )),
+            ..Fake::default()
+        };
+        let mut tracker = AckTracker::new();
+        let (ctx, tx, _failures, _, stop) = sink_ctx_stoppable();
+        let mut b = batches(&mut tracker);
+        b.truncate(1);
+        tx.send(b.remove(0)).await.expect("queued");
+        let sink = tokio::spawn(write_lines(lines(&fake), ctx));
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(!sink.is_finished(), "retrying while the disk is full");
+        stop.cancel();
+        let e = sink.await.expect("joined").expect_err("gave up");
+        assert!(matches!(e, ProcessorError::Stopped(_)), "{e}");
+        assert_eq!(fake.text(), "");
+        drop(tx);
+        let f = tracker.next().await.expect("finished");
+        assert_eq!(f.status, AckStatus::Abandoned);
+    }
 }

@@ -12,12 +12,13 @@ pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Every example flow in `flows/`, sorted.
+/// Every example flow in `flows/`, sorted (their tests, `*.test.yaml`, are not flows).
 pub fn example_flows() -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join("flows"))
         .expect("flows/")
         .map(|e| e.expect("entry").path())
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .filter(|p| !flow_core::flowtest::is_test_file(p))
         .collect();
     files.sort();
     files

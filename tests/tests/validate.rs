@@ -38,3 +38,25 @@ fn unset_variables() {
 fn yaml_syntax_errors() {
     insta::assert_snapshot!(check("syntax.yaml"));
 }
+
+#[test]
+fn wrong_values_point_at_themselves_and_hide_nothing() {
+    insta::assert_snapshot!(check("values.yaml"));
+}
+
+#[test]
+fn every_duplicate_key() {
+    insta::assert_snapshot!(check("duplicates.yaml"));
+}
+
+#[test]
+fn expression_errors_inside_block_scalars_point_at_their_line() {
+    insta::assert_snapshot!(check("blocks.yaml"));
+}
+
+#[test]
+fn a_byte_order_mark_is_ignored() {
+    let out = check("bom.yaml");
+    assert!(!out.contains("unknown key `\u{feff}name`"), "{out}");
+    insta::assert_snapshot!(out);
+}

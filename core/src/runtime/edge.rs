@@ -184,6 +184,9 @@ impl EdgeSender {
                 }
                 if s.when_full == WhenFull::DropNewest {
                     s.stats.dropped.fetch_add(n as u64, Ordering::Relaxed);
+                    drop(st);
+                    // Shed on purpose: finished, so the source commits past them.
+                    crate::record::finish_all(batch);
                     return Ok(());
                 }
             }
@@ -233,14 +236,11 @@ impl Drop for EdgeReceiver {
     fn drop(&mut self) {
         let mut st = self.shared.state.lock();
         st.receiver_closed = true;
-        // Whatever is still queued is dropped unprocessed: abandoned, so that its sources do
-        // not commit it.
-        for (batch, _) in st.queue.drain(..) {
-            for r in &batch {
-                r.mark(crate::ack::AckStatus::Abandoned);
-            }
-        }
+        // Whatever is still queued is dropped unprocessed, so abandoned: its sources do not
+        // commit it.
+        let abandoned: Vec<(Batch, usize)> = st.queue.drain(..).collect();
         drop(st);
+        drop(abandoned);
         self.shared.not_full.notify_one();
     }
 }
@@ -258,12 +258,12 @@ mod tests {
         let (tx, rx, _) = edge(100, usize::MAX, WhenFull::Block);
         let delivered = tracker.token(0);
         let queued = tracker.token(1);
-        let b0: Batch = vec![Record::from_bytes(&b"{}"[..]).with_acks(Acks::One(delivered))];
-        let b1: Batch = vec![Record::from_bytes(&b"{}"[..]).with_acks(Acks::One(queued))];
+        let b0: Batch = vec![Record::from_bytes(&b"{}"[..]).with_acks(Acks::one(delivered))];
+        let b1: Batch = vec![Record::from_bytes(&b"{}"[..]).with_acks(Acks::one(queued))];
         tx.send(b0).await.expect("room");
         tx.send(b1).await.expect("room");
         let mut rx = rx;
-        drop(rx.recv().await.expect("first batch"));
+        crate::record::finish_all(rx.recv().await.expect("first batch"));
         drop(rx);
         let mut seen = [
             tracker.next().await.expect("one"),
@@ -309,11 +309,20 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn drop_newest_never_waits_and_counts() {
+    async fn drop_newest_never_waits_counts_and_finishes_what_it_sheds() {
+        use crate::ack::{AckStatus, AckTracker, Acks};
+        let mut tracker = AckTracker::new();
         let (tx, _rx, stats) = edge(3, usize::MAX, WhenFull::DropNewest);
         tx.send(batch(3)).await.expect("room");
-        tx.send(batch(2)).await.expect("dropped, not blocked");
+        let shed = tracker.token(0);
+        let b: Batch = (0..2)
+            .map(|_| Record::from_bytes(&b"{}"[..]).with_acks(Acks::one(shed.clone())))
+            .collect();
+        drop(shed);
+        tx.send(b).await.expect("dropped, not blocked");
         assert_eq!(stats.snapshot().dropped, 2);
+        let f = tracker.try_next().expect("finished at once");
+        assert_eq!(f.status, AckStatus::Delivered);
     }
 
     #[tokio::test]

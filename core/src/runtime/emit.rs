@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::ack::AckStatus;
 use crate::processor::{Output, PortId};
+use crate::record::finish_all;
 use crate::runtime::edge::{Batch, EdgeReceiver, EdgeSender};
 use crate::runtime::metrics::NodeMetrics;
 
@@ -23,37 +24,55 @@ pub struct DownstreamGone {
 struct Port {
     name: String,
     edges: Vec<EdgeSender>,
-}
-
-/// Logs failures that have nowhere to go, at most once per burst.
-struct FailureLog {
-    last: Option<Instant>,
-    suppressed: u64,
+    /// Records sent here with no edge are counted as failed and logged, not dropped quietly
+    /// (`failure`, and the ports a processor declares in `reported_outputs`).
+    reported: bool,
+    /// The last time such records were logged, and how many came since.
+    log: Option<(Instant, u64)>,
 }
 
 const BURST: Duration = Duration::from_secs(5);
 
-impl FailureLog {
+impl Port {
+    /// Log records that reached this port with no edge, at most once per burst.
     fn report(&mut self, node: &str, batch: &Batch) {
         let now = Instant::now();
-        let due = self.last.is_none_or(|t| now.duration_since(t) >= BURST);
-        if !due {
-            self.suppressed += batch.len() as u64;
+        let n = batch.len() as u64;
+        if let Some((last, suppressed)) = &mut self.log
+            && now.duration_since(*last) < BURST
+        {
+            *suppressed += n;
             return;
         }
-        let message = batch
-            .first()
-            .and_then(|r| r.attributes.get("error.message"))
-            .map(String::as_str)
-            .unwrap_or("unknown error");
-        tracing::warn!(
-            node,
-            failed = batch.len() as u64 + self.suppressed,
-            error = message,
-            "records failed and the `failure` port has no edge; they are counted and dropped"
-        );
-        self.last = Some(now);
-        self.suppressed = 0;
+        let count = n + self.log.map_or(0, |(_, s)| s);
+        self.log = Some((now, 0));
+        let first = batch.first();
+        if self.name == crate::processor::FAILURE {
+            let message = first
+                .and_then(|r| r.attributes.get("error.message"))
+                .map(String::as_str)
+                .unwrap_or("unknown error");
+            tracing::warn!(
+                node,
+                failed = count,
+                error = message,
+                "records failed and the `failure` port has no edge; they are counted and dropped"
+            );
+        } else {
+            let attributes = first
+                .map(|r| format!("{:?}", r.attributes))
+                .unwrap_or_default();
+            tracing::warn!(
+                node,
+                port = %self.name,
+                records = count,
+                first_attributes = %attributes,
+                "records went to port `{}`, which has no edge; they are counted as failed and \
+                 dropped (connect `{node}.{}` to keep them)",
+                self.name,
+                self.name
+            );
+        }
     }
 }
 
@@ -62,7 +81,6 @@ pub struct Emitter {
     node: Arc<str>,
     ports: Vec<Port>,
     metrics: Arc<NodeMetrics>,
-    failure_log: FailureLog,
 }
 
 impl Emitter {
@@ -76,14 +94,25 @@ impl Emitter {
             node,
             ports: ports
                 .into_iter()
-                .map(|(name, edges)| Port { name, edges })
+                .enumerate()
+                .map(|(i, (name, edges))| Port {
+                    name,
+                    edges,
+                    reported: i == PortId::FAILURE.0,
+                    log: None,
+                })
                 .collect(),
             metrics,
-            failure_log: FailureLog {
-                last: None,
-                suppressed: 0,
-            },
         }
+    }
+
+    /// Also count and log records sent to these ports (by name) when they have no edge, as
+    /// for `failure` (see [`crate::processor::ProcessorConfig::reported_outputs`]).
+    pub fn with_reported(mut self, names: &[String]) -> Self {
+        for p in &mut self.ports {
+            p.reported |= names.contains(&p.name);
+        }
+        self
     }
 
     /// The number of ports.
@@ -97,25 +126,29 @@ impl Emitter {
     }
 
     /// Send a batch on a port: a copy to every edge (records share their parsed view, so a copy
-    /// is cheap). Waits while an edge is full. A port without edges drops the batch on purpose,
-    /// except `failure`, whose records are counted and logged.
+    /// is cheap). Waits while an edge is full. A port without edges drops the batch on purpose
+    /// (acknowledged, counted as dropped), except `failure` and the processor's other
+    /// reported ports, whose records are counted as failed, logged once per burst and
+    /// acknowledged `Failed`. A batch for an edge whose consumer is gone is abandoned.
     pub async fn send(&mut self, port: PortId, batch: Batch) -> Result<(), DownstreamGone> {
         if batch.is_empty() {
             return Ok(());
         }
         let n = batch.len() as u64;
-        let Some(p) = self.ports.get(port.0) else {
+        let Some(p) = self.ports.get_mut(port.0) else {
+            // No such port: a processor bug. Dropping the batch abandons it.
             return Ok(());
         };
         if p.edges.is_empty() {
-            if port == PortId::FAILURE {
+            if p.reported {
                 self.metrics.add_failed(n);
-                self.failure_log.report(&self.node, &batch);
-                for r in &batch {
-                    r.mark(AckStatus::Failed);
+                p.report(&self.node, &batch);
+                for mut r in batch {
+                    r.take_acks().finish(AckStatus::Failed);
                 }
             } else {
                 self.metrics.add_dropped(n);
+                finish_all(batch);
             }
             return Ok(());
         }

@@ -8,12 +8,12 @@ use parking_lot::Mutex;
 use serde::Deserialize;
 
 use super::*;
-use crate::ack::{AckStatus, AckTracker, Acks};
+use crate::ack::{AckStatus, AckTracker, Acks, InOrderCommit};
 use crate::processor::{
     BuildContext, BuildError, Describe, Output, PortId, ProcessorConfig, ProcessorDef, Registry,
-    Sink, Source,
+    Sink, Source, TaskTransform,
 };
-use crate::record::Record;
+use crate::record::{Record, finish_all};
 
 /// Shared observations of a test run.
 #[derive(Default)]
@@ -24,6 +24,8 @@ struct Probe {
     /// other record).
     max_in_flight: AtomicU64,
     finished: Mutex<Vec<(u64, AckStatus)>>,
+    /// How many records the source committed (in order, stopping at an abandoned batch).
+    committed: AtomicU64,
     /// What the source was told at build: whether a consumer reads fields.
     consumers_read_values: Mutex<Option<bool>>,
 }
@@ -51,32 +53,43 @@ struct CountSource {
 #[async_trait]
 impl Source for CountSource {
     async fn run(self: Box<Self>, mut ctx: SourceContext) -> Result<(), ProcessorError> {
-        let mut tracker = AckTracker::new();
+        let mut tracker = AckTracker::named(ctx.name.clone());
+        let mut commit = InOrderCommit::new();
+        let mut ends = std::collections::BTreeMap::new();
         let mut n = 0;
         let mut seq = 0;
+        let mut result = Ok(());
         while n < self.count && !ctx.shutdown.is_cancelled() {
             let token = tracker.token(seq);
-            seq += 1;
             let size = self.batch.min(self.count - n);
             let batch: Vec<Record> = (n..n + size)
                 .map(|i| {
-                    Record::from_bytes(format!("{{\"n\":{i}}}")).with_acks(Acks::One(token.clone()))
+                    Record::from_bytes(format!("{{\"n\":{i}}}")).with_acks(Acks::one(token.clone()))
                 })
                 .collect();
             drop(token);
             n += size;
+            ends.insert(seq, n);
+            seq += 1;
             ctx.metrics.add_received(size);
             self.probe.produced.store(n, Ordering::SeqCst);
-            ctx.out
-                .send(PortId::DEFAULT, batch)
-                .await
-                .map_err(|e| ProcessorError::Other(e.to_string()))?;
+            if let Err(e) = ctx.out.send(PortId::DEFAULT, batch).await {
+                result = Err(e.into());
+                break;
+            }
         }
         drop(ctx.out);
+        // Commit as a real source does: in order, never past an abandoned batch.
         while let Some(f) = tracker.next().await {
             self.probe.finished.lock().push((f.seq, f.status));
+            if f.committable()
+                && let Some(end) = ends.get(&f.seq)
+                && let Some(c) = commit.finish(f.seq, *end)
+            {
+                self.probe.committed.store(c, Ordering::SeqCst);
+            }
         }
-        Ok(())
+        result
     }
 }
 
@@ -122,7 +135,7 @@ impl Sink for SlowSink {
             }
             let n = batch.len() as u64;
             ctx.metrics.add_received(n);
-            drop(batch);
+            finish_all(batch);
             let written = self.probe.written.fetch_add(n, Ordering::SeqCst) + n;
             let produced = self.probe.produced.load(Ordering::SeqCst);
             self.probe
@@ -154,16 +167,27 @@ impl Describe for SlowConfig {
     const KIND: Kind = Kind::Sink;
 }
 
-/// Test transform: passes even `n`, fails odd `n` when `fail_odd`.
+/// Test transform: passes even `n`; odd `n` are dropped on purpose, failed, lost (a bug: never
+/// pushed nor dropped) or sent to `late`, as `odd` says.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct EvenConfig {
     #[serde(default)]
-    fail_odd: bool,
+    odd: Odd,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+enum Odd {
+    #[default]
+    Drop,
+    Fail,
+    Lose,
+    Late,
 }
 
 struct Even {
-    fail_odd: bool,
+    odd: Odd,
 }
 
 impl Transform for Even {
@@ -178,21 +202,26 @@ impl Transform for Even {
             })
             .unwrap_or(-1);
         if n % 2 == 0 {
-            out.push(PortId::DEFAULT, record);
-        } else if self.fail_odd {
-            out.fail(record, &"odd");
+            return out.push(PortId::DEFAULT, record);
+        }
+        match self.odd {
+            Odd::Drop => out.drop_record(record),
+            Odd::Fail => out.fail(record, &"odd"),
+            Odd::Lose => drop(record),
+            Odd::Late => out.push(PortId(2), record),
         }
     }
 }
 
 impl ProcessorConfig for EvenConfig {
     fn outputs(&self) -> Vec<String> {
-        vec!["out".into()]
+        vec!["out".into(), "late".into()]
+    }
+    fn reported_outputs(&self) -> Vec<String> {
+        vec!["late".into()]
     }
     fn build(&self, _: &BuildContext) -> Result<Processor, BuildError> {
-        Ok(Processor::Transform(Box::new(Even {
-            fail_odd: self.fail_odd,
-        })))
+        Ok(Processor::Transform(Box::new(Even { odd: self.odd })))
     }
 }
 
@@ -201,11 +230,82 @@ impl Describe for EvenConfig {
     const KIND: Kind = Kind::Transform;
 }
 
+/// Test task transform: passes records with `n < pass_below`, keeps the others in its state
+/// (their acks held, as a window does), and fails when it meets `fail_at`: by panicking or by
+/// returning an error, as `panic` says. At the end of its input it releases what it held.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct HoldConfig {
+    pass_below: i64,
+    fail_at: i64,
+    #[serde(default)]
+    panic: bool,
+}
+
+struct Hold {
+    pass_below: i64,
+    fail_at: i64,
+    panic: bool,
+}
+
+#[async_trait]
+impl TaskTransform for Hold {
+    async fn run(self: Box<Self>, mut ctx: TaskContext) -> Result<(), ProcessorError> {
+        let mut held: Vec<Acks> = Vec::new();
+        let mut out = Output::new(ctx.name.clone(), ctx.out.port_count());
+        while let Some(batch) = ctx.input.next().await {
+            ctx.metrics.add_received(batch.len() as u64);
+            for mut r in batch {
+                let n = r
+                    .value()
+                    .ok()
+                    .and_then(|v| v.as_object()?.get("n")?.as_integer())
+                    .unwrap_or(-1);
+                if n == self.fail_at {
+                    if self.panic {
+                        panic!("test transform panics at n = {n}");
+                    }
+                    return Err(ProcessorError::other(format!(
+                        "test transform fails at {n}"
+                    )));
+                }
+                if n < self.pass_below {
+                    out.push(PortId::DEFAULT, r);
+                } else {
+                    held.push(r.take_acks());
+                }
+            }
+            ctx.out.flush(&mut out).await?;
+        }
+        held.into_iter().for_each(Acks::release);
+        Ok(())
+    }
+}
+
+impl ProcessorConfig for HoldConfig {
+    fn outputs(&self) -> Vec<String> {
+        vec!["out".into()]
+    }
+    fn build(&self, _: &BuildContext) -> Result<Processor, BuildError> {
+        Ok(Processor::Task(Box::new(Hold {
+            pass_below: self.pass_below,
+            fail_at: self.fail_at,
+            panic: self.panic,
+        })))
+    }
+}
+
+impl Describe for HoldConfig {
+    const TYPE: &'static str = "hold";
+    const KIND: Kind = Kind::Transform;
+}
+
 fn registry() -> Registry {
     Registry::new(vec![
         ProcessorDef::of::<CountConfig>(),
         ProcessorDef::of::<SlowConfig>(),
         ProcessorDef::of::<EvenConfig>(),
+        ProcessorDef::of::<HoldConfig>(),
     ])
 }
 
@@ -272,7 +372,7 @@ async fn fan_out_acks_only_after_every_branch_and_failures_are_reported() {
         r#"
 processors:
   src: { type: count, count: 100, batch: 10 }
-  strict: { type: even, fail_odd: true }
+  strict: { type: even, odd: fail }
   a: { type: slow, slowness: 0 }
   b: { type: slow, slowness: 3 }
 connections:
@@ -315,4 +415,107 @@ connections:
     .await;
     assert_eq!(probe.written.load(Ordering::SeqCst), 20);
     assert_eq!(*probe.consumers_read_values.lock(), Some(false));
+}
+
+/// A task that panics, or returns an error, while it holds records (in its state, and in
+/// hand) never lets its source commit them: everything it held is abandoned, and the source's
+/// committed position stops before the first of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_task_never_lets_its_source_commit_what_it_held() {
+    let _g = SERIAL.lock().await;
+    for panic in [true, false] {
+        let (report, probe) = run_flow(&format!(
+            r#"
+processors:
+  src: {{ type: count, count: 200, batch: 10 }}
+  hold: {{ type: hold, pass_below: 50, fail_at: 75, panic: {panic} }}
+  sink: {{ type: slow, slowness: 0 }}
+connections:
+  - src -> hold
+  - hold -> sink
+"#
+        ))
+        .await;
+        assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
+        assert_eq!(probe.written.load(Ordering::SeqCst), 50);
+        // Batches 0-4 were written; 5 and 6 were in the task's state, 7 in its hands.
+        assert_eq!(
+            probe.committed.load(Ordering::SeqCst),
+            50,
+            "panic: {panic}, finished: {:?}",
+            probe.finished.lock()
+        );
+        let finished = probe.finished.lock();
+        for (seq, status) in finished.iter() {
+            let expected = if *seq < 5 {
+                AckStatus::Delivered
+            } else {
+                AckStatus::Abandoned
+            };
+            assert_eq!(*status, expected, "batch {seq} (panic: {panic})");
+        }
+        assert!(finished.len() >= 8, "{finished:?}");
+    }
+}
+
+/// A transform that loses a record (neither pushes nor drops it: a bug) abandons its batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_a_transform_loses_is_abandoned() {
+    let _g = SERIAL.lock().await;
+    let (report, probe) = run_flow(
+        r#"
+processors:
+  src: { type: count, count: 40, batch: 10 }
+  buggy: { type: even, odd: lose }
+  sink: { type: slow, slowness: 0 }
+connections:
+  - src -> buggy
+  - buggy -> sink
+"#,
+    )
+    .await;
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(probe.written.load(Ordering::SeqCst), 20);
+    assert_eq!(probe.committed.load(Ordering::SeqCst), 0);
+    let finished = probe.finished.lock();
+    assert_eq!(finished.len(), 4);
+    assert!(finished.iter().all(|(_, s)| *s == AckStatus::Abandoned));
+}
+
+/// Records a processor sends to a reported port (like a window's `late`) with no edge are
+/// counted as failed and acknowledged `Failed`, never dropped quietly; on other unconnected
+/// ports they are dropped on purpose and acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unconnected_reported_port_counts_its_records_as_failed() {
+    let _g = SERIAL.lock().await;
+    let (report, probe) = run_flow(
+        r#"
+processors:
+  src: { type: count, count: 40, batch: 10 }
+  late: { type: even, odd: late }
+  quiet: { type: even }
+  sink: { type: slow, slowness: 0 }
+connections:
+  - src -> late
+  - late -> quiet
+  - quiet -> sink
+"#,
+    )
+    .await;
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let node = |name: &str| {
+        report
+            .nodes
+            .iter()
+            .find(|n| n.name == name)
+            .map(|n| n.counters.clone())
+            .expect("node")
+    };
+    assert_eq!((node("late").failed, node("late").dropped), (20, 0));
+    assert_eq!((node("quiet").failed, node("quiet").dropped), (0, 0));
+    assert_eq!(probe.written.load(Ordering::SeqCst), 20);
+    assert_eq!(probe.committed.load(Ordering::SeqCst), 40);
+    let finished = probe.finished.lock();
+    assert_eq!(finished.len(), 4);
+    assert!(finished.iter().all(|(_, s)| *s == AckStatus::Failed));
 }

@@ -28,7 +28,7 @@ pub struct Diagnostic {
     /// Byte range in the file.
     #[serde(skip)]
     pub range: std::ops::Range<usize>,
-    /// What to do about it ("did you mean `topics`?").
+    /// What to do about it ("did you mean `topics`?"); one suggestion or explanation a line.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub help: Option<String>,
 }
@@ -91,8 +91,12 @@ pub fn did_you_mean<'a>(
         .map(|(_, c)| format!("did you mean `{c}`?"))
 }
 
-/// Render findings as text: `file:line:column: error: message`, the line, a caret and the help.
+/// Render findings as text: `file:line:column: error: message`, the line, a caret and the help
+/// (one note per line of it).
 pub fn render(file_name: &str, source: &str, diagnostics: &[Diagnostic]) -> String {
+    // Ranges count a byte-order mark; the rendered columns must not.
+    let bom = if source.starts_with('\u{feff}') { 3 } else { 0 };
+    let source = &source[bom..];
     let file = SimpleFile::new(file_name, source);
     let config = Config::default();
     let mut out = term::termcolor::NoColor::new(Vec::new());
@@ -103,15 +107,25 @@ pub fn render(file_name: &str, source: &str, diagnostics: &[Diagnostic]) -> Stri
         }
         .with_message(&d.message);
         if d.line > 0 {
-            let range = if d.range.is_empty() {
-                d.range.start..(d.range.start + 1).min(source.len())
-            } else {
-                d.range.clone()
-            };
+            let start = d.range.start.saturating_sub(bom).min(source.len());
+            let mut end = d.range.end.saturating_sub(bom).clamp(start, source.len());
+            // One line at most (a label over a line break spans two lines), and at least one
+            // character when there is one on the line.
+            if let Some(nl) = source.get(start..end).and_then(|t| t.find('\n')) {
+                end = start + nl;
+            }
+            if end == start {
+                end = source
+                    .get(start..)
+                    .and_then(|t| t.chars().next())
+                    .filter(|c| *c != '\n')
+                    .map_or(start, |c| start + c.len_utf8());
+            }
+            let range = start..end;
             cs = cs.with_labels(vec![Label::primary((), range)]);
         }
         if let Some(h) = &d.help {
-            cs = cs.with_notes(vec![format!("help: {h}")]);
+            cs = cs.with_notes(h.lines().map(|l| format!("help: {l}")).collect());
         }
         if term::emit(&mut out, &config, &file, &cs).is_err() {
             // The range did not fit the file: fall back to the short form.
@@ -135,7 +149,7 @@ pub fn render_short(file_name: &str, diagnostics: &[Diagnostic]) -> String {
             d.line, d.column, d.message
         ));
         if let Some(h) = &d.help {
-            s.push_str(&format!(" ({h})"));
+            s.push_str(&format!(" ({})", h.replace('\n', "; ")));
         }
         s.push('\n');
     }

@@ -22,9 +22,14 @@
 //! an error.
 
 pub mod diagnostic;
+pub mod document;
+mod duplicates;
 mod interpolate;
+mod schema;
+mod source;
+mod value_error;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, HashSet};
 
 use bytesize::ByteSize;
 use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode};
@@ -33,6 +38,10 @@ use serde::Deserialize;
 
 pub use diagnostic::{Diagnostic, Pos, Severity, did_you_mean, render, render_short};
 pub use interpolate::interpolate;
+pub use schema::json_schema;
+
+use source::Source;
+use value_error::{Problem, Segment, ValueError};
 
 use crate::processor::{ConfigError, FAILURE, Kind, ProcessorConfig, Registry};
 use crate::runtime::edge::WhenFull;
@@ -96,7 +105,7 @@ const TOP_KEYS: &[&str] = &[
     "processors",
     "connections",
     // The designer's canvas positions: read by the designer, ignored by the engine.
-    crate::document::LAYOUT_KEY,
+    document::LAYOUT_KEY,
 ];
 
 /// A processor of the flow.
@@ -185,10 +194,7 @@ impl Loaded {
 
 /// Load a flow from text. `env` answers `${VAR}` lookups. Pure: no I/O.
 pub fn load(text: &str, env: &dyn Fn(&str) -> Option<String>, registry: &Registry) -> Loaded {
-    let mut l = Loader {
-        text,
-        diags: Vec::new(),
-    };
+    let mut l = Loader::new(text);
     let flow = l.load(env, registry);
     let mut diagnostics = l.diags;
     diagnostics.sort_by_key(|d| (d.line, d.column));
@@ -205,39 +211,63 @@ pub fn load_with_env(text: &str, registry: &Registry) -> Loaded {
     load(text, &|k| std::env::var(k).ok(), registry)
 }
 
+/// Unknown processor names get a "did you mean" for this many connections; beyond, comparing
+/// each with every processor would make a file of wrong names quadratic.
+const MAX_SUGGESTIONS: usize = 100;
+
+/// Loading is linear in the size of the file: positions come from [`Source`]'s index,
+/// processors are found by name in a map, the graph checks are single passes, and each
+/// processor type's keys are read from its schema once.
 struct Loader<'a> {
-    text: &'a str,
+    src: Source<'a>,
     diags: Vec<Diagnostic>,
+    /// Each processor type's config keys, from its schema.
+    keys: HashMap<&'static str, Vec<String>>,
+    /// Processors of the file that did not load (already reported: connections to them are
+    /// not reported again).
+    failed: HashSet<String>,
+    /// Ports (node, port) named by a connection that could not be made because of the other
+    /// end: not reported as unconnected.
+    mentioned_outputs: HashSet<(usize, usize)>,
+    /// Nodes named as the target of such a connection.
+    mentioned_inputs: HashSet<usize>,
+    suggestions_left: usize,
 }
 
-impl Loader<'_> {
-    fn pos_of_marker(&self, m: Option<&marked_yaml::Marker>, len: usize) -> Pos {
-        let Some(m) = m else {
-            return Pos::default();
-        };
-        let start = self
-            .text
-            .char_indices()
-            .nth(m.character())
-            .map_or(self.text.len(), |(b, _)| b);
-        let end = (start + len).min(self.text.len());
-        Pos {
-            line: m.line(),
-            column: m.column(),
-            range: start..end,
+/// Which node and port a connection's end names.
+struct Endpoint {
+    node: usize,
+    port: Option<String>,
+}
+
+impl<'a> Loader<'a> {
+    fn new(text: &'a str) -> Self {
+        Self {
+            src: Source::new(text),
+            diags: Vec::new(),
+            keys: HashMap::new(),
+            failed: HashSet::new(),
+            mentioned_outputs: HashSet::new(),
+            mentioned_inputs: HashSet::new(),
+            suggestions_left: MAX_SUGGESTIONS,
         }
     }
 
     fn pos(&self, span: &Span, len: usize) -> Pos {
-        self.pos_of_marker(span.start(), len)
+        self.src.pos(span.start(), len)
     }
 
+    /// Where a node is: a one-line scalar's value without its quotes, the start of anything
+    /// else.
     fn node_pos(&self, node: &Node) -> Pos {
-        let len = match node {
-            Node::Scalar(s) => s.as_str().len().max(1),
-            _ => 1,
-        };
-        self.pos(node.span(), len)
+        match node {
+            Node::Scalar(s) if !s.as_str().contains('\n') => {
+                let len = s.as_str().len().max(1);
+                let at = self.pos(node.span(), len);
+                self.src.point_into(at, s.as_str(), 0, len)
+            }
+            _ => self.pos(node.span(), 1),
+        }
     }
 
     fn key_pos(&self, key: &MarkedScalarNode) -> Pos {
@@ -250,7 +280,9 @@ impl Loader<'_> {
         &mut self.diags[last]
     }
 
-    fn check_keys(&mut self, map: &MarkedMappingNode, allowed: &[&str], what: &str) {
+    /// Report the keys of `map` not in `allowed`; returns them.
+    fn check_keys(&mut self, map: &MarkedMappingNode, allowed: &[&str], what: &str) -> Vec<String> {
+        let mut unknown = Vec::new();
         for key in map.keys() {
             if !allowed.contains(&key.as_str()) {
                 let help = did_you_mean(key.as_str(), allowed.iter().copied())
@@ -258,6 +290,38 @@ impl Loader<'_> {
                 let at = self.key_pos(key);
                 self.error(at, format!("unknown key `{}` in {what}", key.as_str()))
                     .help = Some(help);
+                unknown.push(key.as_str().to_owned());
+            }
+        }
+        unknown
+    }
+
+    /// Parse the file. Every duplicate key is reported, and loading goes on with the last
+    /// value of each.
+    fn parse(&mut self) -> Option<Node> {
+        let strict = LoaderOptions::default().error_on_duplicate_keys(true);
+        match marked_yaml::parse_yaml_with_options(0, self.src.body(), strict) {
+            Ok(n) => return Some(n),
+            Err(marked_yaml::LoadError::DuplicateKey(_)) => {}
+            Err(e) => {
+                self.yaml_error(&e);
+                return None;
+            }
+        }
+        for d in duplicates::duplicate_keys(self.src.body()) {
+            let at = self.src.pos(Some(&d.at), d.key.len().max(1));
+            self.error(at, format!("duplicate key `{}`", d.key)).help = Some(format!(
+                "`{}` is first set on line {}, column {}",
+                d.key,
+                d.first.line(),
+                d.first.column()
+            ));
+        }
+        match marked_yaml::parse_yaml_with_options(0, self.src.body(), LoaderOptions::default()) {
+            Ok(n) => Some(n),
+            Err(e) => {
+                self.yaml_error(&e);
+                None
             }
         }
     }
@@ -267,14 +331,7 @@ impl Loader<'_> {
         env: &dyn Fn(&str) -> Option<String>,
         registry: &Registry,
     ) -> Option<FlowSpec> {
-        let options = LoaderOptions::default().error_on_duplicate_keys(true);
-        let mut root = match marked_yaml::parse_yaml_with_options(0, self.text, options) {
-            Ok(n) => n,
-            Err(e) => {
-                self.yaml_error(&e);
-                return None;
-            }
-        };
+        let mut root = self.parse()?;
         self.interpolate(&mut root, env);
         let Some(top) = root.as_mapping() else {
             let at = self.node_pos(&root);
@@ -292,7 +349,9 @@ impl Loader<'_> {
             .unwrap_or_default();
         let description = top.get_scalar("description").map(|s| s.as_str().to_owned());
         let defaults = match top.get_node("defaults") {
-            Some(n) => self.edge_settings(n).over(&EdgeSettings::default()),
+            Some(n) => self
+                .edge_settings(n, "defaults.")
+                .over(&EdgeSettings::default()),
             None => EdgeSettings::default(),
         };
 
@@ -300,8 +359,11 @@ impl Loader<'_> {
         match top.get_node("processors") {
             Some(Node::Mapping(m)) => {
                 for (key, node) in m.iter() {
-                    if let Some(n) = self.processor(key, node, registry) {
-                        nodes.push(n);
+                    match self.processor(key, node, registry) {
+                        Some(n) => nodes.push(n),
+                        None => {
+                            self.failed.insert(key.as_str().to_owned());
+                        }
                     }
                 }
             }
@@ -331,11 +393,16 @@ impl Loader<'_> {
             );
         }
 
+        let index: HashMap<&str, usize> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.name.as_str(), i))
+            .collect();
         let mut edges = Vec::new();
         match top.get_node("connections") {
             Some(Node::Sequence(seq)) => {
                 for item in seq.iter() {
-                    if let Some(e) = self.connection(item, &nodes, &defaults) {
+                    if let Some(e) = self.connection(item, &nodes, &index, &defaults) {
                         edges.push(e);
                     }
                 }
@@ -374,7 +441,7 @@ impl Loader<'_> {
                 format!("duplicate key `{}`", d.key.as_str()),
             ),
         };
-        let at = self.pos_of_marker(Some(&marker), 1);
+        let at = self.src.pos(Some(&marker), 1);
         self.error(at, message);
     }
 
@@ -394,7 +461,7 @@ impl Loader<'_> {
                     Err(errs) => {
                         let base = self.pos(s.span(), s.as_str().len());
                         for (offset, len, msg) in errs {
-                            let at = self.point_into(base.clone(), s.as_str(), offset, len);
+                            let at = self.src.point_into(base.clone(), s.as_str(), offset, len);
                             self.error(at, msg).help = Some(
                                 "set it in the environment, or give a default: ${VAR:-default}"
                                     .into(),
@@ -416,27 +483,102 @@ impl Loader<'_> {
         }
     }
 
-    fn edge_settings(&mut self, node: &Node) -> EdgeSettingsConfig {
-        if let Some(m) = node.as_mapping() {
-            self.check_keys(m, EDGE_KEYS, "edge settings");
-        }
-        match marked_yaml::from_node::<EdgeSettingsConfig>(node) {
-            Ok(c) => c,
-            Err(e) => {
-                if !matches!(&*e, marked_yaml::Error::UnknownFieldError(..)) {
-                    self.serde_error(&e, node);
+    /// Edge settings (`defaults`, or a connection's), every problem reported. Their keys are
+    /// written `{prefix}{key}` in messages.
+    fn edge_settings(&mut self, node: &Node, prefix: &str) -> EdgeSettingsConfig {
+        let Some(map) = node.as_mapping() else {
+            let at = self.node_pos(node);
+            self.error(at, "`defaults` must be a mapping of edge settings")
+                .help = Some(format!("its keys are: {}", EDGE_KEYS.join(", ")));
+            return EdgeSettingsConfig::default();
+        };
+        let unknown = self.check_keys(map, EDGE_KEYS, "edge settings");
+        let fallback = self.node_pos(node);
+        let (config, _) = self.deserialize(
+            map,
+            &unknown,
+            |n| marked_yaml::from_node::<EdgeSettingsConfig>(n),
+            &|path| format!("`{prefix}{path}`"),
+            &fallback,
+        );
+        config.unwrap_or_default()
+    }
+
+    /// Deserialize `map` without the `unknown` keys (already reported), reporting every
+    /// problem: after an invalid value, the key that holds it is taken out (at its depth: a
+    /// bad `window.tumbling` leaves the rest of `window`) and the rest parsed again, so one
+    /// bad value does not hide the others. A key made missing that way is not reported, nor
+    /// one a reported unknown key is a misspelling of; the mapping that misses it is taken
+    /// out in turn. Returns the value if what remains parses, and the paths taken out.
+    /// `context(path)` starts each message; `fallback` is where problems without a position
+    /// point.
+    fn deserialize<T>(
+        &mut self,
+        map: &MarkedMappingNode,
+        unknown: &[String],
+        parse: impl Fn(&Node) -> Result<T, marked_yaml::FromNodeError>,
+        context: &dyn Fn(&str) -> String,
+        fallback: &Pos,
+    ) -> (Option<T>, Vec<Vec<String>>) {
+        let mut map = map.clone();
+        map.retain(|k, _| !unknown.iter().any(|u| u == k.as_str()));
+        let mut removed: Vec<Vec<String>> = Vec::new();
+        loop {
+            let node = Node::Mapping(map.clone());
+            let e = match parse(&node) {
+                Ok(v) => return (Some(v), removed),
+                Err(e) => value_error::explain(&e, &node),
+            };
+            // The keys down to the value (a list's key for an item of it).
+            let keys: Vec<String> = e
+                .path
+                .iter()
+                .map_while(|s| match s {
+                    Segment::Key(k) => Some(k.clone()),
+                    Segment::Index(_) => None,
+                })
+                .collect();
+            let consequence = match &e.problem {
+                Problem::MissingKey(k) => {
+                    let mut full = keys.clone();
+                    full.push(k.clone());
+                    removed.contains(&full)
+                        || (keys.is_empty()
+                            && unknown
+                                .iter()
+                                .any(|u| did_you_mean(u, [k.as_str()]).is_some()))
                 }
-                EdgeSettingsConfig::default()
+                _ => false,
+            };
+            if !consequence {
+                self.value_error(&node, &e, context, fallback);
             }
+            if keys.is_empty() || !remove_path(&mut map, &keys) {
+                return (None, removed);
+            }
+            removed.push(keys);
         }
     }
 
-    fn serde_error(&mut self, e: &marked_yaml::FromNodeError, node: &Node) {
-        let at = match e.start_mark() {
-            Some(m) => self.pos_of_marker(Some(&m), 1),
-            None => self.node_pos(node),
+    fn value_error(
+        &mut self,
+        root: &Node,
+        e: &ValueError,
+        context: &dyn Fn(&str) -> String,
+        fallback: &Pos,
+    ) {
+        let at = match (&e.problem, value_error::find(root, &e.path)) {
+            (Problem::MissingKey(_), _) if e.path.is_empty() => fallback.clone(),
+            (Problem::UnknownKey(k), _) => e
+                .marker
+                .map_or_else(|| fallback.clone(), |m| self.src.pos(Some(&m), k.len())),
+            (Problem::Value, Some(node)) if !e.path.is_empty() => self.node_pos(node),
+            _ => e
+                .marker
+                .map_or_else(|| fallback.clone(), |m| self.src.pos(Some(&m), 1)),
         };
-        self.error(at, format!("invalid value: {e}"));
+        let message = format!("{}: {}", context(&e.dotted()), e.message);
+        self.error(at, message).help = e.help.clone();
     }
 
     fn processor(
@@ -480,31 +622,45 @@ impl Loader<'_> {
         // The config is the mapping without `type`.
         let mut config_map = map.clone();
         config_map.retain(|k, _| k.as_str() != "type");
-        let config_node = Node::Mapping(config_map.clone());
 
-        let keys = def.keys();
-        let before = self.diags.len();
-        self.check_keys(
+        let keys = self
+            .keys
+            .entry(def.type_name)
+            .or_insert_with(|| def.keys())
+            .clone();
+        let allowed: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let unknown = self.check_keys(
             &config_map,
-            &keys.iter().map(String::as_str).collect::<Vec<_>>(),
+            &allowed,
             &format!("processor `{name}` ({type_name})"),
         );
-        let unknown_keys = self.diags.len() > before;
-        let config = match (def.parse)(&config_node) {
-            Ok(c) => c,
-            Err(e) => {
-                if !(unknown_keys && matches!(&*e, marked_yaml::Error::UnknownFieldError(..))) {
-                    let at = match e.start_mark() {
-                        Some(m) => self.pos_of_marker(Some(&m), 1),
-                        None => key_pos.clone(),
-                    };
-                    self.error(at, format!("processor `{name}` ({type_name}): {e}"));
+        let (config, removed) = self.deserialize(
+            &config_map,
+            &unknown,
+            def.parse,
+            &|path| {
+                if path.is_empty() {
+                    format!("processor `{name}` ({type_name})")
+                } else {
+                    format!("processor `{name}`, `{path}`")
                 }
-                return None;
-            }
-        };
+            },
+            &key_pos,
+        );
+        let config = config?;
         for err in config.validate() {
+            // About values taken out (already reported): their defaults prove nothing.
+            if removed
+                .iter()
+                .any(|r| r.starts_with(&err.path) || err.path.starts_with(r))
+            {
+                continue;
+            }
             self.config_error(name, &config_map, &key_pos, err);
+        }
+        if !removed.is_empty() {
+            // Its ports may depend on what could not be read.
+            return None;
         }
         let mut outputs = vec![FAILURE.to_owned()];
         outputs.extend(config.outputs());
@@ -538,7 +694,7 @@ impl Loader<'_> {
         }
         let mut at = node.map_or_else(|| fallback.clone(), |n| self.node_pos(n));
         if let (Some(offset), Some(Node::Scalar(s))) = (err.offset, node) {
-            at = self.point_into(at, s.as_str(), offset, 1);
+            at = self.src.point_into(at, s.as_str(), offset, 1);
         }
         let path = err.path.join(".");
         let message = if path.is_empty() {
@@ -549,67 +705,43 @@ impl Loader<'_> {
         self.error(at, message).help = err.help;
     }
 
-    /// Narrow `at` (a scalar's position) to `len` bytes at `offset` inside its value, when the
-    /// value is on one line: plain scalars start at their text, quoted ones one character later.
-    /// Otherwise (block scalars, escapes) keep pointing at the whole value.
-    fn point_into(&self, at: Pos, value: &str, offset: usize, len: usize) -> Pos {
-        if value.contains('\n') {
-            return at;
-        }
-        let src = self.text.get(at.range.start..).unwrap_or_default();
-        let shift = if src.starts_with(value) {
-            0
-        } else if (src.starts_with('"') || src.starts_with('\''))
-            && src.get(1..).is_some_and(|rest| rest.starts_with(value))
-        {
-            1
-        } else {
-            return at;
-        };
-        let offset = offset.min(value.len());
-        let start = at.range.start + shift + offset;
-        Pos {
-            line: at.line,
-            column: at.column + shift + value[..offset].chars().count(),
-            range: start..(start + len.max(1)).min(self.text.len()),
-        }
-    }
-
+    /// The node a connection's end names, or `None` (reported unless that processor is
+    /// already reported as not loading).
     fn endpoint(
         &mut self,
         text: &str,
         at: &Pos,
         nodes: &[NodeSpec],
-    ) -> Option<(usize, Option<String>)> {
+        index: &HashMap<&str, usize>,
+    ) -> Option<Endpoint> {
         let (node_name, port) = match text.split_once('.') {
             Some((n, p)) => (n.trim(), Some(p.trim().to_owned())),
             None => (text.trim(), None),
         };
-        match nodes.iter().position(|n| n.name == node_name) {
-            Some(i) => Some((i, port)),
-            None => {
-                // A processor that failed to load is already reported; don't pile on.
-                if !self
-                    .diags
-                    .iter()
-                    .any(|d| d.message.contains(&format!("`{node_name}`")))
-                {
-                    let help = did_you_mean(node_name, nodes.iter().map(|n| n.name.as_str()));
-                    self.error(
-                        at.clone(),
-                        format!("connection names unknown processor `{node_name}`"),
-                    )
-                    .help = help;
-                }
-                None
-            }
+        if let Some(&node) = index.get(node_name) {
+            return Some(Endpoint { node, port });
         }
+        if !self.failed.contains(node_name) {
+            let help = if self.suggestions_left > 0 {
+                self.suggestions_left -= 1;
+                did_you_mean(node_name, nodes.iter().map(|n| n.name.as_str()))
+            } else {
+                None
+            };
+            self.error(
+                at.clone(),
+                format!("connection names unknown processor `{node_name}`"),
+            )
+            .help = help;
+        }
+        None
     }
 
     fn connection(
         &mut self,
         item: &Node,
         nodes: &[NodeSpec],
+        index: &HashMap<&str, usize>,
         defaults: &EdgeSettings,
     ) -> Option<EdgeSpec> {
         let at = self.node_pos(item);
@@ -632,7 +764,7 @@ impl Loader<'_> {
                 };
                 let mut rest = m.clone();
                 rest.retain(|k, _| EDGE_KEYS.contains(&k.as_str()));
-                let settings = self.edge_settings(&Node::Mapping(rest)).over(defaults);
+                let settings = self.edge_settings(&Node::Mapping(rest), "").over(defaults);
                 (from.as_str().to_owned(), to.as_str().to_owned(), settings)
             }
             Node::Sequence(_) => {
@@ -643,20 +775,53 @@ impl Loader<'_> {
                 return None;
             }
         };
-        let from = self.endpoint(&from_text, &at, nodes);
-        let to = self.endpoint(&to_text, &at, nodes);
-        let ((from, port), (to, to_port)) = (from?, to?);
-        if to_port.is_some() {
+        let from = self.endpoint(&from_text, &at, nodes, index);
+        let to = self.endpoint(&to_text, &at, nodes, index);
+        let from = from.and_then(|f| self.output_port(f, &at, nodes));
+        let (Some((from, port)), Some(to)) = (from, &to) else {
+            // What was found is connected as far as the other checks are concerned.
+            if let Some(f) = from {
+                self.mentioned_outputs.insert(f);
+            }
+            if let Some(t) = to {
+                self.mentioned_inputs.insert(t.node);
+            }
+            return None;
+        };
+        if to.port.is_some() {
             self.error(at, format!("`{to_text}`: inputs have no ports"))
-                .help = Some(format!("connect to `{}`", nodes[to].name));
+                .help = Some(format!("connect to `{}`", nodes[to.node].name));
             return None;
         }
-        let src = &nodes[from];
-        let port = match port {
+        if nodes[to.node].kind == Kind::Source {
+            self.error(
+                at,
+                format!("`{}` is a source: it takes no input", nodes[to.node].name),
+            );
+            return None;
+        }
+        Some(EdgeSpec {
+            from,
+            port,
+            to: to.node,
+            settings,
+            pos: at,
+        })
+    }
+
+    /// The (node, port index) a connection's source names.
+    fn output_port(
+        &mut self,
+        from: Endpoint,
+        at: &Pos,
+        nodes: &[NodeSpec],
+    ) -> Option<(usize, usize)> {
+        let src = &nodes[from.node];
+        let port = match from.port {
             None => {
                 if src.outputs.len() < 2 {
                     self.error(
-                        at,
+                        at.clone(),
                         format!(
                             "`{}` ({}) has no output but `failure`",
                             src.name, src.type_name
@@ -676,7 +841,7 @@ impl Loader<'_> {
                     let help = did_you_mean(&p, src.outputs.iter().map(String::as_str))
                         .unwrap_or_else(|| format!("its ports are: {}", src.outputs.join(", ")));
                     self.error(
-                        at,
+                        at.clone(),
                         format!("`{}` ({}) has no port `{p}`", src.name, src.type_name),
                     )
                     .help = Some(help);
@@ -684,27 +849,14 @@ impl Loader<'_> {
                 }
             },
         };
-        if nodes[to].kind == Kind::Source {
-            self.error(
-                at,
-                format!("`{}` is a source: it takes no input", nodes[to].name),
-            );
-            return None;
-        }
-        Some(EdgeSpec {
-            from,
-            port,
-            to,
-            settings,
-            pos: self.node_pos(item),
-        })
+        Some((from.node, port))
     }
 
     fn check_graph(&mut self, flow: &FlowSpec) {
         let g = flow.graph();
-        let mut seen = HashMap::new();
-        for (i, e) in flow.edges.iter().enumerate() {
-            if seen.insert((e.from, e.port, e.to), i).is_some() {
+        let mut seen = HashSet::new();
+        for e in &flow.edges {
+            if !seen.insert((e.from, e.port, e.to)) {
                 self.diags.push(Diagnostic::warning(
                     e.pos.clone(),
                     format!(
@@ -714,22 +866,94 @@ impl Loader<'_> {
                 ));
             }
         }
-        for scc in petgraph::algo::tarjan_scc(&g) {
-            let cyclic = scc.len() > 1 || g.contains_edge(scc[0], scc[0]);
-            if !cyclic {
+        self.check_cycles(flow, &g);
+
+        let n = flow.nodes.len();
+        let mut has_input = vec![false; n];
+        let mut connected: HashSet<(usize, usize)> = self.mentioned_outputs.clone();
+        for &i in &self.mentioned_inputs {
+            has_input[i] = true;
+        }
+        for e in &flow.edges {
+            has_input[e.to] = true;
+            connected.insert((e.from, e.port));
+        }
+        for (i, node) in flow.nodes.iter().enumerate() {
+            if node.kind != Kind::Source && !has_input[i] {
+                self.diags.push(Diagnostic::warning(
+                    node.pos.clone(),
+                    format!(
+                        "`{}` has no input: it will never receive a record",
+                        node.name
+                    ),
+                ));
+            }
+            let any_output = (1..node.outputs.len()).any(|p| connected.contains(&(i, p)));
+            if node.kind != Kind::Sink && node.outputs.len() > 1 && !any_output {
+                self.diags.push(Diagnostic::warning(
+                    node.pos.clone(),
+                    format!(
+                        "`{}.{}` is not connected: its records are dropped",
+                        node.name, node.outputs[1]
+                    ),
+                ));
+            }
+            for port in node.config.reported_outputs() {
+                let Some(p) = node.outputs.iter().position(|o| *o == port) else {
+                    continue;
+                };
+                if !connected.contains(&(i, p)) {
+                    self.diags.push(
+                        Diagnostic::warning(
+                            node.pos.clone(),
+                            format!(
+                                "`{}.{port}` is not connected: its records are counted as \
+                                 failed and logged, then dropped",
+                                node.name
+                            ),
+                        )
+                        .with_help(format!(
+                            "connect `{}.{port}` to keep them (a file_sink, for example)",
+                            node.name
+                        )),
+                    );
+                }
+            }
+        }
+    }
+
+    /// One error per cycle, at its first connection in the file.
+    fn check_cycles(&mut self, flow: &FlowSpec, g: &petgraph::graph::DiGraph<usize, usize>) {
+        // Kosaraju walks the graph with a stack of its own: tarjan_scc recurses once per node
+        // and overflows the stack on a long chain.
+        let sccs = petgraph::algo::kosaraju_scc(g);
+        let mut component = vec![0; flow.nodes.len()];
+        for (c, scc) in sccs.iter().enumerate() {
+            for n in scc {
+                component[g[*n]] = c;
+            }
+        }
+        let cyclic: Vec<bool> = sccs
+            .iter()
+            .map(|scc| scc.len() > 1 || g.contains_edge(scc[0], scc[0]))
+            .collect();
+        let mut first_edge: Vec<Option<&EdgeSpec>> = vec![None; sccs.len()];
+        for e in &flow.edges {
+            let c = component[e.from];
+            if cyclic[c] && component[e.to] == c && first_edge[c].is_none() {
+                first_edge[c] = Some(e);
+            }
+        }
+        for (c, scc) in sccs.iter().enumerate() {
+            if !cyclic[c] {
                 continue;
             }
-            let members: Vec<usize> = scc.iter().map(|n| g[*n]).collect();
-            let mut names: Vec<&str> = members
+            let mut names: Vec<&str> = scc
                 .iter()
-                .map(|&i| flow.nodes[i].name.as_str())
+                .map(|&n| flow.nodes[g[n]].name.as_str())
                 .collect();
             names.sort_unstable();
-            let first_edge = flow
-                .edges
-                .iter()
-                .find(|e| members.contains(&e.from) && members.contains(&e.to));
-            let at = first_edge.map(|e| e.pos.clone()).unwrap_or_default();
+            let at = first_edge[c].map(|e| e.pos.clone()).unwrap_or_default();
             self.diags.push(
                 Diagnostic::error(
                     at,
@@ -738,106 +962,23 @@ impl Loader<'_> {
                 .with_help("flows are acyclic: records may not come back to a processor they left"),
             );
         }
-        let mut inputs: BTreeMap<usize, usize> = BTreeMap::new();
-        let mut default_out: BTreeMap<usize, usize> = BTreeMap::new();
-        for e in &flow.edges {
-            *inputs.entry(e.to).or_default() += 1;
-            if e.port == 1 {
-                *default_out.entry(e.from).or_default() += 1;
-            }
-        }
-        for (i, n) in flow.nodes.iter().enumerate() {
-            if n.kind != Kind::Source && !inputs.contains_key(&i) {
-                self.diags.push(Diagnostic::warning(
-                    n.pos.clone(),
-                    format!("`{}` has no input: it will never receive a record", n.name),
-                ));
-            }
-            if n.kind != Kind::Sink && n.outputs.len() > 1 && !default_out.contains_key(&i) {
-                let connected = flow.edges.iter().any(|e| e.from == i && e.port > 0);
-                if !connected {
-                    self.diags.push(Diagnostic::warning(
-                        n.pos.clone(),
-                        format!(
-                            "`{}.{}` is not connected: its records are dropped",
-                            n.name, n.outputs[1]
-                        ),
-                    ));
-                }
-            }
-        }
     }
 }
 
-/// The JSON Schema of a flow file, built from every processor's config schema.
-pub fn json_schema(registry: &Registry) -> serde_json::Value {
-    let mut g = schemars::generate::SchemaSettings::draft2020_12().into_generator();
-    let edge = g.subschema_for::<EdgeSettingsConfig>();
-    let mut variants = Vec::new();
-    for def in registry.all() {
-        let mut schema = (def.schema)(&mut g).to_value();
-        if let Some(obj) = schema.as_object_mut() {
-            let props = obj
-                .entry("properties")
-                .or_insert_with(|| serde_json::json!({}));
-            if let Some(p) = props.as_object_mut() {
-                p.insert(
-                    "type".into(),
-                    serde_json::json!({ "const": def.type_name, "description": def.summary() }),
-                );
-            }
-            let req = obj
-                .entry("required")
-                .or_insert_with(|| serde_json::json!([]));
-            if let Some(r) = req.as_array_mut() {
-                r.push(serde_json::json!("type"));
-            }
-            obj.insert("title".into(), serde_json::json!(def.type_name));
+/// Take the value at `path` (keys from the root) out of `map`; false if it is not there.
+fn remove_path(map: &mut MarkedMappingNode, path: &[String]) -> bool {
+    let Some((last, parents)) = path.split_last() else {
+        return false;
+    };
+    let mut current = map;
+    for key in parents {
+        match current.get_mut(key.as_str()).and_then(Node::as_mapping_mut) {
+            Some(m) => current = m,
+            None => return false,
         }
-        variants.push(schema);
     }
-    let defs = g.take_definitions(true);
-    serde_json::json!({
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "title": "flow file",
-        "description": "A flow: processors connected by named ports.",
-        "type": "object",
-        "additionalProperties": false,
-        "required": ["processors"],
-        "properties": {
-            "name": { "type": "string", "description": "The flow's name." },
-            "description": { "type": "string", "description": "What the flow does." },
-            "defaults": { "$ref": "#/$defs/EdgeSettingsConfig", "description": "Back-pressure settings for every edge." },
-            "processors": {
-                "type": "object",
-                "description": "Processors by name.",
-                "propertyNames": { "pattern": "^[A-Za-z0-9_-]+$" },
-                "additionalProperties": { "oneOf": variants }
-            },
-            "layout": {
-                "type": "object",
-                "description": "Canvas positions of the processors, written by flow-designer; the engine ignores it.",
-                "additionalProperties": { "type": "array", "items": { "type": "number" }, "minItems": 2, "maxItems": 2 }
-            },
-            "connections": {
-                "type": "array",
-                "description": "Edges: `from -> to`, `from.port -> to`, or a mapping with edge settings.",
-                "items": {
-                    "oneOf": [
-                        { "type": "string", "pattern": "^\\s*[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)?\\s*->\\s*[A-Za-z0-9_-]+\\s*$" },
-                        {
-                            "allOf": [edge],
-                            "type": "object",
-                            "required": ["from", "to"],
-                            "properties": {
-                                "from": { "type": "string", "description": "`processor` or `processor.port`." },
-                                "to": { "type": "string", "description": "The receiving processor." }
-                            }
-                        }
-                    ]
-                }
-            }
-        },
-        "$defs": defs,
-    })
+    current.remove(last.as_str()).is_some()
 }
+
+#[cfg(test)]
+mod tests;

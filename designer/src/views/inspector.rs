@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use egui::{Align, Color32, Id, Layout, RichText, TextEdit, Ui};
-use flow_core::document::{EdgeSettingsEdit, Value};
+use flow_core::spec::document::{EdgeSettingsEdit, Value};
 use flow_core::spec::{DEFAULT_MAX_BYTES, DEFAULT_MAX_RECORDS};
 use marked_yaml::Node as YamlNode;
 
@@ -479,7 +479,7 @@ impl Inspector {
         if r.lost_focus() && text != name {
             cx.changes.push(Change::Rename(text.clone()));
         }
-        if !flow_core::document::valid_name(&text) {
+        if !flow_core::spec::document::valid_name(&text) {
             ui.label(
                 RichText::new("letters, digits, `_` and `-` only")
                     .color(theme::ERROR)

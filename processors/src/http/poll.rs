@@ -517,10 +517,6 @@ impl State {
     }
 }
 
-fn other(e: impl std::fmt::Display) -> ProcessorError {
-    ProcessorError::Other(e.to_string())
-}
-
 /// The `Retry-After` header, in seconds (the HTTP-date form is ignored: the backoff applies).
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
@@ -879,7 +875,7 @@ impl HttpPoll {
             let made = pending.port(PortId::DEFAULT).len() + pending.port(PortId::FAILURE).len();
             metrics.add_received(made as u64);
             // Waits while the flow is full: back-pressure.
-            out.flush(pending).await.map_err(other)?;
+            out.flush(pending).await.map_err(ProcessorError::other)?;
             match next {
                 Some(n) if n.origin() != self.url.origin() => {
                     // The configured headers may hold secrets: they go to `url`'s origin only.

@@ -507,7 +507,7 @@ async fn ingest(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) ->
         let mut t = AckTracker::new();
         let token = t.token(0);
         for r in &mut records {
-            r.merge_acks(Acks::One(token.clone()));
+            r.merge_acks(Acks::one(token.clone()));
         }
         tracker = Some(t);
     }

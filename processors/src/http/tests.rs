@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use flow_core::ack::AckStatus;
 use flow_core::processor::{ProcessorConfig, Source, SourceContext};
-use flow_core::record::{JsonView, Record};
+use flow_core::record::{JsonView, Record, finish_all};
 use flow_core::runtime::CancellationToken;
 use flow_core::runtime::edge::{EdgeReceiver, WhenFull, edge};
 use flow_core::runtime::emit::Emitter;
@@ -1089,7 +1089,7 @@ async fn ack_delivered_answers_once_the_flow_has_finished_the_records() {
         !pending.is_finished(),
         "answered before the records were finished"
     );
-    drop(batch);
+    finish_all(batch);
     assert_eq!(
         pending.await.expect("joined"),
         (200, r#"{"accepted":2,"status":"delivered"}"#.to_owned())
@@ -1099,7 +1099,7 @@ async fn ack_delivered_answers_once_the_flow_has_finished_the_records() {
     let pending = tokio::spawn(async move { post(&c, &url, r#"{"a":3}"#).await });
     let batch = ing.out.recv().await.expect("a batch");
     batch[0].mark(AckStatus::Failed);
-    drop(batch);
+    finish_all(batch);
     assert_eq!(
         pending.await.expect("joined"),
         (200, r#"{"accepted":1,"status":"failed"}"#.to_owned())

@@ -8,7 +8,8 @@
 //! from the reference and checked by property tests against an independent reader and by
 //! read-back from VictoriaMetrics) and one `POST /api/v2/write`. Doing both here keeps one HTTP
 //! client for the workspace (shared with `object_store`), lets the sink classify responses
-//! exactly (2xx ack, 429/5xx retry, other 4xx to `failure`), and costs no extra build.
+//! exactly (2xx ack; 429/5xx/408 retry; 401/403/404 stop the flow; other 4xx to `failure`),
+//! and costs no extra build.
 
 mod line;
 #[cfg(test)]
@@ -27,6 +28,9 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use tokio::time::Instant;
 
+use flow_core::record::finish_all;
+use flow_core::retry::{FIRST as FIRST_BACKOFF, Retry};
+
 use crate::template::{Placeholders, Template, lookup, now_ms, scalar_text, time_ms};
 use crate::window::TimeUnit;
 use line::{FieldValue, write_point};
@@ -38,13 +42,16 @@ use line::{FieldValue, write_point};
 /// every numeric top-level field that is not a tag or the timestamp). The timestamp is the
 /// `timestamp` field, else the record's event time, else the time it is written, sent at
 /// `precision`. Points are sent in batches (by count, bytes and time), gzip-compressed. A
-/// batch is acknowledged once the server answered 2xx. On 429 and 5xx answers and on
-/// connection errors the batch is sent again with capped exponential backoff, honouring
-/// `Retry-After`; the input waits meanwhile (back-pressure). On any other answer (a 400 for a
-/// field type conflict, a 401 for a bad token) the batch's records go to `failure` with the
-/// server's message. A record that cannot be made a point (no fields, a line break in a tag, a
-/// measurement field missing) goes to `failure` on its own. Works with InfluxDB 2 and 3 and
-/// with servers that accept its write API (VictoriaMetrics, QuestDB).
+/// batch is acknowledged once the server answered 2xx. When the server is unavailable (429,
+/// 5xx, 408, connection errors, timeouts) the batch is sent again with capped exponential
+/// backoff, honouring `Retry-After`; the input waits meanwhile (back-pressure) and nothing is
+/// acknowledged. A refusal retrying cannot fix (401 or 403: the token; 404: the org or bucket)
+/// stops the flow with the server's message. Any other 4xx (a 400 for a field type conflict, a
+/// 413) is the records' fault: the batch's records go to `failure` with the server's message.
+/// A record that cannot be made a point (no fields, a line break in a tag, a measurement field
+/// missing) goes to `failure` on its own. Records not written are never acknowledged, so their
+/// source reads them again. Works with InfluxDB 2 and 3 and with servers that accept its write
+/// API (VictoriaMetrics, QuestDB).
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InfluxDbSinkConfig {
@@ -103,9 +110,10 @@ pub struct InfluxDbSinkConfig {
     #[serde(default = "default_retry_max", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub retry_max: Duration,
-    /// Give a batch up after this many failed attempts (429, 5xx, connection errors), sending
-    /// its records to `failure`. Absent: retry until it succeeds (nothing is lost while the
-    /// server is down; the flow waits).
+    /// Give up after this many failed attempts at a batch (429, 5xx, connection errors): the flow
+    /// stops with the error, and the batch's records, never acknowledged, are read again by the
+    /// next run. Absent: retry until it succeeds (nothing is lost while the server is down; the
+    /// flow waits, and a stop asked meanwhile gives up the same way).
     #[serde(default)]
     pub max_retries: Option<u32>,
 }
@@ -275,27 +283,16 @@ struct InfluxDbSink {
     client: reqwest::Client,
 }
 
-/// What became of one attempt to send a batch.
+/// What became of an attempt to send a batch that the server answered.
 enum Attempt {
     /// 2xx.
     Written,
-    /// Worth trying again (429, 5xx, connection error), after at least this long.
-    Retry(String, Option<Duration>),
-    /// The server refused the batch (4xx): give up.
+    /// The server refused the batch's content (a 4xx but 401, 403, 404, 408, 429).
     Refused(String),
 }
 
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-/// The longest `Retry-After` honoured.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
-/// While a batch keeps failing, one log line per this long.
-const LOG_EVERY: Duration = Duration::from_secs(10);
 /// How much of an error body goes into the message.
 const MAX_MESSAGE: usize = 1024;
-
-fn other(e: impl std::fmt::Display) -> ProcessorError {
-    ProcessorError::Other(e.to_string())
-}
 
 impl InfluxDbSink {
     /// Append `r` as one line to `out`.
@@ -360,8 +357,8 @@ impl InfluxDbSink {
         write_point(out, &measurement, &tags, &fields, Some(ts)).map_err(|e| e.to_string())
     }
 
-    /// Post a body once.
-    async fn attempt(&self, body: &bytes::Bytes) -> Attempt {
+    /// Post a body once: written, refused for its content, or an error saying whether to retry.
+    async fn attempt(&self, body: &bytes::Bytes) -> Result<Attempt, ProcessorError> {
         let mut req = self
             .client
             .post(self.url.clone())
@@ -377,11 +374,11 @@ impl InfluxDbSink {
             Ok(r) => r,
             // Connection refused, reset, timeout: the server may come back.
             // Without the URL: its query could hold credentials.
-            Err(e) => return Attempt::Retry(error_chain(&e.without_url()), None),
+            Err(e) => return Err(ProcessorError::unavailable(error_chain(&e.without_url()))),
         };
         let status = resp.status();
         if status.is_success() {
-            return Attempt::Written;
+            return Ok(Attempt::Written);
         }
         let retry_after = resp
             .headers()
@@ -390,18 +387,28 @@ impl InfluxDbSink {
             .and_then(parse_retry_after);
         let text = resp.text().await.unwrap_or_default();
         let message = format!("InfluxDB answered {status}: {}", server_message(&text));
-        if status.as_u16() == 429 || status.is_server_error() {
-            Attempt::Retry(message, retry_after)
-        } else {
-            Attempt::Refused(message)
+        match status.as_u16() {
+            408 | 429 | 500..=599 => Err(ProcessorError::Unavailable {
+                message,
+                retry_after,
+            }),
+            401 | 403 => Err(ProcessorError::other(format!(
+                "{message} (check the token and its permissions)"
+            ))),
+            404 => Err(ProcessorError::other(format!(
+                "{message} (check the url, org and bucket)"
+            ))),
+            _ => Ok(Attempt::Refused(message)),
         }
     }
 
-    /// Send the batch until it is written, refused or out of attempts; acknowledge or fail its
-    /// records accordingly.
+    /// Send the batch until it is written or refused (its records then go to `failure`); an
+    /// error when the server refuses for good, `max_retries` runs out or the flow stops while
+    /// retrying (the records are then not acknowledged).
     async fn send(
         &self,
         ctx: &mut SinkContext,
+        retry: &Retry,
         pending: &mut Vec<Record>,
         body: &mut String,
     ) -> Result<(), ProcessorError> {
@@ -409,66 +416,25 @@ impl InfluxDbSink {
             return Ok(());
         }
         let payload = if self.cfg.gzip {
-            gzip(body.as_bytes()).map_err(other)?
+            gzip(body.as_bytes()).map_err(ProcessorError::other)?
         } else {
             bytes::Bytes::from(std::mem::take(body))
         };
         body.clear();
         let records = std::mem::take(pending);
         let n = records.len() as u64;
-        let mut backoff = FIRST_BACKOFF;
-        let mut attempts = 0u32;
-        let mut last_log: Option<Instant> = None;
-        let mut suppressed = 0u32;
-        loop {
-            let failure = match self.attempt(&payload).await {
-                Attempt::Written => {
-                    if attempts > 0 {
-                        tracing::info!(
-                            node = &*ctx.name,
-                            attempts = attempts + 1,
-                            "InfluxDB write succeeded again"
-                        );
-                    }
-                    drop(records);
-                    ctx.metrics.add_sent(n);
-                    return Ok(());
-                }
-                Attempt::Refused(msg) => return fail_all(ctx, records, &msg).await,
-                Attempt::Retry(msg, after) => (msg, after),
-            };
-            attempts += 1;
-            let (msg, after) = failure;
-            if self.cfg.max_retries.is_some_and(|m| attempts > m) {
-                let msg = format!("{msg} (gave up after {attempts} attempts)");
-                return fail_all(ctx, records, &msg).await;
+        match retry
+            .run("writing to InfluxDB", |_| self.attempt(&payload))
+            .await?
+        {
+            Attempt::Written => {
+                finish_all(records);
+                ctx.metrics.add_sent(n);
+                Ok(())
             }
-            let wait = retry_wait(after, backoff);
-            if last_log.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
-                tracing::warn!(
-                    node = &*ctx.name,
-                    points = n,
-                    attempts,
-                    failed_since_last_log = suppressed,
-                    retry_in = ?wait,
-                    error = %msg,
-                    "InfluxDB write failed; retrying"
-                );
-                last_log = Some(Instant::now());
-                suppressed = 0;
-            } else {
-                suppressed += 1;
-            }
-            tokio::time::sleep(wait).await;
-            backoff = (backoff * 2).min(self.cfg.retry_max.max(FIRST_BACKOFF));
+            Attempt::Refused(msg) => fail_all(ctx, records, &msg).await,
         }
     }
-}
-
-/// The wait before the next attempt: the server's `Retry-After` (capped), but never less than
-/// the backoff, so `Retry-After: 0` or a date in the past does not make a hot loop.
-pub(super) fn retry_wait(after: Option<Duration>, backoff: Duration) -> Duration {
-    after.map_or(backoff, |a| a.min(MAX_RETRY_AFTER).max(backoff))
 }
 
 fn field_value(name: &str, v: &Value) -> Result<FieldValue, String> {
@@ -546,7 +512,7 @@ async fn fail_all(
     for r in records {
         out.fail(r, &msg);
     }
-    ctx.failures.flush(&mut out).await.map_err(other)
+    Ok(ctx.failures.flush(&mut out).await?)
 }
 
 #[async_trait]
@@ -559,6 +525,9 @@ impl Sink for InfluxDbSink {
         let mut line = String::new();
         let mut deadline: Option<Instant> = None;
         let mut failures = Output::new(ctx.name.clone(), ctx.failures.port_count().max(1));
+        let retry = Retry::new(&ctx)
+            .backoff(FIRST_BACKOFF, self.cfg.retry_max)
+            .max_attempts(self.cfg.max_retries.map(|m| m.saturating_add(1)));
         loop {
             tokio::select! {
                 batch = ctx.input.next() => {
@@ -571,17 +540,17 @@ impl Sink for InfluxDbSink {
                             continue;
                         }
                         if !pending.is_empty() && body.len() + line.len() > max_bytes {
-                            self.send(&mut ctx, &mut pending, &mut body).await?;
+                            self.send(&mut ctx, &retry, &mut pending, &mut body).await?;
                             deadline = None;
                         }
                         body.push_str(&line);
                         pending.push(r);
                         if pending.len() >= max_records || body.len() >= max_bytes {
-                            self.send(&mut ctx, &mut pending, &mut body).await?;
+                            self.send(&mut ctx, &retry, &mut pending, &mut body).await?;
                             deadline = None;
                         }
                     }
-                    ctx.failures.flush(&mut failures).await.map_err(other)?;
+                    ctx.failures.flush(&mut failures).await?;
                     if !pending.is_empty() && deadline.is_none() {
                         deadline = Some(Instant::now() + self.cfg.batch_timeout);
                     }
@@ -592,12 +561,12 @@ impl Sink for InfluxDbSink {
                         None => std::future::pending().await,
                     }
                 } => {
-                    self.send(&mut ctx, &mut pending, &mut body).await?;
+                    self.send(&mut ctx, &retry, &mut pending, &mut body).await?;
                     deadline = None;
                 }
             }
         }
-        self.send(&mut ctx, &mut pending, &mut body).await
+        self.send(&mut ctx, &retry, &mut pending, &mut body).await
     }
 }
 

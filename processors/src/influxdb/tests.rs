@@ -12,9 +12,11 @@ use flow_core::ack::{AckStatus, AckTracker, Acks};
 use flow_core::record::Record;
 use serde_json::json;
 
+use flow_core::processor::ProcessorError;
+
 use super::InfluxDbSinkConfig;
-use crate::http_test::{Answer, FlakyServer};
-use crate::testing::{config, rec, sink, sink_ctx};
+use crate::http_test::{Answer, FlakyServer, closed_addr};
+use crate::testing::{config, rec, sink, sink_ctx, sink_ctx_stoppable};
 
 fn server() -> Option<String> {
     match std::env::var("FLOW_TEST_INFLUX_URL") {
@@ -94,7 +96,7 @@ fn points(n: usize, tracker: &mut AckTracker) -> (Vec<Vec<Record>>, Vec<Sent>) {
                     let v = json!({"device": device, "site": "s,1 =x", "window_start": ts,
                         "count": i as i64, "avg_temperature": avg, "status": "ok"});
                     want.push((device.to_owned(), ts, i as i64, avg));
-                    rec(&v.to_string()).with_acks(Acks::One(token.clone()))
+                    rec(&v.to_string()).with_acks(Acks::one(token.clone()))
                 })
                 .collect()
         })
@@ -294,10 +296,29 @@ async fn a_400_sends_the_batch_to_failure_with_the_message() {
     all_acked(&mut tracker, 3, AckStatus::Failed).await;
 }
 
-/// With `max_retries`, a server that keeps failing gets the batch's records sent to
-/// `failure` after that many retries.
+/// Run the sink over `batches` in the background, with the token that asks it to stop.
+fn spawn(
+    cfg: &InfluxDbSinkConfig,
+    batches: Vec<Vec<Record>>,
+) -> (
+    tokio::task::JoinHandle<Result<(), ProcessorError>>,
+    flow_core::runtime::CancellationToken,
+    flow_core::runtime::edge::EdgeReceiver,
+) {
+    let (ctx, tx, failures, _, stop) = sink_ctx_stoppable();
+    let task = tokio::spawn(sink(cfg).run(ctx));
+    tokio::spawn(async move {
+        for b in batches {
+            tx.send(b).await.expect("queued");
+        }
+    });
+    (task, stop, failures)
+}
+
+/// With `max_retries`, a server that keeps failing stops the flow after that many retries;
+/// the batch is not acknowledged (neither written nor failed), so its source keeps it.
 #[tokio::test]
-async fn gives_up_after_max_retries() {
+async fn gives_up_after_max_retries_without_acknowledging() {
     let down = FlakyServer::start(None, usize::MAX, Answer::new(500, "boom")).await;
     let c = cfg(
         &down.url(),
@@ -306,18 +327,103 @@ async fn gives_up_after_max_retries() {
     );
     let mut tracker = AckTracker::new();
     let (batches, _) = points(10, &mut tracker);
-    let (failed, sent) = run(&c, batches).await;
-    assert_eq!((sent, failed.len()), (0, 10));
-    let msg = failed[0]
-        .attributes
-        .get("error.message")
-        .cloned()
-        .unwrap_or_default();
+    let (task, _stop, mut failures) = spawn(&c, batches);
+    let e = task.await.expect("joined").expect_err("gives up");
     assert_eq!(
-        msg,
-        "InfluxDB answered 500 Internal Server Error: boom (gave up after 3 attempts)"
+        e.to_string(),
+        "writing to InfluxDB failed 3 times, giving up: InfluxDB answered 500 Internal Server \
+         Error: boom"
     );
     assert_eq!(down.requests.load(Ordering::SeqCst), 3);
+    assert!(crate::testing::records(&mut failures).await.is_empty());
+    all_acked(&mut tracker, 1, AckStatus::Abandoned).await;
+}
+
+/// A refused token is not the records' fault and waiting does not fix it: the flow stops with
+/// the server's message, nothing goes to `failure`, nothing is acknowledged.
+#[tokio::test]
+async fn refused_credentials_stop_the_flow() {
+    for status in [401, 403, 404] {
+        let refusing = FlakyServer::start(
+            None,
+            usize::MAX,
+            Answer::new(status, r#"{"code":"unauthorized","message":"no"}"#),
+        )
+        .await;
+        let c = cfg(&refusing.url(), "engine", json!({}));
+        let mut tracker = AckTracker::new();
+        let (batches, _) = points(150, &mut tracker);
+        let (task, _stop, mut failures) = spawn(&c, batches);
+        let e = task.await.expect("joined").expect_err("stops");
+        assert!(
+            e.to_string()
+                .starts_with(&format!("InfluxDB answered {status}")),
+            "{e}"
+        );
+        assert_eq!(refusing.requests.load(Ordering::SeqCst), 1, "not retried");
+        assert!(crate::testing::records(&mut failures).await.is_empty());
+        all_acked(&mut tracker, 2, AckStatus::Abandoned).await;
+    }
+}
+
+/// The server is down (connection refused): nothing is acknowledged while it is; asked to
+/// stop, the sink gives up at once and acknowledges nothing.
+#[tokio::test]
+async fn a_server_that_is_down_acknowledges_nothing_and_a_stop_gives_up() {
+    let c = cfg(
+        &format!("http://{}", closed_addr()),
+        "engine",
+        json!({"retry_max": "50ms"}),
+    );
+    let mut tracker = AckTracker::new();
+    let (batches, _) = points(150, &mut tracker);
+    let (task, stop, mut failures) = spawn(&c, batches);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(tracker.try_next().is_none(), "acknowledged while down");
+    assert!(!task.is_finished());
+    stop.cancel();
+    let e = tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("a bounded stop")
+        .expect("joined")
+        .expect_err("gave up");
+    assert!(matches!(e, ProcessorError::Stopped(_)), "{e}");
+    assert!(crate::testing::records(&mut failures).await.is_empty());
+    all_acked(&mut tracker, 2, AckStatus::Abandoned).await;
+}
+
+/// The server is down, then comes back where it was: every point arrives, each batch is
+/// acknowledged only after it was written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_down_then_back_loses_nothing() {
+    let Some(url) = server() else { return };
+    let upstream = url
+        .trim_start_matches("http://")
+        .parse()
+        .expect("host:port");
+    let at = closed_addr();
+    let m = unique("downup");
+    let c = cfg(
+        &format!("http://{at}"),
+        &m,
+        json!({"timestamp": "window_start", "retry_max": "100ms"}),
+    );
+    let mut tracker = AckTracker::new();
+    let (batches, want) = points(300, &mut tracker);
+    let (task, _stop, mut failures) = spawn(&c, batches);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(tracker.try_next().is_none(), "acknowledged while down");
+    let _back = FlakyServer::start_on(
+        &at.to_string(),
+        Some(upstream),
+        |_, _| false,
+        Answer::new(500, ""),
+    )
+    .await;
+    all_acked(&mut tracker, 3, AckStatus::Delivered).await;
+    task.await.expect("joined").expect("runs");
+    assert!(crate::testing::records(&mut failures).await.is_empty());
+    assert_read_back(&url, &m, &expected(&m, &want)).await;
 }
 
 /// The request carries the token, gzip and the write parameters.
@@ -351,23 +457,13 @@ async fn requests_carry_token_gzip_and_parameters() {
     assert!(head.contains("content-encoding: gzip"), "{head}");
 }
 
-/// `Retry-After: 0` or a date in the past waits the backoff, not nothing (no hot loop); a
-/// longer `Retry-After` is honoured, capped.
+/// `Retry-After` as delay-seconds or an HTTP date (one in the past is no wait; the shared
+/// retry never waits less than its backoff).
 #[test]
-fn retry_after_never_waits_less_than_the_backoff() {
-    use super::retry_wait;
-    let backoff = Duration::from_millis(400);
-    assert_eq!(retry_wait(Some(Duration::ZERO), backoff), backoff);
-    let past = super::parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT");
-    assert_eq!(past, Some(Duration::ZERO));
-    assert_eq!(retry_wait(past, backoff), backoff);
-    assert_eq!(retry_wait(None, backoff), backoff);
+fn retry_after_is_read_as_seconds_or_a_date() {
     assert_eq!(
-        retry_wait(Some(Duration::from_secs(3)), backoff),
-        Duration::from_secs(3)
+        super::parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+        Some(Duration::ZERO)
     );
-    assert_eq!(
-        retry_wait(Some(Duration::from_secs(100_000)), backoff),
-        Duration::from_secs(300)
-    );
+    assert_eq!(super::parse_retry_after("3"), Some(Duration::from_secs(3)));
 }

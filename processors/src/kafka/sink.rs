@@ -14,13 +14,14 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use flow_core::ack::AckStatus;
 use flow_core::expr::{Expr, ExprKind};
 use flow_core::processor::{
     BuildContext, BuildError, ConfigError, Describe, Kind, Output, Processor, ProcessorConfig,
     ProcessorError, Sink, SinkContext,
 };
 use flow_core::record::{Record, Value, encode_json};
+
+use flow_core::retry::Retry;
 
 use super::{Brokers, FlowContext, KafkaProcessorError, client_config, validate_common};
 use crate::template::{Placeholders, Template};
@@ -31,10 +32,15 @@ use crate::template::{Placeholders, Template};
 /// the key comes from an expression, headers from attributes. By default the producer is
 /// idempotent with `acks=all`: the leader and its in-sync replicas have the message before it
 /// counts as delivered, and retries never duplicate or reorder it. Transient errors (a broker
-/// restarting, a leader moving) are retried by the client until `delivery_timeout`; permanent
-/// ones (a message too large, no authorization, an unknown topic) send the record to `failure`
-/// with the broker's error as `error.message`. At most `max_inflight` records wait for their
-/// delivery report; then the sink stops taking input (back-pressure).
+/// restarting, a leader moving) are retried by the client until `delivery_timeout`; a record
+/// still not delivered then is the brokers' trouble, not its own: it is produced again after a
+/// capped backoff (possibly after records produced later), never acknowledged meanwhile. A
+/// record's own fault (too large, invalid, an unknown topic) sends it to `failure` with the
+/// broker's error as `error.message`; a refusal retrying cannot fix (authorization,
+/// authentication) stops the flow. At most `max_inflight` records wait for their delivery
+/// report; then the sink stops taking input (back-pressure). Asked to stop while nothing is
+/// delivered any more (the brokers are down), the sink gives up after 5 s: what is in flight
+/// stays unacknowledged, and its source reads it again on the next run.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSinkConfig {
@@ -71,8 +77,8 @@ pub struct KafkaSinkConfig {
     /// Idempotent producer: retries never duplicate or reorder messages (needs `acks: all`).
     #[serde(default = "yes")]
     pub idempotent: bool,
-    /// How long a message may take to be delivered, retries included; then its record goes to
-    /// `failure` (`message.timeout.ms`).
+    /// How long the client tries to deliver a message (`message.timeout.ms`); then the sink
+    /// waits a backoff and produces it again.
     #[serde(default = "default_delivery_timeout", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub delivery_timeout: Duration,
@@ -312,18 +318,6 @@ struct KafkaSink {
     key: Option<Expr>,
 }
 
-fn other(e: impl std::fmt::Display) -> ProcessorError {
-    ProcessorError::Other(e.to_string())
-}
-
-/// Errors that no retry fixes: the record goes to `failure`.
-fn permanent(e: &KafkaError) -> bool {
-    !matches!(
-        e.rdkafka_error_code(),
-        Some(RDKafkaErrorCode::QueueFull) | None
-    )
-}
-
 /// The producer's context: librdkafka's logs, and the delivery reports, handled on the
 /// producer's polling thread. Each message carries its record (boxed) as its opaque: a
 /// delivered record is dropped right there, which acknowledges it; a failed one is handed to
@@ -355,9 +349,8 @@ impl ProducerContext for Reports {
 
     fn delivery(&self, result: &DeliveryResult<'_>, record: Box<Record>) {
         match result {
-            // Dropping the record acknowledges it.
             Ok(_) => {
-                drop(record);
+                record.finish();
                 self.sent.fetch_add(1, Ordering::Relaxed);
             }
             // Purged, never sent: the producer was dropped with it queued (the sink stopped
@@ -368,7 +361,7 @@ impl ProducerContext for Reports {
                     Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight)
                 ) =>
             {
-                record.mark(AckStatus::Abandoned);
+                drop(record);
             }
             Err((e, _)) => self
                 .failed
@@ -458,6 +451,9 @@ impl KafkaSink {
 /// How long to wait before offering a message again when the producer's queue is full.
 const QUEUE_FULL_WAIT: Duration = Duration::from_millis(5);
 
+/// At a stop, records in flight are given up once no delivery report came for this long.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
 #[async_trait]
 impl Sink for KafkaSink {
     async fn run(self: Box<Self>, mut ctx: SinkContext) -> Result<(), ProcessorError> {
@@ -472,8 +468,7 @@ impl Sink for KafkaSink {
                 failed: Mutex::new(Vec::new()),
                 wake: tokio::sync::Notify::new(),
             })
-            .map_err(|e| other(KafkaProcessorError::Config(e.to_string())))?;
-        let reports = producer.context().clone();
+            .map_err(|e| ProcessorError::other(KafkaProcessorError::Config(e.to_string())))?;
         if let Some(c) = &self.cfg.create_topic {
             super::ensure_topic(
                 &self.cfg.brokers.joined(),
@@ -483,19 +478,57 @@ impl Sink for KafkaSink {
                 c.replication,
             )
             .await
-            .map_err(other)?;
+            .map_err(ProcessorError::other)?;
         }
+        let result = self.produce(&mut ctx, &producer, &context).await;
+        let delivered = result.is_ok();
+        let _ = tokio::task::spawn_blocking(move || {
+            // Done: everything was delivered or failed, nothing is left in the producer's
+            // queue. Stopped on an error: dropping the producer purges what it still holds,
+            // whose records are then abandoned (never acknowledged).
+            if delivered {
+                let _ = producer.flush(Duration::from_secs(10));
+            }
+            // Dropping the producer waits for its polling thread, which wakes every 100 ms:
+            // not worth holding up the end of the flow for.
+            let _ = std::thread::Builder::new()
+                .name("kafka producer drop".into())
+                .spawn(move || drop(producer));
+        })
+        .await;
+        result
+    }
+}
+
+impl KafkaSink {
+    /// Hand the input to the producer and handle its delivery reports, until the input ends
+    /// and every record was delivered or failed.
+    async fn produce(
+        &self,
+        ctx: &mut SinkContext,
+        producer: &ThreadedProducer<Reports>,
+        context: &FlowContext,
+    ) -> Result<(), ProcessorError> {
+        let reports = producer.context().clone();
         let max_inflight = self.cfg.max_inflight;
         let mut failures = Output::new(ctx.name.clone(), ctx.failures.port_count().max(1));
         let mut input_done = false;
         // Records of the current batch not yet handed to the producer.
         let mut todo: std::collections::VecDeque<Prepared> = std::collections::VecDeque::new();
+        let retry = Retry::new(ctx);
+        let what = "delivering to Kafka".to_owned();
+        let mut attempts = retry.attempts(&what);
+        let mut progress = tokio::time::Instant::now();
         loop {
             // The reports handled since the last turn.
             let sent = reports.sent.swap(0, Ordering::Relaxed);
             if sent > 0 {
                 context.reachable();
                 ctx.metrics.add_sent(sent);
+                progress = tokio::time::Instant::now();
+                if attempts.failures() > 0 {
+                    std::mem::replace(&mut attempts, retry.attempts(&what)).succeeded();
+                }
             }
             let failed_reports = std::mem::take(
                 &mut *reports
@@ -503,15 +536,49 @@ impl Sink for KafkaSink {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner),
             );
-            let mut failed = !failed_reports.is_empty();
+            let mut failed = false;
+            let mut resend = Vec::new();
+            let mut broker_error = None;
             for (record, e) in failed_reports {
-                failures.fail(record, &e);
+                match fault(&e) {
+                    Fault::Record => {
+                        failures.fail(record, &e);
+                        failed = true;
+                    }
+                    Fault::Fatal => {
+                        return Err(ProcessorError::other(format!("Kafka refused: {e}")));
+                    }
+                    Fault::Broker => {
+                        resend.push(record);
+                        broker_error = Some(e);
+                    }
+                }
+            }
+            // (Failed reports are no progress: `STOP_GRACE` counts from the last delivery.)
+            if let Some(e) = broker_error {
+                // Not delivered in `delivery_timeout`: the brokers' trouble, not the records'.
+                // Wait (the sink takes no input meanwhile), then produce them again, first.
+                attempts
+                    .failed(ProcessorError::unavailable(format!(
+                        "{} records not delivered: {e}",
+                        resend.len()
+                    )))
+                    .await?;
+                for record in resend.into_iter().rev() {
+                    match self.prepare(record) {
+                        Ok(p) => todo.push_front(p),
+                        Err((r, msg)) => {
+                            failures.fail(r, &msg);
+                            failed = true;
+                        }
+                    }
+                }
             }
             if input_done && todo.is_empty() && reports.inflight.load(Ordering::Acquire) == 0 {
                 if failed {
-                    ctx.failures.flush(&mut failures).await.map_err(other)?;
+                    ctx.failures.flush(&mut failures).await?;
                 }
-                break;
+                return Ok(());
             }
             // Hand records over while the window has room and the producer's queue takes them.
             let mut queue_full = false;
@@ -542,25 +609,32 @@ impl Sink for KafkaSink {
                 if let Err((e, br)) = producer.send(br) {
                     reports.inflight.fetch_sub(1, Ordering::AcqRel);
                     let record = br.delivery_opaque;
-                    if permanent(&e) {
-                        failures.fail(*record, &e);
-                        failed = true;
-                    } else {
-                        todo.push_front(Prepared {
-                            record,
-                            topic,
-                            key,
-                            headers,
-                        });
-                        queue_full = true;
-                        break;
+                    match fault(&e) {
+                        Fault::Record => {
+                            failures.fail(*record, &e);
+                            failed = true;
+                        }
+                        Fault::Fatal => {
+                            return Err(ProcessorError::other(format!("Kafka refused: {e}")));
+                        }
+                        Fault::Broker => {
+                            todo.push_front(Prepared {
+                                record,
+                                topic,
+                                key,
+                                headers,
+                            });
+                            queue_full = true;
+                            break;
+                        }
                     }
                 }
             }
             if failed {
-                ctx.failures.flush(&mut failures).await.map_err(other)?;
+                ctx.failures.flush(&mut failures).await?;
             }
             let inflight = reports.inflight.load(Ordering::Acquire);
+            let stopping = ctx.shutdown.is_cancelled() && (inflight > 0 || !todo.is_empty());
             tokio::select! {
                 // Input first: reports need no prompt handling (a delivered record was
                 // acknowledged in the callback); they wake the sink when the window is full,
@@ -571,6 +645,7 @@ impl Sink for KafkaSink {
                         input_done = true;
                         continue;
                     };
+                    progress = tokio::time::Instant::now();
                     ctx.metrics.add_received(batch.len() as u64);
                     let mut failed = false;
                     for record in batch {
@@ -583,26 +658,69 @@ impl Sink for KafkaSink {
                         }
                     }
                     if failed {
-                        ctx.failures.flush(&mut failures).await.map_err(other)?;
+                        ctx.failures.flush(&mut failures).await?;
                     }
                 }
                 // A report came (a permit stored since the last turn counts too: no report is
                 // missed between the counters above and here).
                 () = reports.wake.notified(), if inflight > 0 => {}
                 _ = tokio::time::sleep(QUEUE_FULL_WAIT), if queue_full && inflight == 0 => {}
+                // Asked to stop while nothing is delivered any more (the brokers are down):
+                // give up within bounds; what is in flight stays unacknowledged.
+                () = tokio::time::sleep_until(progress + STOP_GRACE), if stopping => {
+                    return Err(ProcessorError::Stopped(format!(
+                        "asked to stop while {} records waited for Kafka and none was delivered \
+                         for {STOP_GRACE:?}: they stay unacknowledged and are read again on the \
+                         next run",
+                        inflight + todo.len()
+                    )));
+                }
+                // Re-check `stopping` once the stop is asked.
+                () = ctx.shutdown.cancelled(), if !stopping && (inflight > 0 || !todo.is_empty()) => {}
             }
         }
-        // Everything was delivered or failed; nothing is left in the producer's queue.
-        let _ = tokio::task::spawn_blocking(move || {
-            let _ = producer.flush(Duration::from_secs(10));
-            // Dropping the producer waits for its polling thread, which wakes every 100 ms:
-            // not worth holding up the end of the flow for.
-            let _ = std::thread::Builder::new()
-                .name("kafka producer drop".into())
-                .spawn(move || drop(producer));
-        })
-        .await;
-        Ok(())
+    }
+}
+
+/// Whose fault a production error is.
+enum Fault {
+    /// The record's: it goes to `failure` (too large, invalid, an unknown topic).
+    Record,
+    /// The brokers': unavailable for now, so the record is produced again later.
+    Broker,
+    /// Retrying cannot fix it (authorization, authentication, a fatal producer error).
+    Fatal,
+}
+
+fn fault(e: &KafkaError) -> Fault {
+    use RDKafkaErrorCode as C;
+    match e.rdkafka_error_code() {
+        Some(
+            C::MessageSizeTooLarge
+            | C::InvalidMessageSize
+            | C::InvalidMessage
+            | C::InvalidRecord
+            | C::MessageBatchTooLarge
+            | C::InvalidTimestamp
+            | C::InvalidTopic
+            | C::UnknownTopic
+            | C::UnknownTopicOrPartition
+            | C::UnknownPartition
+            | C::PolicyViolation
+            | C::UnsupportedForMessageFormat
+            | C::InvalidArgument,
+        ) => Fault::Record,
+        Some(
+            C::TopicAuthorizationFailed
+            | C::ClusterAuthorizationFailed
+            | C::SaslAuthenticationFailed
+            | C::Authentication
+            | C::Fatal
+            | C::ProducerFenced
+            | C::InvalidProducerEpoch
+            | C::InvalidRequiredAcks,
+        ) => Fault::Fatal,
+        _ => Fault::Broker,
     }
 }
 

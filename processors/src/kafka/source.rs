@@ -299,10 +299,6 @@ impl ConsumerContext for SourceContextKafka {
     }
 }
 
-fn other(e: impl std::fmt::Display) -> ProcessorError {
-    ProcessorError::Other(e.to_string())
-}
-
 /// A batch in the flow: its sequence number, the assignment epoch it was read in, and per
 /// partition the offset after its last record.
 struct InFlight {
@@ -459,14 +455,14 @@ impl Source for KafkaSource {
             .cfg
             .client_config(&name)
             .create_with_context(context)
-            .map_err(|e| other(KafkaProcessorError::Config(e.to_string())))?;
+            .map_err(|e| ProcessorError::other(KafkaProcessorError::Config(e.to_string())))?;
         let topics: Vec<&str> = self.cfg.topics.iter().map(String::as_str).collect();
         consumer
             .subscribe(&topics)
-            .map_err(|e| other(KafkaProcessorError::Fatal(e.to_string())))?;
+            .map_err(|e| ProcessorError::other(KafkaProcessorError::Fatal(e.to_string())))?;
         tracing::info!(node = %name, topics = ?self.cfg.topics, group = %self.cfg.group, "subscribed");
         let mut st = State {
-            tracker: AckTracker::new(),
+            tracker: AckTracker::named(name.clone()),
             commit: InOrderCommit::new(),
             batches: VecDeque::new(),
             in_flow: 0,
@@ -558,7 +554,7 @@ impl Source for KafkaSource {
             let mut batch = Output::new(name.clone(), out.port_count());
             for (port, records) in pending.drain() {
                 for r in records {
-                    batch.push(port, r.with_acks(Acks::One(token.clone())));
+                    batch.push(port, r.with_acks(Acks::one(token.clone())));
                 }
             }
             drop(token);
@@ -572,7 +568,7 @@ impl Source for KafkaSource {
                 tokio::select! {
                     r = &mut flush => {
                         if let Err(e) = r {
-                            break 'run Err(other(e));
+                            break 'run Err(ProcessorError::other(e));
                         }
                         break;
                     }

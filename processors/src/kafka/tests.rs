@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use flow_core::record::finish_all;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -227,6 +228,112 @@ async fn oversized_and_unkeyable_records_go_to_failure() {
     assert_eq!(values, [r#"{"device":"a"}"#, r#"{"device":"c"}"#]);
 }
 
+/// Records `{"i":…}` in batches of 10, one ack token each.
+fn tracked(n: usize) -> (flow_core::ack::AckTracker, Vec<Vec<Record>>) {
+    let mut tracker = flow_core::ack::AckTracker::new();
+    let batches = (0..n)
+        .collect::<Vec<_>>()
+        .chunks(10)
+        .enumerate()
+        .map(|(b, chunk)| {
+            let t = tracker.token(b as u64);
+            chunk
+                .iter()
+                .map(|i| {
+                    rec(&format!(r#"{{"i":{i}}}"#)).with_acks(flow_core::ack::Acks::one(t.clone()))
+                })
+                .collect()
+        })
+        .collect();
+    (tracker, batches)
+}
+
+/// The broker is down (librdkafka's mock cluster): nothing is acknowledged while it is, even
+/// past `delivery_timeout` (those records are produced again, not failed); asked to stop, the
+/// sink gives up within bounds and acknowledges nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sink_with_the_broker_down_acknowledges_nothing_and_a_stop_gives_up() {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    let topic = unique("down");
+    mock.create_topic(&topic, 1, 1).expect("topic");
+    mock.broker_down(1).expect("down");
+    let cfg: KafkaSinkConfig = config(json!({
+        "brokers": mock.bootstrap_servers(), "topic": topic, "delivery_timeout": "1s",
+    }));
+    let (ctx, tx, mut failures, metrics, stop) = crate::testing::sink_ctx_stoppable();
+    let (mut tracker, batches) = tracked(30);
+    for b in batches {
+        tx.send(b).await.expect("queued");
+    }
+    let task = tokio::spawn(sink(&cfg).run(ctx));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(tracker.try_next().is_none(), "acknowledged while down");
+    assert!(!task.is_finished());
+    stop.cancel();
+    let e = tokio::time::timeout(Duration::from_secs(15), task)
+        .await
+        .expect("a bounded stop")
+        .expect("joined")
+        .expect_err("gave up");
+    assert!(
+        matches!(e, flow_core::processor::ProcessorError::Stopped(_)),
+        "{e}"
+    );
+    drop(tx);
+    assert!(crate::testing::records(&mut failures).await.is_empty());
+    for _ in 0..3 {
+        let f = tokio::time::timeout(Duration::from_secs(10), tracker.next())
+            .await
+            .expect("finished in time")
+            .expect("a batch");
+        assert!(!f.committable(), "{f:?}");
+    }
+    assert_eq!(metrics.snapshot().sent, 0);
+}
+
+/// The broker is down for longer than `delivery_timeout`, then comes back: every record is
+/// delivered and acknowledged only then; none goes to `failure`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sink_broker_down_then_back_loses_nothing() {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    let topic = unique("back");
+    mock.create_topic(&topic, 1, 1).expect("topic");
+    mock.broker_down(1).expect("down");
+    let cfg: KafkaSinkConfig = config(json!({
+        "brokers": mock.bootstrap_servers(), "topic": topic, "delivery_timeout": "1s",
+    }));
+    let (ctx, tx, mut failures, metrics) = sink_ctx();
+    let (mut tracker, batches) = tracked(30);
+    for b in batches {
+        tx.send(b).await.expect("queued");
+    }
+    drop(tx);
+    let task = tokio::spawn(sink(&cfg).run(ctx));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(tracker.try_next().is_none(), "acknowledged while down");
+    mock.broker_up(1).expect("up");
+    tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("in time")
+        .expect("joined")
+        .expect("runs");
+    for _ in 0..3 {
+        let f = tracker.next().await.expect("a batch");
+        assert_eq!(f.status, flow_core::ack::AckStatus::Delivered);
+    }
+    assert_eq!(metrics.snapshot().sent, 30);
+    assert!(crate::testing::records(&mut failures).await.is_empty());
+    let mut got: Vec<String> = read_all(&mock.bootstrap_servers(), &topic, 30)
+        .into_iter()
+        .map(|r| r.1)
+        .collect();
+    got.sort();
+    got.dedup();
+    let mut want: Vec<String> = (0..30).map(|i| format!(r#"{{"i":{i}}}"#)).collect();
+    want.sort();
+    assert_eq!(got, want);
+}
+
 /// The source emits every message with its Kafka attributes, and commits an offset only once
 /// every record before it is finished: not past a record still in the flow.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -267,6 +374,8 @@ async fn source_commits_only_what_is_finished_in_order() {
     for (i, r) in held.into_iter().enumerate() {
         if i == 4 || i == 5 {
             rest.push(r);
+        } else {
+            r.finish();
         }
     }
     let (b, g, t) = (c.brokers.clone(), group.clone(), topic.clone());
@@ -276,7 +385,7 @@ async fn source_commits_only_what_is_finished_in_order() {
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(committed(&b, &g, &t), Some(4), "no commit past record 4");
-    drop(rest);
+    finish_all(rest);
     until(20, "the commit of all", || {
         committed(&b, &g, &t) == Some(10)
     })
@@ -315,7 +424,7 @@ async fn source_sends_non_json_values_to_failure() {
         .expect("a record in time")
         .expect("a batch");
     assert_eq!(ok.len(), 1);
-    drop((failed, ok));
+    finish_all(failed.into_iter().chain(ok));
     let (b, g, t) = (c.brokers.clone(), group.clone(), topic.clone());
     until(30, "the commit", || committed(&b, &g, &t) == Some(2)).await;
     h.shutdown.cancel();
@@ -362,8 +471,9 @@ async fn source_sends_values_over_max_record_size_to_failure() {
             .expect("a record in time")
             .expect("a batch");
         ok += batch.len();
+        finish_all(batch);
     }
-    drop(failed);
+    finish_all(failed);
     let (b, g, t) = (c.brokers.clone(), group.clone(), topic.clone());
     until(30, "the commit", || committed(&b, &g, &t) == Some(3)).await;
     h.shutdown.cancel();

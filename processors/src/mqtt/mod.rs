@@ -605,7 +605,8 @@ impl Driver {
                     return;
                 }
                 Polled::Retry(error) => {
-                    if connected {
+                    // Once per burst: the connection dropped, or the first attempt failed.
+                    if connected || failures == 0 {
                         connected = false;
                         if self.tx.send(MqttEvent::Disconnected).await.is_err() {
                             return;

@@ -27,9 +27,11 @@ use super::{Client, Connection, MqttError, MqttEvent, Protocol, TlsConfig, Use, 
 /// there is no such field, its attribute `device` (so `{mqtt.topic}` works). A record whose
 /// topic cannot be made goes to `failure`. A record is acknowledged once the broker confirmed
 /// it: PUBACK at QoS 1, PUBCOMP at QoS 2, or once sent at QoS 0. At most `max_inflight`
-/// records wait for confirmation; then the sink stops taking input (back-pressure). Lost
-/// connections are retried with capped exponential backoff, and unconfirmed records are sent
-/// again.
+/// records wait for confirmation; then the sink stops taking input (back-pressure). A broker
+/// that cannot be reached is retried with capped exponential backoff (nothing is acknowledged
+/// meanwhile), and unconfirmed records are sent again; a refused login stops the flow. Asked
+/// to stop while the broker is unreachable, the sink gives up: its unconfirmed records stay
+/// unacknowledged, so their source reads them again on the next run.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MqttSinkConfig {
@@ -172,8 +174,8 @@ struct MqttSink {
 /// A record on its way to the broker.
 struct Outgoing {
     seq: u64,
-    /// Held until the broker confirmed it: dropping it acknowledges it.
-    _record: Record,
+    /// Held until the broker confirmed it, then finished.
+    record: Record,
     topic: String,
     payload: Bytes,
 }
@@ -181,10 +183,6 @@ struct Outgoing {
 /// How long to wait before offering a publish again to a full request queue.
 const RETRY: Duration = Duration::from_millis(5);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
-
-fn other(e: impl std::fmt::Display) -> ProcessorError {
-    ProcessorError::Other(e.to_string())
-}
 
 impl Client {
     /// Offer a publish without waiting: `false` when the request queue is full.
@@ -225,7 +223,7 @@ impl Sink for MqttSink {
                 events: max_inflight * 2 + 64,
             },
         )
-        .map_err(other)?;
+        .map_err(ProcessorError::other)?;
         // Handed to the client, waiting for their packet id (in order).
         let mut unassigned: VecDeque<Outgoing> = VecDeque::new();
         // Sent, waiting for the broker's confirmation.
@@ -235,6 +233,8 @@ impl Sink for MqttSink {
         let mut seq = 0u64;
         let mut input_done = false;
         let mut first_connect = true;
+        // The broker could not be reached since the last connection (or ever).
+        let mut unreachable = false;
         let mut failures = Output::new(ctx.name.clone(), ctx.failures.port_count().max(1));
         loop {
             let inflight = unassigned.len() + awaiting.len();
@@ -246,7 +246,8 @@ impl Sink for MqttSink {
                 e = events.recv() => match e {
                     Some(MqttEvent::Sent(pkid)) => {
                         if qos == 0 {
-                            if unassigned.pop_front().is_some() {
+                            if let Some(o) = unassigned.pop_front() {
+                                o.record.finish();
                                 ctx.metrics.add_sent(1);
                             }
                         } else if !awaiting.contains_key(&pkid)
@@ -257,12 +258,13 @@ impl Sink for MqttSink {
                         }
                     }
                     Some(MqttEvent::Confirmed(pkid)) => {
-                        if awaiting.remove(&pkid).is_some() {
-                            // Dropping the record acknowledges it.
+                        if let Some(o) = awaiting.remove(&pkid) {
+                            o.record.finish();
                             ctx.metrics.add_sent(1);
                         }
                     }
                     Some(MqttEvent::Connected { session_present }) => {
+                        unreachable = false;
                         ctx.metrics.set_status("connected", serde_json::json!(true));
                         if !first_connect && !session_present && qos > 0 {
                             // The broker lost the session, and the client its unsent queue:
@@ -277,11 +279,12 @@ impl Sink for MqttSink {
                         first_connect = false;
                     }
                     Some(MqttEvent::Disconnected) => {
+                        unreachable = true;
                         ctx.metrics.set_status("connected", serde_json::json!(false));
                     }
-                    Some(MqttEvent::Fatal(e)) => return Err(other(e)),
+                    Some(MqttEvent::Fatal(e)) => return Err(ProcessorError::other(e)),
                     Some(MqttEvent::Publish(_) | MqttEvent::SubAck(_)) => {}
-                    None => return Err(other(MqttError::ClientGone)),
+                    None => return Err(ProcessorError::other(MqttError::ClientGone)),
                 },
                 batch = ctx.input.next(), if !input_done && to_send.is_empty() && inflight < max_inflight => {
                     let Some(batch) = batch else {
@@ -293,21 +296,33 @@ impl Sink for MqttSink {
                         match render_topic(&self.topic, &mut record) {
                             Ok(topic) => {
                                 let payload = record.content().clone();
-                                to_send.push_back(Outgoing { seq, _record: record, topic, payload });
+                                to_send.push_back(Outgoing { seq, record, topic, payload });
                                 seq += 1;
                             }
                             Err(msg) => failures.fail(record, &msg),
                         }
                     }
-                    ctx.failures.flush(&mut failures).await.map_err(other)?;
+                    ctx.failures.flush(&mut failures).await.map_err(ProcessorError::other)?;
                 }
                 _ = tokio::time::sleep(RETRY), if !to_send.is_empty() && inflight < max_inflight => {}
+                () = ctx.shutdown.cancelled(), if unreachable && (inflight > 0 || !to_send.is_empty()) => {
+                    return Err(ProcessorError::Stopped(format!(
+                        "asked to stop while the MQTT broker at {} could not be reached: {} \
+                         records not confirmed stay unacknowledged and are read again on the \
+                         next run",
+                        self.cfg.url,
+                        inflight + to_send.len()
+                    )));
+                }
             }
             // Hand records to the client while the window has room and its queue takes them.
             while unassigned.len() + awaiting.len() < max_inflight
                 && let Some(o) = to_send.front()
             {
-                if !client.try_publish(o, qos, retain).map_err(other)? {
+                if !client
+                    .try_publish(o, qos, retain)
+                    .map_err(ProcessorError::other)?
+                {
                     break;
                 }
                 if let Some(o) = to_send.pop_front() {

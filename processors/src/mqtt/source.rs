@@ -367,10 +367,6 @@ impl Acker {
     }
 }
 
-fn other(e: impl std::fmt::Display) -> ProcessorError {
-    ProcessorError::Other(e.to_string())
-}
-
 /// How many requests (acks, mostly) the client's queue holds.
 const ACK_QUEUE: usize = 64;
 /// How long to wait before trying again to queue acks the client could not take.
@@ -446,10 +442,10 @@ impl Source for MqttSource {
                 events: batch_size,
             },
         )
-        .map_err(other)?;
+        .map_err(ProcessorError::other)?;
         let mut a = Acker {
             client: client.clone(),
-            tracker: AckTracker::new(),
+            tracker: AckTracker::named(name.clone()),
             commit: InOrderCommit::new(),
             batches: VecDeque::new(),
             due: VecDeque::new(),
@@ -471,14 +467,14 @@ impl Source for MqttSource {
                 _ = shutdown.cancelled() => break Ok(()),
                 Some(f) = a.tracker.next(), if a.tracker.outstanding() > 0 => {
                     if let Err(e) = a.finished(f) {
-                        break Err(other(e));
+                        break Err(ProcessorError::other(e));
                     }
                     metrics.set_status("acked", serde_json::json!(a.acked));
                     continue;
                 }
                 _ = tokio::time::sleep(ACK_RETRY), if !a.due.is_empty() => {
                     if let Err(e) = a.send_due() {
-                        break Err(other(e));
+                        break Err(ProcessorError::other(e));
                     }
                     continue;
                 }
@@ -488,7 +484,7 @@ impl Source for MqttSource {
             if !a.due.is_empty()
                 && let Err(e) = a.send_due()
             {
-                break Err(other(e));
+                break Err(ProcessorError::other(e));
             }
             // Take what is already there, up to a batch, without waiting.
             let mut next = event;
@@ -496,7 +492,7 @@ impl Source for MqttSource {
                 let Some(event) = next.take() else {
                     if batch_acks.is_empty() {
                         // The event loop ended without a fatal error: the client is gone.
-                        break 'run Err(other(MqttError::ClientGone));
+                        break 'run Err(ProcessorError::other(MqttError::ClientGone));
                     }
                     break;
                 };
@@ -523,12 +519,12 @@ impl Source for MqttSource {
                         if (first_connect || !session_present)
                             && let Err(e) = client.subscribe(&self.cfg.topics, self.cfg.qos).await
                         {
-                            break 'run Err(other(e));
+                            break 'run Err(ProcessorError::other(e));
                         }
                         first_connect = false;
                         // Acks due from the previous connection are void now.
                         if let Err(e) = a.send_due() {
-                            break 'run Err(other(e));
+                            break 'run Err(ProcessorError::other(e));
                         }
                     }
                     MqttEvent::Disconnected => {
@@ -538,12 +534,14 @@ impl Source for MqttSource {
                     MqttEvent::SubAck(codes) => {
                         if let Some(i) = codes.iter().position(|ok| !ok) {
                             let topic = self.cfg.topics.get(i).cloned().unwrap_or_default();
-                            break 'run Err(other(MqttError::SubscriptionRefused(topic)));
+                            break 'run Err(ProcessorError::other(MqttError::SubscriptionRefused(
+                                topic,
+                            )));
                         }
                         tracing::info!(node = %name, topics = ?self.cfg.topics, "subscribed");
                         metrics.set_status("subscribed", serde_json::json!(true));
                     }
-                    MqttEvent::Fatal(e) => break 'run Err(other(e)),
+                    MqttEvent::Fatal(e) => break 'run Err(ProcessorError::other(e)),
                     MqttEvent::Sent(_) | MqttEvent::Confirmed(_) => {}
                 }
                 if batch_acks.len() >= batch_size || a.in_flow + batch_acks.len() >= max_inflight {
@@ -566,14 +564,14 @@ impl Source for MqttSource {
             let mut batch = Output::new(name.clone(), out.port_count());
             for (port, records) in pending.drain() {
                 for r in records {
-                    batch.push(port, r.with_acks(Acks::One(token.clone())));
+                    batch.push(port, r.with_acks(Acks::one(token.clone())));
                 }
             }
             drop(token);
             metrics.add_received(n as u64);
             // Waits while the flow is full: back-pressure.
             if let Err(e) = out.flush(&mut batch).await {
-                break Err(other(e));
+                break Err(ProcessorError::other(e));
             }
         };
         // Let the flow drain, then acknowledge what it finished.

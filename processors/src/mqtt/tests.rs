@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flow_core::processor::ProcessorConfig;
-use flow_core::record::Record;
+use flow_core::record::{Record, finish_all};
 use flow_core::runtime::metrics::NodeMetrics;
 use serde_json::json;
 
 use super::{MqttSinkConfig, MqttSourceConfig};
-use crate::testing::{config, rec, sink, sink_ctx, source, source_ctx};
+use crate::testing::{config, rec, sink, sink_ctx, sink_ctx_stoppable, source, source_ctx};
 
 /// The test broker's URL; `None` (after saying so) when there is none outside CI.
 fn broker() -> Option<String> {
@@ -121,6 +121,7 @@ async fn source_round_trip_per_qos_and_protocol() {
             for mut r in batch {
                 texts.push(text(&mut r));
                 first.get_or_insert(r.attributes.clone());
+                r.finish();
             }
         }
         let want: Vec<String> = (0..50)
@@ -173,10 +174,10 @@ async fn non_json_payloads_go_to_failure() {
         "{msg}"
     );
     assert_eq!(failed[0].attributes["mqtt.topic"], topic);
-    drop(failed);
+    finish_all(failed);
     let ok = h.ports[1].recv().await.expect("the good one");
     assert_eq!(ok.len(), 1);
-    drop(ok);
+    finish_all(ok);
     until(10, "the acks", || {
         status(&h.metrics, "acked") == Some(json!(2))
     })
@@ -224,14 +225,17 @@ async fn payloads_over_max_record_size_go_to_failure() {
          are kept"
     );
     assert_eq!(failed[0].attributes["mqtt.topic"], topic);
-    drop(failed);
+    finish_all(failed);
     let mut ok = Vec::new();
     while ok.len() < 2 {
         let batch = tokio::time::timeout(Duration::from_secs(10), h.ports[1].recv())
             .await
             .expect("in time")
             .expect("a batch");
-        ok.extend(batch.into_iter().map(|mut r| text(&mut r)));
+        for mut r in batch {
+            ok.push(text(&mut r));
+            r.finish();
+        }
     }
     assert_eq!(ok, [r#"{"n":1}"#, r#"{"n":2}"#]);
     until(10, "the acks", || {
@@ -289,7 +293,7 @@ async fn a_slow_downstream_stops_the_source_at_max_inflight() {
     for r in held.iter_mut() {
         seen.push(n(r));
     }
-    drop(held);
+    finish_all(held);
     while seen.len() < 2000 {
         let b = tokio::time::timeout(Duration::from_secs(10), h.ports[1].recv())
             .await
@@ -298,6 +302,7 @@ async fn a_slow_downstream_stops_the_source_at_max_inflight() {
         assert!(b.len() <= 4);
         for mut r in b {
             seen.push(n(&mut r));
+            r.finish();
         }
     }
     assert_eq!(seen, (0..2000).collect::<Vec<_>>());
@@ -404,6 +409,137 @@ async fn sink_round_trip_per_qos() {
         want.sort();
         assert_eq!(lines, want, "qos {qos} {protocol}");
     }
+}
+
+/// A Mosquitto process of the test's own on `port`, stopped when dropped (with the directory
+/// of its config).
+struct OwnBroker {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl OwnBroker {
+    fn start(port: u16) -> Self {
+        let dir = tempfile::tempdir().expect("tmp");
+        let conf = dir.path().join("m.conf");
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+        )
+        .expect("conf");
+        let bin = std::env::var("FLOW_TEST_MOSQUITTO").unwrap_or_else(|_| "mosquitto".into());
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto starts");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "mosquitto did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        OwnBroker { child, _dir: dir }
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Records `{"n":i}` in one batch with one ack token.
+fn tracked(n: usize) -> (flow_core::ack::AckTracker, Vec<Record>) {
+    let mut tracker = flow_core::ack::AckTracker::new();
+    let t = tracker.token(0);
+    let records = (0..n)
+        .map(|i| rec(&format!(r#"{{"n":{i}}}"#)).with_acks(flow_core::ack::Acks::one(t.clone())))
+        .collect();
+    (tracker, records)
+}
+
+/// The broker cannot be reached: nothing is acknowledged as delivered; asked to stop, the
+/// sink gives up within bounds and acknowledges nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sink_with_the_broker_down_acknowledges_nothing_and_a_stop_gives_up() {
+    if broker().is_none() {
+        return;
+    }
+    let port = crate::http_test::closed_addr().port();
+    let cfg: MqttSinkConfig = config(json!({
+        "url": format!("mqtt://127.0.0.1:{port}"), "qos": 1, "topic": "t/{n}",
+        "client_id": unique("down").replace('/', "-"), "reconnect_max": "200ms",
+    }));
+    let (ctx, tx, mut failures, metrics, stop) = sink_ctx_stoppable();
+    let (mut tracker, records) = tracked(10);
+    tx.send(records).await.expect("queued");
+    let task = tokio::spawn(sink(&cfg).run(ctx));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(tracker.try_next().is_none(), "acknowledged while down");
+    assert!(!task.is_finished());
+    stop.cancel();
+    let e = tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("a bounded stop")
+        .expect("joined")
+        .expect_err("gave up");
+    assert!(
+        matches!(e, flow_core::processor::ProcessorError::Stopped(_)),
+        "{e}"
+    );
+    drop(tx);
+    assert!(crate::testing::records(&mut failures).await.is_empty());
+    let f = tracker.next().await.expect("finished");
+    assert!(!f.committable(), "{f:?}");
+    assert_eq!(metrics.snapshot().sent, 0);
+}
+
+/// The broker is down, then comes back where it was: every record is published and
+/// acknowledged only then. (Each on its own retained topic, so a subscriber that comes after
+/// them still gets them all.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sink_broker_down_then_back_loses_nothing() {
+    if broker().is_none() {
+        return;
+    }
+    let port = crate::http_test::closed_addr().port();
+    let url = format!("mqtt://127.0.0.1:{port}");
+    let cfg: MqttSinkConfig = config(json!({
+        "url": url, "qos": 1, "topic": "back/{n}", "retain": true,
+        "client_id": unique("back").replace('/', "-"), "reconnect_max": "200ms",
+    }));
+    let (ctx, tx, _failures, metrics) = sink_ctx();
+    let (mut tracker, records) = tracked(50);
+    tx.send(records).await.expect("queued");
+    drop(tx);
+    let task = tokio::spawn(sink(&cfg).run(ctx));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(tracker.try_next().is_none(), "acknowledged while down");
+    let _broker = OwnBroker::start(port);
+    tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .expect("in time")
+        .expect("joined")
+        .expect("runs");
+    let f = tracker.next().await.expect("finished");
+    assert_eq!(f.status, flow_core::ack::AckStatus::Delivered);
+    assert_eq!(metrics.snapshot().sent, 50);
+    let mut received = subscriber(&url, "back/#").await;
+    let mut got = std::collections::BTreeSet::new();
+    while got.len() < 50 {
+        let l = tokio::time::timeout(Duration::from_secs(10), received.recv())
+            .await
+            .expect("in time")
+            .expect("a message");
+        got.insert(l);
+    }
+    let want: std::collections::BTreeSet<String> = (0..50)
+        .map(|i| format!(r#"back/{i} {{"n":{i}}}"#))
+        .collect();
+    assert_eq!(got, want);
 }
 
 /// Validation points at the offending keys; unknown keys are rejected.

@@ -15,9 +15,10 @@ use bytesize::ByteSize;
 use flow_core::ack::Acks;
 use flow_core::processor::{
     BuildContext, BuildError, ConfigError, Describe, Kind, Output, Processor, ProcessorConfig,
-    ProcessorError, Sink, SinkContext,
+    ProcessorError, RetryHint, Sink, SinkContext, io_retry_hint,
 };
 use flow_core::record::Record;
+use flow_core::retry::Retry;
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as ObjectPath;
 use object_store::{MultipartId, ObjectStore, ObjectStoreExt, PutPayload};
@@ -52,10 +53,12 @@ use encode::{Body, Row};
 /// upload is not given up: the finished bytes and the records' acknowledgements are kept, the
 /// sink stops taking input (back-pressure) and the failed request is tried again after 1s,
 /// doubling up to 60s, until it succeeds, logging a warning once per burst of failures (and
-/// every 5 minutes while it lasts). Refused requests (wrong credentials, missing bucket) are
-/// retried too, logged as a likely configuration error: fixing it loses nothing. When the
-/// input ends (shutdown included), every open object is completed the same way. A record
-/// whose key cannot be made goes to `failure`.
+/// every minute while it lasts). A full disk (`file://`) is retried the same way. A refusal
+/// retrying cannot fix (wrong credentials, access denied, a missing bucket, a directory that
+/// cannot be written) stops the flow with the error. When the input ends, every open object
+/// is completed the same way; a stop asked while an upload keeps failing gives it up. Records
+/// not uploaded are never acknowledged, so their source reads them again on the next run. A
+/// record whose key cannot be made goes to `failure`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct S3SinkConfig {
@@ -407,7 +410,7 @@ impl ProcessorConfig for S3SinkConfig {
             multipart,
             prefix,
             key,
-            log: std::sync::Mutex::default(),
+            retry: std::sync::OnceLock::new(),
         })))
     }
 }
@@ -418,7 +421,8 @@ struct S3Sink {
     multipart: Multipart,
     prefix: String,
     key: Template,
-    log: std::sync::Mutex<RetryLog>,
+    /// Made from the sink's context on first use; shared by the uploads running at once.
+    retry: std::sync::OnceLock<Retry>,
 }
 
 /// How multipart uploads are made: through the store's low-level API (S3), where a failed
@@ -463,18 +467,18 @@ impl OpenObject {
     }
 }
 
-/// A failed request of an upload: the message, and whether it looks like a configuration
-/// error (refused credentials, missing bucket) rather than an outage.
+/// A failed request of an upload: the message, and whether retrying cannot fix it (refused
+/// credentials, a missing bucket, a directory that cannot be written).
 struct UploadError {
     message: String,
-    config: bool,
+    fatal: bool,
 }
 
 impl From<object_store::Error> for UploadError {
     fn from(e: object_store::Error) -> Self {
         use object_store::Error as E;
         let message = e.to_string();
-        let config = matches!(
+        let refused = matches!(
             e,
             E::PermissionDenied { .. } | E::Unauthenticated { .. } | E::NotFound { .. }
         ) || [
@@ -485,46 +489,47 @@ impl From<object_store::Error> for UploadError {
         ]
         .iter()
         .any(|c| message.contains(c));
-        Self { message, config }
+        // The local filesystem's errors carry the I/O error: a full disk may pass, a
+        // permission or `EIO` will not. (Over HTTP, I/O errors are the network's: retried.)
+        let mut io_fatal = false;
+        if matches!(
+            &e,
+            E::Generic {
+                store: "LocalFileSystem",
+                ..
+            }
+        ) {
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                if let Some(io) = s.downcast_ref::<std::io::Error>() {
+                    io_fatal = io_retry_hint(io) == RetryHint::NoRetry;
+                    break;
+                }
+                source = s.source();
+            }
+        }
+        Self {
+            message,
+            fatal: refused || io_fatal,
+        }
     }
 }
 
 impl From<std::io::Error> for UploadError {
     fn from(e: std::io::Error) -> Self {
-        let config = matches!(
-            e.kind(),
-            std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
-        );
         Self {
+            fatal: io_retry_hint(&e) == RetryHint::NoRetry,
             message: e.to_string(),
-            config,
         }
     }
-}
-
-/// Logs failing uploads once per burst (while at least one upload keeps failing), with a
-/// reminder every few minutes, and once more when they recover.
-#[derive(Default)]
-struct RetryLog {
-    /// Uploads failing right now.
-    failing: usize,
-    /// Failed attempts in this burst.
-    attempts: u64,
-    last_warning: Option<Instant>,
 }
 
 /// The first wait before an upload is tried again after a failed request (object_store's own
 /// retries included); it doubles up to [`RETRY_MAX`].
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(60);
-/// How often a burst of failures is logged again.
-const REMIND_EVERY: Duration = Duration::from_secs(300);
 /// Objects uploaded at once when many close together (idle ones, the end of the input).
 const CONCURRENT_UPLOADS: usize = 8;
-
-fn other(e: impl std::fmt::Display) -> ProcessorError {
-    ProcessorError::Other(e.to_string())
-}
 
 /// A field value used in a key: one path segment, nothing that could change the key's shape.
 fn key_segment(v: String) -> Result<String, String> {
@@ -575,7 +580,7 @@ async fn blocking<T: Send + 'static>(
         Ok(r) => r.map_err(UploadError::from),
         Err(e) => Err(UploadError {
             message: e.to_string(),
-            config: false,
+            fatal: false,
         }),
     }
 }
@@ -616,164 +621,128 @@ impl S3Sink {
             upload: None,
             uploaded: 0,
             records: 0,
-            acks: Acks::None,
+            acks: Acks::none(),
             opened: now,
             last_write: now,
         })
     }
 
     /// Run `op` until it succeeds: after a failure (object_store's own retries included),
-    /// wait (1s, doubling up to 60s) and try again, for ever. Nothing is given up: the
-    /// object's bytes and its records' ack tokens are kept meanwhile, and the sink takes no
-    /// input (back-pressure). A refused request (wrong credentials, missing bucket) is
-    /// retried too, so fixing the configuration loses nothing.
+    /// wait (1s, doubling up to 60s) and try again, keeping the object's bytes and its
+    /// records' ack tokens meanwhile, while the sink takes no input (back-pressure). An error
+    /// retrying cannot fix, or a stop while retrying, is returned.
     async fn retry<T, F, Fut>(
         &self,
         ctx: &SinkContext,
         obj: &OpenObject,
         what: &str,
         mut op: F,
-    ) -> T
+    ) -> Result<T, ProcessorError>
     where
-        F: FnMut(u64) -> Fut,
+        F: FnMut(u32) -> Fut,
         Fut: std::future::Future<Output = Result<T, UploadError>>,
     {
-        let mut wait = RETRY_FIRST;
-        let mut attempt = 0u64;
-        loop {
-            match op(attempt).await {
-                Ok(v) => {
-                    if attempt > 0 {
-                        self.recovered(ctx);
-                    }
-                    return v;
+        let retry = self
+            .retry
+            .get_or_init(|| Retry::new(ctx).backoff(RETRY_FIRST, RETRY_MAX));
+        let what = format!("{what} (`{}`, {} records)", obj.path, obj.records);
+        let name = what.as_str();
+        retry
+            .run(name, |attempt| {
+                let attempt = op(attempt);
+                async move {
+                    attempt.await.map_err(|e| {
+                        if e.fatal {
+                            ProcessorError::other(format!(
+                                "{name}: {} (refused: check the credentials, bucket, endpoint \
+                                 or permissions)",
+                                e.message
+                            ))
+                        } else {
+                            ProcessorError::unavailable(e.message)
+                        }
+                    })
                 }
-                Err(e) => {
-                    attempt += 1;
-                    self.failed(ctx, obj, what, &e, attempt, wait);
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(RETRY_MAX);
-                }
-            }
-        }
-    }
-
-    fn failed(
-        &self,
-        ctx: &SinkContext,
-        obj: &OpenObject,
-        what: &str,
-        e: &UploadError,
-        attempt: u64,
-        wait: Duration,
-    ) {
-        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
-        if attempt == 1 {
-            log.failing += 1;
-        }
-        log.attempts += 1;
-        ctx.metrics
-            .set_status("failing_uploads", serde_json::json!(log.failing));
-        let warn = log.last_warning.is_none_or(|t| t.elapsed() >= REMIND_EVERY);
-        if !warn {
-            tracing::debug!(node = &*ctx.name, object = %obj.path, attempt, error = %e.message, "{what} failed, retrying");
-            return;
-        }
-        log.last_warning = Some(Instant::now());
-        let hint = if e.config {
-            "refused: likely a configuration error (credentials, bucket, endpoint or \
-             permissions); retrying until it succeeds, nothing is lost meanwhile"
-        } else {
-            "failed; retrying until it succeeds, nothing is lost meanwhile"
-        };
-        tracing::warn!(
-            node = &*ctx.name,
-            object = %obj.path,
-            records = obj.records,
-            failing_uploads = log.failing,
-            failed_attempts = log.attempts,
-            retry_in = ?wait,
-            error = %e.message,
-            "{what} {hint} (the sink takes no more input until then)"
-        );
-    }
-
-    fn recovered(&self, ctx: &SinkContext) {
-        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
-        log.failing = log.failing.saturating_sub(1);
-        ctx.metrics
-            .set_status("failing_uploads", serde_json::json!(log.failing));
-        if log.failing == 0 {
-            tracing::info!(
-                node = &*ctx.name,
-                failed_attempts = log.attempts,
-                "object uploads work again"
-            );
-            *log = RetryLog::default();
-        }
+            })
+            .await
     }
 
     /// Start the object's multipart upload (retried until it starts).
-    async fn start_upload(&self, ctx: &SinkContext, obj: &OpenObject) -> Upload {
+    async fn start_upload(
+        &self,
+        ctx: &SinkContext,
+        obj: &OpenObject,
+    ) -> Result<Upload, ProcessorError> {
         match &self.multipart {
             Multipart::Store(mp) => {
                 let id = self
                     .retry(ctx, obj, "starting a multipart upload", |_| async {
                         Ok(mp.create_multipart(&obj.path).await?)
                     })
-                    .await;
-                Upload::Store {
+                    .await?;
+                Ok(Upload::Store {
                     id,
                     parts: Vec::new(),
-                }
+                })
             }
             Multipart::File(dir) => {
                 let target = dir.join(obj.path.as_ref());
                 let mut staging = target.clone().into_os_string();
                 staging.push("#1");
-                Upload::File {
+                Ok(Upload::File {
                     staging: staging.into(),
                     target,
                     written: 0,
-                }
+                })
             }
         }
     }
 
     /// Upload one more part (retried until it is stored).
-    async fn put_part(&self, ctx: &SinkContext, obj: &mut OpenObject, data: PutPayload) {
+    async fn put_part(
+        &self,
+        ctx: &SinkContext,
+        obj: &mut OpenObject,
+        data: PutPayload,
+    ) -> Result<(), ProcessorError> {
         let mut upload = match obj.upload.take() {
             Some(u) => u,
-            None => self.start_upload(ctx, obj).await,
+            None => self.start_upload(ctx, obj).await?,
         };
         let len = data.content_length() as u64;
-        match &mut upload {
+        let stored = match &mut upload {
             Upload::Store { id, parts } => {
                 let (mp, idx) = (self.multipart_store(), parts.len());
                 let obj = &*obj;
-                let part = self
-                    .retry(ctx, obj, "uploading a part", |_| {
-                        let data = data.clone();
-                        let id = &*id;
-                        async move { Ok(mp.put_part(&obj.path, id, idx, data).await?) }
-                    })
-                    .await;
-                parts.push(part);
+                self.retry(ctx, obj, "uploading a part", |_| {
+                    let data = data.clone();
+                    let id = &*id;
+                    async move { Ok(mp.put_part(&obj.path, id, idx, data).await?) }
+                })
+                .await
+                .map(|part| parts.push(part))
             }
             Upload::File {
                 staging, written, ..
             } => {
                 let offset = *written;
-                self.retry(ctx, obj, "writing a part", |_| {
-                    let (file, data) = (staging.clone(), data.clone());
-                    blocking(move || write_at(&file, offset, &data))
-                })
-                .await;
-                *written += len;
+                let wrote = self
+                    .retry(ctx, obj, "writing a part", |_| {
+                        let (file, data) = (staging.clone(), data.clone());
+                        blocking(move || write_at(&file, offset, &data))
+                    })
+                    .await;
+                if wrote.is_ok() {
+                    *written += len;
+                }
+                wrote
             }
-        }
-        obj.uploaded += len;
+        };
+        // Kept even on an error, so the upload is aborted with the object.
         obj.upload = Some(upload);
+        stored?;
+        obj.uploaded += len;
+        Ok(())
     }
 
     fn multipart_store(&self) -> &dyn MultipartStore {
@@ -784,74 +753,98 @@ impl S3Sink {
     }
 
     /// Upload what the encoder produced as one more part (starting the multipart upload).
-    async fn upload_part(&self, ctx: &SinkContext, obj: &mut OpenObject) {
+    async fn upload_part(
+        &self,
+        ctx: &SinkContext,
+        obj: &mut OpenObject,
+    ) -> Result<(), ProcessorError> {
         let data = obj.body.output().map(std::mem::take).unwrap_or_default();
         if !data.is_empty() {
-            self.put_part(ctx, obj, PutPayload::from(data)).await;
+            self.put_part(ctx, obj, PutPayload::from(data)).await?;
         }
+        Ok(())
     }
 
     /// Finish and upload an object (retried until it is complete), then acknowledge its
-    /// records.
+    /// records. On an error, a multipart upload is aborted and the records are abandoned.
     async fn close(&self, ctx: &SinkContext, mut obj: OpenObject) -> Result<(), ProcessorError> {
-        let body = std::mem::replace(&mut obj.body, Body::new(Compression::None));
-        let data = body
-            .finish()
-            .map_err(|e| other(format!("`{}`: encoding failed: {e}", obj.path)))?;
-        if obj.upload.is_none() {
-            let payload = PutPayload::from(data);
-            self.retry(ctx, &obj, "uploading an object", |_| {
-                let payload = payload.clone();
-                let obj = &obj;
-                async move {
-                    self.store.put(&obj.path, payload).await?;
-                    Ok(())
-                }
-            })
-            .await;
-        } else {
-            if !data.is_empty() {
-                self.put_part(ctx, &mut obj, PutPayload::from(data)).await;
-            }
-            let upload = obj.upload.take();
-            match &upload {
-                Some(Upload::Store { id, parts }) => {
-                    let mp = self.multipart_store();
-                    self.retry(ctx, &obj, "completing a multipart upload", |attempt| {
-                        let parts = parts.clone();
-                        let obj = &obj;
-                        async move {
-                            match mp.complete_multipart(&obj.path, id, parts).await {
-                                Ok(_) => Ok(()),
-                                // An earlier attempt may have completed it, only its answer
-                                // was lost: then the upload is gone and the object is there.
-                                Err(object_store::Error::NotFound { .. })
-                                    if attempt > 0 && self.store.head(&obj.path).await.is_ok() =>
-                                {
-                                    Ok(())
-                                }
-                                Err(e) => Err(e.into()),
-                            }
-                        }
-                    })
-                    .await;
-                }
-                Some(Upload::File {
-                    staging, target, ..
-                }) => {
-                    self.retry(ctx, &obj, "completing a file", |_| {
-                        let (s, t) = (staging.clone(), target.clone());
-                        blocking(move || publish(&s, &t))
-                    })
-                    .await;
-                }
-                None => {}
-            }
+        if let Err(e) = self.complete(ctx, &mut obj).await {
+            self.abort(&mut obj).await;
+            // `obj` goes with its acks unreleased: its records are not committed.
+            return Err(e);
         }
         tracing::debug!(node = &*ctx.name, object = %obj.path, records = obj.records, "object written");
         ctx.metrics.add_sent(obj.records);
-        drop(obj.acks);
+        obj.acks.release();
         Ok(())
+    }
+
+    /// Upload what is left of an object and complete it.
+    async fn complete(
+        &self,
+        ctx: &SinkContext,
+        obj: &mut OpenObject,
+    ) -> Result<(), ProcessorError> {
+        let body = std::mem::replace(&mut obj.body, Body::new(Compression::None));
+        let data = body
+            .finish()
+            .map_err(|e| ProcessorError::other(format!("`{}`: encoding failed: {e}", obj.path)))?;
+        if obj.upload.is_none() {
+            let payload = PutPayload::from(data);
+            let obj = &*obj;
+            return self
+                .retry(ctx, obj, "uploading an object", |_| {
+                    let payload = payload.clone();
+                    async move {
+                        self.store.put(&obj.path, payload).await?;
+                        Ok(())
+                    }
+                })
+                .await;
+        }
+        if !data.is_empty() {
+            self.put_part(ctx, obj, PutPayload::from(data)).await?;
+        }
+        let Some(upload) = obj.upload.take() else {
+            return Ok(());
+        };
+        let done = match &upload {
+            Upload::Store { id, parts } => {
+                let mp = self.multipart_store();
+                let obj = &*obj;
+                self.retry(ctx, obj, "completing a multipart upload", |attempt| {
+                    let parts = parts.clone();
+                    async move {
+                        match mp.complete_multipart(&obj.path, id, parts).await {
+                            Ok(_) => Ok(()),
+                            // An earlier attempt may have completed it, only its answer was
+                            // lost: then the upload is gone and the object is there.
+                            Err(object_store::Error::NotFound { .. })
+                                if attempt > 0 && self.store.head(&obj.path).await.is_ok() =>
+                            {
+                                Ok(())
+                            }
+                            Err(e) => Err(e.into()),
+                        }
+                    }
+                })
+                .await
+            }
+            Upload::File {
+                staging, target, ..
+            } => {
+                self.retry(ctx, obj, "completing a file", |_| {
+                    let (s, t) = (staging.clone(), target.clone());
+                    blocking(move || publish(&s, &t))
+                })
+                .await
+            }
+        };
+        if done.is_err() {
+            // Kept, so the upload is aborted with the object.
+            obj.upload = Some(upload);
+        }
+        done
     }
 
     /// Close several objects, a few uploads at a time.
@@ -949,7 +942,7 @@ impl S3Sink {
                         obj.last_write = Instant::now();
                         drop(r);
                         if obj.body.output().is_some_and(|o| o.len() >= part_size) {
-                            self.upload_part(ctx, obj).await;
+                            self.upload_part(ctx, obj).await?;
                         }
                         if (obj.records >= self.cfg.max_records || obj.size() >= max_bytes)
                             && let Some(obj) = open.remove(&partition)
@@ -957,7 +950,7 @@ impl S3Sink {
                             self.close(ctx, obj).await?;
                         }
                     }
-                    ctx.failures.flush(&mut failures).await.map_err(other)?;
+                    ctx.failures.flush(&mut failures).await?;
                     ctx.metrics.set_status("open_objects", serde_json::json!(open.len()));
                 }
                 _ = timer.tick() => {
@@ -993,12 +986,11 @@ impl Sink for S3Sink {
         let mut open: HashMap<String, OpenObject> = HashMap::new();
         let result = self.run_open(&mut ctx, &mut open).await;
         if result.is_err() {
-            // Stopping on an error: leave no multipart upload behind, and do not let the
-            // unwritten records count as finished (dropping their tokens would): the source
-            // must not commit past them, so they are read again after a restart.
+            // Stopping on an error: leave no multipart upload behind. The objects' acks are
+            // dropped unreleased, which abandons their records: the source must not commit
+            // past them, so they are read again after a restart.
             for (_, mut obj) in open.drain() {
                 self.abort(&mut obj).await;
-                std::mem::forget(std::mem::take(&mut obj.acks));
             }
         }
         result

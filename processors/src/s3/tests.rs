@@ -9,15 +9,15 @@ use std::io::Read;
 use std::sync::Arc;
 
 use flow_core::ack::{AckStatus, AckTracker, Acks};
-use flow_core::processor::ProcessorConfig;
+use flow_core::processor::{ProcessorConfig, ProcessorError};
 use flow_core::record::Record;
 use futures::TryStreamExt;
 use object_store::{ObjectStore, ObjectStoreExt};
 use serde_json::json;
 
 use super::{Compression, S3SinkConfig};
-use crate::http_test::{Answer, FlakyServer};
-use crate::testing::{config, rec, sink, sink_ctx};
+use crate::http_test::{Answer, FlakyServer, closed_addr};
+use crate::testing::{config, rec, sink, sink_ctx, sink_ctx_stoppable};
 
 /// Decompress a whole object.
 pub(super) fn decompress(c: Compression, data: &[u8]) -> String {
@@ -149,7 +149,7 @@ fn readings(n: usize, tracker: &mut AckTracker) -> Vec<Vec<Record>> {
                         i % 3
                     ));
                     r.event_time = Some(ts);
-                    r.with_acks(Acks::One(token.clone()))
+                    r.with_acks(Acks::one(token.clone()))
                 })
                 .collect()
         })
@@ -519,11 +519,11 @@ fn s3s_data_dir(endpoint: &str) -> Option<std::path::PathBuf> {
     None
 }
 
-/// A part of a multipart upload is refused twice: it is sent again (same upload, same part
-/// number) until accepted, the upload completes, nothing is lost or reported failed, and no
-/// upload is left in progress on the server.
+/// A part of a multipart upload fails twice (the server is overloaded): it is sent again (same
+/// upload, same part number) until accepted, the upload completes, nothing is lost or
+/// reported failed, and no upload is left in progress on the server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s3_a_refused_part_is_sent_again_and_the_upload_completes() {
+async fn s3_a_failed_part_is_sent_again_and_the_upload_completes() {
     let Some(s) = server() else { return };
     let upstream = s
         .endpoint
@@ -547,7 +547,7 @@ async fn s3_a_refused_part_is_sent_again_and_the_upload_completes() {
                 && line.contains("partNumber=2")
                 && n2.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 2
         },
-        Answer::new(403, "<Error><Code>AccessDenied</Code></Error>"),
+        Answer::new(503, "<Error><Code>SlowDown</Code></Error>"),
     )
     .await;
     let prefix = unique("refused-part");
@@ -560,7 +560,7 @@ async fn s3_a_refused_part_is_sent_again_and_the_upload_completes() {
     let mut tracker = AckTracker::new();
     let token = tracker.token(0);
     let records: Vec<Record> = (0..14_000)
-        .map(|i| rec(&format!(r#"{{"n":{i},"pad":"{pad}"}}"#)).with_acks(Acks::One(token.clone())))
+        .map(|i| rec(&format!(r#"{{"n":{i},"pad":"{pad}"}}"#)).with_acks(Acks::one(token.clone())))
         .collect();
     drop(token);
     let sent: String = records
@@ -631,43 +631,136 @@ async fn s3_outage_longer_than_the_request_retries_loses_nothing() {
     assert_exact(&objs, &sent, ".jsonl.gz");
 }
 
-/// A wrong secret is refused (SignatureDoesNotMatch): the sink keeps the records, retries
-/// and reports the failing upload; nothing is acknowledged (neither written nor failed), so
-/// the source does not commit past records never written.
+/// Run the sink over `batches` in the background; its result, the stop token and the failure
+/// port.
+fn spawn(
+    cfg: &S3SinkConfig,
+    batches: Vec<Vec<Record>>,
+) -> (
+    tokio::task::JoinHandle<Result<(), ProcessorError>>,
+    flow_core::runtime::CancellationToken,
+    flow_core::runtime::edge::EdgeReceiver,
+) {
+    let (ctx, tx, failures, _, stop) = sink_ctx_stoppable();
+    let task = tokio::spawn(sink(cfg).run(ctx));
+    tokio::spawn(async move {
+        for b in batches {
+            tx.send(b).await.expect("queued");
+        }
+    });
+    (task, stop, failures)
+}
+
+/// A wrong secret is refused (SignatureDoesNotMatch): retrying cannot fix it, so the flow
+/// stops with the error; nothing goes to `failure` and nothing is acknowledged, so the source
+/// does not commit past records never written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s3_wrong_credentials_keep_retrying_and_acknowledge_nothing() {
+async fn s3_wrong_credentials_stop_the_flow_and_acknowledge_nothing() {
     let Some(s) = server() else { return };
     let prefix = unique("badkey");
     let mut cfg = s.config(&s.endpoint, &prefix, json!({"key": KEY}));
     cfg.secret_access_key = Some("wrong".into());
     let mut tracker = AckTracker::new();
-    let batches = readings(200, &mut tracker);
-    let (ctx, tx, _failures, metrics) = sink_ctx();
-    let task = tokio::spawn(sink(&cfg).run(ctx));
-    for b in batches {
-        tx.send(b).await.expect("queued");
+    let (task, _stop, mut failures) = spawn(&cfg, readings(200, &mut tracker));
+    let e = tokio::time::timeout(std::time::Duration::from_secs(30), task)
+        .await
+        .expect("in time")
+        .expect("joined")
+        .expect_err("stops");
+    assert!(e.to_string().contains("SignatureDoesNotMatch"), "{e}");
+    assert!(crate::testing::records(&mut failures).await.is_empty());
+    all_acked(&mut tracker, 2, AckStatus::Abandoned).await;
+}
+
+/// The server is down (connection refused): nothing is acknowledged while it is; asked to
+/// stop, the sink gives up within bounds and acknowledges nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_a_server_that_is_down_acknowledges_nothing_and_a_stop_gives_up() {
+    let Some(s) = server() else { return };
+    let at = closed_addr();
+    let cfg = s.config(
+        &format!("http://{at}"),
+        &unique("down"),
+        json!({"key": KEY, "max_retries": 0, "max_idle": "100ms"}),
+    );
+    let mut tracker = AckTracker::new();
+    let (task, stop, mut failures) = spawn(&cfg, readings(200, &mut tracker));
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert!(tracker.try_next().is_none(), "acknowledged while down");
+    assert!(!task.is_finished());
+    stop.cancel();
+    let e = tokio::time::timeout(std::time::Duration::from_secs(10), task)
+        .await
+        .expect("a bounded stop")
+        .expect("joined")
+        .expect_err("gave up");
+    assert!(matches!(e, ProcessorError::Stopped(_)), "{e}");
+    assert!(crate::testing::records(&mut failures).await.is_empty());
+    all_acked(&mut tracker, 2, AckStatus::Abandoned).await;
+}
+
+/// The server is down, then comes back where it was: every record is uploaded and read back,
+/// each batch acknowledged only after its objects were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_a_server_down_then_back_loses_nothing() {
+    let Some(s) = server() else { return };
+    let upstream = s
+        .endpoint
+        .trim_start_matches("http://")
+        .parse()
+        .expect("host:port");
+    let at = closed_addr();
+    let prefix = unique("downup");
+    let cfg = s.config(
+        &format!("http://{at}"),
+        &prefix,
+        json!({"key": KEY, "max_retries": 0, "max_idle": "100ms"}),
+    );
+    let mut tracker = AckTracker::new();
+    let batches = readings(300, &mut tracker);
+    let sent = contents(&batches);
+    let (task, _stop, mut failures) = spawn(&cfg, batches);
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert!(tracker.try_next().is_none(), "acknowledged while down");
+    let _back = FlakyServer::start_on(
+        &at.to_string(),
+        Some(upstream),
+        |_, _| false,
+        Answer::new(500, ""),
+    )
+    .await;
+    let deadline = std::time::Duration::from_secs(30);
+    for _ in 0..3 {
+        let f = tokio::time::timeout(deadline, tracker.next())
+            .await
+            .expect("acked in time")
+            .expect("a batch");
+        assert_eq!(f.status, AckStatus::Delivered);
     }
-    // The input ends: the sink must still not give the objects up.
-    drop(tx);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while metrics
-        .snapshot()
-        .status
-        .get("failing_uploads")
-        .and_then(serde_json::Value::as_u64)
-        .unwrap_or(0)
-        == 0
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no failing upload reported"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    let acked = tokio::time::timeout(std::time::Duration::from_secs(3), tracker.next()).await;
-    assert!(acked.is_err(), "acknowledged: {acked:?}");
-    assert!(!task.is_finished(), "the sink gave up");
-    let m = metrics.snapshot();
-    assert_eq!((m.sent, m.failed), (0, 0));
-    task.abort();
+    assert!(crate::testing::records(&mut failures).await.is_empty());
+    task.await.expect("joined").expect("runs");
+    let objs = objects(&*s.store(), &prefix, Compression::Gzip).await;
+    assert_exact(&objs, &sent, ".jsonl.gz");
+}
+
+/// On the local filesystem, an object that cannot be created (a file where its directory
+/// should be: `ENOTDIR`) stops the flow; nothing is acknowledged.
+#[tokio::test]
+async fn file_an_object_that_cannot_be_created_stops_the_flow() {
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(dir.path().join("car-0"), "in the way").expect("blocker");
+    let cfg: S3SinkConfig = config(json!({
+        "url": format!("file://{}", dir.path().display()),
+        "key": KEY,
+    }));
+    let mut tracker = AckTracker::new();
+    let (task, _stop, mut failures) = spawn(&cfg, readings(200, &mut tracker));
+    let e = tokio::time::timeout(std::time::Duration::from_secs(10), task)
+        .await
+        .expect("in time")
+        .expect("joined")
+        .expect_err("stops");
+    assert!(e.to_string().contains("car-0"), "{e}");
+    assert!(crate::testing::records(&mut failures).await.is_empty());
+    all_acked(&mut tracker, 2, AckStatus::Abandoned).await;
 }

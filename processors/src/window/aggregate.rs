@@ -87,6 +87,26 @@ impl AggSpec {
         Ok(Self { func, arg })
     }
 
+    /// Whether [`Acc::add`] takes `v`: checked for every aggregate before any changes, so a
+    /// record with one bad argument is counted nowhere (not by `count()` before it).
+    pub fn check(&self, v: &Value) -> Result<(), TypeError> {
+        let func = match self.func {
+            Func::Sum => "sum",
+            Func::Min => "min",
+            Func::Max => "max",
+            Func::Avg => "avg",
+            Func::Percentile(_) => "a percentile",
+            Func::Count | Func::First | Func::Last | Func::CountDistinct => return Ok(()),
+        };
+        if matches!(v, Value::Null) || Num::of(v).is_some() {
+            return Ok(());
+        }
+        Err(TypeError {
+            func,
+            got: v.kind_str().to_owned(),
+        })
+    }
+
     /// A fresh accumulator.
     pub fn start(&self) -> Acc {
         match self.func {

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use bytes::Bytes;
-use flow_core::ack::{AckToken, AckTracker, Acks};
+use flow_core::ack::{AckTracker, Acks};
 use flow_core::processor::{Output, PortId};
 use flow_core::record::{Record, RecordId, Value};
 use serde::{Deserialize, Serialize};
@@ -83,7 +83,7 @@ pub struct Engine {
     /// With a checkpoint store: tokens of windows emitted since the last checkpoint. Their
     /// records may not be committed before a checkpoint records that the window is gone, or a
     /// crash would restore the window without them and emit it partial.
-    emitted_acks: Option<Vec<AckToken>>,
+    emitted_acks: Option<Acks>,
     /// With a checkpoint store: windows emitted but not yet delivered by the sinks, by the
     /// sequence number of the delivery token their output carries. Checkpoints keep them, so a
     /// crash before delivery re-emits them instead of losing them.
@@ -104,9 +104,65 @@ struct Snapshot {
 #[error("{0}")]
 pub struct SnapshotError(String);
 
+/// The windows a record at some event time belongs to, before any state is touched.
+enum Bounds {
+    /// Tumbling and hopping windows: `(start, end)`, in order of start.
+    Fixed(Vec<(i64, i64)>),
+    /// A session window: it reaches to `end` unless it merges with open sessions.
+    Session { end: i64 },
+}
+
+/// The most windows of a hopping window one record may belong to (`size / slide`, checked
+/// when the config is validated).
+pub const MAX_HOPS: i64 = 10_000;
+
+/// The windows of a record at `ts`, every bound computed with checked arithmetic.
+fn window_bounds(kind: WindowKind, ts: i64) -> Result<Bounds, Reject> {
+    let out_of_range = || Reject::OutOfRange(ts);
+    // `ts - ts.rem_euclid(n)`: the start of the `n`-aligned period holding `ts`.
+    let aligned = |n: i64| ts.checked_sub(ts.rem_euclid(n)).ok_or_else(out_of_range);
+    Ok(match kind {
+        WindowKind::Tumbling { size } => {
+            let start = aligned(size)?;
+            Bounds::Fixed(vec![(
+                start,
+                start.checked_add(size).ok_or_else(out_of_range)?,
+            )])
+        }
+        WindowKind::Hopping { size, slide } => {
+            // The latest window holding `ts` starts at the slide-aligned time before it; each
+            // earlier one starts a slide before, as long as it still ends after `ts` (only
+            // bounds of windows that hold `ts` are computed, so only they can overflow).
+            let mut start = aligned(slide)?;
+            let mut end = start.checked_add(size).ok_or_else(out_of_range)?;
+            let mut v = Vec::new();
+            while end > ts {
+                v.push((start, end));
+                if v.len() as i64 > MAX_HOPS {
+                    return Err(out_of_range());
+                }
+                end = end.checked_sub(slide).ok_or_else(out_of_range)?;
+                if end > ts {
+                    start = start.checked_sub(slide).ok_or_else(out_of_range)?;
+                }
+            }
+            v.reverse();
+            Bounds::Fixed(v)
+        }
+        WindowKind::Session { gap } => Bounds::Session {
+            end: ts.checked_add(gap).ok_or_else(out_of_range)?,
+        },
+    })
+}
+
 /// A record the engine could not use.
 #[derive(Debug, thiserror::Error)]
 pub enum Reject {
+    #[error(
+        "event time {0} is out of range: the bounds of its windows do not fit in 64-bit epoch \
+         milliseconds"
+    )]
+    OutOfRange(i64),
     #[error("window state is full ({0}); raise the limit or use `on_limit: evict_oldest`")]
     Full(&'static str),
     #[error("{0}")]
@@ -132,7 +188,7 @@ impl Engine {
     /// The state is checkpointed: hold the acknowledgements of emitted windows until the next
     /// checkpoint, and keep emitted windows in checkpoints until they are delivered.
     pub fn track_for_checkpoints(&mut self) {
-        self.emitted_acks = Some(Vec::new());
+        self.emitted_acks = Some(Acks::none());
         self.undelivered = Some(Undelivered::default());
     }
 
@@ -182,13 +238,30 @@ impl Engine {
         args: &[Value],
         out: &mut Output,
     ) {
+        if let Some(o) = record.origin
+            && self.covered.get(&o.source).is_some_and(|&c| o.seq <= c)
+        {
+            // Replayed after a restart and already in the restored state.
+            self.counters.replayed += 1;
+            out.drop_record(record);
+            return;
+        }
+        // Every bound is computed, checked, before anything changes: a time whose windows do
+        // not fit in 64 bits goes to `failure` and leaves the watermark and the state alone.
+        let bounds = match window_bounds(self.s.kind, ts) {
+            Ok(b) => b,
+            Err(e) => return out.fail(record, &e),
+        };
+        if let Some(e) = self
+            .s
+            .aggregates
+            .iter()
+            .zip(args)
+            .find_map(|((_, a), v)| a.check(v).err())
+        {
+            return out.fail(record, &Reject::Aggregate(e.to_string()));
+        }
         if let Some(o) = record.origin {
-            if self.covered.get(&o.source).is_some_and(|&c| o.seq <= c) {
-                // Replayed after a restart and already in the restored state.
-                self.counters.replayed += 1;
-                out.drop_record(record);
-                return;
-            }
             let p = self.positions.entry(o.source).or_insert(o.seq);
             *p = (*p).max(o.seq);
         }
@@ -202,23 +275,9 @@ impl Engine {
             Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
             other => String::from_utf8_lossy(&flow_core::record::encode_json(other)).into_owned(),
         };
-        let targets = match self.s.kind {
-            WindowKind::Tumbling { size } => {
-                let start = ts - ts.rem_euclid(size);
-                vec![(start, start + size)]
-            }
-            WindowKind::Hopping { size, slide } => {
-                let last = ts - ts.rem_euclid(slide);
-                let mut v = Vec::new();
-                let mut start = last;
-                while start + size > ts {
-                    v.push((start, start + size));
-                    start -= slide;
-                }
-                v.reverse();
-                v
-            }
-            WindowKind::Session { gap } => vec![self.session_for(&key_text, ts, gap)],
+        let targets = match bounds {
+            Bounds::Fixed(windows) => windows,
+            Bounds::Session { end } => vec![self.session_for(&key_text, ts, end)],
         };
         let open: Vec<(i64, i64)> = targets.iter().copied().filter(|(_, e)| *e > wm).collect();
         if open.is_empty() {
@@ -251,7 +310,7 @@ impl Engine {
                     accs: s.aggregates.iter().map(|(_, a)| a.start()).collect(),
                     count: 0,
                     parents: Vec::new(),
-                    acks: Acks::None,
+                    acks: Acks::none(),
                 }
             });
             for (acc, arg) in slot.accs.iter_mut().zip(args) {
@@ -267,17 +326,20 @@ impl Engine {
             }
             slot.acks.merge(acks.clone());
         }
+        // The slots hold their copies now.
+        acks.release();
     }
 
     /// The session a record at `ts` belongs to: merges every open session of the key that
-    /// `[ts, ts + gap)` touches into one, and returns its bounds.
-    fn session_for(&mut self, key: &str, ts: i64, gap: i64) -> (i64, i64) {
-        let (mut start, mut end) = (ts, ts + gap);
+    /// `[ts, end)` (`end` = `ts + gap`, checked) touches into one, and returns its bounds.
+    fn session_for(&mut self, key: &str, ts: i64, end: i64) -> (i64, i64) {
+        let (mut start, reach) = (ts, end);
+        let mut end = end;
         // In order of start, so `first` and `last` merge the right way round.
         let mut touching: Vec<SlotId> = self
             .slots
             .keys()
-            .filter(|(e, s, k)| k == key && *s <= ts + gap && ts <= *e)
+            .filter(|(e, s, k)| k == key && *s <= reach && ts <= *e)
             .cloned()
             .collect();
         touching.sort_by_key(|(e, s, _)| (*s, *e));
@@ -387,13 +449,14 @@ impl Engine {
         let delivery = match &mut self.undelivered {
             Some(u) => {
                 let mut copy = slot.clone();
-                copy.acks = Acks::None;
+                // The checkpoint keeps the window's content; its records are held by the output.
+                std::mem::take(&mut copy.acks).release();
                 u.pending.insert(u.next, ((end, start, key.clone()), copy));
                 let token = u.tracker.token(u.next);
                 u.next += 1;
-                Acks::One(token)
+                Acks::one(token)
             }
-            None => Acks::None,
+            None => Acks::none(),
         };
         self.counters.fired += 1;
         let s = &self.s;
@@ -415,13 +478,9 @@ impl Engine {
                 .collect(),
         );
         if let Some(held) = &mut self.emitted_acks {
-            for t in slot.acks.tokens() {
-                // Windows fire in runs that share batches: checking the last few is enough to
-                // keep the list short; a rare duplicate only costs a reference.
-                if !held.iter().rev().take(16).any(|h| h.ptr_eq(t)) {
-                    held.push(t.clone());
-                }
-            }
+            // Windows fire in runs that share batches: checking the last few is enough to keep
+            // the list short; a rare duplicate only costs a reference.
+            held.merge_recent(&slot.acks);
         }
         let mut r = Record::from_parts(Bytes::from(content), value).with_acks(slot.acks);
         r.merge_acks(delivery);
@@ -466,13 +525,14 @@ impl Engine {
         Ok(bytes)
     }
 
-    /// Drop the acknowledgement tokens of open windows (after their checkpoint is stored).
+    /// Release the acknowledgement tokens of open windows and of windows emitted since the
+    /// last checkpoint (once a checkpoint holds them, or once every window was emitted).
     pub fn release_acks(&mut self) {
         for slot in self.slots.values_mut() {
-            slot.acks = Acks::None;
+            std::mem::take(&mut slot.acks).release();
         }
         if let Some(held) = &mut self.emitted_acks {
-            held.clear();
+            std::mem::take(held).release();
         }
     }
 

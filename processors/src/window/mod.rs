@@ -8,6 +8,7 @@ mod store;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use flow_core::clock::Clock;
 use flow_core::expr::{Expr, ExprKind};
 use flow_core::processor::{
     BuildContext, BuildError, ConfigError, Describe, Kind, Output, Processor, ProcessorConfig,
@@ -65,6 +66,15 @@ pub struct WindowAggregateConfig {
     #[serde(default, with = "humantime_serde")]
     #[schemars(with = "Option<String>")]
     pub idle_timeout: Option<Duration>,
+    /// A record whose event time is more than this ahead of the wall clock goes to `failure`
+    /// (`error.message` says by how much) instead of moving the watermark: one event from a
+    /// device with a broken clock (dated in 2100) would otherwise make every record after it
+    /// late. Like Kafka's `log.message.timestamp.after.max.ms`, whose default is also one hour.
+    /// `null` turns the check off (data from the future on purpose); it does not apply to
+    /// processing time.
+    #[serde(default = "default_max_future", with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
+    pub max_future: Option<Duration>,
     /// Output fields and their aggregates, in order: `count()`, `sum(.x)`, `min(.x)`,
     /// `max(.x)`, `avg(.x)`, `first(.x)`, `last(.x)`, `count_distinct(.x)`, `p50(.x)`,
     /// `p90(.x)`, `p95(.x)`, `p99(.x)` (percentiles from a t-digest). Arguments are VRL.
@@ -189,9 +199,30 @@ fn default_max_parents() -> usize {
 fn default_checkpoint_interval() -> Duration {
     Duration::from_secs(5)
 }
+fn default_max_future() -> Option<Duration> {
+    Some(Duration::from_secs(3600))
+}
 
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The longest duration any time setting may have. Event times are dates chrono can represent
+/// (about ±262,000 years), so with every duration below this, no sum of a time and a duration
+/// comes near the 64-bit limit; longer ones are surely a typo.
+const MAX_DURATION: Duration = Duration::from_secs(10_000 * 31_557_600);
+
+/// `d` in milliseconds, unless it is longer than [`MAX_DURATION`].
+fn not_too_long(d: Duration, path: &[&str]) -> Result<i64, ConfigError> {
+    if d > MAX_DURATION {
+        let mut e = ConfigError::new(path, "must be at most 10000 years");
+        e.help = Some(format!(
+            "`{}` is longer than any event time range",
+            humantime_serde::re::humantime::format_duration(d)
+        ));
+        return Err(e);
+    }
+    Ok(ms(d))
 }
 
 impl WindowAggregateConfig {
@@ -209,11 +240,10 @@ impl WindowAggregateConfig {
             ));
         }
         let positive = |d: Duration, path: &[&str]| {
-            if ms(d) > 0 {
-                Ok(ms(d))
-            } else {
-                Err(ConfigError::new(path, "must be at least 1ms"))
+            if ms(d) == 0 {
+                return Err(ConfigError::new(path, "must be at least 1ms"));
             }
+            not_too_long(d, path)
         };
         if let Some(t) = w.tumbling {
             return Ok(WindowKind::Tumbling {
@@ -228,6 +258,19 @@ impl WindowAggregateConfig {
                     &["window", "hopping", "slide"],
                     "the slide must not be longer than the window",
                 ));
+            }
+            if size / slide > engine::MAX_HOPS {
+                let mut e = ConfigError::new(
+                    &["window", "hopping", "slide"],
+                    format!(
+                        "each record would belong to {} windows (`size / slide`); at most {} \
+                         are allowed",
+                        size / slide,
+                        engine::MAX_HOPS
+                    ),
+                );
+                e.help = Some("use a longer slide or a shorter window".into());
+                return Err(e);
             }
             return Ok(WindowKind::Hopping { size, slide });
         }
@@ -285,17 +328,29 @@ impl WindowAggregateConfig {
                 Err(e) => errors.push(ConfigError::new(&["aggregates", name], e.to_string())),
             }
         }
-        if self.max_open_windows == 0 || self.max_keys == 0 {
-            errors.push(ConfigError::new(
-                &["max_open_windows"],
-                "limits must be at least 1",
-            ));
+        for (key, limit) in [
+            ("max_open_windows", self.max_open_windows),
+            ("max_keys", self.max_keys),
+        ] {
+            if limit == 0 {
+                errors.push(ConfigError::new(&[key], "must be at least 1"));
+            }
         }
         if self.checkpoint_interval.is_zero() {
             errors.push(ConfigError::new(
                 &["checkpoint_interval"],
                 "must be longer than 0",
             ));
+        }
+        for (d, key) in [
+            (self.allowed_lateness, "allowed_lateness"),
+            (self.idle_timeout, "idle_timeout"),
+            (self.max_future, "max_future"),
+            (Some(self.checkpoint_interval), "checkpoint_interval"),
+        ] {
+            if let Some(Err(e)) = d.map(|d| not_too_long(d, &[key])) {
+                errors.push(e);
+            }
         }
         match (kind, errors.is_empty()) {
             (Some(kind), true) => Ok(Compiled {
@@ -330,11 +385,15 @@ impl ProcessorConfig for WindowAggregateConfig {
         vec!["out".into(), "late".into()]
     }
 
+    fn reported_outputs(&self) -> Vec<String> {
+        vec!["late".into()]
+    }
+
     fn validate(&self) -> Vec<ConfigError> {
         self.compile().err().unwrap_or_default()
     }
 
-    fn build(&self, _ctx: &BuildContext) -> Result<Processor, BuildError> {
+    fn build(&self, ctx: &BuildContext) -> Result<Processor, BuildError> {
         let c = self.compile().map_err(|errs| {
             BuildError(
                 errs.iter()
@@ -355,6 +414,7 @@ impl ProcessorConfig for WindowAggregateConfig {
             event_time: c.event_time,
             args,
             settings: Some(c.settings),
+            clock: ctx.clock.clone(),
         })))
     }
 }
@@ -372,32 +432,8 @@ struct Window {
     args: Vec<Option<Expr>>,
     /// Moved into the engine when the task starts.
     settings: Option<Settings>,
-}
-
-/// Processing time in epoch milliseconds that follows tokio's clock (so paused-time tests
-/// control it).
-struct Clock {
-    epoch_ms: i64,
-    start: Instant,
-}
-
-impl Clock {
-    fn new() -> Self {
-        let epoch_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, ms);
-        Self {
-            epoch_ms,
-            start: Instant::now(),
-        }
-    }
-    fn now_ms(&self) -> i64 {
-        self.epoch_ms + ms(self.start.elapsed())
-    }
-    fn instant_of(&self, t: i64) -> Instant {
-        let ahead = t.saturating_sub(self.now_ms()).max(0);
-        Instant::now() + Duration::from_millis(u64::try_from(ahead).unwrap_or(0))
-    }
+    /// Processing time (the flow's clock: `flow test` drives it).
+    clock: Clock,
 }
 
 /// Why an event time could not be read.
@@ -407,6 +443,11 @@ enum TimeError {
     Eval(flow_core::expr::EvalError),
     #[error("event {0}")]
     Value(String),
+    #[error(
+        "event time {ts} is {ahead} ahead of the wall clock, more than `max_future` ({max}); it \
+         would move the watermark that far and make the records after it late"
+    )]
+    Future { ts: i64, ahead: String, max: String },
 }
 
 fn to_ms(v: &Value, unit: TimeUnit) -> Result<i64, TimeError> {
@@ -414,6 +455,27 @@ fn to_ms(v: &Value, unit: TimeUnit) -> Result<i64, TimeError> {
 }
 
 impl Window {
+    /// `ts`, unless it is more than `max_future` ahead of the wall clock.
+    fn not_too_far_ahead(&self, ts: i64, clock: &Clock) -> Result<i64, TimeError> {
+        let Some(max) = self.cfg.max_future else {
+            return Ok(ts);
+        };
+        let now = clock.now_ms();
+        if ts <= now.saturating_add(ms(max)) {
+            return Ok(ts);
+        }
+        // `ts - now` fits in 64 bits as an unsigned difference of two `i64`.
+        let ahead = ts.abs_diff(now);
+        Err(TimeError::Future {
+            ts,
+            ahead: humantime_serde::re::humantime::format_duration(Duration::from_secs(
+                ahead / 1000,
+            ))
+            .to_string(),
+            max: humantime_serde::re::humantime::format_duration(max).to_string(),
+        })
+    }
+
     /// Read a record's time, key and arguments, and hand it to the engine.
     fn handle(
         &self,
@@ -431,7 +493,8 @@ impl Window {
             Some(e) => e
                 .eval(value, attributes)
                 .map_err(TimeError::Eval)
-                .and_then(|v| to_ms(&v, self.cfg.event_time_unit)),
+                .and_then(|v| to_ms(&v, self.cfg.event_time_unit))
+                .and_then(|ts| self.not_too_far_ahead(ts, clock)),
             None => Ok(clock.now_ms()),
         };
         let key = match &self.key {
@@ -479,7 +542,7 @@ impl TaskTransform for Window {
         let settings = self
             .settings
             .take()
-            .ok_or_else(|| ProcessorError::Other("window started twice".into()))?;
+            .ok_or_else(|| ProcessorError::other("window started twice"))?;
         let mut engine = Engine::new(settings);
         let this = self;
         let store = match &this.cfg.state {
@@ -487,7 +550,7 @@ impl TaskTransform for Window {
                 let s = store::Store::open(path, &ctx.name).await?;
                 if let Some(bytes) = s.load().await? {
                     engine.restore(&bytes).map_err(|e| {
-                        ProcessorError::Other(format!("window state in {path} is unreadable: {e}"))
+                        ProcessorError::other(format!("window state in {path} is unreadable: {e}"))
                     })?;
                     tracing::info!(node = %ctx.name, open = engine.open(), "resumed open windows from the checkpoint");
                 }
@@ -496,26 +559,32 @@ impl TaskTransform for Window {
             }
             None => None,
         };
-        let gone =
-            |e: flow_core::runtime::emit::DownstreamGone| ProcessorError::Other(e.to_string());
         let mut out = Output::new(ctx.name.clone(), ctx.out.port_count());
-        let clock = Clock::new();
+        let clock = this.clock.clone();
         let processing_time = this.event_time.is_none();
         let idle = this.cfg.idle_timeout;
+        // Durations from the config may be too long to add to an instant: such a deadline is
+        // simply never reached.
+        let after = |t: Instant, d: Duration| t.checked_add(d);
         let mut last_input = Instant::now();
-        let mut next_checkpoint = Instant::now() + this.cfg.checkpoint_interval;
+        let mut next_checkpoint = after(Instant::now(), this.cfg.checkpoint_interval);
         let mut args = Vec::new();
         let far = Duration::from_secs(86_400 * 365);
         loop {
             let mut deadline = Instant::now() + far;
+            let mut sooner = |t: Option<Instant>| {
+                if let Some(t) = t {
+                    deadline = deadline.min(t);
+                }
+            };
             if let (Some(idle), true) = (idle, engine.open() > 0) {
-                deadline = deadline.min(last_input + idle);
+                sooner(after(last_input, idle));
             }
             if processing_time && let Some(end) = engine.next_end() {
-                deadline = deadline.min(clock.instant_of(end + engine.lateness()));
+                sooner(clock.instant_of(end.saturating_add(engine.lateness())));
             }
             if store.is_some() {
-                deadline = deadline.min(next_checkpoint);
+                sooner(next_checkpoint);
             }
             tokio::select! {
                 biased;
@@ -535,20 +604,22 @@ impl TaskTransform for Window {
             }
             if let Some(idle) = idle
                 && engine.open() > 0
-                && now >= last_input + idle
+                && after(last_input, idle).is_some_and(|t| now >= t)
             {
-                let to = engine.max_ts().map_or(clock.now_ms(), |t| t + ms(idle));
+                let to = engine
+                    .max_ts()
+                    .map_or(clock.now_ms(), |t| t.saturating_add(ms(idle)));
                 engine.advance_to(to, &mut out);
                 last_input = now;
             }
             ctx.metrics.add_dropped(out.take_dropped());
-            ctx.out.flush(&mut out).await.map_err(gone)?;
+            ctx.out.flush(&mut out).await?;
             engine.delivered();
             if let Some(s) = &store
-                && now >= next_checkpoint
+                && next_checkpoint.is_some_and(|t| now >= t)
             {
                 checkpoint(&mut engine, s).await?;
-                next_checkpoint = now + this.cfg.checkpoint_interval;
+                next_checkpoint = after(now, this.cfg.checkpoint_interval);
             }
             publish(&engine, &ctx);
         }
@@ -565,7 +636,7 @@ impl TaskTransform for Window {
         }
         publish(&engine, &ctx);
         ctx.metrics.add_dropped(out.take_dropped());
-        ctx.out.flush(&mut out).await.map_err(gone)?;
+        ctx.out.flush(&mut out).await?;
         Ok(())
     }
 }
@@ -574,7 +645,7 @@ impl TaskTransform for Window {
 async fn checkpoint(engine: &mut Engine, store: &store::Store) -> Result<(), ProcessorError> {
     let bytes = engine
         .snapshot()
-        .map_err(|e| ProcessorError::Other(format!("cannot encode window state: {e}")))?;
+        .map_err(|e| ProcessorError::other(format!("cannot encode window state: {e}")))?;
     store.save(bytes).await?;
     engine.release_acks();
     Ok(())

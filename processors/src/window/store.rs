@@ -21,7 +21,7 @@ pub struct Store {
 }
 
 fn err(path: &std::path::Path, what: &str, e: impl std::fmt::Display) -> ProcessorError {
-    ProcessorError::Other(format!("window state {}: {what}: {e}", path.display()))
+    ProcessorError::other(format!("window state {}: {what}: {e}", path.display()))
 }
 
 impl Store {

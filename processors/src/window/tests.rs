@@ -103,6 +103,33 @@ fn summarize(out: &Output) -> (Vec<String>, Vec<String>) {
     (windows, late)
 }
 
+/// A record one of whose aggregates cannot take its argument (`sum` of a string) fails whole:
+/// no other aggregate of its window counts it, and it does not move the watermark.
+#[test]
+fn a_record_with_a_bad_argument_is_counted_by_no_aggregate() {
+    let c = cfg(serde_json::json!({}));
+    let mut e = engine(&c);
+    let mut out = Output::new("w".into(), 3);
+    let bad = Record::from_bytes(r#"{"k":"a","t":50,"v":"hot"}"#);
+    e.add(
+        bad,
+        50,
+        Value::from("a"),
+        &[Value::Null, Value::from("hot")],
+        &mut out,
+    );
+    add_events(&mut e, &[("a", 1, 2)], 0, &mut out);
+    e.flush(&mut out);
+    assert_eq!(out.port(PortId::FAILURE).len(), 1);
+    let (w, late) = summarize(&out);
+    assert_eq!(
+        w,
+        vec!["a:0-10:1:2"],
+        "counted once, by the good record only"
+    );
+    assert!(late.is_empty(), "the bad record did not move the watermark");
+}
+
 #[test]
 fn tumbling_boundaries_lateness_duplicates_and_single_keys() {
     let c = cfg(serde_json::json!({ "allowed_lateness": "2ms" }));
@@ -351,4 +378,305 @@ fn bad_configs_are_reported_at_their_key() {
         ["window", "aggregates.key", "aggregates.x", "aggregates.y"],
         "{errors:?}"
     );
+}
+
+/// The window's own reading of records (event time, key, arguments) and its engine, driven
+/// without a task, as the task drives them.
+fn window(c: &WindowAggregateConfig) -> (Window, Engine) {
+    let errors = c.validate();
+    assert!(errors.is_empty(), "{errors:?}");
+    let compiled = c.compile().unwrap_or_else(|e| panic!("{e:?}"));
+    let args = compiled
+        .settings
+        .aggregates
+        .iter()
+        .map(|(_, a)| a.arg.clone())
+        .collect();
+    let w = Window {
+        cfg: c.clone(),
+        key: compiled.key,
+        event_time: compiled.event_time,
+        args,
+        settings: None,
+        clock: Clock::system(),
+    };
+    (w, Engine::new(compiled.settings))
+}
+
+/// Records `{"k":…,"t":<t as written>,"v":…}` through the window, then the end of the input.
+/// Returns the windows and late records (as [`summarize`] does) and the failed records as
+/// `t => error.message`.
+fn run_window(
+    c: &WindowAggregateConfig,
+    events: &[(&str, &str, i64)],
+) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let (w, mut engine) = window(c);
+    let clock = Clock::system();
+    let mut out = Output::new("w".into(), 3);
+    let mut args = Vec::new();
+    for (k, t, v) in events {
+        let r = Record::from_bytes(format!(r#"{{"k":"{k}","t":{t},"v":{v}}}"#));
+        w.handle(r, &mut engine, &mut out, &clock, &mut args);
+    }
+    engine.flush(&mut out);
+    let (windows, late) = summarize(&out);
+    let failed = out
+        .port(PortId::FAILURE)
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            let t = r
+                .value()
+                .ok()
+                .and_then(Value::as_object)
+                .and_then(|o| o.get("t"))
+                .map(|t| t.to_string())
+                .unwrap_or_default();
+            format!("{t} => {}", r.attributes["error.message"])
+        })
+        .collect();
+    (windows, late, failed)
+}
+
+/// Event times at and beyond the edges of what can be handled, in every time field: none
+/// panics (this runs in debug, where overflow panics), each goes to `failure` with a clear
+/// message, and the good records around them come out exactly as they do without them (in a
+/// release build, wrapped arithmetic used to move the watermark and make good records late).
+#[test]
+fn edge_of_range_event_times_fail_alone_and_leave_good_records_alone() {
+    const HUGE: &str = "10000y"; // the longest any duration may be
+    let good: Vec<(&str, &str, i64)> = [
+        ("a", "0", 1),
+        ("a", "9", 2),
+        ("b", "10", 4),
+        ("a", "12", 5),
+        ("a", "8", 6),
+        ("c", "11", 7),
+        ("a", "21", 8),
+        ("b", "18", 9),
+        ("a", "22", 1),
+    ]
+    .to_vec();
+    // Times no window can take, as written in JSON, and what the message says about them.
+    let (min, max) = (
+        chrono::DateTime::<chrono::Utc>::MIN_UTC.timestamp_millis(),
+        chrono::DateTime::<chrono::Utc>::MAX_UTC.timestamp_millis(),
+    );
+    let (below, above, last) = (
+        (min - 1).to_string(),
+        (max + 1).to_string(),
+        max.to_string(),
+    );
+    let bad: &[(&str, &str)] = &[
+        ("9223372036854775807", "is out of range"),
+        ("9223372036854775806", "is out of range"),
+        ("18446744073709551615", "is out of range"),
+        ("-9223372036854775808", "is out of range"),
+        ("-9223372036854775809", "is out of range"),
+        (&above, "is out of range"),
+        (&below, "is out of range"),
+        ("1e300", "is out of range"),
+        ("-1e300", "is out of range"),
+        ("\"NaN\"", "is not RFC 3339"),
+        ("\"+275760-09-13T00:00:00Z\"", "is not RFC 3339"),
+        ("4102444800000", "ahead of the wall clock"),
+        (&last, "ahead of the wall clock"),
+    ];
+    let window = |w: serde_json::Value| serde_json::json!({ "window": w });
+    let huge_hop = serde_json::json!({ "hopping": { "size": HUGE, "slide": "100y" } });
+    let configs = [
+        window(serde_json::json!({ "tumbling": "10ms" })),
+        serde_json::json!({ "allowed_lateness": HUGE }),
+        serde_json::json!({ "allowed_lateness": "2ms", "idle_timeout": HUGE }),
+        window(serde_json::json!({ "tumbling": HUGE })),
+        window(serde_json::json!({ "hopping": { "size": "10ms", "slide": "5ms" } })),
+        window(huge_hop.clone()),
+        serde_json::json!({ "window": huge_hop, "allowed_lateness": HUGE }),
+        window(serde_json::json!({ "session": { "gap": "5ms" } })),
+        window(serde_json::json!({ "session": { "gap": HUGE } })),
+        serde_json::json!({ "window": { "session": { "gap": HUGE } }, "allowed_lateness": "3ms" }),
+    ];
+    for extra in configs {
+        let c = cfg(extra.clone());
+        let (windows, late, failed) = run_window(&c, &good);
+        assert!(failed.is_empty(), "{extra}: {failed:?}");
+        assert!(!windows.is_empty(), "{extra}");
+        for at in [0, 4, good.len()] {
+            let mut events = good.clone();
+            for (i, (t, _)) in bad.iter().enumerate() {
+                events.insert(at + i, ("x", t, 100));
+            }
+            let (w, l, f) = run_window(&c, &events);
+            assert_eq!(w, windows, "{extra}, bad times at {at}");
+            assert_eq!(l, late, "{extra}, bad times at {at}");
+            assert_eq!(f.len(), bad.len(), "{extra}: {f:#?}");
+            for (failed, (t, says)) in f.iter().zip(bad) {
+                assert!(
+                    failed.contains(" => event time ") && failed.contains(says),
+                    "{extra}: {failed} (expected `{t}`: `{says}`)"
+                );
+            }
+        }
+    }
+}
+
+/// Numeric times in seconds are multiplied by 1000 with a check, never saturated or wrapped.
+#[test]
+fn times_in_seconds_that_overflow_in_milliseconds_fail() {
+    let c = cfg(serde_json::json!({ "event_time_unit": "s", "window": { "tumbling": "10s" } }));
+    let good = [("a", "1", 1), ("a", "2.5", 2), ("a", "11", 4)];
+    let (windows, _, failed) = run_window(&c, &good);
+    assert_eq!(windows, ["a:0-10000:2:3", "a:10000-20000:1:4"]);
+    assert!(failed.is_empty());
+    let mut events = good.to_vec();
+    events.insert(1, ("x", "9223372036854775", 1));
+    events.insert(1, ("x", "9.3e15", 1));
+    events.insert(1, ("x", "-9223372036854775", 1));
+    let (w, _, f) = run_window(&c, &events);
+    assert_eq!(w, windows);
+    assert_eq!(f.len(), 3, "{f:?}");
+    assert!(
+        f.iter()
+            .all(|m| m.contains("event time `") && m.contains("is out of range")),
+        "{f:?}"
+    );
+}
+
+/// Engine arithmetic on its own: times at the very ends of `i64` (which the reading of
+/// records already refuses) fail in every window shape, leaving the state untouched.
+#[test]
+fn the_engine_checks_every_bound_it_computes() {
+    let ends = [i64::MAX, i64::MAX - 1, i64::MIN, i64::MIN + 1];
+    for (w, fail) in [
+        (serde_json::json!({ "tumbling": "10ms" }), &ends[..]),
+        (serde_json::json!({ "tumbling": "10000y" }), &ends[..]),
+        (
+            serde_json::json!({ "hopping": { "size": "10ms", "slide": "3ms" } }),
+            &ends[..],
+        ),
+        (
+            serde_json::json!({ "hopping": { "size": "10000y", "slide": "1y" } }),
+            &ends[..],
+        ),
+        // `i64::MIN` fits a session: it is only very late.
+        (
+            serde_json::json!({ "session": { "gap": "10000y" } }),
+            &ends[..2],
+        ),
+    ] {
+        let mut e = engine(&cfg(serde_json::json!({ "window": w })));
+        let mut out = Output::new("w".into(), 3);
+        let mut add = |ts: i64, out: &mut Output| {
+            e.add(
+                Record::from_bytes(r#"{"k":"a"}"#),
+                ts,
+                Value::from("a"),
+                &[Value::Null, Value::from(1)],
+                out,
+            );
+        };
+        add(5, &mut out);
+        for ts in fail {
+            add(*ts, &mut out);
+        }
+        let failed = out.port(PortId::FAILURE);
+        assert_eq!(failed.len(), fail.len(), "{w}");
+        assert!(
+            failed
+                .iter()
+                .all(|r| r.attributes["error.message"].contains("is out of range")),
+            "{w}"
+        );
+        assert_eq!(e.max_ts(), Some(5), "{w}: the watermark did not move");
+        assert_eq!(
+            e.open(),
+            if w.get("hopping").is_some() {
+                e.open()
+            } else {
+                1
+            }
+        );
+    }
+}
+
+/// A duration longer than any event time range is a config error at its key, in every time
+/// field.
+#[test]
+fn durations_beyond_ten_thousand_years_are_config_errors() {
+    const TOO_LONG: &str = "10001y";
+    for (extra, path) in [
+        (
+            serde_json::json!({ "window": { "tumbling": TOO_LONG } }),
+            "window.tumbling",
+        ),
+        (
+            serde_json::json!({ "window": { "hopping": { "size": TOO_LONG, "slide": "1y" } } }),
+            "window.hopping.size",
+        ),
+        (
+            serde_json::json!({ "window": { "hopping": { "size": "1y", "slide": "1ms" } } }),
+            "window.hopping.slide",
+        ),
+        (
+            serde_json::json!({ "window": { "session": { "gap": TOO_LONG } } }),
+            "window.session.gap",
+        ),
+        (
+            serde_json::json!({ "allowed_lateness": TOO_LONG }),
+            "allowed_lateness",
+        ),
+        (
+            serde_json::json!({ "idle_timeout": TOO_LONG }),
+            "idle_timeout",
+        ),
+        (serde_json::json!({ "max_future": TOO_LONG }), "max_future"),
+        (
+            serde_json::json!({ "checkpoint_interval": TOO_LONG }),
+            "checkpoint_interval",
+        ),
+    ] {
+        let errors = cfg(extra.clone()).validate();
+        let paths: Vec<String> = errors.iter().map(|e| e.path.join(".")).collect();
+        assert_eq!(paths, [path], "{extra}: {errors:?}");
+    }
+}
+
+/// Durations too long to add to the clock (idle timeout, checkpoint interval, lateness and
+/// window sizes in processing time) are deadlines never reached, not a panic.
+#[tokio::test(start_paused = true)]
+async fn durations_too_long_for_the_clock_are_never_reached() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let state = dir.path().join("w.redb");
+    for extra in [
+        serde_json::json!({ "idle_timeout": "10000y", "allowed_lateness": "10000y",
+            "checkpoint_interval": "10000y", "state": state }),
+        serde_json::json!({ "event_time": null, "window": { "tumbling": "10000y" },
+            "allowed_lateness": "10000y" }),
+        serde_json::json!({ "event_time": null,
+            "window": { "hopping": { "size": "10000y", "slide": "1y" } } }),
+        serde_json::json!({ "event_time": null, "window": { "session": { "gap": "10000y" } },
+            "idle_timeout": "10000y" }),
+    ] {
+        let mut h = start(&cfg(extra.clone()));
+        let batch = vec![
+            Record::from_bytes(r#"{"k":"a","t":1000,"v":1}"#),
+            Record::from_bytes(r#"{"k":"a","t":1001,"v":2}"#),
+        ];
+        h.input.send(batch).await.expect("sent");
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert!(
+            try_take(&mut h.out).is_empty(),
+            "{extra}: nothing fired yet"
+        );
+        drop(h.input);
+        h.task.await.expect("no panic").expect("ok");
+        let fired = try_take(&mut h.out);
+        let total: i64 = fired
+            .iter()
+            .filter_map(|r| r.parsed_value()?.as_object()?.get("n")?.as_integer())
+            .sum();
+        let hops = i64::try_from(fired.len()).expect("few");
+        assert_eq!(total, 2 * hops, "{extra}: every window holds both records");
+        assert!(hops >= 1, "{extra}");
+    }
 }

@@ -2,7 +2,7 @@ use std::str::FromStr;
 
 use super::*;
 
-const DEMO: &str = include_str!("../../../flows/demo.yaml");
+const DEMO: &str = include_str!("../../../../flows/demo.yaml");
 
 /// Lines removed from `a` and added in `b`, by a longest-common-subsequence diff.
 pub(crate) fn line_diff(a: &str, b: &str) -> (Vec<String>, Vec<String>) {
