@@ -56,7 +56,11 @@ pub fn generated_flow(n: usize) -> String {
         .lines()
         .filter(|l| {
             let rest = l.trim_start_matches("  - ");
-            rest.split("->").all(|e| names.iter().any(|n| n == e.trim().split('.').next().unwrap_or("")))
+            rest.split("->").all(|e| {
+                names
+                    .iter()
+                    .any(|n| n == e.trim().split('.').next().unwrap_or(""))
+            })
         })
         .map(|l| format!("{l}\n"))
         .collect();

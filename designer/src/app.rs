@@ -442,10 +442,12 @@ impl DesignerApp {
                     let name = p
                         .file_name()
                         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+                    // The folder's name (the full path is on hover): short, and the same on
+                    // every machine, so snapshot images do not depend on where the repo is.
                     let dir = p
                         .parent()
-                        .map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.to_owned()))
-                        .map_or_else(String::new, |d| d.display().to_string());
+                        .and_then(|d| d.file_name())
+                        .map_or_else(String::new, |d| format!("in {}", d.to_string_lossy()));
                     ui.label(RichText::new(name).strong())
                         .on_hover_text(p.display().to_string());
                     ui.label(RichText::new(dir).size(12.0).color(theme::WEAK));

@@ -4,8 +4,8 @@
 
 use std::collections::HashMap;
 
-use flow_core::spec::document::{ConnectionForm, FlowDocument};
 use flow_core::processor::{FAILURE, Kind, Registry};
+use flow_core::spec::document::{ConnectionForm, FlowDocument};
 use marked_yaml::Node as YamlNode;
 use marked_yaml::types::MarkedScalarNode;
 

@@ -7,8 +7,10 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use flow_core::spec::document::{EdgeSettingsEdit, EditError, FlowDocument, Outline, Value, valid_name};
 use flow_core::processor::Registry;
+use flow_core::spec::document::{
+    EdgeSettingsEdit, EditError, FlowDocument, Outline, Value, valid_name,
+};
 use marked_yaml::Node as YamlNode;
 
 use crate::Env;

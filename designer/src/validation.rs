@@ -3,8 +3,8 @@
 //! Each finding is then placed on what it is about (a processor and one of its fields, or a
 //! connection) by its position in the text.
 
-use flow_core::spec::document::{FlowDocument, Loc};
 use flow_core::processor::Registry;
+use flow_core::spec::document::{FlowDocument, Loc};
 use flow_core::spec::{self, Severity};
 
 use crate::Env;
@@ -47,7 +47,9 @@ pub struct Validation {
 impl Validation {
     /// Validate `doc` with `env` for `${VAR}`s.
     pub fn run(doc: &FlowDocument, registry: &Registry, env: &Env) -> Self {
-        let loaded = spec::load(doc.text(), &|k| env(k), registry);
+        // Unset `${VAR}`s are warnings here: the designer edits the structure, and a flow
+        // opens before its environment exists (`flow run` still requires them).
+        let loaded = spec::load_structure(doc.text(), &|k| env(k), registry);
         let outline = doc.outline();
         let problems = loaded
             .diagnostics

@@ -14,7 +14,11 @@ fn flows() -> Vec<(PathBuf, String)> {
     let mut out: Vec<(PathBuf, String)> = std::fs::read_dir(&dir)
         .expect("flows/")
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        // Flows, not their `flow test` files (`*.test.yaml`).
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            name.ends_with(".yaml") && !name.ends_with(".test.yaml")
+        })
         .map(|p| {
             let t = std::fs::read_to_string(&p).expect("read");
             (p, t)

@@ -20,6 +20,8 @@ fn env() -> Env {
     Arc::new(|k: &str| match k {
         "INPUT" => Some("in.jsonl".into()),
         "OUT_DIR" => Some("out".into()),
+        "MQTT_URL" => Some("mqtt://127.0.0.1:1".into()),
+        "S3_URL" => Some("s3://bucket/prefix".into()),
         _ if k.ends_with("_URL") => Some("http://127.0.0.1:1".into()),
         "KAFKA_BROKERS" => Some("127.0.0.1:9092".into()),
         _ => None,
@@ -175,7 +177,9 @@ fn every_example_flow_opens_and_saves_byte_for_byte() {
     let mut seen = 0;
     for entry in std::fs::read_dir(repo("flows")).expect("flows/") {
         let src = entry.expect("entry").path();
-        if src.extension().is_none_or(|e| e != "yaml") {
+        // Flows, not their `flow test` files (`*.test.yaml`).
+        let name = src.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if !name.ends_with(".yaml") || name.ends_with(".test.yaml") {
             continue;
         }
         let path = dir.path().join(src.file_name().expect("name"));
@@ -201,6 +205,26 @@ fn every_example_flow_opens_and_saves_byte_for_byte() {
         seen += 1;
     }
     assert!(seen >= 9);
+}
+
+#[test]
+fn a_flow_with_unset_variables_opens_draws_and_validates_its_structure() {
+    let mut designer = Designer::new(flow_processors::builtin(), Arc::new(|_: &str| None));
+    designer.open(&repo("flows/sensors.yaml")).expect("open");
+    let mut h = harness(DesignerApp::new(designer));
+    h.run_steps(4);
+    let v = h.state().designer.validation();
+    assert_eq!(v.errors(), 0, "{:?}", v.problems);
+    assert!(
+        v.problems
+            .iter()
+            .any(|p| p.message.contains("`OUT_DIR` is not set") && p.node.is_some()),
+        "{:?}",
+        v.problems
+    );
+    // Drawn, with the ports its config gives.
+    pin(&h, "per_device", Some("late"));
+    pin(&h, "late", None);
 }
 
 #[test]

@@ -222,13 +222,11 @@ impl Inspector {
             )));
         } else {
             ui.label(
-                RichText::new(format!("{} errors, {} warnings", v.errors(), v.warnings())).color(
-                    if v.errors() > 0 {
-                        theme::ERROR
-                    } else {
-                        theme::WARNING
-                    },
-                ),
+                RichText::new(counted(v.errors(), v.warnings())).color(if v.errors() > 0 {
+                    theme::ERROR
+                } else {
+                    theme::WARNING
+                }),
             );
         }
         changes
@@ -1113,4 +1111,14 @@ fn problems_ui<'a>(ui: &mut Ui, problems: impl Iterator<Item = &'a Problem>) {
             );
         }
     }
+}
+
+/// "1 error, 2 warnings".
+fn counted(errors: usize, warnings: usize) -> String {
+    let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+    format!(
+        "{}, {}",
+        plural(errors, "error"),
+        plural(warnings, "warning")
+    )
 }
