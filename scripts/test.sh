@@ -29,6 +29,12 @@ apt_install mold || true
 apt_install openssl || true
 # promtool (Debian's prometheus) checks the API's /metrics; tmux drives the interactive `flow top`.
 apt_install prometheus tmux || true
+# The designer: Mesa's software GL and Vulkan (headless egui_kittest tests), and Xvfb with
+# x11-utils and imagemagick for scripts/screenshot.sh's real window (installed only if missing).
+apt_install libgl1-mesa-dri libegl1 mesa-vulkan-drivers || true
+command -v Xvfb >/dev/null || apt_install xvfb || true
+command -v xwininfo >/dev/null || apt_install x11-utils || true
+command -v import >/dev/null || apt_install imagemagick || true
 if command -v mold >/dev/null; then
   export RUSTFLAGS="${RUSTFLAGS:-} -C link-arg=-fuse-ld=mold"
 fi
@@ -73,6 +79,13 @@ if ! start_s3; then
 fi
 if ! start_tansu; then
   echo "warning: tansu could not start; the Kafka tests run on librdkafka's mock cluster or skip (or fail with CI set)" >&2
+fi
+
+log "designer in a real window (Xvfb)"
+if command -v Xvfb >/dev/null && command -v xwininfo >/dev/null && command -v import >/dev/null; then
+  bash scripts/screenshot.sh "$(mktemp -d)/designer.png" flows/sensors.yaml
+else
+  echo "warning: Xvfb, xwininfo or import is missing: no real-window screenshot" >&2
 fi
 
 log "tests"

@@ -269,7 +269,8 @@ fn dispatch(
         ),
         Command::Graph { file, format } => {
             let text = read(&file)?;
-            let loaded = spec::load_with_env(&text, &registry);
+            // Drawing needs the structure only: unset `${VAR}`s are fine (`flow run` needs them).
+            let loaded = spec::load_structure(&text, &|k| std::env::var(k).ok(), &registry);
             let Some(flow) = loaded.flow else {
                 print_diagnostics(&file, &text, &loaded.diagnostics, Format::Pretty)?;
                 return Ok(ExitCode::from(INVALID));

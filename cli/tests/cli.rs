@@ -126,6 +126,37 @@ fn processors_schema_and_graph_describe_the_registry() {
     assert!(text(&out.stdout).contains("\"valid\" -> \"triage\" [label=\"matched\"]"));
 }
 
+/// A flow whose `${VAR}`s are unset is drawn (its structure is all `flow graph` needs), and
+/// `flow run` refuses it, naming the variables.
+#[test]
+fn graph_works_without_the_environment_and_run_requires_it() {
+    let out = run(flow()
+        .args(["graph", "flows/sensors.yaml"])
+        .env_remove("INPUT")
+        .env_remove("OUT_DIR"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let g = text(&out.stdout);
+    assert!(
+        g.contains("\"per_device\" -> \"late\" [label=\"late\"]"),
+        "{g}"
+    );
+
+    let out = run(flow()
+        .args(["run", "flows/sensors.yaml"])
+        .env_remove("INPUT")
+        .env_remove("OUT_DIR"));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("environment variable `INPUT` is not set"),
+        "{err}"
+    );
+    assert!(
+        err.contains("environment variable `OUT_DIR` is not set"),
+        "{err}"
+    );
+}
+
 /// SIGTERM in the middle of a run: the flow stops reading, drains, flushes and commits; every
 /// record the source read is either written or reported as dropped, the committed position
 /// equals what was written, and a restart resumes there without loss or duplicates.

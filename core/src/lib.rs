@@ -5,7 +5,8 @@
 //! - [`clock`]: processing time, which `flow test` drives;
 //! - [`expr`]: VRL expressions;
 //! - [`processor`]: the processor contract and the registry type;
-//! - [`spec`]: the flow file, its validation and its JSON Schema;
+//! - [`spec`]: the flow file: its editable document (the designer's model), its validation
+//!   and its JSON Schema;
 //! - [`graph`]: drawing a flow (DOT, Mermaid);
 //! - [`retry`]: how sinks retry an unavailable destination;
 //! - [`runtime`]: tasks, bounded edges, back-pressure, shutdown;

@@ -323,6 +323,9 @@ pub trait Describe: ProcessorConfig + DeserializeOwned + JsonSchema {
     const TYPE: &'static str;
     /// The processor's shape.
     const KIND: Kind;
+    /// Whether it runs user code (a WebAssembly plugin): the designer's palette lists such
+    /// processors under "plugins".
+    const PLUGIN: bool = false;
 }
 
 /// A built, runnable processor.
@@ -523,6 +526,8 @@ pub struct ProcessorDef {
     pub type_name: &'static str,
     /// Its shape.
     pub kind: Kind,
+    /// Whether it runs user code ([`Describe::PLUGIN`]).
+    pub plugin: bool,
     /// Its JSON Schema (from the config struct).
     pub schema: fn(&mut schemars::SchemaGenerator) -> schemars::Schema,
     /// Parse a config from YAML.
@@ -542,6 +547,7 @@ impl ProcessorDef {
         Self {
             type_name: C::TYPE,
             kind: C::KIND,
+            plugin: C::PLUGIN,
             schema: |g| C::json_schema(g),
             parse: parse::<C>,
         }

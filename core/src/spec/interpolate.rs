@@ -1,13 +1,35 @@
 //! `${VAR}` and `${VAR:-default}` in flow-file values.
 
+/// A finding in a value: `(byte offset, length, message)`.
+pub(crate) type Finding = (usize, usize, String);
+
 /// Replace `${VAR}` and `${VAR:-default}` in `text` using `env`; `$${` writes a literal `${`.
 /// Errors are `(byte offset, length, message)`, every one of them.
 pub fn interpolate(
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<String, Vec<(usize, usize, String)>> {
+    let (out, mut errors, unset) = expand(text, env, false);
+    errors.extend(unset);
+    errors.sort_by_key(|e| e.0);
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Expand `text`; returns the text, the errors, and the unset variables without a default
+/// (`(offset, length, message)` each). With `keep_unset`, an unset variable stays as written
+/// (`${VAR}`) in the text; without, it is left out.
+pub(crate) fn expand(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    keep_unset: bool,
+) -> (String, Vec<Finding>, Vec<Finding>) {
     let mut out = String::with_capacity(text.len());
     let mut errors = Vec::new();
+    let mut unset = Vec::new();
     let mut rest = text;
     let mut offset = 0;
     while let Some(i) = rest.find('$') {
@@ -48,22 +70,23 @@ pub fn interpolate(
             match (env(name), default) {
                 (Some(v), _) => out.push_str(&v),
                 (None, Some(d)) => out.push_str(d),
-                (None, None) => errors.push((
-                    offset + i,
-                    end + 1,
-                    format!("environment variable `{name}` is not set"),
-                )),
+                (None, None) => {
+                    if keep_unset {
+                        out.push_str(&after[..end + 1]);
+                    }
+                    unset.push((
+                        offset + i,
+                        end + 1,
+                        format!("environment variable `{name}` is not set"),
+                    ))
+                }
             }
         }
         rest = &after[end + 1..];
         offset += i + end + 1;
     }
     out.push_str(rest);
-    if errors.is_empty() {
-        Ok(out)
-    } else {
-        Err(errors)
-    }
+    (out, errors, unset)
 }
 
 #[cfg(test)]
@@ -105,5 +128,16 @@ mod tests {
         assert!(errs[1].2.contains("`B`"));
         assert!(interpolate("${OUT", &env).is_err());
         assert!(interpolate("${1X}", &env).is_err());
+    }
+
+    #[test]
+    fn unset_variables_can_be_kept_as_written() {
+        let (out, errors, unset) = expand("${A}/x-${OUT}-${B:-b}", &env, true);
+        assert_eq!(out, "${A}/x-/tmp/o-b");
+        assert!(errors.is_empty());
+        assert_eq!(unset.len(), 1);
+        assert_eq!((unset[0].0, unset[0].1), (0, 4));
+        let (_, errors, unset) = expand("${A} ${1X}", &env, true);
+        assert_eq!((errors.len(), unset.len()), (1, 1));
     }
 }

@@ -23,6 +23,7 @@
 
 mod api;
 pub mod diagnostic;
+pub mod document;
 mod duplicates;
 mod interpolate;
 mod schema;
@@ -106,6 +107,8 @@ const TOP_KEYS: &[&str] = &[
     "api",
     "processors",
     "connections",
+    // The designer's canvas positions: read by the designer, ignored by the engine.
+    document::LAYOUT_KEY,
 ];
 
 /// A processor of the flow.
@@ -199,21 +202,41 @@ impl Loaded {
 
 /// Load a flow from text. `env` answers `${VAR}` lookups. Pure: no I/O.
 pub fn load(text: &str, env: &dyn Fn(&str) -> Option<String>, registry: &Registry) -> Loaded {
-    let mut l = Loader::new(text);
-    let flow = l.load(env, registry);
-    let mut diagnostics = l.diags;
-    diagnostics.sort_by_key(|d| (d.line, d.column));
-    let flow = if diagnostics.iter().any(|d| d.severity == Severity::Error) {
-        None
-    } else {
-        flow
-    };
-    Loaded { flow, diagnostics }
+    Loader::new(text).finish(env, registry)
+}
+
+impl Loader<'_> {
+    fn finish(mut self, env: &dyn Fn(&str) -> Option<String>, registry: &Registry) -> Loaded {
+        let l = &mut self;
+        let flow = l.load(env, registry);
+        let mut diagnostics = std::mem::take(&mut l.diags);
+        diagnostics.sort_by_key(|d| (d.line, d.column));
+        let flow = if diagnostics.iter().any(|d| d.severity == Severity::Error) {
+            None
+        } else {
+            flow
+        };
+        Loaded { flow, diagnostics }
+    }
 }
 
 /// Load a flow with the process environment.
 pub fn load_with_env(text: &str, registry: &Registry) -> Loaded {
     load(text, &|k| std::env::var(k).ok(), registry)
+}
+
+/// Load a flow to look at its structure (draw it, edit it): like [`load`], but an unset
+/// `${VAR}` without a default is a warning and stays as written in the value, so a flow
+/// opens and validates before its environment exists. `flow run` uses [`load`], which
+/// requires every variable.
+pub fn load_structure(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    registry: &Registry,
+) -> Loaded {
+    let mut l = Loader::new(text);
+    l.keep_unset = true;
+    l.finish(env, registry)
 }
 
 /// Unknown processor names get a "did you mean" for this many connections; beyond, comparing
@@ -237,6 +260,8 @@ struct Loader<'a> {
     /// Nodes named as the target of such a connection.
     mentioned_inputs: HashSet<usize>,
     suggestions_left: usize,
+    /// Unset `${VAR}`s are warnings and stay as written ([`load_structure`]).
+    keep_unset: bool,
 }
 
 /// Which node and port a connection's end names.
@@ -255,6 +280,7 @@ impl<'a> Loader<'a> {
             mentioned_outputs: HashSet::new(),
             mentioned_inputs: HashSet::new(),
             suggestions_left: MAX_SUGGESTIONS,
+            keep_unset: false,
         }
     }
 
@@ -459,22 +485,29 @@ impl<'a> Loader<'a> {
                 if !s.as_str().contains('$') {
                     return;
                 }
-                match interpolate(s.as_str(), env) {
-                    Ok(v) => {
-                        let coerce = s.may_coerce();
-                        let mut n = MarkedScalarNode::new(*s.span(), v);
-                        n.set_coerce(coerce);
-                        *s = n;
-                    }
-                    Err(errs) => {
-                        let base = self.pos(s.span(), s.as_str().len());
-                        for (offset, len, msg) in errs {
-                            let at = self.src.point_into(base.clone(), s.as_str(), offset, len);
-                            self.error(at, msg).help = Some(
-                                "set it in the environment, or give a default: ${VAR:-default}"
-                                    .into(),
-                            );
-                        }
+                let (v, errors, unset) = interpolate::expand(s.as_str(), env, self.keep_unset);
+                if errors.is_empty() && unset.is_empty() {
+                    let coerce = s.may_coerce();
+                    let mut n = MarkedScalarNode::new(*s.span(), v);
+                    n.set_coerce(coerce);
+                    *s = n;
+                    return;
+                }
+                let base = self.pos(s.span(), s.as_str().len());
+                for (offset, len, msg) in errors {
+                    let at = self.src.point_into(base.clone(), s.as_str(), offset, len);
+                    self.error(at, msg);
+                }
+                for (offset, len, msg) in unset {
+                    let at = self.src.point_into(base.clone(), s.as_str(), offset, len);
+                    let help = "set it in the environment, or give a default: ${VAR:-default}";
+                    if self.keep_unset {
+                        self.diags.push(
+                            Diagnostic::warning(at, format!("{msg}: needed to run the flow"))
+                                .with_help(help),
+                        );
+                    } else {
+                        self.error(at, msg).help = Some(help.into());
                     }
                 }
             }

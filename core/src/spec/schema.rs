@@ -51,6 +51,11 @@ pub fn json_schema(registry: &Registry) -> serde_json::Value {
                 "propertyNames": { "pattern": "^[A-Za-z0-9_-]+$" },
                 "additionalProperties": { "oneOf": variants }
             },
+            "layout": {
+                "type": "object",
+                "description": "Canvas positions of the processors, written by flow-designer; the engine ignores it.",
+                "additionalProperties": { "type": "array", "items": { "type": "number" }, "minItems": 2, "maxItems": 2 }
+            },
             "connections": {
                 "type": "array",
                 "description": "Edges: `from -> to`, `from.port -> to`, or a mapping with edge settings.",

@@ -399,3 +399,30 @@ fn the_api_section_is_read_and_checked() {
     assert!(out.contains("`api.token`"), "{out}");
     assert!(out.contains("flow.yaml:3:"), "{out}");
 }
+
+#[test]
+fn unset_variables_are_warnings_for_the_structure_and_errors_to_run() {
+    let text = "processors:\n  src: { type: src, count: \"${N:-3}\" }\n  p: { type: pass, label: \"${WHO}/x\" }\n  out: { type: sink }\nconnections:\n  - src -> p\n  - p -> out\n  - p.late -> out\n";
+    let strict = load(text, &no_env, &registry());
+    assert!(strict.flow.is_none());
+    let errors: Vec<_> = strict.diagnostics.iter().map(|d| &d.message).collect();
+    assert_eq!(errors, ["environment variable `WHO` is not set"]);
+
+    let structure = load_structure(text, &no_env, &registry());
+    let flow = structure.flow.expect("the structure loads");
+    assert_eq!(flow.nodes.len(), 3);
+    let found: Vec<_> = structure
+        .diagnostics
+        .iter()
+        .map(|d| (d.severity, d.line, d.column, d.message.as_str()))
+        .collect();
+    assert_eq!(
+        found,
+        [(
+            Severity::Warning,
+            3,
+            28,
+            "environment variable `WHO` is not set: needed to run the flow"
+        )]
+    );
+}

@@ -1,0 +1,147 @@
+//! How long one frame of the designer takes on a 500-node flow: the egui pass (layout of
+//! every panel and node, interaction) and tessellation into triangles, without a GPU.
+//!
+//! `cargo bench -p flow-designer --bench frame` prints the median and the 99th percentile
+//! over a few hundred frames, with the whole flow in view (fit to window, every node drawn)
+//! and at 100 % zoom (a part of it), while the pointer moves over the canvas. Target: a p99
+//! under 16 ms (60 frames per second).
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use egui::{Event, Pos2, RawInput, Rect, Vec2};
+use flow_designer::{Designer, DesignerApp};
+
+/// A flow of `n` processors: chains of source -> filter -> route -> remap -> two sinks, laid
+/// out on a grid.
+pub fn generated_flow(n: usize) -> String {
+    let mut procs = String::new();
+    let mut conns = String::new();
+    let mut layout = String::new();
+    let mut count = 0;
+    let mut chain = 0;
+    while count < n {
+        let c = chain;
+        let y = c as f32 * 260.0;
+        let nodes: [(&str, String, f32, f32); 6] = [
+            ("src", format!("    type: generate\n    preset: sensors\n    count: {}\n", 1000 + c), 0.0, 0.0),
+            ("valid", "    type: filter\n    condition: .status != \"error\"\n".into(), 260.0, 0.0),
+            ("triage", "    type: route\n    routes:\n      hot: .temperature > 95\n      cold: .temperature < 40\n".into(), 520.0, 0.0),
+            ("label", "    type: remap\n    source: .alert = \"hot\"\n".into(), 780.0, 0.0),
+            ("alerts", "    type: stdout\n".into(), 1040.0, 0.0),
+            ("archive", format!("    type: file_sink\n    path: out/archive-{c}.jsonl\n"), 780.0, 150.0),
+        ];
+        for (name, body, x, dy) in nodes {
+            if count == n {
+                break;
+            }
+            let _ = write!(procs, "  {name}{c}:\n{body}");
+            let _ = writeln!(layout, "  {name}{c}: [{x}, {}]", y + dy);
+            count += 1;
+        }
+        let _ = write!(
+            conns,
+            "  - src{c} -> valid{c}\n  - valid{c}.matched -> triage{c}\n  - triage{c}.hot -> label{c}\n  - label{c} -> alerts{c}\n  - valid{c}.matched -> archive{c}\n"
+        );
+        chain += 1;
+    }
+    // Drop connections to nodes past `n`.
+    let names: Vec<String> = procs
+        .lines()
+        .filter(|l| l.starts_with("  ") && !l.starts_with("    ") && l.ends_with(':'))
+        .map(|l| l.trim().trim_end_matches(':').to_owned())
+        .collect();
+    let conns: String = conns
+        .lines()
+        .filter(|l| {
+            let rest = l.trim_start_matches("  - ");
+            rest.split("->").all(|e| {
+                names
+                    .iter()
+                    .any(|n| n == e.trim().split('.').next().unwrap_or(""))
+            })
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    format!("name: bench\nprocessors:\n{procs}connections:\n{conns}layout:\n{layout}")
+}
+
+struct Figures {
+    pass: Vec<Duration>,
+    tessellate: Vec<Duration>,
+    total: Vec<Duration>,
+}
+
+fn percentile(v: &[Duration], p: f64) -> Duration {
+    let mut v = v.to_vec();
+    v.sort();
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i]
+}
+
+fn run(ctx: &egui::Context, app: &mut DesignerApp, frames: usize, size: Vec2, t0: f64) -> Figures {
+    let mut f = Figures {
+        pass: Vec::new(),
+        tessellate: Vec::new(),
+        total: Vec::new(),
+    };
+    for i in 0..frames {
+        let t = i as f32 / frames as f32;
+        let pointer = Pos2::new(400.0 + 600.0 * t, 300.0 + 250.0 * (t * 6.0).sin());
+        let input = RawInput {
+            screen_rect: Some(Rect::from_min_size(Pos2::ZERO, size)),
+            time: Some(t0 + i as f64 / 60.0),
+            predicted_dt: 1.0 / 60.0,
+            events: vec![Event::PointerMoved(pointer)],
+            ..Default::default()
+        };
+        let start = Instant::now();
+        let out = ctx.run_ui(input, |ui| app.ui(ui));
+        let pass = start.elapsed();
+        let primitives = ctx.tessellate(out.shapes, out.pixels_per_point);
+        let total = start.elapsed();
+        std::hint::black_box(primitives);
+        f.pass.push(pass);
+        f.tessellate.push(total - pass);
+        f.total.push(total);
+    }
+    f
+}
+
+fn report(what: &str, f: &Figures) {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "{what}: frame median {:.2} ms, p99 {:.2} ms (egui pass median {:.2} / p99 {:.2}; tessellation median {:.2} / p99 {:.2}) over {} frames",
+        ms(percentile(&f.total, 0.5)),
+        ms(percentile(&f.total, 0.99)),
+        ms(percentile(&f.pass, 0.5)),
+        ms(percentile(&f.pass, 0.99)),
+        ms(percentile(&f.tessellate, 0.5)),
+        ms(percentile(&f.tessellate, 0.99)),
+        f.total.len(),
+    );
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` runs it once, quickly.
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let frames = if quick { 5 } else { 400 };
+    let text = generated_flow(500);
+    let mut designer = Designer::new(flow_processors::builtin(), Arc::new(|_: &str| None));
+    designer.load_text(text, None);
+    assert_eq!(designer.graph().nodes.len(), 500);
+    assert!(designer.graph().edges.len() > 400);
+    let mut app = DesignerApp::new(designer);
+    let ctx = egui::Context::default();
+    let size = Vec2::new(1600.0, 1000.0);
+    // Warm up: fonts, layout of every node, fit to window.
+    let warm = run(&ctx, &mut app, 10, size, 0.0);
+    drop(warm);
+    let fit = run(&ctx, &mut app, frames, size, 100.0);
+    report("500 nodes, whole flow in view", &fit);
+    app.canvas.zoom_by(1.0 / app.canvas.scale().max(0.01));
+    run(&ctx, &mut app, 5, size, 200.0);
+    let near = run(&ctx, &mut app, frames, size, 300.0);
+    report("500 nodes, 100% zoom", &near);
+}
