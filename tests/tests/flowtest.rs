@@ -190,7 +190,18 @@ fn every_example_flow_has_tests_that_pass() {
     }
     assert_eq!(tests.len(), flows.len());
     let mut ran = 0;
+    let mut skipped = 0;
     for t in tests {
+        // Plugin flows name their modules relative to the repository root, where
+        // scripts/test.sh runs `flow test flows/` after building the plugins.
+        let plugin = t
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("plugin-"));
+        if plugin {
+            skipped += 1;
+            continue;
+        }
         for r in run(&t, None) {
             assert!(
                 r.passed(),
@@ -202,7 +213,7 @@ fn every_example_flow_has_tests_that_pass() {
         }
     }
     assert!(
-        ran >= 2 * flows.len(),
+        ran >= 2 * (flows.len() - skipped),
         "{ran} tests for {} flows",
         flows.len()
     );
