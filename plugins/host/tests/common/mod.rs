@@ -126,31 +126,15 @@ pub async fn run(config: &WasmConfig, batches: Vec<Vec<Record>>) -> Run {
 pub async fn run_at(config: &WasmConfig, batches: Vec<Vec<Record>>, clock: Clock) -> Run {
     let errors = config.validate();
     assert!(errors.is_empty(), "invalid config: {errors:?}");
-    let mut ctx = BuildContext::new("plugin");
-    ctx.clock = clock;
-    let processor = config.build(&ctx).unwrap_or_else(|e| panic!("build: {e}"));
-    let Processor::Task(task) = processor else {
-        panic!("`wasm` is a task transform");
-    };
     let mut ports = vec!["failure".to_owned()];
     ports.extend(config.outputs());
-    let mut senders = Vec::new();
-    let mut receivers = Vec::new();
-    for p in &ports {
-        let (tx, rx, _) = edge(usize::MAX, usize::MAX, WhenFull::Block);
-        senders.push((p.clone(), vec![tx]));
-        receivers.push(rx);
-    }
-    let (in_tx, in_rx, _) = edge(usize::MAX, usize::MAX, WhenFull::Block);
-    let metrics = Arc::new(NodeMetrics::default());
-    let ctx = TaskContext {
-        name: "plugin".into(),
-        input: Input::new(vec![in_rx], metrics.clone()),
-        out: Emitter::new("plugin".into(), senders, metrics.clone()),
-        shutdown: CancellationToken::new(),
-        metrics: metrics.clone(),
-    };
-    let task = tokio::spawn(task.run(ctx));
+    let Live {
+        input,
+        ports: receivers,
+        metrics,
+        task,
+    } = Live::start_at(config, clock);
+    let in_tx = input.expect("a new processor takes input");
     let mut tracker = AckTracker::new();
     let n = batches.len();
     for (i, batch) in batches.into_iter().enumerate() {
@@ -228,9 +212,14 @@ pub struct Live {
 impl Live {
     /// Build and start `config`.
     pub fn start(config: &WasmConfig) -> Live {
-        let Processor::Task(task) = config
-            .build(&BuildContext::new("plugin"))
-            .unwrap_or_else(|e| panic!("build: {e}"))
+        Self::start_at(config, Clock::system())
+    }
+
+    /// Build and start `config`, with the flow's processing time read from `clock`.
+    pub fn start_at(config: &WasmConfig, clock: Clock) -> Live {
+        let mut ctx = BuildContext::new("plugin");
+        ctx.clock = clock;
+        let Processor::Task(task) = config.build(&ctx).unwrap_or_else(|e| panic!("build: {e}"))
         else {
             panic!("`wasm` is a task transform");
         };
