@@ -570,13 +570,7 @@ async fn wait_for_signal() -> std::io::Result<()> {
 }
 
 fn print_summary(report: &RunReport, flow: &flow_core::spec::FlowSpec) {
-    let name_w = flow
-        .nodes
-        .iter()
-        .map(|n| n.name.len())
-        .max()
-        .unwrap_or(4)
-        .max(4);
+    let name_w = top::column_width(flow.nodes.iter().map(|n| n.name.len()));
     eprintln!(
         "{:name_w$}  {:>10} {:>10} {:>10} {:>10}",
         "node", "in", "out", "dropped", "failed"

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use flow_core::observe::{EdgeStats, NodeStats, Stats};
+use flow_core::observe::{NodeStats, Stats};
 use flow_core::runtime::metrics::NodeState;
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 use ratatui::layout::{Constraint, Layout};
@@ -57,21 +57,13 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-fn state_name(s: NodeState) -> &'static str {
-    match s {
-        NodeState::Starting => "starting",
-        NodeState::Running => "running",
-        NodeState::Finished => "finished",
-        NodeState::Failed => "failed",
-    }
-}
-
 fn rate(x: f64) -> String {
     human(x.round() as u64)
 }
 
-fn edge_name(e: &EdgeStats) -> String {
-    format!("{}.{} -> {}", e.from, e.port, e.to)
+/// The width of a text column whose cells are `lens` long, at least its 4-letter heading.
+pub fn column_width(lens: impl Iterator<Item = usize>) -> usize {
+    lens.max().unwrap_or(0).max(4)
 }
 
 /// One snapshot as a plain table (`--once`).
@@ -83,20 +75,8 @@ pub fn table(s: &Stats) -> String {
         "flow {}  {}  uptime {:.0}s",
         s.flow, state, s.uptime_seconds
     );
-    let w = s
-        .nodes
-        .iter()
-        .map(|n| n.name.len())
-        .max()
-        .unwrap_or(4)
-        .max(4);
-    let tw = s
-        .nodes
-        .iter()
-        .map(|n| n.type_name.len())
-        .max()
-        .unwrap_or(4)
-        .max(4);
+    let w = column_width(s.nodes.iter().map(|n| n.name.len()));
+    let tw = column_width(s.nodes.iter().map(|n| n.type_name.len()));
     let _ = writeln!(
         out,
         "\n{:w$}  {:tw$}  {:8}  {:>9} {:>9} {:>10} {:>10} {:>9} {:>9}",
@@ -109,7 +89,7 @@ pub fn table(s: &Stats) -> String {
             "{:w$}  {:tw$}  {:8}  {:>9} {:>9} {:>10} {:>10} {:>9} {:>9}",
             n.name,
             n.type_name,
-            state_name(c.state),
+            c.state.as_str(),
             rate(n.rates.received),
             rate(n.rates.sent),
             c.received,
@@ -121,13 +101,7 @@ pub fn table(s: &Stats) -> String {
             let _ = writeln!(out, "{:w$}  error: {e}", "");
         }
     }
-    let ew = s
-        .edges
-        .iter()
-        .map(|e| edge_name(e).len())
-        .max()
-        .unwrap_or(4)
-        .max(4);
+    let ew = column_width(s.edges.iter().map(|e| e.info.label().len()));
     let _ = writeln!(
         out,
         "\n{:ew$}  {:>15} {:>5} {:>10} {:>9} {:>9}",
@@ -137,8 +111,8 @@ pub fn table(s: &Stats) -> String {
         let _ = writeln!(
             out,
             "{:ew$}  {:>15} {:>4.0}% {:>10} {:>9} {:>9}",
-            edge_name(e),
-            format!("{}/{}", e.counters.records, e.max_records),
+            e.info.label(),
+            format!("{}/{}", e.counters.records, e.info.max_records),
             e.fill * 100.0,
             e.counters.sent,
             rate(e.rates.sent),
@@ -314,7 +288,7 @@ fn draw(
         Row::new(vec![
             Cell::from(n.name.clone()),
             Cell::from(n.type_name.clone()),
-            Cell::from(state_name(c.state)).style(state_style),
+            Cell::from(c.state.as_str()).style(state_style),
             Cell::from(rate(n.rates.received)),
             Cell::from(rate(n.rates.sent)),
             Cell::from(human(c.received)),
@@ -345,13 +319,13 @@ fn draw(
         .style(Style::new().add_modifier(Modifier::BOLD));
     let rows = s.edges.iter().map(|e| {
         Row::new(vec![
-            Cell::from(edge_name(e)),
+            Cell::from(e.info.label()),
             Cell::from(bar(e.fill, 20)).style(Style::new().fg(fill_color(e.fill))),
             Cell::from(format!("{:.0}%", e.fill * 100.0)),
             Cell::from(format!(
                 "{}/{}",
                 human(e.counters.records),
-                human(e.max_records as u64)
+                human(e.info.max_records as u64)
             )),
             Cell::from(rate(e.rates.sent)),
             Cell::from(human(e.counters.dropped)),

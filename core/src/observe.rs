@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::processor::Kind;
 use crate::runtime::Reporter;
-use crate::runtime::edge::{EdgeSnapshot, WhenFull};
+pub use crate::runtime::edge::EdgeInfo;
+use crate::runtime::edge::EdgeSnapshot;
 use crate::runtime::metrics::{NodeSnapshot, NodeState};
 use crate::spec::FlowSpec;
 
@@ -50,25 +51,6 @@ pub struct NodeInfo {
     pub config: serde_json::Value,
 }
 
-/// A connection in [`FlowInfo`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EdgeInfo {
-    /// Its index among the flow's connections.
-    pub id: usize,
-    /// The producing processor.
-    pub from: String,
-    /// Its port.
-    pub port: String,
-    /// The consuming processor.
-    pub to: String,
-    /// Back-pressure threshold in records.
-    pub max_records: usize,
-    /// Back-pressure threshold in bytes.
-    pub max_bytes: u64,
-    /// What the queue does when full.
-    pub when_full: WhenFull,
-}
-
 /// What replaces a secret value in [`NodeInfo::config`].
 pub const REDACTED: &str = "<redacted>";
 
@@ -79,8 +61,8 @@ pub const REDACTED: &str = "<redacted>";
 pub const SECRET_KEYWORD: &str = "writeOnly";
 
 impl FlowInfo {
-    /// The graph of `flow`; each config redacted with its processor type's schema
-    /// (`schema_of(type)`).
+    /// The graph of `flow`; each config redacted and typed with its processor type's schema
+    /// (`schema_of(type)`, see [`present`]).
     pub fn new(flow: &FlowSpec, schema_of: &dyn Fn(&str) -> Option<serde_json::Value>) -> Self {
         FlowInfo {
             name: flow.name.clone(),
@@ -92,7 +74,7 @@ impl FlowInfo {
                 .map(|n| {
                     let mut config = n.settings.clone();
                     match schema_of(&n.type_name) {
-                        Some(schema) => redact(&mut config, &schema),
+                        Some(schema) => present(&mut config, &schema),
                         // No schema to say what is secret: show nothing.
                         None => config = serde_json::Value::String(REDACTED.into()),
                     }
@@ -109,15 +91,7 @@ impl FlowInfo {
                 .edges
                 .iter()
                 .enumerate()
-                .map(|(id, e)| EdgeInfo {
-                    id,
-                    from: flow.nodes[e.from].name.clone(),
-                    port: flow.nodes[e.from].outputs[e.port].clone(),
-                    to: flow.nodes[e.to].name.clone(),
-                    max_records: e.settings.max_records,
-                    max_bytes: e.settings.max_bytes.as_u64(),
-                    when_full: e.settings.when_full,
-                })
+                .map(|(id, _)| EdgeInfo::of(flow, id))
                 .collect(),
         }
     }
@@ -127,12 +101,87 @@ impl FlowInfo {
 /// [`REDACTED`], following `$ref`s, `allOf`/`anyOf`/`oneOf`, nested objects, maps
 /// (`additionalProperties`) and arrays. A secret object or array is redacted whole.
 pub fn redact(config: &mut serde_json::Value, schema: &serde_json::Value) {
+    walk(config, schema, &mut |value, schemas| {
+        if is_secret(schemas) {
+            *value = serde_json::Value::String(REDACTED.into());
+            return false;
+        }
+        true
+    });
+}
+
+/// [`redact`], and give each scalar the JSON type its schema says: a flow file's scalars are
+/// read as text (`count: 100` is `"100"`), but a client wants `100` where the field is an
+/// integer. A value that does not parse as its type stays text.
+pub fn present(config: &mut serde_json::Value, schema: &serde_json::Value) {
+    walk(config, schema, &mut |value, schemas| {
+        if is_secret(schemas) {
+            *value = serde_json::Value::String(REDACTED.into());
+            return false;
+        }
+        if let serde_json::Value::String(text) = value
+            && let Some(typed) = typed_scalar(text, schemas)
+        {
+            *value = typed;
+        }
+        true
+    });
+}
+
+/// `text` as the scalar type `schemas` declare, unless one of them accepts a string.
+fn typed_scalar(text: &str, schemas: &[&serde_json::Value]) -> Option<serde_json::Value> {
+    let mut types = Vec::new();
+    for s in schemas {
+        match s.get("type") {
+            Some(serde_json::Value::String(t)) => types.push(t.as_str()),
+            Some(serde_json::Value::Array(ts)) => types.extend(ts.iter().filter_map(|t| t.as_str())),
+            _ => {}
+        }
+    }
+    if types.contains(&"string") {
+        return None;
+    }
+    let t = text.trim();
+    if types.contains(&"integer") {
+        if let Ok(i) = t.parse::<i64>() {
+            return Some(i.into());
+        }
+        if let Ok(u) = t.parse::<u64>() {
+            return Some(u.into());
+        }
+    }
+    if types.contains(&"number")
+        && let Ok(f) = t.parse::<f64>()
+        && let Some(n) = serde_json::Number::from_f64(f)
+    {
+        return Some(serde_json::Value::Number(n));
+    }
+    if types.contains(&"boolean") {
+        match t {
+            "true" => return Some(true.into()),
+            "false" => return Some(false.into()),
+            _ => {}
+        }
+    }
+    if types.contains(&"null") && matches!(t, "null" | "~" | "") {
+        return Some(serde_json::Value::Null);
+    }
+    None
+}
+
+/// Visit `config` with the schemas that apply to each value (see [`redact`] for what is
+/// followed); `visit` returns whether to go inside the value.
+fn walk(
+    config: &mut serde_json::Value,
+    schema: &serde_json::Value,
+    visit: &mut dyn FnMut(&mut serde_json::Value, &[&serde_json::Value]) -> bool,
+) {
     let defs = schema
         .get("$defs")
         .or_else(|| schema.get("definitions"))
         .cloned()
         .unwrap_or_default();
-    redact_at(config, schema, &defs, 0);
+    walk_at(config, schema, &defs, 0, visit);
 }
 
 fn resolve<'a>(
@@ -176,19 +225,19 @@ fn is_secret(schemas: &[&serde_json::Value]) -> bool {
         .any(|s| s.get(SECRET_KEYWORD).and_then(|v| v.as_bool()) == Some(true))
 }
 
-fn redact_at(
+fn walk_at(
     value: &mut serde_json::Value,
     schema: &serde_json::Value,
     defs: &serde_json::Value,
     depth: usize,
+    visit: &mut dyn FnMut(&mut serde_json::Value, &[&serde_json::Value]) -> bool,
 ) {
     if depth > 32 {
         return;
     }
     let mut schemas = Vec::new();
     branches(schema, defs, 0, &mut schemas);
-    if is_secret(&schemas) {
-        *value = serde_json::Value::String(REDACTED.into());
+    if !visit(value, &schemas) {
         return;
     }
     match value {
@@ -205,18 +254,17 @@ fn redact_at(
                         .filter(|a| a.is_object())
                         .collect();
                 }
-                for s in sub {
-                    redact_at(v, s, defs, depth + 1);
-                }
+                // One walk with every schema that applies, so a value is typed once.
+                let all = serde_json::json!({ "allOf": sub });
+                walk_at(v, &all, defs, depth + 1, visit);
             }
         }
         serde_json::Value::Array(items) => {
             let sub: Vec<&serde_json::Value> =
                 schemas.iter().filter_map(|s| s.get("items")).collect();
+            let all = serde_json::json!({ "allOf": sub });
             for item in items.iter_mut() {
-                for s in &sub {
-                    redact_at(item, s, defs, depth + 1);
-                }
+                walk_at(item, &all, defs, depth + 1, visit);
             }
         }
         _ => {}
@@ -265,18 +313,9 @@ pub struct EdgeRates {
 /// An edge in [`Stats`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EdgeStats {
-    /// Its index among the flow's connections.
-    pub id: usize,
-    /// The producing processor.
-    pub from: String,
-    /// Its port.
-    pub port: String,
-    /// The consuming processor.
-    pub to: String,
-    /// Back-pressure threshold in records.
-    pub max_records: usize,
-    /// Back-pressure threshold in bytes.
-    pub max_bytes: u64,
+    /// Which edge it is.
+    #[serde(flatten)]
+    pub info: EdgeInfo,
     /// How full the queue is: the larger of records / `max_records` and bytes / `max_bytes`
     /// (1 or more: full, the producer waits).
     pub fill: f64,
@@ -378,17 +417,12 @@ impl Sampler {
             .iter()
             .map(|e| {
                 let c = e.stats.snapshot();
-                let p = prev.and_then(|p| p.edges.get(e.id)).map(|p| p.counters);
+                let p = prev.and_then(|p| p.edges.get(e.info.id)).map(|p| p.counters);
                 let p = p.unwrap_or(c);
-                let fill = (c.records as f64 / e.max_records.max(1) as f64)
-                    .max(c.bytes as f64 / e.max_bytes.max(1) as f64);
+                let fill = (c.records as f64 / e.info.max_records.max(1) as f64)
+                    .max(c.bytes as f64 / e.info.max_bytes.max(1) as f64);
                 EdgeStats {
-                    id: e.id,
-                    from: e.from.clone(),
-                    port: e.port.clone(),
-                    to: e.to.clone(),
-                    max_records: e.max_records,
-                    max_bytes: e.max_bytes,
+                    info: e.info.clone(),
                     fill,
                     rates: EdgeRates {
                         sent: rate(c.sent, p.sent, secs),
@@ -601,6 +635,38 @@ mod tests {
                 "list": [{ "host": "a", "token": REDACTED }],
                 "either": { "host": "b", "token": REDACTED },
                 "unknown": "kept"
+            })
+        );
+    }
+
+    #[test]
+    fn present_types_scalars_by_their_schema() {
+        let schema = json!({
+            "type": "object",
+            "properties": {
+                "count": { "type": "integer" },
+                "limit": { "type": ["integer", "null"] },
+                "ratio": { "type": "number" },
+                "on": { "type": "boolean" },
+                "name": { "type": "string" },
+                "either": { "anyOf": [{ "type": "integer" }, { "type": "string" }] },
+                "token": { "type": "integer", "writeOnly": true },
+                "ports": { "type": "array", "items": { "type": "integer" } },
+                "by": { "type": "object", "additionalProperties": { "type": "number" } }
+            }
+        });
+        let mut config = json!({
+            "count": "100", "limit": "~", "ratio": "0.5", "on": "true", "name": "123",
+            "either": "7", "token": "42", "ports": ["1", "x"], "by": { "a": "1.5" },
+            "unknown": "3"
+        });
+        present(&mut config, &schema);
+        assert_eq!(
+            config,
+            json!({
+                "count": 100, "limit": null, "ratio": 0.5, "on": true, "name": "123",
+                "either": "7", "token": REDACTED, "ports": [1, "x"], "by": { "a": 1.5 },
+                "unknown": "3"
             })
         );
     }

@@ -123,15 +123,6 @@ impl Sample for G {
     }
 }
 
-fn state_name(s: NodeState) -> &'static str {
-    match s {
-        NodeState::Starting => "starting",
-        NodeState::Running => "running",
-        NodeState::Finished => "finished",
-        NodeState::Failed => "failed",
-    }
-}
-
 /// Resident memory (bytes) and CPU time (seconds) of this process, from `/proc` (Linux).
 fn process_usage() -> Option<(f64, f64)> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -244,7 +235,7 @@ impl Collector for FlowCollector {
                 .into_iter()
                 .map(move |st| {
                     (
-                        vec![("node", n.name.as_str()), ("state", state_name(st))],
+                        vec![("node", n.name.as_str()), ("state", st.as_str())],
                         G(if s.state == st { 1.0 } else { 0.0 }),
                     )
                 })
@@ -424,8 +415,8 @@ impl Collector for FlowCollector {
 
         // Edges, summed by (from, port, to).
         let mut edges: BTreeMap<(&str, &str, &str), [u64; 8]> = BTreeMap::new();
-        for e in r.edges() {
-            let s = e.stats.snapshot();
+        for h in r.edges() {
+            let (e, s) = (&h.info, h.stats.snapshot());
             let acc = edges
                 .entry((e.from.as_str(), e.port.as_str(), e.to.as_str()))
                 .or_default();

@@ -17,6 +17,48 @@ use std::task::{Context, Poll};
 use tokio::sync::Notify;
 
 use crate::record::Record;
+use crate::spec::FlowSpec;
+
+/// Which connection an edge is, with its thresholds: the one description the runtime's handles,
+/// run reports, `GET /api/v1/flow` and `GET /api/v1/stats` share (flattened into the latter).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EdgeInfo {
+    /// Its index among the flow's connections (file order).
+    pub id: usize,
+    /// The producing node.
+    pub from: String,
+    /// The producing node's port.
+    pub port: String,
+    /// The consuming node.
+    pub to: String,
+    /// Back-pressure threshold in records.
+    pub max_records: usize,
+    /// Back-pressure threshold in bytes.
+    pub max_bytes: u64,
+    /// What the queue does when full.
+    pub when_full: WhenFull,
+}
+
+impl EdgeInfo {
+    /// The `id`th connection of `flow`.
+    pub fn of(flow: &FlowSpec, id: usize) -> Self {
+        let e = &flow.edges[id];
+        EdgeInfo {
+            id,
+            from: flow.nodes[e.from].name.clone(),
+            port: flow.nodes[e.from].outputs[e.port].clone(),
+            to: flow.nodes[e.to].name.clone(),
+            max_records: e.settings.max_records,
+            max_bytes: e.settings.max_bytes.as_u64(),
+            when_full: e.settings.when_full,
+        }
+    }
+
+    /// `from.port -> to`, for messages and tables.
+    pub fn label(&self) -> String {
+        format!("{}.{} -> {}", self.from, self.port, self.to)
+    }
+}
 
 /// What a full queue does with a new batch.
 #[derive(

@@ -48,6 +48,16 @@ impl NodeState {
             _ => NodeState::Failed,
         }
     }
+
+    /// Its name, as serialized (`starting`, `running`, `finished`, `failed`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Starting => "starting",
+            NodeState::Running => "running",
+            NodeState::Finished => "finished",
+            NodeState::Failed => "failed",
+        }
+    }
 }
 
 /// The unit of a source's lag.

@@ -34,7 +34,7 @@ use crate::processor::{
     TaskContext, Transform,
 };
 use crate::spec::FlowSpec;
-use edge::{EdgeSnapshot, EdgeStats, WhenFull};
+use edge::{EdgeInfo, EdgeSnapshot, EdgeStats};
 use emit::{Emitter, Input};
 use metrics::{NodeMetrics, NodeSnapshot, NodeState};
 use tap::Taps;
@@ -73,29 +73,10 @@ pub struct NodeHandle {
 /// Live handles on an edge's counters.
 #[derive(Clone)]
 pub struct EdgeHandle {
-    /// Its index among the flow's connections (file order).
-    pub id: usize,
-    /// The producing node.
-    pub from: String,
-    /// The producing node's port.
-    pub port: String,
-    /// The consuming node.
-    pub to: String,
+    /// Which edge it is.
+    pub info: EdgeInfo,
     /// Counters.
     pub stats: Arc<EdgeStats>,
-    /// Its record threshold.
-    pub max_records: usize,
-    /// Its byte threshold.
-    pub max_bytes: u64,
-    /// What it does when full.
-    pub when_full: WhenFull,
-}
-
-impl EdgeHandle {
-    /// `from.port -> to`, for messages.
-    pub fn label(&self) -> String {
-        format!("{}.{} -> {}", self.from, self.port, self.to)
-    }
 }
 
 /// A started flow.
@@ -137,18 +118,9 @@ pub struct NodeReport {
 /// One edge in a [`RunReport`].
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EdgeReport {
-    /// Its index among the flow's connections (file order).
-    pub id: usize,
-    /// The producing node.
-    pub from: String,
-    /// The producing node's port.
-    pub port: String,
-    /// The consuming node.
-    pub to: String,
-    /// Its record threshold.
-    pub max_records: usize,
-    /// Its byte threshold.
-    pub max_bytes: u64,
+    /// Which edge it is.
+    #[serde(flatten)]
+    pub info: EdgeInfo,
     /// Counters.
     #[serde(flatten)]
     pub counters: EdgeSnapshot,
@@ -215,14 +187,8 @@ pub fn start_with_clock(
         outputs[e.from][e.port].1.push(tx);
         inputs[e.to].push(rx);
         edges.push(EdgeHandle {
-            id: edges.len(),
-            from: spec.nodes[e.from].name.clone(),
-            port: spec.nodes[e.from].outputs[e.port].clone(),
-            to: spec.nodes[e.to].name.clone(),
+            info: EdgeInfo::of(spec, edges.len()),
             stats,
-            max_records: e.settings.max_records,
-            max_bytes: e.settings.max_bytes.as_u64(),
-            when_full: e.settings.when_full,
         });
     }
 
@@ -473,12 +439,7 @@ impl Reporter {
                 .edges
                 .iter()
                 .map(|e| EdgeReport {
-                    id: e.id,
-                    from: e.from.clone(),
-                    port: e.port.clone(),
-                    to: e.to.clone(),
-                    max_records: e.max_records,
-                    max_bytes: e.max_bytes,
+                    info: e.info.clone(),
                     counters: e.stats.snapshot(),
                 })
                 .collect(),

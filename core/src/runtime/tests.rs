@@ -354,11 +354,9 @@ connections:
     assert_eq!(probe.written.load(Ordering::SeqCst), 10_000);
     for e in &report.edges {
         assert!(
-            e.counters.high_water_records <= e.max_records as u64,
-            "{}.{} -> {} went over its threshold: {:?}",
-            e.from,
-            e.port,
-            e.to,
+            e.counters.high_water_records <= e.info.max_records as u64,
+            "{} went over its threshold: {:?}",
+            e.info.label(),
             e.counters
         );
     }
