@@ -210,45 +210,20 @@ async fn router_sends_to_several_ports_and_copies_hot_readings() {
 #[tokio::test]
 async fn outputs_hold_their_input_until_every_copy_is_finished() {
     use flow_core::ack::{AckTracker, Acks};
-    use flow_core::processor::{BuildContext, Processor};
-    use flow_core::runtime::CancellationToken;
-    use flow_core::runtime::edge::{WhenFull, edge};
-    use flow_core::runtime::emit::{Emitter, Input};
-    use std::sync::Arc;
 
     let cfg = config("router", json!({}), json!({}));
-    let Ok(Processor::Task(task)) = cfg.build(&BuildContext::new("router")) else {
-        panic!("builds a task");
-    };
-    let mut ports = Vec::new();
-    let mut rxs = Vec::new();
-    for p in ["failure", "ok", "warn", "error", "hot"] {
-        let (tx, rx, _) = edge(usize::MAX, usize::MAX, WhenFull::Block);
-        ports.push((p.to_owned(), vec![tx]));
-        rxs.push(rx);
-    }
-    let (in_tx, in_rx, _) = edge(usize::MAX, usize::MAX, WhenFull::Block);
-    let metrics = Arc::new(flow_core::runtime::metrics::NodeMetrics::default());
-    let ctx = flow_core::processor::TaskContext {
-        name: "router".into(),
-        input: Input::new(vec![in_rx], metrics.clone()),
-        out: Emitter::new("router".into(), ports, metrics.clone()),
-        shutdown: CancellationToken::new(),
-        metrics,
-    };
-    let handle = tokio::spawn(task.run(ctx));
+    let mut live = common::Live::start(&cfg);
+    assert_eq!(cfg.outputs(), ["ok", "warn", "error", "hot"]);
     let mut tracker = AckTracker::new();
     let token = tracker.token(0);
-    in_tx
-        .send(vec![
-            rec(r#"{"status":"ok","temperature":99}"#).with_acks(Acks::one(token)),
-        ])
-        .await
-        .expect("send");
-    drop(in_tx);
-    handle.await.expect("join").expect("runs");
-    let ok = rxs[1].recv().await.expect("ok batch");
-    let hot = rxs[4].recv().await.expect("hot batch");
+    live.send(vec![
+        rec(r#"{"status":"ok","temperature":99}"#).with_acks(Acks::one(token)),
+    ])
+    .await;
+    live.input = None;
+    (&mut live.task).await.expect("join").expect("runs");
+    let ok = live.next(1).await;
+    let hot = live.next(4).await;
     flow_core::record::finish_all(ok);
     assert!(
         tracker.try_next().is_none(),

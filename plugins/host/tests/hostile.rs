@@ -7,6 +7,7 @@ mod common;
 use common::{config, plugin, rec, run, run_at};
 use flow_core::ack::AckStatus;
 use flow_core::clock::Clock;
+use flow_core::record::Record;
 use flow_core::processor::ProcessorConfig;
 use flow_wasm::{Limits, Module, PluginError};
 use serde_json::json;
@@ -18,15 +19,20 @@ const EVIL: &str = r#"{"n":0,"evil":true}"#;
 
 /// Three batches: good, evil with a good neighbour, good. Returns the run and the failure
 /// messages of the evil batch.
+/// Three batches: a good record, the evil one beside a good one, a good one.
+fn batches() -> Vec<Vec<Record>> {
+    vec![
+        vec![rec(GOOD1)],
+        vec![rec(EVIL), rec(GOOD2)],
+        vec![rec(GOOD3)],
+    ]
+}
+
 async fn contained(mode: &str, extra: serde_json::Value) -> common::Run {
     let cfg = config("hostile", json!({ "mode": mode }), extra);
     let r = run(
         &cfg,
-        vec![
-            vec![rec(GOOD1)],
-            vec![rec(EVIL), rec(GOOD2)],
-            vec![rec(GOOD3)],
-        ],
+        batches(),
     )
     .await;
     assert_eq!(r.result, Ok(()), "{mode}: the processor keeps running");
@@ -108,11 +114,7 @@ async fn a_giant_answer_is_refused() {
     );
     let r = run(
         &cfg,
-        vec![
-            vec![rec(GOOD1)],
-            vec![rec(EVIL), rec(GOOD2)],
-            vec![rec(GOOD3)],
-        ],
+        batches(),
     )
     .await;
     batch_failed(&r, "more than limits.max_output_bytes (1048576)");
@@ -175,11 +177,7 @@ async fn the_filesystem_is_closed_unless_granted() {
     );
     let granted = run(
         &cfg,
-        vec![
-            vec![rec(GOOD1)],
-            vec![rec(EVIL), rec(GOOD2)],
-            vec![rec(GOOD3)],
-        ],
+        batches(),
     )
     .await;
     assert_eq!(answered(&granted), json!({ "read": "lent on purpose" }));
@@ -194,11 +192,7 @@ async fn the_network_is_closed_unless_granted() {
     let cfg = config("hostile", json!({ "mode": "net", "addr": addr }), json!({}));
     let denied = run(
         &cfg,
-        vec![
-            vec![rec(GOOD1)],
-            vec![rec(EVIL), rec(GOOD2)],
-            vec![rec(GOOD3)],
-        ],
+        batches(),
     )
     .await;
     assert_eq!(denied.contents("out"), [GOOD1, GOOD2, GOOD3]);
@@ -215,11 +209,7 @@ async fn the_network_is_closed_unless_granted() {
     );
     let granted = run(
         &cfg,
-        vec![
-            vec![rec(GOOD1)],
-            vec![rec(EVIL), rec(GOOD2)],
-            vec![rec(GOOD3)],
-        ],
+        batches(),
     )
     .await;
     assert_eq!(answered(&granted), json!({ "connected": addr }));
@@ -238,11 +228,7 @@ async fn the_environment_and_the_clock_are_lent_only_when_granted() {
     );
     let granted = run(
         &cfg,
-        vec![
-            vec![rec(GOOD1)],
-            vec![rec(EVIL), rec(GOOD2)],
-            vec![rec(GOOD3)],
-        ],
+        batches(),
     )
     .await;
     assert_eq!(answered(&granted), json!({ "value": path }));
@@ -265,11 +251,7 @@ async fn a_granted_wall_clock_reads_the_flows_processing_time() {
         json!({ "grants": { "clock": true } }),
     );
     let batches = || {
-        vec![
-            vec![rec(GOOD1)],
-            vec![rec(EVIL), rec(GOOD2)],
-            vec![rec(GOOD3)],
-        ]
+        batches()
     };
     let r = run_at(&cfg, batches(), Clock::starting_at(START)).await;
     assert_eq!(answered(&r), json!({ "now_ms": START }));

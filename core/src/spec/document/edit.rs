@@ -229,9 +229,7 @@ impl FlowDocument {
             &base,
             |doc| {
                 let top = top(doc)?;
-                let procs = top
-                    .get_mapping("processors")
-                    .ok_or_else(|| EditError::NotAMapping("processors".into()))?;
+                let procs = processors(&top)?;
                 procs.remove(name);
                 if let Some(conns) = top.get_sequence("connections") {
                     for &i in doomed.iter().rev() {
@@ -315,9 +313,7 @@ impl FlowDocument {
             &base,
             |doc| {
                 let top = top(doc)?;
-                let procs = top
-                    .get_mapping("processors")
-                    .ok_or_else(|| EditError::NotAMapping("processors".into()))?;
+                let procs = processors(&top)?;
                 procs.rename_key(old, new);
                 if let Some(layout) = top.get_mapping(LAYOUT_KEY) {
                     layout.rename_key(old, new);
@@ -359,12 +355,7 @@ impl FlowDocument {
         self.apply(
             &base,
             |doc| {
-                let procs = top(doc)?
-                    .get_mapping("processors")
-                    .ok_or_else(|| EditError::NotAMapping("processors".into()))?;
-                let mut map = procs
-                    .get_mapping(name)
-                    .ok_or_else(|| EditError::NotAMapping(name.to_owned()))?;
+                let mut map = processor(doc, name)?;
                 for (depth, key) in parents.iter().enumerate() {
                     match map.get_mapping(*key) {
                         Some(m) => map = m,
@@ -431,12 +422,7 @@ impl FlowDocument {
         self.apply(
             &base,
             |doc| {
-                let procs = top(doc)?
-                    .get_mapping("processors")
-                    .ok_or_else(|| EditError::NotAMapping("processors".into()))?;
-                let mut map = procs
-                    .get_mapping(name)
-                    .ok_or_else(|| EditError::NotAMapping(name.to_owned()))?;
+                let mut map = processor(doc, name)?;
                 for key in path {
                     map = map
                         .get_mapping(*key)
@@ -707,6 +693,19 @@ impl FlowDocument {
 fn top(doc: &yaml_edit::Document) -> Result<Mapping, EditError> {
     doc.as_mapping()
         .ok_or_else(|| EditError::Unparsable("a flow file is a mapping".into()))
+}
+
+/// The `processors:` mapping of the file's top mapping.
+fn processors(top: &Mapping) -> Result<Mapping, EditError> {
+    top.get_mapping("processors")
+        .ok_or_else(|| EditError::NotAMapping("processors".into()))
+}
+
+/// The config mapping of processor `name`.
+fn processor(doc: &yaml_edit::Document, name: &str) -> Result<Mapping, EditError> {
+    processors(&top(doc)?)?
+        .get_mapping(name)
+        .ok_or_else(|| EditError::NotAMapping(name.to_owned()))
 }
 
 fn as_mapping(b: MappingBuilder) -> Result<Mapping, EditError> {
