@@ -660,11 +660,27 @@ fn flow_top_once_and_interactive() {
             .into_owned();
         screen.contains("ticks") && screen.contains("sink")
     });
+    // It survives the flow restarting: it says it retries, then shows the new run.
+    flow.stop_ok();
+    wait_for(30, "flow top to say the flow is gone", || {
+        screen = String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", &session]).stdout)
+            .into_owned();
+        screen.contains("retrying")
+    });
+    assert!(screen.contains("ticks"), "the last snapshot stays:\n{screen}");
+    let addr = url.trim_start_matches("http://");
+    let again = ApiFlow::spawn(&file, &["--api", addr], &[("OUT_DIR", out)]);
+    assert_eq!(again.url, url);
+    wait_for(30, "flow top to show the restarted flow", || {
+        screen = String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", &session]).stdout)
+            .into_owned();
+        !screen.contains("retrying") && screen.contains("ticks") && screen.contains("running")
+    });
     tmux(&["send-keys", "-t", &session, "q"]);
     wait_for(10, "flow top to quit on q", || {
         !tmux(&["has-session", "-t", &session]).status.success()
     });
-    flow.stop_ok();
+    again.stop_ok();
 }
 
 #[test]
@@ -695,12 +711,21 @@ processors:
   ticked:
     type: file_sink
     path: ${OUT_DIR}/ticks.jsonl
+  lines:
+    type: file
+    path: ${OUT_DIR}/input.jsonl
+    format: json
+  copied:
+    type: file_sink
+    path: ${OUT_DIR}/copied.jsonl
 connections:
   - numbers -> written
   - ticks -> ticked
+  - lines -> copied
 "#;
     let dir = tempfile::tempdir().expect("tempdir");
     let file = write_flow(dir.path(), "scraped.yaml", text);
+    numbers_file(&dir.path().join("input.jsonl"), 100);
     let out = dir.path().to_str().expect("utf-8");
     let flow = ApiFlow::start(&file, &[], &[("OUT_DIR", out)]);
     let job = format!("flow-test-{}", std::process::id());
@@ -732,10 +757,43 @@ connections:
             .and_then(|s| s.parse::<f64>().ok());
         scraped == Some(500.0)
     });
+    let answers = dashboard_answers(&vm, &job);
     flow.stop_ok();
     let _ = std::fs::write(&config, "scrape_configs: []\n");
+    // Every panel of the dashboard draws from what was scraped, but the lag of Kafka
+    // (records) and MQTT (messages) sources, which this flow has none of.
+    assert!(answers.len() >= 12, "{answers:?}");
+    for (expr, series) in &answers {
+        let absent = expr.contains("flow_source_lag_records") || expr.contains("flow_source_lag_messages");
+        assert_eq!(*series > 0, !absent, "{expr}: {series} series");
+    }
     assert_eq!(
         scraped,
         Some(common::lines(&dir.path().join("written.jsonl")) as f64)
     );
+}
+
+/// Every query of the Grafana dashboard (`docs/grafana-dashboard.json`), with its variables
+/// set to `job`, as VictoriaMetrics answers it: the expression and how many series it gave.
+fn dashboard_answers(vm: &str, job: &str) -> Vec<(String, usize)> {
+    let path = common::repo().join("docs/grafana-dashboard.json");
+    let text = std::fs::read_to_string(&path).expect("the dashboard is there");
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    let mut answers = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"]
+                .as_str()
+                .expect("a PromQL expression")
+                .replace("$job", job)
+                .replace("$__rate_interval", "1m");
+            let url = reqwest::Url::parse_with_params(&format!("{vm}/api/v1/query"), [("query", &expr)])
+                .expect("a query URL");
+            let v = json(url.as_str());
+            assert_eq!(v["status"], "success", "{expr}: {v}");
+            let series = v["data"]["result"].as_array().map_or(0, Vec::len);
+            answers.push((expr, series));
+        }
+    }
+    answers
 }

@@ -394,9 +394,28 @@ async fn source_commits_only_what_is_finished_in_order() {
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(committed(&b, &g, &t), Some(4), "no commit past record 4");
+    // The source's lag is the broker's high watermark minus the commit: 6 records left.
+    let metrics = h.metrics.clone();
+    let partition = format!("{topic}/0");
+    let lag = move || {
+        metrics
+            .snapshot()
+            .lag
+            .iter()
+            .find(|l| l.partition.as_deref() == Some(partition.as_str()))
+            .map(|l| (l.unit, l.value))
+    };
+    until(20, "a lag of 6 records", || {
+        lag() == Some((flow_core::runtime::metrics::LagUnit::Records, 6))
+    })
+    .await;
     finish_all(rest);
     until(20, "the commit of all", || {
         committed(&b, &g, &t) == Some(10)
+    })
+    .await;
+    until(20, "no lag", || {
+        lag() == Some((flow_core::runtime::metrics::LagUnit::Records, 0))
     })
     .await;
     h.shutdown.cancel();

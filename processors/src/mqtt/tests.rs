@@ -289,6 +289,15 @@ async fn a_slow_downstream_stops_the_source_at_max_inflight() {
         None,
         "nothing was acknowledged"
     );
+    // Its lag: the messages it holds unacknowledged to the broker.
+    let lag = |m: &Arc<NodeMetrics>| {
+        m.snapshot()
+            .lag
+            .iter()
+            .find(|l| l.unit == flow_core::runtime::metrics::LagUnit::Messages)
+            .map(|l| l.value)
+    };
+    until(10, "a lag of the 10 held", || lag(&h.metrics) == Some(10)).await;
     // Let records finish as they come: everything the broker held arrives, in order.
     let mut seen: Vec<i64> = Vec::new();
     for r in held.iter_mut() {
@@ -307,6 +316,7 @@ async fn a_slow_downstream_stops_the_source_at_max_inflight() {
         }
     }
     assert_eq!(seen, (0..2000).collect::<Vec<_>>());
+    until(10, "every message acknowledged", || lag(&h.metrics) == Some(0)).await;
     h.shutdown.cancel();
     run.await.expect("joined").expect("runs");
 }
