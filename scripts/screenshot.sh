@@ -21,7 +21,10 @@ bin=${CARGO_TARGET_DIR:-target}/debug/flow-designer
 display=99
 while [ -e "/tmp/.X11-unix/X$display" ] || [ -e "/tmp/.X$display-lock" ]; do display=$((display + 1)); done
 tmp=$(mktemp -d)
-Xvfb ":$display" -screen 0 1440x880x24 -nolisten tcp >"$tmp/xvfb.log" 2>&1 &
+# The screen is twice the window's size: X puts the pointer at the screen's centre, which is
+# then just outside the window (at its bottom-right corner), so nothing in the picture is
+# hovered (no tooltip, no highlighted node); the picture is the window alone.
+Xvfb ":$display" -screen 0 2880x1760x24 -nolisten tcp >"$tmp/xvfb.log" 2>&1 &
 xvfb=$!
 app=""
 cleanup() {
@@ -38,16 +41,16 @@ for _ in $(seq 50); do xwininfo -display ":$display" -root >/dev/null 2>&1 && br
 DISPLAY=":$display" XDG_CONFIG_HOME="$tmp" XDG_DATA_HOME="$tmp" LIBGL_ALWAYS_SOFTWARE=1 \
   "$bin" "$flow" >"$tmp/designer.log" 2>&1 &
 app=$!
-shown=""
+window=""
 for _ in $(seq 300); do
-  if xwininfo -display ":$display" -root -tree 2>/dev/null | grep -q '"sensors.yaml - flow designer"\|- flow designer"'; then
-    shown=1
+  window=$(xwininfo -display ":$display" -root -tree 2>/dev/null | awk '/- flow designer"/ { print $1; exit }')
+  if [ -n "$window" ]; then
     break
   fi
   kill -0 "$app" 2>/dev/null || break
   sleep 0.1
 done
-if [ -z "$shown" ]; then
+if [ -z "$window" ]; then
   echo "screenshot.sh: the designer window did not appear" >&2
   cat "$tmp/designer.log" >&2
   exit 1
@@ -55,5 +58,5 @@ fi
 # Let it lay out and fit the flow (a few frames).
 sleep 3
 mkdir -p "$(dirname "$out")"
-DISPLAY=":$display" import -window root "$out"
+DISPLAY=":$display" import -window "$window" "$out"
 echo "screenshot: $out ($(stat -c %s "$out") bytes)"

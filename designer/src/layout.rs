@@ -8,12 +8,29 @@ use crate::graph::Node;
 pub const GAP_X: f32 = 70.0;
 /// Vertical gap between nodes of a layer.
 pub const GAP_Y: f32 = 40.0;
+/// The width of a node's header and footer content (the canvas draws them this wide, cutting
+/// longer text).
+pub const CONTENT_WIDTH: f32 = 170.0;
+/// The width of a node's footer content.
+pub const FOOTER_WIDTH: f32 = CONTENT_WIDTH;
+/// A node's width: its content, the header's margins and room for a longer port row.
+pub const NODE_WIDTH: f32 = CONTENT_WIDTH + 30.0;
+/// The height of a node's header (name and type).
+const HEADER: f32 = 44.0;
 /// The height of a port's row on a node.
 const PORT_ROW: f32 = 22.0;
+/// The height of a node's footer: one line (its first finding) and margins.
+const FOOTER: f32 = 22.0;
 
-/// The size a node takes on the canvas, roughly (header, one row per port, footer).
+/// The size of a node on the canvas: header, one row per port, and room for a footer line
+/// whether or not it shows one (so that a finding appearing while typing moves nothing). The
+/// canvas draws nodes no larger for a flow's usual port names (a test checks it on every
+/// example flow).
 pub fn node_size(n: &Node) -> [f32; 2] {
-    [190.0, 64.0 + PORT_ROW * n.ports.len() as f32]
+    [
+        NODE_WIDTH,
+        HEADER + PORT_ROW * n.ports.len().max(1) as f32 + FOOTER,
+    ]
 }
 
 /// Positions (top-left corners) for nodes of the given sizes connected by `edges`

@@ -113,3 +113,82 @@ impl Validation {
         self.for_node(name).map(|p| p.severity).min()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn validate(text: &str) -> Validation {
+        let doc = FlowDocument::new(text);
+        let env: Env = Arc::new(|_: &str| None);
+        Validation::run(&doc, &flow_processors::builtin(), &env)
+    }
+
+    /// The processor whose block holds 1-based `line`, read off the text: the last
+    /// `  name:` line under `processors:` at or before it, while still in that section.
+    fn owner(text: &str, line: usize) -> Option<String> {
+        let mut inside = false;
+        let mut current = None;
+        for (i, l) in text.lines().enumerate().take(line) {
+            if !l.starts_with(' ') && !l.starts_with('#') && !l.trim().is_empty() {
+                inside = l.starts_with("processors:");
+                current = None;
+            } else if inside
+                && l.starts_with("  ")
+                && !l.starts_with("   ")
+                && !l[2..].starts_with('#')
+            {
+                current = l.trim().split(':').next().map(str::to_owned);
+            }
+            if i + 1 == line {
+                return if inside { current } else { None };
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn each_finding_is_on_the_processor_whose_config_holds_its_line() {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../flows/sensors.yaml"
+        ))
+        .expect("read");
+        let v = validate(&text);
+        let placed: Vec<(usize, Option<&str>)> = v
+            .problems
+            .iter()
+            .map(|p| (p.line, p.node.as_deref()))
+            .collect();
+        // INPUT and OUT_DIR are unset: each `${VAR}` is reported where it is written.
+        assert_eq!(
+            placed,
+            [
+                (16, Some("events")),
+                (18, Some("events")),
+                (36, Some("per_device")),
+                (40, Some("alerts")),
+                (43, Some("windows")),
+                (46, Some("late")),
+            ]
+        );
+
+        // Every example flow, findings on processors and connections alike.
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../flows");
+        for entry in std::fs::read_dir(dir).expect("flows/") {
+            let path = entry.expect("entry").path();
+            let name = path.to_string_lossy().into_owned();
+            if !name.ends_with(".yaml") || name.ends_with(".test.yaml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("read");
+            for p in validate(&text).problems {
+                if p.line > 0 {
+                    assert_eq!(p.node, owner(&text, p.line), "{name}: {p:?}");
+                }
+            }
+        }
+    }
+}

@@ -376,3 +376,75 @@ fn snapshot_sensors() {
 fn snapshot_mqtt_to_kafka() {
     snapshot("mqtt-to-kafka.yaml", "mqtt-to-kafka", None);
 }
+
+/// Every example flow with its variables unset (a warning on most nodes, as
+/// scripts/screenshot.sh shows sensors.yaml): the fit on opening puts every node inside the
+/// canvas (not under a side panel), and the automatic layout leaves each node the room it is
+/// drawn in, findings included, so that none overlaps another.
+#[test]
+fn fit_shows_every_node_in_the_canvas_and_findings_do_not_grow_nodes() {
+    let mut seen = 0;
+    for entry in std::fs::read_dir(repo("flows")).expect("flows/") {
+        let path = entry.expect("entry").path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if !name.ends_with(".yaml") || name.ends_with(".test.yaml") {
+            continue;
+        }
+        let mut designer = Designer::new(flow_processors::builtin(), Arc::new(|_: &str| None));
+        designer.open(&path).expect("open");
+        let mut h = harness(DesignerApp::new(designer));
+        h.run_steps(6);
+        let app = h.state();
+        let canvas = app.canvas.rect();
+        let scale = app.canvas.scale();
+        let nodes = &app.designer.graph().nodes;
+        let drawn: Vec<egui::Rect> = nodes
+            .iter()
+            .map(|n| {
+                app.canvas
+                    .node_rect(&app.designer, &n.name)
+                    .unwrap_or_else(|| panic!("{name}: {} not drawn", n.name))
+            })
+            .collect();
+        for (n, r) in nodes.iter().zip(&drawn) {
+            assert!(
+                canvas.contains_rect(*r),
+                "{name}: {} at {r:?} is outside the canvas {canvas:?}",
+                n.name
+            );
+            let room = flow_designer::layout::node_size(n);
+            assert!(
+                r.width() / scale <= room[0] + 0.5 && r.height() / scale <= room[1] + 0.5,
+                "{name}: {} is drawn {:?}, the layout leaves {room:?}",
+                n.name,
+                r.size() / scale
+            );
+        }
+        for i in 0..drawn.len() {
+            for j in 0..i {
+                assert!(
+                    !drawn[i].intersects(drawn[j]),
+                    "{name}: {} and {} overlap",
+                    nodes[i].name,
+                    nodes[j].name
+                );
+            }
+        }
+        seen += 1;
+    }
+    assert!(seen >= 9);
+}
+
+#[test]
+fn snapshot_sensors_with_its_variables_unset() {
+    let mut designer = Designer::new(flow_processors::builtin(), Arc::new(|_: &str| None));
+    designer.open(&repo("flows/sensors.yaml")).expect("open");
+    let mut h = harness(DesignerApp::new(designer));
+    h.run_steps(8);
+    h.remove_cursor();
+    h.run_steps(2);
+    h.snapshot("sensors-unset");
+}

@@ -262,6 +262,19 @@ struct Loader<'a> {
     suggestions_left: usize,
     /// Unset `${VAR}`s are warnings and stay as written ([`load_structure`]).
     keep_unset: bool,
+    /// Where the scalars holding an unset `${VAR}` start (character index): a type error in
+    /// one of them is a consequence of the variable, already reported.
+    unset_scalars: HashSet<usize>,
+}
+
+/// A config deserialized by [`Loader::deserialize`].
+struct Parsed<T> {
+    /// The value, if what remains of the config parses.
+    value: Option<T>,
+    /// The paths (keys) taken out because their values are wrong.
+    removed: Vec<Vec<String>>,
+    /// The paths whose values hold an unset `${VAR}` and were given a stand-in.
+    stood_in: Vec<Vec<String>>,
 }
 
 /// Which node and port a connection's end names.
@@ -281,6 +294,7 @@ impl<'a> Loader<'a> {
             mentioned_inputs: HashSet::new(),
             suggestions_left: MAX_SUGGESTIONS,
             keep_unset: false,
+            unset_scalars: HashSet::new(),
         }
     }
 
@@ -486,20 +500,27 @@ impl<'a> Loader<'a> {
                     return;
                 }
                 let (v, errors, unset) = interpolate::expand(s.as_str(), env, self.keep_unset);
-                if errors.is_empty() && unset.is_empty() {
+                let base = self.pos(s.span(), s.as_str().len());
+                let written = s.as_str().to_owned();
+                if !unset.is_empty()
+                    && let Some(start) = s.span().start()
+                {
+                    self.unset_scalars.insert(start.character());
+                }
+                // The value, unless it is wrong (then it stays as written): with
+                // `keep_unset`, its unset variables stay as written in it.
+                if errors.is_empty() && (unset.is_empty() || self.keep_unset) {
                     let coerce = s.may_coerce();
                     let mut n = MarkedScalarNode::new(*s.span(), v);
                     n.set_coerce(coerce);
                     *s = n;
-                    return;
                 }
-                let base = self.pos(s.span(), s.as_str().len());
                 for (offset, len, msg) in errors {
-                    let at = self.src.point_into(base.clone(), s.as_str(), offset, len);
+                    let at = self.src.point_into(base.clone(), &written, offset, len);
                     self.error(at, msg);
                 }
                 for (offset, len, msg) in unset {
-                    let at = self.src.point_into(base.clone(), s.as_str(), offset, len);
+                    let at = self.src.point_into(base.clone(), &written, offset, len);
                     let help = "set it in the environment, or give a default: ${VAR:-default}";
                     if self.keep_unset {
                         self.diags.push(
@@ -535,14 +556,15 @@ impl<'a> Loader<'a> {
         };
         let unknown = self.check_keys(map, EDGE_KEYS, "edge settings");
         let fallback = self.node_pos(node);
-        let (config, _) = self.deserialize(
+        self.deserialize(
             map,
             &unknown,
             |n| marked_yaml::from_node::<EdgeSettingsConfig>(n),
             &|path| format!("`{prefix}{path}`"),
             &fallback,
-        );
-        config.unwrap_or_default()
+        )
+        .value
+        .unwrap_or_default()
     }
 
     /// The `api:` section, every problem reported.
@@ -555,14 +577,14 @@ impl<'a> Loader<'a> {
         };
         let unknown = self.check_keys(map, api::KEYS, "`api`");
         let fallback = self.node_pos(node);
-        let (config, _) = self.deserialize(
+        self.deserialize(
             map,
             &unknown,
             |n| marked_yaml::from_node::<ApiConfig>(n),
             &|path| format!("`api.{path}`"),
             &fallback,
-        );
-        config
+        )
+        .value
     }
 
     /// Deserialize `map` without the `unknown` keys (already reported), reporting every
@@ -570,9 +592,10 @@ impl<'a> Loader<'a> {
     /// bad `window.tumbling` leaves the rest of `window`) and the rest parsed again, so one
     /// bad value does not hide the others. A key made missing that way is not reported, nor
     /// one a reported unknown key is a misspelling of; the mapping that misses it is taken
-    /// out in turn. Returns the value if what remains parses, and the paths taken out.
-    /// `context(path)` starts each message; `fallback` is where problems without a position
-    /// point.
+    /// out in turn. A value that is wrong because it holds an unset `${VAR}` (reported with
+    /// the variable) is not reported: a stand-in of its type takes its place (see
+    /// [`stand_in`]), or it is taken out. `context(path)` starts each message; `fallback` is
+    /// where problems without a position point.
     fn deserialize<T>(
         &mut self,
         map: &MarkedMappingNode,
@@ -580,30 +603,46 @@ impl<'a> Loader<'a> {
         parse: impl Fn(&Node) -> Result<T, marked_yaml::FromNodeError>,
         context: &dyn Fn(&str) -> String,
         fallback: &Pos,
-    ) -> (Option<T>, Vec<Vec<String>>) {
+    ) -> Parsed<T> {
         let mut map = map.clone();
         map.retain(|k, _| !unknown.iter().any(|u| u == k.as_str()));
         let mut removed: Vec<Vec<String>> = Vec::new();
+        let mut stood_in: Vec<Vec<String>> = Vec::new();
+        // Values given a stand-in (or found to have none) once.
+        let mut tried: Vec<Vec<Segment>> = Vec::new();
         loop {
             let node = Node::Mapping(map.clone());
             let e = match parse(&node) {
-                Ok(v) => return (Some(v), removed),
+                Ok(v) => {
+                    return Parsed {
+                        value: Some(v),
+                        removed,
+                        stood_in,
+                    };
+                }
                 Err(e) => value_error::explain(&e, &node),
             };
+            // A value of the wrong type because it holds an unset `${VAR}` (reported with
+            // the variable): a stand-in of the right type takes its place, so the rest of
+            // the config is checked and its ports are known.
+            if e.problem == Problem::Value
+                && self.holds_unset(&node, &e.path)
+                && !tried.contains(&e.path)
+            {
+                tried.push(e.path.clone());
+                if stand_in(&mut map, &e.path, &parse) {
+                    stood_in.push(value_error::keys(&e.path));
+                    continue;
+                }
+            }
             // The keys down to the value (a list's key for an item of it).
-            let keys: Vec<String> = e
-                .path
-                .iter()
-                .map_while(|s| match s {
-                    Segment::Key(k) => Some(k.clone()),
-                    Segment::Index(_) => None,
-                })
-                .collect();
+            let keys = value_error::keys(&e.path);
             let consequence = match &e.problem {
                 Problem::MissingKey(k) => {
                     let mut full = keys.clone();
                     full.push(k.clone());
                     removed.contains(&full)
+                        || stood_in.contains(&full)
                         || (keys.is_empty()
                             && unknown
                                 .iter()
@@ -611,14 +650,32 @@ impl<'a> Loader<'a> {
                 }
                 _ => false,
             };
+            let consequence =
+                consequence || (e.problem == Problem::Value && self.holds_unset(&node, &e.path));
             if !consequence {
                 self.value_error(&node, &e, context, fallback);
             }
             if keys.is_empty() || !remove_path(&mut map, &keys) {
-                return (None, removed);
+                return Parsed {
+                    value: None,
+                    removed,
+                    stood_in,
+                };
             }
-            removed.push(keys);
+            // A value left out for its unset variable is as good as a stand-in: the flow
+            // cannot run anyway, and its structure is what is looked at.
+            if e.problem == Problem::Value && self.holds_unset(&node, &e.path) {
+                stood_in.push(keys);
+            } else {
+                removed.push(keys);
+            }
         }
+    }
+
+    /// Whether the value at `path` is a scalar holding an unset `${VAR}`.
+    fn holds_unset(&self, root: &Node, path: &[Segment]) -> bool {
+        matches!(value_error::find(root, path), Some(Node::Scalar(s))
+            if s.span().start().is_some_and(|m| self.unset_scalars.contains(&m.character())))
     }
 
     fn value_error(
@@ -695,7 +752,11 @@ impl<'a> Loader<'a> {
             &allowed,
             &format!("processor `{name}` ({type_name})"),
         );
-        let (config, removed) = self.deserialize(
+        let Parsed {
+            value: config,
+            removed,
+            stood_in,
+        } = self.deserialize(
             &config_map,
             &unknown,
             def.parse,
@@ -710,9 +771,11 @@ impl<'a> Loader<'a> {
         );
         let config = config?;
         for err in config.validate() {
-            // About values taken out (already reported): their defaults prove nothing.
+            // About values taken out (already reported) or stood in for: their defaults and
+            // stand-ins prove nothing.
             if removed
                 .iter()
+                .chain(&stood_in)
                 .any(|r| r.starts_with(&err.path) || err.path.starts_with(r))
             {
                 continue;
@@ -1027,6 +1090,69 @@ impl<'a> Loader<'a> {
             );
         }
     }
+}
+
+/// Values tried, in order, in place of a scalar whose `${VAR}` is unset: a number, a
+/// duration, a size, a boolean.
+const STAND_INS: &[&str] = &["1", "1s", "1MiB", "true"];
+
+/// Put the first of [`STAND_INS`] that `parse` accepts at `path` (a scalar) in `map`, or
+/// the first value of an enum; false (and `map` unchanged) when none does.
+fn stand_in<T>(
+    map: &mut MarkedMappingNode,
+    path: &[Segment],
+    parse: &impl Fn(&Node) -> Result<T, marked_yaml::FromNodeError>,
+) -> bool {
+    let mut candidates: Vec<String> = STAND_INS.iter().map(|s| (*s).to_owned()).collect();
+    let mut i = 0;
+    while let Some(value) = candidates.get(i).cloned() {
+        i += 1;
+        let mut tried = map.clone();
+        let Some(Node::Scalar(s)) = node_at_mut(&mut tried, path) else {
+            return false;
+        };
+        *s = MarkedScalarNode::new(*s.span(), value);
+        let node = Node::Mapping(tried.clone());
+        let accepted = match parse(&node) {
+            Ok(_) => true,
+            Err(err) => {
+                let explained = value_error::explain(&err, &node);
+                if explained.path == path {
+                    // An enum says what it takes: its first value is tried last.
+                    if let Some(first) = value_error::variants(&err).into_iter().next()
+                        && !candidates.contains(&first)
+                    {
+                        candidates.push(first);
+                    }
+                    false
+                } else {
+                    // Accepted here: what is wrong now is elsewhere.
+                    true
+                }
+            }
+        };
+        if accepted {
+            *map = tried;
+            return true;
+        }
+    }
+    false
+}
+
+/// The value at `path` in `map`.
+fn node_at_mut<'m>(map: &'m mut MarkedMappingNode, path: &[Segment]) -> Option<&'m mut Node> {
+    let (Segment::Key(first), rest) = path.split_first()? else {
+        return None;
+    };
+    let mut node = map.get_mut(first.as_str())?;
+    for seg in rest {
+        node = match (seg, node) {
+            (Segment::Key(k), Node::Mapping(m)) => m.get_mut(k.as_str())?,
+            (Segment::Index(i), Node::Sequence(s)) => s.get_mut(*i)?,
+            _ => return None,
+        };
+    }
+    Some(node)
 }
 
 /// Take the value at `path` (keys from the root) out of `map`; false if it is not there.

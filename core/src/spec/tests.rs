@@ -426,3 +426,76 @@ fn unset_variables_are_warnings_for_the_structure_and_errors_to_run() {
         )]
     );
 }
+
+#[test]
+fn an_unset_variable_in_a_typed_field_is_no_type_error_for_the_structure() {
+    let text = "defaults:\n  max_records: ${R}\nprocessors:\n  src:\n    type: src\n    count: ${N}\n  p:\n    type: pass\n    limit: ${L}\n    wait: ${W}\n    size: ${S}\n    mode: ${M}\n  out:\n    type: sink\nconnections:\n  - src -> p\n  - from: p\n    to: out\n    max_bytes: ${B}\n  - p.late -> out\n";
+    let vars = [
+        ("R", 2),
+        ("N", 6),
+        ("L", 9),
+        ("W", 10),
+        ("S", 11),
+        ("M", 12),
+        ("B", 19),
+    ];
+    let findings = |loaded: &Loaded| -> Vec<(Severity, usize, String)> {
+        loaded
+            .diagnostics
+            .iter()
+            .map(|d| (d.severity, d.line, d.message.clone()))
+            .collect()
+    };
+
+    // The structure: one warning per variable, no type error, every node and edge there.
+    let structure = load_structure(text, &no_env, &registry());
+    assert_eq!(
+        findings(&structure),
+        vars.iter()
+            .map(|(v, line)| (
+                Severity::Warning,
+                *line,
+                format!("environment variable `{v}` is not set: needed to run the flow")
+            ))
+            .collect::<Vec<_>>()
+    );
+    let flow = structure.flow.expect("the structure loads");
+    assert_eq!(flow.nodes.len(), 3);
+    let labels: Vec<String> = flow.edges.iter().map(|e| flow.edge_label(e)).collect();
+    assert_eq!(flow.edges.len(), 3, "{labels:?}");
+    assert_eq!(flow.nodes[1].outputs, ["failure", "out", "late"]);
+
+    // To run, every variable is required: one error each, and no type error besides.
+    let strict = load(text, &no_env, &registry());
+    assert!(strict.flow.is_none());
+    assert_eq!(
+        findings(&strict),
+        vars.iter()
+            .map(|(v, line)| (
+                Severity::Error,
+                *line,
+                format!("environment variable `{v}` is not set")
+            ))
+            .collect::<Vec<_>>()
+    );
+
+    // Set, their values are checked as usual.
+    let typed = load(text, &|_| Some("x".to_owned()), &registry());
+    let typed = findings(&typed);
+    for key in [
+        "limit`",
+        "wait`",
+        "size`",
+        "mode`",
+        "count`",
+        "max_records`",
+        "max_bytes`",
+    ] {
+        assert!(
+            typed
+                .iter()
+                .any(|(s, _, m)| *s == Severity::Error && m.contains(key)),
+            "{key}: {typed:?}"
+        );
+    }
+}

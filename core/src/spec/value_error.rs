@@ -51,6 +51,16 @@ impl ValueError {
     }
 }
 
+/// The keys of `path` down to its first index (a list's key for an item of it).
+pub(crate) fn keys(path: &[Segment]) -> Vec<String> {
+    path.iter()
+        .map_while(|s| match s {
+            Segment::Key(k) => Some(k.clone()),
+            Segment::Index(_) => None,
+        })
+        .collect()
+}
+
 /// `a.b[0].c`
 pub(crate) fn dotted(path: &[Segment]) -> String {
     let mut s = String::new();
@@ -148,6 +158,23 @@ pub(crate) fn explain(e: &FromNodeError, root: &Node) -> ValueError {
 }
 
 /// `unknown variant `x`, expected ...` as (`x`, `...`).
+/// The values an enum takes, when `e` says a value is none of them.
+pub(crate) fn variants(e: &FromNodeError) -> Vec<String> {
+    match &**e {
+        marked_yaml::Error::Other(msg, _) => unknown_variant(msg)
+            .map(|(_, expected)| {
+                expected
+                    .split('`')
+                    .skip(1)
+                    .step_by(2)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
 fn unknown_variant(msg: &str) -> Option<(&str, &str)> {
     let rest = msg.strip_prefix("unknown variant `")?;
     let (variant, rest) = rest.split_once('`')?;

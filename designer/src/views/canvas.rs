@@ -74,6 +74,8 @@ pub struct Canvas {
     generation: Option<u64>,
     revision: Option<u64>,
     fit: bool,
+    /// The pending fit is the second one, with drawn sizes.
+    fit_again: bool,
     focus: Option<String>,
     zoom: Option<f32>,
     to_global: TSTransform,
@@ -99,6 +101,7 @@ impl Canvas {
             generation: None,
             revision: None,
             fit: true,
+            fit_again: false,
             focus: None,
             zoom: None,
             to_global: TSTransform::IDENTITY,
@@ -122,6 +125,11 @@ impl Canvas {
     /// Zoom in (`factor` > 1) or out around the centre.
     pub fn zoom_by(&mut self, factor: f32) {
         self.zoom = Some(self.zoom.unwrap_or(1.0) * factor);
+    }
+
+    /// Where the canvas is on the screen (between the side panels).
+    pub fn rect(&self) -> Rect {
+        self.rect
     }
 
     /// The current zoom level.
@@ -316,6 +324,20 @@ impl Canvas {
             self.sync_wires(designer);
         }
         self.rect = ui.available_rect_before_wrap();
+        // A fit before every node was drawn once uses estimated sizes: it is done again on
+        // the next frame with the drawn ones. One that cannot be done yet (no canvas) waits.
+        let fit = std::mem::take(&mut self.fit);
+        if fit {
+            let estimated =
+                (0..designer.graph().nodes.len()).any(|i| !self.drawn.nodes.contains_key(&i));
+            let ready = self.rect.is_positive() && self.rect.is_finite();
+            if !ready || (estimated && !self.fit_again) {
+                self.fit = true;
+                self.fit_again = ready;
+            } else {
+                self.fit_again = false;
+            }
+        }
         let widget = SnarlWidget::new()
             .id(Id::new(CANVAS_ID))
             .style(Self::style());
@@ -326,7 +348,7 @@ impl Canvas {
             drawn: Drawn::default(),
             live: self.live.as_deref(),
             view: ViewRequest {
-                fit: std::mem::take(&mut self.fit),
+                fit,
                 focus: self.focus.take(),
                 zoom: self.zoom.take(),
                 rect: self.rect,
@@ -767,20 +789,27 @@ impl SnarlViewer<CanvasNode> for Viewer<'_> {
         let Some(n) = snarl.get_node(node).and_then(|n| self.node(n)) else {
             return;
         };
-        ui.set_min_width(170.0);
+        ui.set_width(crate::layout::CONTENT_WIDTH);
         ui.vertical(|ui| {
             ui.spacing_mut().item_spacing.y = 0.0;
-            ui.label(
-                RichText::new(&n.name)
-                    .strong()
-                    .size(14.0)
-                    .color(Color32::WHITE),
+            // Cut to the node's width, like its footer (see `layout::node_size`).
+            ui.add(
+                egui::Label::new(
+                    RichText::new(&n.name)
+                        .strong()
+                        .size(14.0)
+                        .color(Color32::WHITE),
+                )
+                .truncate(),
             );
             let t = n.type_name.as_deref().unwrap_or("no type");
-            ui.label(
-                RichText::new(format!("{t} · {}", theme::kind_label(n.kind, n.plugin)))
-                    .size(11.0)
-                    .color(Color32::from_white_alpha(200)),
+            ui.add(
+                egui::Label::new(
+                    RichText::new(format!("{t} · {}", theme::kind_label(n.kind, n.plugin)))
+                        .size(11.0)
+                        .color(Color32::from_white_alpha(200)),
+                )
+                .truncate(),
             );
         });
     }
@@ -872,21 +901,27 @@ impl SnarlViewer<CanvasNode> for Viewer<'_> {
                 bottom: 6,
             })
             .show(ui, |ui| {
-                ui.set_max_width(230.0);
+                // One line each, cut to the node's width: a finding never makes a node
+                // larger than the automatic layout leaves room for (see `layout::node_size`).
+                ui.set_width(crate::layout::FOOTER_WIDTH);
+                ui.spacing_mut().item_spacing.y = 0.0;
                 if let Some(s) = self.live.and_then(|l| l.node(&name)) {
-                    ui.label(
-                        RichText::new(format!(
-                            "in {} · out {}{}",
-                            rate(s.received_per_s),
-                            rate(s.sent_per_s),
-                            if s.errors > 0 {
-                                format!(" · {} failed", s.errors)
-                            } else {
-                                String::new()
-                            }
-                        ))
-                        .size(11.0)
-                        .color(theme::WEAK),
+                    ui.add(
+                        egui::Label::new(
+                            RichText::new(format!(
+                                "in {} · out {}{}",
+                                rate(s.received_per_s),
+                                rate(s.sent_per_s),
+                                if s.errors > 0 {
+                                    format!(" · {} failed", s.errors)
+                                } else {
+                                    String::new()
+                                }
+                            ))
+                            .size(11.0)
+                            .color(theme::WEAK),
+                        )
+                        .truncate(),
                     );
                 }
                 let problems: Vec<_> = self.designer.validation().for_node(&name).collect();
@@ -897,26 +932,38 @@ impl SnarlViewer<CanvasNode> for Viewer<'_> {
                         theme::WARNING
                     };
                     let mut text = first.message.clone();
+                    // The node says which processor; a variable's name says what it is.
                     if let Some(rest) = text.strip_prefix(&format!("processor `{name}`")) {
                         text = rest.trim_start_matches([',', ':', ' ']).to_owned();
                     }
-                    if text.chars().count() > 60 {
-                        text = text.chars().take(58).collect::<String>() + "…";
+                    if let Some(rest) = text.strip_prefix("environment variable ") {
+                        text = rest.to_owned();
                     }
-                    if problems.len() > 1 {
-                        text.push_str(&format!("  (+{} more)", problems.len() - 1));
-                    }
-                    ui.add(
-                        egui::Label::new(
-                            RichText::new(format!(
-                                "{} {text}",
-                                if first.is_error() { "✖" } else { "⚠" }
-                            ))
+                    let icon = if first.is_error() { "✖" } else { "⚠" };
+                    let message = egui::Label::new(
+                        RichText::new(format!("{icon} {text}"))
                             .size(11.0)
                             .color(color),
-                        )
-                        .wrap(),
-                    );
+                    )
+                    .truncate()
+                    .show_tooltip_when_elided(false);
+                    if problems.len() > 1 {
+                        // The count stays in view, the message is cut before it.
+                        let more = RichText::new(format!("+{}", problems.len() - 1))
+                            .size(11.0)
+                            .color(theme::WEAK);
+                        ui.horizontal(|ui| {
+                            ui.spacing_mut().item_spacing.x = 4.0;
+                            let w = ui.available_width() - 24.0;
+                            ui.scope(|ui| {
+                                ui.set_max_width(w);
+                                ui.add(message);
+                            });
+                            ui.label(more);
+                        });
+                    } else {
+                        ui.add(message);
+                    }
                 }
             });
     }
