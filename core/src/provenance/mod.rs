@@ -397,7 +397,9 @@ pub fn fork_copies(node: &NodeRecorder, batches: &mut [Vec<Record>]) -> Vec<Even
     let mut parents: Vec<(RecordId, Vec<(usize, usize)>)> =
         seen.into_iter().filter(|(_, at)| at.len() > 1).collect();
     parents.sort_by_key(|(id, _)| *id);
-    let mut groups: BTreeMap<Vec<usize>, (Vec<u64>, Vec<Vec<u64>>)> = BTreeMap::new();
+    // Per set of ports: the parents, and per port the copies.
+    type Group = (Vec<u64>, Vec<Vec<u64>>);
+    let mut groups: BTreeMap<Vec<usize>, Group> = BTreeMap::new();
     for (id, at) in parents {
         let ports: Vec<usize> = at.iter().map(|&(p, _)| p).collect();
         let group = groups

@@ -302,7 +302,7 @@ async fn send_recorded(
             let mut copy = if k + 1 == edges {
                 batch.take().unwrap_or_default()
             } else {
-                batch.as_ref().map(Clone::clone).unwrap_or_default()
+                batch.clone().unwrap_or_default()
             };
             let base = RecordId::block(n).0;
             for (i, r) in copy.iter_mut().enumerate() {
