@@ -17,6 +17,7 @@ mod client;
 mod docs;
 mod plugin;
 mod progress;
+mod provenance;
 mod tap;
 mod test_cmd;
 mod top;
@@ -64,11 +65,16 @@ enum Command {
             hide_env_values = true
         )]
         api_token: Option<String>,
+        /// Record no provenance for this run (see `provenance:` in the flow file).
+        #[arg(long)]
+        no_provenance: bool,
     },
     /// Watch a running flow (`flow run --api`): per-node rates and per-edge queues, live.
     Top(top::Args),
     /// Print copies of the records leaving a port of a running flow, as JSON lines.
     Tap(tap::Args),
+    /// Query a flow's provenance store: a record's lineage, events, stats.
+    Provenance(provenance::Args),
     /// Check flow files without running them: every error, with file:line:column.
     Validate {
         /// Flow files.
@@ -288,17 +294,20 @@ fn dispatch(
             report,
             api,
             api_token,
+            no_provenance,
         } => {
             let api = api.as_ref().map(|a| a.as_deref());
             let observe = Observe {
                 api,
                 api_token: api_token.as_deref(),
                 events,
+                provenance: !no_provenance,
             };
             run(&file, quiet, report.as_deref(), &registry, observe)
         }
         Command::Top(args) => top::run(args),
         Command::Tap(args) => tap::run(args),
+        Command::Provenance(args) => provenance::run(args, &registry),
     }
 }
 
@@ -422,6 +431,8 @@ struct Observe<'a> {
     api_token: Option<&'a str>,
     /// Recent warnings and errors.
     events: std::sync::Arc<api::events::EventLog>,
+    /// Record provenance (unless `--no-provenance` or `provenance.enabled: false`).
+    provenance: bool,
 }
 
 fn run(
@@ -453,7 +464,20 @@ fn run(
             None => None,
         };
         let shutdown = CancellationToken::new();
-        let running = match flow_core::runtime::start(&flow, shutdown.clone()) {
+        let store = if observe.provenance {
+            provenance::open(&flow)?
+        } else {
+            None
+        };
+        let recorder = store.as_ref().map(|s| s.recorder().clone());
+        let started_flow = flow_core::runtime::start_with(
+            &flow,
+            shutdown.clone(),
+            flow_core::clock::Clock::system(),
+            recorder.as_ref(),
+        );
+        drop(recorder);
+        let running = match started_flow {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -484,6 +508,12 @@ fn run(
         if let Some(s) = serving {
             // Streams send their last snapshot (equal to the report) and end.
             s.finish(Duration::from_secs(2)).await;
+        }
+        if let Some(store) = store {
+            // Every task has ended: the writer writes what is left and stops.
+            tokio::task::spawn_blocking(move || provenance::close(store))
+                .await
+                .context("the provenance writer")??;
         }
         anyhow::Ok(Some(report))
     })?;

@@ -795,3 +795,87 @@ connections:
         .expect("node");
     assert_eq!(window["failed"], 10, "{window}");
 }
+
+/// `flow run` records provenance by default (here under `XDG_STATE_HOME`), `flow provenance`
+/// reads it back through the flow file, and `--no-provenance` records nothing.
+#[test]
+fn provenance_is_recorded_by_default_and_queryable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let out = dir.path().join("out");
+    let go = |args: &[&str], state: &Path| {
+        let o = run(flow()
+            .args(args)
+            .env("XDG_STATE_HOME", state)
+            .env("COUNT", "300")
+            .env("OUT_DIR", &out));
+        assert!(o.status.success(), "{args:?}: {}", text(&o.stderr));
+        text(&o.stdout)
+    };
+    go(&["run", "--quiet", "flows/demo.yaml"], &state);
+    let json = |s: String| -> serde_json::Value { serde_json::from_str(&s).expect("json") };
+    let stats = json(go(
+        &[
+            "provenance",
+            "--flow",
+            "flows/demo.yaml",
+            "stats",
+            "--format",
+            "json",
+        ],
+        &state,
+    ));
+    assert_eq!(stats["records_created"], 300, "{stats}");
+    assert_eq!(stats["flows"], serde_json::json!(["demo"]));
+    // A record the archive wrote: its lineage starts at the generator and reaches the file.
+    let sent = go(
+        &[
+            "provenance",
+            "--flow",
+            "flows/demo.yaml",
+            "search",
+            "--node",
+            "archive",
+            "--event",
+            "send",
+            "--limit",
+            "1",
+            "--format",
+            "json",
+        ],
+        &state,
+    );
+    let sent = json(sent.lines().next().expect("a SEND").to_owned());
+    let archive = out.join("demo.jsonl").display().to_string();
+    assert_eq!(sent["detail"], archive.as_str());
+    let id = sent["first"].as_str().expect("an id").to_owned();
+    let tree = json(go(
+        &[
+            "provenance",
+            "--flow",
+            "flows/demo.yaml",
+            "lineage",
+            &id,
+            "--format",
+            "json",
+        ],
+        &state,
+    ));
+    assert_eq!(tree["events"][0]["kind"], "CREATE");
+    assert_eq!(tree["events"][0]["node"], "readings");
+    let text_tree = go(
+        &["provenance", "--flow", "flows/demo.yaml", "lineage", &id],
+        &state,
+    );
+    assert!(
+        text_tree.contains(&id) && text_tree.contains("SEND"),
+        "{text_tree}"
+    );
+
+    let off = dir.path().join("off");
+    go(
+        &["run", "--quiet", "--no-provenance", "flows/demo.yaml"],
+        &off,
+    );
+    assert!(!off.exists(), "--no-provenance wrote a store");
+}

@@ -10,6 +10,8 @@
 //! - [`graph`]: drawing a flow (DOT, Mermaid);
 //! - [`retry`]: how sinks retry an unavailable destination;
 //! - [`runtime`]: tasks, bounded edges, back-pressure, shutdown;
+//! - [`provenance`]: what happened to every record, recorded by the runtime, its store and
+//!   queries;
 //! - [`flowtest`]: `flow test`, unit tests for flows (records in at a node, expectations on
 //!   ports, a virtual clock);
 //! - [`observe`]: what a running flow shows the outside (the control API's types).
@@ -20,6 +22,7 @@ pub mod flowtest;
 pub mod graph;
 pub mod observe;
 pub mod processor;
+pub mod provenance;
 pub mod record;
 pub mod retry;
 pub mod runtime;

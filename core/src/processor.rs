@@ -460,6 +460,13 @@ pub struct Output {
     ports: Vec<Batch>,
     processor: Arc<str>,
     dropped: u64,
+    /// The ids of the records dropped on purpose (provenance's DROP).
+    dropped_ids: Vec<crate::record::RecordId>,
+    /// The id last pushed, and whether a record was pushed twice in a row (copies of one
+    /// record on several ports, as a route that matches several routes: provenance forks
+    /// them).
+    last_pushed: Option<crate::record::RecordId>,
+    copies: bool,
 }
 
 impl Output {
@@ -469,11 +476,17 @@ impl Output {
             ports: (0..ports).map(|_| Vec::new()).collect(),
             processor,
             dropped: 0,
+            dropped_ids: Vec::new(),
+            last_pushed: None,
+            copies: false,
         }
     }
 
     /// Push a record to a port.
     pub fn push(&mut self, port: PortId, record: Record) {
+        let id = record.id();
+        self.copies |= self.last_pushed == Some(id);
+        self.last_pushed = Some(id);
         if let Some(b) = self.ports.get_mut(port.0) {
             b.push(record);
         } else {
@@ -495,12 +508,27 @@ impl Output {
     /// Drop a record on purpose (counted in the node's `dropped`; this acknowledges it).
     pub fn drop_record(&mut self, record: Record) {
         self.dropped += 1;
+        self.dropped_ids.push(record.id());
         record.finish();
     }
 
     /// How many records were dropped on purpose since the last call (resets the count).
+    /// Their ids are forgotten: take them first ([`Output::take_dropped_ids`]).
     pub fn take_dropped(&mut self) -> u64 {
+        self.dropped_ids.clear();
         std::mem::take(&mut self.dropped)
+    }
+
+    /// The ids of the records dropped on purpose since the last call.
+    pub fn take_dropped_ids(&mut self) -> Vec<crate::record::RecordId> {
+        std::mem::take(&mut self.dropped_ids)
+    }
+
+    /// Whether a record was pushed to several ports since the last call (see
+    /// [`crate::provenance::fork_copies`]), and the buffers per port, to renumber them.
+    pub fn copies(&mut self) -> Option<&mut [Batch]> {
+        self.last_pushed = None;
+        std::mem::take(&mut self.copies).then_some(self.ports.as_mut_slice())
     }
 
     /// Take what was pushed to each port, leaving the buffer empty.

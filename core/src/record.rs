@@ -30,8 +30,13 @@ static ID_BASE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
 impl RecordId {
     /// A fresh id.
     pub fn next() -> Self {
+        Self::block(1)
+    }
+
+    /// The first of `n` fresh consecutive ids (the copies of a batch sent to several edges).
+    pub fn block(n: u64) -> Self {
         let base = *ID_BASE.get_or_init(|| rand::random::<u64>() & !0xFFFF_FFFF);
-        RecordId(base.wrapping_add(NEXT_ID.fetch_add(1, Ordering::Relaxed)))
+        RecordId(base.wrapping_add(NEXT_ID.fetch_add(n, Ordering::Relaxed)))
     }
 }
 
@@ -197,6 +202,11 @@ impl Record {
     /// This record's id.
     pub fn id(&self) -> RecordId {
         self.id
+    }
+
+    /// Give this copy of a record its own id (provenance: a FORK's child).
+    pub(crate) fn set_id(&mut self, id: RecordId) {
+        self.id = id;
     }
 
     /// The ids of the records this one was made from (empty for records a source created).

@@ -92,6 +92,7 @@ impl Sink for FileSink {
         let lines = Lines {
             target: file.into_std().await,
             name: format!("`{}`", cfg.path),
+            destination: cfg.path.clone(),
             len,
             durable: cfg.sync,
         };

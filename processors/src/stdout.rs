@@ -47,6 +47,7 @@ impl Sink for Stdout {
         let lines = Lines {
             target: std::io::stdout(),
             name: "standard output".into(),
+            destination: "stdout".into(),
             len: 0,
             durable: false,
         };

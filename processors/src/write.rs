@@ -57,6 +57,8 @@ pub(crate) struct Lines<T> {
     pub target: T,
     /// `` `out.jsonl` `` or `standard output`.
     pub name: String,
+    /// Where the records go, for provenance's SEND: the file's path, `stdout`.
+    pub destination: String,
     pub len: u64,
     /// fsync after every batch.
     pub durable: bool,
@@ -95,6 +97,7 @@ pub(crate) async fn write_lines<T: Target>(
     let Lines {
         target,
         name,
+        destination,
         mut len,
         durable,
     } = out;
@@ -132,6 +135,7 @@ pub(crate) async fn write_lines<T: Target>(
             }
         }
         len += p.buf.len() as u64;
+        ctx.input.sent(&batch, Some(destination.clone())).await;
         finish_all(batch);
         ctx.metrics.add_sent(n);
     }
@@ -215,6 +219,7 @@ mod tests {
         Lines {
             target: fake.clone(),
             name: "`fake`".into(),
+            destination: "fake".into(),
             len: 0,
             durable: false,
         }

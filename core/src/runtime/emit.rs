@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use crate::ack::AckStatus;
 use crate::processor::{Output, PortId};
-use crate::record::finish_all;
+use crate::provenance::{Children, EventKind, NodeRecorder, Runs};
+use crate::record::{Record, RecordId, finish_all};
 use crate::runtime::edge::{Batch, EdgeReceiver, EdgeSender, Sent};
 use crate::runtime::metrics::NodeMetrics;
 use crate::runtime::tap::TapPoint;
@@ -88,6 +89,14 @@ pub struct Emitter {
     node: Arc<str>,
     ports: Vec<Port>,
     metrics: Arc<NodeMetrics>,
+    prov: Option<Prov>,
+}
+
+/// An emitter's provenance hooks: the node's recorder and, per port, the node each edge
+/// goes to (a FORK's children say which copy went where).
+struct Prov {
+    rec: NodeRecorder,
+    targets: Vec<Vec<u32>>,
 }
 
 impl Emitter {
@@ -111,7 +120,20 @@ impl Emitter {
                 })
                 .collect(),
             metrics,
+            prov: None,
         }
+    }
+
+    /// Record provenance with `rec`; `targets[port][k]` is the node (index) the port's `k`th
+    /// edge goes to. A batch sent to several edges is then forked: each copy gets new ids.
+    pub fn with_provenance(mut self, rec: NodeRecorder, targets: Vec<Vec<u32>>) -> Self {
+        self.prov = Some(Prov { rec, targets });
+        self
+    }
+
+    /// The node's provenance recorder, when provenance is on.
+    pub fn provenance(&self) -> Option<&NodeRecorder> {
+        self.prov.as_ref().map(|p| &p.rec)
     }
 
     /// Also count and log records sent to these ports (by name) when they have no edge, as
@@ -161,6 +183,9 @@ impl Emitter {
         };
         if p.tap.is_open() {
             p.tap.offer(&batch);
+        }
+        if let Some(prov) = &self.prov {
+            return send_recorded(&self.node, p, prov, &self.metrics, port, batch).await;
         }
         if p.edges.is_empty() {
             if p.reported {
@@ -215,6 +240,116 @@ impl Emitter {
     }
 }
 
+/// [`Emitter::send`] with provenance: the same sending and counting, and the events that
+/// say what happened to the batch (CREATE at a source; FAILURE, DROP or ROUTE; FORK when
+/// several edges get copies, each with new ids; DROP for an edge that shed its copy).
+async fn send_recorded(
+    node: &Arc<str>,
+    p: &mut Port,
+    prov: &Prov,
+    metrics: &NodeMetrics,
+    port: PortId,
+    batch: Batch,
+) -> Result<(), DownstreamGone> {
+    let rec = &prov.rec;
+    let n = batch.len() as u64;
+    if rec.is_source() {
+        rec.record(rec.create(&batch)).await;
+    }
+    let ids = Runs::of(&batch);
+    if port == PortId::FAILURE {
+        for e in rec.failures(&batch, port.0) {
+            rec.record(e).await;
+        }
+    } else if p.edges.is_empty() {
+        // A reported port's records count as failed, another's as dropped on purpose.
+        let kind = if p.reported {
+            EventKind::Failure
+        } else {
+            EventKind::Drop
+        };
+        let e = rec
+            .event(kind, ids.clone())
+            .at(port.0)
+            .detail(format!("port `{}` has no edge", p.name));
+        rec.record(e).await;
+    } else {
+        rec.record(rec.event(EventKind::Route, ids.clone()).at(port.0))
+            .await;
+    }
+    if p.edges.is_empty() {
+        if p.reported {
+            metrics.add_failed(n);
+            p.report(node, &batch);
+            for mut r in batch {
+                r.take_acks().finish(AckStatus::Failed);
+            }
+        } else {
+            metrics.add_dropped(n);
+            finish_all(batch);
+        }
+        return Ok(());
+    }
+    // One copy per edge; with several edges, each copy gets new ids (a FORK).
+    let edges = p.edges.len();
+    let mut copies: Vec<(Batch, Runs)> = Vec::with_capacity(edges);
+    if edges == 1 {
+        copies.push((batch, ids));
+    } else {
+        let mut fork = rec.event(EventKind::Fork, ids).at(port.0);
+        let mut batch = Some(batch);
+        for k in 0..edges {
+            let mut copy = if k + 1 == edges {
+                batch.take().unwrap_or_default()
+            } else {
+                batch.clone().unwrap_or_default()
+            };
+            let base = RecordId::block(n).0;
+            for (i, r) in copy.iter_mut().enumerate() {
+                r.set_id(RecordId(base.wrapping_add(i as u64)));
+            }
+            let child = Runs::run(base, u32::try_from(n).unwrap_or(u32::MAX));
+            fork.children.push(Children {
+                port: u32::try_from(port.0).unwrap_or(u32::MAX),
+                to: prov.targets.get(port.0).and_then(|t| t.get(k)).copied(),
+                ids: child.clone(),
+            });
+            copies.push((copy, child));
+        }
+        rec.record(fork).await;
+    }
+    let (mut open, mut queued) = (false, false);
+    for (k, (copy, ids)) in copies.into_iter().enumerate() {
+        let sent = p.edges[k].send(copy).await;
+        open |= sent.is_ok();
+        queued |= matches!(sent, Ok(Sent::Queued));
+        if matches!(sent, Ok(Sent::Dropped)) {
+            let to = prov.targets.get(port.0).and_then(|t| t.get(k)).copied();
+            let mut e = rec.event(EventKind::Drop, ids).at(port.0);
+            e.detail = Some(match to {
+                Some(to) => format!("queue to node #{to} full (when_full: drop_newest)"),
+                None => "queue full (when_full: drop_newest)".to_owned(),
+            });
+            rec.record(e).await;
+        }
+    }
+    if !open {
+        return Err(DownstreamGone {
+            node: node.clone(),
+            port: p.name.clone(),
+        });
+    }
+    if port == PortId::FAILURE {
+        metrics.add_failed(n);
+    } else if queued {
+        metrics.add_sent(n);
+    }
+    if queued {
+        metrics.add_port_out(port.0, n);
+    }
+    Ok(())
+}
+
 /// A node's incoming edges, merged. Counts what the node takes in (see the module doc).
 pub struct Input {
     edges: Vec<EdgeReceiver>,
@@ -222,6 +357,10 @@ pub struct Input {
     metrics: Arc<NodeMetrics>,
     /// When the last batch was handed out (the node has been on it since).
     handed: Option<Instant>,
+    prov: Option<NodeRecorder>,
+    /// A RECEIVE the writer had no room for yet: recorded before the next batch is taken,
+    /// so that [`Input::next`] stays cancel-safe.
+    pending: Option<crate::provenance::Event>,
 }
 
 impl Input {
@@ -232,6 +371,27 @@ impl Input {
             next: 0,
             metrics,
             handed: None,
+            prov: None,
+            pending: None,
+        }
+    }
+
+    /// Record provenance (RECEIVE, and SEND for sinks) with `rec`.
+    pub fn with_provenance(mut self, rec: NodeRecorder) -> Self {
+        self.prov = Some(rec);
+        self
+    }
+
+    /// A sink wrote these records and is finishing them: record where they went (SEND).
+    /// Every sink calls this once per batch it wrote, before finishing the records;
+    /// `destination` says where (a file path, `topic/partition@offset`, an object key).
+    pub async fn sent(&self, records: &[Record], destination: Option<String>) {
+        if let Some(rec) = &self.prov
+            && !records.is_empty()
+        {
+            let mut e = rec.event(EventKind::Send, Runs::of(records));
+            e.detail = destination;
+            rec.record(e).await;
         }
     }
 
@@ -242,10 +402,16 @@ impl Input {
         if let Some(t) = self.handed.take() {
             self.metrics.observe_batch(t.elapsed());
         }
+        if let Some(rec) = &self.prov {
+            rec.flush(&mut self.pending).await;
+        }
         let batch = self.poll_batch().await;
         if let Some(b) = &batch {
             self.metrics.add_received(b.len() as u64);
             self.handed = Some(Instant::now());
+            if let Some(rec) = &self.prov {
+                self.pending = rec.try_record(rec.event(EventKind::Receive, Runs::of(b)));
+            }
         }
         batch
     }

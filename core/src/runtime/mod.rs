@@ -33,6 +33,8 @@ use crate::processor::{
     BuildContext, BuildError, Kind, Output, Processor, ProcessorError, SinkContext, SourceContext,
     TaskContext, Transform,
 };
+use crate::provenance::Recorder;
+use crate::provenance::store::{Header, NodeInfo};
 use crate::spec::FlowSpec;
 use edge::{EdgeInfo, EdgeSnapshot, EdgeStats};
 use emit::{Emitter, Input};
@@ -137,6 +139,18 @@ pub fn start_with_clock(
     shutdown: CancellationToken,
     clock: Clock,
 ) -> Result<RunningFlow, StartError> {
+    start_with(spec, shutdown, clock, None)
+}
+
+/// [`start_with_clock`], recording provenance with `provenance` when given (see
+/// [`crate::provenance`]; the recorder's store must describe `spec`'s nodes and ports in
+/// order, as [`provenance_header`] does).
+pub fn start_with(
+    spec: &FlowSpec,
+    shutdown: CancellationToken,
+    clock: Clock,
+    provenance: Option<&Recorder>,
+) -> Result<RunningFlow, StartError> {
     // Build everything first: a flow that cannot start starts nothing.
     let mut built = Vec::with_capacity(spec.nodes.len());
     // One pass over the edges, not one per node: a flow of 10,000 processors starts at once.
@@ -213,20 +227,34 @@ pub fn start_with_clock(
         Ok(sorted) => sorted.into_iter().rev().map(|n| graph[n]).collect(),
         Err(_) => (0..spec.nodes.len()).rev().collect(),
     };
+    // Per node and port, the node each edge goes to (provenance's FORK children).
+    let mut targets: Vec<Vec<Vec<u32>>> = spec
+        .nodes
+        .iter()
+        .map(|n| vec![Vec::new(); n.outputs.len()])
+        .collect();
+    for e in &spec.edges {
+        targets[e.from][e.port].push(u32::try_from(e.to).unwrap_or(u32::MAX));
+    }
     let mut outputs: Vec<_> = outputs.into_iter().map(Some).collect();
     let mut inputs: Vec<_> = inputs.into_iter().map(Some).collect();
     for i in order {
         let n = &spec.nodes[i];
         let name: Arc<str> = n.name.as_str().into();
         let metrics = nodes[i].metrics.clone();
-        let emitter = Emitter::new(
+        let mut emitter = Emitter::new(
             name.clone(),
             outputs[i].take().unwrap_or_default(),
             metrics.clone(),
         )
         .with_reported(&n.config.reported_outputs());
         taps.push(n.name.clone(), emitter.taps());
-        let input = Input::new(inputs[i].take().unwrap_or_default(), metrics.clone());
+        let mut input = Input::new(inputs[i].take().unwrap_or_default(), metrics.clone());
+        if let Some(p) = provenance {
+            let rec = p.node(i, n.kind == Kind::Source);
+            input = input.with_provenance(rec.clone());
+            emitter = emitter.with_provenance(rec, std::mem::take(&mut targets[i]));
+        }
         let task: futures::future::BoxFuture<'static, Result<(), ProcessorError>> =
             match built[i].take() {
                 Some(Processor::Source(s)) => {
@@ -326,13 +354,50 @@ async fn run_transform(
         for r in batch {
             t.process(r, &mut out);
         }
+        transform_provenance(&emitter, &mut out).await;
         metrics.add_dropped(out.take_dropped());
         emitter.flush(&mut out).await?;
     }
     t.finish(&mut out);
+    transform_provenance(&emitter, &mut out).await;
     metrics.add_dropped(out.take_dropped());
     emitter.flush(&mut out).await?;
     Ok(())
+}
+
+/// What a transform did to a batch that the emitter cannot see: records it dropped on
+/// purpose (DROP) and records it pushed to several ports (FORK, each copy renumbered).
+async fn transform_provenance(emitter: &Emitter, out: &mut Output) {
+    let Some(rec) = emitter.provenance() else {
+        return;
+    };
+    let dropped = out.take_dropped_ids();
+    if !dropped.is_empty() {
+        let ids = crate::provenance::Runs::from_ids(dropped.iter().map(|id| id.0));
+        rec.record(rec.event(crate::provenance::EventKind::Drop, ids))
+            .await;
+    }
+    if let Some(batches) = out.copies() {
+        for e in crate::provenance::fork_copies(rec, batches) {
+            rec.record(e).await;
+        }
+    }
+}
+
+/// The provenance store header for a run of `spec`: its nodes and their ports, in order.
+pub fn provenance_header(spec: &FlowSpec) -> Header {
+    Header {
+        flow: spec.name.clone(),
+        nodes: spec
+            .nodes
+            .iter()
+            .map(|n| NodeInfo {
+                name: n.name.clone(),
+                ports: n.outputs.clone(),
+            })
+            .collect(),
+        started: crate::provenance::now_ms(),
+    }
 }
 
 impl RunningFlow {

@@ -105,6 +105,7 @@ const TOP_KEYS: &[&str] = &[
     "description",
     "defaults",
     "api",
+    "provenance",
     "processors",
     "connections",
     // The designer's canvas positions: read by the designer, ignored by the engine.
@@ -159,6 +160,8 @@ pub struct FlowSpec {
     pub edges: Vec<EdgeSpec>,
     /// The control API's settings (`api:`), when the file has them.
     pub api: Option<ApiConfig>,
+    /// The provenance settings (`provenance:`), when the file has them.
+    pub provenance: Option<crate::provenance::config::ProvenanceConfig>,
 }
 
 impl FlowSpec {
@@ -401,6 +404,7 @@ impl<'a> Loader<'a> {
         };
 
         let api = top.get_node("api").and_then(|n| self.api(n));
+        let provenance = top.get_node("provenance").and_then(|n| self.provenance(n));
 
         let mut nodes = Vec::new();
         match top.get_node("processors") {
@@ -466,6 +470,7 @@ impl<'a> Loader<'a> {
             nodes,
             edges,
             api,
+            provenance,
         };
         self.check_graph(&flow);
         Some(flow)
@@ -585,6 +590,26 @@ impl<'a> Loader<'a> {
             &fallback,
         )
         .value
+    }
+
+    fn provenance(&mut self, node: &Node) -> Option<crate::provenance::config::ProvenanceConfig> {
+        use crate::provenance::config::{KEYS, ProvenanceConfig};
+        let Some(map) = node.as_mapping() else {
+            let at = self.node_pos(node);
+            self.error(at, "`provenance` must be a mapping").help =
+                Some(format!("its keys are: {}", KEYS.join(", ")));
+            return None;
+        };
+        let unknown = self.check_keys(map, KEYS, "`provenance`");
+        let fallback = self.node_pos(node);
+        let (config, _) = self.deserialize(
+            map,
+            &unknown,
+            |n| marked_yaml::from_node::<ProvenanceConfig>(n),
+            &|path| format!("`provenance.{path}`"),
+            &fallback,
+        );
+        config
     }
 
     /// Deserialize `map` without the `unknown` keys (already reported), reporting every

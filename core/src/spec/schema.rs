@@ -9,6 +9,7 @@ pub fn json_schema(registry: &Registry) -> serde_json::Value {
     let mut g = schemars::generate::SchemaSettings::draft2020_12().into_generator();
     let edge = g.subschema_for::<EdgeSettingsConfig>();
     let api = g.subschema_for::<ApiConfig>();
+    let provenance = g.subschema_for::<crate::provenance::config::ProvenanceConfig>();
     let mut variants = Vec::new();
     for def in registry.all() {
         let mut schema = (def.schema)(&mut g).to_value();
@@ -45,6 +46,7 @@ pub fn json_schema(registry: &Registry) -> serde_json::Value {
             "description": { "type": "string", "description": "What the flow does." },
             "defaults": { "$ref": "#/$defs/EdgeSettingsConfig", "description": "Back-pressure settings for every edge." },
             "api": api,
+            "provenance": provenance,
             "processors": {
                 "type": "object",
                 "description": "Processors by name.",

@@ -1,0 +1,213 @@
+//! `flow provenance`: what happened to a record, from a flow's provenance store; and opening
+//! the store for `flow run`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Subcommand, ValueEnum};
+use flow_core::provenance::EventKind;
+use flow_core::provenance::config::ProvenanceConfig;
+use flow_core::provenance::query::{Events, format_time};
+use flow_core::provenance::store::Writer;
+use flow_core::record::RecordId;
+use flow_core::spec::{self, FlowSpec};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The flow file whose store to read (its `provenance.path`, or the default directory
+    /// for its name).
+    #[arg(long, short = 'f', value_name = "FILE", global = true)]
+    flow: Option<PathBuf>,
+    /// The store's directory (instead of `--flow`).
+    #[arg(long, value_name = "DIR", global = true)]
+    store: Option<PathBuf>,
+    /// `table` (for people) or `json`.
+    #[arg(long, value_enum, default_value_t = Format::Table, global = true)]
+    format: Format,
+    #[command(subcommand)]
+    command: Query,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Query {
+    /// The tree of a record: from the record its source created, through every fork, to
+    /// every sink that got a copy, with times and destinations.
+    Lineage {
+        /// The record's id (16 hex digits, as `search` and `flow tap` show it).
+        id: String,
+    },
+    /// Events, oldest first.
+    Search {
+        /// Only at this node.
+        #[arg(long)]
+        node: Option<String>,
+        /// Only at this port.
+        #[arg(long)]
+        port: Option<String>,
+        /// Only of this kind: CREATE, RECEIVE, ROUTE, FORK, DROP, FAILURE, SEND.
+        #[arg(long)]
+        event: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// The store's size, its events by kind and by node, its time range.
+    Stats,
+}
+
+/// Open the provenance store of `flow` for a run, unless its file turns it off.
+pub fn open(flow: &FlowSpec) -> anyhow::Result<Option<Writer>> {
+    let config = flow.provenance.clone().unwrap_or_default();
+    if !config.is_enabled() {
+        return Ok(None);
+    }
+    let settings = config.settings(&flow.name);
+    let header = flow_core::runtime::provenance_header(flow);
+    let writer = Writer::open(&settings, header).with_context(|| {
+        format!(
+            "cannot open the provenance store {}",
+            settings.dir.display()
+        )
+    })?;
+    tracing::debug!(store = %settings.dir.display(), "recording provenance");
+    Ok(Some(writer))
+}
+
+/// Close the store once the flow has ended (the writer writes what is left).
+pub fn close(store: Writer) -> anyhow::Result<()> {
+    let stats = store.close().context("the provenance store")?;
+    tracing::debug!(
+        events = stats.events,
+        bytes = stats.bytes,
+        "provenance written"
+    );
+    Ok(())
+}
+
+fn store_dir(args: &Args, registry: &flow_core::processor::Registry) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = &args.store {
+        return Ok(dir.clone());
+    }
+    let Some(file) = &args.flow else {
+        anyhow::bail!("give the flow (`--flow FILE`) or the store (`--store DIR`)");
+    };
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    // The structure is enough: unset `${VAR}`s stay as written.
+    let loaded = spec::load_structure(&text, &|k| std::env::var(k).ok(), registry);
+    let Some(flow) = loaded.flow else {
+        anyhow::bail!(
+            "{} is not a valid flow (`flow validate` says why)",
+            file.display()
+        );
+    };
+    let config: ProvenanceConfig = flow.provenance.clone().unwrap_or_default();
+    Ok(config.settings(&flow.name).dir)
+}
+
+pub fn run(args: Args, registry: &flow_core::processor::Registry) -> anyhow::Result<ExitCode> {
+    let dir = store_dir(&args, registry)?;
+    if !dir.is_dir() {
+        anyhow::bail!("no provenance store at {}", dir.display());
+    }
+    let events = Events::read(&dir)?;
+    let json = matches!(args.format, Format::Json);
+    let mut out = String::new();
+    match &args.command {
+        Query::Lineage { id } => {
+            let id = parse_id(id)?;
+            let Some(tree) = events.lineage(id) else {
+                eprintln!("no event names record {id} in {}", dir.display());
+                return Ok(ExitCode::from(1));
+            };
+            out = if json {
+                serde_json::to_string_pretty(&tree)? + "\n"
+            } else {
+                tree.render()
+            };
+        }
+        Query::Search {
+            node,
+            port,
+            event,
+            limit,
+        } => {
+            let kind = match event {
+                Some(e) => Some(EventKind::parse(e).with_context(|| {
+                    format!(
+                        "no event kind `{e}`: CREATE, RECEIVE, ROUTE, FORK, DROP, FAILURE, SEND"
+                    )
+                })?),
+                None => None,
+            };
+            let found = events.search(node.as_deref(), port.as_deref(), kind, *limit);
+            if json {
+                for e in found {
+                    out.push_str(&serde_json::to_string(e)?);
+                    out.push('\n');
+                }
+            } else {
+                out.push_str(&format!(
+                    "{:<20} {:<12} {:<8} {:<24} {:>7} {:<16} {}\n",
+                    "EVENT", "TIME", "KIND", "NODE.PORT", "RECORDS", "FIRST", "DETAIL"
+                ));
+                for e in found {
+                    let at = match &e.port {
+                        Some(p) => format!("{}.{p}", e.node),
+                        None => e.node.clone(),
+                    };
+                    out.push_str(&format!(
+                        "{:<20} {:<12} {:<8} {:<24} {:>7} {:<16} {}\n",
+                        format!("{:x}", e.event),
+                        format_time(e.time),
+                        e.kind.name(),
+                        at,
+                        e.records,
+                        e.first,
+                        e.detail.as_deref().unwrap_or("")
+                    ));
+                }
+            }
+        }
+        Query::Stats => {
+            let s = events.stats();
+            if json {
+                out = serde_json::to_string_pretty(&s)? + "\n";
+            } else {
+                out.push_str(&format!("store      {}\n", dir.display()));
+                out.push_str(&format!("flows      {}\n", s.flows.join(", ")));
+                out.push_str(&format!("segments   {}\n", s.segments));
+                out.push_str(&format!("bytes      {}\n", s.bytes));
+                out.push_str(&format!("events     {}\n", s.events));
+                out.push_str(&format!("created    {} records\n", s.records_created));
+                if s.records_created > 0 {
+                    out.push_str(&format!(
+                        "per record {:.1} bytes\n",
+                        s.bytes as f64 / s.records_created as f64
+                    ));
+                }
+                for (k, n) in &s.by_kind {
+                    out.push_str(&format!("  {k:<10} {n}\n"));
+                }
+                for (k, n) in &s.by_node {
+                    out.push_str(&format!("  node {k:<20} {n}\n"));
+                }
+            }
+        }
+    }
+    print!("{out}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_id(id: &str) -> anyhow::Result<RecordId> {
+    u64::from_str_radix(id.trim(), 16)
+        .map(RecordId)
+        .with_context(|| format!("`{id}` is not a record id (16 hex digits)"))
+}

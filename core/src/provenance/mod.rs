@@ -1,0 +1,452 @@
+//! Provenance: what happened to every record, recorded by the runtime (not by processors)
+//! at the two places every batch passes: [`crate::runtime::emit::Emitter::send`] (CREATE at
+//! sources, ROUTE, FORK, DROP, FAILURE) and [`crate::runtime::emit::Input::next`] (RECEIVE),
+//! plus [`crate::runtime::emit::Input::sent`], which sinks call once a batch is written
+//! (SEND, with its destination).
+//!
+//! Cheap by design: one event per batch, naming its records as runs of consecutive ids
+//! ([`Runs`]): a source numbers a batch's records consecutively, so a batch that takes one
+//! path is a few bytes whatever its size. Events go through a bounded channel to a writer
+//! thread ([`store`]), which writes them in frames; when it falls behind, the flow waits
+//! (back-pressure, nothing lost).
+//!
+//! Lineage is a tree: a batch sent to several edges (fan-out), or a record a route sends to
+//! several ports, is FORKed: every copy gets a new id, and the FORK event maps the parents'
+//! ids to their children's, position by position.
+
+pub mod config;
+pub mod query;
+pub mod store;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::record::{Record, RecordId};
+
+/// What happened. Stored by its index (postcard): add kinds at the end only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum EventKind {
+    /// A source made the records (with their origin when the source tracks positions).
+    Create,
+    /// A node took the records in.
+    Receive,
+    /// The records left by a port.
+    Route,
+    /// Each record became several copies, each with its own id (fan-out to several edges, a
+    /// route matching several ports).
+    Fork,
+    /// The records were dropped on purpose (an unconnected port, a processor, a full
+    /// `drop_newest` edge): their journey ends here.
+    Drop,
+    /// The records went to `failure` (`detail`: the `error.message`).
+    Failure,
+    /// A sink finished the records (`detail`: where they went).
+    Send,
+}
+
+impl EventKind {
+    /// Every kind.
+    pub const ALL: [EventKind; 7] = [
+        Self::Create,
+        Self::Receive,
+        Self::Route,
+        Self::Fork,
+        Self::Drop,
+        Self::Failure,
+        Self::Send,
+    ];
+
+    /// Its name: `CREATE`, `RECEIVE`, ...
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Create => "CREATE",
+            Self::Receive => "RECEIVE",
+            Self::Route => "ROUTE",
+            Self::Fork => "FORK",
+            Self::Drop => "DROP",
+            Self::Failure => "FAILURE",
+            Self::Send => "SEND",
+        }
+    }
+
+    /// The kind named `name` (any case).
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.name().eq_ignore_ascii_case(name))
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Record ids in order, as runs of consecutive ids: `(first, length)`. Stored with each
+/// run's start relative to the previous run's end (varints), so a batch a source numbered
+/// consecutively costs a few bytes, and one a filter thinned a few bytes per gap.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Runs(pub Vec<(u64, u32)>);
+
+impl Runs {
+    /// The runs of `ids`, in their order.
+    pub fn from_ids(ids: impl IntoIterator<Item = u64>) -> Self {
+        let mut runs: Vec<(u64, u32)> = Vec::new();
+        for id in ids {
+            match runs.last_mut() {
+                Some((start, len))
+                    if start.wrapping_add(u64::from(*len)) == id && *len < u32::MAX =>
+                {
+                    *len += 1;
+                }
+                _ => runs.push((id, 1)),
+            }
+        }
+        Self(runs)
+    }
+
+    /// The ids of a batch's records.
+    pub fn of(batch: &[Record]) -> Self {
+        Self::from_ids(batch.iter().map(|r| r.id().0))
+    }
+
+    /// One run.
+    pub fn run(start: u64, len: u32) -> Self {
+        Self(vec![(start, len)])
+    }
+
+    /// How many ids.
+    pub fn len(&self) -> usize {
+        self.0.iter().map(|&(_, n)| n as usize).sum()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(|&(_, n)| n == 0)
+    }
+
+    /// The ids, in order.
+    pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        self.0
+            .iter()
+            .flat_map(|&(s, n)| (0..u64::from(n)).map(move |i| s.wrapping_add(i)))
+    }
+
+    /// Where `id` is among the ids.
+    pub fn position(&self, id: u64) -> Option<usize> {
+        let mut before = 0usize;
+        for &(s, n) in &self.0 {
+            let off = id.wrapping_sub(s);
+            if off < u64::from(n) {
+                return Some(before + off as usize);
+            }
+            before += n as usize;
+        }
+        None
+    }
+
+    /// The id at position `i`.
+    pub fn get(&self, mut i: usize) -> Option<u64> {
+        for &(s, n) in &self.0 {
+            if i < n as usize {
+                return Some(s.wrapping_add(i as u64));
+            }
+            i -= n as usize;
+        }
+        None
+    }
+}
+
+impl Serialize for Runs {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        let mut end = 0u64;
+        for &(start, len) in &self.0 {
+            seq.serialize_element(&(start.wrapping_sub(end) as i64, len))?;
+            end = start.wrapping_add(u64::from(len));
+        }
+        seq.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Runs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let deltas = Vec::<(i64, u32)>::deserialize(d)?;
+        let mut end = 0u64;
+        Ok(Self(
+            deltas
+                .into_iter()
+                .map(|(delta, len)| {
+                    let start = end.wrapping_add(delta as u64);
+                    end = start.wrapping_add(u64::from(len));
+                    (start, len)
+                })
+                .collect(),
+        ))
+    }
+}
+
+/// The copies of a FORK that left one way: `ids[i]` is the copy of the event's `records[i]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Children {
+    /// The port the copies left by.
+    pub port: u32,
+    /// The node the copies went to (a fan-out's edge), if the fork was an edge's.
+    pub to: Option<u32>,
+    /// The copies' ids.
+    pub ids: Runs,
+}
+
+/// Where a source's records came from: the source's [`crate::record::Origin::source`] and
+/// each record's position in its input.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origins {
+    /// The source id.
+    pub source: u32,
+    /// Each record's position, in the order of the event's records.
+    pub seqs: Runs,
+}
+
+/// One provenance event: what happened to a batch of records at one node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// What happened.
+    pub kind: EventKind,
+    /// When, in epoch milliseconds.
+    pub time: i64,
+    /// The node, as its index in the store segment's header.
+    pub node: u32,
+    /// The port, as its index among the node's ports (ROUTE, FORK, DROP at a port).
+    pub port: Option<u32>,
+    /// The records.
+    pub records: Runs,
+    /// FORK: the copies, per way out.
+    pub children: Vec<Children>,
+    /// CREATE: where the records came from.
+    pub origin: Option<Origins>,
+    /// FAILURE: the error message; SEND: the destination; DROP: why.
+    pub detail: Option<String>,
+}
+
+impl Event {
+    /// An event of `kind` at `node` now.
+    pub fn new(kind: EventKind, node: u32, records: Runs) -> Self {
+        Self {
+            kind,
+            time: now_ms(),
+            node,
+            port: None,
+            records,
+            children: Vec::new(),
+            origin: None,
+            detail: None,
+        }
+    }
+
+    /// At `port`.
+    pub fn at(mut self, port: usize) -> Self {
+        self.port = Some(u32::try_from(port).unwrap_or(u32::MAX));
+        self
+    }
+
+    /// With `detail`.
+    pub fn detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+}
+
+/// The time now in epoch milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// How many events the channel to the writer holds before the flow waits for it.
+pub const CHANNEL_EVENTS: usize = 8192;
+
+/// Where a running flow's events go: cloned into every node (see [`Recorder::node`]).
+#[derive(Clone, Debug)]
+pub struct Recorder {
+    tx: mpsc::Sender<Event>,
+}
+
+impl Recorder {
+    /// A recorder sending into `tx` (the store's writer reads the other end).
+    pub fn new(tx: mpsc::Sender<Event>) -> Self {
+        Self { tx }
+    }
+
+    /// The recorder of node number `node` (its index in the flow); `source` for sources,
+    /// whose batches are CREATEd as they are first sent.
+    pub fn node(&self, node: usize, source: bool) -> NodeRecorder {
+        NodeRecorder {
+            node: u32::try_from(node).unwrap_or(u32::MAX),
+            source,
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+/// One node's provenance hooks (the runtime calls them; processors do not).
+#[derive(Clone, Debug)]
+pub struct NodeRecorder {
+    node: u32,
+    source: bool,
+    tx: mpsc::Sender<Event>,
+}
+
+impl NodeRecorder {
+    /// The node's index.
+    pub fn node(&self) -> u32 {
+        self.node
+    }
+
+    /// Whether the node is a source.
+    pub fn is_source(&self) -> bool {
+        self.source
+    }
+
+    /// Record an event, waiting while the writer is behind (back-pressure). A writer that is
+    /// gone (its store failed, and said so in the log) loses the event.
+    pub async fn record(&self, event: Event) {
+        let _ = self.tx.send(event).await;
+    }
+
+    /// Record an event if the writer has room; the event back if not (to [`Self::flush`]
+    /// later).
+    pub fn try_record(&self, event: Event) -> Option<Event> {
+        match self.tx.try_send(event) {
+            Err(mpsc::error::TrySendError::Full(e)) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// Record the event in `pending`, if any, once the writer has room. Cancel-safe: the
+    /// event stays in `pending` until it is recorded.
+    pub async fn flush(&self, pending: &mut Option<Event>) {
+        if pending.is_none() {
+            return;
+        }
+        match self.tx.reserve().await {
+            Ok(permit) => {
+                if let Some(e) = pending.take() {
+                    permit.send(e);
+                }
+            }
+            Err(_) => *pending = None,
+        }
+    }
+
+    /// An event at this node.
+    pub fn event(&self, kind: EventKind, records: Runs) -> Event {
+        Event::new(kind, self.node, records)
+    }
+
+    /// CREATE for a batch a source made.
+    pub fn create(&self, batch: &[Record]) -> Event {
+        let mut e = self.event(EventKind::Create, Runs::of(batch));
+        let origins: Option<Vec<crate::record::Origin>> = batch.iter().map(|r| r.origin).collect();
+        if let Some(first) = origins.as_ref().and_then(|o| o.first())
+            && origins.iter().flatten().all(|o| o.source == first.source)
+        {
+            e.origin = Some(Origins {
+                source: first.source,
+                seqs: Runs::from_ids(origins.iter().flatten().map(|o| o.seq)),
+            });
+        }
+        e
+    }
+
+    /// FAILURE events for a batch on `failure`: one per run of records with the same
+    /// `error.message`.
+    pub fn failures(&self, batch: &[Record], port: usize) -> Vec<Event> {
+        let mut events: Vec<Event> = Vec::new();
+        let mut start = 0;
+        let message = |r: &Record| r.attributes.get("error.message").cloned();
+        for i in 1..=batch.len() {
+            if i == batch.len() || message(&batch[i]) != message(&batch[start]) {
+                let mut e = self
+                    .event(EventKind::Failure, Runs::of(&batch[start..i]))
+                    .at(port);
+                e.detail = message(&batch[start]);
+                events.push(e);
+                start = i;
+            }
+        }
+        events
+    }
+}
+
+/// Give every record a transform pushed to several ports its own id per copy, and the FORK
+/// events that say so (a route matching several routes). `batches` are the transform's
+/// output per port; only the records whose id is on more than one port are renumbered.
+pub fn fork_copies(node: &NodeRecorder, batches: &mut [Vec<Record>]) -> Vec<Event> {
+    use std::collections::{BTreeMap, HashMap};
+    let mut seen: HashMap<RecordId, Vec<(usize, usize)>> = HashMap::new();
+    for (p, b) in batches.iter().enumerate() {
+        for (i, r) in b.iter().enumerate() {
+            seen.entry(r.id()).or_default().push((p, i));
+        }
+    }
+    // Group the forked records by the ports their copies took, in id order.
+    let mut parents: Vec<(RecordId, Vec<(usize, usize)>)> =
+        seen.into_iter().filter(|(_, at)| at.len() > 1).collect();
+    parents.sort_by_key(|(id, _)| *id);
+    // Per set of ports: the parents, and per port the copies.
+    type Group = (Vec<u64>, Vec<Vec<u64>>);
+    let mut groups: BTreeMap<Vec<usize>, Group> = BTreeMap::new();
+    for (id, at) in parents {
+        let ports: Vec<usize> = at.iter().map(|&(p, _)| p).collect();
+        let group = groups
+            .entry(ports)
+            .or_insert_with(|| (Vec::new(), vec![Vec::new(); at.len()]));
+        group.0.push(id.0);
+        for (k, &(p, i)) in at.iter().enumerate() {
+            let child = RecordId::next();
+            batches[p][i].set_id(child);
+            group.1[k].push(child.0);
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(ports, (records, children))| {
+            let mut e = node.event(EventKind::Fork, Runs::from_ids(records));
+            e.children = ports
+                .iter()
+                .zip(children)
+                .map(|(&p, ids)| Children {
+                    port: u32::try_from(p).unwrap_or(u32::MAX),
+                    to: None,
+                    ids: Runs::from_ids(ids),
+                })
+                .collect();
+            e
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_round_trip_compactly() {
+        let ids = [10u64, 11, 12, 20, 21, 5, u64::MAX, 0];
+        let runs = Runs::from_ids(ids);
+        assert_eq!(runs.0, vec![(10, 3), (20, 2), (5, 1), (u64::MAX, 2)]);
+        assert_eq!(runs.iter().collect::<Vec<_>>(), ids);
+        assert_eq!(runs.position(21), Some(4));
+        assert_eq!(runs.get(4), Some(21));
+        assert_eq!(runs.position(13), None);
+        let bytes = postcard::to_allocvec(&runs).expect("encodes");
+        assert_eq!(postcard::from_bytes::<Runs>(&bytes).expect("decodes"), runs);
+        // A batch of 1,000 consecutive ids with random high bits: a dozen bytes.
+        let big = Runs::run(0xdead_beef_0000_0000, 1000);
+        assert!(postcard::to_allocvec(&big).expect("encodes").len() <= 13);
+    }
+}

@@ -1,0 +1,533 @@
+//! The provenance store: a directory of append-only segment files.
+//!
+//! ```text
+//! <dir>/00000001.prov, 00000002.prov, ...    one or more per run, numbered in order
+//! segment = MAGIC, frame*                    MAGIC = b"FLOWPRV1"
+//! frame   = len: u32 LE, crc32(payload): u32 LE, payload (postcard)
+//! the first frame's payload is a [`Header`] (the flow, its nodes and ports: events name
+//! nodes and ports by index); every other frame's is a `Vec<Event>`
+//! ```
+//!
+//! A writer never appends to a segment of an earlier run: it starts a new one (and holds a
+//! lock on it while it writes), so a run killed mid-frame (`kill -9`) leaves at most a torn
+//! last frame in its last segment. Readers
+//! stop at the first frame whose length or checksum is wrong; opening the store truncates
+//! such a tail. Retention deletes whole segments, oldest first: those whose newest event is
+//! older than `max_age`, then as many as needed to stay under `max_size`.
+//!
+//! Why segment files and not redb (already in the tree): events are only ever appended and
+//! deleted by age or size, never updated. A frame of hundreds of events is one `write` here
+//! (no B-tree pages, no commit fsync); deleting old data is unlinking a file, with no
+//! compaction; a torn tail is found by its checksum and cut. Queries scan the segments (see
+//! [`super::query`]); an index per segment (id and time ranges) is the next step for large
+//! stores. (Not yet measured against redb.)
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use super::config::Settings;
+use super::{CHANNEL_EVENTS, Event, Recorder};
+
+/// A segment file's first bytes.
+pub const MAGIC: &[u8; 8] = b"FLOWPRV1";
+/// A segment is closed and a new one started past this size (or an eighth of `max_size`).
+pub const SEGMENT_BYTES: u64 = 64 << 20;
+/// A frame holds at most this many events.
+const FRAME_EVENTS: usize = 4096;
+/// A frame longer than this is a torn or corrupt length.
+const MAX_FRAME: u32 = 256 << 20;
+
+/// The store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A file of the store could not be read or written.
+    #[error("provenance store `{path}`: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A frame could not be encoded.
+    #[error("provenance store: encoding: {0}")]
+    Encode(#[from] postcard::Error),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// A node, as a segment's header names it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Its name.
+    pub name: String,
+    /// Its ports, `failure` first.
+    pub ports: Vec<String>,
+}
+
+/// The first frame of a segment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    /// The flow's name.
+    pub flow: String,
+    /// Its nodes, by index.
+    pub nodes: Vec<NodeInfo>,
+    /// When the run started (epoch ms).
+    pub started: i64,
+}
+
+/// An open store being written: the recorder to give the runtime, and the writer thread.
+pub struct Writer {
+    recorder: Recorder,
+    thread: Option<JoinHandle<Result<WriterStats, StoreError>>>,
+}
+
+/// What a writer wrote.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Events written.
+    pub events: u64,
+    /// Bytes written (frames and headers).
+    pub bytes: u64,
+    /// Frames written.
+    pub frames: u64,
+}
+
+impl Writer {
+    /// Open (or create) the store in `settings.dir` for a run of the flow that `header`
+    /// describes: truncate a torn tail, apply retention, start a new segment and the writer
+    /// thread.
+    pub fn open(settings: &Settings, header: Header) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(&settings.dir).map_err(io(&settings.dir))?;
+        let segments = segments(&settings.dir)?;
+        // The last segment may end torn (a run killed mid-frame); one another process is
+        // writing (the same flow run twice) is locked and left alone.
+        if let Some((_, last)) = segments.last()
+            && let Ok(f) = OpenOptions::new().write(true).open(last)
+            && f.try_lock().is_ok()
+        {
+            repair(last)?;
+        }
+        retain(&settings.dir, settings.max_age, settings.max_size, 0)?;
+        let next = segments.last().map_or(1, |(n, _)| n + 1);
+        let (tx, rx) = mpsc::channel(CHANNEL_EVENTS);
+        let mut seg = Segments {
+            dir: settings.dir.clone(),
+            header,
+            next,
+            file: None,
+            len: 0,
+            roll_at: SEGMENT_BYTES.min((settings.max_size / 8).max(1 << 20)),
+            max_age: settings.max_age,
+            max_size: settings.max_size,
+            stats: WriterStats::default(),
+        };
+        // The segment is created now, so a store that cannot be written fails the start.
+        seg.roll()?;
+        let thread = std::thread::Builder::new()
+            .name("provenance".into())
+            .spawn(move || write_loop(seg, rx))
+            .map_err(io(&settings.dir))?;
+        Ok(Self {
+            recorder: Recorder::new(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// The recorder for the runtime.
+    pub fn recorder(&self) -> &Recorder {
+        &self.recorder
+    }
+
+    /// Wait for every event recorded so far to be written (the recorder's clones must be
+    /// gone: the flow has ended), and close the store.
+    pub fn close(mut self) -> Result<WriterStats, StoreError> {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> Result<WriterStats, StoreError> {
+        // Close our end of the channel; the thread ends when every clone is gone.
+        let (dead, _) = mpsc::channel(1);
+        self.recorder = Recorder::new(dead);
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(StoreError::Io {
+                path: PathBuf::new(),
+                source: std::io::Error::other("the provenance writer panicked"),
+            }),
+            None => Ok(WriterStats::default()),
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if self.thread.is_some()
+            && let Err(e) = self.finish()
+        {
+            tracing::error!(error = %e, "provenance store");
+        }
+    }
+}
+
+struct Segments {
+    dir: PathBuf,
+    header: Header,
+    next: u64,
+    file: Option<(File, PathBuf)>,
+    len: u64,
+    roll_at: u64,
+    max_age: Duration,
+    max_size: u64,
+    stats: WriterStats,
+}
+
+impl Segments {
+    fn roll(&mut self) -> Result<(), StoreError> {
+        // Another process writing the same store (the flow run twice) may have taken the
+        // number: take the next free one.
+        let (mut file, path) = loop {
+            let path = self.dir.join(format!("{:08}.prov", self.next));
+            self.next += 1;
+            match OpenOptions::new().create_new(true).write(true).open(&path) {
+                Ok(f) => break (f, path),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io(&path)(e)),
+            }
+        };
+        // Held while this run writes it, so that another run does not repair it.
+        let _ = file.try_lock();
+        let header = postcard::to_allocvec(&self.header)?;
+        let mut buf = MAGIC.to_vec();
+        frame(&mut buf, &header);
+        file.write_all(&buf).map_err(io(&path))?;
+        self.len = buf.len() as u64;
+        self.stats.bytes += self.len;
+        self.file = Some((file, path));
+        retain(&self.dir, self.max_age, self.max_size, self.next - 1)
+    }
+
+    fn write(&mut self, events: &[Event], buf: &mut Vec<u8>) -> Result<(), StoreError> {
+        if self.len >= self.roll_at {
+            self.roll()?;
+        }
+        let payload = postcard::to_allocvec(events)?;
+        buf.clear();
+        frame(buf, &payload);
+        if let Some((file, path)) = &mut self.file {
+            file.write_all(buf).map_err(io(path))?;
+        }
+        self.len += buf.len() as u64;
+        self.stats.bytes += buf.len() as u64;
+        self.stats.frames += 1;
+        self.stats.events += events.len() as u64;
+        Ok(())
+    }
+}
+
+fn frame(buf: &mut Vec<u8>, payload: &[u8]) {
+    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+    buf.extend_from_slice(&len.to_le_bytes());
+    buf.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    buf.extend_from_slice(payload);
+}
+
+fn write_loop(mut seg: Segments, mut rx: mpsc::Receiver<Event>) -> Result<WriterStats, StoreError> {
+    let mut events = Vec::with_capacity(FRAME_EVENTS);
+    let mut buf = Vec::new();
+    while let Some(e) = rx.blocking_recv() {
+        events.push(e);
+        while events.len() < FRAME_EVENTS {
+            match rx.try_recv() {
+                Ok(e) => events.push(e),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = seg.write(&events, &mut buf) {
+            // Said once; the flow goes on without provenance (the channel closes).
+            tracing::error!(error = %e, "provenance store failed: no more events are recorded");
+            return Err(e);
+        }
+        events.clear();
+    }
+    Ok(seg.stats)
+}
+
+/// The store's segments, in order: (number, path).
+pub fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(io(dir)(e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(io(dir))?;
+        let path = entry.path();
+        let n = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".prov"))
+            .and_then(|n| n.parse::<u64>().ok());
+        if let Some(n) = n {
+            out.push((n, path));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// A segment as read: its header and its events (frames in order), up to the first torn or
+/// corrupt frame.
+#[derive(Debug)]
+pub struct Segment {
+    /// Its number.
+    pub number: u64,
+    /// Its header.
+    pub header: Header,
+    /// Its frames' events.
+    pub frames: Vec<Vec<Event>>,
+    /// The length of its valid part.
+    pub valid_len: u64,
+    /// Its length on disk.
+    pub len: u64,
+}
+
+/// Read a segment. `None` if it is too short or torn to have a header.
+pub fn read_segment(number: u64, path: &Path) -> Result<Option<Segment>, StoreError> {
+    let mut bytes = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(io(path))?;
+    let len = bytes.len() as u64;
+    if !bytes.starts_with(MAGIC) {
+        return Ok(None);
+    }
+    let mut at = MAGIC.len();
+    let mut payloads = Vec::new();
+    while let Some(p) = next_frame(&bytes, &mut at) {
+        payloads.push(p);
+    }
+    let mut payloads = payloads.into_iter();
+    let Some(header) = payloads
+        .next()
+        .and_then(|p| postcard::from_bytes::<Header>(p).ok())
+    else {
+        return Ok(None);
+    };
+    let mut frames = Vec::new();
+    let mut valid = 0;
+    for p in payloads {
+        match postcard::from_bytes::<Vec<Event>>(p) {
+            Ok(events) => frames.push(events),
+            Err(_) => break,
+        }
+        valid += 1;
+    }
+    // The valid length: re-walk the frames kept.
+    let mut end = MAGIC.len();
+    for _ in 0..=valid {
+        next_frame(&bytes, &mut end);
+    }
+    Ok(Some(Segment {
+        number,
+        header,
+        frames,
+        valid_len: end as u64,
+        len,
+    }))
+}
+
+fn next_frame<'a>(bytes: &'a [u8], at: &mut usize) -> Option<&'a [u8]> {
+    let head = bytes.get(*at..*at + 8)?;
+    let len = u32::from_le_bytes(head[..4].try_into().ok()?);
+    let crc = u32::from_le_bytes(head[4..].try_into().ok()?);
+    if len > MAX_FRAME {
+        return None;
+    }
+    let payload = bytes.get(*at + 8..*at + 8 + len as usize)?;
+    if crc32fast::hash(payload) != crc {
+        return None;
+    }
+    *at += 8 + len as usize;
+    Some(payload)
+}
+
+/// Cut a torn or corrupt tail off a segment (a run killed mid-write); a segment without a
+/// whole header is deleted.
+pub fn repair(path: &Path) -> Result<(), StoreError> {
+    let number = 0;
+    match read_segment(number, path)? {
+        Some(s) if s.valid_len < s.len => {
+            tracing::warn!(
+                segment = %path.display(),
+                torn_bytes = s.len - s.valid_len,
+                "provenance store: cutting a torn tail (a run ended mid-write)"
+            );
+            let f = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(io(path))?;
+            f.set_len(s.valid_len).map_err(io(path))?;
+        }
+        Some(_) => {}
+        None => std::fs::remove_file(path).map_err(io(path))?,
+    }
+    Ok(())
+}
+
+/// Delete the segments older than `max_age` (by their last write), then the oldest until the
+/// store is under `max_size`; never segment `keep` (the one being written).
+fn retain(dir: &Path, max_age: Duration, max_size: u64, keep: u64) -> Result<(), StoreError> {
+    let now = SystemTime::now();
+    let mut live = Vec::new();
+    for (n, path) in segments(dir)? {
+        let meta = std::fs::metadata(&path).map_err(io(&path))?;
+        let old = meta
+            .modified()
+            .ok()
+            .and_then(|m| now.duration_since(m).ok())
+            .is_some_and(|age| age > max_age);
+        if old && n != keep {
+            std::fs::remove_file(&path).map_err(io(&path))?;
+        } else {
+            live.push((n, path, meta.len()));
+        }
+    }
+    let mut total: u64 = live.iter().map(|(_, _, l)| l).sum();
+    for (n, path, len) in live {
+        if total <= max_size || n == keep {
+            break;
+        }
+        std::fs::remove_file(&path).map_err(io(&path))?;
+        total -= len;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provenance::query::Events;
+    use crate::provenance::{EventKind, Runs};
+
+    fn header() -> Header {
+        Header {
+            flow: "t".into(),
+            nodes: vec![NodeInfo {
+                name: "src".into(),
+                ports: vec!["failure".into(), "out".into()],
+            }],
+            started: 0,
+        }
+    }
+
+    fn settings(dir: &Path) -> Settings {
+        Settings {
+            dir: dir.to_owned(),
+            max_age: Duration::from_secs(3600),
+            max_size: 1 << 30,
+        }
+    }
+
+    /// Write `n` CREATE events of one record each, ids `first..first + n`.
+    fn write(dir: &Path, first: u64, n: u64) {
+        let w = Writer::open(&settings(dir), header()).expect("opens");
+        let rec = w.recorder().node(0, true);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            for id in first..first + n {
+                rec.record(rec.event(EventKind::Create, Runs::run(id, 1)))
+                    .await;
+            }
+        });
+        drop(rec);
+        let stats = w.close().expect("closes");
+        assert_eq!(stats.events, n);
+    }
+
+    fn ids(dir: &Path) -> Vec<u64> {
+        let events = Events::read(dir).expect("reads");
+        events
+            .all()
+            .iter()
+            .flat_map(|e| e.ids().collect::<Vec<_>>())
+            .collect()
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_on_reopen_and_the_store_goes_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), 100, 50);
+        // A run killed mid-frame: half a frame's length, then a frame cut short.
+        let (_, last) = segments(dir.path()).expect("segments").pop().expect("one");
+        let whole = std::fs::metadata(&last).expect("meta").len();
+        let mut f = OpenOptions::new().append(true).open(&last).expect("open");
+        f.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, 9, 9])
+            .expect("torn");
+        drop(f);
+        // Readers stop before it.
+        assert_eq!(ids(dir.path()), (100..150).collect::<Vec<_>>());
+        // The next run cuts it off and writes a segment of its own.
+        write(dir.path(), 500, 5);
+        assert_eq!(std::fs::metadata(&last).expect("meta").len(), whole);
+        let mut want: Vec<u64> = (100..150).collect();
+        want.extend(500..505);
+        assert_eq!(ids(dir.path()), want);
+        assert_eq!(segments(dir.path()).expect("segments").len(), 2);
+
+        // A segment cut inside a frame (not at a frame's end) loses that frame only.
+        let (_, second) = segments(dir.path()).expect("segments").pop().expect("two");
+        let len = std::fs::metadata(&second).expect("meta").len();
+        let f = OpenOptions::new().write(true).open(&second).expect("open");
+        f.set_len(len - 3).expect("cut");
+        drop(f);
+        write(dir.path(), 900, 1);
+        let got = ids(dir.path());
+        assert!(got.starts_with(&(100..150).collect::<Vec<_>>()));
+        assert_eq!(got.last(), Some(&900));
+    }
+
+    #[test]
+    fn retention_deletes_the_oldest_segments_beyond_the_size_cap() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for run in 0..4 {
+            write(dir.path(), run * 1000, 10);
+        }
+        assert_eq!(segments(dir.path()).expect("segments").len(), 4);
+        let one = std::fs::metadata(&segments(dir.path()).expect("s")[0].1)
+            .expect("meta")
+            .len();
+        // Room for two and a half segments: opening deletes the two oldest and starts one
+        // (a header only).
+        let s = Settings {
+            max_size: 2 * one + one / 2,
+            ..settings(dir.path())
+        };
+        drop(Writer::open(&s, header()).expect("opens"));
+        let left: Vec<u64> = segments(dir.path())
+            .expect("segments")
+            .iter()
+            .map(|(n, _)| *n)
+            .collect();
+        assert_eq!(left, [3, 4, 5]);
+        let total: u64 = segments(dir.path())
+            .expect("segments")
+            .iter()
+            .map(|(_, p)| std::fs::metadata(p).expect("meta").len())
+            .sum();
+        assert!(total <= s.max_size);
+    }
+}
