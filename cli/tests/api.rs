@@ -667,7 +667,10 @@ fn flow_top_once_and_interactive() {
             .into_owned();
         screen.contains("retrying")
     });
-    assert!(screen.contains("ticks"), "the last snapshot stays:\n{screen}");
+    assert!(
+        screen.contains("ticks"),
+        "the last snapshot stays:\n{screen}"
+    );
     let addr = url.trim_start_matches("http://");
     let again = ApiFlow::spawn(&file, &["--api", addr], &[("OUT_DIR", out)]);
     assert_eq!(again.url, url);
@@ -764,7 +767,8 @@ connections:
     // (records) and MQTT (messages) sources, which this flow has none of.
     assert!(answers.len() >= 12, "{answers:?}");
     for (expr, series) in &answers {
-        let absent = expr.contains("flow_source_lag_records") || expr.contains("flow_source_lag_messages");
+        let absent =
+            expr.contains("flow_source_lag_records") || expr.contains("flow_source_lag_messages");
         assert_eq!(*series > 0, !absent, "{expr}: {series} series");
     }
     assert_eq!(
@@ -787,8 +791,9 @@ fn dashboard_answers(vm: &str, job: &str) -> Vec<(String, usize)> {
                 .expect("a PromQL expression")
                 .replace("$job", job)
                 .replace("$__rate_interval", "1m");
-            let url = reqwest::Url::parse_with_params(&format!("{vm}/api/v1/query"), [("query", &expr)])
-                .expect("a query URL");
+            let url =
+                reqwest::Url::parse_with_params(&format!("{vm}/api/v1/query"), [("query", &expr)])
+                    .expect("a query URL");
             let v = json(url.as_str());
             assert_eq!(v["status"], "success", "{expr}: {v}");
             let series = v["data"]["result"].as_array().map_or(0, Vec::len);

@@ -134,7 +134,9 @@ fn typed_scalar(text: &str, schemas: &[&serde_json::Value]) -> Option<serde_json
     for s in schemas {
         match s.get("type") {
             Some(serde_json::Value::String(t)) => types.push(t.as_str()),
-            Some(serde_json::Value::Array(ts)) => types.extend(ts.iter().filter_map(|t| t.as_str())),
+            Some(serde_json::Value::Array(ts)) => {
+                types.extend(ts.iter().filter_map(|t| t.as_str()))
+            }
             _ => {}
         }
     }
@@ -417,7 +419,9 @@ impl Sampler {
             .iter()
             .map(|e| {
                 let c = e.stats.snapshot();
-                let p = prev.and_then(|p| p.edges.get(e.info.id)).map(|p| p.counters);
+                let p = prev
+                    .and_then(|p| p.edges.get(e.info.id))
+                    .map(|p| p.counters);
                 let p = p.unwrap_or(c);
                 let fill = (c.records as f64 / e.info.max_records.max(1) as f64)
                     .max(c.bytes as f64 / e.info.max_bytes.max(1) as f64);

@@ -602,14 +602,14 @@ impl<'a> Loader<'a> {
         };
         let unknown = self.check_keys(map, KEYS, "`provenance`");
         let fallback = self.node_pos(node);
-        let (config, _) = self.deserialize(
+        self.deserialize(
             map,
             &unknown,
             |n| marked_yaml::from_node::<ProvenanceConfig>(n),
             &|path| format!("`provenance.{path}`"),
             &fallback,
-        );
-        config
+        )
+        .value
     }
 
     /// Deserialize `map` without the `unknown` keys (already reported), reporting every

@@ -7,8 +7,8 @@ mod common;
 use common::{config, plugin, rec, run, run_at};
 use flow_core::ack::AckStatus;
 use flow_core::clock::Clock;
-use flow_core::record::Record;
 use flow_core::processor::ProcessorConfig;
+use flow_core::record::Record;
 use flow_wasm::{Limits, Module, PluginError};
 use serde_json::json;
 
@@ -30,11 +30,7 @@ fn batches() -> Vec<Vec<Record>> {
 
 async fn contained(mode: &str, extra: serde_json::Value) -> common::Run {
     let cfg = config("hostile", json!({ "mode": mode }), extra);
-    let r = run(
-        &cfg,
-        batches(),
-    )
-    .await;
+    let r = run(&cfg, batches()).await;
     assert_eq!(r.result, Ok(()), "{mode}: the processor keeps running");
     r
 }
@@ -112,11 +108,7 @@ async fn a_giant_answer_is_refused() {
         json!({ "mode": "giant", "size": 4 << 20 }),
         json!({ "limits": { "max_output_bytes": "1MiB" } }),
     );
-    let r = run(
-        &cfg,
-        batches(),
-    )
-    .await;
+    let r = run(&cfg, batches()).await;
     batch_failed(&r, "more than limits.max_output_bytes (1048576)");
 }
 
@@ -175,11 +167,7 @@ async fn the_filesystem_is_closed_unless_granted() {
         json!({ "mode": "fs", "path": "/data/secret.txt" }),
         json!({ "grants": { "dirs": [{ "host": dir.path(), "guest": "/data" }] } }),
     );
-    let granted = run(
-        &cfg,
-        batches(),
-    )
-    .await;
+    let granted = run(&cfg, batches()).await;
     assert_eq!(answered(&granted), json!({ "read": "lent on purpose" }));
     // A read-only grant: writing is still refused (the plugin has no write mode; the grant
     // itself is what is tested in `sandbox` of the host crate).
@@ -190,11 +178,7 @@ async fn the_network_is_closed_unless_granted() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr").to_string();
     let cfg = config("hostile", json!({ "mode": "net", "addr": addr }), json!({}));
-    let denied = run(
-        &cfg,
-        batches(),
-    )
-    .await;
+    let denied = run(&cfg, batches()).await;
     assert_eq!(denied.contents("out"), [GOOD1, GOOD2, GOOD3]);
     let errors = denied.errors();
     assert!(
@@ -207,11 +191,7 @@ async fn the_network_is_closed_unless_granted() {
         json!({ "mode": "net", "addr": addr }),
         json!({ "grants": { "network": true } }),
     );
-    let granted = run(
-        &cfg,
-        batches(),
-    )
-    .await;
+    let granted = run(&cfg, batches()).await;
     assert_eq!(answered(&granted), json!({ "connected": addr }));
 }
 
@@ -226,11 +206,7 @@ async fn the_environment_and_the_clock_are_lent_only_when_granted() {
         json!({ "mode": "env", "var": "PATH" }),
         json!({ "grants": { "env": ["PATH"] } }),
     );
-    let granted = run(
-        &cfg,
-        batches(),
-    )
-    .await;
+    let granted = run(&cfg, batches()).await;
     assert_eq!(answered(&granted), json!({ "value": path }));
 
     let frozen = contained("clock", json!({})).await;
@@ -250,9 +226,7 @@ async fn a_granted_wall_clock_reads_the_flows_processing_time() {
         json!({ "mode": "clock" }),
         json!({ "grants": { "clock": true } }),
     );
-    let batches = || {
-        batches()
-    };
+    let batches = || batches();
     let r = run_at(&cfg, batches(), Clock::starting_at(START)).await;
     assert_eq!(answered(&r), json!({ "now_ms": START }));
 

@@ -316,7 +316,10 @@ async fn a_slow_downstream_stops_the_source_at_max_inflight() {
         }
     }
     assert_eq!(seen, (0..2000).collect::<Vec<_>>());
-    until(10, "every message acknowledged", || lag(&h.metrics) == Some(0)).await;
+    until(10, "every message acknowledged", || {
+        lag(&h.metrics) == Some(0)
+    })
+    .await;
     h.shutdown.cancel();
     run.await.expect("joined").expect("runs");
 }
