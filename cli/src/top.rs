@@ -207,7 +207,8 @@ fn interactive(
                     problem = None;
                 }
                 // Keep the last snapshot on screen and retry: the flow may be restarting.
-                Err(e) => problem = Some(format!("{e:#}; retrying")),
+                // "retrying" first: a narrow terminal cuts the end of the line.
+                Err(e) => problem = Some(format!("retrying: {e:#}")),
             }
             next_poll = Instant::now() + interval;
         }

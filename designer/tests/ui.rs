@@ -359,7 +359,7 @@ fn snapshot(file: &str, name: &str, select: Option<&str>) {
     h.run_steps(8);
     h.remove_cursor();
     h.run_steps(2);
-    h.snapshot(name);
+    h.snapshot_options(name, &snapshot_options());
 }
 
 #[test]
@@ -446,5 +446,11 @@ fn snapshot_sensors_with_its_variables_unset() {
     h.run_steps(8);
     h.remove_cursor();
     h.run_steps(2);
-    h.snapshot("sensors-unset");
+    h.snapshot_options("sensors-unset", &snapshot_options());
+}
+
+/// A few anti-aliased pixels of a wire may differ from machine to machine (seen: 3 of
+/// 1,267,200 on a fresh clone); anything a person would see is far more.
+fn snapshot_options() -> egui_kittest::SnapshotOptions {
+    egui_kittest::SnapshotOptions::new().failed_pixel_count_threshold(32)
 }
