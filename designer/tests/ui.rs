@@ -452,5 +452,5 @@ fn snapshot_sensors_with_its_variables_unset() {
 /// A few anti-aliased pixels of a wire may differ from machine to machine (seen: 3 of
 /// 1,267,200 on a fresh clone); anything a person would see is far more.
 fn snapshot_options() -> egui_kittest::SnapshotOptions {
-    egui_kittest::SnapshotOptions::new().failed_pixel_count_threshold(32)
+    egui_kittest::SnapshotOptions::new().max_failed_pixels(32)
 }
