@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::*;
-use crate::processor::{BuildContext, BuildError, Describe, Processor, ProcessorDef};
+use crate::processor::{BuildContext, BuildError, ConfigError, Describe, Processor, ProcessorDef};
 
 /// A source.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
