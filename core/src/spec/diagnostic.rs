@@ -155,3 +155,24 @@ pub fn render_short(file_name: &str, diagnostics: &[Diagnostic]) -> String {
     }
     s
 }
+
+/// Where a YAML load error of `file` ("a flow file", "a test file") is, and what to say of it.
+pub fn yaml_load_error(e: &marked_yaml::LoadError, file: &str) -> (marked_yaml::Marker, String) {
+    use marked_yaml::LoadError as E;
+    match e {
+        E::TopLevelMustBeMapping(m) => (*m, format!("{file} is a mapping")),
+        E::TopLevelMustBeSequence(m) => (*m, "expected a list".to_owned()),
+        E::UnexpectedAnchor(m) => (*m, "YAML anchors and aliases are not supported".to_owned()),
+        E::MappingKeyMustBeScalar(m) => (*m, "mapping keys must be plain strings".to_owned()),
+        E::UnexpectedTag(m) => (*m, "YAML tags are not supported".to_owned()),
+        E::ScanError(m, s) => (*m, format!("invalid YAML: {}", s.info())),
+        E::DuplicateKey(d) => (
+            d.key
+                .span()
+                .start()
+                .copied()
+                .unwrap_or_else(|| marked_yaml::Marker::new(0, 0, 1, 1)),
+            format!("duplicate key `{}`", d.key.as_str()),
+        ),
+    }
+}

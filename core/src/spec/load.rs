@@ -286,23 +286,7 @@ impl<'a> Loader<'a> {
     }
 
     fn yaml_error(&mut self, e: &marked_yaml::LoadError) {
-        use marked_yaml::LoadError as E;
-        let (marker, message) = match e {
-            E::TopLevelMustBeMapping(m) => (*m, "a flow file is a mapping".to_owned()),
-            E::TopLevelMustBeSequence(m) => (*m, "expected a list".to_owned()),
-            E::UnexpectedAnchor(m) => (*m, "YAML anchors and aliases are not supported".to_owned()),
-            E::MappingKeyMustBeScalar(m) => (*m, "mapping keys must be plain strings".to_owned()),
-            E::UnexpectedTag(m) => (*m, "YAML tags are not supported".to_owned()),
-            E::ScanError(m, s) => (*m, format!("invalid YAML: {}", s.info())),
-            E::DuplicateKey(d) => (
-                d.key
-                    .span()
-                    .start()
-                    .copied()
-                    .unwrap_or_else(|| marked_yaml::Marker::new(0, 0, 1, 1)),
-                format!("duplicate key `{}`", d.key.as_str()),
-            ),
-        };
+        let (marker, message) = super::diagnostic::yaml_load_error(e, "a flow file");
         let at = self.src.pos(Some(&marker), 1);
         self.error(at, message);
     }
