@@ -225,7 +225,8 @@ pub struct Event {
     pub records: Runs,
     /// FORK: the copies, per way out.
     pub children: Vec<Children>,
-    /// CREATE: where the records came from.
+    /// CREATE: where the records came from; SEND: each record's position at its destination
+    /// (a Kafka offset; `source` unused).
     pub origin: Option<Origins>,
     /// FAILURE: the error message; SEND: the destination; DROP: why.
     pub detail: Option<String>,

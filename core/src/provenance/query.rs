@@ -129,7 +129,12 @@ impl Events {
             let Some(i) = e.raw.records.position(id) else {
                 continue;
             };
-            let origin = e.raw.origin.as_ref().and_then(|o| o.seqs.get(i));
+            let position = e.raw.origin.as_ref().and_then(|o| o.seqs.get(i));
+            // A SEND's position (a Kafka offset) belongs to its destination: `topic/0@42`.
+            let (origin, detail) = match (e.kind, position, &e.detail) {
+                (EventKind::Send, Some(p), Some(d)) => (None, Some(format!("{d}@{p}"))),
+                _ => (position, e.detail.clone()),
+            };
             steps.push(Step {
                 event: e.event,
                 kind: e.kind,
@@ -137,7 +142,7 @@ impl Events {
                 node: e.node.clone(),
                 port: e.port.clone(),
                 origin,
-                detail: e.detail.clone(),
+                detail,
             });
             // A record forked more than 64 deep is a cycle of bad data: stop.
             if e.kind == EventKind::Fork && depth < 64 {

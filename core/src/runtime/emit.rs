@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::ack::AckStatus;
 use crate::processor::{Output, PortId};
-use crate::provenance::{Children, EventKind, NodeRecorder, Runs};
+use crate::provenance::{Children, EventKind, NodeRecorder, Origins, Runs};
 use crate::record::{Record, RecordId, finish_all};
 use crate::runtime::edge::{Batch, EdgeReceiver, EdgeSender, Sent};
 use crate::runtime::metrics::NodeMetrics;
@@ -382,15 +382,32 @@ impl Input {
         self
     }
 
+    /// Whether provenance is recorded here: a sink that must gather something for
+    /// [`Input::sent_to`] (ids it would not keep otherwise, offsets) does it only then.
+    pub fn records_provenance(&self) -> bool {
+        self.prov.is_some()
+    }
+
     /// A sink wrote these records and is finishing them: record where they went (SEND).
-    /// Every sink calls this once per batch it wrote, before finishing the records;
-    /// `destination` says where (a file path, `topic/partition@offset`, an object key).
+    /// Every sink calls this (or [`Input::sent_to`]) for what it wrote, before finishing the
+    /// records; `destination` says where (a file path, an object's URL, a topic).
     pub async fn sent(&self, records: &[Record], destination: Option<String>) {
+        if self.prov.is_some() && !records.is_empty() {
+            self.sent_to(Runs::of(records), destination, None).await;
+        }
+    }
+
+    /// SEND for records known by their ids (a sink that kept only those, like an object
+    /// holding many batches), with, where the destination numbers what it stores, each
+    /// record's position there: `positions` in the order of `ids` (Kafka offsets within
+    /// `destination` = `topic/partition`), shown as `destination@position`.
+    pub async fn sent_to(&self, ids: Runs, destination: Option<String>, positions: Option<Runs>) {
         if let Some(rec) = &self.prov
-            && !records.is_empty()
+            && !ids.is_empty()
         {
-            let mut e = rec.event(EventKind::Send, Runs::of(records));
+            let mut e = rec.event(EventKind::Send, ids);
             e.detail = destination;
+            e.origin = positions.map(|seqs| Origins { source: 0, seqs });
             rec.record(e).await;
         }
     }

@@ -428,6 +428,7 @@ impl InfluxDbSink {
             .await?
         {
             Attempt::Written => {
+                ctx.input.sent(&records, Some(self.url.to_string())).await;
                 finish_all(records);
                 ctx.metrics.add_sent(n);
                 Ok(())

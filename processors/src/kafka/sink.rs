@@ -9,7 +9,7 @@ use indexmap::IndexMap;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::{Header, Message as _, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -19,6 +19,7 @@ use flow_core::processor::{
     BuildContext, BuildError, ConfigError, Describe, Kind, Output, Processor, ProcessorConfig,
     ProcessorError, Sink, SinkContext,
 };
+use flow_core::provenance::Runs;
 use flow_core::record::{Record, Value, encode_json};
 
 use flow_core::retry::Retry;
@@ -330,6 +331,10 @@ struct Reports {
     sent: AtomicU64,
     /// Failed deliveries, for the sink's task.
     failed: Mutex<Vec<(Record, KafkaError)>>,
+    /// With provenance on, delivered records are not finished in the callback but handed to
+    /// the sink's task with where they landed, which records their SEND and then finishes
+    /// them (a SEND is never missing for a record whose offset was committed upstream).
+    delivered: Option<Mutex<Vec<Delivered>>>,
     /// Wakes the sink's task after reports.
     wake: tokio::sync::Notify,
 }
@@ -349,8 +354,19 @@ impl ProducerContext for Reports {
 
     fn delivery(&self, result: &DeliveryResult<'_>, record: Box<Record>) {
         match result {
-            Ok(_) => {
-                record.finish();
+            Ok(m) => {
+                match &self.delivered {
+                    Some(d) => d
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(Delivered {
+                            record,
+                            topic: m.topic().to_owned(),
+                            partition: m.partition(),
+                            offset: m.offset(),
+                        }),
+                    None => record.finish(),
+                }
                 self.sent.fetch_add(1, Ordering::Relaxed);
             }
             // Purged, never sent: the producer was dropped with it queued (the sink stopped
@@ -371,6 +387,35 @@ impl ProducerContext for Reports {
         }
         self.inflight.fetch_sub(1, Ordering::AcqRel);
         self.wake.notify_one();
+    }
+}
+
+/// A delivered record and where it landed.
+struct Delivered {
+    record: Box<Record>,
+    topic: String,
+    partition: i32,
+    offset: i64,
+}
+
+/// Record the SEND of every delivered record (one event per run of records that landed in
+/// one partition, with their offsets), then finish them.
+async fn record_sends(ctx: &SinkContext, reports: &Reports) {
+    let Some(d) = &reports.delivered else { return };
+    let mut done = std::mem::take(&mut *d.lock().unwrap_or_else(PoisonError::into_inner));
+    if done.is_empty() {
+        return;
+    }
+    // Reports come in order within a partition: a stable sort keeps it.
+    done.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+    for group in done.chunk_by(|a, b| a.topic == b.topic && a.partition == b.partition) {
+        let ids = Runs::from_ids(group.iter().map(|d| d.record.id().0));
+        let offsets = Runs::from_ids(group.iter().map(|d| u64::try_from(d.offset).unwrap_or(0)));
+        let to = format!("{}/{}", group[0].topic, group[0].partition);
+        ctx.input.sent_to(ids, Some(to), Some(offsets)).await;
+    }
+    for d in done {
+        d.record.finish();
     }
 }
 
@@ -466,6 +511,10 @@ impl Sink for KafkaSink {
                 inflight: AtomicUsize::new(0),
                 sent: AtomicU64::new(0),
                 failed: Mutex::new(Vec::new()),
+                delivered: ctx
+                    .input
+                    .records_provenance()
+                    .then(|| Mutex::new(Vec::new())),
                 wake: tokio::sync::Notify::new(),
             })
             .map_err(|e| ProcessorError::other(KafkaProcessorError::Config(e.to_string())))?;
@@ -521,6 +570,7 @@ impl KafkaSink {
         let mut progress = tokio::time::Instant::now();
         loop {
             // The reports handled since the last turn.
+            record_sends(ctx, &reports).await;
             let sent = reports.sent.swap(0, Ordering::Relaxed);
             if sent > 0 {
                 context.reachable();
@@ -578,6 +628,8 @@ impl KafkaSink {
                 if failed {
                     ctx.failures.flush(&mut failures).await?;
                 }
+                // Reports handled after the turn's first look.
+                record_sends(ctx, &reports).await;
                 return Ok(());
             }
             // Hand records over while the window has room and the producer's queue takes them.
@@ -634,6 +686,11 @@ impl KafkaSink {
                 ctx.failures.flush(&mut failures).await?;
             }
             let inflight = reports.inflight.load(Ordering::Acquire);
+            // Read after `inflight`: a report that came since is in one or the other.
+            let delivered = reports
+                .delivered
+                .as_ref()
+                .is_some_and(|d| !d.lock().unwrap_or_else(PoisonError::into_inner).is_empty());
             let stopping = ctx.shutdown.is_cancelled() && (inflight > 0 || !todo.is_empty());
             tokio::select! {
                 // Input first: reports need no prompt handling (a delivered record was
@@ -662,7 +719,7 @@ impl KafkaSink {
                 }
                 // A report came (a permit stored since the last turn counts too: no report is
                 // missed between the counters above and here).
-                () = reports.wake.notified(), if inflight > 0 => {}
+                () = reports.wake.notified(), if inflight > 0 || delivered => {}
                 _ = tokio::time::sleep(QUEUE_FULL_WAIT), if queue_full && inflight == 0 => {}
                 // Asked to stop while nothing is delivered any more (the brokers are down):
                 // give up within bounds; what is in flight stays unacknowledged.

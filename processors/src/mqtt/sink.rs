@@ -10,6 +10,7 @@ use flow_core::processor::{
     BuildContext, BuildError, ConfigError, Describe, Kind, Output, Processor, ProcessorConfig,
     ProcessorError, Sink, SinkContext,
 };
+use flow_core::provenance::Runs;
 use flow_core::record::Record;
 
 use crate::template::{Placeholders, Template};
@@ -180,6 +181,29 @@ struct Outgoing {
     payload: Bytes,
 }
 
+/// A record the broker took (or, at QoS 0, the client sent): finished now, or with
+/// provenance on, once its SEND is recorded.
+fn finish(o: Outgoing, provenance: bool, confirmed: &mut Vec<Outgoing>) {
+    if provenance {
+        confirmed.push(o);
+    } else {
+        o.record.finish();
+    }
+}
+
+/// Record the SEND of confirmed records (an event per run of one topic), then finish them.
+async fn record_sends(ctx: &SinkContext, confirmed: Vec<Outgoing>) {
+    for group in confirmed.chunk_by(|a, b| a.topic == b.topic) {
+        let ids = Runs::from_ids(group.iter().map(|o| o.record.id().0));
+        ctx.input
+            .sent_to(ids, Some(group[0].topic.clone()), None)
+            .await;
+    }
+    for o in confirmed {
+        o.record.finish();
+    }
+}
+
 /// How long to wait before offering a publish again to a full request queue.
 const RETRY: Duration = Duration::from_millis(5);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -236,9 +260,17 @@ impl Sink for MqttSink {
         // The broker could not be reached since the last connection (or ever).
         let mut unreachable = false;
         let mut failures = Output::new(ctx.name.clone(), ctx.failures.port_count().max(1));
+        // With provenance on, confirmed records wait here to have their SEND recorded, a
+        // burst at a time, before they are finished.
+        let provenance = ctx.input.records_provenance();
+        let mut confirmed: Vec<Outgoing> = Vec::new();
         loop {
             let inflight = unassigned.len() + awaiting.len();
-            if input_done && inflight == 0 && to_send.is_empty() {
+            let end = input_done && inflight == 0 && to_send.is_empty();
+            if !confirmed.is_empty() && (end || events.is_empty() || confirmed.len() >= 1024) {
+                record_sends(&ctx, std::mem::take(&mut confirmed)).await;
+            }
+            if end {
                 break;
             }
             tokio::select! {
@@ -247,7 +279,7 @@ impl Sink for MqttSink {
                     Some(MqttEvent::Sent(pkid)) => {
                         if qos == 0 {
                             if let Some(o) = unassigned.pop_front() {
-                                o.record.finish();
+                                finish(o, provenance, &mut confirmed);
                                 ctx.metrics.add_sent(1);
                             }
                         } else if !awaiting.contains_key(&pkid)
@@ -259,7 +291,7 @@ impl Sink for MqttSink {
                     }
                     Some(MqttEvent::Confirmed(pkid)) => {
                         if let Some(o) = awaiting.remove(&pkid) {
-                            o.record.finish();
+                            finish(o, provenance, &mut confirmed);
                             ctx.metrics.add_sent(1);
                         }
                     }

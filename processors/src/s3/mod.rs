@@ -17,6 +17,7 @@ use flow_core::processor::{
     BuildContext, BuildError, ConfigError, Describe, Kind, Output, Processor, ProcessorConfig,
     ProcessorError, RetryHint, Sink, SinkContext, io_retry_hint,
 };
+use flow_core::provenance::Runs;
 use flow_core::record::Record;
 use flow_core::retry::Retry;
 use object_store::multipart::{MultipartStore, PartId};
@@ -400,15 +401,19 @@ impl ProcessorConfig for S3SinkConfig {
         let key = Template::parse(&self.key_template(), Placeholders::FieldsTimeUuid)
             .map_err(BuildError)?;
         let (store, multipart) = self.store(&target).map_err(BuildError)?;
-        let prefix = match &target {
-            Target::S3 { prefix, .. } => prefix.clone(),
-            Target::File { .. } => String::new(),
+        let (prefix, root) = match &target {
+            Target::S3 { prefix, bucket } => (prefix.clone(), format!("s3://{bucket}")),
+            Target::File { dir } => (
+                String::new(),
+                format!("file://{}", dir.trim_end_matches('/')),
+            ),
         };
         Ok(Processor::Sink(Box::new(S3Sink {
             cfg: self.clone(),
             store,
             multipart,
             prefix,
+            root,
             key,
             retry: std::sync::OnceLock::new(),
         })))
@@ -420,6 +425,9 @@ struct S3Sink {
     store: Arc<dyn ObjectStore>,
     multipart: Multipart,
     prefix: String,
+    /// What an object's path is below, in the destinations provenance records
+    /// (`s3://bucket`, `file:///dir`).
+    root: String,
     key: Template,
     /// Made from the sink's context on first use; shared by the uploads running at once.
     retry: std::sync::OnceLock<Retry>,
@@ -457,6 +465,8 @@ struct OpenObject {
     records: u64,
     /// The acknowledgement tokens of every record in the object, released once it is complete.
     acks: Acks,
+    /// With provenance on, the records' ids, for the SEND recorded once it is complete.
+    ids: Vec<u64>,
     opened: Instant,
     last_write: Instant,
 }
@@ -622,6 +632,7 @@ impl S3Sink {
             uploaded: 0,
             records: 0,
             acks: Acks::none(),
+            ids: Vec::new(),
             opened: now,
             last_write: now,
         })
@@ -775,6 +786,9 @@ impl S3Sink {
         }
         tracing::debug!(node = &*ctx.name, object = %obj.path, records = obj.records, "object written");
         ctx.metrics.add_sent(obj.records);
+        let ids = Runs::from_ids(std::mem::take(&mut obj.ids));
+        let to = format!("{}/{}", self.root, obj.path);
+        ctx.input.sent_to(ids, Some(to), None).await;
         obj.acks.release();
         Ok(())
     }
@@ -891,6 +905,7 @@ impl S3Sink {
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failures = Output::new(ctx.name.clone(), ctx.failures.port_count().max(1));
         let mut row = Row::default();
+        let provenance = ctx.input.records_provenance();
         loop {
             tokio::select! {
                 batch = ctx.input.next() => {
@@ -938,6 +953,9 @@ impl S3Sink {
                         }
                         obj.records += 1;
                         obj.acks.merge(r.take_acks());
+                        if provenance {
+                            obj.ids.push(r.id().0);
+                        }
                         obj.last_write = Instant::now();
                         drop(r);
                         if obj.body.output().is_some_and(|o| o.len() >= part_size) {
