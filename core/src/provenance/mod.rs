@@ -15,6 +15,7 @@
 //! ids to their children's, position by position.
 
 pub mod config;
+pub mod index;
 pub mod query;
 pub mod store;
 
@@ -256,6 +257,17 @@ impl Event {
     pub fn detail(mut self, detail: impl Into<String>) -> Self {
         self.detail = Some(detail.into());
         self
+    }
+
+    /// Every record id the event names, as runs: its records and a FORK's copies. The
+    /// store's index finds an event by any of them ([`index::Block::ids`]): a field that
+    /// names records must be listed here.
+    pub fn id_runs(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        self.records
+            .0
+            .iter()
+            .chain(self.children.iter().flat_map(|c| c.ids.0.iter()))
+            .copied()
     }
 }
 

@@ -1,7 +1,8 @@
-//! The provenance store: a directory of append-only segment files.
+//! The provenance store: a directory of append-only segment files, each with an index.
 //!
 //! ```text
 //! <dir>/00000001.prov, 00000002.prov, ...    one or more per run, numbered in order
+//! <dir>/00000001.idx, ...                    each segment's index (see [`super::index`])
 //! segment = MAGIC, frame*                    MAGIC = b"FLOWPRV1"
 //! frame   = len: u32 LE, crc32(payload): u32 LE, payload (postcard)
 //! the first frame's payload is a [`Header`] (the flow, its nodes and ports: events name
@@ -15,12 +16,17 @@
 //! such a tail. Retention deletes whole segments, oldest first: those whose newest event is
 //! older than `max_age`, then as many as needed to stay under `max_size`.
 //!
+//! Frames are grouped in blocks of about 64 KiB; each block's entry in the segment's index
+//! (its record-id ranges, time range, counts per kind and node) is appended when the block
+//! is complete, so queries read only the blocks that can hold what they look for (a
+//! record's lineage, a node's events in a minute). The part of a segment its index does not
+//! cover yet (the block being written, a run killed before it closed the segment) is scanned.
+//!
 //! Why segment files and not redb (already in the tree): events are only ever appended and
 //! deleted by age or size, never updated. A frame of hundreds of events is one `write` here
 //! (no B-tree pages, no commit fsync); deleting old data is unlinking a file, with no
-//! compaction; a torn tail is found by its checksum and cut. Queries scan the segments (see
-//! [`super::query`]); an index per segment (id and time ranges) is the next step for large
-//! stores. (Not yet measured against redb.)
+//! compaction; a torn tail is found by its checksum and cut. Measured with
+//! `core/examples/provenance_bench.rs` (the README has the figures).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -32,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::config::Settings;
+use super::index::{self, BLOCK_BYTES, Builder};
 use super::{CHANNEL_EVENTS, Event, Recorder};
 
 /// A segment file's first bytes.
@@ -59,7 +66,7 @@ pub enum StoreError {
     Encode(#[from] postcard::Error),
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     move |source| StoreError::Io {
         path: path.to_owned(),
         source,
@@ -126,6 +133,9 @@ impl Writer {
             header,
             next,
             file: None,
+            idx: None,
+            block: Builder::default(),
+            ordinal: 0,
             len: 0,
             roll_at: SEGMENT_BYTES.min((settings.max_size / 8).max(1 << 20)),
             max_age: settings.max_age,
@@ -185,6 +195,12 @@ struct Segments {
     header: Header,
     next: u64,
     file: Option<(File, PathBuf)>,
+    /// The segment's index file.
+    idx: Option<(File, PathBuf)>,
+    /// The block being filled.
+    block: Builder,
+    /// Events written to the segment so far.
+    ordinal: u64,
     len: u64,
     roll_at: u64,
     max_age: Duration,
@@ -193,7 +209,21 @@ struct Segments {
 }
 
 impl Segments {
+    /// Append the block being filled to the segment's index.
+    fn close_block(&mut self) -> Result<(), StoreError> {
+        if self.block.is_empty() {
+            return Ok(());
+        }
+        let next = Builder::new(self.len, self.ordinal);
+        let block = std::mem::replace(&mut self.block, next).finish();
+        if let Some((f, path)) = &mut self.idx {
+            index::append(f, path, &block)?;
+        }
+        Ok(())
+    }
+
     fn roll(&mut self) -> Result<(), StoreError> {
+        self.close_block()?;
         // Another process writing the same store (the flow run twice) may have taken the
         // number: take the next free one.
         let (mut file, path) = loop {
@@ -213,6 +243,9 @@ impl Segments {
         file.write_all(&buf).map_err(io(&path))?;
         self.len = buf.len() as u64;
         self.stats.bytes += self.len;
+        self.idx = Some((index::create(&path)?, index::path_of(&path)));
+        self.block = Builder::new(self.len, 0);
+        self.ordinal = 0;
         self.file = Some((file, path));
         retain(&self.dir, self.max_age, self.max_size, self.next - 1)
     }
@@ -220,6 +253,8 @@ impl Segments {
     fn write(&mut self, events: &[Event], buf: &mut Vec<u8>) -> Result<(), StoreError> {
         if self.len >= self.roll_at {
             self.roll()?;
+        } else if self.block.len() >= BLOCK_BYTES {
+            self.close_block()?;
         }
         let payload = postcard::to_allocvec(events)?;
         buf.clear();
@@ -228,6 +263,8 @@ impl Segments {
             file.write_all(buf).map_err(io(path))?;
         }
         self.len += buf.len() as u64;
+        self.block.add_frame(buf.len() as u64, events);
+        self.ordinal += events.len() as u64;
         self.stats.bytes += buf.len() as u64;
         self.stats.frames += 1;
         self.stats.events += events.len() as u64;
@@ -235,7 +272,7 @@ impl Segments {
     }
 }
 
-fn frame(buf: &mut Vec<u8>, payload: &[u8]) {
+pub(crate) fn frame(buf: &mut Vec<u8>, payload: &[u8]) {
     let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
     buf.extend_from_slice(&len.to_le_bytes());
     buf.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
@@ -260,6 +297,7 @@ fn write_loop(mut seg: Segments, mut rx: mpsc::Receiver<Event>) -> Result<Writer
         }
         events.clear();
     }
+    seg.close_block()?;
     Ok(seg.stats)
 }
 
@@ -348,7 +386,7 @@ pub fn read_segment(number: u64, path: &Path) -> Result<Option<Segment>, StoreEr
     }))
 }
 
-fn next_frame<'a>(bytes: &'a [u8], at: &mut usize) -> Option<&'a [u8]> {
+pub(crate) fn next_frame<'a>(bytes: &'a [u8], at: &mut usize) -> Option<&'a [u8]> {
     let head = bytes.get(*at..*at + 8)?;
     let len = u32::from_le_bytes(head[..4].try_into().ok()?);
     let crc = u32::from_le_bytes(head[4..].try_into().ok()?);
@@ -363,27 +401,36 @@ fn next_frame<'a>(bytes: &'a [u8], at: &mut usize) -> Option<&'a [u8]> {
     Some(payload)
 }
 
-/// Cut a torn or corrupt tail off a segment (a run killed mid-write); a segment without a
-/// whole header is deleted.
+/// Cut a torn or corrupt tail off a segment (a run killed mid-write) and complete its
+/// index; a segment without a whole header is deleted, with its index.
 pub fn repair(path: &Path) -> Result<(), StoreError> {
-    let number = 0;
-    match read_segment(number, path)? {
-        Some(s) if s.valid_len < s.len => {
-            tracing::warn!(
-                segment = %path.display(),
-                torn_bytes = s.len - s.valid_len,
-                "provenance store: cutting a torn tail (a run ended mid-write)"
-            );
-            let f = OpenOptions::new()
-                .write(true)
-                .open(path)
-                .map_err(io(path))?;
-            f.set_len(s.valid_len).map_err(io(path))?;
-        }
-        Some(_) => {}
-        None => std::fs::remove_file(path).map_err(io(path))?,
+    let Some(seg) = index::load(path)? else {
+        std::fs::remove_file(path).map_err(io(path))?;
+        return remove_if_there(&index::path_of(path));
+    };
+    if seg.valid_end < seg.len {
+        tracing::warn!(
+            segment = %path.display(),
+            torn_bytes = seg.len - seg.valid_end,
+            "provenance store: cutting a torn tail (a run ended mid-write)"
+        );
+        let f = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(io(path))?;
+        f.set_len(seg.valid_end).map_err(io(path))?;
+    }
+    if seg.incomplete {
+        index::rewrite(path, &seg.blocks)?;
     }
     Ok(())
+}
+
+fn remove_if_there(path: &Path) -> Result<(), StoreError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(path)(e)),
+        _ => Ok(()),
+    }
 }
 
 /// Delete the segments older than `max_age` (by their last write), then the oldest until the
@@ -398,10 +445,13 @@ fn retain(dir: &Path, max_age: Duration, max_size: u64, keep: u64) -> Result<(),
             .ok()
             .and_then(|m| now.duration_since(m).ok())
             .is_some_and(|age| age > max_age);
+        let idx = index::path_of(&path);
         if old && n != keep {
             std::fs::remove_file(&path).map_err(io(&path))?;
+            remove_if_there(&idx)?;
         } else {
-            live.push((n, path, meta.len()));
+            let idx_len = std::fs::metadata(&idx).map_or(0, |m| m.len());
+            live.push((n, path, meta.len() + idx_len));
         }
     }
     let mut total: u64 = live.iter().map(|(_, _, l)| l).sum();
@@ -410,6 +460,7 @@ fn retain(dir: &Path, max_age: Duration, max_size: u64, keep: u64) -> Result<(),
             break;
         }
         std::fs::remove_file(&path).map_err(io(&path))?;
+        remove_if_there(&index::path_of(&path))?;
         total -= len;
     }
     Ok(())
@@ -418,7 +469,7 @@ fn retain(dir: &Path, max_age: Duration, max_size: u64, keep: u64) -> Result<(),
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::provenance::query::Events;
+    use crate::provenance::query::{Events, Search};
     use crate::provenance::{EventKind, Runs};
 
     fn header() -> Header {
@@ -460,8 +511,13 @@ mod tests {
 
     fn ids(dir: &Path) -> Vec<u64> {
         let events = Events::read(dir).expect("reads");
+        let q = Search {
+            limit: usize::MAX,
+            ..Search::default()
+        };
         events
-            .all()
+            .search(&q)
+            .expect("searches")
             .iter()
             .flat_map(|e| e.ids().collect::<Vec<_>>())
             .collect()
@@ -507,9 +563,12 @@ mod tests {
             write(dir.path(), run * 1000, 10);
         }
         assert_eq!(segments(dir.path()).expect("segments").len(), 4);
-        let one = std::fs::metadata(&segments(dir.path()).expect("s")[0].1)
-            .expect("meta")
-            .len();
+        // A segment and its index.
+        let size = |p: &Path| {
+            std::fs::metadata(p).expect("meta").len()
+                + std::fs::metadata(index::path_of(p)).expect("meta").len()
+        };
+        let one = size(&segments(dir.path()).expect("s")[0].1);
         // Room for two and a half segments: opening deletes the two oldest and starts one
         // (a header only).
         let s = Settings {
@@ -526,7 +585,7 @@ mod tests {
         let total: u64 = segments(dir.path())
             .expect("segments")
             .iter()
-            .map(|(_, p)| std::fs::metadata(p).expect("meta").len())
+            .map(|(_, p)| size(p))
             .sum();
         assert!(total <= s.max_size);
     }
