@@ -845,7 +845,7 @@ fn provenance_is_recorded_by_default_and_queryable() {
         ],
         &state,
     );
-    let sent = json(sent.lines().next().expect("a SEND").to_owned());
+    let sent = json(sent)[0].clone();
     let archive = out.join("demo.jsonl").display().to_string();
     assert_eq!(sent["detail"], archive.as_str());
     let id = sent["first"].as_str().expect("an id").to_owned();

@@ -39,7 +39,7 @@ use tokio::sync::mpsc;
 
 use super::config::Settings;
 use super::index::{self, BLOCK_BYTES, Builder};
-use super::{CHANNEL_EVENTS, Event, Recorder};
+use super::{CHANNEL_EVENTS, Event, Recorder, WhenFull};
 
 /// A segment file's first bytes.
 pub const MAGIC: &[u8; 8] = b"FLOWPRV1";
@@ -97,6 +97,7 @@ pub struct Header {
 pub struct Writer {
     recorder: Recorder,
     thread: Option<JoinHandle<Result<WriterStats, StoreError>>>,
+    dir: PathBuf,
 }
 
 /// What a writer wrote.
@@ -115,6 +116,17 @@ impl Writer {
     /// describes: truncate a torn tail, apply retention, start a new segment and the writer
     /// thread.
     pub fn open(settings: &Settings, header: Header) -> Result<Self, StoreError> {
+        Self::open_gated(settings, header, None)
+    }
+
+    /// [`Writer::open`], with a writer that writes a frame only after each `()` it receives
+    /// on `gate` (freely once the sender is dropped): for tests of a writer that is behind.
+    #[doc(hidden)]
+    pub fn open_gated(
+        settings: &Settings,
+        header: Header,
+        gate: Option<std::sync::mpsc::Receiver<()>>,
+    ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(&settings.dir).map_err(io(&settings.dir))?;
         let segments = segments(&settings.dir)?;
         // The last segment may end torn (a run killed mid-frame); one another process is
@@ -146,12 +158,24 @@ impl Writer {
         seg.roll()?;
         let thread = std::thread::Builder::new()
             .name("provenance".into())
-            .spawn(move || write_loop(seg, rx))
+            .spawn(move || write_loop(seg, rx, gate))
             .map_err(io(&settings.dir))?;
         Ok(Self {
             recorder: Recorder::new(tx),
             thread: Some(thread),
+            dir: settings.dir.clone(),
         })
+    }
+
+    /// With this policy for when the writer is behind (see [`WhenFull`]).
+    pub fn when_full(mut self, when_full: WhenFull) -> Self {
+        self.recorder = self.recorder.clone().when_full(when_full);
+        self
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The recorder for the runtime.
@@ -279,10 +303,19 @@ pub(crate) fn frame(buf: &mut Vec<u8>, payload: &[u8]) {
     buf.extend_from_slice(payload);
 }
 
-fn write_loop(mut seg: Segments, mut rx: mpsc::Receiver<Event>) -> Result<WriterStats, StoreError> {
+fn write_loop(
+    mut seg: Segments,
+    mut rx: mpsc::Receiver<Event>,
+    mut gate: Option<std::sync::mpsc::Receiver<()>>,
+) -> Result<WriterStats, StoreError> {
     let mut events = Vec::with_capacity(FRAME_EVENTS);
     let mut buf = Vec::new();
     while let Some(e) = rx.blocking_recv() {
+        if let Some(g) = &gate
+            && g.recv().is_err()
+        {
+            gate = None;
+        }
         events.push(e);
         while events.len() < FRAME_EVENTS {
             match rx.try_recv() {
