@@ -303,6 +303,7 @@ pub enum WhenFull {
 /// apart.
 #[derive(Debug, Default)]
 pub struct Backlog {
+    full: AtomicU64,
     dropped: AtomicU64,
     blocked_ns: AtomicU64,
     last_full_ms: AtomicI64,
@@ -319,8 +320,14 @@ impl Backlog {
         std::time::Duration::from_nanos(self.blocked_ns.load(Ordering::Relaxed))
     }
 
+    /// How many times a node found the writer's channel full.
+    pub fn full(&self) -> u64 {
+        self.full.load(Ordering::Relaxed)
+    }
+
     /// The channel was full: log if this starts a burst.
-    fn full(&self, policy: WhenFull) {
+    fn was_full(&self, policy: WhenFull) {
+        self.full.fetch_add(1, Ordering::Relaxed);
         let now = now_ms();
         let last = self.last_full_ms.swap(now, Ordering::Relaxed);
         if now.saturating_sub(last) >= 1000 {
@@ -420,7 +427,7 @@ impl NodeRecorder {
         match self.tx.try_send(event) {
             Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
             Err(mpsc::error::TrySendError::Full(e)) => {
-                self.backlog.full(self.when_full);
+                self.backlog.was_full(self.when_full);
                 match self.when_full {
                     WhenFull::Sample => self.backlog.drop_one(),
                     WhenFull::Block => {
@@ -438,7 +445,7 @@ impl NodeRecorder {
     pub fn try_record(&self, event: Event) -> Option<Event> {
         match self.tx.try_send(event) {
             Err(mpsc::error::TrySendError::Full(e)) => {
-                self.backlog.full(self.when_full);
+                self.backlog.was_full(self.when_full);
                 match self.when_full {
                     WhenFull::Block => Some(e),
                     WhenFull::Sample => {

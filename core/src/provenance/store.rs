@@ -622,4 +622,61 @@ mod tests {
             .sum();
         assert!(total <= s.max_size);
     }
+
+    /// Write `n` one-record events through a writer that writes nothing until the events
+    /// are all recorded (or dropped): the writer's gate opens once the sender is done.
+    fn behind(policy: WhenFull, n: u64) -> (u64, Vec<u64>, u64, Duration) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (gate, rx) = std::sync::mpsc::channel();
+        let w = Writer::open_gated(&settings(dir.path()), header(), Some(rx))
+            .expect("opens")
+            .when_full(policy);
+        let backlog = w.recorder().backlog().clone();
+        let rec = w.recorder().node(0, true);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let sender = rt.spawn(async move {
+            for id in 0..n {
+                rec.record(rec.event(EventKind::Create, Runs::run(id, 1)))
+                    .await;
+            }
+        });
+        if policy == WhenFull::Block {
+            // The sender cannot finish while the writer is held: it waits on a full channel.
+            while backlog.full() == 0 && !sender.is_finished() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            assert!(!sender.is_finished(), "the sender finished past a full channel");
+        } else {
+            while !sender.is_finished() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        drop(gate);
+        rt.block_on(sender).expect("sender");
+        let stats = w.close().expect("closes");
+        let written = ids(dir.path());
+        assert_eq!(written.len() as u64, stats.events);
+        (stats.events, written, backlog.dropped(), backlog.blocked())
+    }
+
+    #[test]
+    fn a_writer_behind_drops_and_counts_with_sample_and_loses_nothing_with_block() {
+        let n = 3 * CHANNEL_EVENTS as u64;
+        // `sample`: the sender never waits; what the writer missed is counted, exactly.
+        let (events, written, dropped, blocked) = behind(WhenFull::Sample, n);
+        assert!(dropped > 0, "nothing was dropped");
+        assert_eq!(events + dropped, n);
+        assert!(blocked.is_zero());
+        // What was kept is in order and none twice.
+        assert!(written.windows(2).all(|w| w[0] < w[1]));
+        // `block`: the sender waited, and every event is there.
+        let (events, written, dropped, blocked) = behind(WhenFull::Block, n);
+        assert_eq!((events, dropped), (n, 0));
+        assert_eq!(written, (0..n).collect::<Vec<_>>());
+        assert!(!blocked.is_zero());
+    }
 }
