@@ -33,6 +33,11 @@ impl ApiFlow {
     /// `flow run --quiet ARGS FILE`: the API must be asked for by `args` or the file.
     fn spawn(file: &Path, args: &[&str], env: &[(&str, &str)]) -> ApiFlow {
         let mut c = Command::new(env!("CARGO_BIN_EXE_flow"));
+        // Provenance stores of test runs stay under target/tmp, not ~/.local/state.
+        c.env(
+            "XDG_STATE_HOME",
+            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("state"),
+        );
         c.current_dir(repo())
             .args(["run", "--quiet"])
             .args(args)
@@ -428,6 +433,10 @@ fn a_tap_sees_its_port_and_changes_nothing() {
     // Without the API.
     let (plain, env) = run("plain");
     let status = Command::new(env!("CARGO_BIN_EXE_flow"))
+        .env(
+            "XDG_STATE_HOME",
+            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("state"),
+        )
         .current_dir(repo())
         .args(["run", "--quiet"])
         .arg(&file)
@@ -578,6 +587,10 @@ fn a_token_guards_everything_but_health() {
 
     // Anything but loopback without a token: a clear refusal, nothing started.
     let out = Command::new(env!("CARGO_BIN_EXE_flow"))
+        .env(
+            "XDG_STATE_HOME",
+            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("state"),
+        )
         .current_dir(repo())
         .args(["run", "--quiet", "--api", "0.0.0.0:0"])
         .arg(&file)
@@ -605,6 +618,10 @@ fn flow_top_once_and_interactive() {
     });
 
     let once = Command::new(env!("CARGO_BIN_EXE_flow"))
+        .env(
+            "XDG_STATE_HOME",
+            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("state"),
+        )
         .args(["top", "--once", &url])
         .output()
         .expect("flow top");
@@ -859,8 +876,14 @@ fn provenance_lineage_search_and_stats_over_the_api() {
     );
 
     // Time bounds: everything is from the last hour, nothing from before it.
-    assert_eq!(json(&format!("{sends}&since=1h")).as_array().map(Vec::len), Some(5));
-    assert_eq!(json(&format!("{sends}&until=1h")).as_array().map(Vec::len), Some(0));
+    assert_eq!(
+        json(&format!("{sends}&since=1h")).as_array().map(Vec::len),
+        Some(5)
+    );
+    assert_eq!(
+        json(&format!("{sends}&until=1h")).as_array().map(Vec::len),
+        Some(0)
+    );
     assert_eq!(
         json(&format!("{sends}&since=2020-01-01T00:00:00Z")),
         json(&sends)
@@ -896,6 +919,10 @@ fn provenance_lineage_search_and_stats_over_the_api() {
     // The CLI prints the same JSON.
     let cli = |args: &[&str]| -> serde_json::Value {
         let o = Command::new(env!("CARGO_BIN_EXE_flow"))
+            .env(
+                "XDG_STATE_HOME",
+                std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("state"),
+            )
             .args(["provenance", "--store", store_s, "--format", "json"])
             .args(args)
             .output()
@@ -905,7 +932,9 @@ fn provenance_lineage_search_and_stats_over_the_api() {
     };
     assert_eq!(cli(&["lineage", &id]), api_lineage);
     assert_eq!(
-        cli(&["search", "--node", "sink", "--event", "SEND", "--limit", "5"]),
+        cli(&[
+            "search", "--node", "sink", "--event", "SEND", "--limit", "5"
+        ]),
         api_search
     );
 }

@@ -7,6 +7,11 @@ use std::time::{Duration, Instant};
 
 fn flow() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_flow"));
+    // Provenance stores of test runs stay under target/tmp, not ~/.local/state.
+    c.env(
+        "XDG_STATE_HOME",
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("state"),
+    );
     c.current_dir(repo());
     c
 }

@@ -74,10 +74,15 @@ fn batch(i: u64, n: u32, a: u64, next: &mut u64, rng: &mut SmallRng) -> Vec<Even
     out.push(ev(EventKind::Route, EVENTS, all.clone()).at(1));
     out.push(ev(EventKind::Receive, VALID, all.clone()));
     // About 1 % are errors, dropped by `valid`.
-    let (ok, errors): (Vec<u64>, Vec<u64>) = all.iter().partition(|_| rng.random_range(0..100) != 0);
+    let (ok, errors): (Vec<u64>, Vec<u64>) =
+        all.iter().partition(|_| rng.random_range(0..100) != 0);
     let ok = Runs::from_ids(ok);
     out.push(ev(EventKind::Route, VALID, ok.clone()).at(1));
-    out.push(ev(EventKind::Drop, VALID, Runs::from_ids(errors)).at(2).detail("port `unmatched` has no edge"));
+    out.push(
+        ev(EventKind::Drop, VALID, Runs::from_ids(errors))
+            .at(2)
+            .detail("port `unmatched` has no edge"),
+    );
     // valid.matched goes to `hot` and `per_device`: a FORK, each copy new ids.
     let k = u32::try_from(ok.len()).unwrap_or(u32::MAX);
     let to_hot = Runs::run(*next, k);
@@ -85,16 +90,29 @@ fn batch(i: u64, n: u32, a: u64, next: &mut u64, rng: &mut SmallRng) -> Vec<Even
     *next += 2 * u64::from(k);
     let mut fork = ev(EventKind::Fork, VALID, ok.clone()).at(1);
     fork.children = vec![
-        Children { port: 1, to: Some(HOT), ids: to_hot.clone() },
-        Children { port: 1, to: Some(PER_DEVICE), ids: to_window.clone() },
+        Children {
+            port: 1,
+            to: Some(HOT),
+            ids: to_hot.clone(),
+        },
+        Children {
+            port: 1,
+            to: Some(PER_DEVICE),
+            ids: to_window.clone(),
+        },
     ];
     out.push(fork);
     out.push(ev(EventKind::Receive, HOT, to_hot.clone()));
     // About 5 % are hot.
-    let (hot, cold): (Vec<u64>, Vec<u64>) = to_hot.iter().partition(|_| rng.random_range(0..20) == 0);
+    let (hot, cold): (Vec<u64>, Vec<u64>) =
+        to_hot.iter().partition(|_| rng.random_range(0..20) == 0);
     let hot = Runs::from_ids(hot);
     out.push(ev(EventKind::Route, HOT, hot.clone()).at(1));
-    out.push(ev(EventKind::Drop, HOT, Runs::from_ids(cold)).at(2).detail("port `unmatched` has no edge"));
+    out.push(
+        ev(EventKind::Drop, HOT, Runs::from_ids(cold))
+            .at(2)
+            .detail("port `unmatched` has no edge"),
+    );
     out.push(ev(EventKind::Receive, ALERTS, hot.clone()));
     out.push(ev(EventKind::Send, ALERTS, hot).detail("/var/lib/flow/out/alerts.jsonl"));
     out.push(ev(EventKind::Receive, PER_DEVICE, to_window));
@@ -124,7 +142,12 @@ fn events(records: u64) -> (Vec<Vec<Event>>, Vec<u64>) {
 
 fn dir_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
-        .map(|d| d.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
         .unwrap_or(0)
 }
 
@@ -136,10 +159,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let records: u64 = args.next().map_or(Ok(10_000_000), |a| a.parse())?;
     let tmp = tempfile::tempdir()?;
-    let base = args.next().map_or_else(|| tmp.path().to_owned(), Into::into);
+    let base = args
+        .next()
+        .map_or_else(|| tmp.path().to_owned(), Into::into);
     let (batches, firsts) = events(records);
     let count: usize = batches.iter().map(Vec::len).sum();
-    println!("{records} records in {} batches: {count} events", batches.len());
+    println!(
+        "{records} records in {} batches: {count} events",
+        batches.len()
+    );
 
     // The segments, through the real writer (its thread, channel and frames).
     let store = base.join("segments");
@@ -222,7 +250,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         limit: usize::MAX,
         ..Search::default()
     })?;
-    println!("every event read and decoded (no index): {} ({} events)", ms(start.elapsed()), all.len());
+    println!(
+        "every event read and decoded (no index): {} ({} events)",
+        ms(start.elapsed()),
+        all.len()
+    );
     drop(all);
 
     // redb: the same events, postcard-encoded, keyed by their number, one transaction per
@@ -255,7 +287,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let bytes = std::fs::metadata(&path)?.len();
         println!(
             "redb ({}): {:.2} s, {:.0} events/s, {bytes} bytes ({:.2} bytes/record)",
-            if durable { "durable commits" } else { "Durability::None" },
+            if durable {
+                "durable commits"
+            } else {
+                "Durability::None"
+            },
             took.as_secs_f64(),
             seq as f64 / took.as_secs_f64(),
             bytes as f64 / records as f64,

@@ -597,11 +597,18 @@ async fn events_handler(
     json_body(&state.events.recent(q.node.as_deref(), q.since, level))
 }
 
+/// Why a provenance query failed: the status and the message of the error response.
+type QueryError = (StatusCode, String);
+
+fn internal(e: impl std::fmt::Display) -> QueryError {
+    (StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
 /// A query of the run's provenance store, off the async workers (it reads files): the
 /// answer as JSON, or the error response.
 async fn provenance_query<T: serde::Serialize + Send + 'static>(
     state: &AppState,
-    query: impl FnOnce(flow_core::provenance::query::Events) -> Result<T, Response> + Send + 'static,
+    query: impl FnOnce(flow_core::provenance::query::Events) -> Result<T, QueryError> + Send + 'static,
 ) -> Response {
     let Some(dir) = state.provenance.clone() else {
         return error(
@@ -610,14 +617,12 @@ async fn provenance_query<T: serde::Serialize + Send + 'static>(
         );
     };
     let answer = tokio::task::spawn_blocking(move || {
-        let events = flow_core::provenance::query::Events::read(&dir)
-            .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))?;
-        query(events)
+        query(flow_core::provenance::query::Events::read(&dir).map_err(internal)?)
     })
     .await;
     match answer {
         Ok(Ok(v)) => json_body(&v),
-        Ok(Err(r)) => r,
+        Ok(Err((status, message))) => error(status, message),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
@@ -632,11 +637,8 @@ async fn provenance_lineage(
     };
     provenance_query(&state, move |events| match events.lineage(id) {
         Ok(Some(tree)) => Ok(tree),
-        Ok(None) => Err(error(
-            StatusCode::NOT_FOUND,
-            format!("no event names record {id}"),
-        )),
-        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e)),
+        Ok(None) => Err((StatusCode::NOT_FOUND, format!("no event names record {id}"))),
+        Err(e) => Err(internal(e)),
     })
     .await
 }
@@ -668,9 +670,7 @@ async fn provenance_search(
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e:#}")),
     };
     provenance_query(&state, move |events| {
-        events
-            .search(&search)
-            .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))
+        events.search(&search).map_err(internal)
     })
     .await
 }

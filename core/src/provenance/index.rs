@@ -78,9 +78,7 @@ impl Block {
 
     /// Whether the block holds events at `node`.
     pub fn has_node(&self, node: u32) -> bool {
-        self.nodes
-            .binary_search_by_key(&node, |&(n, _)| n)
-            .is_ok()
+        self.nodes.binary_search_by_key(&node, |&(n, _)| n).is_ok()
     }
 
     /// The end of its frames in the segment.
@@ -258,11 +256,7 @@ pub fn read(segment: &Path, start: u64, len: u64) -> Result<(Vec<Block>, bool), 
 /// A segment's header length and the blocks of its frames from `from` on (event ordinals
 /// from `first_event`), scanned; stops at the first torn or corrupt frame. Returns the
 /// blocks and where the valid frames end.
-pub fn scan(
-    segment: &Path,
-    from: u64,
-    first_event: u64,
-) -> Result<(Vec<Block>, u64), StoreError> {
+pub fn scan(segment: &Path, from: u64, first_event: u64) -> Result<(Vec<Block>, u64), StoreError> {
     let mut f = File::open(segment).map_err(io(segment))?;
     f.seek(SeekFrom::Start(from)).map_err(io(segment))?;
     let mut bytes = Vec::new();

@@ -634,7 +634,10 @@ mod tests {
             );
             let from_copy = events.lineage(RecordId(a + 2000)).expect("reads");
             assert_eq!(from_copy.as_ref(), Some(&tree));
-            assert_eq!(events.lineage(RecordId(BATCHES * 3000)).expect("reads"), None);
+            assert_eq!(
+                events.lineage(RecordId(BATCHES * 3000)).expect("reads"),
+                None
+            );
 
             // One node, ten batches' time.
             let before = events.blocks_read();
@@ -651,7 +654,11 @@ mod tests {
             let firsts: Vec<String> = found.iter().map(|f| f.first.clone()).collect();
             let want: Vec<String> = (1000..1010).map(|i| id(i * 3000 + 1000)).collect();
             assert_eq!(firsts, want);
-            assert!(found.iter().all(|f| f.detail.as_deref() == Some("out.jsonl")));
+            assert!(
+                found
+                    .iter()
+                    .all(|f| f.detail.as_deref() == Some("out.jsonl"))
+            );
             // A port, without a node.
             let q = Search {
                 port: Some("failure".into()),
@@ -671,7 +678,10 @@ mod tests {
             assert_eq!(s.records_created, BATCHES * 1000);
             assert_eq!(s.by_kind["FORK"], BATCHES);
             assert_eq!(s.by_node["sink"], BATCHES * 2);
-            assert_eq!((s.first, s.last), (Some(T0), Some(T0 + (BATCHES as i64 - 1) * 100)));
+            assert_eq!(
+                (s.first, s.last),
+                (Some(T0), Some(T0 + (BATCHES as i64 - 1) * 100))
+            );
             s
         };
         let with_index = check(&Events::read(dir.path()).expect("opens"));
@@ -685,7 +695,10 @@ mod tests {
         store::repair(&seg).expect("repairs");
         assert_eq!(std::fs::read(&idx).expect("rebuilt"), written_index);
         // A torn index is cut back to its entries that hold, and completed.
-        let f = std::fs::OpenOptions::new().write(true).open(&idx).expect("open");
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&idx)
+            .expect("open");
         f.set_len(written_index.len() as u64 - 5).expect("cut");
         drop(f);
         check(&Events::read(dir.path()).expect("opens"));

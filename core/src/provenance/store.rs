@@ -649,7 +649,10 @@ mod tests {
             while backlog.full() == 0 && !sender.is_finished() {
                 std::thread::sleep(Duration::from_millis(5));
             }
-            assert!(!sender.is_finished(), "the sender finished past a full channel");
+            assert!(
+                !sender.is_finished(),
+                "the sender finished past a full channel"
+            );
         } else {
             while !sender.is_finished() {
                 std::thread::sleep(Duration::from_millis(5));
@@ -678,5 +681,45 @@ mod tests {
         assert_eq!((events, dropped), (n, 0));
         assert_eq!(written, (0..n).collect::<Vec<_>>());
         assert!(!blocked.is_zero());
+    }
+
+    #[test]
+    fn retention_deletes_segments_older_than_max_age_with_their_indexes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for run in 0..3 {
+            write(dir.path(), run * 1000, 10);
+        }
+        // The first two were last written two hours ago.
+        let old = SystemTime::now() - Duration::from_secs(2 * 3600);
+        for (_, p) in &segments(dir.path()).expect("segments")[..2] {
+            File::options()
+                .write(true)
+                .open(p)
+                .and_then(|f| f.set_modified(old))
+                .expect("mtime");
+        }
+        // An hour's retention: opening deletes them, and their indexes.
+        drop(Writer::open(&settings(dir.path()), header()).expect("opens"));
+        let left: Vec<u64> = segments(dir.path())
+            .expect("segments")
+            .iter()
+            .map(|(n, _)| *n)
+            .collect();
+        assert_eq!(left, [3, 4]);
+        let mut files: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        assert_eq!(
+            files,
+            [
+                "00000003.idx",
+                "00000003.prov",
+                "00000004.idx",
+                "00000004.prov"
+            ]
+        );
+        assert_eq!(ids(dir.path()), (2000..2010).collect::<Vec<_>>());
     }
 }
