@@ -491,6 +491,10 @@ fn run(
                 running.reporter(),
                 observe.events.clone(),
                 started,
+                store.as_ref().map(|s| api::Provenance {
+                    dir: s.dir().to_owned(),
+                    backlog: s.recorder().backlog().clone(),
+                }),
             )
         });
         let forced = ForcedExit {

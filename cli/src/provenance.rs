@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use clap::{Subcommand, ValueEnum};
 use flow_core::provenance::EventKind;
 use flow_core::provenance::config::ProvenanceConfig;
-use flow_core::provenance::query::{Events, format_time};
+use flow_core::provenance::query::{Events, Found, Search, Stats, format_time};
 use flow_core::provenance::store::Writer;
 use flow_core::record::RecordId;
 use flow_core::spec::{self, FlowSpec};
@@ -54,6 +54,13 @@ enum Query {
         /// Only of this kind: CREATE, RECEIVE, ROUTE, FORK, DROP, FAILURE, SEND.
         #[arg(long)]
         event: Option<String>,
+        /// Only at or after this time: RFC 3339 (`2026-12-03T01:00:00Z`), or a time ago
+        /// (`10m`, `1h 30m`).
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Only at or before this time (as `--since`).
+        #[arg(long, value_name = "TIME")]
+        until: Option<String>,
         /// At most this many.
         #[arg(long, default_value_t = 100)]
         limit: usize,
@@ -70,12 +77,14 @@ pub fn open(flow: &FlowSpec) -> anyhow::Result<Option<Writer>> {
     }
     let settings = config.settings(&flow.name);
     let header = flow_core::runtime::provenance_header(flow);
-    let writer = Writer::open(&settings, header).with_context(|| {
-        format!(
-            "cannot open the provenance store {}",
-            settings.dir.display()
-        )
-    })?;
+    let writer = Writer::open(&settings, header)
+        .with_context(|| {
+            format!(
+                "cannot open the provenance store {}",
+                settings.dir.display()
+            )
+        })?
+        .when_full(config.when_full.unwrap_or_default());
     tracing::debug!(store = %settings.dir.display(), "recording provenance");
     Ok(Some(writer))
 }
@@ -119,94 +128,157 @@ pub fn run(args: Args, registry: &flow_core::processor::Registry) -> anyhow::Res
     }
     let events = Events::read(&dir)?;
     let json = matches!(args.format, Format::Json);
-    let mut out = String::new();
-    match &args.command {
+    let out = match &args.command {
         Query::Lineage { id } => {
             let id = parse_id(id)?;
-            let Some(tree) = events.lineage(id) else {
+            let Some(tree) = events.lineage(id)? else {
                 eprintln!("no event names record {id} in {}", dir.display());
                 return Ok(ExitCode::from(1));
             };
-            out = if json {
+            if json {
                 serde_json::to_string_pretty(&tree)? + "\n"
             } else {
                 tree.render()
-            };
+            }
         }
         Query::Search {
             node,
             port,
             event,
+            since,
+            until,
             limit,
         } => {
-            let kind = match event {
-                Some(e) => Some(EventKind::parse(e).with_context(|| {
-                    format!(
-                        "no event kind `{e}`: CREATE, RECEIVE, ROUTE, FORK, DROP, FAILURE, SEND"
-                    )
-                })?),
-                None => None,
-            };
-            let found = events.search(node.as_deref(), port.as_deref(), kind, *limit);
+            let now = flow_core::provenance::now_ms();
+            let q = search(
+                node.clone(),
+                port.clone(),
+                event.as_deref(),
+                since.as_deref(),
+                until.as_deref(),
+                *limit,
+                now,
+            )?;
+            let found = events.search(&q)?;
             if json {
-                for e in found {
-                    out.push_str(&serde_json::to_string(e)?);
-                    out.push('\n');
-                }
+                serde_json::to_string_pretty(&found)? + "\n"
             } else {
-                out.push_str(&format!(
-                    "{:<20} {:<12} {:<8} {:<24} {:>7} {:<16} {}\n",
-                    "EVENT", "TIME", "KIND", "NODE.PORT", "RECORDS", "FIRST", "DETAIL"
-                ));
-                for e in found {
-                    let at = match &e.port {
-                        Some(p) => format!("{}.{p}", e.node),
-                        None => e.node.clone(),
-                    };
-                    out.push_str(&format!(
-                        "{:<20} {:<12} {:<8} {:<24} {:>7} {:<16} {}\n",
-                        format!("{:x}", e.event),
-                        format_time(e.time),
-                        e.kind.name(),
-                        at,
-                        e.records,
-                        e.first,
-                        e.detail.as_deref().unwrap_or("")
-                    ));
-                }
+                search_table(&found)
             }
         }
         Query::Stats => {
             let s = events.stats();
             if json {
-                out = serde_json::to_string_pretty(&s)? + "\n";
+                serde_json::to_string_pretty(&s)? + "\n"
             } else {
-                out.push_str(&format!("store      {}\n", dir.display()));
-                out.push_str(&format!("flows      {}\n", s.flows.join(", ")));
-                out.push_str(&format!("segments   {}\n", s.segments));
-                out.push_str(&format!("bytes      {}\n", s.bytes));
-                out.push_str(&format!("events     {}\n", s.events));
-                out.push_str(&format!("created    {} records\n", s.records_created));
-                if s.records_created > 0 {
-                    out.push_str(&format!(
-                        "per record {:.1} bytes\n",
-                        s.bytes as f64 / s.records_created as f64
-                    ));
-                }
-                for (k, n) in &s.by_kind {
-                    out.push_str(&format!("  {k:<10} {n}\n"));
-                }
-                for (k, n) in &s.by_node {
-                    out.push_str(&format!("  node {k:<20} {n}\n"));
-                }
+                stats_table(&dir, &s)
             }
         }
-    }
+    };
     print!("{out}");
     Ok(ExitCode::SUCCESS)
 }
 
-fn parse_id(id: &str) -> anyhow::Result<RecordId> {
+/// A search from its parts as given (on the command line, or the API's query string);
+/// relative times count back from `now` (epoch ms).
+pub fn search(
+    node: Option<String>,
+    port: Option<String>,
+    event: Option<&str>,
+    since: Option<&str>,
+    until: Option<&str>,
+    limit: usize,
+    now: i64,
+) -> anyhow::Result<Search> {
+    let kind = match event {
+        Some(e) => Some(EventKind::parse(e).with_context(|| {
+            format!("no event kind `{e}`: CREATE, RECEIVE, ROUTE, FORK, DROP, FAILURE, SEND")
+        })?),
+        None => None,
+    };
+    Ok(Search {
+        node,
+        port,
+        kind,
+        since: since.map(|t| parse_time(t, now)).transpose()?,
+        until: until.map(|t| parse_time(t, now)).transpose()?,
+        limit,
+    })
+}
+
+/// A time as epoch ms: RFC 3339 in UTC (`2026-12-03T01:00:00Z`, `2026-12-03 01:00:00`), a
+/// duration before `now` (`10m`, `1h 30m`), or epoch milliseconds.
+pub fn parse_time(text: &str, now: i64) -> anyhow::Result<i64> {
+    let text = text.trim();
+    if let Ok(ms) = text.parse::<i64>() {
+        return Ok(ms);
+    }
+    if let Ok(ago) = humantime::parse_duration(text) {
+        let ago = i64::try_from(ago.as_millis()).unwrap_or(i64::MAX);
+        return Ok(now.saturating_sub(ago));
+    }
+    match humantime::parse_rfc3339_weak(text) {
+        Ok(t) => Ok(t
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))),
+        Err(e) => anyhow::bail!(
+            "invalid time `{text}`: {e}; give RFC 3339 in UTC (2026-12-03T01:00:00Z), a time \
+             ago (10m, 2h) or epoch milliseconds"
+        ),
+    }
+}
+
+fn search_table(found: &[Found]) -> String {
+    let mut out = format!(
+        "{:<20} {:<12} {:<8} {:<24} {:>7} {:<16} {}\n",
+        "EVENT", "TIME", "KIND", "NODE.PORT", "RECORDS", "FIRST", "DETAIL"
+    );
+    for e in found {
+        let at = match &e.port {
+            Some(p) => format!("{}.{p}", e.node),
+            None => e.node.clone(),
+        };
+        out.push_str(&format!(
+            "{:<20} {:<12} {:<8} {:<24} {:>7} {:<16} {}\n",
+            format!("{:x}", e.event),
+            format_time(e.time),
+            e.kind.name(),
+            at,
+            e.records,
+            e.first,
+            e.detail.as_deref().unwrap_or("")
+        ));
+    }
+    out
+}
+
+fn stats_table(dir: &std::path::Path, s: &Stats) -> String {
+    let mut out = String::new();
+    out.push_str(&format!("store      {}\n", dir.display()));
+    out.push_str(&format!("flows      {}\n", s.flows.join(", ")));
+    out.push_str(&format!("segments   {}\n", s.segments));
+    out.push_str(&format!(
+        "bytes      {} (index {})\n",
+        s.bytes, s.index_bytes
+    ));
+    out.push_str(&format!("events     {}\n", s.events));
+    out.push_str(&format!("created    {} records\n", s.records_created));
+    if s.records_created > 0 {
+        out.push_str(&format!(
+            "per record {:.1} bytes\n",
+            s.bytes as f64 / s.records_created as f64
+        ));
+    }
+    for (k, n) in &s.by_kind {
+        out.push_str(&format!("  {k:<10} {n}\n"));
+    }
+    for (k, n) in &s.by_node {
+        out.push_str(&format!("  node {k:<20} {n}\n"));
+    }
+    out
+}
+
+pub fn parse_id(id: &str) -> anyhow::Result<RecordId> {
     u64::from_str_radix(id.trim(), 16)
         .map(RecordId)
         .with_context(|| format!("`{id}` is not a record id (16 hex digits)"))

@@ -33,6 +33,11 @@ impl ApiFlow {
     /// `flow run --quiet ARGS FILE`: the API must be asked for by `args` or the file.
     fn spawn(file: &Path, args: &[&str], env: &[(&str, &str)]) -> ApiFlow {
         let mut c = Command::new(env!("CARGO_BIN_EXE_flow"));
+        // Provenance stores of test runs stay under target/tmp, not ~/.local/state.
+        c.env(
+            "XDG_STATE_HOME",
+            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("state"),
+        );
         c.current_dir(repo())
             .args(["run", "--quiet"])
             .args(args)
@@ -428,6 +433,10 @@ fn a_tap_sees_its_port_and_changes_nothing() {
     // Without the API.
     let (plain, env) = run("plain");
     let status = Command::new(env!("CARGO_BIN_EXE_flow"))
+        .env(
+            "XDG_STATE_HOME",
+            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("state"),
+        )
         .current_dir(repo())
         .args(["run", "--quiet"])
         .arg(&file)
@@ -578,6 +587,10 @@ fn a_token_guards_everything_but_health() {
 
     // Anything but loopback without a token: a clear refusal, nothing started.
     let out = Command::new(env!("CARGO_BIN_EXE_flow"))
+        .env(
+            "XDG_STATE_HOME",
+            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("state"),
+        )
         .current_dir(repo())
         .args(["run", "--quiet", "--api", "0.0.0.0:0"])
         .arg(&file)
@@ -605,6 +618,10 @@ fn flow_top_once_and_interactive() {
     });
 
     let once = Command::new(env!("CARGO_BIN_EXE_flow"))
+        .env(
+            "XDG_STATE_HOME",
+            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("state"),
+        )
         .args(["top", "--once", &url])
         .output()
         .expect("flow top");
@@ -801,4 +818,123 @@ fn dashboard_answers(vm: &str, job: &str) -> Vec<(String, usize)> {
         }
     }
     answers
+}
+
+/// `/api/v1/provenance/...` answers from the running flow's store, with the JSON
+/// `flow provenance --format json` prints; `/metrics` has the writer's counters.
+#[test]
+fn provenance_lineage_search_and_stats_over_the_api() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("store");
+    let file = write_flow(
+        dir.path(),
+        "endless.yaml",
+        &format!("provenance: {{ path: \"${{STORE}}\" }}\n{ENDLESS}"),
+    );
+    let out = dir.path().to_str().expect("utf-8");
+    let store_s = store.to_str().expect("utf-8");
+    let flow = ApiFlow::start(&file, &[], &[("OUT_DIR", out), ("STORE", store_s)]);
+    let url = flow.url.clone();
+    let ticks = dir.path().join("ticks.jsonl");
+    let sends = format!("{url}/api/v1/provenance/search?node=sink&event=SEND&limit=5");
+    // The sink has written some batches, and the writer has stored their SENDs.
+    wait_for(60, "five SENDs in the store", || {
+        get(&sends, None).1.matches("\"SEND\"").count() == 5
+    });
+    let found = json(&sends);
+    let found = found.as_array().expect("an array");
+    assert_eq!(found.len(), 5);
+    let path = ticks.display().to_string();
+    for e in found {
+        assert_eq!(e["kind"], "SEND");
+        assert_eq!(e["node"], "sink");
+        assert_eq!(e["detail"], path.as_str());
+    }
+    let id = found[0]["first"].as_str().expect("an id").to_owned();
+
+    // The lineage reads into the engine's own type (as the designer does).
+    let lineage_url = format!("{url}/api/v1/provenance/lineage/{id}");
+    let (status, lineage_body) = get(&lineage_url, None);
+    assert_eq!(status, 200, "{lineage_body}");
+    let tree: flow_core::provenance::query::Lineage =
+        serde_json::from_str(&lineage_body).expect("a Lineage");
+    assert_eq!(tree.id, id);
+    let steps: Vec<(String, String)> = tree
+        .events
+        .iter()
+        .map(|s| (s.kind.to_string(), s.node.clone()))
+        .collect();
+    let step = |k: &str, n: &str| (k.to_owned(), n.to_owned());
+    assert_eq!(
+        steps,
+        [
+            step("CREATE", "ticks"),
+            step("ROUTE", "ticks"),
+            step("RECEIVE", "sink"),
+            step("SEND", "sink"),
+        ]
+    );
+
+    // Time bounds: everything is from the last hour, nothing from before it.
+    assert_eq!(
+        json(&format!("{sends}&since=1h")).as_array().map(Vec::len),
+        Some(5)
+    );
+    assert_eq!(
+        json(&format!("{sends}&until=1h")).as_array().map(Vec::len),
+        Some(0)
+    );
+    assert_eq!(
+        json(&format!("{sends}&since=2020-01-01T00:00:00Z")),
+        json(&sends)
+    );
+    let stats = json(&format!("{url}/api/v1/provenance/stats"));
+    assert_eq!(stats["flows"], serde_json::json!(["endless"]));
+    assert!(stats["records_created"].as_u64() >= Some(5), "{stats}");
+
+    // Bad requests say why.
+    for (path, status) in [
+        ("/api/v1/provenance/search?event=NOPE", 400),
+        ("/api/v1/provenance/search?since=yesterday", 400),
+        ("/api/v1/provenance/lineage/xyz", 400),
+        ("/api/v1/provenance/lineage/0000000000000001", 404),
+    ] {
+        let (got, body) = get(&format!("{url}{path}"), None);
+        assert_eq!(got, status, "{path}: {body}");
+        assert!(body.contains("\"error\""), "{path}: {body}");
+    }
+    let (_, scrape) = get(&format!("{url}/metrics"), None);
+    assert_eq!(
+        sample(&scrape, "flow_provenance_events_dropped_total"),
+        Some(0.0)
+    );
+    assert!(
+        sample(&scrape, "flow_provenance_blocked_seconds_total").is_some(),
+        "{scrape}"
+    );
+    let api_lineage: serde_json::Value = serde_json::from_str(&lineage_body).expect("json");
+    let api_search = json(&sends);
+    flow.stop_ok();
+
+    // The CLI prints the same JSON.
+    let cli = |args: &[&str]| -> serde_json::Value {
+        let o = Command::new(env!("CARGO_BIN_EXE_flow"))
+            .env(
+                "XDG_STATE_HOME",
+                std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("state"),
+            )
+            .args(["provenance", "--store", store_s, "--format", "json"])
+            .args(args)
+            .output()
+            .expect("flow runs");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).expect("json")
+    };
+    assert_eq!(cli(&["lineage", &id]), api_lineage);
+    assert_eq!(
+        cli(&[
+            "search", "--node", "sink", "--event", "SEND", "--limit", "5"
+        ]),
+        api_search
+    );
 }

@@ -6,6 +6,11 @@ use std::process::{Command, Output, Stdio};
 
 fn flow() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_flow"));
+    // Provenance stores of test runs stay under target/tmp, not ~/.local/state.
+    c.env(
+        "XDG_STATE_HOME",
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("state"),
+    );
     c.current_dir(repo());
     c
 }

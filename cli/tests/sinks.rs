@@ -37,6 +37,11 @@ fn fixture() -> PathBuf {
 
 fn flow(file: &str, env: &[(&str, &str)]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_flow"));
+    // Provenance stores of test runs stay under target/tmp, not ~/.local/state.
+    c.env(
+        "XDG_STATE_HOME",
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("state"),
+    );
     c.args(["run", "--quiet"])
         .arg(repo().join("flows").join(file));
     for (k, v) in env {
@@ -290,6 +295,11 @@ connections:
     }
     for (url, server) in targets {
         let mut c = Command::new(env!("CARGO_BIN_EXE_flow"));
+        // Provenance stores of test runs stay under target/tmp, not ~/.local/state.
+        c.env(
+            "XDG_STATE_HOME",
+            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("state"),
+        );
         c.args(["run", "--report"])
             .arg(dir.path().join("report.json"))
             .arg(&flow_file)

@@ -11,6 +11,10 @@ fn repo() -> PathBuf {
 
 fn flow_test(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_flow"))
+        .env(
+            "XDG_STATE_HOME",
+            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("state"),
+        )
         .current_dir(repo())
         .arg("test")
         .args(args)

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use flow_core::clock::Clock;
 use flow_core::provenance::EventKind;
 use flow_core::provenance::config::Settings;
-use flow_core::provenance::query::{Events, Lineage};
+use flow_core::provenance::query::{Events, Lineage, Search};
 use flow_core::provenance::store::Writer;
 use flow_core::record::RecordId;
 use flow_core::runtime::{self, CancellationToken};
@@ -100,8 +100,15 @@ async fn lineage_through_filter_route_fork_fan_out_and_file_sinks() {
     assert_eq!(read("big.jsonl"), lines[3].clone() + "\n");
 
     let events = Events::read(&store).expect("read");
+    let q = Search {
+        node: Some("src".into()),
+        kind: Some(EventKind::Create),
+        limit: usize::MAX,
+        ..Search::default()
+    };
     let created: Vec<u64> = events
-        .search(Some("src"), None, Some(EventKind::Create), usize::MAX)
+        .search(&q)
+        .expect("search")
         .iter()
         .flat_map(|e| e.ids().collect::<Vec<_>>())
         .collect();
@@ -109,7 +116,10 @@ async fn lineage_through_filter_route_fork_fan_out_and_file_sinks() {
 
     let path = |f: &str| dir.path().join(f).display().to_string();
     let tree = |n: usize| {
-        let l = events.lineage(RecordId(created[n])).expect("lineage");
+        let l = events
+            .lineage(RecordId(created[n]))
+            .expect("read")
+            .expect("lineage");
         let mut lines = Vec::new();
         shape(&l, 0, &mut lines);
         (l, lines)
@@ -158,6 +168,7 @@ async fn lineage_through_filter_route_fork_fan_out_and_file_sinks() {
     let leaf = &l3.children[0].children[1].id;
     let from_leaf = events
         .lineage(RecordId(u64::from_str_radix(leaf, 16).expect("hex")))
+        .expect("read")
         .expect("lineage");
     assert_eq!(from_leaf, l3);
 

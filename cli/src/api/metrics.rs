@@ -7,8 +7,10 @@
 //! connections with the same three are summed); partitions `partition`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::SystemTime;
 
+use flow_core::provenance::Backlog;
 use flow_core::runtime::Reporter;
 use flow_core::runtime::metrics::{BATCH_SECONDS_BUCKETS, NodeState};
 use prometheus_client::collector::Collector;
@@ -34,15 +36,49 @@ impl std::fmt::Debug for ReporterDebug {
     }
 }
 
-/// A registry holding the flow's collector.
-pub fn registry(flow: &str, reporter: Reporter, started: SystemTime) -> Registry {
+/// A registry holding the flow's collector, and the provenance writer's when provenance is
+/// on.
+pub fn registry(
+    flow: &str,
+    reporter: Reporter,
+    started: SystemTime,
+    provenance: Option<Arc<Backlog>>,
+) -> Registry {
     let mut r = Registry::default();
     r.register_collector(Box::new(FlowCollector {
         flow: flow.to_owned(),
         reporter: ReporterDebug(reporter),
         started,
     }));
+    if let Some(backlog) = provenance {
+        r.register_collector(Box::new(ProvenanceCollector(backlog)));
+    }
     r
+}
+
+/// What the provenance writer's falling behind cost (see `provenance.when_full`).
+#[derive(Debug)]
+struct ProvenanceCollector(Arc<Backlog>);
+
+impl Collector for ProvenanceCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        family(
+            &mut enc,
+            "flow_provenance_events_dropped",
+            "Provenance events dropped because the store's writer was behind (when_full: sample).",
+            None,
+            MetricType::Counter,
+            [(vec![], C(self.0.dropped()))],
+        )?;
+        family(
+            &mut enc,
+            "flow_provenance_blocked",
+            "Seconds nodes waited for the provenance store's writer (when_full: block).",
+            Some(&Unit::Seconds),
+            MetricType::Counter,
+            [(vec![], CF(self.0.blocked().as_secs_f64()))],
+        )
+    }
 }
 
 /// Encode `registry` in the Prometheus text format (0.0.4), or OpenMetrics.

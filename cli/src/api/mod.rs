@@ -13,12 +13,13 @@ mod metrics;
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 use axum::Router;
-use axum::extract::{Query, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -128,6 +129,17 @@ struct AppState {
     done: CancellationToken,
     /// The last two background samples, for `/api/v1/stats` rates.
     samples: Mutex<VecDeque<(Instant, Stats)>>,
+    /// The run's provenance store, when provenance is on.
+    provenance: Option<PathBuf>,
+}
+
+/// The run's provenance store, when provenance is on: where it is (for
+/// `/api/v1/provenance/...`) and what its writer's falling behind cost (for `/metrics`).
+pub struct Provenance {
+    /// The store's directory.
+    pub dir: PathBuf,
+    /// The writer's counters.
+    pub backlog: Arc<flow_core::provenance::Backlog>,
 }
 
 /// A bound, not yet serving, API.
@@ -163,6 +175,7 @@ impl Bound {
         reporter: Reporter,
         events: Arc<EventLog>,
         started: SystemTime,
+        provenance: Option<Provenance>,
     ) -> Serving {
         let schema_of = |type_name: &str| {
             registry.get(type_name).map(|d| {
@@ -187,13 +200,19 @@ impl Bound {
         let stop = CancellationToken::new();
         let state = Arc::new(AppState {
             flow_json: serde_json::to_string(&info).unwrap_or_default(),
-            registry: metrics::registry(&flow_name, reporter.clone(), started),
+            registry: metrics::registry(
+                &flow_name,
+                reporter.clone(),
+                started,
+                provenance.as_ref().map(|p| p.backlog.clone()),
+            ),
             flow_name,
             reporter,
             events,
             token: self.settings.token.clone(),
             done: done.clone(),
             samples: Mutex::new(VecDeque::new()),
+            provenance: provenance.map(|p| p.dir),
         });
         let app = Router::new()
             .route("/ready", get(ready))
@@ -203,6 +222,9 @@ impl Bound {
             .route("/api/v1/stats/stream", get(stats_stream))
             .route("/api/v1/tap", get(tap))
             .route("/api/v1/events", get(events_handler))
+            .route("/api/v1/provenance/lineage/{id}", get(provenance_lineage))
+            .route("/api/v1/provenance/search", get(provenance_search))
+            .route("/api/v1/provenance/stats", get(provenance_stats))
             .layer(middleware::from_fn_with_state(state.clone(), auth))
             // `/health` answers without the token.
             .route("/health", get(health))
@@ -304,7 +326,8 @@ async fn not_found() -> Response {
     error(
         StatusCode::NOT_FOUND,
         "no such endpoint; see /api/v1/flow, /api/v1/stats, /api/v1/stats/stream, \
-         /api/v1/tap, /api/v1/events, /metrics, /health, /ready",
+         /api/v1/tap, /api/v1/events, /api/v1/provenance/lineage/ID, \
+         /api/v1/provenance/search, /api/v1/provenance/stats, /metrics, /health, /ready",
     )
 }
 
@@ -572,6 +595,88 @@ async fn events_handler(
         }
     };
     json_body(&state.events.recent(q.node.as_deref(), q.since, level))
+}
+
+/// Why a provenance query failed: the status and the message of the error response.
+type QueryError = (StatusCode, String);
+
+fn internal(e: impl std::fmt::Display) -> QueryError {
+    (StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+/// A query of the run's provenance store, off the async workers (it reads files): the
+/// answer as JSON, or the error response.
+async fn provenance_query<T: serde::Serialize + Send + 'static>(
+    state: &AppState,
+    query: impl FnOnce(flow_core::provenance::query::Events) -> Result<T, QueryError> + Send + 'static,
+) -> Response {
+    let Some(dir) = state.provenance.clone() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "this run records no provenance (--no-provenance or provenance.enabled: false)",
+        );
+    };
+    let answer = tokio::task::spawn_blocking(move || {
+        query(flow_core::provenance::query::Events::read(&dir).map_err(internal)?)
+    })
+    .await;
+    match answer {
+        Ok(Ok(v)) => json_body(&v),
+        Ok(Err((status, message))) => error(status, message),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+async fn provenance_lineage(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Response {
+    let id = match crate::provenance::parse_id(&id) {
+        Ok(id) => id,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    provenance_query(&state, move |events| match events.lineage(id) {
+        Ok(Some(tree)) => Ok(tree),
+        Ok(None) => Err((StatusCode::NOT_FOUND, format!("no event names record {id}"))),
+        Err(e) => Err(internal(e)),
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct ProvenanceSearchQuery {
+    node: Option<String>,
+    port: Option<String>,
+    event: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn provenance_search(
+    State(state): State<Arc<AppState>>,
+    Query(q): Query<ProvenanceSearchQuery>,
+) -> Response {
+    let search = match crate::provenance::search(
+        q.node,
+        q.port,
+        q.event.as_deref(),
+        q.since.as_deref(),
+        q.until.as_deref(),
+        q.limit.unwrap_or(100),
+        flow_core::provenance::now_ms(),
+    ) {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e:#}")),
+    };
+    provenance_query(&state, move |events| {
+        events.search(&search).map_err(internal)
+    })
+    .await
+}
+
+async fn provenance_stats(State(state): State<Arc<AppState>>) -> Response {
+    provenance_query(&state, |events| Ok(events.stats())).await
 }
 
 #[cfg(test)]

@@ -57,6 +57,11 @@ impl Flow {
         let log = log_dir.join(format!("{name}.log"));
         let err = std::fs::File::create(&log).expect("log");
         let mut c = Command::new(env!("CARGO_BIN_EXE_flow"));
+        // Provenance stores of test runs stay under target/tmp, not ~/.local/state.
+        c.env(
+            "XDG_STATE_HOME",
+            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("state"),
+        );
         c.current_dir(repo())
             .args(["-v", "run", "--quiet"])
             .arg(file)

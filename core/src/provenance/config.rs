@@ -29,10 +29,15 @@ pub struct ProvenanceConfig {
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub max_size: Option<ByteSize>,
+    /// When the store's writer cannot keep up: `block` (the flow waits, nothing is lost; the
+    /// default) or `sample` (events are dropped and counted). Either way it shows on
+    /// `/metrics` and as one warning per burst.
+    #[serde(default)]
+    pub when_full: Option<super::WhenFull>,
 }
 
 /// The keys of [`ProvenanceConfig`].
-pub const KEYS: &[&str] = &["enabled", "path", "max_age", "max_size"];
+pub const KEYS: &[&str] = &["enabled", "path", "max_age", "max_size", "when_full"];
 
 /// The default `max_age`.
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);

@@ -7,16 +7,21 @@
 //! Cheap by design: one event per batch, naming its records as runs of consecutive ids
 //! ([`Runs`]): a source numbers a batch's records consecutively, so a batch that takes one
 //! path is a few bytes whatever its size. Events go through a bounded channel to a writer
-//! thread ([`store`]), which writes them in frames; when it falls behind, the flow waits
-//! (back-pressure, nothing lost).
+//! thread ([`store`]), which writes them in frames; when it falls behind, [`WhenFull`]
+//! decides: the flow waits (`block`, the default: nothing lost) or events are dropped
+//! (`sample`); either way [`Backlog`] counts it and a warning says so once per burst.
 //!
 //! Lineage is a tree: a batch sent to several edges (fan-out), or a record a route sends to
 //! several ports, is FORKed: every copy gets a new id, and the FORK event maps the parents'
 //! ids to their children's, position by position.
 
 pub mod config;
+pub mod index;
 pub mod query;
 pub mod store;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -258,6 +263,17 @@ impl Event {
         self.detail = Some(detail.into());
         self
     }
+
+    /// Every record id the event names, as runs: its records and a FORK's copies. The
+    /// store's index finds an event by any of them ([`index::Block::ids`]): a field that
+    /// names records must be listed here.
+    pub fn id_runs(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        self.records
+            .0
+            .iter()
+            .chain(self.children.iter().flat_map(|c| c.ids.0.iter()))
+            .copied()
+    }
 }
 
 /// The time now in epoch milliseconds.
@@ -270,16 +286,105 @@ pub fn now_ms() -> i64 {
 /// How many events the channel to the writer holds before the flow waits for it.
 pub const CHANNEL_EVENTS: usize = 8192;
 
+/// What a node does with an event when the writer is behind (its channel is full).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// Wait for the writer: the flow slows down, nothing is lost (the default).
+    #[default]
+    Block,
+    /// Drop the event: the flow keeps its pace, the store misses what was dropped.
+    Sample,
+}
+
+/// What the writer's falling behind cost, shared by a store's recorders (`/metrics` reads
+/// it). One warning is logged per burst: a run of full-channel moments less than a second
+/// apart.
+#[derive(Debug, Default)]
+pub struct Backlog {
+    full: AtomicU64,
+    dropped: AtomicU64,
+    blocked_ns: AtomicU64,
+    last_full_ms: AtomicI64,
+}
+
+impl Backlog {
+    /// Events dropped because the writer was behind (`when_full: sample`).
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Time nodes spent waiting for the writer (`when_full: block`).
+    pub fn blocked(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.blocked_ns.load(Ordering::Relaxed))
+    }
+
+    /// How many times a node found the writer's channel full.
+    pub fn full(&self) -> u64 {
+        self.full.load(Ordering::Relaxed)
+    }
+
+    /// The channel was full: log if this starts a burst.
+    fn was_full(&self, policy: WhenFull) {
+        self.full.fetch_add(1, Ordering::Relaxed);
+        let now = now_ms();
+        let last = self.last_full_ms.swap(now, Ordering::Relaxed);
+        if now.saturating_sub(last) >= 1000 {
+            match policy {
+                WhenFull::Block => tracing::warn!(
+                    capacity = CHANNEL_EVENTS,
+                    "provenance writer is behind: the flow waits for it (when_full: block; \
+                     time waited: flow_provenance_blocked_seconds_total)"
+                ),
+                WhenFull::Sample => tracing::warn!(
+                    capacity = CHANNEL_EVENTS,
+                    "provenance writer is behind: dropping events (when_full: sample; \
+                     count: flow_provenance_events_dropped_total)"
+                ),
+            }
+        }
+    }
+
+    fn drop_one(&self) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn waited(&self, since: std::time::Instant) {
+        let ns = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.blocked_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+}
+
 /// Where a running flow's events go: cloned into every node (see [`Recorder::node`]).
 #[derive(Clone, Debug)]
 pub struct Recorder {
     tx: mpsc::Sender<Event>,
+    when_full: WhenFull,
+    backlog: Arc<Backlog>,
 }
 
 impl Recorder {
-    /// A recorder sending into `tx` (the store's writer reads the other end).
+    /// A recorder sending into `tx` (the store's writer reads the other end), blocking when
+    /// the writer is behind.
     pub fn new(tx: mpsc::Sender<Event>) -> Self {
-        Self { tx }
+        Self {
+            tx,
+            when_full: WhenFull::Block,
+            backlog: Arc::default(),
+        }
+    }
+
+    /// With this policy for a writer that is behind.
+    pub fn when_full(mut self, when_full: WhenFull) -> Self {
+        self.when_full = when_full;
+        self
+    }
+
+    /// What the writer's falling behind cost so far.
+    pub fn backlog(&self) -> &Arc<Backlog> {
+        &self.backlog
     }
 
     /// The recorder of node number `node` (its index in the flow); `source` for sources,
@@ -289,6 +394,8 @@ impl Recorder {
             node: u32::try_from(node).unwrap_or(u32::MAX),
             source,
             tx: self.tx.clone(),
+            when_full: self.when_full,
+            backlog: self.backlog.clone(),
         }
     }
 }
@@ -299,6 +406,8 @@ pub struct NodeRecorder {
     node: u32,
     source: bool,
     tx: mpsc::Sender<Event>,
+    when_full: WhenFull,
+    backlog: Arc<Backlog>,
 }
 
 impl NodeRecorder {
@@ -312,17 +421,40 @@ impl NodeRecorder {
         self.source
     }
 
-    /// Record an event, waiting while the writer is behind (back-pressure). A writer that is
-    /// gone (its store failed, and said so in the log) loses the event.
+    /// Record an event. When the writer is behind: wait for it (`block`, counting the
+    /// time) or drop the event (`sample`, counting it). A writer that is gone (its store
+    /// failed, and said so in the log) loses the event.
     pub async fn record(&self, event: Event) {
-        let _ = self.tx.send(event).await;
+        match self.tx.try_send(event) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(e)) => {
+                self.backlog.was_full(self.when_full);
+                match self.when_full {
+                    WhenFull::Sample => self.backlog.drop_one(),
+                    WhenFull::Block => {
+                        let since = std::time::Instant::now();
+                        let _ = self.tx.send(e).await;
+                        self.backlog.waited(since);
+                    }
+                }
+            }
+        }
     }
 
-    /// Record an event if the writer has room; the event back if not (to [`Self::flush`]
-    /// later).
+    /// Record an event if the writer has room; if not, the event back (to [`Self::flush`]
+    /// later) with `block`, or dropped and counted with `sample`.
     pub fn try_record(&self, event: Event) -> Option<Event> {
         match self.tx.try_send(event) {
-            Err(mpsc::error::TrySendError::Full(e)) => Some(e),
+            Err(mpsc::error::TrySendError::Full(e)) => {
+                self.backlog.was_full(self.when_full);
+                match self.when_full {
+                    WhenFull::Block => Some(e),
+                    WhenFull::Sample => {
+                        self.backlog.drop_one();
+                        None
+                    }
+                }
+            }
             _ => None,
         }
     }
@@ -333,6 +465,7 @@ impl NodeRecorder {
         if pending.is_none() {
             return;
         }
+        let since = std::time::Instant::now();
         match self.tx.reserve().await {
             Ok(permit) => {
                 if let Some(e) = pending.take() {
@@ -341,6 +474,7 @@ impl NodeRecorder {
             }
             Err(_) => *pending = None,
         }
+        self.backlog.waited(since);
     }
 
     /// An event at this node.

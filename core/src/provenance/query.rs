@@ -1,12 +1,19 @@
 //! Queries over a provenance store: the lineage of a record, a search of events, stats.
-//! They read every segment (this first version keeps no index).
+//!
+//! Opening the store reads each segment's header and index (see [`super::index`]), not its
+//! events; a query then reads only the blocks its index says can answer it: those whose id
+//! ranges hold the record (and, in turn, each copy FORKs made of it) for a lineage, those in
+//! the time range with the node and kind asked for in a search. `stats` reads no event.
 
-use std::collections::BTreeMap;
-use std::path::Path;
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use super::store::{self, Header, StoreError};
+use super::index::{self, Block};
+use super::store::{self, Header, StoreError, io, next_frame};
 use super::{Event, EventKind};
 use crate::record::RecordId;
 
@@ -37,79 +44,174 @@ pub struct Found {
     header: usize,
 }
 
-/// Every event of a store, in order, with the segments' headers.
-pub struct Events {
-    headers: Vec<Header>,
-    events: Vec<Found>,
-    segments: usize,
-    bytes: u64,
+/// What a search asks for; `None` matches anything.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Search {
+    /// Only at this node.
+    pub node: Option<String>,
+    /// Only at this port.
+    pub port: Option<String>,
+    /// Only of this kind.
+    pub kind: Option<EventKind>,
+    /// Only at or after this time (epoch ms).
+    pub since: Option<i64>,
+    /// Only at or before this time (epoch ms).
+    pub until: Option<i64>,
+    /// At most this many (the oldest).
+    pub limit: usize,
 }
 
+/// One segment, as a query sees it: its header and its blocks.
+struct Seg {
+    number: u64,
+    path: PathBuf,
+    header: Header,
+    blocks: Vec<Block>,
+    bytes: u64,
+    index_bytes: u64,
+}
+
+/// A store opened for queries: every segment's header and index.
+pub struct Events {
+    segs: Vec<Seg>,
+    /// Blocks read so far (what the indexes saved shows against [`Events::blocks`]).
+    reads: std::sync::atomic::AtomicU64,
+}
+
+/// A block's place: (segment, block), indexes into [`Events::segs`].
+type BlockAt = (usize, usize);
+
 impl Events {
-    /// Read the store in `dir`.
+    /// Open the store in `dir` (its headers and indexes; a segment without a whole index is
+    /// scanned for the part it lacks).
     pub fn read(dir: &Path) -> Result<Self, StoreError> {
-        let mut headers = Vec::new();
-        let mut events = Vec::new();
-        let (mut segments, mut bytes) = (0, 0);
-        for (n, path) in store::segments(dir)? {
-            let Some(seg) = store::read_segment(n, &path)? else {
+        let mut segs = Vec::new();
+        for (number, path) in store::segments(dir)? {
+            let Some(loaded) = index::load(&path)? else {
                 continue;
             };
-            segments += 1;
-            bytes += seg.len;
-            let h = headers.len();
-            let mut ordinal = 0u64;
-            for frame in seg.frames {
-                for e in frame {
-                    events.push(found(&seg.header, h, (n << 32) | ordinal, e));
-                    ordinal += 1;
-                }
-            }
-            headers.push(seg.header);
+            let Some(header) = read_header(&path, loaded.header_end)? else {
+                continue;
+            };
+            let index_bytes = std::fs::metadata(index::path_of(&path)).map_or(0, |m| m.len());
+            segs.push(Seg {
+                number,
+                path,
+                header,
+                blocks: loaded.blocks,
+                bytes: loaded.len + index_bytes,
+                index_bytes,
+            });
         }
         Ok(Self {
-            headers,
-            events,
-            segments,
-            bytes,
+            segs,
+            reads: Default::default(),
         })
     }
 
-    /// Every event.
-    pub fn all(&self) -> &[Found] {
-        &self.events
+    /// How many blocks the store has.
+    pub fn blocks(&self) -> usize {
+        self.segs.iter().map(|s| s.blocks.len()).sum()
     }
 
-    /// Events at `node` (if given) of `kind` (if given) at `port` (if given), at most `limit`.
-    pub fn search(
-        &self,
-        node: Option<&str>,
-        port: Option<&str>,
-        kind: Option<EventKind>,
-        limit: usize,
-    ) -> Vec<&Found> {
-        self.events
-            .iter()
-            .filter(|e| node.is_none_or(|n| e.node == n))
-            .filter(|e| port.is_none_or(|p| e.port.as_deref() == Some(p)))
-            .filter(|e| kind.is_none_or(|k| e.kind == k))
-            .take(limit)
-            .collect()
+    /// How many blocks queries have read so far.
+    pub fn blocks_read(&self) -> u64 {
+        self.reads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The events of a block, in order.
+    fn block(&self, (s, b): BlockAt) -> Result<Vec<Event>, StoreError> {
+        let seg = &self.segs[s];
+        let block = &seg.blocks[b];
+        self.reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut bytes = vec![0; usize::try_from(block.len).unwrap_or(0)];
+        let mut f = File::open(&seg.path).map_err(io(&seg.path))?;
+        f.seek(SeekFrom::Start(block.offset))
+            .and_then(|_| f.read_exact(&mut bytes))
+            .map_err(io(&seg.path))?;
+        let mut at = 0;
+        let mut events = Vec::with_capacity(usize::try_from(block.events).unwrap_or(0));
+        while let Some(p) = next_frame(&bytes, &mut at) {
+            match postcard::from_bytes::<Vec<Event>>(p) {
+                Ok(mut e) => events.append(&mut e),
+                Err(_) => break,
+            }
+        }
+        Ok(events)
+    }
+
+    fn found(&self, (s, b): BlockAt, i: usize, raw: Event) -> Found {
+        let seg = &self.segs[s];
+        let ordinal = seg.blocks[b].first_event + i as u64;
+        found(&seg.header, s, (seg.number << 32) | ordinal, raw)
+    }
+
+    /// Events matching `q`, oldest first, at most `q.limit`.
+    pub fn search(&self, q: &Search) -> Result<Vec<Found>, StoreError> {
+        let mut out = Vec::new();
+        for (s, seg) in self.segs.iter().enumerate() {
+            if out.len() >= q.limit {
+                break;
+            }
+            let node = match &q.node {
+                Some(name) => match seg.header.nodes.iter().position(|n| &n.name == name) {
+                    Some(i) => Some(u32::try_from(i).unwrap_or(u32::MAX)),
+                    None => continue,
+                },
+                None => None,
+            };
+            for (b, block) in seg.blocks.iter().enumerate() {
+                if out.len() >= q.limit {
+                    break;
+                }
+                if !block.overlaps(q.since, q.until)
+                    || q.kind.is_some_and(|k| !block.has_kind(k))
+                    || node.is_some_and(|n| !block.has_node(n))
+                {
+                    continue;
+                }
+                for (i, e) in self.block((s, b))?.into_iter().enumerate() {
+                    let hit = node.is_none_or(|n| e.node == n)
+                        && q.kind.is_none_or(|k| e.kind == k)
+                        && q.since.is_none_or(|t| e.time >= t)
+                        && q.until.is_none_or(|t| e.time <= t);
+                    if !hit {
+                        continue;
+                    }
+                    let f = self.found((s, b), i, e);
+                    if q.port.as_ref().is_some_and(|p| f.port.as_ref() != Some(p)) {
+                        continue;
+                    }
+                    out.push(f);
+                    if out.len() >= q.limit {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The lineage of record `id`: the tree from the record its source created to every
     /// copy and descendant. `None` if no event names it.
-    pub fn lineage(&self, id: RecordId) -> Option<Lineage> {
+    pub fn lineage(&self, id: RecordId) -> Result<Option<Lineage>, StoreError> {
+        let mut r = LineageReader {
+            events: self,
+            cache: HashMap::new(),
+        };
         let mut root = id.0;
-        // Up through the forks that made it, to the source's record.
-        'up: loop {
-            for e in &self.events {
+        // Up through the forks that made it, to the source's record (a cycle of bad data
+        // stops after 64 steps).
+        'up: for _ in 0..64 {
+            for (at, i) in r.naming(root)? {
+                let e = &r.cache[&at][i];
                 if e.kind != EventKind::Fork {
                     continue;
                 }
-                for c in &e.raw.children {
-                    if let Some(i) = c.ids.position(root)
-                        && let Some(parent) = e.raw.records.get(i)
+                for c in &e.children {
+                    if let Some(p) = c.ids.position(root)
+                        && let Some(parent) = e.records.get(p)
                     {
                         root = parent;
                         continue 'up;
@@ -118,77 +220,141 @@ impl Events {
             }
             break;
         }
-        let tree = self.tree(root, 0);
-        (!tree.events.is_empty()).then_some(tree)
+        let tree = r.tree(root, 0)?;
+        Ok((!tree.events.is_empty()).then_some(tree))
     }
 
-    fn tree(&self, id: u64, depth: usize) -> Lineage {
+    /// Counts: segments, bytes, events by kind and by node, the time range (from the
+    /// indexes: no event is read).
+    pub fn stats(&self) -> Stats {
+        let mut by_kind: BTreeMap<String, u64> = BTreeMap::new();
+        let mut by_node: BTreeMap<String, u64> = BTreeMap::new();
+        let (mut events, mut created) = (0u64, 0u64);
+        let (mut first, mut last): (Option<i64>, Option<i64>) = (None, None);
+        for seg in &self.segs {
+            for b in &seg.blocks {
+                events += b.events;
+                created += b.created;
+                if b.events > 0 {
+                    first = Some(first.map_or(b.time.0, |f| f.min(b.time.0)));
+                    last = Some(last.map_or(b.time.1, |l| l.max(b.time.1)));
+                }
+                for (k, &n) in b.kinds.iter().enumerate() {
+                    if n > 0 {
+                        let name = EventKind::ALL
+                            .get(k)
+                            .map_or_else(|| format!("#{k}"), |k| k.name().to_owned());
+                        *by_kind.entry(name).or_default() += n;
+                    }
+                }
+                for &(node, n) in &b.nodes {
+                    let name = seg
+                        .header
+                        .nodes
+                        .get(node as usize)
+                        .map_or_else(|| format!("#{node}"), |n| n.name.clone());
+                    *by_node.entry(name).or_default() += n;
+                }
+            }
+        }
+        let mut flows: Vec<String> = self.segs.iter().map(|s| s.header.flow.clone()).collect();
+        flows.sort();
+        flows.dedup();
+        Stats {
+            segments: self.segs.len(),
+            bytes: self.segs.iter().map(|s| s.bytes).sum(),
+            index_bytes: self.segs.iter().map(|s| s.index_bytes).sum(),
+            events,
+            records_created: created,
+            first,
+            last,
+            by_kind,
+            by_node,
+            flows,
+        }
+    }
+}
+
+/// A lineage query's reads: each block read once.
+struct LineageReader<'a> {
+    events: &'a Events,
+    cache: HashMap<BlockAt, Vec<Event>>,
+}
+
+impl LineageReader<'_> {
+    /// The events that name `id` (as a record or a FORK's copy), in order: (block, index).
+    fn naming(&mut self, id: u64) -> Result<Vec<(BlockAt, usize)>, StoreError> {
+        let mut out = Vec::new();
+        for (s, seg) in self.events.segs.iter().enumerate() {
+            for (b, block) in seg.blocks.iter().enumerate() {
+                if !block.may_hold(id) {
+                    continue;
+                }
+                if !self.cache.contains_key(&(s, b)) {
+                    let events = self.events.block((s, b))?;
+                    self.cache.insert((s, b), events);
+                }
+                for (i, e) in self.cache[&(s, b)].iter().enumerate() {
+                    if e.records.position(id).is_some()
+                        || e.children.iter().any(|c| c.ids.position(id).is_some())
+                    {
+                        out.push(((s, b), i));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn tree(&mut self, id: u64, depth: usize) -> Result<Lineage, StoreError> {
         let mut steps = Vec::new();
-        let mut children = Vec::new();
-        for e in &self.events {
-            let Some(i) = e.raw.records.position(id) else {
+        let mut forks = Vec::new();
+        for (at, i) in self.naming(id)? {
+            let e = &self.cache[&at][i];
+            let Some(p) = e.records.position(id) else {
                 continue;
             };
-            let position = e.raw.origin.as_ref().and_then(|o| o.seqs.get(i));
+            let f = self.events.found(at, i, e.clone());
+            let position = e.origin.as_ref().and_then(|o| o.seqs.get(p));
             // A SEND's position (a Kafka offset) belongs to its destination: `topic/0@42`.
-            let (origin, detail) = match (e.kind, position, &e.detail) {
-                (EventKind::Send, Some(p), Some(d)) => (None, Some(format!("{d}@{p}"))),
-                _ => (position, e.detail.clone()),
+            let (origin, detail) = match (f.kind, position, f.detail) {
+                (EventKind::Send, Some(at), Some(d)) => (None, Some(format!("{d}@{at}"))),
+                (_, position, detail) => (position, detail),
             };
             steps.push(Step {
-                event: e.event,
-                kind: e.kind,
-                time: e.time,
-                node: e.node.clone(),
-                port: e.port.clone(),
+                event: f.event,
+                kind: f.kind,
+                time: f.time,
+                node: f.node,
+                port: f.port,
                 origin,
                 detail,
             });
             // A record forked more than 64 deep is a cycle of bad data: stop.
             if e.kind == EventKind::Fork && depth < 64 {
-                for c in &e.raw.children {
-                    if let Some(child) = c.ids.get(i) {
-                        children.push(self.tree(child, depth + 1));
-                    }
-                }
+                forks.extend(e.children.iter().filter_map(|c| c.ids.get(p)));
             }
         }
-        Lineage {
+        let mut children = Vec::new();
+        for child in forks {
+            children.push(self.tree(child, depth + 1)?);
+        }
+        Ok(Lineage {
             id: RecordId(id).to_string(),
             events: steps,
             children,
-        }
+        })
     }
+}
 
-    /// Counts: segments, bytes, events by kind and by node, the time range.
-    pub fn stats(&self) -> Stats {
-        let mut by_kind: BTreeMap<String, u64> = BTreeMap::new();
-        let mut by_node: BTreeMap<String, u64> = BTreeMap::new();
-        let mut created = 0u64;
-        for e in &self.events {
-            *by_kind.entry(e.kind.name().to_owned()).or_default() += 1;
-            *by_node.entry(e.node.clone()).or_default() += 1;
-            if e.kind == EventKind::Create {
-                created += e.records as u64;
-            }
-        }
-        Stats {
-            segments: self.segments,
-            bytes: self.bytes,
-            events: self.events.len() as u64,
-            records_created: created,
-            first: self.events.iter().map(|e| e.time).min(),
-            last: self.events.iter().map(|e| e.time).max(),
-            by_kind,
-            by_node,
-            flows: {
-                let mut f: Vec<String> = self.headers.iter().map(|h| h.flow.clone()).collect();
-                f.sort();
-                f.dedup();
-                f
-            },
-        }
-    }
+/// A segment's header: its first frame, which ends at `end`.
+fn read_header(path: &Path, end: u64) -> Result<Option<Header>, StoreError> {
+    let mut bytes = vec![0; usize::try_from(end).unwrap_or(0)];
+    File::open(path)
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(io(path))?;
+    let mut at = store::MAGIC.len();
+    Ok(next_frame(&bytes, &mut at).and_then(|p| postcard::from_bytes::<Header>(p).ok()))
 }
 
 fn found(header: &Header, h: usize, event: u64, raw: Event) -> Found {
@@ -238,7 +404,7 @@ fn found(header: &Header, h: usize, event: u64, raw: Event) -> Found {
 }
 
 /// The lineage of a record: what happened to it, and its copies' lineages.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lineage {
     /// The record's id.
     pub id: String,
@@ -249,7 +415,7 @@ pub struct Lineage {
 }
 
 /// One event of a record's lineage.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Step {
     /// The event's id.
     pub event: u64,
@@ -268,12 +434,14 @@ pub struct Step {
 }
 
 /// A store's numbers.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
     /// Segment files.
     pub segments: usize,
-    /// Bytes on disk.
+    /// Bytes on disk (segments and their indexes).
     pub bytes: u64,
+    /// Of which the indexes.
+    pub index_bytes: u64,
     /// Events.
     pub events: u64,
     /// Records sources created.
@@ -348,5 +516,199 @@ impl Found {
     /// The header index (which run) of this event.
     pub fn run(&self) -> usize {
         self.header
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provenance::config::Settings;
+    use crate::provenance::store::{NodeInfo, Writer};
+    use crate::provenance::{Children, Runs};
+
+    const T0: i64 = 1_700_000_000_000;
+    const BATCHES: u64 = 5000;
+
+    fn header() -> Header {
+        let node = |name: &str| NodeInfo {
+            name: name.into(),
+            ports: vec!["failure".into(), "out".into()],
+        };
+        Header {
+            flow: "shape".into(),
+            nodes: vec![node("src"), node("split"), node("sink"), node("drop")],
+            started: T0,
+        }
+    }
+
+    /// Batch `i`: 1000 records created, forked to two nodes, one copy sent, one dropped.
+    fn batch(i: u64) -> Vec<Event> {
+        let a = i * 3000;
+        let at = |mut e: Event| {
+            e.time = T0 + i as i64 * 100;
+            e
+        };
+        let mut fork = Event::new(EventKind::Fork, 1, Runs::run(a, 1000)).at(1);
+        fork.children = vec![
+            Children {
+                port: 1,
+                to: Some(2),
+                ids: Runs::run(a + 1000, 1000),
+            },
+            Children {
+                port: 1,
+                to: Some(3),
+                ids: Runs::run(a + 2000, 1000),
+            },
+        ];
+        vec![
+            at(Event::new(EventKind::Create, 0, Runs::run(a, 1000))),
+            at(Event::new(EventKind::Receive, 1, Runs::run(a, 1000))),
+            at(fork),
+            at(Event::new(EventKind::Receive, 2, Runs::run(a + 1000, 1000))),
+            at(Event::new(EventKind::Send, 2, Runs::run(a + 1000, 1000)).detail("out.jsonl")),
+            at(Event::new(EventKind::Receive, 3, Runs::run(a + 2000, 1000))),
+            at(Event::new(EventKind::Drop, 3, Runs::run(a + 2000, 1000)).at(0)),
+        ]
+    }
+
+    fn write(dir: &Path) {
+        let settings = Settings {
+            dir: dir.to_owned(),
+            max_age: std::time::Duration::from_secs(3600),
+            max_size: 1 << 30,
+        };
+        let w = Writer::open(&settings, header()).expect("opens");
+        let rec = w.recorder().node(0, true);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            for i in 0..BATCHES {
+                for e in batch(i) {
+                    rec.record(e).await;
+                }
+            }
+        });
+        drop(rec);
+        let stats = w.close().expect("closes");
+        assert_eq!(stats.events, BATCHES * 7);
+    }
+
+    fn shape(l: &Lineage) -> Vec<String> {
+        let mut out: Vec<String> = l
+            .events
+            .iter()
+            .map(|s| format!("{} {} {}", l.id, s.kind, s.node))
+            .collect();
+        for c in &l.children {
+            out.extend(shape(c));
+        }
+        out
+    }
+
+    #[test]
+    fn queries_read_only_the_blocks_the_index_points_at_and_agree_without_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path());
+        let (_, seg) = store::segments(dir.path())
+            .expect("segments")
+            .pop()
+            .expect("one");
+        let idx = index::path_of(&seg);
+        let written_index = std::fs::read(&idx).expect("an index");
+
+        let check = |events: &Events| {
+            assert!(events.blocks() >= 4, "{} blocks", events.blocks());
+            let id = |n: u64| RecordId(n).to_string();
+            // A record of batch 2500, asked for by its id and by a copy's.
+            let a = 2500 * 3000 + 5;
+            let before = events.blocks_read();
+            let tree = events.lineage(RecordId(a)).expect("reads").expect("found");
+            assert!(events.blocks_read() - before <= 2, "read too much");
+            assert_eq!(
+                shape(&tree),
+                [
+                    format!("{} CREATE src", id(a)),
+                    format!("{} RECEIVE split", id(a)),
+                    format!("{} FORK split", id(a)),
+                    format!("{} RECEIVE sink", id(a + 1000)),
+                    format!("{} SEND sink", id(a + 1000)),
+                    format!("{} RECEIVE drop", id(a + 2000)),
+                    format!("{} DROP drop", id(a + 2000)),
+                ]
+            );
+            let from_copy = events.lineage(RecordId(a + 2000)).expect("reads");
+            assert_eq!(from_copy.as_ref(), Some(&tree));
+            assert_eq!(
+                events.lineage(RecordId(BATCHES * 3000)).expect("reads"),
+                None
+            );
+
+            // One node, ten batches' time.
+            let before = events.blocks_read();
+            let q = Search {
+                node: Some("sink".into()),
+                kind: Some(EventKind::Send),
+                since: Some(T0 + 1000 * 100),
+                until: Some(T0 + 1009 * 100),
+                limit: 100,
+                ..Search::default()
+            };
+            let found = events.search(&q).expect("searches");
+            assert!(events.blocks_read() - before <= 2, "read too much");
+            let firsts: Vec<String> = found.iter().map(|f| f.first.clone()).collect();
+            let want: Vec<String> = (1000..1010).map(|i| id(i * 3000 + 1000)).collect();
+            assert_eq!(firsts, want);
+            assert!(
+                found
+                    .iter()
+                    .all(|f| f.detail.as_deref() == Some("out.jsonl"))
+            );
+            // A port, without a node.
+            let q = Search {
+                port: Some("failure".into()),
+                limit: 3,
+                ..Search::default()
+            };
+            let dropped: Vec<(EventKind, String)> = events
+                .search(&q)
+                .expect("searches")
+                .into_iter()
+                .map(|f| (f.kind, f.node))
+                .collect();
+            assert_eq!(dropped, vec![(EventKind::Drop, "drop".to_owned()); 3]);
+
+            let s = events.stats();
+            assert_eq!(s.events, BATCHES * 7);
+            assert_eq!(s.records_created, BATCHES * 1000);
+            assert_eq!(s.by_kind["FORK"], BATCHES);
+            assert_eq!(s.by_node["sink"], BATCHES * 2);
+            assert_eq!(
+                (s.first, s.last),
+                (Some(T0), Some(T0 + (BATCHES as i64 - 1) * 100))
+            );
+            s
+        };
+        let with_index = check(&Events::read(dir.path()).expect("opens"));
+
+        // Without its index (a run killed before it closed the segment), the segment is
+        // scanned, with the same answers; the next run writes the same index again.
+        std::fs::remove_file(&idx).expect("rm");
+        let without = check(&Events::read(dir.path()).expect("opens"));
+        assert_eq!(without.index_bytes, 0);
+        assert_eq!(without.bytes + written_index.len() as u64, with_index.bytes);
+        store::repair(&seg).expect("repairs");
+        assert_eq!(std::fs::read(&idx).expect("rebuilt"), written_index);
+        // A torn index is cut back to its entries that hold, and completed.
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&idx)
+            .expect("open");
+        f.set_len(written_index.len() as u64 - 5).expect("cut");
+        drop(f);
+        check(&Events::read(dir.path()).expect("opens"));
+        store::repair(&seg).expect("repairs");
+        assert_eq!(std::fs::read(&idx).expect("rebuilt"), written_index);
     }
 }

@@ -1,7 +1,8 @@
-//! The provenance store: a directory of append-only segment files.
+//! The provenance store: a directory of append-only segment files, each with an index.
 //!
 //! ```text
 //! <dir>/00000001.prov, 00000002.prov, ...    one or more per run, numbered in order
+//! <dir>/00000001.idx, ...                    each segment's index (see [`super::index`])
 //! segment = MAGIC, frame*                    MAGIC = b"FLOWPRV1"
 //! frame   = len: u32 LE, crc32(payload): u32 LE, payload (postcard)
 //! the first frame's payload is a [`Header`] (the flow, its nodes and ports: events name
@@ -15,12 +16,17 @@
 //! such a tail. Retention deletes whole segments, oldest first: those whose newest event is
 //! older than `max_age`, then as many as needed to stay under `max_size`.
 //!
+//! Frames are grouped in blocks of about 64 KiB; each block's entry in the segment's index
+//! (its record-id ranges, time range, counts per kind and node) is appended when the block
+//! is complete, so queries read only the blocks that can hold what they look for (a
+//! record's lineage, a node's events in a minute). The part of a segment its index does not
+//! cover yet (the block being written, a run killed before it closed the segment) is scanned.
+//!
 //! Why segment files and not redb (already in the tree): events are only ever appended and
 //! deleted by age or size, never updated. A frame of hundreds of events is one `write` here
 //! (no B-tree pages, no commit fsync); deleting old data is unlinking a file, with no
-//! compaction; a torn tail is found by its checksum and cut. Queries scan the segments (see
-//! [`super::query`]); an index per segment (id and time ranges) is the next step for large
-//! stores. (Not yet measured against redb.)
+//! compaction; a torn tail is found by its checksum and cut. Measured with
+//! `core/examples/provenance_bench.rs` (the README has the figures).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -32,7 +38,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::config::Settings;
-use super::{CHANNEL_EVENTS, Event, Recorder};
+use super::index::{self, BLOCK_BYTES, Builder};
+use super::{CHANNEL_EVENTS, Event, Recorder, WhenFull};
 
 /// A segment file's first bytes.
 pub const MAGIC: &[u8; 8] = b"FLOWPRV1";
@@ -59,7 +66,7 @@ pub enum StoreError {
     Encode(#[from] postcard::Error),
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     move |source| StoreError::Io {
         path: path.to_owned(),
         source,
@@ -90,6 +97,7 @@ pub struct Header {
 pub struct Writer {
     recorder: Recorder,
     thread: Option<JoinHandle<Result<WriterStats, StoreError>>>,
+    dir: PathBuf,
 }
 
 /// What a writer wrote.
@@ -108,6 +116,17 @@ impl Writer {
     /// describes: truncate a torn tail, apply retention, start a new segment and the writer
     /// thread.
     pub fn open(settings: &Settings, header: Header) -> Result<Self, StoreError> {
+        Self::open_gated(settings, header, None)
+    }
+
+    /// [`Writer::open`], with a writer that writes a frame only after each `()` it receives
+    /// on `gate` (freely once the sender is dropped): for tests of a writer that is behind.
+    #[doc(hidden)]
+    pub fn open_gated(
+        settings: &Settings,
+        header: Header,
+        gate: Option<std::sync::mpsc::Receiver<()>>,
+    ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(&settings.dir).map_err(io(&settings.dir))?;
         let segments = segments(&settings.dir)?;
         // The last segment may end torn (a run killed mid-frame); one another process is
@@ -126,6 +145,9 @@ impl Writer {
             header,
             next,
             file: None,
+            idx: None,
+            block: Builder::default(),
+            ordinal: 0,
             len: 0,
             roll_at: SEGMENT_BYTES.min((settings.max_size / 8).max(1 << 20)),
             max_age: settings.max_age,
@@ -136,12 +158,24 @@ impl Writer {
         seg.roll()?;
         let thread = std::thread::Builder::new()
             .name("provenance".into())
-            .spawn(move || write_loop(seg, rx))
+            .spawn(move || write_loop(seg, rx, gate))
             .map_err(io(&settings.dir))?;
         Ok(Self {
             recorder: Recorder::new(tx),
             thread: Some(thread),
+            dir: settings.dir.clone(),
         })
+    }
+
+    /// With this policy for when the writer is behind (see [`WhenFull`]).
+    pub fn when_full(mut self, when_full: WhenFull) -> Self {
+        self.recorder = self.recorder.clone().when_full(when_full);
+        self
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The recorder for the runtime.
@@ -185,6 +219,12 @@ struct Segments {
     header: Header,
     next: u64,
     file: Option<(File, PathBuf)>,
+    /// The segment's index file.
+    idx: Option<(File, PathBuf)>,
+    /// The block being filled.
+    block: Builder,
+    /// Events written to the segment so far.
+    ordinal: u64,
     len: u64,
     roll_at: u64,
     max_age: Duration,
@@ -193,7 +233,21 @@ struct Segments {
 }
 
 impl Segments {
+    /// Append the block being filled to the segment's index.
+    fn close_block(&mut self) -> Result<(), StoreError> {
+        if self.block.is_empty() {
+            return Ok(());
+        }
+        let next = Builder::new(self.len, self.ordinal);
+        let block = std::mem::replace(&mut self.block, next).finish();
+        if let Some((f, path)) = &mut self.idx {
+            index::append(f, path, &block)?;
+        }
+        Ok(())
+    }
+
     fn roll(&mut self) -> Result<(), StoreError> {
+        self.close_block()?;
         // Another process writing the same store (the flow run twice) may have taken the
         // number: take the next free one.
         let (mut file, path) = loop {
@@ -213,6 +267,9 @@ impl Segments {
         file.write_all(&buf).map_err(io(&path))?;
         self.len = buf.len() as u64;
         self.stats.bytes += self.len;
+        self.idx = Some((index::create(&path)?, index::path_of(&path)));
+        self.block = Builder::new(self.len, 0);
+        self.ordinal = 0;
         self.file = Some((file, path));
         retain(&self.dir, self.max_age, self.max_size, self.next - 1)
     }
@@ -220,6 +277,8 @@ impl Segments {
     fn write(&mut self, events: &[Event], buf: &mut Vec<u8>) -> Result<(), StoreError> {
         if self.len >= self.roll_at {
             self.roll()?;
+        } else if self.block.len() >= BLOCK_BYTES {
+            self.close_block()?;
         }
         let payload = postcard::to_allocvec(events)?;
         buf.clear();
@@ -228,6 +287,8 @@ impl Segments {
             file.write_all(buf).map_err(io(path))?;
         }
         self.len += buf.len() as u64;
+        self.block.add_frame(buf.len() as u64, events);
+        self.ordinal += events.len() as u64;
         self.stats.bytes += buf.len() as u64;
         self.stats.frames += 1;
         self.stats.events += events.len() as u64;
@@ -235,17 +296,26 @@ impl Segments {
     }
 }
 
-fn frame(buf: &mut Vec<u8>, payload: &[u8]) {
+pub(crate) fn frame(buf: &mut Vec<u8>, payload: &[u8]) {
     let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
     buf.extend_from_slice(&len.to_le_bytes());
     buf.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
     buf.extend_from_slice(payload);
 }
 
-fn write_loop(mut seg: Segments, mut rx: mpsc::Receiver<Event>) -> Result<WriterStats, StoreError> {
+fn write_loop(
+    mut seg: Segments,
+    mut rx: mpsc::Receiver<Event>,
+    mut gate: Option<std::sync::mpsc::Receiver<()>>,
+) -> Result<WriterStats, StoreError> {
     let mut events = Vec::with_capacity(FRAME_EVENTS);
     let mut buf = Vec::new();
     while let Some(e) = rx.blocking_recv() {
+        if let Some(g) = &gate
+            && g.recv().is_err()
+        {
+            gate = None;
+        }
         events.push(e);
         while events.len() < FRAME_EVENTS {
             match rx.try_recv() {
@@ -260,6 +330,7 @@ fn write_loop(mut seg: Segments, mut rx: mpsc::Receiver<Event>) -> Result<Writer
         }
         events.clear();
     }
+    seg.close_block()?;
     Ok(seg.stats)
 }
 
@@ -348,7 +419,7 @@ pub fn read_segment(number: u64, path: &Path) -> Result<Option<Segment>, StoreEr
     }))
 }
 
-fn next_frame<'a>(bytes: &'a [u8], at: &mut usize) -> Option<&'a [u8]> {
+pub(crate) fn next_frame<'a>(bytes: &'a [u8], at: &mut usize) -> Option<&'a [u8]> {
     let head = bytes.get(*at..*at + 8)?;
     let len = u32::from_le_bytes(head[..4].try_into().ok()?);
     let crc = u32::from_le_bytes(head[4..].try_into().ok()?);
@@ -363,27 +434,36 @@ fn next_frame<'a>(bytes: &'a [u8], at: &mut usize) -> Option<&'a [u8]> {
     Some(payload)
 }
 
-/// Cut a torn or corrupt tail off a segment (a run killed mid-write); a segment without a
-/// whole header is deleted.
+/// Cut a torn or corrupt tail off a segment (a run killed mid-write) and complete its
+/// index; a segment without a whole header is deleted, with its index.
 pub fn repair(path: &Path) -> Result<(), StoreError> {
-    let number = 0;
-    match read_segment(number, path)? {
-        Some(s) if s.valid_len < s.len => {
-            tracing::warn!(
-                segment = %path.display(),
-                torn_bytes = s.len - s.valid_len,
-                "provenance store: cutting a torn tail (a run ended mid-write)"
-            );
-            let f = OpenOptions::new()
-                .write(true)
-                .open(path)
-                .map_err(io(path))?;
-            f.set_len(s.valid_len).map_err(io(path))?;
-        }
-        Some(_) => {}
-        None => std::fs::remove_file(path).map_err(io(path))?,
+    let Some(seg) = index::load(path)? else {
+        std::fs::remove_file(path).map_err(io(path))?;
+        return remove_if_there(&index::path_of(path));
+    };
+    if seg.valid_end < seg.len {
+        tracing::warn!(
+            segment = %path.display(),
+            torn_bytes = seg.len - seg.valid_end,
+            "provenance store: cutting a torn tail (a run ended mid-write)"
+        );
+        let f = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(io(path))?;
+        f.set_len(seg.valid_end).map_err(io(path))?;
+    }
+    if seg.incomplete {
+        index::rewrite(path, &seg.blocks)?;
     }
     Ok(())
+}
+
+fn remove_if_there(path: &Path) -> Result<(), StoreError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(path)(e)),
+        _ => Ok(()),
+    }
 }
 
 /// Delete the segments older than `max_age` (by their last write), then the oldest until the
@@ -398,10 +478,13 @@ fn retain(dir: &Path, max_age: Duration, max_size: u64, keep: u64) -> Result<(),
             .ok()
             .and_then(|m| now.duration_since(m).ok())
             .is_some_and(|age| age > max_age);
+        let idx = index::path_of(&path);
         if old && n != keep {
             std::fs::remove_file(&path).map_err(io(&path))?;
+            remove_if_there(&idx)?;
         } else {
-            live.push((n, path, meta.len()));
+            let idx_len = std::fs::metadata(&idx).map_or(0, |m| m.len());
+            live.push((n, path, meta.len() + idx_len));
         }
     }
     let mut total: u64 = live.iter().map(|(_, _, l)| l).sum();
@@ -410,6 +493,7 @@ fn retain(dir: &Path, max_age: Duration, max_size: u64, keep: u64) -> Result<(),
             break;
         }
         std::fs::remove_file(&path).map_err(io(&path))?;
+        remove_if_there(&index::path_of(&path))?;
         total -= len;
     }
     Ok(())
@@ -418,7 +502,7 @@ fn retain(dir: &Path, max_age: Duration, max_size: u64, keep: u64) -> Result<(),
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::provenance::query::Events;
+    use crate::provenance::query::{Events, Search};
     use crate::provenance::{EventKind, Runs};
 
     fn header() -> Header {
@@ -460,8 +544,13 @@ mod tests {
 
     fn ids(dir: &Path) -> Vec<u64> {
         let events = Events::read(dir).expect("reads");
+        let q = Search {
+            limit: usize::MAX,
+            ..Search::default()
+        };
         events
-            .all()
+            .search(&q)
+            .expect("searches")
             .iter()
             .flat_map(|e| e.ids().collect::<Vec<_>>())
             .collect()
@@ -507,9 +596,12 @@ mod tests {
             write(dir.path(), run * 1000, 10);
         }
         assert_eq!(segments(dir.path()).expect("segments").len(), 4);
-        let one = std::fs::metadata(&segments(dir.path()).expect("s")[0].1)
-            .expect("meta")
-            .len();
+        // A segment and its index.
+        let size = |p: &Path| {
+            std::fs::metadata(p).expect("meta").len()
+                + std::fs::metadata(index::path_of(p)).expect("meta").len()
+        };
+        let one = size(&segments(dir.path()).expect("s")[0].1);
         // Room for two and a half segments: opening deletes the two oldest and starts one
         // (a header only).
         let s = Settings {
@@ -526,8 +618,108 @@ mod tests {
         let total: u64 = segments(dir.path())
             .expect("segments")
             .iter()
-            .map(|(_, p)| std::fs::metadata(p).expect("meta").len())
+            .map(|(_, p)| size(p))
             .sum();
         assert!(total <= s.max_size);
+    }
+
+    /// Write `n` one-record events through a writer that writes nothing until the events
+    /// are all recorded (or dropped): the writer's gate opens once the sender is done.
+    fn behind(policy: WhenFull, n: u64) -> (u64, Vec<u64>, u64, Duration) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (gate, rx) = std::sync::mpsc::channel();
+        let w = Writer::open_gated(&settings(dir.path()), header(), Some(rx))
+            .expect("opens")
+            .when_full(policy);
+        let backlog = w.recorder().backlog().clone();
+        let rec = w.recorder().node(0, true);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let sender = rt.spawn(async move {
+            for id in 0..n {
+                rec.record(rec.event(EventKind::Create, Runs::run(id, 1)))
+                    .await;
+            }
+        });
+        if policy == WhenFull::Block {
+            // The sender cannot finish while the writer is held: it waits on a full channel.
+            while backlog.full() == 0 && !sender.is_finished() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            assert!(
+                !sender.is_finished(),
+                "the sender finished past a full channel"
+            );
+        } else {
+            while !sender.is_finished() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        drop(gate);
+        rt.block_on(sender).expect("sender");
+        let stats = w.close().expect("closes");
+        let written = ids(dir.path());
+        assert_eq!(written.len() as u64, stats.events);
+        (stats.events, written, backlog.dropped(), backlog.blocked())
+    }
+
+    #[test]
+    fn a_writer_behind_drops_and_counts_with_sample_and_loses_nothing_with_block() {
+        let n = 3 * CHANNEL_EVENTS as u64;
+        // `sample`: the sender never waits; what the writer missed is counted, exactly.
+        let (events, written, dropped, blocked) = behind(WhenFull::Sample, n);
+        assert!(dropped > 0, "nothing was dropped");
+        assert_eq!(events + dropped, n);
+        assert!(blocked.is_zero());
+        // What was kept is in order and none twice.
+        assert!(written.windows(2).all(|w| w[0] < w[1]));
+        // `block`: the sender waited, and every event is there.
+        let (events, written, dropped, blocked) = behind(WhenFull::Block, n);
+        assert_eq!((events, dropped), (n, 0));
+        assert_eq!(written, (0..n).collect::<Vec<_>>());
+        assert!(!blocked.is_zero());
+    }
+
+    #[test]
+    fn retention_deletes_segments_older_than_max_age_with_their_indexes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for run in 0..3 {
+            write(dir.path(), run * 1000, 10);
+        }
+        // The first two were last written two hours ago.
+        let old = SystemTime::now() - Duration::from_secs(2 * 3600);
+        for (_, p) in &segments(dir.path()).expect("segments")[..2] {
+            File::options()
+                .write(true)
+                .open(p)
+                .and_then(|f| f.set_modified(old))
+                .expect("mtime");
+        }
+        // An hour's retention: opening deletes them, and their indexes.
+        drop(Writer::open(&settings(dir.path()), header()).expect("opens"));
+        let left: Vec<u64> = segments(dir.path())
+            .expect("segments")
+            .iter()
+            .map(|(n, _)| *n)
+            .collect();
+        assert_eq!(left, [3, 4]);
+        let mut files: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        assert_eq!(
+            files,
+            [
+                "00000003.idx",
+                "00000003.prov",
+                "00000004.idx",
+                "00000004.prov"
+            ]
+        );
+        assert_eq!(ids(dir.path()), (2000..2010).collect::<Vec<_>>());
     }
 }
