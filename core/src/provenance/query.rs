@@ -118,34 +118,50 @@ impl Events {
             }
             break;
         }
-        let tree = self.tree(root, 0);
+        let tree = self.tree(root, 0, false);
         (!tree.events.is_empty()).then_some(tree)
     }
 
-    fn tree(&self, id: u64, depth: usize) -> Lineage {
+    /// The tree of `id`; `joined`: it is a JOIN's output reached from one of its inputs
+    /// (whose tree shows the JOIN already).
+    fn tree(&self, id: u64, depth: usize, joined: bool) -> Lineage {
         let mut steps = Vec::new();
         let mut children = Vec::new();
         for e in &self.events {
             let Some(i) = e.raw.records.position(id) else {
+                // The record is a JOIN's output: the JOIN is where it began, with its inputs.
+                if e.kind == EventKind::Join
+                    && !joined
+                    && e.raw.children.iter().any(|c| c.ids.position(id).is_some())
+                {
+                    let mut step = step(e, None);
+                    step.inputs = e.raw.records.iter().map(|i| RecordId(i).to_string()).collect();
+                    steps.push(step);
+                }
                 continue;
             };
             let origin = e.raw.origin.as_ref().and_then(|o| o.seqs.get(i));
-            steps.push(Step {
-                event: e.event,
-                kind: e.kind,
-                time: e.time,
-                node: e.node.clone(),
-                port: e.port.clone(),
-                origin,
-                detail: e.detail.clone(),
-            });
-            // A record forked more than 64 deep is a cycle of bad data: stop.
-            if e.kind == EventKind::Fork && depth < 64 {
-                for c in &e.raw.children {
-                    if let Some(child) = c.ids.get(i) {
-                        children.push(self.tree(child, depth + 1));
+            steps.push(step(e, origin));
+            // A record forked or joined more than 64 deep is a cycle of bad data: stop.
+            if depth >= 64 {
+                continue;
+            }
+            match e.kind {
+                EventKind::Fork => {
+                    for c in &e.raw.children {
+                        if let Some(child) = c.ids.get(i) {
+                            children.push(self.tree(child, depth + 1, false));
+                        }
                     }
                 }
+                EventKind::Join => {
+                    for c in &e.raw.children {
+                        if let Some(child) = c.ids.get(0) {
+                            children.push(self.tree(child, depth + 1, true));
+                        }
+                    }
+                }
+                _ => {}
             }
         }
         Lineage {
@@ -186,6 +202,19 @@ impl Events {
     }
 }
 
+fn step(e: &Found, origin: Option<u64>) -> Step {
+    Step {
+        event: e.event,
+        kind: e.kind,
+        time: e.time,
+        node: e.node.clone(),
+        port: e.port.clone(),
+        origin,
+        detail: e.detail.clone(),
+        inputs: Vec::new(),
+    }
+}
+
 fn found(header: &Header, h: usize, event: u64, raw: Event) -> Found {
     let node = header.nodes.get(raw.node as usize);
     let name = node.map_or_else(|| format!("#{}", raw.node), |n| n.name.clone());
@@ -211,6 +240,18 @@ fn found(header: &Header, h: usize, event: u64, raw: Event) -> Found {
                 .collect::<Vec<_>>()
                 .join(", "),
         ),
+        EventKind::Join => Some(format!(
+            "{} inputs -> {}",
+            raw.records.len(),
+            raw.children
+                .iter()
+                .filter_map(|c| c.ids.get(0))
+                .map(|id| RecordId(id).to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+        // The kept content is for `flow provenance replay`, not for listings.
+        EventKind::Content => Some(format!("{} records kept", raw.records.len())),
         _ => raw.detail.clone(),
     };
     Found {
@@ -260,6 +301,9 @@ pub struct Step {
     pub origin: Option<u64>,
     /// FAILURE's message, SEND's destination, DROP's reason, FORK's ways out.
     pub detail: Option<String>,
+    /// JOIN, in the lineage of the record it made: the ids of all its inputs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<String>,
 }
 
 /// A store's numbers.
@@ -313,6 +357,13 @@ impl Lineage {
             }
             if let Some(d) = &s.detail {
                 let _ = write!(out, " {d}");
+            }
+            if !s.inputs.is_empty() {
+                const SHOWN: usize = 8;
+                let _ = write!(out, " from {}", s.inputs[..s.inputs.len().min(SHOWN)].join(" "));
+                if s.inputs.len() > SHOWN {
+                    let _ = write!(out, " ... (`--format json` lists all)");
+                }
             }
             out.push('\n');
         }
