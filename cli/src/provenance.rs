@@ -51,7 +51,7 @@ enum Query {
         /// Only at this port.
         #[arg(long)]
         port: Option<String>,
-        /// Only of this kind: CREATE, RECEIVE, ROUTE, FORK, DROP, FAILURE, SEND.
+        /// Only of this kind: CREATE, RECEIVE, ROUTE, FORK, DROP, FAILURE, SEND, JOIN, MODIFY, CONTENT.
         #[arg(long)]
         event: Option<String>,
         /// At most this many.
@@ -60,6 +60,9 @@ enum Query {
     },
     /// The store's size, its events by kind and by node, its time range.
     Stats,
+    /// Write a record's kept content (see `provenance.content`) as lines a `file` or `stdin`
+    /// source reads back as the same records.
+    Replay(crate::replay::Args),
 }
 
 /// Open the provenance store of `flow` for a run, unless its file turns it off.
@@ -117,6 +120,9 @@ pub fn run(args: Args, registry: &flow_core::processor::Registry) -> anyhow::Res
     if !dir.is_dir() {
         anyhow::bail!("no provenance store at {}", dir.display());
     }
+    if let Query::Replay(r) = &args.command {
+        return crate::replay::run(r, &dir);
+    }
     let events = Events::read(&dir)?;
     let json = matches!(args.format, Format::Json);
     let mut out = String::new();
@@ -142,7 +148,7 @@ pub fn run(args: Args, registry: &flow_core::processor::Registry) -> anyhow::Res
             let kind = match event {
                 Some(e) => Some(EventKind::parse(e).with_context(|| {
                     format!(
-                        "no event kind `{e}`: CREATE, RECEIVE, ROUTE, FORK, DROP, FAILURE, SEND"
+                        "no event kind `{e}`: CREATE, RECEIVE, ROUTE, FORK, DROP, FAILURE, SEND, JOIN, MODIFY, CONTENT"
                     )
                 })?),
                 None => None,
@@ -176,6 +182,7 @@ pub fn run(args: Args, registry: &flow_core::processor::Registry) -> anyhow::Res
                 }
             }
         }
+        Query::Replay(_) => {}
         Query::Stats => {
             let s = events.stats();
             if json {

@@ -29,8 +29,8 @@ pub struct ProvenanceConfig {
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub max_size: Option<ByteSize>,
-    /// The processors whose received records' content and attributes are kept in the store
-    /// (a CONTENT event per batch), so that `flow provenance replay` can write them out
+    /// The processors whose received records' (for a source: created records') content and
+    /// attributes are kept in the store (a CONTENT event per batch), so that `flow provenance replay` can write them out
     /// again. Off unless a processor is named here: content costs store space, and may hold
     /// what should not be kept (see `secret_attributes`, `secret_fields`).
     #[serde(default)]

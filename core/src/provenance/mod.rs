@@ -496,17 +496,7 @@ impl NodeRecorder {
     /// writer (cancel-safe), and holds no room in it while the node is idle.
     pub fn receive(&self, batch: &[Record]) {
         let ids = Runs::of(batch);
-        let content = self.keep.map(|max| {
-            let mut lines = String::new();
-            for r in batch {
-                let kept = Kept::of(r, max, &self.secrets);
-                if let Ok(line) = serde_json::to_string(&kept) {
-                    lines.push_str(&line);
-                    lines.push('\n');
-                }
-            }
-            self.event(EventKind::Content, ids.clone()).detail(lines)
-        });
+        let content = self.content(batch);
         let mut pending = self.pending.lock();
         for e in std::iter::once(self.event(EventKind::Receive, ids)).chain(content) {
             if !pending.is_empty() {
@@ -517,6 +507,24 @@ impl NodeRecorder {
                 pending.push(e);
             }
         }
+    }
+
+    /// The CONTENT of `batch` if this node keeps content (a transform or sink: what it
+    /// receives; a source: what it creates).
+    pub fn content(&self, batch: &[Record]) -> Option<Event> {
+        let max = self.keep?;
+        let mut lines = String::new();
+        for r in batch {
+            let kept = Kept::of(r, max, &self.secrets);
+            if let Ok(line) = serde_json::to_string(&kept) {
+                lines.push_str(&line);
+                lines.push('\n');
+            }
+        }
+        Some(
+            self.event(EventKind::Content, Runs::of(batch))
+                .detail(lines),
+        )
     }
 
     /// What a batch leaving by `port` says about what the node made and changed: a JOIN
@@ -669,5 +677,30 @@ mod tests {
         // A batch of 1,000 consecutive ids with random high bits: a dozen bytes.
         let big = Runs::run(0xdead_beef_0000_0000, 1000);
         assert!(postcard::to_allocvec(&big).expect("encodes").len() <= 13);
+    }
+
+    #[test]
+    fn kept_content_is_bounded_and_leaves_secrets_out() {
+        let mut r = Record::from_bytes(&br#"{"a":1,"pw":"s3","u":{"t":"s4","n":"ann"}}"#[..]);
+        r.set_attribute("auth", "s1");
+        r.set_attribute("team", "blue");
+        let secrets = Secrets {
+            attributes: vec!["auth".into()],
+            fields: vec![vec!["pw".into()], vec!["u".into(), "t".into()]],
+        };
+        let kept = Kept::of(&r, 1 << 10, &secrets);
+        assert_eq!(kept.content.as_deref(), Some(r#"{"a":1,"u":{"n":"ann"}}"#));
+        assert_eq!(kept.attributes.keys().collect::<Vec<_>>(), ["team"]);
+        // Without secret fields the bytes are kept as they came, cut at the bound.
+        let cut = Kept::of(&r, 8, &Secrets::default());
+        assert_eq!(cut.content.as_deref(), Some(r#"{"a":1,""#));
+        assert!(cut.truncated);
+        // Content that cannot be checked for secret fields is not kept.
+        let text = Record::from_text(bytes::Bytes::from_static(b"pw=s3"));
+        let withheld = Kept::of(&text, 1 << 10, &secrets);
+        assert_eq!(withheld.content, None);
+        assert!(withheld.withheld.is_some());
+        // A failure message quoting a secret attribute does not keep it.
+        assert_eq!(secrets.scrub(&r, "bad token s1"), "bad token [secret]");
     }
 }

@@ -135,7 +135,12 @@ impl Events {
                     && e.raw.children.iter().any(|c| c.ids.position(id).is_some())
                 {
                     let mut step = step(e, None);
-                    step.inputs = e.raw.records.iter().map(|i| RecordId(i).to_string()).collect();
+                    step.inputs = e
+                        .raw
+                        .records
+                        .iter()
+                        .map(|i| RecordId(i).to_string())
+                        .collect();
                     steps.push(step);
                 }
                 continue;
@@ -360,7 +365,11 @@ impl Lineage {
             }
             if !s.inputs.is_empty() {
                 const SHOWN: usize = 8;
-                let _ = write!(out, " from {}", s.inputs[..s.inputs.len().min(SHOWN)].join(" "));
+                let _ = write!(
+                    out,
+                    " from {}",
+                    s.inputs[..s.inputs.len().min(SHOWN)].join(" ")
+                );
                 if s.inputs.len() > SHOWN {
                     let _ = write!(out, " ... (`--format json` lists all)");
                 }

@@ -273,6 +273,9 @@ async fn send_recorded(
     let n = batch.len() as u64;
     if rec.is_source() {
         rec.record(rec.create(&batch)).await;
+        if let Some(e) = rec.content(&batch) {
+            rec.record(e).await;
+        }
     }
     for e in rec.made_and_changed(&mut batch, port.0) {
         // A failed record's `error.*` attributes are its FAILURE, not a change.
