@@ -18,6 +18,7 @@ mod docs;
 mod plugin;
 mod progress;
 mod provenance;
+mod replay;
 mod tap;
 mod test_cmd;
 mod top;

@@ -51,7 +51,7 @@ enum Query {
         /// Only at this port.
         #[arg(long)]
         port: Option<String>,
-        /// Only of this kind: CREATE, RECEIVE, ROUTE, FORK, DROP, FAILURE, SEND.
+        /// Only of this kind: CREATE, RECEIVE, ROUTE, FORK, DROP, FAILURE, SEND, JOIN, MODIFY, CONTENT.
         #[arg(long)]
         event: Option<String>,
         /// Only at or after this time: RFC 3339 (`2026-12-03T01:00:00Z`), or a time ago
@@ -67,6 +67,9 @@ enum Query {
     },
     /// The store's size, its events by kind and by node, its time range.
     Stats,
+    /// Write a record's kept content (see `provenance.content`) as lines a `file` or `stdin`
+    /// source reads back as the same records.
+    Replay(crate::replay::Args),
 }
 
 /// Open the provenance store of `flow` for a run, unless its file turns it off.
@@ -126,6 +129,9 @@ pub fn run(args: Args, registry: &flow_core::processor::Registry) -> anyhow::Res
     if !dir.is_dir() {
         anyhow::bail!("no provenance store at {}", dir.display());
     }
+    if let Query::Replay(r) = &args.command {
+        return crate::replay::run(r, &dir);
+    }
     let events = Events::read(&dir)?;
     let json = matches!(args.format, Format::Json);
     let out = match &args.command {
@@ -166,6 +172,7 @@ pub fn run(args: Args, registry: &flow_core::processor::Registry) -> anyhow::Res
                 search_table(&found)
             }
         }
+        Query::Replay(_) => {}
         Query::Stats => {
             let s = events.stats();
             if json {
@@ -192,7 +199,8 @@ pub fn search(
 ) -> anyhow::Result<Search> {
     let kind = match event {
         Some(e) => Some(EventKind::parse(e).with_context(|| {
-            format!("no event kind `{e}`: CREATE, RECEIVE, ROUTE, FORK, DROP, FAILURE, SEND")
+            let kinds: Vec<&str> = EventKind::ALL.iter().map(|k| k.name()).collect();
+            format!("no event kind `{e}`: {}", kinds.join(", "))
         })?),
         None => None,
     };

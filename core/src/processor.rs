@@ -519,6 +519,16 @@ impl Output {
         std::mem::take(&mut self.dropped)
     }
 
+    /// The ids of the records dropped on purpose so far (not taken yet).
+    pub fn dropped_ids(&self) -> &[crate::record::RecordId] {
+        &self.dropped_ids
+    }
+
+    /// The number of ports.
+    pub fn port_count(&self) -> usize {
+        self.ports.len()
+    }
+
     /// The ids of the records dropped on purpose since the last call.
     pub fn take_dropped_ids(&mut self) -> Vec<crate::record::RecordId> {
         std::mem::take(&mut self.dropped_ids)

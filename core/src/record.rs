@@ -110,6 +110,12 @@ pub struct Record {
     /// Where the record came from, if its source tracks positions.
     pub origin: Option<Origin>,
     acks: Acks,
+    /// Changed (content or attributes) since the runtime last looked: provenance records a
+    /// MODIFY for it when it leaves the node, and clears this (see [`Record::take_modified`]).
+    /// Set by every way of changing the record ([`Record::value_mut`], [`Record::set_value`],
+    /// [`Record::set_attribute`], [`Record::attributes_mut`], [`Record::set_attributes`]);
+    /// write attributes through those, not through the field, or the change goes unrecorded.
+    modified: bool,
 }
 
 impl Record {
@@ -125,6 +131,7 @@ impl Record {
             event_time: None,
             origin: None,
             acks: Acks::none(),
+            modified: false,
         }
     }
 
@@ -196,6 +203,7 @@ impl Record {
             event_time: self.event_time,
             origin: self.origin,
             acks: std::mem::take(&mut self.acks),
+            modified: false,
         }
     }
 
@@ -214,9 +222,36 @@ impl Record {
         &self.parents
     }
 
-    /// Set the parents (for records joined from many, such as window aggregates).
+    /// Set the parents (for records joined from many, such as window aggregates). With
+    /// provenance on, the runtime records a JOIN naming them when the record leaves the node.
     pub fn set_parents(&mut self, parents: Vec<RecordId>) {
         self.parents = parents;
+    }
+
+    /// Take the parents out (the runtime, once it recorded the JOIN, so that the next node
+    /// does not record it again).
+    pub fn take_parents(&mut self) -> Vec<RecordId> {
+        std::mem::take(&mut self.parents)
+    }
+
+    /// Whether the content or the attributes changed since the last call, which clears it
+    /// (the runtime's MODIFY, see [`crate::provenance`]).
+    pub fn take_modified(&mut self) -> bool {
+        std::mem::take(&mut self.modified)
+    }
+
+    /// The attributes, to change them (marks the record modified).
+    pub fn attributes_mut(&mut self) -> &mut Attributes {
+        self.modified = true;
+        &mut self.attributes
+    }
+
+    /// Replace the attributes (marks the record modified if they differ).
+    pub fn set_attributes(&mut self, attributes: Attributes) {
+        if attributes != self.attributes {
+            self.modified = true;
+            self.attributes = attributes;
+        }
     }
 
     /// The structured view, parsing the content as JSON on first use (by this record or a copy
@@ -262,6 +297,7 @@ impl Record {
     /// A mutable structured view. Invalidates the raw content (re-encoded when needed).
     pub fn value_mut(&mut self) -> Result<&mut Value, ParseError> {
         self.value()?;
+        self.modified = true;
         self.content = None;
         self.parsed = OnceLock::new();
         let arc = self.value.get_or_insert_with(|| Arc::new(Value::Null));
@@ -270,6 +306,7 @@ impl Record {
 
     /// Replace the structured view.
     pub fn set_value(&mut self, value: Value) {
+        self.modified = true;
         self.content = None;
         self.parsed = OnceLock::new();
         self.value = Some(Arc::new(value));
@@ -340,6 +377,7 @@ impl Record {
 
     /// Set an attribute.
     pub fn set_attribute(&mut self, key: impl Into<String>, value: impl Into<String>) {
+        self.modified = true;
         self.attributes.insert(key.into(), value.into());
     }
 }
@@ -374,6 +412,7 @@ impl Record {
             event_time: self.event_time,
             origin: self.origin,
             acks,
+            modified: self.modified,
         }
     }
 }

@@ -59,8 +59,12 @@ impl Transform for Remap {
         let mut attributes = record.attributes.clone();
         match self.program.run_mut(&mut value, &mut attributes) {
             Ok(()) => {
-                record.set_value(value);
-                record.attributes = attributes;
+                // Only what the program changed: an unchanged record keeps its content
+                // bytes (nothing to re-encode) and is not recorded as modified.
+                if record.parsed_value() != Some(&value) {
+                    record.set_value(value);
+                }
+                record.set_attributes(attributes);
                 out.push(PortId::DEFAULT, record);
             }
             Err(EvalError::Aborted(_)) => out.drop_record(record),

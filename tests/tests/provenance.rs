@@ -61,9 +61,16 @@ fn shape(l: &Lineage, depth: usize, out: &mut Vec<String>) {
 }
 
 async fn run(dir: &std::path::Path, store: &std::path::Path) {
+    run_flow(FLOW, dir, store).await;
+}
+
+/// Run `yaml` (`${DIR}` is `dir`) with its provenance in `store`.
+async fn run_flow(yaml: &str, dir: &std::path::Path, store: &std::path::Path) {
     let env: HashMap<String, String> = [("DIR".to_owned(), dir.display().to_string())].into();
-    let loaded = flow_core::spec::load(FLOW, &|k| env.get(k).cloned(), &flow_processors::builtin());
-    let flow = loaded.flow.expect("valid flow");
+    let loaded = flow_core::spec::load(yaml, &|k| env.get(k).cloned(), &flow_processors::builtin());
+    let flow = loaded
+        .flow
+        .unwrap_or_else(|| panic!("invalid flow: {:?}", loaded.diagnostics));
     let settings = Settings {
         dir: store.to_owned(),
         max_age: std::time::Duration::from_secs(3600),
@@ -81,6 +88,28 @@ async fn run(dir: &std::path::Path, store: &std::path::Path) {
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     let stats = writer.close().expect("closed");
     assert!(stats.events > 0);
+}
+
+/// The ids the source `node` created, in order.
+fn created(events: &Events, node: &str) -> Vec<u64> {
+    events
+        .search(Some(node), None, Some(EventKind::Create), usize::MAX)
+        .iter()
+        .flat_map(|e| e.ids().collect::<Vec<_>>())
+        .collect()
+}
+
+/// Every raw byte of the store's files.
+fn store_bytes(store: &std::path::Path) -> Vec<u8> {
+    let mut all = Vec::new();
+    for entry in std::fs::read_dir(store).expect("store") {
+        all.extend(std::fs::read(entry.expect("entry").path()).expect("segment"));
+    }
+    all
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,4 +235,237 @@ async fn lineage_through_filter_route_fork_fan_out_and_file_sinks() {
             "a secret reached the store"
         );
     }
+}
+
+const WINDOW: &str = r#"
+name: joined
+processors:
+  src:
+    type: file
+    path: ${DIR}/in.jsonl
+  mark:
+    type: remap
+    source: 'if .big == true { .checked = true }'
+  agg:
+    type: window_aggregate
+    event_time: .ts
+    window: { tumbling: 10s }
+    aggregates: { count: count(), total: sum(.n) }
+    max_parents: 2
+  out:
+    type: file_sink
+    path: ${DIR}/out.jsonl
+connections:
+  - src -> mark
+  - mark -> agg
+  - agg -> out
+"#;
+
+/// A window aggregates five records into one: an input's lineage goes through the JOIN to
+/// the sink's SEND, the JOIN names all five inputs (not only `max_parents`), and the remap
+/// that changed two of them is a MODIFY for those two only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_joins_every_input_and_a_remap_modifies_only_what_it_changed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("store");
+    let lines: Vec<String> = (0..5)
+        .map(|n| format!(r#"{{"n":{n},"ts":{},"big":{}}}"#, 1000 * (n + 1), n >= 3))
+        .collect();
+    std::fs::write(dir.path().join("in.jsonl"), lines.join("\n") + "\n").expect("input");
+    run_flow(WINDOW, dir.path(), &store).await;
+    let written = std::fs::read_to_string(dir.path().join("out.jsonl")).expect("written");
+    let windows: Vec<serde_json::Value> = written
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(windows.len(), 1, "one window: {written}");
+    assert_eq!(
+        (&windows[0]["count"], &windows[0]["total"]),
+        (&serde_json::json!(5), &serde_json::json!(10))
+    );
+
+    let events = Events::read(&store).expect("read");
+    let inputs = created(&events, "src");
+    assert_eq!(inputs.len(), 5);
+    let sink = dir.path().join("out.jsonl").display().to_string();
+    let lineage = |id: u64| events.lineage(RecordId(id)).expect("lineage");
+    let lines_of = |l: &Lineage| {
+        let mut out = Vec::new();
+        shape(l, 0, &mut out);
+        out
+    };
+    let l3 = lineage(inputs[3]);
+    assert_eq!(l3.children.len(), 1, "the window's output");
+    let output = l3.children[0].id.clone();
+    let join = format!("JOIN agg.out [5 inputs -> {output}]");
+    assert_eq!(
+        lines_of(&l3),
+        vec![
+            "CREATE src".to_owned(),
+            "ROUTE src.out".into(),
+            "RECEIVE mark".into(),
+            "MODIFY mark".into(),
+            "ROUTE mark.out".into(),
+            "RECEIVE agg".into(),
+            join.clone(),
+            "  ROUTE agg.out".into(),
+            "  RECEIVE out".into(),
+            format!("  SEND out [{sink}]"),
+        ]
+    );
+    // An input the remap left alone: no MODIFY, the same JOIN and output.
+    let l0 = lineage(inputs[0]);
+    assert_eq!(l0.children, l3.children);
+    assert!(!lines_of(&l0).iter().any(|l| l.starts_with("MODIFY")));
+    // The output's lineage starts at the JOIN, which lists exactly the five inputs.
+    let out = lineage(u64::from_str_radix(&output, 16).expect("hex"));
+    assert_eq!(
+        lines_of(&out),
+        vec![
+            join,
+            "ROUTE agg.out".into(),
+            "RECEIVE out".into(),
+            format!("SEND out [{sink}]"),
+        ]
+    );
+    let want: Vec<String> = inputs.iter().map(|&i| RecordId(i).to_string()).collect();
+    assert_eq!(out.events[0].inputs, want);
+    // MODIFY names the two records the remap changed, and no other.
+    let modified: Vec<u64> = events
+        .search(Some("mark"), None, Some(EventKind::Modify), usize::MAX)
+        .iter()
+        .flat_map(|e| e.ids().collect::<Vec<_>>())
+        .collect();
+    assert_eq!(modified, inputs[3..]);
+}
+
+const KEEP: &str = r#"
+name: kept
+provenance:
+  content: [clean]
+  secret_attributes: [auth]
+  secret_fields: [password, user.token]
+processors:
+  src:
+    type: file
+    path: ${DIR}/in.jsonl
+  label:
+    type: remap
+    source: '%auth = "SECRET-attr-" + to_string!(.n); %team = "blue"'
+  clean:
+    type: remap
+    source: '.seen = true'
+  out:
+    type: file_sink
+    path: ${DIR}/out.jsonl
+connections:
+  - src -> label
+  - label -> clean
+  - clean -> out
+"#;
+
+/// A node with `content` keeps what it received, without the secret attributes and fields
+/// (which appear nowhere in the store's bytes); a processor not named keeps nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_content_leaves_out_secret_attributes_and_fields() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("store");
+    let lines: Vec<String> = (0..3)
+        .map(|n| {
+            format!(
+                r#"{{"n":{n},"password":"SECRET-pw-{n}","user":{{"name":"ann-{n}","token":"SECRET-tok-{n}"}}}}"#
+            )
+        })
+        .collect();
+    std::fs::write(dir.path().join("in.jsonl"), lines.join("\n") + "\n").expect("input");
+    run_flow(KEEP, dir.path(), &store).await;
+    let written = std::fs::read_to_string(dir.path().join("out.jsonl")).expect("written");
+    assert!(
+        written.contains("SECRET-pw-2"),
+        "the flow itself is unchanged"
+    );
+
+    let bytes = store_bytes(&store);
+    assert!(!contains(&bytes, b"SECRET-"), "a secret reached the store");
+    // What was kept is there: the other fields and attributes.
+    assert!(contains(&bytes, b"ann-2") && contains(&bytes, b"blue"));
+    let events = Events::read(&store).expect("read");
+    let kept = events.search(None, None, Some(EventKind::Content), usize::MAX);
+    assert!(!kept.is_empty());
+    assert!(
+        kept.iter().all(|e| e.node == "clean"),
+        "only `clean` keeps content"
+    );
+
+    let ids = created(&events, "src");
+    let r = flow_core::provenance::replay::find(&store, RecordId(ids[1]), None).expect("kept");
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].node, "clean");
+    assert_eq!(
+        r[0].kept.content.as_deref(),
+        Some(r#"{"n":1,"user":{"name":"ann-1"}}"#)
+    );
+    assert_eq!(
+        r[0].kept.attributes,
+        [("team".to_owned(), "blue".to_owned())].into()
+    );
+}
+
+const KEEP_PLAIN: &str = r#"
+name: kept-plain
+provenance:
+  content: [clean]
+processors:
+  src:
+    type: file
+    path: ${DIR}/in.jsonl
+  clean:
+    type: remap
+    source: '.seen = true'
+  out:
+    type: file_sink
+    path: ${DIR}/out.jsonl
+connections:
+  - src -> clean
+  - clean -> out
+"#;
+
+const REINJECT: &str = r#"
+name: reinject
+provenance:
+  enabled: false
+processors:
+  src:
+    type: file
+    path: ${DIR}/replayed.jsonl
+  out:
+    type: file_sink
+    path: ${DIR}/again.jsonl
+connections:
+  - src -> out
+"#;
+
+/// Replay: the line `flow provenance replay` writes for a record, read by a `file` source,
+/// is the record as it entered the node that kept it, byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_record_reinjected_by_a_file_source_is_the_original() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("store");
+    let lines = [
+        r#"{"device":"a","t":21.5,"tags":["x","y"]}"#,
+        r#"{"device":"b",  "t":-3,"note":"spaced  out é"}"#,
+        r#"{"device":"c","t":1e3}"#,
+    ];
+    std::fs::write(dir.path().join("in.jsonl"), lines.join("\n") + "\n").expect("input");
+    run_flow(KEEP_PLAIN, dir.path(), &store).await;
+    let events = Events::read(&store).expect("read");
+    let ids = created(&events, "src");
+    assert_eq!(ids.len(), 3);
+
+    let found = flow_core::provenance::replay::find(&store, RecordId(ids[1]), None).expect("kept");
+    let line = flow_core::provenance::replay::line(&found[0]).expect("whole");
+    std::fs::write(dir.path().join("replayed.jsonl"), line + "\n").expect("replayed");
+    run_flow(REINJECT, dir.path(), &store).await;
+    let again = std::fs::read_to_string(dir.path().join("again.jsonl")).expect("written");
+    assert_eq!(again, lines[1].to_owned() + "\n");
 }

@@ -29,6 +29,26 @@ pub struct ProvenanceConfig {
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub max_size: Option<ByteSize>,
+    /// The processors whose received records' (for a source: created records') content and
+    /// attributes are kept in the store (a CONTENT event per batch), so that `flow provenance
+    /// replay` can write them out again. Off unless a processor is named here: content costs store space, and may hold
+    /// what should not be kept (see `secret_attributes`, `secret_fields`).
+    #[serde(default)]
+    pub content: Vec<String>,
+    /// At most this much of each record's content is kept (default `64KiB`); a longer one is
+    /// cut there and marked `truncated` (replay refuses it).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub max_content_bytes: Option<ByteSize>,
+    /// Attributes that never reach the store: left out of kept content, and their values
+    /// replaced by `[secret]` in failure messages (`error.message` here leaves failure
+    /// messages out altogether).
+    #[serde(default)]
+    pub secret_attributes: Vec<String>,
+    /// Fields of JSON content (paths such as `password` or `user.token`) left out of kept
+    /// content. While any is set, content that is not JSON is not kept at all.
+    #[serde(default)]
+    pub secret_fields: Vec<String>,
     /// When the store's writer cannot keep up: `block` (the flow waits, nothing is lost; the
     /// default) or `sample` (events are dropped and counted). Either way it shows on
     /// `/metrics` and as one warning per burst.
@@ -37,7 +57,20 @@ pub struct ProvenanceConfig {
 }
 
 /// The keys of [`ProvenanceConfig`].
-pub const KEYS: &[&str] = &["enabled", "path", "max_age", "max_size", "when_full"];
+pub const KEYS: &[&str] = &[
+    "enabled",
+    "path",
+    "max_age",
+    "max_size",
+    "content",
+    "max_content_bytes",
+    "secret_attributes",
+    "secret_fields",
+    "when_full",
+];
+
+/// The default `max_content_bytes`.
+pub const DEFAULT_MAX_CONTENT_BYTES: u64 = 64 << 10;
 
 /// The default `max_age`.
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
@@ -71,6 +104,33 @@ impl ProvenanceConfig {
             max_age: self.max_age.unwrap_or(DEFAULT_MAX_AGE),
             max_size: self.max_size.map_or(DEFAULT_MAX_SIZE, |s| s.as_u64()),
         }
+    }
+}
+
+impl ProvenanceConfig {
+    /// What never reaches the store.
+    pub fn secrets(&self) -> crate::provenance::Secrets {
+        crate::provenance::Secrets {
+            attributes: self.secret_attributes.clone(),
+            fields: self
+                .secret_fields
+                .iter()
+                .map(|f| {
+                    f.trim_start_matches('.')
+                        .split('.')
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .collect(),
+        }
+    }
+
+    /// How much of a record's content is kept at the processors named in `content`.
+    pub fn max_content_bytes(&self) -> usize {
+        let max = self
+            .max_content_bytes
+            .map_or(DEFAULT_MAX_CONTENT_BYTES, |b| b.as_u64());
+        usize::try_from(max).unwrap_or(usize::MAX)
     }
 }
 

@@ -18,6 +18,7 @@
 pub mod config;
 pub mod index;
 pub mod query;
+pub mod replay;
 pub mod store;
 
 use std::sync::Arc;
@@ -48,11 +49,20 @@ pub enum EventKind {
     Failure,
     /// A sink finished the records (`detail`: where they went).
     Send,
+    /// Records made from others left the node (a window's aggregate): `records` are the
+    /// inputs, all of them, and the one child (`children[0].ids`) the record made of them.
+    Join,
+    /// The node changed the records' content or attributes.
+    Modify,
+    /// The content and attributes a node received, kept because the flow asks
+    /// (`provenance.content`): `detail` holds one JSON object per record, a line each, in
+    /// the order of `records` (see [`Kept`]).
+    Content,
 }
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 7] = [
+    pub const ALL: [EventKind; 10] = [
         Self::Create,
         Self::Receive,
         Self::Route,
@@ -60,6 +70,9 @@ impl EventKind {
         Self::Drop,
         Self::Failure,
         Self::Send,
+        Self::Join,
+        Self::Modify,
+        Self::Content,
     ];
 
     /// Its name: `CREATE`, `RECEIVE`, ...
@@ -72,6 +85,9 @@ impl EventKind {
             Self::Drop => "DROP",
             Self::Failure => "FAILURE",
             Self::Send => "SEND",
+            Self::Join => "JOIN",
+            Self::Modify => "MODIFY",
+            Self::Content => "CONTENT",
         }
     }
 
@@ -396,7 +412,130 @@ impl Recorder {
             tx: self.tx.clone(),
             when_full: self.when_full,
             backlog: self.backlog.clone(),
+            secrets: Arc::default(),
+            keep: None,
+            pending: Arc::default(),
         }
+    }
+}
+
+/// What never reaches the store: attributes by name and content fields by path, as the
+/// flow's `provenance.secret_attributes` and `secret_fields` name them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Secrets {
+    /// Attribute names.
+    pub attributes: Vec<String>,
+    /// Field paths, split at the dots (`user.password` is `["user", "password"]`).
+    pub fields: Vec<Vec<String>>,
+}
+
+impl Secrets {
+    /// Whether nothing is secret.
+    pub fn is_empty(&self) -> bool {
+        self.attributes.is_empty() && self.fields.is_empty()
+    }
+
+    /// `text` with the values of `record`'s secret attributes replaced by `[secret]` (an
+    /// error message may quote one).
+    pub fn scrub(&self, record: &Record, text: &str) -> String {
+        let mut text = text.to_owned();
+        for name in &self.attributes {
+            if let Some(v) = record.attributes.get(name)
+                && !v.is_empty()
+            {
+                text = text.replace(v.as_str(), "[secret]");
+            }
+        }
+        text
+    }
+}
+
+/// One record's kept content, as a line of a CONTENT event's `detail` and of `flow
+/// provenance replay`'s output.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Kept {
+    /// The record's id.
+    pub id: String,
+    /// Its attributes, without the secret ones.
+    pub attributes: crate::record::Attributes,
+    /// Its content as text (UTF-8), without the secret fields; `None` when it could not be
+    /// kept (see `withheld`).
+    pub content: Option<String>,
+    /// The content was longer than `max_content_bytes` and is cut there.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+    /// Why the content was not kept (not UTF-8; not JSON while secret fields are set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub withheld: Option<String>,
+}
+
+impl Kept {
+    /// What to keep of `record`: at most `max_bytes` of its content, without `secrets`.
+    pub fn of(record: &Record, max_bytes: usize, secrets: &Secrets) -> Self {
+        let mut attributes = record.attributes.clone();
+        attributes.retain(|k, _| !secrets.attributes.contains(k));
+        let encoded;
+        let bytes: &[u8] = match (record.raw_content(), record.parsed_value()) {
+            (Some(b), _) => b,
+            (None, Some(v)) => {
+                encoded = crate::record::encode_json(v);
+                &encoded
+            }
+            (None, None) => &[],
+        };
+        let mut kept = Self {
+            id: record.id().to_string(),
+            attributes,
+            content: None,
+            truncated: false,
+            withheld: None,
+        };
+        let text = if secrets.fields.is_empty() {
+            std::str::from_utf8(bytes).map(str::to_owned).ok()
+        } else {
+            match serde_json::from_slice::<serde_json::Value>(bytes) {
+                Ok(mut v) => {
+                    for path in &secrets.fields {
+                        remove_path(&mut v, path);
+                    }
+                    serde_json::to_string(&v).ok()
+                }
+                Err(_) => {
+                    kept.withheld = Some("not JSON, and the flow has secret fields".into());
+                    return kept;
+                }
+            }
+        };
+        let Some(mut text) = text else {
+            kept.withheld = Some("not UTF-8".into());
+            return kept;
+        };
+        if text.len() > max_bytes {
+            let mut cut = max_bytes;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+            kept.truncated = true;
+        }
+        kept.content = Some(text);
+        kept
+    }
+}
+
+fn remove_path(v: &mut serde_json::Value, path: &[String]) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut at = v;
+    for p in parents {
+        match at.get_mut(p.as_str()) {
+            Some(next) => at = next,
+            None => return,
+        }
+    }
+    if let Some(map) = at.as_object_mut() {
+        map.remove(last.as_str());
     }
 }
 
@@ -408,6 +547,13 @@ pub struct NodeRecorder {
     tx: mpsc::Sender<Event>,
     when_full: WhenFull,
     backlog: Arc<Backlog>,
+    secrets: Arc<Secrets>,
+    /// Keep the content of the records the node receives, at most this many bytes each.
+    keep: Option<usize>,
+    /// A batch's RECEIVE (and CONTENT) the writer had no room for when the batch was taken
+    /// (see [`NodeRecorder::receive`]); shared by the node's input and output, and recorded
+    /// before any other event of the node, so that the node's events keep their order.
+    pending: Arc<parking_lot::Mutex<Vec<Event>>>,
 }
 
 impl NodeRecorder {
@@ -421,10 +567,19 @@ impl NodeRecorder {
         self.source
     }
 
-    /// Record an event. When the writer is behind: wait for it (`block`, counting the
-    /// time) or drop the event (`sample`, counting it). A writer that is gone (its store
-    /// failed, and said so in the log) loses the event.
+    /// Keep nothing of `secrets`; keep the content of received records (at most `keep`
+    /// bytes each) if given.
+    pub fn with_policy(mut self, secrets: Arc<Secrets>, keep: Option<usize>) -> Self {
+        self.secrets = secrets;
+        self.keep = keep;
+        self
+    }
+
+    /// Record an event, after the node's pending RECEIVE if any. When the writer is behind:
+    /// wait for it (`block`, counting the time) or drop the event (`sample`, counting it).
+    /// A writer that is gone (its store failed, and said so in the log) loses the event.
     pub async fn record(&self, event: Event) {
+        self.flush().await;
         match self.tx.try_send(event) {
             Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
             Err(mpsc::error::TrySendError::Full(e)) => {
@@ -441,40 +596,101 @@ impl NodeRecorder {
         }
     }
 
-    /// Record an event if the writer has room; if not, the event back (to [`Self::flush`]
-    /// later) with `block`, or dropped and counted with `sample`.
-    pub fn try_record(&self, event: Event) -> Option<Event> {
-        match self.tx.try_send(event) {
-            Err(mpsc::error::TrySendError::Full(e)) => {
-                self.backlog.was_full(self.when_full);
-                match self.when_full {
-                    WhenFull::Block => Some(e),
-                    WhenFull::Sample => {
-                        self.backlog.drop_one();
-                        None
-                    }
-                }
-            }
-            _ => None,
-        }
-    }
-
-    /// Record the event in `pending`, if any, once the writer has room. Cancel-safe: the
-    /// event stays in `pending` until it is recorded.
-    pub async fn flush(&self, pending: &mut Option<Event>) {
-        if pending.is_none() {
+    /// Record the node's pending events (a RECEIVE the writer had no room for), waiting for
+    /// room (counted as time blocked). Cancel-safe: an event stays pending until recorded.
+    pub async fn flush(&self) {
+        if self.pending.lock().is_empty() {
             return;
         }
         let since = std::time::Instant::now();
-        match self.tx.reserve().await {
-            Ok(permit) => {
-                if let Some(e) = pending.take() {
-                    permit.send(e);
-                }
+        while !self.pending.lock().is_empty() {
+            let Ok(permit) = self.tx.reserve().await else {
+                self.pending.lock().clear();
+                break;
+            };
+            let mut pending = self.pending.lock();
+            if !pending.is_empty() {
+                permit.send(pending.remove(0));
             }
-            Err(_) => *pending = None,
         }
         self.backlog.waited(since);
+    }
+
+    /// Record the RECEIVE of `batch` (and its CONTENT if the node keeps content) without
+    /// waiting: with `block`, what the writer has no room for now stays pending, recorded
+    /// before the node's next event (see [`NodeRecorder::flush`]); with `sample`, it is
+    /// dropped and counted. So taking a batch never waits on the writer (cancel-safe), and
+    /// holds no room in it while the node is idle.
+    pub fn receive(&self, batch: &[Record]) {
+        let ids = Runs::of(batch);
+        let content = self.content(batch);
+        let mut pending = self.pending.lock();
+        for e in std::iter::once(self.event(EventKind::Receive, ids)).chain(content) {
+            if !pending.is_empty() {
+                pending.push(e);
+                continue;
+            }
+            if let Err(mpsc::error::TrySendError::Full(e)) = self.tx.try_send(e) {
+                self.backlog.was_full(self.when_full);
+                match self.when_full {
+                    WhenFull::Block => pending.push(e),
+                    WhenFull::Sample => self.backlog.drop_one(),
+                }
+            }
+        }
+    }
+
+    /// The CONTENT of `batch` if this node keeps content (a transform or sink: what it
+    /// receives; a source: what it creates).
+    pub fn content(&self, batch: &[Record]) -> Option<Event> {
+        let max = self.keep?;
+        let mut lines = String::new();
+        for r in batch {
+            let kept = Kept::of(r, max, &self.secrets);
+            if let Ok(line) = serde_json::to_string(&kept) {
+                lines.push_str(&line);
+                lines.push('\n');
+            }
+        }
+        Some(
+            self.event(EventKind::Content, Runs::of(batch))
+                .detail(lines),
+        )
+    }
+
+    /// What a batch leaving by `port` says about what the node made and changed: a JOIN
+    /// for every record made from others (its parents, all of them, which are taken out of
+    /// the record so that the next node does not record them again), and one MODIFY for the
+    /// records whose content or attributes changed here (their flag is cleared). A source's
+    /// records are new (CREATE): only their flags are cleared. Costs one pass of two field
+    /// reads per record when nothing was made or changed.
+    pub fn made_and_changed(&self, batch: &mut [Record], port: usize) -> Vec<Event> {
+        let mut events = Vec::new();
+        let mut modified: Vec<u64> = Vec::new();
+        for r in batch.iter_mut() {
+            let changed = r.take_modified();
+            if self.source {
+                continue;
+            }
+            if !r.parents().is_empty() {
+                let parents = r.take_parents();
+                let mut e = self
+                    .event(EventKind::Join, Runs::from_ids(parents.iter().map(|p| p.0)))
+                    .at(port);
+                e.children.push(Children {
+                    port: u32::try_from(port).unwrap_or(u32::MAX),
+                    to: None,
+                    ids: Runs::run(r.id().0, 1),
+                });
+                events.push(e);
+            } else if changed {
+                modified.push(r.id().0);
+            }
+        }
+        if !modified.is_empty() {
+            events.push(self.event(EventKind::Modify, Runs::from_ids(modified)));
+        }
+        events
     }
 
     /// An event at this node.
@@ -509,6 +725,15 @@ impl NodeRecorder {
                     .event(EventKind::Failure, Runs::of(&batch[start..i]))
                     .at(port);
                 e.detail = message(&batch[start]);
+                if !self.secrets.attributes.is_empty()
+                    && let Some(d) = &mut e.detail
+                {
+                    if self.secrets.attributes.iter().any(|a| a == "error.message") {
+                        e.detail = None;
+                    } else {
+                        *d = self.secrets.scrub(&batch[start], d);
+                    }
+                }
                 events.push(e);
                 start = i;
             }
@@ -583,5 +808,30 @@ mod tests {
         // A batch of 1,000 consecutive ids with random high bits: a dozen bytes.
         let big = Runs::run(0xdead_beef_0000_0000, 1000);
         assert!(postcard::to_allocvec(&big).expect("encodes").len() <= 13);
+    }
+
+    #[test]
+    fn kept_content_is_bounded_and_leaves_secrets_out() {
+        let mut r = Record::from_bytes(&br#"{"a":1,"pw":"s3","u":{"t":"s4","n":"ann"}}"#[..]);
+        r.set_attribute("auth", "s1");
+        r.set_attribute("team", "blue");
+        let secrets = Secrets {
+            attributes: vec!["auth".into()],
+            fields: vec![vec!["pw".into()], vec!["u".into(), "t".into()]],
+        };
+        let kept = Kept::of(&r, 1 << 10, &secrets);
+        assert_eq!(kept.content.as_deref(), Some(r#"{"a":1,"u":{"n":"ann"}}"#));
+        assert_eq!(kept.attributes.keys().collect::<Vec<_>>(), ["team"]);
+        // Without secret fields the bytes are kept as they came, cut at the bound.
+        let cut = Kept::of(&r, 8, &Secrets::default());
+        assert_eq!(cut.content.as_deref(), Some(r#"{"a":1,""#));
+        assert!(cut.truncated);
+        // Content that cannot be checked for secret fields is not kept.
+        let text = Record::from_text(bytes::Bytes::from_static(b"pw=s3"));
+        let withheld = Kept::of(&text, 1 << 10, &secrets);
+        assert_eq!(withheld.content, None);
+        assert!(withheld.withheld.is_some());
+        // A failure message quoting a secret attribute does not keep it.
+        assert_eq!(secrets.scrub(&r, "bad token s1"), "bad token [secret]");
     }
 }

@@ -220,7 +220,7 @@ impl Events {
             }
             break;
         }
-        let tree = r.tree(root, 0)?;
+        let tree = r.tree(root, 0, false)?;
         Ok((!tree.events.is_empty()).then_some(tree))
     }
 
@@ -306,44 +306,68 @@ impl LineageReader<'_> {
         Ok(out)
     }
 
-    fn tree(&mut self, id: u64, depth: usize) -> Result<Lineage, StoreError> {
+    /// The tree of `id`; `joined`: it is a JOIN's output reached from one of its inputs
+    /// (whose tree shows the JOIN already).
+    fn tree(&mut self, id: u64, depth: usize, joined: bool) -> Result<Lineage, StoreError> {
         let mut steps = Vec::new();
-        let mut forks = Vec::new();
+        // Copies (FORK) and outputs (JOIN, `true`) to follow.
+        let mut next = Vec::new();
         for (at, i) in self.naming(id)? {
             let e = &self.cache[&at][i];
             let Some(p) = e.records.position(id) else {
+                // The record is a JOIN's output: the JOIN is where it began, with its inputs.
+                if e.kind == EventKind::Join && !joined {
+                    let inputs = e.records.iter().map(|i| RecordId(i).to_string()).collect();
+                    let mut step = step(self.events.found(at, i, e.clone()), None);
+                    step.inputs = inputs;
+                    steps.push(step);
+                }
                 continue;
             };
             let f = self.events.found(at, i, e.clone());
             let position = e.origin.as_ref().and_then(|o| o.seqs.get(p));
-            // A SEND's position (a Kafka offset) belongs to its destination: `topic/0@42`.
-            let (origin, detail) = match (f.kind, position, f.detail) {
-                (EventKind::Send, Some(at), Some(d)) => (None, Some(format!("{d}@{at}"))),
-                (_, position, detail) => (position, detail),
-            };
-            steps.push(Step {
-                event: f.event,
-                kind: f.kind,
-                time: f.time,
-                node: f.node,
-                port: f.port,
-                origin,
-                detail,
-            });
-            // A record forked more than 64 deep is a cycle of bad data: stop.
-            if e.kind == EventKind::Fork && depth < 64 {
-                forks.extend(e.children.iter().filter_map(|c| c.ids.get(p)));
+            // A record forked or joined more than 64 deep is a cycle of bad data: stop.
+            if depth < 64 {
+                match e.kind {
+                    EventKind::Fork => {
+                        next.extend(e.children.iter().filter_map(|c| c.ids.get(p)).map(|c| (c, false)));
+                    }
+                    EventKind::Join => {
+                        next.extend(e.children.iter().filter_map(|c| c.ids.get(0)).map(|c| (c, true)));
+                    }
+                    _ => {}
+                }
             }
+            steps.push(step(f, position));
         }
         let mut children = Vec::new();
-        for child in forks {
-            children.push(self.tree(child, depth + 1)?);
+        for (child, joined) in next {
+            children.push(self.tree(child, depth + 1, joined)?);
         }
         Ok(Lineage {
             id: RecordId(id).to_string(),
             events: steps,
             children,
         })
+    }
+}
+
+/// A lineage step of event `f`; a SEND's position (a Kafka offset) belongs to its
+/// destination: `topic/0@42`.
+fn step(f: Found, position: Option<u64>) -> Step {
+    let (origin, detail) = match (f.kind, position, f.detail) {
+        (EventKind::Send, Some(at), Some(d)) => (None, Some(format!("{d}@{at}"))),
+        (_, position, detail) => (position, detail),
+    };
+    Step {
+        event: f.event,
+        kind: f.kind,
+        time: f.time,
+        node: f.node,
+        port: f.port,
+        origin,
+        detail,
+        inputs: Vec::new(),
     }
 }
 
@@ -382,6 +406,18 @@ fn found(header: &Header, h: usize, event: u64, raw: Event) -> Found {
                 .collect::<Vec<_>>()
                 .join(", "),
         ),
+        EventKind::Join => Some(format!(
+            "{} inputs -> {}",
+            raw.records.len(),
+            raw.children
+                .iter()
+                .filter_map(|c| c.ids.get(0))
+                .map(|id| RecordId(id).to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+        // The kept content is for `flow provenance replay`, not for listings.
+        EventKind::Content => Some(format!("{} records kept", raw.records.len())),
         _ => raw.detail.clone(),
     };
     Found {
@@ -431,6 +467,9 @@ pub struct Step {
     pub origin: Option<u64>,
     /// FAILURE's message, SEND's destination, DROP's reason, FORK's ways out.
     pub detail: Option<String>,
+    /// JOIN, in the lineage of the record it made: the ids of all its inputs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<String>,
 }
 
 /// A store's numbers.
@@ -486,6 +525,17 @@ impl Lineage {
             }
             if let Some(d) = &s.detail {
                 let _ = write!(out, " {d}");
+            }
+            if !s.inputs.is_empty() {
+                const SHOWN: usize = 8;
+                let _ = write!(
+                    out,
+                    " from {}",
+                    s.inputs[..s.inputs.len().min(SHOWN)].join(" ")
+                );
+                if s.inputs.len() > SHOWN {
+                    let _ = write!(out, " ... (`--format json` lists all)");
+                }
             }
             out.push('\n');
         }

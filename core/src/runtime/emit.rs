@@ -230,8 +230,25 @@ impl Emitter {
         Ok(())
     }
 
-    /// Forward everything a transform pushed, port by port.
+    /// Forward everything a processor pushed, port by port. Counts the records it dropped on
+    /// purpose, and with provenance records what the emitter cannot see in the batches: the
+    /// records dropped on purpose (DROP) and those pushed to several ports (FORK, each copy
+    /// renumbered).
     pub async fn flush(&mut self, out: &mut Output) -> Result<(), DownstreamGone> {
+        if let Some(prov) = &self.prov {
+            let rec = &prov.rec;
+            let dropped = out.take_dropped_ids();
+            if !dropped.is_empty() {
+                let ids = Runs::from_ids(dropped.iter().map(|id| id.0));
+                rec.record(rec.event(EventKind::Drop, ids)).await;
+            }
+            if let Some(batches) = out.copies() {
+                for e in crate::provenance::fork_copies(rec, batches) {
+                    rec.record(e).await;
+                }
+            }
+        }
+        self.metrics.add_dropped(out.take_dropped());
         let batches: Vec<(PortId, Batch)> = out.drain().collect();
         for (port, batch) in batches {
             self.send(port, batch).await?;
@@ -241,20 +258,30 @@ impl Emitter {
 }
 
 /// [`Emitter::send`] with provenance: the same sending and counting, and the events that
-/// say what happened to the batch (CREATE at a source; FAILURE, DROP or ROUTE; FORK when
-/// several edges get copies, each with new ids; DROP for an edge that shed its copy).
+/// say what happened to the batch (CREATE at a source; JOIN for records made from others,
+/// MODIFY for records changed here; FAILURE, DROP or ROUTE; FORK when several edges get
+/// copies, each with new ids; DROP for an edge that shed its copy).
 async fn send_recorded(
     node: &Arc<str>,
     p: &mut Port,
     prov: &Prov,
     metrics: &NodeMetrics,
     port: PortId,
-    batch: Batch,
+    mut batch: Batch,
 ) -> Result<(), DownstreamGone> {
     let rec = &prov.rec;
     let n = batch.len() as u64;
     if rec.is_source() {
         rec.record(rec.create(&batch)).await;
+        if let Some(e) = rec.content(&batch) {
+            rec.record(e).await;
+        }
+    }
+    for e in rec.made_and_changed(&mut batch, port.0) {
+        // A failed record's `error.*` attributes are its FAILURE, not a change.
+        if port != PortId::FAILURE || e.kind != EventKind::Modify {
+            rec.record(e).await;
+        }
     }
     let ids = Runs::of(&batch);
     if port == PortId::FAILURE {
@@ -358,9 +385,6 @@ pub struct Input {
     /// When the last batch was handed out (the node has been on it since).
     handed: Option<Instant>,
     prov: Option<NodeRecorder>,
-    /// A RECEIVE the writer had no room for yet: recorded before the next batch is taken,
-    /// so that [`Input::next`] stays cancel-safe.
-    pending: Option<crate::provenance::Event>,
 }
 
 impl Input {
@@ -372,7 +396,6 @@ impl Input {
             metrics,
             handed: None,
             prov: None,
-            pending: None,
         }
     }
 
@@ -415,53 +438,58 @@ impl Input {
     /// The next batch from any edge, taking turns; `None` once every edge is closed and drained.
     /// Counts its records as received, and the time since the previous batch was handed out
     /// as that batch's processing time. Cancel-safe: a batch is only taken when returned.
+    ///
+    /// With provenance, the batch's RECEIVE is recorded as it is taken, or, if the writer
+    /// has no room, before the node's next event (see [`NodeRecorder::receive`]): a node's
+    /// events keep their order.
     pub async fn next(&mut self) -> Option<Batch> {
         if let Some(t) = self.handed.take() {
             self.metrics.observe_batch(t.elapsed());
         }
         if let Some(rec) = &self.prov {
-            rec.flush(&mut self.pending).await;
+            rec.flush().await;
         }
-        let batch = self.poll_batch().await;
+        let batch = poll_batch(&mut self.edges, &mut self.next).await;
         if let Some(b) = &batch {
             self.metrics.add_received(b.len() as u64);
             self.handed = Some(Instant::now());
             if let Some(rec) = &self.prov {
-                self.pending = rec.try_record(rec.event(EventKind::Receive, Runs::of(b)));
+                rec.receive(b);
             }
         }
         batch
     }
+}
 
-    async fn poll_batch(&mut self) -> Option<Batch> {
-        std::future::poll_fn(|cx| {
-            let mut i = 0;
-            while i < self.edges.len() {
-                let idx = (self.next + i) % self.edges.len();
-                match self.edges[idx].poll_recv(cx) {
-                    Poll::Ready(Some(b)) => {
-                        self.next = (idx + 1) % self.edges.len();
-                        return Poll::Ready(Some(b));
-                    }
-                    Poll::Ready(None) => {
-                        self.edges.remove(idx);
-                        if self.edges.is_empty() {
-                            return Poll::Ready(None);
-                        }
-                        self.next %= self.edges.len();
-                        i = 0;
-                    }
-                    Poll::Pending => i += 1,
+/// The next batch from any of `edges`, taking turns from `next`.
+async fn poll_batch(edges: &mut Vec<EdgeReceiver>, next: &mut usize) -> Option<Batch> {
+    std::future::poll_fn(|cx| {
+        let mut i = 0;
+        while i < edges.len() {
+            let idx = (*next + i) % edges.len();
+            match edges[idx].poll_recv(cx) {
+                Poll::Ready(Some(b)) => {
+                    *next = (idx + 1) % edges.len();
+                    return Poll::Ready(Some(b));
                 }
+                Poll::Ready(None) => {
+                    edges.remove(idx);
+                    if edges.is_empty() {
+                        return Poll::Ready(None);
+                    }
+                    *next %= edges.len();
+                    i = 0;
+                }
+                Poll::Pending => i += 1,
             }
-            if self.edges.is_empty() {
-                Poll::Ready(None)
-            } else {
-                Poll::Pending
-            }
-        })
-        .await
-    }
+        }
+        if edges.is_empty() {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
 }
 
 impl Drop for Emitter {

@@ -236,6 +236,10 @@ pub fn start_with(
     for e in &spec.edges {
         targets[e.from][e.port].push(u32::try_from(e.to).unwrap_or(u32::MAX));
     }
+    // What provenance keeps of content, and never keeps.
+    let prov_config = spec.provenance.clone().unwrap_or_default();
+    let secrets = Arc::new(prov_config.secrets());
+    let max_content = prov_config.max_content_bytes();
     let mut outputs: Vec<_> = outputs.into_iter().map(Some).collect();
     let mut inputs: Vec<_> = inputs.into_iter().map(Some).collect();
     for i in order {
@@ -251,7 +255,10 @@ pub fn start_with(
         taps.push(n.name.clone(), emitter.taps());
         let mut input = Input::new(inputs[i].take().unwrap_or_default(), metrics.clone());
         if let Some(p) = provenance {
-            let rec = p.node(i, n.kind == Kind::Source);
+            let keep = prov_config.content.contains(&n.name).then_some(max_content);
+            let rec = p
+                .node(i, n.kind == Kind::Source)
+                .with_policy(secrets.clone(), keep);
             input = input.with_provenance(rec.clone());
             emitter = emitter.with_provenance(rec, std::mem::take(&mut targets[i]));
         }
@@ -267,13 +274,9 @@ pub fn start_with(
                     drop(input);
                     s.run(ctx)
                 }
-                Some(Processor::Transform(t)) => Box::pin(run_transform(
-                    name.clone(),
-                    t,
-                    input,
-                    emitter,
-                    metrics.clone(),
-                )),
+                Some(Processor::Transform(t)) => {
+                    Box::pin(run_transform(name.clone(), t, input, emitter))
+                }
                 Some(Processor::Task(t)) => {
                     let ctx = TaskContext {
                         name: name.clone(),
@@ -347,41 +350,60 @@ async fn run_transform(
     mut t: Box<dyn Transform>,
     mut input: Input,
     mut emitter: Emitter,
-    metrics: Arc<NodeMetrics>,
 ) -> Result<(), ProcessorError> {
     let mut out = Output::new(name, emitter.port_count());
+    let mut inputs: Vec<u64> = Vec::new();
     while let Some(batch) = input.next().await {
+        let tracked = emitter.provenance().is_some();
+        if tracked {
+            inputs.clear();
+            inputs.extend(batch.iter().map(|r| r.id().0));
+        }
         for r in batch {
             t.process(r, &mut out);
         }
-        transform_provenance(&emitter, &mut out).await;
-        metrics.add_dropped(out.take_dropped());
+        if let Some(rec) = emitter.provenance()
+            && let Some(e) = abandoned(rec, &inputs, &out)
+        {
+            rec.record(e).await;
+        }
         emitter.flush(&mut out).await?;
     }
     t.finish(&mut out);
-    transform_provenance(&emitter, &mut out).await;
-    metrics.add_dropped(out.take_dropped());
     emitter.flush(&mut out).await?;
     Ok(())
 }
 
-/// What a transform did to a batch that the emitter cannot see: records it dropped on
-/// purpose (DROP) and records it pushed to several ports (FORK, each copy renumbered).
-async fn transform_provenance(emitter: &Emitter, out: &mut Output) {
-    let Some(rec) = emitter.provenance() else {
-        return;
-    };
-    let dropped = out.take_dropped_ids();
-    if !dropped.is_empty() {
-        let ids = crate::provenance::Runs::from_ids(dropped.iter().map(|id| id.0));
-        rec.record(rec.event(crate::provenance::EventKind::Drop, ids))
-            .await;
-    }
-    if let Some(batches) = out.copies() {
-        for e in crate::provenance::fork_copies(rec, batches) {
-            rec.record(e).await;
+/// The DROP of the records of a batch (`inputs`, their ids) that a plain transform neither
+/// pushed on (as themselves or as the parents of records it made), nor dropped on purpose:
+/// it let them go (abandoned, so their sources do not commit them). A plain transform holds
+/// nothing between batches, so what is not in `out` after the batch is gone.
+fn abandoned(
+    rec: &crate::provenance::NodeRecorder,
+    inputs: &[u64],
+    out: &Output,
+) -> Option<crate::provenance::Event> {
+    use crate::processor::PortId;
+    let mut seen: Vec<u64> = out.dropped_ids().iter().map(|id| id.0).collect();
+    for p in 0..out.port_count() {
+        for r in out.port(PortId(p)) {
+            seen.push(r.id().0);
+            seen.extend(r.parents().iter().map(|id| id.0));
         }
     }
+    seen.sort_unstable();
+    let gone: Vec<u64> = inputs
+        .iter()
+        .copied()
+        .filter(|id| seen.binary_search(id).is_err())
+        .collect();
+    (!gone.is_empty()).then(|| {
+        rec.event(
+            crate::provenance::EventKind::Drop,
+            crate::provenance::Runs::from_ids(gone),
+        )
+        .detail("abandoned: the processor let it go without passing it on")
+    })
 }
 
 /// The provenance store header for a run of `spec`: its nodes and their ports, in order.

@@ -736,3 +736,106 @@ connections:
     assert!(report.errors.is_empty());
     assert_eq!(probe.committed.load(Ordering::SeqCst), 40);
 }
+
+/// Provenance of a run of `yaml`, read from the recorder's channel (`capacity` events: a
+/// small one keeps the writer behind, and a slow reader keeps it full).
+async fn run_recorded(yaml: &str, capacity: usize) -> Vec<crate::provenance::Event> {
+    let p = Arc::new(Probe::default());
+    *PROBE.lock() = Some(p);
+    let loaded = crate::spec::load(yaml, &|_| None, &registry());
+    let flow = loaded
+        .flow
+        .unwrap_or_else(|| panic!("invalid test flow: {:?}", loaded.diagnostics));
+    let (tx, mut rx) = tokio::sync::mpsc::channel(capacity);
+    let recorder = crate::provenance::Recorder::new(tx);
+    let running = start_with(
+        &flow,
+        CancellationToken::new(),
+        crate::clock::Clock::system(),
+        Some(&recorder),
+    )
+    .expect("starts");
+    drop(recorder);
+    let reader = tokio::spawn(async move {
+        let mut events = Vec::new();
+        while let Some(e) = rx.recv().await {
+            events.push(e);
+            // A slow writer: the channel stays full.
+            tokio::task::yield_now().await;
+        }
+        events
+    });
+    let report = running.wait().await;
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    reader.await.expect("reader")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_a_transform_loses_are_dropped_as_abandoned_and_receive_comes_first() {
+    use crate::provenance::EventKind;
+    let _g = SERIAL.lock().await;
+    let events = run_recorded(
+        r#"
+processors:
+  src: { type: count, count: 400, batch: 10 }
+  buggy: { type: even, odd: lose }
+  sink: { type: slow, slowness: 0 }
+connections:
+  - src -> buggy
+  - buggy -> sink
+"#,
+        1,
+    )
+    .await;
+    let buggy = 1;
+    let of = |kind: EventKind| -> Vec<&crate::provenance::Event> {
+        events
+            .iter()
+            .filter(|e| e.node == buggy && e.kind == kind)
+            .collect()
+    };
+    // Every odd record (half of each batch) is DROPped as abandoned, none other.
+    let created: Vec<u64> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::Create)
+        .flat_map(|e| e.records.iter())
+        .collect();
+    assert_eq!(created.len(), 400);
+    let dropped: Vec<u64> = of(EventKind::Drop)
+        .iter()
+        .inspect(|e| {
+            assert_eq!(
+                e.detail.as_deref(),
+                Some("abandoned: the processor let it go without passing it on")
+            );
+        })
+        .flat_map(|e| e.records.iter())
+        .collect();
+    let routed: Vec<u64> = of(EventKind::Route)
+        .iter()
+        .flat_map(|e| e.records.iter())
+        .collect();
+    assert_eq!(dropped.len(), 200);
+    assert_eq!(routed.len(), 200);
+    let mut all = [dropped.clone(), routed.clone()].concat();
+    all.sort_unstable();
+    let mut want = created.clone();
+    want.sort_unstable();
+    assert_eq!(all, want, "each record once: routed or abandoned");
+    // Per node, a batch's RECEIVE is stored before what the node did with it, though the
+    // writer was always full.
+    for (k, e) in events.iter().enumerate() {
+        if e.node != buggy || !matches!(e.kind, EventKind::Route | EventKind::Drop) {
+            continue;
+        }
+        for id in e.records.iter() {
+            assert!(
+                events[..k].iter().any(|r| r.node == buggy
+                    && r.kind == EventKind::Receive
+                    && r.records.position(id).is_some()),
+                "{} of {id:x} before its RECEIVE",
+                e.kind
+            );
+        }
+    }
+}

@@ -242,6 +242,24 @@ impl<'a> Loader<'a> {
                 );
             }
         }
+        // `provenance.content` names processors.
+        if let (Some(p), Some(pnode)) = (&provenance, top.get_node("provenance")) {
+            for name in &p.content {
+                if !nodes.iter().any(|n: &NodeSpec| &n.name == name) && !self.failed.contains(name)
+                {
+                    let at = pnode
+                        .as_mapping()
+                        .and_then(|m| m.get_node("content"))
+                        .map_or_else(|| self.node_pos(pnode), |n| self.node_pos(n));
+                    let help = did_you_mean(name, nodes.iter().map(|n| n.name.as_str()));
+                    self.error(
+                        at,
+                        format!("`provenance.content` names unknown processor `{name}`"),
+                    )
+                    .help = help;
+                }
+            }
+        }
         if nodes.is_empty() && !self.diags.iter().any(|d| d.severity == Severity::Error) {
             self.error(
                 Pos {

@@ -499,3 +499,26 @@ fn an_unset_variable_in_a_typed_field_is_no_type_error_for_the_structure() {
         );
     }
 }
+
+#[test]
+fn provenance_content_names_processors_of_the_flow() {
+    let ok = load(
+        "provenance: { content: [src], secret_attributes: [auth] }\nprocessors:\n  src: { type: src }\n",
+        &no_env,
+        &registry(),
+    );
+    assert!(!ok.has_errors(), "{:?}", ok.diagnostics);
+    let p = ok.flow.and_then(|f| f.provenance).expect("provenance");
+    assert_eq!(
+        (p.content, p.secret_attributes),
+        (vec!["src".to_owned()], vec!["auth".to_owned()])
+    );
+
+    let text = "provenance:\n  content: [scr]\nprocessors:\n  src: { type: src }\n";
+    let out = rendered(text);
+    assert!(
+        out.contains("`provenance.content` names unknown processor `scr`"),
+        "{out}"
+    );
+    assert!(out.contains("flow.yaml:2:"), "{out}");
+}

@@ -359,7 +359,7 @@ fn child_of(input: &Record, content: Vec<u8>) -> Record {
 /// Set what the plugin said about an output: attributes and event time.
 fn decorate(mut r: Record, attributes: Vec<(String, String)>, event_time: Option<i64>) -> Record {
     for (k, v) in attributes {
-        r.attributes.insert(k, v);
+        r.set_attribute(k, v);
     }
     if let Some(t) = event_time {
         r.event_time = Some(t);

@@ -30,6 +30,9 @@ pub struct Settings {
     pub max_keys: usize,
     pub on_limit: LimitPolicy,
     pub max_parents: usize,
+    /// Keep every input's id as a parent of its window's output, not only the first
+    /// `max_parents` (provenance is on: its JOIN names them all).
+    pub all_parents: bool,
 }
 
 /// One key's aggregates in one window.
@@ -321,7 +324,7 @@ impl Engine {
                 }
             }
             slot.count += 1;
-            if slot.parents.len() < s.max_parents {
+            if s.all_parents || slot.parents.len() < s.max_parents {
                 slot.parents.push(id);
             }
             slot.acks.merge(acks.clone());
@@ -361,7 +364,9 @@ impl Engine {
                         }
                         m.count += slot.count;
                         m.parents.extend(slot.parents);
-                        m.parents.truncate(self.s.max_parents);
+                        if !self.s.all_parents {
+                            m.parents.truncate(self.s.max_parents);
+                        }
                         m.acks.merge(slot.acks);
                         m
                     }

@@ -97,7 +97,8 @@ pub struct WindowAggregateConfig {
     #[serde(default)]
     pub on_limit: LimitPolicy,
     /// An output record lists at most this many parent ids; beyond, attribute `window.inputs`
-    /// says how many records it aggregates.
+    /// says how many records it aggregates. With provenance on, every input is kept as a
+    /// parent (8 bytes each while its window is open) so that the JOIN names them all.
     #[serde(default = "default_max_parents")]
     pub max_parents: usize,
     /// A file (a redb database) where open windows are checkpointed. Absent: state lives in
@@ -367,6 +368,7 @@ impl WindowAggregateConfig {
                     max_keys: self.max_keys,
                     on_limit: self.on_limit,
                     max_parents: self.max_parents,
+                    all_parents: false,
                 },
             }),
             _ => Err(errors),
@@ -539,10 +541,12 @@ fn publish(engine: &Engine, ctx: &TaskContext) {
 #[async_trait]
 impl TaskTransform for Window {
     async fn run(mut self: Box<Self>, mut ctx: TaskContext) -> Result<(), ProcessorError> {
-        let settings = self
+        let mut settings = self
             .settings
             .take()
             .ok_or_else(|| ProcessorError::other("window started twice"))?;
+        // Provenance's JOIN names every input of a window's output.
+        settings.all_parents = ctx.out.provenance().is_some();
         let mut engine = Engine::new(settings);
         let this = self;
         let store = match &this.cfg.state {
@@ -611,7 +615,6 @@ impl TaskTransform for Window {
                 engine.advance_to(to, &mut out);
                 last_input = now;
             }
-            ctx.metrics.add_dropped(out.take_dropped());
             ctx.out.flush(&mut out).await?;
             engine.delivered();
             if let Some(s) = &store
@@ -634,7 +637,6 @@ impl TaskTransform for Window {
             }
         }
         publish(&engine, &ctx);
-        ctx.metrics.add_dropped(out.take_dropped());
         ctx.out.flush(&mut out).await?;
         Ok(())
     }
