@@ -9,7 +9,7 @@ use egui_file_dialog::FileDialog;
 
 use crate::state::{Designer, Notice};
 use crate::theme;
-use crate::views::{Canvas, Inspector, Palette, Problems};
+use crate::views::{Canvas, Inspector, LiveView, Palette, Problems};
 
 /// What to do once unsaved changes are dealt with.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,6 +39,8 @@ pub struct DesignerApp {
     pub inspector: Inspector,
     /// The problems list.
     pub problems: Problems,
+    /// Running and watching the flow.
+    pub live: LiveView,
     find: Option<String>,
     find_focus: bool,
     file_dialog: FileDialog,
@@ -60,6 +62,7 @@ impl DesignerApp {
             palette: Palette::default(),
             inspector: Inspector::default(),
             problems: Problems::default(),
+            live: LiveView::default(),
             find: None,
             find_focus: false,
             file_dialog: FileDialog::new()
@@ -148,6 +151,7 @@ impl DesignerApp {
         ctx.set_visuals(theme::visuals());
         self.shortcuts(ui);
         self.watch_disk(&ctx);
+        self.live.update(&mut self.canvas, &mut self.designer);
 
         egui::Panel::top("menu").show(ui, |ui| {
             egui::MenuBar::new().ui(ui, |ui| self.menu(ui));
@@ -156,6 +160,13 @@ impl DesignerApp {
         egui::Panel::bottom("status")
             .exact_size(24.0)
             .show(ui, |ui| self.status(ui));
+        if self.live.active() {
+            egui::Panel::bottom("live")
+                .resizable(true)
+                .default_size(190.0)
+                .min_size(80.0)
+                .show(ui, |ui| self.live.panel(ui));
+        }
         egui::Panel::bottom("problems")
             .resizable(true)
             .default_size(92.0)
@@ -493,6 +504,8 @@ impl DesignerApp {
                 self.canvas.zoom_by(1.25);
             }
             ui.separator();
+            self.live.toolbar(ui, &mut self.designer);
+            ui.separator();
             if let Some(query) = &mut self.find {
                 let find_label = ui.label("Find").id;
                 let r = ui
@@ -574,6 +587,7 @@ impl DesignerApp {
     }
 
     fn dialogs(&mut self, ctx: &egui::Context) {
+        self.live.dialogs(ctx, &mut self.designer);
         self.file_dialog.update(ctx);
         if let Some(path) = self.file_dialog.take_picked() {
             match self.dialog.take() {

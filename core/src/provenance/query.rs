@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::store::{self, Header, StoreError};
 use super::{Event, EventKind};
@@ -233,7 +233,7 @@ fn found(header: &Header, h: usize, event: u64, raw: Event) -> Found {
 }
 
 /// The lineage of a record: what happened to it, and its copies' lineages.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lineage {
     /// The record's id.
     pub id: String,
@@ -244,7 +244,7 @@ pub struct Lineage {
 }
 
 /// One event of a record's lineage.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Step {
     /// The event's id.
     pub event: u64,
