@@ -51,6 +51,8 @@ pub struct DesignerApp {
     closing: bool,
     last_disk_check: f64,
     disk_changed: bool,
+    /// The window title last set.
+    title: Option<String>,
 }
 
 impl DesignerApp {
@@ -76,6 +78,7 @@ impl DesignerApp {
             closing: false,
             last_disk_check: 0.0,
             disk_changed: false,
+            title: None,
         }
     }
 
@@ -199,7 +202,13 @@ impl DesignerApp {
             self.canvas.focus(&focus);
         }
         self.dialogs(&ctx);
-        ctx.send_viewport_cmd(egui::ViewportCommand::Title(self.designer.title()));
+        // Only when it changes: a viewport command asks for another frame, and one each frame
+        // would repaint the window without end (a core busy for nothing).
+        let title = self.designer.title();
+        if self.title.as_deref() != Some(title.as_str()) {
+            ctx.send_viewport_cmd(egui::ViewportCommand::Title(title.clone()));
+            self.title = Some(title);
+        }
     }
 
     /// Ask before the window closes with unsaved changes.
@@ -300,7 +309,11 @@ impl DesignerApp {
             self.last_disk_check = now;
             self.disk_changed = self.designer.changed_on_disk();
         }
-        ctx.request_repaint_after(std::time::Duration::from_secs(1));
+        // While stats stream in, each one repaints (once a second): a timer of its own would
+        // double the frames.
+        if !self.live.streaming() {
+            ctx.request_repaint_after(std::time::Duration::from_secs(1));
+        }
     }
 
     fn menu(&mut self, ui: &mut Ui) {

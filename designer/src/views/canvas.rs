@@ -558,11 +558,12 @@ impl Canvas {
                 None => Color32::from_rgb(0x8a, 0x93, 0xa3),
             };
             let text = match (stats, settings) {
+                // Two short lines: the gap between layers is narrow.
                 (Some(s), _) => Some(format!(
-                    "{}/{} · {}",
+                    "{}\n{}/{}",
+                    rate(s.per_s),
                     count(s.queued),
-                    count(s.max_records),
-                    rate(s.per_s)
+                    count(s.max_records)
                 )),
                 (None, Some(s)) if !s.is_empty() => Some(s),
                 _ => None,
@@ -925,7 +926,7 @@ impl SnarlViewer<CanvasNode> for Viewer<'_> {
                 if let Some(s) = self.live.and_then(|l| l.node(&name)) {
                     let state = match s.state {
                         NodeState::Starting => "starting",
-                        NodeState::Running => "●",
+                        NodeState::Running => "▶",
                         NodeState::Finished => "✔",
                         NodeState::Failed => "✖",
                     };

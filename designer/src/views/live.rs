@@ -83,6 +83,13 @@ impl LiveView {
         self.session.is_some()
     }
 
+    /// Whether stats arrive (each one repaints the window).
+    pub fn streaming(&self) -> bool {
+        self.session
+            .as_ref()
+            .is_some_and(|s| s.shared().status == Some(Status::Live))
+    }
+
     /// Run the open file: save it first if changed, ask for the `${VAR}`s it needs unless
     /// given before.
     pub fn run(&mut self, designer: &mut Designer, ctx: &egui::Context) {
@@ -262,7 +269,7 @@ impl LiveView {
                     ("stopping…".to_owned(), theme::WARNING)
                 }
                 (None, Some(Status::Live)) => (
-                    format!("● live · {}", sh.url.as_deref().unwrap_or("")),
+                    format!("▶ live · {}", sh.url.as_deref().unwrap_or("")),
                     Color32::from_rgb(0x3f, 0xb9, 0x86),
                 ),
                 (None, Some(Status::Finished)) => ("finished".to_owned(), theme::WEAK),
@@ -677,12 +684,18 @@ fn edges_table(ui: &mut Ui, s: &crate::session::Shared) {
                 ui.label(e.info.label());
                 ui.label(format!("{}/{}", e.counters.records, e.info.max_records));
                 let fill = e.fill.clamp(0.0, 1.0) as f32;
-                ui.add(
-                    egui::ProgressBar::new(fill)
-                        .desired_width(120.0)
-                        .fill(fill_color(fill))
-                        .text(format!("{:.0}%", e.fill * 100.0)),
-                );
+                ui.horizontal(|ui| {
+                    let (rect, _) =
+                        ui.allocate_exact_size(egui::vec2(110.0, 8.0), egui::Sense::hover());
+                    let p = ui.painter();
+                    p.rect_filled(rect, 3.0, Color32::from_rgb(0x3a, 0x3f, 0x4a));
+                    if fill > 0.0 {
+                        let w = (rect.width() * fill).max(3.0);
+                        let bar = egui::Rect::from_min_size(rect.min, egui::vec2(w, rect.height()));
+                        p.rect_filled(bar, 3.0, fill_color(fill));
+                    }
+                    ui.label(format!("{:.0}%", e.fill * 100.0));
+                });
                 ui.label(rate(e.rates.sent));
                 ui.label(e.counters.sent.to_string());
                 ui.end_row();
