@@ -326,3 +326,85 @@ fn stop_ends_the_child_gracefully_and_a_second_stop_kills_a_stuck_one() {
     );
     assert!(gone(pid), "pid {pid} is gone");
 }
+
+#[test]
+fn attaching_to_a_flow_that_differs_from_the_open_file_draws_the_running_graph() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("running.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "name: running\nprocessors:\n  ticks:\n    type: generate\n    preset: sequence\n    rate: 100\n  keep:\n    type: filter\n    condition: .n > 1\n  out:\n    type: file_sink\n    path: {}\nconnections:\n  - ticks -> keep\n  - {{ from: keep.matched, to: out, max_records: 50 }}\n",
+            dir.path().join("out.jsonl").display()
+        ),
+    )
+    .expect("write");
+    // A flow started outside the designer; its API's address from its stderr.
+    let mut child = Killed(
+        std::process::Command::new(flow_bin())
+            .args(["run", "--api", "127.0.0.1:0"])
+            .arg(&file)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("flow runs"),
+    );
+    let stderr = child.0.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let url = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.strip_prefix(flow_designer::session::LISTENING)
+                .map(str::to_owned)
+        })
+        .expect("the API's address");
+    std::thread::spawn(move || lines.for_each(drop));
+
+    // The designer has another file open (the demo), and attaches.
+    let mut h = harness(app_for(&repo().join("flows/demo.yaml")));
+    h.run_steps(3);
+    h.get_by_label("Attach…").click();
+    h.run_steps(2);
+    h.get_by_label("API URL").focus();
+    h.run_steps(1);
+    // Select the suggested URL, type over it.
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::A);
+    h.run_steps(1);
+    h.get_by_label("API URL").type_text(&url);
+    h.run_steps(1);
+    h.get_by_label("Attach").click();
+    h.run_steps(2);
+    until(&mut h, "the running graph", |app| {
+        app.live.differs.is_some() && app.designer.graph().find("ticks").is_some()
+    });
+    assert_eq!(h.state().live.differs.as_deref(), Some("running"));
+    let g = h.state().designer.graph();
+    let labels: Vec<String> = g.edges.iter().map(|e| g.edge_label(e)).collect();
+    assert_eq!(labels, ["ticks.out -> keep", "keep.matched -> out"]);
+    h.get_by_label_contains("differs from the open file");
+    until(&mut h, "live figures on the running graph", |app| {
+        app.canvas
+            .live
+            .as_ref()
+            .and_then(|l| l.edge("keep.matched -> out"))
+            .is_some_and(|e| e.max_records == 50)
+    });
+    // Detach leaves the flow running; then it is stopped here.
+    h.get_by_label("Detach").click();
+    h.run_steps(2);
+    assert!(h.state().live.session.is_none());
+    assert!(
+        child.0.try_wait().expect("status").is_none(),
+        "still running"
+    );
+}
+
+/// A child killed and reaped when dropped, even when the test fails.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
