@@ -84,6 +84,8 @@ fi
 log "designer in a real window (Xvfb)"
 if command -v Xvfb >/dev/null && command -v xwininfo >/dev/null && command -v import >/dev/null; then
   bash scripts/screenshot.sh "$(mktemp -d)/designer.png" flows/sensors.yaml
+  # The designer running flows/sensors.yaml itself, live; prints its CPU share while watching.
+  bash scripts/screenshot.sh --live "$(mktemp -d)/designer-live.png"
 else
   echo "warning: Xvfb, xwininfo or import is missing: no real-window screenshot" >&2
 fi

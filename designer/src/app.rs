@@ -9,7 +9,7 @@ use egui_file_dialog::FileDialog;
 
 use crate::state::{Designer, Notice};
 use crate::theme;
-use crate::views::{Canvas, Inspector, Palette, Problems};
+use crate::views::{Canvas, Inspector, LiveView, Palette, Problems};
 
 /// What to do once unsaved changes are dealt with.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,6 +39,8 @@ pub struct DesignerApp {
     pub inspector: Inspector,
     /// The problems list.
     pub problems: Problems,
+    /// Running and watching the flow.
+    pub live: LiveView,
     find: Option<String>,
     find_focus: bool,
     file_dialog: FileDialog,
@@ -49,6 +51,8 @@ pub struct DesignerApp {
     closing: bool,
     last_disk_check: f64,
     disk_changed: bool,
+    /// The window title last set.
+    title: Option<String>,
 }
 
 impl DesignerApp {
@@ -60,6 +64,7 @@ impl DesignerApp {
             palette: Palette::default(),
             inspector: Inspector::default(),
             problems: Problems::default(),
+            live: LiveView::default(),
             find: None,
             find_focus: false,
             file_dialog: FileDialog::new()
@@ -73,6 +78,7 @@ impl DesignerApp {
             closing: false,
             last_disk_check: 0.0,
             disk_changed: false,
+            title: None,
         }
     }
 
@@ -148,6 +154,7 @@ impl DesignerApp {
         ctx.set_visuals(theme::visuals());
         self.shortcuts(ui);
         self.watch_disk(&ctx);
+        self.live.update(&mut self.canvas, &mut self.designer);
 
         egui::Panel::top("menu").show(ui, |ui| {
             egui::MenuBar::new().ui(ui, |ui| self.menu(ui));
@@ -156,6 +163,13 @@ impl DesignerApp {
         egui::Panel::bottom("status")
             .exact_size(24.0)
             .show(ui, |ui| self.status(ui));
+        if self.live.active() {
+            egui::Panel::bottom("live")
+                .resizable(true)
+                .default_size(190.0)
+                .min_size(80.0)
+                .show(ui, |ui| self.live.panel(ui));
+        }
         egui::Panel::bottom("problems")
             .resizable(true)
             .default_size(92.0)
@@ -188,7 +202,13 @@ impl DesignerApp {
             self.canvas.focus(&focus);
         }
         self.dialogs(&ctx);
-        ctx.send_viewport_cmd(egui::ViewportCommand::Title(self.designer.title()));
+        // Only when it changes: a viewport command asks for another frame, and one each frame
+        // would repaint the window without end (a core busy for nothing).
+        let title = self.designer.title();
+        if self.title.as_deref() != Some(title.as_str()) {
+            ctx.send_viewport_cmd(egui::ViewportCommand::Title(title.clone()));
+            self.title = Some(title);
+        }
     }
 
     /// Ask before the window closes with unsaved changes.
@@ -289,7 +309,11 @@ impl DesignerApp {
             self.last_disk_check = now;
             self.disk_changed = self.designer.changed_on_disk();
         }
-        ctx.request_repaint_after(std::time::Duration::from_secs(1));
+        // While stats stream in, each one repaints (once a second): a timer of its own would
+        // double the frames.
+        if !self.live.streaming() {
+            ctx.request_repaint_after(std::time::Duration::from_secs(1));
+        }
     }
 
     fn menu(&mut self, ui: &mut Ui) {
@@ -493,6 +517,8 @@ impl DesignerApp {
                 self.canvas.zoom_by(1.25);
             }
             ui.separator();
+            self.live.toolbar(ui, &mut self.designer);
+            ui.separator();
             if let Some(query) = &mut self.find {
                 let find_label = ui.label("Find").id;
                 let r = ui
@@ -574,6 +600,7 @@ impl DesignerApp {
     }
 
     fn dialogs(&mut self, ctx: &egui::Context) {
+        self.live.dialogs(ctx, &mut self.designer);
         self.file_dialog.update(ctx);
         if let Some(path) = self.file_dialog.take_picked() {
             match self.dialog.take() {

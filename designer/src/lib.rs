@@ -13,7 +13,9 @@
 //!   inspector (forms from JSON Schema);
 //! - [`views`]: the panels, each a view with `fn ui`;
 //! - [`app`]: the window that puts them together;
-//! - [`live`]: the hook for a running flow's figures over the canvas.
+//! - [`live`]: a running flow's figures over the canvas;
+//! - [`session`]: a flow run as a child process (`flow run --api`) or attached to by URL,
+//!   watched through its control API off the UI thread.
 
 use std::sync::Arc;
 
@@ -22,6 +24,7 @@ pub mod form;
 pub mod graph;
 pub mod layout;
 pub mod live;
+pub mod session;
 pub mod state;
 pub mod theme;
 pub mod validation;

@@ -5,12 +5,28 @@ use std::path::PathBuf;
 use flow_designer::{Designer, DesignerApp, process_env};
 
 fn main() -> anyhow::Result<()> {
-    let file = std::env::args_os().nth(1).map(PathBuf::from);
-    if file.as_deref().is_some_and(|f| f == "--help" || f == "-h") {
-        println!(
-            "usage: flow-designer [FILE]\n\nOpens FILE (a flow's YAML) in the designer, or a new flow."
-        );
-        return Ok(());
+    let mut file = None;
+    let mut run = false;
+    let mut attach = None;
+    let mut args = std::env::args_os().skip(1);
+    while let Some(a) = args.next() {
+        if a == "--help" || a == "-h" {
+            println!(
+                "usage: flow-designer [FILE] [--run] [--attach URL]\n\nOpens FILE (a flow's YAML) in the designer, or a new flow.\n  --run         runs FILE at once (`flow run FILE --api`) and shows it live\n  --attach URL  watches the flow whose control API is at URL (token: FLOW_API_TOKEN)"
+            );
+            return Ok(());
+        } else if a == "--run" {
+            run = true;
+        } else if a == "--attach" {
+            attach = Some(
+                args.next()
+                    .ok_or_else(|| anyhow::anyhow!("--attach needs a URL"))?
+                    .to_string_lossy()
+                    .into_owned(),
+            );
+        } else {
+            file = Some(PathBuf::from(a));
+        }
     }
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
@@ -32,6 +48,13 @@ fn main() -> anyhow::Result<()> {
             let mut app = DesignerApp::new(designer);
             if let Some(f) = &file {
                 app.open(f);
+                if run {
+                    app.live.run(&mut app.designer, &cc.egui_ctx);
+                }
+            }
+            if let Some(url) = &attach {
+                let token = std::env::var("FLOW_API_TOKEN").ok();
+                app.live.attach(url, token, &cc.egui_ctx);
             }
             Ok(Box::new(app))
         }),

@@ -19,9 +19,10 @@ use egui_snarl::ui::{
 };
 use egui_snarl::{InPin, InPinId, NodeId, OutPin, OutPinId, Snarl};
 use flow_core::processor::Kind;
+use flow_core::runtime::metrics::NodeState;
 use flow_core::spec::Severity;
 
-use crate::live::{LiveStats, rate};
+use crate::live::{LiveStats, count, fill_color, rate};
 use crate::state::{Designer, Notice};
 use crate::theme;
 
@@ -557,7 +558,13 @@ impl Canvas {
                 None => Color32::from_rgb(0x8a, 0x93, 0xa3),
             };
             let text = match (stats, settings) {
-                (Some(s), _) => Some(format!("{} · {}", s.queued, rate(s.per_s))),
+                // Two short lines: the gap between layers is narrow.
+                (Some(s), _) => Some(format!(
+                    "{}\n{}/{}",
+                    rate(s.per_s),
+                    count(s.queued),
+                    count(s.max_records)
+                )),
                 (None, Some(s)) if !s.is_empty() => Some(s),
                 _ => None,
             };
@@ -568,7 +575,9 @@ impl Canvas {
                         egui::FontId::proportional(11.0),
                         theme::TEXT,
                     );
-                    let r = Rect::from_center_size(mid, galley.size() + vec2(12.0, 6.0));
+                    // Live: room under the text for the fill bar.
+                    let extra = if stats.is_some() { 12.0 } else { 6.0 };
+                    let r = Rect::from_center_size(mid, galley.size() + vec2(12.0, extra));
                     painter.rect(
                         r,
                         CornerRadius::same(8),
@@ -576,14 +585,25 @@ impl Canvas {
                         Stroke::new(if selected { 2.0 } else { 1.0 }, color),
                         egui::StrokeKind::Inside,
                     );
+                    let mut text_at = r.center() - galley.size() / 2.0;
                     if let Some(s) = stats {
-                        let bar = Rect::from_min_size(
-                            pos2(r.left() + 4.0, r.bottom() - 3.0),
-                            vec2((r.width() - 8.0) * s.fill(), 2.0),
+                        // A track and the fill over it, green / yellow / red by fill ratio.
+                        let track = Rect::from_min_size(
+                            pos2(r.left() + 6.0, r.bottom() - 7.0),
+                            vec2(r.width() - 12.0, 4.0),
                         );
-                        painter.rect_filled(bar, 1.0, fill_color(s.fill()));
+                        painter.rect_filled(track, 2.0, Color32::from_rgb(0x3a, 0x3f, 0x4a));
+                        let fill = s.fill();
+                        if fill > 0.0 {
+                            let bar = Rect::from_min_size(
+                                track.min,
+                                vec2((track.width() * fill).max(2.0), track.height()),
+                            );
+                            painter.rect_filled(bar, 2.0, fill_color(fill));
+                        }
+                        text_at.y = r.top() + 3.0;
                     }
-                    painter.galley(r.center() - galley.size() / 2.0, galley, theme::TEXT);
+                    painter.galley(text_at, galley, theme::TEXT);
                     r
                 }
                 None => {
@@ -599,16 +619,6 @@ impl Canvas {
         if let Some(i) = hit {
             actions.push(Action::SelectEdge(i));
         }
-    }
-}
-
-fn fill_color(fill: f32) -> Color32 {
-    if fill > 0.8 {
-        theme::ERROR
-    } else if fill > 0.5 {
-        theme::WARNING
-    } else {
-        Color32::from_rgb(0x3f, 0xb9, 0x86)
     }
 }
 
@@ -736,8 +746,16 @@ impl SnarlViewer<CanvasNode> for Viewer<'_> {
             return default;
         };
         let selected = self.designer.selection.nodes.contains(&n.name);
+        let live = self.live.and_then(|l| l.node(&n.name));
         let stroke = if selected {
             Stroke::new(2.5, theme::SELECTED)
+        } else if let Some(s) = &live {
+            match s.state {
+                NodeState::Failed => Stroke::new(2.0, theme::ERROR),
+                NodeState::Finished => Stroke::new(1.0, theme::WEAK),
+                _ if s.bulletin.is_some() => Stroke::new(1.5, theme::WARNING),
+                _ => Stroke::new(1.5, Color32::from_rgb(0x3f, 0xb9, 0x86)),
+            }
         } else {
             match self.designer.validation().node_severity(&n.name) {
                 Some(Severity::Error) => Stroke::new(1.5, theme::ERROR),
@@ -906,23 +924,49 @@ impl SnarlViewer<CanvasNode> for Viewer<'_> {
                 ui.set_width(crate::layout::FOOTER_WIDTH);
                 ui.spacing_mut().item_spacing.y = 0.0;
                 if let Some(s) = self.live.and_then(|l| l.node(&name)) {
+                    let state = match s.state {
+                        NodeState::Starting => "starting",
+                        NodeState::Running => "▶",
+                        NodeState::Finished => "✔",
+                        NodeState::Failed => "✖",
+                    };
                     ui.add(
                         egui::Label::new(
                             RichText::new(format!(
-                                "in {} · out {}{}",
+                                "{state} in {} · out {}{}",
                                 rate(s.received_per_s),
                                 rate(s.sent_per_s),
                                 if s.errors > 0 {
-                                    format!(" · {} failed", s.errors)
+                                    format!(" · {} failed", count(s.errors))
                                 } else {
                                     String::new()
                                 }
                             ))
                             .size(11.0)
-                            .color(theme::WEAK),
+                            .color(if s.errors > 0 {
+                                theme::WARNING
+                            } else {
+                                theme::WEAK
+                            }),
                         )
                         .truncate(),
                     );
+                    // The error it failed with, else its latest bulletin, on one line.
+                    let line = match (&s.error, &s.bulletin) {
+                        (Some(e), _) => Some((theme::ERROR, format!("✖ {e}"))),
+                        (None, Some((level, m))) => Some(match level {
+                            flow_core::observe::Level::Error => (theme::ERROR, format!("✖ {m}")),
+                            flow_core::observe::Level::Warn => (theme::WARNING, format!("⚠ {m}")),
+                        }),
+                        _ => None,
+                    };
+                    if let Some((color, text)) = line {
+                        ui.add(
+                            egui::Label::new(RichText::new(text).size(11.0).color(color))
+                                .truncate(),
+                        );
+                    }
+                    return;
                 }
                 let problems: Vec<_> = self.designer.validation().for_node(&name).collect();
                 if let Some(first) = problems.first() {

@@ -3,10 +3,12 @@
 
 pub mod canvas;
 pub mod inspector;
+pub mod live;
 pub mod palette;
 pub mod problems;
 
 pub use canvas::Canvas;
 pub use inspector::Inspector;
+pub use live::LiveView;
 pub use palette::{Palette, PaletteDrag};
 pub use problems::Problems;
