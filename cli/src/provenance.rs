@@ -129,9 +129,7 @@ pub fn run(args: Args, registry: &flow_core::processor::Registry) -> anyhow::Res
     if !dir.is_dir() {
         anyhow::bail!("no provenance store at {}", dir.display());
     }
-    if let Query::Replay(r) = &args.command {
-        return crate::replay::run(r, &dir);
-    }
+    // (Reads only the segments' headers and indexes: cheap for `replay` too.)
     let events = Events::read(&dir)?;
     let json = matches!(args.format, Format::Json);
     let out = match &args.command {
@@ -172,7 +170,7 @@ pub fn run(args: Args, registry: &flow_core::processor::Registry) -> anyhow::Res
                 search_table(&found)
             }
         }
-        Query::Replay(_) => {}
+        Query::Replay(r) => return crate::replay::run(r, &dir),
         Query::Stats => {
             let s = events.stats();
             if json {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::{repo, server};
 use flow_core::provenance::EventKind;
-use flow_core::provenance::query::{Events, Lineage};
+use flow_core::provenance::query::{Events, Lineage, Search};
 use flow_core::record::RecordId;
 
 const RECORDS: u64 = 300;
@@ -32,7 +32,7 @@ fn numbered() -> String {
 
 /// Run a flow reading `input` (`RECORDS` JSON lines, line i with `"n": i`) into `sink` (YAML
 /// of one processor named `out`) with its provenance store in `dir`; the SEND destination of
-/// each input line.
+/// each input record, by its `n`.
 fn run(dir: &Path, input: &str, sink: &str, env: &[(&str, &str)]) -> BTreeMap<u64, String> {
     std::fs::write(dir.join("in.jsonl"), input).expect("input");
     let flow = format!(
@@ -58,19 +58,33 @@ fn run(dir: &Path, input: &str, sink: &str, env: &[(&str, &str)]) -> BTreeMap<u6
     destinations(&dir.join("store"))
 }
 
-/// Each source record's position (its line) and the destination of its SEND, from lineage.
+/// Each source record's `n` (from its line, which its CREATE names) and the destination of
+/// its SEND, from lineage.
 fn destinations(store: &Path) -> BTreeMap<u64, String> {
     let events = Events::read(store).expect("the store reads");
+    let created = events
+        .search(&Search {
+            kind: Some(EventKind::Create),
+            limit: usize::MAX,
+            ..Search::default()
+        })
+        .expect("search");
     let mut sent = BTreeMap::new();
-    for e in events.all().iter().filter(|e| e.kind == EventKind::Create) {
-        let origin = e.raw.origin.as_ref().expect("CREATE has origins");
-        for (i, id) in e.raw.records.iter().enumerate() {
-            let line = origin.seqs.get(i).expect("an origin per record");
-            let lineage = events.lineage(RecordId(id)).expect("lineage");
-            let sends = sends(&lineage);
-            assert_eq!(sends.len(), 1, "line {line}: one SEND: {lineage:#?}");
-            sent.insert(line, sends[0].clone());
-        }
+    for id in created.iter().flat_map(|e| e.ids().collect::<Vec<_>>()) {
+        let lineage = events
+            .lineage(RecordId(id))
+            .expect("read")
+            .expect("lineage");
+        let line = lineage
+            .events
+            .iter()
+            .find(|s| s.kind == EventKind::Create)
+            .and_then(|s| s.origin)
+            .expect("CREATE names the record's line");
+        let sends = sends(&lineage);
+        assert_eq!(sends.len(), 1, "line {line}: one SEND: {lineage:#?}");
+        // Lines count from 1: line L holds `"n": L - 1`.
+        sent.insert(line - 1, sends[0].clone());
     }
     assert_eq!(sent.len() as u64, RECORDS, "every record has its SEND");
     sent
@@ -139,14 +153,14 @@ fn kafka_send_names_the_partition_and_offset_holding_the_record() {
         assert_eq!(
             at.get(place),
             Some(line),
-            "SEND says line {line} is at {place}"
+            "SEND says n={line} is at {place}"
         );
     }
 }
 
 #[test]
 fn s3_send_names_the_object_holding_the_record() {
-    use object_store::ObjectStore as _;
+    use object_store::ObjectStoreExt as _;
     let Some(endpoint) = server("FLOW_TEST_S3_ENDPOINT", "s3s-fs") else {
         return;
     };
@@ -161,7 +175,8 @@ fn s3_send_names_the_object_holding_the_record() {
     // Two objects at least: one per parity of n.
     let sink = format!(
         "    type: s3_sink\n    url: s3://{bucket}/{prefix}\n    endpoint: {endpoint}\n    \
-         key: \"{{parity}}/part-{{uuid}}.jsonl\"\n    format: json\n"
+         key: \"{{parity}}/part-{{uuid}}.jsonl\"\n    format: json\n    \
+         compression: none\n"
     );
     let input: String = (0..RECORDS)
         .map(|i| format!("{{\"n\":{i},\"parity\":\"p{}\"}}\n", i % 2))
@@ -230,7 +245,7 @@ fn mqtt_send_names_the_topic_a_subscriber_got_the_record_on() {
     let port = url.rsplit(':').next().expect("a port").to_owned();
     let dir = tempfile::tempdir().expect("tempdir");
     let base = unique("flow-test/send");
-    let mut sub = Command::new("mosquitto_sub")
+    let sub = Command::new("mosquitto_sub")
         .args(["-h", "127.0.0.1", "-p", &port, "-q", "1", "-v", "-C"])
         .arg(RECORDS.to_string())
         .args(["-W", "60", "-t"])

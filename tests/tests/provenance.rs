@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use flow_core::clock::Clock;
 use flow_core::provenance::EventKind;
 use flow_core::provenance::config::Settings;
-use flow_core::provenance::query::{Events, Lineage, Search};
+use flow_core::provenance::query::{Events, Found, Lineage, Search};
 use flow_core::provenance::store::Writer;
 use flow_core::record::RecordId;
 use flow_core::runtime::{self, CancellationToken};
@@ -90,10 +90,21 @@ async fn run_flow(yaml: &str, dir: &std::path::Path, store: &std::path::Path) {
     assert!(stats.events > 0);
 }
 
+/// Every event of `kind` (at `node`), in order.
+fn search(events: &Events, node: Option<&str>, kind: EventKind) -> Vec<Found> {
+    events
+        .search(&Search {
+            node: node.map(str::to_owned),
+            kind: Some(kind),
+            limit: usize::MAX,
+            ..Search::default()
+        })
+        .expect("search")
+}
+
 /// The ids the source `node` created, in order.
 fn created(events: &Events, node: &str) -> Vec<u64> {
-    events
-        .search(Some(node), None, Some(EventKind::Create), usize::MAX)
+    search(events, Some(node), EventKind::Create)
         .iter()
         .flat_map(|e| e.ids().collect::<Vec<_>>())
         .collect()
@@ -288,7 +299,12 @@ async fn a_window_joins_every_input_and_a_remap_modifies_only_what_it_changed() 
     let inputs = created(&events, "src");
     assert_eq!(inputs.len(), 5);
     let sink = dir.path().join("out.jsonl").display().to_string();
-    let lineage = |id: u64| events.lineage(RecordId(id)).expect("lineage");
+    let lineage = |id: u64| {
+        events
+            .lineage(RecordId(id))
+            .expect("read")
+            .expect("lineage")
+    };
     let lines_of = |l: &Lineage| {
         let mut out = Vec::new();
         shape(l, 0, &mut out);
@@ -331,8 +347,7 @@ async fn a_window_joins_every_input_and_a_remap_modifies_only_what_it_changed() 
     let want: Vec<String> = inputs.iter().map(|&i| RecordId(i).to_string()).collect();
     assert_eq!(out.events[0].inputs, want);
     // MODIFY names the two records the remap changed, and no other.
-    let modified: Vec<u64> = events
-        .search(Some("mark"), None, Some(EventKind::Modify), usize::MAX)
+    let modified: Vec<u64> = search(&events, Some("mark"), EventKind::Modify)
         .iter()
         .flat_map(|e| e.ids().collect::<Vec<_>>())
         .collect();
@@ -390,7 +405,7 @@ async fn kept_content_leaves_out_secret_attributes_and_fields() {
     // What was kept is there: the other fields and attributes.
     assert!(contains(&bytes, b"ann-2") && contains(&bytes, b"blue"));
     let events = Events::read(&store).expect("read");
-    let kept = events.search(None, None, Some(EventKind::Content), usize::MAX);
+    let kept = search(&events, None, EventKind::Content);
     assert!(!kept.is_empty());
     assert!(
         kept.iter().all(|e| e.node == "clean"),

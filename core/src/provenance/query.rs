@@ -330,10 +330,20 @@ impl LineageReader<'_> {
             if depth < 64 {
                 match e.kind {
                     EventKind::Fork => {
-                        next.extend(e.children.iter().filter_map(|c| c.ids.get(p)).map(|c| (c, false)));
+                        next.extend(
+                            e.children
+                                .iter()
+                                .filter_map(|c| c.ids.get(p))
+                                .map(|c| (c, false)),
+                        );
                     }
                     EventKind::Join => {
-                        next.extend(e.children.iter().filter_map(|c| c.ids.get(0)).map(|c| (c, true)));
+                        next.extend(
+                            e.children
+                                .iter()
+                                .filter_map(|c| c.ids.get(0))
+                                .map(|c| (c, true)),
+                        );
                     }
                     _ => {}
                 }

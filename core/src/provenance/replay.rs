@@ -50,7 +50,7 @@ pub enum ReplayError {
 /// outputs), in the order the store has them; only those kept at `node` if given.
 pub fn find(dir: &Path, id: RecordId, node: Option<&str>) -> Result<Vec<Replayable>, ReplayError> {
     let events = Events::read(dir)?;
-    let tree = events.lineage(id).ok_or(ReplayError::Unknown(id))?;
+    let tree = events.lineage(id)?.ok_or(ReplayError::Unknown(id))?;
     let mut ids = Vec::new();
     collect(&tree, &mut ids);
     // The record asked for first, then the rest of its tree.
