@@ -7,18 +7,10 @@ mod common;
 
 use std::path::Path;
 
-use common::{Flow, counts, duplicates, free_port, lines, server, wait_for};
+use common::{Flow, counts, duplicates, free_port, lines, server, unique, wait_for};
 
 fn brokers() -> Option<String> {
     server("FLOW_TEST_KAFKA_BROKERS", "the Kafka broker (tansu)")
-}
-
-fn unique(name: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    format!("{name}-{}-{nanos}", std::process::id())
 }
 
 /// `generate` (`{"n": i}`, i = 0..COUNT at RATE/s) into a topic it creates with 4 partitions,

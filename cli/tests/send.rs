@@ -10,20 +10,12 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{repo, server};
+use common::{repo, server, unique};
 use flow_core::provenance::EventKind;
 use flow_core::provenance::query::{Events, Lineage, Search};
 use flow_core::record::RecordId;
 
 const RECORDS: u64 = 300;
-
-fn unique(name: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    format!("{name}-{}-{nanos}", std::process::id())
-}
 
 /// `RECORDS` lines `{"n": i}`.
 fn numbered() -> String {

@@ -29,6 +29,15 @@ pub fn server(var: &str, what: &str) -> Option<String> {
     }
 }
 
+/// A name no other run or test uses (topics, buckets, groups): `name-PID-NANOS`.
+pub fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{name}-{}-{nanos}", std::process::id())
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
