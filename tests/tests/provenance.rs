@@ -484,3 +484,111 @@ async fn a_replayed_record_reinjected_by_a_file_source_is_the_original() {
     let again = std::fs::read_to_string(dir.path().join("again.jsonl")).expect("written");
     assert_eq!(again, lines[1].to_owned() + "\n");
 }
+
+const WHOLE: &str = r#"
+name: whole
+processors:
+  src:
+    type: file
+    path: ${DIR}/in.jsonl
+  valid:
+    type: filter
+    condition: .n != 0
+  triage:
+    type: route
+    routes:
+      hot: .n >= 2
+      big: .n >= 3
+  agg:
+    type: window_aggregate
+    event_time: .ts
+    window: { tumbling: 10s }
+    aggregates: { count: count() }
+  all:
+    type: file_sink
+    path: ${DIR}/all.jsonl
+  hot:
+    type: file_sink
+    path: ${DIR}/hot.jsonl
+  big:
+    type: file_sink
+    path: ${DIR}/big.jsonl
+  windows:
+    type: file_sink
+    path: ${DIR}/windows.jsonl
+connections:
+  - src -> valid
+  - valid.matched -> triage
+  - valid.matched -> all
+  - valid.matched -> agg
+  - triage.hot -> hot
+  - triage.big -> big
+  - agg -> windows
+"#;
+
+/// One record's whole journey in one tree: a filter, a fan-out to three edges, a route that
+/// matches two ports (a fork), a window (a JOIN of every input) and four sinks, each SEND
+/// naming the file it wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tree_through_filter_fan_out_route_window_and_sinks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("store");
+    let lines: Vec<String> = (0..5)
+        .map(|n| format!(r#"{{"n":{n},"ts":{}}}"#, 1000 * (n + 1)))
+        .collect();
+    std::fs::write(dir.path().join("in.jsonl"), lines.join("\n") + "\n").expect("input");
+    run_flow(WHOLE, dir.path(), &store).await;
+    let events = Events::read(&store).expect("read");
+    let inputs = created(&events, "src");
+    assert_eq!(inputs.len(), 5);
+    let tree = events
+        .lineage(RecordId(inputs[3]))
+        .expect("read")
+        .expect("lineage");
+    let mut got = Vec::new();
+    shape(&tree, 0, &mut got);
+    let d = dir.path().display().to_string();
+    let got: Vec<String> = got.into_iter().map(|l| l.replace(&d, "DIR")).collect();
+    // The window's output, the fourth copy down: the fan-out's third way.
+    let output = &tree.children[2].children[0].id;
+    let want = [
+        "CREATE src",
+        "ROUTE src.out",
+        "RECEIVE valid",
+        "ROUTE valid.matched",
+        "FORK valid.matched [matched -> triage, matched -> all, matched -> agg]",
+        "  RECEIVE triage",
+        "  FORK triage [hot, big]",
+        "    ROUTE triage.hot",
+        "    RECEIVE hot",
+        "    SEND hot [DIR/hot.jsonl]",
+        "    ROUTE triage.big",
+        "    RECEIVE big",
+        "    SEND big [DIR/big.jsonl]",
+        "  RECEIVE all",
+        "  SEND all [DIR/all.jsonl]",
+        "  RECEIVE agg",
+        // n = 1..4 (n = 0 was filtered out) fall in one 10 s window.
+        &format!("  JOIN agg.out [4 inputs -> {output}]"),
+        "    ROUTE agg.out",
+        "    RECEIVE windows",
+        "    SEND windows [DIR/windows.jsonl]",
+    ];
+    assert_eq!(got, want);
+    // Each file a SEND names holds what the tree says reached it.
+    let count = |f: &str| {
+        std::fs::read_to_string(dir.path().join(f))
+            .expect("written")
+            .lines()
+            .count()
+    };
+    assert_eq!(
+        [
+            count("all.jsonl"),
+            count("hot.jsonl"),
+            count("big.jsonl"),
+            count("windows.jsonl")
+        ],
+        [4, 3, 2, 1]
+    );
+}
