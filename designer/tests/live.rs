@@ -171,10 +171,14 @@ fn a_slow_sink_fills_its_edge_a_tap_shows_its_records_and_the_end_equals_the_rep
             .as_ref()
             .is_some_and(|t| !t.records.is_empty())
     });
-    until(&mut h, "the flow to end", |app| {
+    // The end: the child exited, its report is read, and the tap stream is closed, so no
+    // record arrives after the frames drawn below (the counts and the list are final).
+    until(&mut h, "the flow and its tap to end", |app| {
         let s = session(app).shared();
-        s.exit.is_some() && s.report.is_some()
+        s.exit.is_some() && s.report.is_some() && s.tap.as_ref().is_some_and(|t| !t.open)
     });
+    // A few frames more: the record list sticks to its bottom once it is laid out.
+    h.run_steps(4);
     assert_eq!(reader.join().expect("reader"), RECORDS);
     {
         let s = session(h.state()).shared();
@@ -186,10 +190,17 @@ fn a_slow_sink_fills_its_edge_a_tap_shows_its_records_and_the_end_equals_the_rep
             assert!(n < RECORDS);
         }
     }
-    let shown = {
+    let count = |h: &Harness<'_, DesignerApp>| {
         let s = session(h.state()).shared();
         s.tap.as_ref().map_or(0, |t| t.records.len())
     };
+    let shown = count(&h);
+    h.run_steps(2);
+    assert_eq!(
+        count(&h),
+        shown,
+        "the tap's records changed after it closed"
+    );
     h.get_by_label_contains(&format!("{shown} of {shown} records"));
 
     // The counters shown at the end equal the run's --report.
@@ -219,15 +230,18 @@ fn a_slow_sink_fills_its_edge_a_tap_shows_its_records_and_the_end_equals_the_rep
     assert!(h.get_all_by_label(&RECORDS.to_string()).count() >= 3);
 
     // A tapped record's lineage: the tree from provenance, or why there is none.
-    // The last one: the list sticks to its bottom, so that one is in view.
-    let id = session(h.state())
+    // One the list shows (the newest that has a row in the UI tree; which rows are laid out
+    // depends on where the list's scroll settled).
+    let ids: Vec<String> = session(h.state())
         .shared()
         .tap
         .as_ref()
-        .and_then(|t| t.records.back())
-        .expect("a tapped record")
-        .id
-        .clone();
+        .map(|t| t.records.iter().rev().map(|r| r.id.clone()).collect())
+        .unwrap_or_default();
+    let id = ids
+        .into_iter()
+        .find(|id| h.query_by_label_contains(id).is_some())
+        .expect("a tapped record shown in the list");
     h.get_by_label_contains(&id).click();
     until(&mut h, "the lineage", |app| {
         !matches!(
