@@ -247,6 +247,23 @@ impl Expr {
                 notes: vec!["compare a field, for example `.status == \"error\"`".into()],
             }]));
         }
+        // Conditions and values only read the record: an assignment in one would change a
+        // copy that is thrown away, silently. Say so where the program is written.
+        if kind != ExprKind::Program
+            && let Some(target) = typed.and_then(|p| p.info().target_assignments.first())
+        {
+            let what = match kind {
+                ExprKind::Condition => "a condition",
+                _ => "an expression here",
+            };
+            return Err(CompileError(vec![ExprDiagnostic {
+                message: format!(
+                    "{what} only reads the record, but this assigns to `{target}`: the change would be lost"
+                ),
+                span: Some((0, source.len())),
+                notes: vec!["change records in a `remap` processor placed before this one".into()],
+            }]));
+        }
         let path = match kind {
             ExprKind::Value => vrl::path::parse_target_path(source.trim())
                 .ok()
@@ -479,6 +496,26 @@ mod tests {
     }
 
     #[test]
+    fn conditions_and_values_that_assign_to_the_record_are_refused() {
+        for (source, kind) in [
+            (".seen = true; .temperature > 95", ExprKind::Condition),
+            (r#"%flag = "x"; true"#, ExprKind::Condition),
+            (
+                ".device = upcase(string!(.device)); .device",
+                ExprKind::Value,
+            ),
+        ] {
+            let err = Expr::compile(source, kind).expect_err(source);
+            let text = err.to_string();
+            assert!(text.contains("only reads the record"), "{text}");
+            assert!(text.contains("remap"), "{text}");
+        }
+        // Local variables are not the record: allowed.
+        Expr::compile("t = .temperature; t > 95", ExprKind::Condition).expect("a local");
+        Expr::compile(".x = 1", ExprKind::Program).expect("remap may assign");
+    }
+
+    #[test]
     fn runtime_errors_are_errors_not_panics() {
         let e = Expr::compile(".temperature > 95", ExprKind::Condition).expect("compiles");
         assert!(e.fast.is_some(), "a wrapped condition has a fast variant");
@@ -528,21 +565,15 @@ mod tests {
     }
 
     /// That a condition or a value leaves the record as it was is guaranteed by the types:
-    /// `test` and `eval` take `&Value` and `&Attributes`. What is checked here is that the
-    /// program does not see a changed record either: it runs on the record itself (read-only),
-    /// not on a writable copy, so a write, to a field or an attribute, or a removal, changes
-    /// nothing the rest of the program reads. (VRL drops the target's refusal of the write
-    /// silently, so the program goes on; a condition that assigns is not refused at validation.)
+    /// `test` and `eval` take `&Value` and `&Attributes`. Assignments to the record are refused
+    /// when compiling (above); what is checked here is that a removal, which VRL does not count
+    /// as an assignment, changes nothing the rest of the program reads either: the program runs
+    /// on the record itself, read-only, and VRL drops the target's refusal of the write.
     #[test]
     fn conditions_cannot_change_the_record() {
         let attrs = Attributes::from([("a".to_owned(), "1".to_owned())]);
         let v = json(r#"{"x":0}"#);
-        for src in [
-            ".x = 1\n.x == 0",
-            ".y = 1\n.y == null",
-            "%a = \"2\"\n%a == \"1\"",
-            "del(.x)\n.x == 0",
-        ] {
+        for src in ["del(.x)\n.x == 0", "del(%a)\n%a == \"1\""] {
             let e = Expr::compile(src, ExprKind::Condition).expect("compiles");
             assert_eq!(e.test(&v, &attrs), Ok(true), "{src}");
             let e = Expr::compile(src, ExprKind::Value).expect("compiles");
