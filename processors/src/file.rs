@@ -82,14 +82,25 @@ impl ProcessorConfig for FileConfig {
     /// Opens the file (and reads the checkpoint): a file that cannot be read fails the start of
     /// the flow, before any sink creates its output.
     fn build(&self, ctx: &BuildContext) -> Result<Processor, BuildError> {
-        let file = std::fs::File::open(&self.path)
+        use std::os::unix::fs::FileTypeExt as _;
+        let meta = std::fs::metadata(&self.path)
             .map_err(|e| BuildError(format!("cannot open `{}`: {e}", self.path)))?;
-        if file.metadata().is_ok_and(|m| m.is_dir()) {
+        if meta.is_dir() {
             return Err(BuildError(format!(
                 "cannot read `{}`: it is a directory",
                 self.path
             )));
         }
+        // Opening a named pipe waits for its writer: that happens in `run`, where waiting
+        // does not hold up the start of the flow, and a stop ends it.
+        let file = if meta.file_type().is_fifo() {
+            None
+        } else {
+            Some(
+                std::fs::File::open(&self.path)
+                    .map_err(|e| BuildError(format!("cannot open `{}`: {e}", self.path)))?,
+            )
+        };
         let mut checkpoint = FileCheckpoint::new(self.checkpoint.as_deref().map(PathBuf::from));
         let start = checkpoint.load().map_err(|e| BuildError(e.to_string()))?;
         Ok(Processor::Source(Box::new(FileSource {
@@ -105,8 +116,8 @@ impl ProcessorConfig for FileConfig {
 struct FileSource {
     cfg: FileConfig,
     json_view: JsonView,
-    /// Opened by `build`.
-    file: std::fs::File,
+    /// Opened by `build`; a named pipe is opened by `run`.
+    file: Option<std::fs::File>,
     checkpoint: FileCheckpoint,
     /// Where the checkpoint says to resume.
     start: Position,
@@ -126,7 +137,15 @@ impl Source for FileSource {
             mut checkpoint,
             mut start,
         } = *self;
-        let mut file = tokio::fs::File::from_std(file);
+        let mut file = match file {
+            Some(f) => tokio::fs::File::from_std(f),
+            None => {
+                tokio::select! {
+                    f = tokio::fs::File::open(&cfg.path) => f.map_err(io(format!("`{}`", cfg.path)))?,
+                    () = ctx.shutdown.cancelled() => return Ok(()),
+                }
+            }
+        };
         let len = file
             .metadata()
             .await
@@ -157,9 +176,12 @@ impl Source for FileSource {
         } else {
             None
         };
-        file.seek(std::io::SeekFrom::Start(start.offset))
-            .await
-            .map_err(io(format!("seeking in `{}`", cfg.path)))?;
+        // A pipe cannot seek, and has nothing to resume: it is read from where it is.
+        if start.offset > 0 {
+            file.seek(std::io::SeekFrom::Start(start.offset))
+                .await
+                .map_err(io(format!("seeking in `{}`", cfg.path)))?;
+        }
         let input = LineInput {
             format: cfg.format,
             json_view,
@@ -301,6 +323,39 @@ mod tests {
         );
         assert_eq!(r.status["committed_offset"], json!(26));
         assert_eq!(r.status["committed_lines"], json!(4));
+    }
+
+    /// A named pipe: building the source does not wait for its writer (the flow starts), the
+    /// records come once a writer opens it, and a stop ends a source still waiting for one.
+    #[tokio::test]
+    async fn a_named_pipe_is_read_once_its_writer_comes_and_a_stop_ends_the_wait() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fifo = dir.path().join("in.fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo runs");
+        assert!(made.success());
+        let cfg = config::<FileConfig>(json!({"path": fifo}));
+        // Built with no writer yet: this returned, so it did not block.
+        let built = source(&cfg);
+        let writer = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || std::fs::write(&fifo, "{\"a\":1}\n{\"a\":2}\n"))
+        };
+        let mut h = source_ctx(1);
+        let run = tokio::spawn(built.run(h.ctx));
+        let mut out = records(&mut h.ports[1]).await;
+        run.await.expect("joined").expect("runs");
+        writer.join().expect("writer").expect("written");
+        assert_eq!(texts(&mut out), [r#"{"a":1}"#, r#"{"a":2}"#]);
+
+        // No writer ever: a stop ends the wait.
+        let h = source_ctx(1);
+        let stop = h.shutdown.clone();
+        let run = tokio::spawn(source(&cfg).run(h.ctx));
+        stop.cancel();
+        run.await.expect("joined").expect("a stop is not an error");
     }
 
     #[tokio::test]
