@@ -384,19 +384,44 @@ fn abandoned(
     out: &Output,
 ) -> Option<crate::provenance::Event> {
     use crate::processor::PortId;
-    let mut seen: Vec<u64> = out.dropped_ids().iter().map(|id| id.0).collect();
-    for p in 0..out.port_count() {
-        for r in out.port(PortId(p)) {
-            seen.push(r.id().0);
-            seen.extend(r.parents().iter().map(|id| id.0));
+    let outputs = || {
+        (0..out.port_count()).flat_map(|p| {
+            out.port(PortId(p))
+                .iter()
+                .flat_map(|r| std::iter::once(r.id().0).chain(r.parents().iter().map(|id| id.0)))
+        })
+    };
+    let seen = out.dropped_ids().iter().map(|id| id.0).chain(outputs());
+    let gone: Vec<u64> = if inputs.is_sorted() {
+        // Ids are made in order and most transforms keep it: walk the inputs along with what
+        // came out, searching only where the order breaks. No sort, no copy of the outputs.
+        let mut kept = vec![false; inputs.len()];
+        let mut next = 0;
+        for id in seen {
+            let at = if inputs.get(next) == Some(&id) {
+                Some(next)
+            } else {
+                inputs.binary_search(&id).ok()
+            };
+            if let Some(i) = at {
+                kept[i] = true;
+                next = i + 1;
+            }
         }
-    }
-    seen.sort_unstable();
-    let gone: Vec<u64> = inputs
-        .iter()
-        .copied()
-        .filter(|id| seen.binary_search(id).is_err())
-        .collect();
+        inputs
+            .iter()
+            .zip(kept)
+            .filter_map(|(id, kept)| (!kept).then_some(*id))
+            .collect()
+    } else {
+        let mut seen: Vec<u64> = seen.collect();
+        seen.sort_unstable();
+        inputs
+            .iter()
+            .copied()
+            .filter(|id| seen.binary_search(id).is_err())
+            .collect()
+    };
     (!gone.is_empty()).then(|| {
         rec.event(
             crate::provenance::EventKind::Drop,
