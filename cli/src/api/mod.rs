@@ -643,29 +643,11 @@ async fn provenance_lineage(
     .await
 }
 
-#[derive(Deserialize)]
-struct ProvenanceSearchQuery {
-    node: Option<String>,
-    port: Option<String>,
-    event: Option<String>,
-    since: Option<String>,
-    until: Option<String>,
-    limit: Option<usize>,
-}
-
 async fn provenance_search(
     State(state): State<Arc<AppState>>,
-    Query(q): Query<ProvenanceSearchQuery>,
+    Query(q): Query<crate::provenance::SearchText>,
 ) -> Response {
-    let search = match crate::provenance::search(
-        q.node,
-        q.port,
-        q.event.as_deref(),
-        q.since.as_deref(),
-        q.until.as_deref(),
-        q.limit.unwrap_or(100),
-        flow_core::provenance::now_ms(),
-    ) {
+    let search = match crate::provenance::search(q, flow_core::provenance::now_ms()) {
         Ok(s) => s,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e:#}")),
     };
