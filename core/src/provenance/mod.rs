@@ -535,6 +535,9 @@ impl Secrets {
 
     /// `text` with the values of `record`'s secret attributes replaced by `[secret]` (an
     /// error message may quote one).
+    ///
+    /// The values of its secret fields too, where its content is JSON: every string (and
+    /// every number or other scalar of four characters or more) under each secret path.
     pub fn scrub(&self, record: &Record, text: &str) -> String {
         let mut text = text.to_owned();
         for name in &self.attributes {
@@ -542,6 +545,30 @@ impl Secrets {
                 && !v.is_empty()
             {
                 text = text.replace(v.as_str(), "[secret]");
+            }
+        }
+        if !self.fields.is_empty() {
+            let encoded;
+            let bytes: &[u8] = match (record.raw_content(), record.parsed_value()) {
+                (Some(b), _) => b,
+                (None, Some(v)) => {
+                    encoded = crate::record::encode_json(v);
+                    &encoded
+                }
+                (None, None) => &[],
+            };
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) {
+                let mut values = Vec::new();
+                for path in &self.fields {
+                    if let Some(at) = path.iter().try_fold(&v, |at, p| at.get(p.as_str())) {
+                        leaves(at, &mut values);
+                    }
+                }
+                // Longest first, so that a value inside another goes with it.
+                values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+                for v in values {
+                    text = text.replace(v.as_str(), "[secret]");
+                }
             }
         }
         text
@@ -618,6 +645,18 @@ impl Kept {
         }
         kept.content = Some(text);
         kept
+    }
+}
+
+/// The scalar values under `v` worth scrubbing from a message: strings not empty, other
+/// scalars (numbers) of four characters or more (a `1` would scrub every digit one).
+fn leaves(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::String(s) if !s.is_empty() => out.push(s.clone()),
+        serde_json::Value::Array(a) => a.iter().for_each(|v| leaves(v, out)),
+        serde_json::Value::Object(m) => m.values().for_each(|v| leaves(v, out)),
+        serde_json::Value::Number(n) if n.to_string().len() >= 4 => out.push(n.to_string()),
+        _ => {}
     }
 }
 
@@ -872,7 +911,7 @@ impl NodeRecorder {
                     .at(port);
                 e.detail = message(&batch[start]);
                 self.digest(&mut e, &batch[start..i]);
-                if !self.secrets.attributes.is_empty()
+                if !self.secrets.is_empty()
                     && let Some(d) = &mut e.detail
                 {
                     if self.secrets.attributes.iter().any(|a| a == "error.message") {
@@ -980,5 +1019,10 @@ mod tests {
         assert!(withheld.withheld.is_some());
         // A failure message quoting a secret attribute does not keep it.
         assert_eq!(secrets.scrub(&r, "bad token s1"), "bad token [secret]");
+        // ... nor a secret field's value.
+        assert_eq!(
+            secrets.scrub(&r, "user ann: bad password s3, token s4"),
+            "user ann: bad password [secret], token [secret]"
+        );
     }
 }
