@@ -129,6 +129,11 @@ fn store_dir(args: &Args, registry: &flow_core::processor::Registry) -> anyhow::
 }
 
 pub fn run(args: Args, registry: &flow_core::processor::Registry) -> anyhow::Result<ExitCode> {
+    if let Query::Replay(r) = &args.command
+        && let Some(done) = crate::replay::run_remote(r)
+    {
+        return done;
+    }
     let dir = store_dir(&args, registry)?;
     if !dir.is_dir() {
         anyhow::bail!("no provenance store at {}", dir.display());

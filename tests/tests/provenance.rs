@@ -657,19 +657,34 @@ async fn attribute_search_is_exact_and_failures_keep_no_secret() {
     let blue: Vec<u64> = [0, 3, 6, 9].iter().map(|&n| ids[n]).collect();
     // Labelled at `label` (a MODIFY), received so at `check` and `out`, sent by `out`.
     assert_eq!(attr(None, None, "team", "blue"), blue);
-    assert_eq!(attr(Some(EventKind::Modify), Some("label"), "team", "blue"), blue);
-    assert_eq!(attr(Some(EventKind::Receive), Some("out"), "team", "blue"), blue);
+    assert_eq!(
+        attr(Some(EventKind::Modify), Some("label"), "team", "blue"),
+        blue
+    );
+    assert_eq!(
+        attr(Some(EventKind::Receive), Some("out"), "team", "blue"),
+        blue
+    );
     assert_eq!(attr(Some(EventKind::Send), None, "team", "blue"), blue);
     assert!(attr(Some(EventKind::Create), None, "team", "blue").is_empty());
     assert!(attr(None, None, "team", "green").is_empty());
     assert!(attr(None, None, "auth", "SECRET-attr-3").is_empty());
     // The failures' messages are there, without the secrets they quoted.
     let failed = search(&events, Some("check"), EventKind::Failure);
-    let failed_ids: Vec<u64> = failed.iter().flat_map(|e| e.ids().collect::<Vec<_>>()).collect();
+    let failed_ids: Vec<u64> = failed
+        .iter()
+        .flat_map(|e| e.ids().collect::<Vec<_>>())
+        .collect();
     assert_eq!(failed_ids, [ids[4], ids[7]]);
     for f in &failed {
         let message = f.detail.as_deref().expect("a message");
-        assert!(message.contains("bad password [secret] for [secret]"), "{message}");
+        assert!(
+            message.contains("bad password [secret] for [secret]"),
+            "{message}"
+        );
     }
-    assert!(!contains(&store_bytes(&store), b"SECRET-"), "a secret reached the store");
+    assert!(
+        !contains(&store_bytes(&store), b"SECRET-"),
+        "a secret reached the store"
+    );
 }

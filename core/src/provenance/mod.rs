@@ -58,11 +58,15 @@ pub enum EventKind {
     /// (`provenance.content`): `detail` holds one JSON object per record, a line each, in
     /// the order of `records` (see [`Kept`]).
     Content,
+    /// The kept content of a record (`records`, one) was re-injected into the running flow
+    /// at this node (`flow provenance replay --api`): `children` are the new records made
+    /// of it, one per node it was sent to (`to`). Lineage follows it like a FORK.
+    Replay,
 }
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 10] = [
+    pub const ALL: [EventKind; 11] = [
         Self::Create,
         Self::Receive,
         Self::Route,
@@ -73,6 +77,7 @@ impl EventKind {
         Self::Join,
         Self::Modify,
         Self::Content,
+        Self::Replay,
     ];
 
     /// Its name: `CREATE`, `RECEIVE`, ...
@@ -88,6 +93,7 @@ impl EventKind {
             Self::Join => "JOIN",
             Self::Modify => "MODIFY",
             Self::Content => "CONTENT",
+            Self::Replay => "REPLAY",
         }
     }
 

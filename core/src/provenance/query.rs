@@ -229,7 +229,7 @@ impl Events {
         'up: for _ in 0..64 {
             for (at, i) in r.naming(root)? {
                 let e = &r.cache[&at][i];
-                if e.kind != EventKind::Fork {
+                if !matches!(e.kind, EventKind::Fork | EventKind::Replay) {
                     continue;
                 }
                 for c in &e.children {
@@ -352,7 +352,7 @@ impl LineageReader<'_> {
             // A record forked or joined more than 64 deep is a cycle of bad data: stop.
             if depth < 64 {
                 match e.kind {
-                    EventKind::Fork => {
+                    EventKind::Fork | EventKind::Replay => {
                         next.extend(
                             e.children
                                 .iter()
@@ -489,6 +489,21 @@ fn found(header: &Header, h: usize, event: u64, raw: Event) -> Found {
             .unwrap_or_else(|| format!("#{p}"))
     });
     let detail = match raw.kind {
+        EventKind::Replay => Some(
+            raw.children
+                .iter()
+                .map(|c| {
+                    let id = c.ids.get(0).map(|i| RecordId(i).to_string());
+                    let to = c.to.and_then(|t| header.nodes.get(t as usize));
+                    format!(
+                        "replayed as {} -> {}",
+                        id.unwrap_or_default(),
+                        to.map_or("?", |n| n.name.as_str())
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
         EventKind::Fork => Some(
             raw.children
                 .iter()
