@@ -51,6 +51,8 @@ pub enum EventKind {
     Send,
     /// Records made from others left the node (a window's aggregate): `records` are the
     /// inputs, all of them, and the one child (`children[0].ids`) the record made of them.
+    /// With several children (`children[0].ids` as many as `records`: a batch of records
+    /// made from one input each, like a plugin's outputs), child `i` is made of record `i`.
     Join,
     /// The node changed the records' content or attributes.
     Modify,
@@ -811,20 +813,27 @@ impl NodeRecorder {
     }
 
     /// What a batch leaving by `port` says about what the node made and changed: a JOIN
-    /// for every record made from others (its parents, all of them, which are taken out of
-    /// the record so that the next node does not record them again), and one MODIFY for the
+    /// for every record made from several others (its parents, all of them, which are taken
+    /// out of the record so that the next node does not record them again), one JOIN for
+    /// all the records made from one other each (a plugin's outputs: the parents as the
+    /// event's records, the children position by position), and one MODIFY for the
     /// records whose content or attributes changed here (their flag is cleared). A source's
     /// records are new (CREATE): only their flags are cleared. Costs one pass of two field
     /// reads per record when nothing was made or changed.
     pub fn made_and_changed(&self, batch: &mut [Record], port: usize) -> Vec<Event> {
         let mut events = Vec::new();
         let mut modified: Vec<usize> = Vec::new();
+        // Records made from one other each: (parent, position in the batch).
+        let mut derived: Vec<(u64, usize)> = Vec::new();
         for (i, r) in batch.iter_mut().enumerate() {
             let changed = r.take_modified();
             if self.source {
                 continue;
             }
-            if !r.parents().is_empty() {
+            if let [parent] = r.parents() {
+                derived.push((parent.0, i));
+                r.take_parents();
+            } else if !r.parents().is_empty() {
                 let parents = r.take_parents();
                 let mut e = self
                     .event(EventKind::Join, Runs::from_ids(parents.iter().map(|p| p.0)))
@@ -840,6 +849,21 @@ impl NodeRecorder {
             } else if changed {
                 modified.push(i);
             }
+        }
+        if !derived.is_empty() {
+            let mut e = self
+                .event(
+                    EventKind::Join,
+                    Runs::from_ids(derived.iter().map(|&(p, _)| p)),
+                )
+                .at(port);
+            e.children.push(Children {
+                port: u32::try_from(port).unwrap_or(u32::MAX),
+                to: None,
+                ids: Runs::from_ids(derived.iter().map(|&(_, i)| batch[i].id().0)),
+            });
+            self.digest(&mut e, derived.iter().map(|&(_, i)| &batch[i]));
+            events.push(e);
         }
         if !modified.is_empty() {
             let ids = Runs::from_ids(modified.iter().map(|&i| batch[i].id().0));

@@ -340,7 +340,16 @@ impl LineageReader<'_> {
             let Some(p) = e.records.position(id) else {
                 // The record is a JOIN's output: the JOIN is where it began, with its inputs.
                 if e.kind == EventKind::Join && !joined {
-                    let inputs = e.records.iter().map(|i| RecordId(i).to_string()).collect();
+                    let inputs = match one_to_one(e) {
+                        // Made of one input: the one at its place.
+                        Some(ids) => ids
+                            .position(id)
+                            .and_then(|k| e.records.get(k))
+                            .map(|i| RecordId(i).to_string())
+                            .into_iter()
+                            .collect(),
+                        None => e.records.iter().map(|i| RecordId(i).to_string()).collect(),
+                    };
                     let mut step = step(self.events.found(at, i, e.clone()), None);
                     step.inputs = inputs;
                     steps.push(step);
@@ -361,10 +370,11 @@ impl LineageReader<'_> {
                         );
                     }
                     EventKind::Join => {
+                        let at = if one_to_one(e).is_some() { p } else { 0 };
                         next.extend(
                             e.children
                                 .iter()
-                                .filter_map(|c| c.ids.get(0))
+                                .filter_map(|c| c.ids.get(at))
                                 .map(|c| (c, true)),
                         );
                     }
@@ -424,6 +434,19 @@ impl AttrMatch {
         let mut kept = Vec::new();
         if e.attrs.is_empty() {
             kept.extend(e.records.iter().filter(|id| self.ids.contains(id)));
+        } else if let Some(children) = one_to_one(e) {
+            // Child `i` (digest `i`) was made of record `i`: the records whose child had it.
+            let children = children.clone();
+            for (i, parent) in e.records.iter().enumerate() {
+                if e.attrs
+                    .get(i)
+                    .is_some_and(|d| self.digests.get(&d) == Some(&true))
+                    && let Some(child) = children.get(i)
+                {
+                    self.ids.insert(child);
+                    kept.push(parent);
+                }
+            }
         } else if e.kind == EventKind::Join {
             let child = e.children.first().and_then(|c| c.ids.get(0))?;
             let has = e
@@ -468,6 +491,14 @@ impl AttrMatch {
         }
         Some(true)
     }
+}
+
+/// A JOIN of records made of one input each: its children, the `i`th made of the event's
+/// `i`th record (see [`EventKind::Join`]).
+fn one_to_one(e: &Event) -> Option<&Runs> {
+    let c = e.children.first()?;
+    (e.kind == EventKind::Join && c.ids.len() > 1 && c.ids.len() == e.records.len())
+        .then_some(&c.ids)
 }
 
 /// A segment's header: its first frame, which ends at `end`.
@@ -520,6 +551,10 @@ fn found(header: &Header, h: usize, event: u64, raw: Event) -> Found {
                 .collect::<Vec<_>>()
                 .join(", "),
         ),
+        EventKind::Join if one_to_one(&raw).is_some() => Some(format!(
+            "{} records, each made of one input",
+            raw.records.len()
+        )),
         EventKind::Join => Some(format!(
             "{} inputs -> {}",
             raw.records.len(),
@@ -966,5 +1001,72 @@ mod tests {
                 "a secret in the store"
             );
         }
+    }
+
+    /// Records made of one input each (a plugin's outputs) are one JOIN per batch, not one
+    /// per record, and lineage still pairs each output with its own input.
+    #[test]
+    fn records_made_of_one_input_each_are_one_join_per_batch() {
+        use crate::record::Record;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let settings = Settings {
+            dir: dir.path().to_owned(),
+            max_age: std::time::Duration::from_secs(3600),
+            max_size: 1 << 30,
+        };
+        let w = Writer::open(&settings, header()).expect("opens");
+        let rec = w.recorder().node(1, false);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let mut inputs: Vec<Record> = (0..100)
+            .map(|n| {
+                let mut r = Record::from_bytes(format!("{{\"n\":{n}}}"));
+                r.set_attribute("team", if n == 42 { "blue" } else { "red" });
+                r
+            })
+            .collect();
+        let ids: Vec<u64> = inputs.iter().map(|r| r.id().0).collect();
+        let mut outputs: Vec<Record> = inputs
+            .iter_mut()
+            .map(|r| r.derive(vrl::value::Value::from(1)))
+            .collect();
+        let made: Vec<u64> = outputs.iter().map(|r| r.id().0).collect();
+        rt.block_on(async {
+            rec.receive(&inputs);
+            rec.flush().await;
+            let events = rec.made_and_changed(&mut outputs, 1);
+            assert_eq!(events.len(), 1, "one JOIN for the batch");
+            for e in events {
+                rec.record(e).await;
+            }
+        });
+        drop(rec);
+        w.close().expect("closes");
+        let events = Events::read(dir.path()).expect("opens");
+        let id = |n: u64| RecordId(n).to_string();
+        let tree = events
+            .lineage(RecordId(ids[42]))
+            .expect("reads")
+            .expect("found");
+        assert_eq!(tree.children.len(), 1);
+        assert_eq!(tree.children[0].id, id(made[42]));
+        let from_output = events
+            .lineage(RecordId(made[7]))
+            .expect("reads")
+            .expect("found");
+        let join = &from_output.events[0];
+        assert_eq!(join.kind, EventKind::Join);
+        assert_eq!(join.inputs, [id(ids[7])]);
+        let blue = events
+            .search(&Search {
+                kind: Some(EventKind::Join),
+                attr: Some(("team".into(), "blue".into())),
+                limit: 10,
+                ..Search::default()
+            })
+            .expect("searches");
+        assert_eq!(blue.len(), 1);
+        assert_eq!(blue[0].ids().collect::<Vec<_>>(), [ids[42]]);
     }
 }
