@@ -1105,3 +1105,96 @@ fn a_replay_over_the_api_reinjects_the_record_where_it_entered() {
     );
     flow.stop_ok();
 }
+
+const REPLAYED_AT_SOURCE: &str = r#"
+name: replayed-at-source
+provenance: { path: "${STORE}", content: [numbers] }
+processors:
+  numbers:
+    type: generate
+    preset: sequence
+    rate: 20
+    batch_size: 1
+  left:
+    type: file_sink
+    path: ${OUT_DIR}/left.jsonl
+  right:
+    type: file_sink
+    path: ${OUT_DIR}/right.jsonl
+connections:
+  - numbers -> left
+  - numbers -> right
+"#;
+
+/// A record whose content its source kept is re-injected where the source's records go:
+/// one new record per edge, each reaching its sink again, each a child of the original.
+#[test]
+fn a_replay_of_a_source_record_goes_to_every_node_the_source_feeds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("store");
+    let file = write_flow(dir.path(), "at-source.yaml", REPLAYED_AT_SOURCE);
+    let out = dir.path().to_str().expect("utf-8");
+    let store_s = store.to_str().expect("utf-8");
+    let flow = ApiFlow::start(&file, &[], &[("OUT_DIR", out), ("STORE", store_s)]);
+    let url = flow.url.clone();
+    let count = |name: &str| {
+        std::fs::read_to_string(dir.path().join(name))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| *l == r#"{"n":0}"#)
+            .count()
+    };
+    wait_for(60, "n = 0 at both sinks", || {
+        count("left.jsonl") == 1 && count("right.jsonl") == 1
+    });
+    let created = json(&format!(
+        "{url}/api/v1/provenance/search?node=numbers&event=CREATE&limit=1"
+    ));
+    let n0 = created[0]["first"].as_str().expect("an id").to_owned();
+    let (status, body) = post(&format!("{url}/api/v1/provenance/replay/{n0}"));
+    assert_eq!(status, 200, "{body}");
+    let replayed: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(replayed["node"], "numbers");
+    let new: Vec<String> = replayed["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .filter_map(|r| r.as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(new.len(), 2, "one per edge: {body}");
+    wait_for(60, "n = 0 at both sinks again", || {
+        count("left.jsonl") == 2 && count("right.jsonl") == 2
+    });
+    let sent = |id: &str| {
+        json(&format!(
+            "{url}/api/v1/provenance/search?event=SEND&limit=100000"
+        ))
+        .as_array()
+        .expect("an array")
+        .iter()
+        .any(|e| e["first"] == id)
+    };
+    wait_for(60, "the copies' SENDs", || new.iter().all(|id| sent(id)));
+    let (status, body) = get(&format!("{url}/api/v1/provenance/lineage/{}", new[1]), None);
+    assert_eq!(status, 200, "{body}");
+    let tree: flow_core::provenance::query::Lineage =
+        serde_json::from_str(&body).expect("a Lineage");
+    assert_eq!(tree.id, n0, "the lineage names the original");
+    let replay_children: Vec<&str> = tree
+        .children
+        .iter()
+        .map(|c| c.id.as_str())
+        .filter(|id| new.iter().any(|n| n == id))
+        .collect();
+    assert_eq!(replay_children.len(), 2, "{body}");
+    for c in tree.children.iter().filter(|c| new.contains(&c.id)) {
+        let kinds: Vec<(String, String)> = c
+            .events
+            .iter()
+            .map(|s| (s.kind.to_string(), s.node.clone()))
+            .collect();
+        assert_eq!(kinds[0].0, "RECEIVE", "{kinds:?}");
+        assert!(kinds.iter().any(|(k, _)| k == "SEND"), "{kinds:?}");
+    }
+    flow.stop_ok();
+}
