@@ -51,7 +51,8 @@ enum Query {
         /// Only at this port.
         #[arg(long)]
         port: Option<String>,
-        /// Only of this kind: CREATE, RECEIVE, ROUTE, FORK, DROP, FAILURE, SEND, JOIN, MODIFY, CONTENT.
+        /// Only of this kind: CREATE, RECEIVE, ROUTE, FORK, DROP, FAILURE, SEND, JOIN, MODIFY, CONTENT,
+        /// REPLAY.
         #[arg(long)]
         event: Option<String>,
         /// Only at or after this time: RFC 3339 (`2026-12-03T01:00:00Z`), or a time ago

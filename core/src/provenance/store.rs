@@ -475,6 +475,17 @@ pub(crate) fn next_frame<'a>(bytes: &'a [u8], at: &mut usize) -> Option<&'a [u8]
 /// Cut a torn or corrupt tail off a segment (a run killed mid-write) and complete its
 /// index; a segment without a whole header is deleted, with its index.
 pub fn repair(path: &Path) -> Result<(), StoreError> {
+    // A segment of another version of the format (`FLOWPRV1`: events without attribute
+    // digests) is not torn: queries skip it, retention deletes it in its time.
+    let mut head = [0u8; 8];
+    if File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok()
+        && head.starts_with(b"FLOWPRV")
+        && &head != MAGIC
+    {
+        return Ok(());
+    }
     let Some(seg) = index::load(path)? else {
         std::fs::remove_file(path).map_err(io(path))?;
         return remove_if_there(&index::path_of(path));
@@ -552,6 +563,25 @@ mod tests {
             }],
             started: 0,
         }
+    }
+
+    /// A segment of the earlier format is left for retention, not cut as torn; the new
+    /// run writes a segment of its own after it.
+    #[test]
+    fn a_segment_of_the_earlier_format_is_not_repaired_away() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let old = dir.path().join("00000001.prov");
+        std::fs::write(&old, b"FLOWPRV1\x05\x00\x00\x00junk").expect("write");
+        let w = Writer::open(&settings(dir.path()), header()).expect("opens");
+        w.close().expect("closes");
+        assert!(old.exists(), "the old segment is still there");
+        let numbers: Vec<u64> = segments(dir.path())
+            .expect("segments")
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(numbers, [1, 2]);
+        assert!(crate::provenance::query::Events::read(dir.path()).is_ok());
     }
 
     fn settings(dir: &Path) -> Settings {
