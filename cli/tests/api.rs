@@ -1198,3 +1198,34 @@ fn a_replay_of_a_source_record_goes_to_every_node_the_source_feeds() {
     }
     flow.stop_ok();
 }
+
+/// What was kept cut at `max_content_bytes` is not replayed: 422, saying why.
+#[test]
+fn a_replay_of_content_not_kept_whole_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("store");
+    let file = write_flow(
+        dir.path(),
+        "cut.yaml",
+        &REPLAYED_AT_SOURCE.replace(
+            "content: [numbers]",
+            "content: [numbers], max_content_bytes: 4",
+        ),
+    );
+    let out = dir.path().to_str().expect("utf-8");
+    let store_s = store.to_str().expect("utf-8");
+    let flow = ApiFlow::start(&file, &[], &[("OUT_DIR", out), ("STORE", store_s)]);
+    let url = flow.url.clone();
+    let contents = format!("{url}/api/v1/provenance/search?node=numbers&event=CONTENT&limit=1");
+    wait_for(60, "a CONTENT event", || {
+        json(&contents).as_array().is_some_and(|a| !a.is_empty())
+    });
+    let id = json(&contents)[0]["first"]
+        .as_str()
+        .expect("an id")
+        .to_owned();
+    let (status, body) = post(&format!("{url}/api/v1/provenance/replay/{id}"));
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("max_content_bytes"), "{body}");
+    flow.stop_ok();
+}
