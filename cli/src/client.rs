@@ -46,8 +46,17 @@ impl Client {
 
     /// `GET path`, checked: a clear error for a refused connection, a 401, or another status.
     pub async fn get(&self, path: &str) -> anyhow::Result<reqwest::Response> {
+        self.send(reqwest::Method::GET, path).await
+    }
+
+    /// `POST path` (no body), checked as [`Client::get`].
+    pub async fn post(&self, path: &str) -> anyhow::Result<reqwest::Response> {
+        self.send(reqwest::Method::POST, path).await
+    }
+
+    async fn send(&self, method: reqwest::Method, path: &str) -> anyhow::Result<reqwest::Response> {
         let url = format!("{}{path}", self.base);
-        let mut req = self.http.get(&url);
+        let mut req = self.http.request(method, &url);
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }

@@ -51,7 +51,8 @@ enum Query {
         /// Only at this port.
         #[arg(long)]
         port: Option<String>,
-        /// Only of this kind: CREATE, RECEIVE, ROUTE, FORK, DROP, FAILURE, SEND, JOIN, MODIFY, CONTENT.
+        /// Only of this kind: CREATE, RECEIVE, ROUTE, FORK, DROP, FAILURE, SEND, JOIN, MODIFY, CONTENT,
+        /// REPLAY.
         #[arg(long)]
         event: Option<String>,
         /// Only at or after this time: RFC 3339 (`2026-12-03T01:00:00Z`), or a time ago
@@ -61,6 +62,10 @@ enum Query {
         /// Only at or before this time (as `--since`).
         #[arg(long, value_name = "TIME")]
         until: Option<String>,
+        /// Only records that carried this attribute: `NAME=VALUE` (secret attributes are
+        /// never stored, so never found).
+        #[arg(long, value_name = "NAME=VALUE")]
+        attr: Option<String>,
         /// At most this many.
         #[arg(long, default_value_t = 100)]
         limit: usize,
@@ -125,6 +130,11 @@ fn store_dir(args: &Args, registry: &flow_core::processor::Registry) -> anyhow::
 }
 
 pub fn run(args: Args, registry: &flow_core::processor::Registry) -> anyhow::Result<ExitCode> {
+    if let Query::Replay(r) = &args.command
+        && let Some(done) = crate::replay::run_remote(r)
+    {
+        return done;
+    }
     let dir = store_dir(&args, registry)?;
     if !dir.is_dir() {
         anyhow::bail!("no provenance store at {}", dir.display());
@@ -151,16 +161,20 @@ pub fn run(args: Args, registry: &flow_core::processor::Registry) -> anyhow::Res
             event,
             since,
             until,
+            attr,
             limit,
         } => {
             let now = flow_core::provenance::now_ms();
             let q = search(
-                node.clone(),
-                port.clone(),
-                event.as_deref(),
-                since.as_deref(),
-                until.as_deref(),
-                *limit,
+                SearchText {
+                    node: node.clone(),
+                    port: port.clone(),
+                    event: event.clone(),
+                    since: since.clone(),
+                    until: until.clone(),
+                    attr: attr.clone(),
+                    limit: Some(*limit),
+                },
                 now,
             )?;
             let found = events.search(&q)?;
@@ -184,31 +198,50 @@ pub fn run(args: Args, registry: &flow_core::processor::Registry) -> anyhow::Res
     Ok(ExitCode::SUCCESS)
 }
 
-/// A search from its parts as given (on the command line, or the API's query string);
-/// relative times count back from `now` (epoch ms).
-pub fn search(
-    node: Option<String>,
-    port: Option<String>,
-    event: Option<&str>,
-    since: Option<&str>,
-    until: Option<&str>,
-    limit: usize,
-    now: i64,
-) -> anyhow::Result<Search> {
-    let kind = match event {
+/// A search as given, as text (on the command line, or the API's query string).
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchText {
+    /// Only at this node.
+    pub node: Option<String>,
+    /// Only at this port.
+    pub port: Option<String>,
+    /// Only of this kind.
+    pub event: Option<String>,
+    /// Only at or after this time (see [`parse_time`]).
+    pub since: Option<String>,
+    /// Only at or before this time.
+    pub until: Option<String>,
+    /// Only records with this attribute: `NAME=VALUE`.
+    pub attr: Option<String>,
+    /// At most this many (100 if not given).
+    pub limit: Option<usize>,
+}
+
+/// A search from its parts as given; relative times count back from `now` (epoch ms).
+pub fn search(t: SearchText, now: i64) -> anyhow::Result<Search> {
+    let kind = match t.event.as_deref() {
         Some(e) => Some(EventKind::parse(e).with_context(|| {
             let kinds: Vec<&str> = EventKind::ALL.iter().map(|k| k.name()).collect();
             format!("no event kind `{e}`: {}", kinds.join(", "))
         })?),
         None => None,
     };
+    let attr = match t.attr.as_deref() {
+        Some(a) => match a.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Some((k.to_owned(), v.to_owned())),
+            _ => anyhow::bail!("invalid attribute `{a}`: give NAME=VALUE"),
+        },
+        None => None,
+    };
     Ok(Search {
-        node,
-        port,
+        node: t.node,
+        port: t.port,
         kind,
-        since: since.map(|t| parse_time(t, now)).transpose()?,
-        until: until.map(|t| parse_time(t, now)).transpose()?,
-        limit,
+        since: t.since.map(|s| parse_time(&s, now)).transpose()?,
+        until: t.until.map(|s| parse_time(&s, now)).transpose()?,
+        attr,
+        limit: t.limit.unwrap_or(100),
     })
 }
 

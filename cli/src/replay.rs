@@ -28,6 +28,43 @@ pub struct Args {
     /// Write here instead of standard output.
     #[arg(long, short = 'o', value_name = "FILE")]
     output: Option<PathBuf>,
+    /// Re-inject the record into the flow running with this control API (`flow run
+    /// --api`), at the node it entered, instead of writing it out: a new record whose
+    /// lineage goes through the original's REPLAY event. Prints the new record's id.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["node", "all", "with_attributes", "output"])]
+    api: Option<String>,
+    /// The API's token (with `--api`).
+    #[arg(long, env = "FLOW_API_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+/// `--api`: ask the running flow to re-inject the record.
+fn run_api(args: &Args, url: &str) -> anyhow::Result<ExitCode> {
+    let id = args.id.trim().to_owned();
+    let client = crate::client::Client::new(Some(url), args.token.clone())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    let replayed: crate::api::Replayed = runtime.block_on(async {
+        let resp = client
+            .post(&format!("/api/v1/provenance/replay/{id}"))
+            .await?;
+        let bytes = resp.bytes().await.context("reading the answer")?;
+        serde_json::from_slice(&bytes).context("not the expected JSON")
+    })?;
+    println!(
+        "replayed {} at {} as {}",
+        replayed.original,
+        replayed.node,
+        replayed.records.join(", ")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--api`: re-inject into a running flow (no store to read here), if given.
+pub fn run_remote(args: &Args) -> Option<anyhow::Result<ExitCode>> {
+    args.api.as_deref().map(|url| run_api(args, url))
 }
 
 pub fn run(args: &Args, dir: &Path) -> anyhow::Result<ExitCode> {

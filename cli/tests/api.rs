@@ -938,3 +938,294 @@ fn provenance_lineage_search_and_stats_over_the_api() {
         api_search
     );
 }
+
+const REPLAYED: &str = r#"
+name: replayed
+provenance: { path: "${STORE}", content: [tag] }
+processors:
+  numbers:
+    type: generate
+    preset: sequence
+    rate: 20
+    batch_size: 1
+  label:
+    type: remap
+    source: '%team = "blue" + to_string!(.n)'
+  evens:
+    type: filter
+    condition: mod!(.n, 2) == 0
+  tag:
+    type: remap
+    source: '.tagged = true'
+  sink:
+    type: file_sink
+    path: ${OUT_DIR}/out.jsonl
+connections:
+  - numbers -> label
+  - label -> evens
+  - evens -> tag
+  - tag -> sink
+"#;
+
+fn post(url: &str) -> (u16, String) {
+    runtime().block_on(async {
+        let resp = reqwest::Client::new()
+            .post(url)
+            .send()
+            .await
+            .expect("the API answers");
+        let status = resp.status().as_u16();
+        (status, resp.text().await.expect("a body"))
+    })
+}
+
+/// `POST /api/v1/provenance/replay/ID` re-injects the content `tag` kept of a record, with
+/// its attributes, into `tag`'s input: it reaches the sink a second time, as a new record
+/// whose lineage goes through the original's REPLAY. A record of which nothing was kept is
+/// refused (409), an unknown one is not found (404). `flow provenance replay --api` does
+/// the same.
+#[test]
+fn a_replay_over_the_api_reinjects_the_record_where_it_entered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("store");
+    let file = write_flow(dir.path(), "replayed.yaml", REPLAYED);
+    let out = dir.path().to_str().expect("utf-8");
+    let store_s = store.to_str().expect("utf-8");
+    let flow = ApiFlow::start(&file, &[], &[("OUT_DIR", out), ("STORE", store_s)]);
+    let url = flow.url.clone();
+    let sink = dir.path().join("out.jsonl");
+    let count = |line: &str| {
+        std::fs::read_to_string(&sink)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| *l == line)
+            .count()
+    };
+    let zero = r#"{"n":0,"tagged":true}"#;
+    wait_for(60, "n = 2 at the sink", || {
+        count(r#"{"n":2,"tagged":true}"#) == 1
+    });
+    let created = json(&format!(
+        "{url}/api/v1/provenance/search?node=numbers&event=CREATE&limit=2"
+    ));
+    let first = |i: usize| created[i]["first"].as_str().expect("an id").to_owned();
+    let (n0, n1) = (first(0), first(1));
+
+    // n = 1 was filtered out before `tag`: nothing of it was kept.
+    let (status, body) = post(&format!("{url}/api/v1/provenance/replay/{n1}"));
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("no content of record"), "{body}");
+    let (status, body) = post(&format!("{url}/api/v1/provenance/replay/0000000000000001"));
+    assert_eq!(status, 404, "{body}");
+
+    let (status, body) = post(&format!("{url}/api/v1/provenance/replay/{n0}"));
+    assert_eq!(status, 200, "{body}");
+    let replayed: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(replayed["original"], n0.as_str());
+    assert_eq!(replayed["node"], "tag");
+    let new = replayed["records"][0]
+        .as_str()
+        .expect("a new id")
+        .to_owned();
+    assert_ne!(new, n0);
+    wait_for(60, "n = 0 at the sink again", || count(zero) == 2);
+
+    // The CLI asks the same of the running flow.
+    let o = Command::new(env!("CARGO_BIN_EXE_flow"))
+        .args(["provenance", "replay", &n0, "--api", &url])
+        .env_remove("FLOW_API_TOKEN")
+        .output()
+        .expect("flow runs");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        said.starts_with(&format!("replayed {n0} at tag as ")),
+        "{said}"
+    );
+    wait_for(60, "n = 0 at the sink a third time", || count(zero) == 3);
+
+    // The new record's lineage is the original's tree, through the REPLAY, to the sink;
+    // it kept its attributes (set upstream of `tag`, which it did not go through again).
+    let lineage_of = |id: &str| {
+        let (status, body) = get(&format!("{url}/api/v1/provenance/lineage/{id}"), None);
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<flow_core::provenance::query::Lineage>(&body).expect("a Lineage")
+    };
+    let sent = |id: &str| {
+        json(&format!(
+            "{url}/api/v1/provenance/search?node=sink&event=SEND&limit=100000"
+        ))
+        .as_array()
+        .expect("an array")
+        .iter()
+        .any(|e| e["first"] == id)
+    };
+    wait_for(60, "the replayed record's SEND", || sent(&new));
+    let tree = lineage_of(&new);
+    assert_eq!(tree.id, n0, "the lineage names the original");
+    let replay = tree
+        .events
+        .iter()
+        .find(|s| s.kind.to_string() == "REPLAY")
+        .expect("a REPLAY step");
+    assert_eq!(replay.node, "tag");
+    let child = tree
+        .children
+        .iter()
+        .find(|c| c.id == new)
+        .expect("the replayed record is a child of the original");
+    let steps: Vec<(String, String)> = child
+        .events
+        .iter()
+        .map(|s| (s.kind.to_string(), s.node.clone()))
+        .collect();
+    let step = |k: &str, n: &str| (k.to_owned(), n.to_owned());
+    // (The REPLAY is the original's step, as a FORK is.)
+    assert_eq!(
+        steps[..3],
+        [
+            step("RECEIVE", "tag"),
+            step("CONTENT", "tag"),
+            step("MODIFY", "tag")
+        ]
+    );
+    assert!(steps.contains(&step("SEND", "sink")), "{steps:?}");
+    let blue0 = json(&format!(
+        "{url}/api/v1/provenance/search?node=tag&event=RECEIVE&attr=team=blue0"
+    ));
+    let ids: Vec<&str> = blue0
+        .as_array()
+        .expect("an array")
+        .iter()
+        .filter_map(|e| e["first"].as_str())
+        .collect();
+    assert!(
+        ids.contains(&n0.as_str()) && ids.contains(&new.as_str()),
+        "{blue0}"
+    );
+    flow.stop_ok();
+}
+
+const REPLAYED_AT_SOURCE: &str = r#"
+name: replayed-at-source
+provenance: { path: "${STORE}", content: [numbers] }
+processors:
+  numbers:
+    type: generate
+    preset: sequence
+    rate: 20
+    batch_size: 1
+  left:
+    type: file_sink
+    path: ${OUT_DIR}/left.jsonl
+  right:
+    type: file_sink
+    path: ${OUT_DIR}/right.jsonl
+connections:
+  - numbers -> left
+  - numbers -> right
+"#;
+
+/// A record whose content its source kept is re-injected where the source's records go:
+/// one new record per edge, each reaching its sink again, each a child of the original.
+#[test]
+fn a_replay_of_a_source_record_goes_to_every_node_the_source_feeds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("store");
+    let file = write_flow(dir.path(), "at-source.yaml", REPLAYED_AT_SOURCE);
+    let out = dir.path().to_str().expect("utf-8");
+    let store_s = store.to_str().expect("utf-8");
+    let flow = ApiFlow::start(&file, &[], &[("OUT_DIR", out), ("STORE", store_s)]);
+    let url = flow.url.clone();
+    let count = |name: &str| {
+        std::fs::read_to_string(dir.path().join(name))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| *l == r#"{"n":0}"#)
+            .count()
+    };
+    wait_for(60, "n = 0 at both sinks", || {
+        count("left.jsonl") == 1 && count("right.jsonl") == 1
+    });
+    let created = json(&format!(
+        "{url}/api/v1/provenance/search?node=numbers&event=CREATE&limit=1"
+    ));
+    let n0 = created[0]["first"].as_str().expect("an id").to_owned();
+    let (status, body) = post(&format!("{url}/api/v1/provenance/replay/{n0}"));
+    assert_eq!(status, 200, "{body}");
+    let replayed: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(replayed["node"], "numbers");
+    let new: Vec<String> = replayed["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .filter_map(|r| r.as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(new.len(), 2, "one per edge: {body}");
+    wait_for(60, "n = 0 at both sinks again", || {
+        count("left.jsonl") == 2 && count("right.jsonl") == 2
+    });
+    let sent = |id: &str| {
+        json(&format!(
+            "{url}/api/v1/provenance/search?event=SEND&limit=100000"
+        ))
+        .as_array()
+        .expect("an array")
+        .iter()
+        .any(|e| e["first"] == id)
+    };
+    wait_for(60, "the copies' SENDs", || new.iter().all(|id| sent(id)));
+    let (status, body) = get(&format!("{url}/api/v1/provenance/lineage/{}", new[1]), None);
+    assert_eq!(status, 200, "{body}");
+    let tree: flow_core::provenance::query::Lineage =
+        serde_json::from_str(&body).expect("a Lineage");
+    assert_eq!(tree.id, n0, "the lineage names the original");
+    let replay_children: Vec<&str> = tree
+        .children
+        .iter()
+        .map(|c| c.id.as_str())
+        .filter(|id| new.iter().any(|n| n == id))
+        .collect();
+    assert_eq!(replay_children.len(), 2, "{body}");
+    for c in tree.children.iter().filter(|c| new.contains(&c.id)) {
+        let kinds: Vec<(String, String)> = c
+            .events
+            .iter()
+            .map(|s| (s.kind.to_string(), s.node.clone()))
+            .collect();
+        assert_eq!(kinds[0].0, "RECEIVE", "{kinds:?}");
+        assert!(kinds.iter().any(|(k, _)| k == "SEND"), "{kinds:?}");
+    }
+    flow.stop_ok();
+}
+
+/// What was kept cut at `max_content_bytes` is not replayed: 422, saying why.
+#[test]
+fn a_replay_of_content_not_kept_whole_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("store");
+    let file = write_flow(
+        dir.path(),
+        "cut.yaml",
+        &REPLAYED_AT_SOURCE.replace(
+            "content: [numbers]",
+            "content: [numbers], max_content_bytes: 4",
+        ),
+    );
+    let out = dir.path().to_str().expect("utf-8");
+    let store_s = store.to_str().expect("utf-8");
+    let flow = ApiFlow::start(&file, &[], &[("OUT_DIR", out), ("STORE", store_s)]);
+    let url = flow.url.clone();
+    let contents = format!("{url}/api/v1/provenance/search?node=numbers&event=CONTENT&limit=1");
+    wait_for(60, "a CONTENT event", || {
+        json(&contents).as_array().is_some_and(|a| !a.is_empty())
+    });
+    let id = json(&contents)[0]["first"]
+        .as_str()
+        .expect("an id")
+        .to_owned();
+    let (status, body) = post(&format!("{url}/api/v1/provenance/replay/{id}"));
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("max_content_bytes"), "{body}");
+    flow.stop_ok();
+}

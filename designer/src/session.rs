@@ -117,6 +117,17 @@ pub enum LineageState {
     Unavailable(String, String),
 }
 
+/// A replay asked for (`POST /api/v1/provenance/replay/{id}`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReplayState {
+    /// Asked for record `.0`, no answer yet.
+    Sending(String),
+    /// Record `.0` was re-injected: what the API said (where, as which new record).
+    Done(String, String),
+    /// Record `.0` could not be replayed: why.
+    Failed(String, String),
+}
+
 /// What the background threads write and the UI reads.
 #[derive(Default)]
 pub struct Shared {
@@ -140,6 +151,8 @@ pub struct Shared {
     pub tap: Option<Tap>,
     /// The lineage asked for last.
     pub lineage: Option<LineageState>,
+    /// The replay asked for last.
+    pub replay: Option<ReplayState>,
     /// Increases with every change of `stats` or `events` (the UI rebuilds its view then).
     pub seq: u64,
 }
@@ -158,6 +171,7 @@ enum Command {
     Tap { node: String, port: String },
     Untap,
     Lineage(String),
+    Replay(String),
 }
 
 enum Process {
@@ -332,6 +346,13 @@ impl Session {
     pub fn lineage(&self, id: &str) {
         self.shared().lineage = Some(LineageState::Loading(id.to_owned()));
         let _ = self.commands.send(Command::Lineage(id.to_owned()));
+    }
+
+    /// Re-inject the kept content of record `id` into the running flow, where it entered
+    /// (see `flow provenance replay --api`): the answer arrives in [`Shared::replay`].
+    pub fn replay(&self, id: &str) {
+        self.shared().replay = Some(ReplayState::Sending(id.to_owned()));
+        let _ = self.commands.send(Command::Replay(id.to_owned()));
     }
 
     /// Block until the child has exited (tests; at most `timeout`). True if it did.
@@ -511,8 +532,16 @@ impl Client {
     }
 
     async fn get(&self, path: &str) -> Result<reqwest::Response, (Option<u16>, String)> {
+        self.request(reqwest::Method::GET, path).await
+    }
+
+    async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+    ) -> Result<reqwest::Response, (Option<u16>, String)> {
         let url = format!("{}{path}", self.base);
-        let mut req = self.http.get(&url);
+        let mut req = self.http.request(method, &url);
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
@@ -664,10 +693,57 @@ async fn network(
                     }
                 }
             }
+            Command::Replay(id) => {
+                let (shared, ctx) = (shared.clone(), ctx.clone());
+                let state = match client.clone() {
+                    Some(c) => {
+                        tasks.push(tokio::spawn(async move {
+                            let state = replay(&c, &id).await;
+                            lock(&shared).replay = Some(state);
+                            ctx.request_repaint();
+                        }));
+                        continue;
+                    }
+                    None => ReplayState::Failed(id, "the flow's API is not up".into()),
+                };
+                lock(&shared).replay = Some(state);
+            }
         }
     }
     for t in tasks.into_iter().chain(tap) {
         t.abort();
+    }
+}
+
+async fn replay(c: &Client, id: &str) -> ReplayState {
+    let path = format!("/api/v1/provenance/replay/{}", encode(id));
+    let answer = match c.request(reqwest::Method::POST, &path).await {
+        Ok(resp) => match resp.bytes().await {
+            Ok(b) => serde_json::from_slice::<serde_json::Value>(&b)
+                .map_err(|e| (None, format!("{path}: unexpected answer: {e}"))),
+            Err(e) => Err((None, format!("reading {path}: {e}"))),
+        },
+        Err(e) => Err(e),
+    };
+    match answer {
+        Ok(v) => {
+            let field = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("?").to_owned();
+            let records: Vec<&str> = v
+                .get("records")
+                .and_then(|r| r.as_array())
+                .map(|r| r.iter().filter_map(|x| x.as_str()).collect())
+                .unwrap_or_default();
+            ReplayState::Done(
+                id.to_owned(),
+                format!(
+                    "replayed {} at {} as {}",
+                    field("original"),
+                    field("node"),
+                    records.join(", ")
+                ),
+            )
+        }
+        Err((_, m)) => ReplayState::Failed(id.to_owned(), m),
     }
 }
 

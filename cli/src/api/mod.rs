@@ -24,7 +24,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use flow_core::observe::{FlowInfo, Level, Readiness, Sampler, Stats, TapMessage, TappedRecord};
 use flow_core::runtime::Reporter;
 use flow_core::spec::FlowSpec;
@@ -225,6 +225,7 @@ impl Bound {
             .route("/api/v1/provenance/lineage/{id}", get(provenance_lineage))
             .route("/api/v1/provenance/search", get(provenance_search))
             .route("/api/v1/provenance/stats", get(provenance_stats))
+            .route("/api/v1/provenance/replay/{id}", post(provenance_replay))
             .layer(middleware::from_fn_with_state(state.clone(), auth))
             // `/health` answers without the token.
             .route("/health", get(health))
@@ -327,7 +328,8 @@ async fn not_found() -> Response {
         StatusCode::NOT_FOUND,
         "no such endpoint; see /api/v1/flow, /api/v1/stats, /api/v1/stats/stream, \
          /api/v1/tap, /api/v1/events, /api/v1/provenance/lineage/ID, \
-         /api/v1/provenance/search, /api/v1/provenance/stats, /metrics, /health, /ready",
+         /api/v1/provenance/search, /api/v1/provenance/stats, \
+         POST /api/v1/provenance/replay/ID, /metrics, /health, /ready",
     )
 }
 
@@ -643,29 +645,11 @@ async fn provenance_lineage(
     .await
 }
 
-#[derive(Deserialize)]
-struct ProvenanceSearchQuery {
-    node: Option<String>,
-    port: Option<String>,
-    event: Option<String>,
-    since: Option<String>,
-    until: Option<String>,
-    limit: Option<usize>,
-}
-
 async fn provenance_search(
     State(state): State<Arc<AppState>>,
-    Query(q): Query<ProvenanceSearchQuery>,
+    Query(q): Query<crate::provenance::SearchText>,
 ) -> Response {
-    let search = match crate::provenance::search(
-        q.node,
-        q.port,
-        q.event.as_deref(),
-        q.since.as_deref(),
-        q.until.as_deref(),
-        q.limit.unwrap_or(100),
-        flow_core::provenance::now_ms(),
-    ) {
+    let search = match crate::provenance::search(q, flow_core::provenance::now_ms()) {
         Ok(s) => s,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e:#}")),
     };
@@ -673,6 +657,71 @@ async fn provenance_search(
         events.search(&search).map_err(internal)
     })
     .await
+}
+
+/// What `POST /api/v1/provenance/replay/{id}` answers.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Replayed {
+    /// The record whose kept content was re-injected (the one asked for, or the first of
+    /// its descendants whose content was kept).
+    pub original: String,
+    /// The node it was re-injected at: where the original entered (a source: into the
+    /// nodes its records go to).
+    pub node: String,
+    /// The new records, one per node they went to; their lineage goes through the
+    /// original's REPLAY event.
+    pub records: Vec<String>,
+}
+
+/// Re-inject the content kept of record `id` (and its attributes) at the node that kept
+/// it, as a new record linked to it by a REPLAY event. 404: no such record; 409: no content
+/// of it was kept; 422: what was kept is not whole (cut at `max_content_bytes`, withheld).
+async fn provenance_replay(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    use flow_core::provenance::replay::{self, ReplayError};
+    let id = match crate::provenance::parse_id(&id) {
+        Ok(id) => id,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let Some(dir) = state.provenance.clone() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "this run records no provenance (--no-provenance or provenance.enabled: false)",
+        );
+    };
+    let found = tokio::task::spawn_blocking(move || {
+        let found = replay::find(&dir, id, None)?;
+        let first = found.into_iter().next().ok_or(ReplayError::NotKept(id))?;
+        replay::line(&first)?;
+        Ok::<_, ReplayError>(first)
+    })
+    .await;
+    let r = match found {
+        Ok(Ok(r)) => r,
+        Ok(Err(e @ ReplayError::Unknown(_))) => return error(StatusCode::NOT_FOUND, e),
+        Ok(Err(e @ ReplayError::NotKept(_))) => return error(StatusCode::CONFLICT, e),
+        Ok(Err(e @ ReplayError::Partial { .. })) => {
+            return error(StatusCode::UNPROCESSABLE_ENTITY, e);
+        }
+        Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
+    let original = u64::from_str_radix(&r.kept.id, 16).map_or(id, flow_core::record::RecordId);
+    let mut record =
+        flow_core::record::Record::from_bytes(r.kept.content.clone().unwrap_or_default());
+    record.set_attributes(r.kept.attributes.clone());
+    match state
+        .reporter
+        .injector()
+        .inject(&r.node, original, record)
+        .await
+    {
+        Ok(ids) => json_body(&Replayed {
+            original: original.to_string(),
+            node: r.node,
+            records: ids.iter().map(ToString::to_string).collect(),
+        }),
+        Err(e) => error(StatusCode::CONFLICT, e),
+    }
 }
 
 async fn provenance_stats(State(state): State<Arc<AppState>>) -> Response {

@@ -51,6 +51,8 @@ pub enum EventKind {
     Send,
     /// Records made from others left the node (a window's aggregate): `records` are the
     /// inputs, all of them, and the one child (`children[0].ids`) the record made of them.
+    /// With several children (`children[0].ids` as many as `records`: a batch of records
+    /// made from one input each, like a plugin's outputs), child `i` is made of record `i`.
     Join,
     /// The node changed the records' content or attributes.
     Modify,
@@ -58,11 +60,15 @@ pub enum EventKind {
     /// (`provenance.content`): `detail` holds one JSON object per record, a line each, in
     /// the order of `records` (see [`Kept`]).
     Content,
+    /// The kept content of a record (`records`, one) was re-injected into the running flow
+    /// at this node (`flow provenance replay --api`): `children` are the new records made
+    /// of it, one per node it was sent to (`to`). Lineage follows it like a FORK.
+    Replay,
 }
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 10] = [
+    pub const ALL: [EventKind; 11] = [
         Self::Create,
         Self::Receive,
         Self::Route,
@@ -73,6 +79,7 @@ impl EventKind {
         Self::Join,
         Self::Modify,
         Self::Content,
+        Self::Replay,
     ];
 
     /// Its name: `CREATE`, `RECEIVE`, ...
@@ -88,6 +95,7 @@ impl EventKind {
             Self::Join => "JOIN",
             Self::Modify => "MODIFY",
             Self::Content => "CONTENT",
+            Self::Replay => "REPLAY",
         }
     }
 
@@ -231,6 +239,90 @@ pub struct Origins {
     pub seqs: Runs,
 }
 
+/// Attribute digests as runs: `(digest, how many records in a row have it)`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Digests(pub Vec<(u64, u32)>);
+
+impl Digests {
+    /// The digests of `records`' attributes without `secrets`, in order.
+    pub fn of<'a>(records: impl IntoIterator<Item = &'a Record>, secrets: &Secrets) -> Self {
+        let mut runs: Vec<(u64, u32)> = Vec::new();
+        for r in records {
+            let d = digest(&r.attributes, secrets);
+            match runs.last_mut() {
+                Some((last, n)) if *last == d && *n < u32::MAX => *n += 1,
+                _ => runs.push((d, 1)),
+            }
+        }
+        Self(runs)
+    }
+
+    /// The digest of the `i`th record, if recorded.
+    pub fn get(&self, mut i: usize) -> Option<u64> {
+        for &(d, n) in &self.0 {
+            if i < n as usize {
+                return Some(d);
+            }
+            i -= n as usize;
+        }
+        None
+    }
+
+    /// Whether none is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// The attribute set (secret attributes left out) a digest stands for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttrSet {
+    /// The digest ([`digest`]).
+    pub digest: u64,
+    /// The attributes.
+    pub attributes: crate::record::Attributes,
+}
+
+/// The digest of an attribute set, secret attributes left out: a 64-bit FxHash-style hash
+/// of the names and values in order (stable across runs and machines); 0 for no attributes.
+pub fn digest(attributes: &crate::record::Attributes, secrets: &Secrets) -> u64 {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    fn add(h: u64, word: u64) -> u64 {
+        (h.rotate_left(5) ^ word).wrapping_mul(K)
+    }
+    fn bytes(mut h: u64, b: &[u8]) -> u64 {
+        let mut chunks = b.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            h = add(h, u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        let mut w = [0u8; 8];
+        w[..rest.len()].copy_from_slice(rest);
+        add(h, u64::from_le_bytes(w) ^ ((b.len() as u64) << 56))
+    }
+    let mut h = 0u64;
+    let mut any = false;
+    for (k, v) in attributes {
+        if !secrets.attributes.is_empty() && secrets.attributes.iter().any(|s| s == k) {
+            continue;
+        }
+        any = true;
+        h = bytes(bytes(h, k.as_bytes()), v.as_bytes());
+    }
+    if any { h | 1 } else { 0 }
+}
+
+/// The attributes of `record` without `secrets`.
+pub fn attr_set(record: &Record, secrets: &Secrets) -> crate::record::Attributes {
+    let mut a = record.attributes.clone();
+    if !secrets.attributes.is_empty() {
+        a.retain(|k, _| !secrets.attributes.contains(k));
+    }
+    a
+}
+
 /// One provenance event: what happened to a batch of records at one node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
@@ -251,6 +343,17 @@ pub struct Event {
     pub origin: Option<Origins>,
     /// FAILURE: the error message; SEND: the destination; DROP: why.
     pub detail: Option<String>,
+    /// The digest of each record's attributes (secret ones left out), in the order of
+    /// `records`, as runs of one digest ([`Digests`]): a batch whose records share their
+    /// attributes costs one. Recorded where a node has the records at hand as they are
+    /// (CREATE, RECEIVE, MODIFY, ROUTE, FAILURE, DROP at a port; JOIN: the output's);
+    /// empty on the others (a FORK's copies, a SEND), whose records carry the attributes
+    /// of their node's RECEIVE, MODIFY or ROUTE.
+    pub attrs: Digests,
+    /// The attribute sets behind digests of `attrs` the store's segment has not defined
+    /// yet (the writer completes and deduplicates them per segment): what
+    /// `search --attr k=v` reads.
+    pub attr_sets: Vec<AttrSet>,
 }
 
 impl Event {
@@ -265,6 +368,8 @@ impl Event {
             children: Vec::new(),
             origin: None,
             detail: None,
+            attrs: Digests::default(),
+            attr_sets: Vec::new(),
         }
     }
 
@@ -415,6 +520,7 @@ impl Recorder {
             secrets: Arc::default(),
             keep: None,
             pending: Arc::default(),
+            known: Arc::default(),
         }
     }
 }
@@ -437,6 +543,9 @@ impl Secrets {
 
     /// `text` with the values of `record`'s secret attributes replaced by `[secret]` (an
     /// error message may quote one).
+    ///
+    /// The values of its secret fields too, where its content is JSON: every string (and
+    /// every number or other scalar of four characters or more) under each secret path.
     pub fn scrub(&self, record: &Record, text: &str) -> String {
         let mut text = text.to_owned();
         for name in &self.attributes {
@@ -444,6 +553,30 @@ impl Secrets {
                 && !v.is_empty()
             {
                 text = text.replace(v.as_str(), "[secret]");
+            }
+        }
+        if !self.fields.is_empty() {
+            let encoded;
+            let bytes: &[u8] = match (record.raw_content(), record.parsed_value()) {
+                (Some(b), _) => b,
+                (None, Some(v)) => {
+                    encoded = crate::record::encode_json(v);
+                    &encoded
+                }
+                (None, None) => &[],
+            };
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) {
+                let mut values = Vec::new();
+                for path in &self.fields {
+                    if let Some(at) = path.iter().try_fold(&v, |at, p| at.get(p.as_str())) {
+                        leaves(at, &mut values);
+                    }
+                }
+                // Longest first, so that a value inside another goes with it.
+                values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+                for v in values {
+                    text = text.replace(v.as_str(), "[secret]");
+                }
             }
         }
         text
@@ -523,6 +656,18 @@ impl Kept {
     }
 }
 
+/// The scalar values under `v` worth scrubbing from a message: strings not empty, other
+/// scalars (numbers) of four characters or more (a `1` would scrub every digit one).
+fn leaves(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::String(s) if !s.is_empty() => out.push(s.clone()),
+        serde_json::Value::Array(a) => a.iter().for_each(|v| leaves(v, out)),
+        serde_json::Value::Object(m) => m.values().for_each(|v| leaves(v, out)),
+        serde_json::Value::Number(n) if n.to_string().len() >= 4 => out.push(n.to_string()),
+        _ => {}
+    }
+}
+
 fn remove_path(v: &mut serde_json::Value, path: &[String]) {
     let Some((last, parents)) = path.split_last() else {
         return;
@@ -554,7 +699,14 @@ pub struct NodeRecorder {
     /// (see [`NodeRecorder::receive`]); shared by the node's input and output, and recorded
     /// before any other event of the node, so that the node's events keep their order.
     pending: Arc<parking_lot::Mutex<Vec<Event>>>,
+    /// The digests whose attribute set this node has sent the writer (which keeps them for
+    /// every later segment): a set is cloned once, not per record.
+    known: Arc<parking_lot::Mutex<std::collections::HashSet<u64>>>,
 }
+
+/// How many attribute sets a node remembers having sent before it forgets them all (and
+/// sends them again): bounds its memory when attributes differ per record.
+const KNOWN_SETS: usize = 1 << 16;
 
 impl NodeRecorder {
     /// The node's index.
@@ -624,8 +776,10 @@ impl NodeRecorder {
     pub fn receive(&self, batch: &[Record]) {
         let ids = Runs::of(batch);
         let content = self.content(batch);
+        let mut receive = self.event(EventKind::Receive, ids);
+        self.digest(&mut receive, batch);
         let mut pending = self.pending.lock();
-        for e in std::iter::once(self.event(EventKind::Receive, ids)).chain(content) {
+        for e in std::iter::once(receive).chain(content) {
             if !pending.is_empty() {
                 pending.push(e);
                 continue;
@@ -659,20 +813,27 @@ impl NodeRecorder {
     }
 
     /// What a batch leaving by `port` says about what the node made and changed: a JOIN
-    /// for every record made from others (its parents, all of them, which are taken out of
-    /// the record so that the next node does not record them again), and one MODIFY for the
+    /// for every record made from several others (its parents, all of them, which are taken
+    /// out of the record so that the next node does not record them again), one JOIN for
+    /// all the records made from one other each (a plugin's outputs: the parents as the
+    /// event's records, the children position by position), and one MODIFY for the
     /// records whose content or attributes changed here (their flag is cleared). A source's
     /// records are new (CREATE): only their flags are cleared. Costs one pass of two field
     /// reads per record when nothing was made or changed.
     pub fn made_and_changed(&self, batch: &mut [Record], port: usize) -> Vec<Event> {
         let mut events = Vec::new();
-        let mut modified: Vec<u64> = Vec::new();
-        for r in batch.iter_mut() {
+        let mut modified: Vec<usize> = Vec::new();
+        // Records made from one other each: (parent, position in the batch).
+        let mut derived: Vec<(u64, usize)> = Vec::new();
+        for (i, r) in batch.iter_mut().enumerate() {
             let changed = r.take_modified();
             if self.source {
                 continue;
             }
-            if !r.parents().is_empty() {
+            if let [parent] = r.parents() {
+                derived.push((parent.0, i));
+                r.take_parents();
+            } else if !r.parents().is_empty() {
                 let parents = r.take_parents();
                 let mut e = self
                     .event(EventKind::Join, Runs::from_ids(parents.iter().map(|p| p.0)))
@@ -682,13 +843,33 @@ impl NodeRecorder {
                     to: None,
                     ids: Runs::run(r.id().0, 1),
                 });
+                // The output's attributes (its inputs' are in their own events).
+                self.digest(&mut e, std::iter::once(&*r));
                 events.push(e);
             } else if changed {
-                modified.push(r.id().0);
+                modified.push(i);
             }
         }
+        if !derived.is_empty() {
+            let mut e = self
+                .event(
+                    EventKind::Join,
+                    Runs::from_ids(derived.iter().map(|&(p, _)| p)),
+                )
+                .at(port);
+            e.children.push(Children {
+                port: u32::try_from(port).unwrap_or(u32::MAX),
+                to: None,
+                ids: Runs::from_ids(derived.iter().map(|&(_, i)| batch[i].id().0)),
+            });
+            self.digest(&mut e, derived.iter().map(|&(_, i)| &batch[i]));
+            events.push(e);
+        }
         if !modified.is_empty() {
-            events.push(self.event(EventKind::Modify, Runs::from_ids(modified)));
+            let ids = Runs::from_ids(modified.iter().map(|&i| batch[i].id().0));
+            let mut e = self.event(EventKind::Modify, ids);
+            self.digest(&mut e, modified.iter().map(|&i| &batch[i]));
+            events.push(e);
         }
         events
     }
@@ -698,9 +879,43 @@ impl NodeRecorder {
         Event::new(kind, self.node, records)
     }
 
+    /// Give `e` the attribute digests of `records` (its records, in order), and the
+    /// attribute sets of the digests this node has not sent before. One hash per record;
+    /// a set is cloned only the first time.
+    pub fn digest<'a>(&self, e: &mut Event, records: impl IntoIterator<Item = &'a Record>) {
+        let mut runs: Vec<(u64, u32)> = Vec::new();
+        let mut known = None;
+        for r in records {
+            let d = digest(&r.attributes, &self.secrets);
+            match runs.last_mut() {
+                Some((last, n)) if *last == d && *n < u32::MAX => {
+                    *n += 1;
+                    continue;
+                }
+                _ => runs.push((d, 1)),
+            }
+            if d == 0 {
+                continue;
+            }
+            let known = known.get_or_insert_with(|| self.known.lock());
+            if known.insert(d) {
+                if known.len() > KNOWN_SETS {
+                    known.clear();
+                    known.insert(d);
+                }
+                e.attr_sets.push(AttrSet {
+                    digest: d,
+                    attributes: attr_set(r, &self.secrets),
+                });
+            }
+        }
+        e.attrs = Digests(runs);
+    }
+
     /// CREATE for a batch a source made.
     pub fn create(&self, batch: &[Record]) -> Event {
         let mut e = self.event(EventKind::Create, Runs::of(batch));
+        self.digest(&mut e, batch);
         let origins: Option<Vec<crate::record::Origin>> = batch.iter().map(|r| r.origin).collect();
         if let Some(first) = origins.as_ref().and_then(|o| o.first())
             && origins.iter().flatten().all(|o| o.source == first.source)
@@ -725,7 +940,8 @@ impl NodeRecorder {
                     .event(EventKind::Failure, Runs::of(&batch[start..i]))
                     .at(port);
                 e.detail = message(&batch[start]);
-                if !self.secrets.attributes.is_empty()
+                self.digest(&mut e, &batch[start..i]);
+                if !self.secrets.is_empty()
                     && let Some(d) = &mut e.detail
                 {
                     if self.secrets.attributes.iter().any(|a| a == "error.message") {
@@ -833,5 +1049,10 @@ mod tests {
         assert!(withheld.withheld.is_some());
         // A failure message quoting a secret attribute does not keep it.
         assert_eq!(secrets.scrub(&r, "bad token s1"), "bad token [secret]");
+        // ... nor a secret field's value.
+        assert_eq!(
+            secrets.scrub(&r, "user ann: bad password s3, token s4"),
+            "user ann: bad password [secret], token [secret]"
+        );
     }
 }

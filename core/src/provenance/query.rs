@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::index::{self, Block};
 use super::store::{self, Header, StoreError, io, next_frame};
-use super::{Event, EventKind};
+use super::{Event, EventKind, Runs};
 use crate::record::RecordId;
 
 /// An event as a query shows it: node and port by name.
@@ -57,6 +57,9 @@ pub struct Search {
     pub since: Option<i64>,
     /// Only at or before this time (epoch ms).
     pub until: Option<i64>,
+    /// Only records that carry this attribute (name, value), secret attributes never:
+    /// an event matches with the records of it that had it (see [`Events::search`]).
+    pub attr: Option<(String, String)>,
     /// At most this many (the oldest).
     pub limit: usize,
 }
@@ -148,8 +151,20 @@ impl Events {
     }
 
     /// Events matching `q`, oldest first, at most `q.limit`.
+    ///
+    /// With `q.attr` (`k`, `v`), an event matches with only those of its records that
+    /// carried `k` = `v`: for an event with attribute digests (CREATE, RECEIVE, MODIFY,
+    /// FAILURE; a JOIN's output), the records whose attribute set then had it; for another
+    /// (ROUTE, FORK, DROP, SEND, ...), the records that had it at an earlier event (their
+    /// node's RECEIVE or MODIFY, or an earlier node's).
     pub fn search(&self, q: &Search) -> Result<Vec<Found>, StoreError> {
         let mut out = Vec::new();
+        let mut attr = q.attr.as_ref().map(|(k, v)| AttrMatch {
+            name: k.clone(),
+            value: v.clone(),
+            digests: Default::default(),
+            ids: Default::default(),
+        });
         for (s, seg) in self.segs.iter().enumerate() {
             if out.len() >= q.limit {
                 break;
@@ -165,13 +180,21 @@ impl Events {
                 if out.len() >= q.limit {
                     break;
                 }
-                if !block.overlaps(q.since, q.until)
+                // An attribute search reads every block up to the time range: the sets
+                // its events' digests stand for, and the records that had the attribute.
+                let skip = !block.overlaps(q.since, q.until)
                     || q.kind.is_some_and(|k| !block.has_kind(k))
-                    || node.is_some_and(|n| !block.has_node(n))
-                {
+                    || node.is_some_and(|n| !block.has_node(n));
+                if skip && (attr.is_none() || q.until.is_some_and(|t| block.time.0 > t)) {
                     continue;
                 }
-                for (i, e) in self.block((s, b))?.into_iter().enumerate() {
+                for (i, mut e) in self.block((s, b))?.into_iter().enumerate() {
+                    if let Some(a) = &mut attr {
+                        match a.narrow(&mut e) {
+                            Some(true) => {}
+                            Some(false) | None => continue,
+                        }
+                    }
                     let hit = node.is_none_or(|n| e.node == n)
                         && q.kind.is_none_or(|k| e.kind == k)
                         && q.since.is_none_or(|t| e.time >= t)
@@ -206,7 +229,7 @@ impl Events {
         'up: for _ in 0..64 {
             for (at, i) in r.naming(root)? {
                 let e = &r.cache[&at][i];
-                if e.kind != EventKind::Fork {
+                if !matches!(e.kind, EventKind::Fork | EventKind::Replay) {
                     continue;
                 }
                 for c in &e.children {
@@ -317,7 +340,16 @@ impl LineageReader<'_> {
             let Some(p) = e.records.position(id) else {
                 // The record is a JOIN's output: the JOIN is where it began, with its inputs.
                 if e.kind == EventKind::Join && !joined {
-                    let inputs = e.records.iter().map(|i| RecordId(i).to_string()).collect();
+                    let inputs = match one_to_one(e) {
+                        // Made of one input: the one at its place.
+                        Some(ids) => ids
+                            .position(id)
+                            .and_then(|k| e.records.get(k))
+                            .map(|i| RecordId(i).to_string())
+                            .into_iter()
+                            .collect(),
+                        None => e.records.iter().map(|i| RecordId(i).to_string()).collect(),
+                    };
                     let mut step = step(self.events.found(at, i, e.clone()), None);
                     step.inputs = inputs;
                     steps.push(step);
@@ -329,7 +361,7 @@ impl LineageReader<'_> {
             // A record forked or joined more than 64 deep is a cycle of bad data: stop.
             if depth < 64 {
                 match e.kind {
-                    EventKind::Fork => {
+                    EventKind::Fork | EventKind::Replay => {
                         next.extend(
                             e.children
                                 .iter()
@@ -338,10 +370,11 @@ impl LineageReader<'_> {
                         );
                     }
                     EventKind::Join => {
+                        let at = if one_to_one(e).is_some() { p } else { 0 };
                         next.extend(
                             e.children
                                 .iter()
-                                .filter_map(|c| c.ids.get(0))
+                                .filter_map(|c| c.ids.get(at))
                                 .map(|c| (c, true)),
                         );
                     }
@@ -381,6 +414,93 @@ fn step(f: Found, position: Option<u64>) -> Step {
     }
 }
 
+/// An attribute search's state: the digests of the sets that have the attribute, and the
+/// records seen with it so far.
+struct AttrMatch {
+    name: String,
+    value: String,
+    digests: std::collections::HashMap<u64, bool>,
+    ids: std::collections::HashSet<u64>,
+}
+
+impl AttrMatch {
+    /// Learn `e`'s attribute sets and narrow its records to those that had the attribute:
+    /// `Some(true)` if any is left. Events are given in the order they were written.
+    fn narrow(&mut self, e: &mut Event) -> Option<bool> {
+        for set in &e.attr_sets {
+            let has = set.attributes.get(&self.name) == Some(&self.value);
+            self.digests.insert(set.digest, has);
+        }
+        let mut kept = Vec::new();
+        if e.attrs.is_empty() {
+            kept.extend(e.records.iter().filter(|id| self.ids.contains(id)));
+        } else if let Some(children) = one_to_one(e) {
+            // Child `i` (digest `i`) was made of record `i`: the records whose child had it.
+            let children = children.clone();
+            for (i, parent) in e.records.iter().enumerate() {
+                if e.attrs
+                    .get(i)
+                    .is_some_and(|d| self.digests.get(&d) == Some(&true))
+                    && let Some(child) = children.get(i)
+                {
+                    self.ids.insert(child);
+                    kept.push(parent);
+                }
+            }
+        } else if e.kind == EventKind::Join {
+            let child = e.children.first().and_then(|c| c.ids.get(0))?;
+            let has = e
+                .attrs
+                .get(0)
+                .is_some_and(|d| self.digests.get(&d) == Some(&true));
+            if !has {
+                return Some(false);
+            }
+            self.ids.insert(child);
+            // The event is the output's: its inputs did not have to have it.
+            return Some(true);
+        } else {
+            for (i, id) in e.records.iter().enumerate() {
+                if e.attrs
+                    .get(i)
+                    .is_some_and(|d| self.digests.get(&d) == Some(&true))
+                {
+                    kept.push(id);
+                }
+            }
+            self.ids.extend(kept.iter().copied());
+        }
+        // A FORK's copies had what their parents had.
+        if e.kind == EventKind::Fork {
+            for c in &e.children {
+                for (i, parent) in e.records.iter().enumerate() {
+                    if self.ids.contains(&parent)
+                        && let Some(child) = c.ids.get(i)
+                    {
+                        self.ids.insert(child);
+                    }
+                }
+            }
+        }
+        if kept.is_empty() {
+            return Some(false);
+        }
+        if kept.len() != e.records.len() {
+            e.records = Runs::from_ids(kept);
+            e.attrs = Default::default();
+        }
+        Some(true)
+    }
+}
+
+/// A JOIN of records made of one input each: its children, the `i`th made of the event's
+/// `i`th record (see [`EventKind::Join`]).
+fn one_to_one(e: &Event) -> Option<&Runs> {
+    let c = e.children.first()?;
+    (e.kind == EventKind::Join && c.ids.len() > 1 && c.ids.len() == e.records.len())
+        .then_some(&c.ids)
+}
+
 /// A segment's header: its first frame, which ends at `end`.
 fn read_header(path: &Path, end: u64) -> Result<Option<Header>, StoreError> {
     let mut bytes = vec![0; usize::try_from(end).unwrap_or(0)];
@@ -400,6 +520,21 @@ fn found(header: &Header, h: usize, event: u64, raw: Event) -> Found {
             .unwrap_or_else(|| format!("#{p}"))
     });
     let detail = match raw.kind {
+        EventKind::Replay => Some(
+            raw.children
+                .iter()
+                .map(|c| {
+                    let id = c.ids.get(0).map(|i| RecordId(i).to_string());
+                    let to = c.to.and_then(|t| header.nodes.get(t as usize));
+                    format!(
+                        "replayed as {} -> {}",
+                        id.unwrap_or_default(),
+                        to.map_or("?", |n| n.name.as_str())
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
         EventKind::Fork => Some(
             raw.children
                 .iter()
@@ -416,6 +551,10 @@ fn found(header: &Header, h: usize, event: u64, raw: Event) -> Found {
                 .collect::<Vec<_>>()
                 .join(", "),
         ),
+        EventKind::Join if one_to_one(&raw).is_some() => Some(format!(
+            "{} records, each made of one input",
+            raw.records.len()
+        )),
         EventKind::Join => Some(format!(
             "{} inputs -> {}",
             raw.records.len(),
@@ -770,5 +909,164 @@ mod tests {
         check(&Events::read(dir.path()).expect("opens"));
         store::repair(&seg).expect("repairs");
         assert_eq!(std::fs::read(&idx).expect("rebuilt"), written_index);
+    }
+
+    #[test]
+    fn attribute_search_finds_exactly_the_records_that_had_it_and_never_a_secret() {
+        use crate::provenance::Secrets;
+        use crate::record::Record;
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Segments of 1 MiB: the sets must be defined again in every segment.
+        let settings = Settings {
+            dir: dir.path().to_owned(),
+            max_age: std::time::Duration::from_secs(3600),
+            max_size: 8 << 20,
+        };
+        let w = Writer::open(&settings, header()).expect("opens");
+        let secrets = std::sync::Arc::new(Secrets {
+            attributes: vec!["token".into()],
+            fields: Vec::new(),
+        });
+        let rec = w.recorder().node(1, false).with_policy(secrets, None);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let (mut blue, mut green) = (Vec::new(), Vec::new());
+        rt.block_on(async {
+            for i in 0..40_000u64 {
+                let mut batch: Vec<Record> = (0..4u64)
+                    .map(|k| {
+                        let mut r = Record::from_bytes(&b"{}"[..]);
+                        let team = if (i + k) % 3 == 0 { "blue" } else { "red" };
+                        r.set_attribute("team", team);
+                        r.set_attribute("token", format!("s3cr3t-{}", i % 5));
+                        if team == "blue" {
+                            blue.push(r.id().0);
+                        }
+                        r.take_modified();
+                        r
+                    })
+                    .collect();
+                rec.receive(&batch);
+                rec.flush().await;
+                // One record a batch turns green here.
+                batch[1].set_attribute("team", "green");
+                green.push(batch[1].id().0);
+                for e in rec.made_and_changed(&mut batch, 1) {
+                    rec.record(e).await;
+                }
+                rec.record(rec.event(EventKind::Route, Runs::of(&batch)).at(1))
+                    .await;
+            }
+        });
+        drop(rec);
+        w.close().expect("closes");
+        assert!(
+            store::segments(dir.path()).expect("segments").len() >= 3,
+            "several segments"
+        );
+        let events = Events::read(dir.path()).expect("opens");
+        let ids = |kind: Option<EventKind>, k: &str, v: &str| -> Vec<u64> {
+            let found = events
+                .search(&Search {
+                    kind,
+                    attr: Some((k.into(), v.into())),
+                    limit: usize::MAX,
+                    ..Search::default()
+                })
+                .expect("searches");
+            let mut ids: Vec<u64> = found.iter().flat_map(|f| f.ids()).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            ids
+        };
+        blue.sort_unstable();
+        green.sort_unstable();
+        assert_eq!(ids(Some(EventKind::Receive), "team", "blue"), blue);
+        assert_eq!(ids(Some(EventKind::Modify), "team", "green"), green);
+        // ROUTE carries no digests: its records that had the attribute at their RECEIVE or
+        // MODIFY here.
+        let mut either = [blue.clone(), green.clone()].concat();
+        either.sort_unstable();
+        either.dedup();
+        assert_eq!(ids(Some(EventKind::Route), "team", "blue"), blue);
+        assert_eq!(ids(None, "team", "green"), green);
+        assert!(ids(None, "team", "purple").is_empty());
+        // A secret attribute is never found, and its values are nowhere in the files.
+        assert!(ids(None, "token", "s3cr3t-1").is_empty());
+        for f in std::fs::read_dir(dir.path()).expect("lists") {
+            let bytes = std::fs::read(f.expect("entry").path()).expect("reads");
+            assert!(
+                !bytes.windows(6).any(|w| w == b"s3cr3t"),
+                "a secret in the store"
+            );
+        }
+    }
+
+    /// Records made of one input each (a plugin's outputs) are one JOIN per batch, not one
+    /// per record, and lineage still pairs each output with its own input.
+    #[test]
+    fn records_made_of_one_input_each_are_one_join_per_batch() {
+        use crate::record::Record;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let settings = Settings {
+            dir: dir.path().to_owned(),
+            max_age: std::time::Duration::from_secs(3600),
+            max_size: 1 << 30,
+        };
+        let w = Writer::open(&settings, header()).expect("opens");
+        let rec = w.recorder().node(1, false);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let mut inputs: Vec<Record> = (0..100)
+            .map(|n| {
+                let mut r = Record::from_bytes(format!("{{\"n\":{n}}}"));
+                r.set_attribute("team", if n == 42 { "blue" } else { "red" });
+                r
+            })
+            .collect();
+        let ids: Vec<u64> = inputs.iter().map(|r| r.id().0).collect();
+        let mut outputs: Vec<Record> = inputs
+            .iter_mut()
+            .map(|r| r.derive(vrl::value::Value::from(1)))
+            .collect();
+        let made: Vec<u64> = outputs.iter().map(|r| r.id().0).collect();
+        rt.block_on(async {
+            rec.receive(&inputs);
+            rec.flush().await;
+            let events = rec.made_and_changed(&mut outputs, 1);
+            assert_eq!(events.len(), 1, "one JOIN for the batch");
+            for e in events {
+                rec.record(e).await;
+            }
+        });
+        drop(rec);
+        w.close().expect("closes");
+        let events = Events::read(dir.path()).expect("opens");
+        let id = |n: u64| RecordId(n).to_string();
+        let tree = events
+            .lineage(RecordId(ids[42]))
+            .expect("reads")
+            .expect("found");
+        assert_eq!(tree.children.len(), 1);
+        assert_eq!(tree.children[0].id, id(made[42]));
+        let from_output = events
+            .lineage(RecordId(made[7]))
+            .expect("reads")
+            .expect("found");
+        let join = &from_output.events[0];
+        assert_eq!(join.kind, EventKind::Join);
+        assert_eq!(join.inputs, [id(ids[7])]);
+        let blue = events
+            .search(&Search {
+                kind: Some(EventKind::Join),
+                attr: Some(("team".into(), "blue".into())),
+                limit: 10,
+                ..Search::default()
+            })
+            .expect("searches");
+        assert_eq!(blue.len(), 1);
+        assert_eq!(blue[0].ids().collect::<Vec<_>>(), [ids[42]]);
     }
 }

@@ -3,7 +3,7 @@
 //! ```text
 //! <dir>/00000001.prov, 00000002.prov, ...    one or more per run, numbered in order
 //! <dir>/00000001.idx, ...                    each segment's index (see [`super::index`])
-//! segment = MAGIC, frame*                    MAGIC = b"FLOWPRV1"
+//! segment = MAGIC, frame*                    MAGIC = b"FLOWPRV2" (1: events without attribute digests)
 //! frame   = len: u32 LE, crc32(payload): u32 LE, payload (postcard)
 //! the first frame's payload is a [`Header`] (the flow, its nodes and ports: events name
 //! nodes and ports by index); every other frame's is a `Vec<Event>`
@@ -42,7 +42,7 @@ use super::index::{self, BLOCK_BYTES, Builder};
 use super::{CHANNEL_EVENTS, Event, Recorder, WhenFull};
 
 /// A segment file's first bytes.
-pub const MAGIC: &[u8; 8] = b"FLOWPRV1";
+pub const MAGIC: &[u8; 8] = b"FLOWPRV2";
 /// A segment is closed and a new one started past this size (or an eighth of `max_size`).
 pub const SEGMENT_BYTES: u64 = 64 << 20;
 /// A frame holds at most this many events.
@@ -153,6 +153,8 @@ impl Writer {
             max_age: settings.max_age,
             max_size: settings.max_size,
             stats: WriterStats::default(),
+            sets: Default::default(),
+            defined: Default::default(),
         };
         // The segment is created now, so a store that cannot be written fails the start.
         seg.roll()?;
@@ -230,6 +232,40 @@ struct Segments {
     max_age: Duration,
     max_size: u64,
     stats: WriterStats,
+    /// The attribute sets recorders sent, by digest (at most [`ATTR_SETS`]).
+    sets: std::collections::HashMap<u64, super::AttrSet>,
+    /// The digests the segment being written defines (has the set of).
+    defined: std::collections::HashSet<u64>,
+}
+
+/// How many attribute sets the writer remembers to define again in a new segment.
+const ATTR_SETS: usize = 1 << 16;
+
+impl Segments {
+    /// Make every event's digests defined in the segment being written, each set once: a
+    /// set the segment has already is taken out of the event, one it lacks (a recorder
+    /// sent it to an earlier segment) is put in.
+    fn define(&mut self, events: &mut [Event]) {
+        for e in events {
+            let mut sets = std::mem::take(&mut e.attr_sets);
+            sets.retain(|set| {
+                if self.sets.len() < ATTR_SETS || self.sets.contains_key(&set.digest) {
+                    self.sets.entry(set.digest).or_insert_with(|| set.clone());
+                }
+                self.defined.insert(set.digest)
+            });
+            for &(d, _) in &e.attrs.0 {
+                if d != 0
+                    && !self.defined.contains(&d)
+                    && let Some(set) = self.sets.get(&d)
+                {
+                    self.defined.insert(d);
+                    sets.push(set.clone());
+                }
+            }
+            e.attr_sets = sets;
+        }
+    }
 }
 
 impl Segments {
@@ -270,16 +306,18 @@ impl Segments {
         self.idx = Some((index::create(&path)?, index::path_of(&path)));
         self.block = Builder::new(self.len, 0);
         self.ordinal = 0;
+        self.defined.clear();
         self.file = Some((file, path));
         retain(&self.dir, self.max_age, self.max_size, self.next - 1)
     }
 
-    fn write(&mut self, events: &[Event], buf: &mut Vec<u8>) -> Result<(), StoreError> {
+    fn write(&mut self, events: &mut [Event], buf: &mut Vec<u8>) -> Result<(), StoreError> {
         if self.len >= self.roll_at {
             self.roll()?;
         } else if self.block.len() >= BLOCK_BYTES {
             self.close_block()?;
         }
+        self.define(events);
         let payload = postcard::to_allocvec(events)?;
         buf.clear();
         frame(buf, &payload);
@@ -323,7 +361,7 @@ fn write_loop(
                 Err(_) => break,
             }
         }
-        if let Err(e) = seg.write(&events, &mut buf) {
+        if let Err(e) = seg.write(&mut events, &mut buf) {
             // Said once; the flow goes on without provenance (the channel closes).
             tracing::error!(error = %e, "provenance store failed: no more events are recorded");
             return Err(e);
@@ -437,6 +475,17 @@ pub(crate) fn next_frame<'a>(bytes: &'a [u8], at: &mut usize) -> Option<&'a [u8]
 /// Cut a torn or corrupt tail off a segment (a run killed mid-write) and complete its
 /// index; a segment without a whole header is deleted, with its index.
 pub fn repair(path: &Path) -> Result<(), StoreError> {
+    // A segment of another version of the format (`FLOWPRV1`: events without attribute
+    // digests) is not torn: queries skip it, retention deletes it in its time.
+    let mut head = [0u8; 8];
+    if File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok()
+        && head.starts_with(b"FLOWPRV")
+        && &head != MAGIC
+    {
+        return Ok(());
+    }
     let Some(seg) = index::load(path)? else {
         std::fs::remove_file(path).map_err(io(path))?;
         return remove_if_there(&index::path_of(path));
@@ -514,6 +563,25 @@ mod tests {
             }],
             started: 0,
         }
+    }
+
+    /// A segment of the earlier format is left for retention, not cut as torn; the new
+    /// run writes a segment of its own after it.
+    #[test]
+    fn a_segment_of_the_earlier_format_is_not_repaired_away() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let old = dir.path().join("00000001.prov");
+        std::fs::write(&old, b"FLOWPRV1\x05\x00\x00\x00junk").expect("write");
+        let w = Writer::open(&settings(dir.path()), header()).expect("opens");
+        w.close().expect("closes");
+        assert!(old.exists(), "the old segment is still there");
+        let numbers: Vec<u64> = segments(dir.path())
+            .expect("segments")
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(numbers, [1, 2]);
+        assert!(crate::provenance::query::Events::read(dir.path()).is_ok());
     }
 
     fn settings(dir: &Path) -> Settings {

@@ -385,6 +385,9 @@ pub struct Input {
     /// When the last batch was handed out (the node has been on it since).
     handed: Option<Instant>,
     prov: Option<NodeRecorder>,
+    /// Batches re-injected by a replay ([`crate::runtime::Injector`]): taken before the
+    /// edges' but not keeping the input open (the input ends with its edges).
+    injected: Option<tokio::sync::mpsc::Receiver<Batch>>,
 }
 
 impl Input {
@@ -396,7 +399,14 @@ impl Input {
             metrics,
             handed: None,
             prov: None,
+            injected: None,
         }
+    }
+
+    /// Also take the batches a replay re-injects here.
+    pub fn with_injection(mut self, rx: tokio::sync::mpsc::Receiver<Batch>) -> Self {
+        self.injected = Some(rx);
+        self
     }
 
     /// Record provenance (RECEIVE, and SEND for sinks) with `rec`.
@@ -449,7 +459,7 @@ impl Input {
         if let Some(rec) = &self.prov {
             rec.flush().await;
         }
-        let batch = poll_batch(&mut self.edges, &mut self.next).await;
+        let batch = poll_batch(&mut self.edges, &mut self.next, &mut self.injected).await;
         if let Some(b) = &batch {
             self.metrics.add_received(b.len() as u64);
             self.handed = Some(Instant::now());
@@ -462,8 +472,22 @@ impl Input {
 }
 
 /// The next batch from any of `edges`, taking turns from `next`.
-async fn poll_batch(edges: &mut Vec<EdgeReceiver>, next: &mut usize) -> Option<Batch> {
+/// A batch re-injected (`injected`) comes first; it never keeps the input open.
+async fn poll_batch(
+    edges: &mut Vec<EdgeReceiver>,
+    next: &mut usize,
+    injected: &mut Option<tokio::sync::mpsc::Receiver<Batch>>,
+) -> Option<Batch> {
     std::future::poll_fn(|cx| {
+        if !edges.is_empty()
+            && let Some(rx) = injected
+        {
+            match rx.poll_recv(cx) {
+                Poll::Ready(Some(b)) => return Poll::Ready(Some(b)),
+                Poll::Ready(None) => *injected = None,
+                Poll::Pending => {}
+            }
+        }
         let mut i = 0;
         while i < edges.len() {
             let idx = (*next + i) % edges.len();

@@ -86,6 +86,7 @@ pub struct RunningFlow {
     nodes: Vec<NodeHandle>,
     edges: Vec<EdgeHandle>,
     taps: Taps,
+    injector: Injector,
     tasks: JoinSet<(usize, Result<(), ProcessorError>)>,
     shutdown: CancellationToken,
     started: Instant,
@@ -242,6 +243,36 @@ pub fn start_with(
     let max_content = prov_config.max_content_bytes();
     let mut outputs: Vec<_> = outputs.into_iter().map(Some).collect();
     let mut inputs: Vec<_> = inputs.into_iter().map(Some).collect();
+    // Where a replay re-injects records: a node's input; a source's first connected port
+    // (not `failure`), into the inputs of the nodes it goes to.
+    let mut points: Vec<InjectPoint> = spec
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let port = (n.kind == Kind::Source)
+                .then(|| {
+                    (0..n.outputs.len()).find(|&p| {
+                        p != crate::processor::PortId::FAILURE.0
+                            && spec.edges.iter().any(|e| e.from == i && e.port == p)
+                    })
+                })
+                .flatten();
+            InjectPoint {
+                name: n.name.clone(),
+                tx: None,
+                rec: None,
+                port,
+                downstream: port.map_or_else(Vec::new, |p| {
+                    spec.edges
+                        .iter()
+                        .filter(|e| e.from == i && e.port == p)
+                        .map(|e| e.to)
+                        .collect()
+                }),
+            }
+        })
+        .collect();
     for i in order {
         let n = &spec.nodes[i];
         let name: Arc<str> = n.name.as_str().into();
@@ -260,6 +291,12 @@ pub fn start_with(
                 .node(i, n.kind == Kind::Source)
                 .with_policy(secrets.clone(), keep);
             input = input.with_provenance(rec.clone());
+            if n.kind != Kind::Source {
+                let (tx, rx) = tokio::sync::mpsc::channel(INJECTED_BATCHES);
+                input = input.with_injection(rx);
+                points[i].tx = Some(tx);
+            }
+            points[i].rec = Some(rec.clone());
             emitter = emitter.with_provenance(rec, std::mem::take(&mut targets[i]));
         }
         let task: futures::future::BoxFuture<'static, Result<(), ProcessorError>> =
@@ -302,10 +339,14 @@ pub fn start_with(
         let shutdown = shutdown.clone();
         tasks.spawn(async move { (i, supervise(&name, task, &metrics, &shutdown).await) });
     }
+    let injector = Injector(Arc::new(parking_lot::Mutex::new(
+        provenance.is_some().then_some(points),
+    )));
     Ok(RunningFlow {
         nodes,
         edges,
         taps,
+        injector,
         tasks,
         shutdown,
         started: Instant::now(),
@@ -475,6 +516,9 @@ impl RunningFlow {
                 }
             }
         }
+        // Every node has ended: nothing is re-injected any more, and the recorders the
+        // injector holds must go for the provenance store to close.
+        self.injector.close();
         self.report(errors)
     }
 
@@ -489,6 +533,7 @@ impl RunningFlow {
             nodes: self.nodes.clone(),
             edges: self.edges.clone(),
             taps: self.taps.clone(),
+            injector: self.injector.clone(),
             started: self.started,
         }
     }
@@ -510,10 +555,16 @@ pub struct Reporter {
     nodes: Vec<NodeHandle>,
     edges: Vec<EdgeHandle>,
     taps: Taps,
+    injector: Injector,
     started: Instant,
 }
 
 impl Reporter {
+    /// Where a replay re-injects records into the flow.
+    pub fn injector(&self) -> &Injector {
+        &self.injector
+    }
+
     /// The nodes' live counters.
     pub fn nodes(&self) -> &[NodeHandle] {
         &self.nodes
@@ -562,3 +613,111 @@ impl Reporter {
 
 #[cfg(test)]
 mod tests;
+
+/// How many re-injected batches wait for a node before a replay waits for it.
+const INJECTED_BATCHES: usize = 16;
+
+/// Where a replay re-injects records into a running flow (`POST
+/// /api/v1/provenance/replay/{id}`): per node, a queue into its input (taken before its
+/// edges, never keeping it open) and its provenance recorder. Only with provenance on.
+#[derive(Clone, Default)]
+pub struct Injector(Arc<parking_lot::Mutex<Option<Vec<InjectPoint>>>>);
+
+struct InjectPoint {
+    name: String,
+    /// A transform's or sink's input.
+    tx: Option<tokio::sync::mpsc::Sender<edge::Batch>>,
+    rec: Option<crate::provenance::NodeRecorder>,
+    /// A source: the port its records leave by, and the nodes it goes to.
+    port: Option<usize>,
+    downstream: Vec<usize>,
+}
+
+/// Why a record could not be re-injected.
+#[derive(Debug, thiserror::Error)]
+pub enum InjectError {
+    /// The flow records no provenance, or has ended.
+    #[error("the flow is not running with provenance (it has ended, or runs without it)")]
+    NotRunning,
+    /// No such node (the store is of another version of the flow).
+    #[error("the flow has no processor `{0}` to re-inject into")]
+    UnknownNode(String),
+    /// A source whose records go nowhere, or a node that stopped taking input.
+    #[error("processor `{0}` takes no more input: nothing to re-inject into")]
+    Closed(String),
+}
+
+impl Injector {
+    /// Forget every node: the flow has ended.
+    pub fn close(&self) {
+        self.0.lock().take();
+    }
+
+    /// Re-inject `record` (made of the kept content of record `original`) where `node`
+    /// took `original` in: into a transform's or sink's input, or, for a source, into the
+    /// inputs of the nodes its records go to (a copy each, each with a new id). Records a
+    /// REPLAY event at `node` linking `original` to the new records (lineage follows it
+    /// like a FORK) before they are taken in. Returns the new records' ids.
+    pub async fn inject(
+        &self,
+        node: &str,
+        original: crate::record::RecordId,
+        record: crate::record::Record,
+    ) -> Result<Vec<crate::record::RecordId>, InjectError> {
+        use crate::provenance::{Children, EventKind, Runs};
+        let (rec, port, sends) = {
+            let points = self.0.lock();
+            let points = points.as_ref().ok_or(InjectError::NotRunning)?;
+            let at = points
+                .iter()
+                .position(|p| p.name == node)
+                .ok_or_else(|| InjectError::UnknownNode(node.to_owned()))?;
+            let p = &points[at];
+            let sends: Vec<(usize, tokio::sync::mpsc::Sender<edge::Batch>)> = match &p.tx {
+                Some(tx) => vec![(at, tx.clone())],
+                None => p
+                    .downstream
+                    .iter()
+                    .filter_map(|&to| points.get(to)?.tx.clone().map(|tx| (to, tx)))
+                    .collect(),
+            };
+            if sends.is_empty() {
+                return Err(InjectError::Closed(node.to_owned()));
+            }
+            (p.rec.clone(), p.port.unwrap_or(0), sends)
+        };
+        let mut copies = Vec::with_capacity(sends.len());
+        for (k, (to, tx)) in sends.into_iter().enumerate() {
+            let mut r = record.clone();
+            // Made as it was kept: not a change at the node it enters.
+            r.take_modified();
+            if k > 0 {
+                r.set_id(crate::record::RecordId::next());
+            }
+            copies.push((to, tx, r));
+        }
+        if let Some(rec) = &rec {
+            let mut e = rec
+                .event(EventKind::Replay, Runs::run(original.0, 1))
+                .at(port);
+            e.children = copies
+                .iter()
+                .map(|(to, _, r)| Children {
+                    port: u32::try_from(port).unwrap_or(u32::MAX),
+                    to: u32::try_from(*to).ok(),
+                    ids: Runs::run(r.id().0, 1),
+                })
+                .collect();
+            rec.record(e).await;
+        }
+        let mut ids = Vec::with_capacity(copies.len());
+        for (_, tx, r) in copies {
+            let id = r.id();
+            tx.send(vec![r])
+                .await
+                .map_err(|_| InjectError::Closed(node.to_owned()))?;
+            ids.push(id);
+        }
+        Ok(ids)
+    }
+}

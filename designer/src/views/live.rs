@@ -12,7 +12,7 @@ use flow_core::provenance::query::Lineage;
 
 use crate::graph::FlowGraph;
 use crate::live::{Snapshot, fill_color, rate};
-use crate::session::{LineageState, Session, Status, needed_variables};
+use crate::session::{LineageState, ReplayState, Session, Status, needed_variables};
 use crate::state::{Designer, Notice};
 use crate::theme;
 use crate::views::Canvas;
@@ -562,6 +562,7 @@ impl LiveView {
             return;
         };
         let mut open = true;
+        let mut replay = false;
         egui::Window::new(format!("Lineage · {id}"))
             .id(egui::Id::new("lineage-window"))
             .open(&mut open)
@@ -569,6 +570,33 @@ impl LiveView {
             .default_pos(ctx.content_rect().right_bottom() - egui::vec2(560.0, 420.0))
             .show(ctx, |ui| {
                 let s = session.shared();
+                // Replay: the flow runs with its API, and content of the record (or of a
+                // descendant) was kept.
+                if let Some(LineageState::Found(l)) = &s.lineage
+                    && kept_content(l)
+                {
+                    ui.horizontal(|ui| {
+                        replay = ui
+                            .button("Replay")
+                            .on_hover_text(
+                                "re-inject the kept content into the running flow, where \
+                                 the record entered (a new record, linked to this one)",
+                            )
+                            .clicked();
+                        match &s.replay {
+                            Some(ReplayState::Sending(r)) if *r == id => {
+                                ui.label("replaying…");
+                            }
+                            Some(ReplayState::Done(r, said)) if *r == id => {
+                                ui.label(RichText::new(said).color(theme::WEAK));
+                            }
+                            Some(ReplayState::Failed(r, why)) if *r == id => {
+                                ui.label(RichText::new(why).color(theme::WARNING));
+                            }
+                            _ => {}
+                        }
+                    });
+                }
                 egui::ScrollArea::vertical()
                     .auto_shrink([false, false])
                     .show(ui, |ui| match &s.lineage {
@@ -581,10 +609,21 @@ impl LiveView {
                         Some(LineageState::Found(l)) => lineage_tree(ui, l, 0),
                     });
             });
+        if replay {
+            session.replay(&id);
+        }
         if !open {
             self.chosen = None;
         }
     }
+}
+
+/// Whether a node kept content of the record or of a descendant (what a replay needs).
+fn kept_content(l: &Lineage) -> bool {
+    l.events
+        .iter()
+        .any(|s| s.kind == flow_core::provenance::EventKind::Content)
+        || l.children.iter().any(kept_content)
 }
 
 /// Whether a tapped record shows under `filter` (case-insensitive text in its JSON).
