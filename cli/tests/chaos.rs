@@ -32,11 +32,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Flow, server, unique, wait_for};
+use common::{Flow, read_kafka, server, unique, wait_for};
 use futures::TryStreamExt;
 use object_store::{ObjectStore, ObjectStoreExt};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Message};
 
 /// Kills per scenario: `CHAOS_KILLS`, default 2.
 fn kills() -> usize {
@@ -146,44 +144,6 @@ fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, text).expect("flow file");
     p
-}
-
-/// Every message of `topic` read from the start, `n` -> how many times, once `done` holds for
-/// what was read and nothing more came for 2 s (or after `secs`).
-fn read_kafka(
-    brokers: &str,
-    topic: &str,
-    secs: u64,
-    done: impl Fn(&HashMap<u64, u32>) -> bool,
-) -> HashMap<u64, u32> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", unique("chaos-reader"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    consumer.subscribe(&[topic]).expect("subscribed");
-    let mut got: HashMap<u64, u32> = HashMap::new();
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let mut quiet_since = Instant::now();
-    while Instant::now() < deadline {
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => {
-                quiet_since = Instant::now();
-                let v: serde_json::Value =
-                    serde_json::from_slice(m.payload().unwrap_or_default()).expect("JSON");
-                *got.entry(v["n"].as_u64().expect("n")).or_insert(0) += 1;
-            }
-            Some(Err(e)) => eprintln!("kafka read: {e}"),
-            None => {
-                if done(&got) && quiet_since.elapsed() > Duration::from_secs(2) {
-                    break;
-                }
-            }
-        }
-    }
-    got
 }
 
 /// Lost (wanted, not there) and duplicates (copies beyond the first) of `got`.
@@ -306,6 +266,10 @@ connections:
     stop.store(true, Ordering::SeqCst);
     let n = publisher.join().expect("publisher");
     let last = Flow::start(&file, d, "last", &env);
+    // Up before it is stopped (a SIGTERM while it starts ends it by the signal's default).
+    wait_for(60, "the last run's subscription", || {
+        last.log().contains("subscribed")
+    });
     let want = || (0..n).filter(|i| i % 10 != 7);
     let got = read_kafka(&brokers, &topic, 240, |g| {
         want().all(|i| g.contains_key(&i))
@@ -533,6 +497,10 @@ connections:
     std::thread::sleep(session);
     assert!(producer.wait(600), "the producer finished");
     let last = Flow::start(&file, d, "last", &env);
+    // Up before it is stopped (a SIGTERM while it starts ends it by the signal's default).
+    wait_for(60, "the last run's subscription", || {
+        last.log().contains("subscribed")
+    });
     let deadline = Instant::now() + Duration::from_secs(240);
     while Instant::now() < deadline && (export_points(&influx, &run).len() as u64) < n {
         std::thread::sleep(Duration::from_millis(500));
