@@ -407,31 +407,7 @@ fn kafka_outages(mid_stream: bool) {
     };
     let dir = tempfile::tempdir().expect("tmp");
     let d = dir.path();
-    let s3_port = free_port();
-    let mut storage = s3s_fs(&d.join("data"), s3_port, &["tansu"]);
-    storage.start();
-    let port = free_port();
-    let brokers = format!("127.0.0.1:{port}");
-    let bin = binary("FLOW_TEST_TANSU", "tansu");
-    let mut tansu = Server::new(port, move || {
-        let url = format!("tcp://127.0.0.1:{port}");
-        let mut c = Command::new(&bin);
-        c.args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-        ])
-        .args(["--storage-engine", "s3://tansu/"])
-        .env("AWS_ENDPOINT", format!("http://127.0.0.1:{s3_port}"))
-        .env("AWS_ACCESS_KEY_ID", "outage")
-        .env("AWS_SECRET_ACCESS_KEY", "outagesecret")
-        .env("AWS_ALLOW_HTTP", "true")
-        .env("AWS_DEFAULT_REGION", "us-east-1")
-        .env("AWS_REGION", "us-east-1");
-        c
-    });
+    let (_storage, mut tansu, brokers) = tansu_on_s3(d);
     let topic = unique("outage");
     let file = generate_into(
         d,
@@ -506,6 +482,117 @@ fn kafka_outages(mid_stream: bool) {
     });
     let lost: Vec<u64> = (0..COUNT).filter(|n| !got.contains_key(n)).collect();
     assert!(lost.is_empty(), "records lost: {lost:?}");
+}
+
+/// A tansu of the test's own, not started, that keeps its topics in an s3s-fs of the test's
+/// own (started) over `dir` (its in-memory storage would forget them at a restart): the
+/// storage, the broker and its address.
+fn tansu_on_s3(d: &Path) -> (Server, Server, String) {
+    let s3_port = free_port();
+    let mut storage = s3s_fs(&d.join("data"), s3_port, &["tansu"]);
+    storage.start();
+    let port = free_port();
+    let bin = binary("FLOW_TEST_TANSU", "tansu");
+    let tansu = Server::new(port, move || {
+        let url = format!("tcp://127.0.0.1:{port}");
+        let mut c = Command::new(&bin);
+        c.args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .args(["--storage-engine", "s3://tansu/"])
+        .env("AWS_ENDPOINT", format!("http://127.0.0.1:{s3_port}"))
+        .env("AWS_ACCESS_KEY_ID", "outage")
+        .env("AWS_SECRET_ACCESS_KEY", "outagesecret")
+        .env("AWS_ALLOW_HTTP", "true")
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_REGION", "us-east-1");
+        c
+    });
+    (storage, tansu, format!("127.0.0.1:{port}"))
+}
+
+/// The flow's source `kafka_source`: tansu down at start, stopped and restarted mid-stream
+/// while the flow reads a topic written before; the flow resumes from its group's commits.
+#[test]
+fn kafka_source_down_at_start_and_restarted_mid_stream_loses_nothing() {
+    let Some(_) = server("FLOW_TEST_KAFKA_BROKERS", "the Kafka broker (tansu)") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    let (_storage, mut tansu, brokers) = tansu_on_s3(d);
+    let (topic, group) = (unique("outage-src"), unique("outage-src"));
+    let total = 20_000u64;
+    tansu.start();
+    let producer_dir = d.join("producer");
+    std::fs::create_dir_all(&producer_dir).expect("dir");
+    let producer = generate_into(
+        &producer_dir,
+        r#"
+  out:
+    type: kafka_sink
+    brokers: ${KAFKA_BROKERS}
+    topic: ${TOPIC}
+    key: .n
+    create_topic: { partitions: 2 }"#,
+    );
+    let count = total.to_string();
+    let p = Flow::start(
+        &producer,
+        &producer_dir,
+        "producer",
+        &[
+            ("COUNT", count.as_str()),
+            ("RATE", "1000000"),
+            ("KAFKA_BROKERS", brokers.as_str()),
+            ("TOPIC", topic.as_str()),
+        ],
+    );
+    assert!(p.wait(120), "the producer finished");
+    tansu.stop();
+    let file = write(
+        d,
+        "flow.yaml",
+        r#"
+name: outage-kafka-source
+processors:
+  src:
+    type: kafka_source
+    brokers: ${KAFKA_BROKERS}
+    group: ${GROUP}
+    topics: ["${TOPIC}"]
+    batch_size: 100
+    commit_interval: 200ms
+  out:
+    type: file_sink
+    path: ${OUT_DIR}/out.jsonl
+    sync: true
+connections:
+  - src -> out
+"#,
+    );
+    let out_dir = d.display().to_string();
+    let mut flow = Flow::start(
+        &file,
+        d,
+        "flow",
+        &[
+            ("KAFKA_BROKERS", brokers.as_str()),
+            ("TOPIC", topic.as_str()),
+            ("GROUP", group.as_str()),
+            ("OUT_DIR", out_dir.as_str()),
+        ],
+    );
+    let out = d.join("out.jsonl");
+    let progress = |_: &Flow| counts(&out).len() as u64;
+    outages(&mut flow, &mut tansu, (500, total), true, progress);
+    assert!(flow.stop(), "the flow stops cleanly");
+    let got = counts(&out);
+    assert!((0..total).all(|n| got.contains_key(&n)), "records lost");
 }
 
 /// The flow's source `mqtt_source`: Mosquitto down at start, stopped and restarted mid-stream
