@@ -4,7 +4,9 @@
 # start_mosquitto exports FLOW_TEST_MQTT_URL, start_victoria_metrics FLOW_TEST_INFLUX_URL (and
 # FLOW_TEST_VM_SCRAPE_CONFIG, the scrape config it reads every second) and
 # start_s3 FLOW_TEST_S3_ENDPOINT (with _BUCKET, _ACCESS_KEY, _SECRET_KEY); each server is
-# stopped when the shell exits.
+# stopped when the shell exits. Each also exports the path of its binary (FLOW_TEST_MOSQUITTO,
+# FLOW_TEST_VICTORIA_METRICS, FLOW_TEST_S3S_FS, FLOW_TEST_TANSU), for the tests that start,
+# stop and restart servers of their own on other ports.
 
 services_as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi; }
 
@@ -114,6 +116,8 @@ start_victoria_metrics() {
       victoria-metrics >/dev/null || return 1
     vm=$(command -v victoria-metrics || echo /usr/bin/victoria-metrics)
   fi
+  # Tests that stop and restart a server of their own (cli/tests/outages.rs) find it here.
+  export FLOW_TEST_VICTORIA_METRICS="$vm"
   local port
   port=$(any_free_port) || return 1
   VM_DIR=$(mktemp -d)
@@ -168,6 +172,7 @@ start_s3() {
     cargo install s3s-fs@0.14.1 --features binary --locked --quiet || return 1
     bin="$HOME/.cargo/bin/s3s-fs"
   fi
+  export FLOW_TEST_S3S_FS="$bin"
   local port
   port=$(any_free_port) || return 1
   S3_DIR=$(mktemp -d)

@@ -72,7 +72,9 @@ impl Flow {
             std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("state"),
         );
         c.current_dir(repo())
-            .args(["-v", "run", "--quiet"])
+            // `FLOW_TEST_VERBOSITY=-vv` for a debug log while investigating.
+            .arg(std::env::var("FLOW_TEST_VERBOSITY").unwrap_or_else(|_| "-v".into()))
+            .args(["run", "--quiet"])
             .arg(file)
             .stdout(Stdio::null())
             .stderr(err);
@@ -156,4 +158,44 @@ pub fn lines(path: &Path) -> usize {
 /// Duplicates in counts: writes beyond the first.
 pub fn duplicates(c: &HashMap<u64, u32>) -> u32 {
     c.values().map(|k| k - 1).sum()
+}
+
+/// Every message of `topic` read from the start, `n` -> how many times, once `done` holds for
+/// what was read and nothing more came for 2 s (or after `secs`).
+pub fn read_kafka(
+    brokers: &str,
+    topic: &str,
+    secs: u64,
+    done: impl Fn(&HashMap<u64, u32>) -> bool,
+) -> HashMap<u64, u32> {
+    let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("chaos-reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    use rdkafka::Message;
+    use rdkafka::consumer::Consumer;
+    consumer.subscribe(&[topic]).expect("subscribed");
+    let mut got: HashMap<u64, u32> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut quiet_since = Instant::now();
+    while Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                quiet_since = Instant::now();
+                let v: serde_json::Value =
+                    serde_json::from_slice(m.payload().unwrap_or_default()).expect("JSON");
+                *got.entry(v["n"].as_u64().expect("n")).or_insert(0) += 1;
+            }
+            Some(Err(e)) => eprintln!("kafka read: {e}"),
+            None => {
+                if done(&got) && quiet_since.elapsed() > Duration::from_secs(2) {
+                    break;
+                }
+            }
+        }
+    }
+    got
 }

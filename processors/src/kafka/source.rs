@@ -562,6 +562,10 @@ impl Source for KafkaSource {
                     _ => break,
                 }
             }
+            // Records came: the brokers answer. This ends an error burst (saying so), so the
+            // next outage gets its own warning (without it, an outage that began within the
+            // burst gap of the last error, say 30 s after a broker down at start, was silent).
+            consumer.context().flow.reachable();
             // One token per batch, in every record of it.
             let token = st.tracker.token(seq);
             st.batches.push_back(InFlight {
