@@ -8,7 +8,7 @@ use flow_core::processor::{
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use crate::write::{Lines, write_lines};
+use crate::write::{Commit, Lines, write_lines};
 
 /// Write records to a file, one per line (JSON lines).
 ///
@@ -20,6 +20,16 @@ use crate::write::{Lines, write_lines};
 /// denied, not a writable file) stops the flow with the error, the part of the batch already
 /// written cut off again. Either way, records not written are never acknowledged, so their
 /// source reads them again on the next run. Missing parent directories are created.
+///
+/// Exactly-once across crashes, for a regular file in `append` mode: after each batch, the
+/// file's length and the positions of the records written are committed atomically in
+/// `.NAME.commit` beside the file, before the batch is acknowledged. On restart the file is cut
+/// back to the committed length (what was written after the last commit goes) and the records
+/// the source replays that the commit covers are skipped, so each record is written once. This
+/// holds for records whose source tracks positions (`file`, `generate`, a `window_aggregate`
+/// with `state` and `event_time`) when the sink has one path back to the source; otherwise a
+/// crash may write again what was written since the source's last commit (at-least-once). See
+/// docs/reliability.md, "Exactly-once sinks".
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileSinkConfig {
@@ -88,13 +98,56 @@ impl Sink for FileSink {
             .open(path)
             .await
             .map_err(io("cannot open"))?;
-        let len = file.metadata().await.map_err(io("cannot read"))?.len();
+        let meta = file.metadata().await.map_err(io("cannot read"))?;
+        let mut len = meta.len();
+        let mut ctx = ctx;
+        let commit = if meta.is_file() {
+            let commit = Commit::of(path);
+            let resume = if cfg.append {
+                commit
+                    .load()
+                    .map_err(io("cannot read the commit record of"))?
+            } else {
+                commit
+                    .remove()
+                    .map_err(io("cannot remove the commit record of"))?;
+                None
+            };
+            match resume {
+                Some(c) if c.len <= len => {
+                    if c.len < len {
+                        // Written after the last commit: its records were not acknowledged,
+                        // and their source replays them.
+                        file.set_len(c.len).await.map_err(io("cannot cut back"))?;
+                        tracing::info!(
+                            node = %ctx.name,
+                            bytes = len - c.len,
+                            "cut off what was written after the last commit"
+                        );
+                        len = c.len;
+                    }
+                    ctx.input.resume_after(c.written);
+                }
+                Some(c) => tracing::warn!(
+                    node = %ctx.name,
+                    committed = c.len,
+                    len,
+                    "the file is shorter than its last commit (changed by someone else?): \
+                     writing everything replayed again"
+                ),
+                None => {}
+            }
+            Some(commit)
+        } else {
+            None
+        };
         let lines = Lines {
             target: file.into_std().await,
             name: format!("`{}`", cfg.path),
             destination: cfg.path.clone(),
             len,
             durable: cfg.sync,
+            commit,
         };
         write_lines(lines, ctx).await
     }

@@ -240,6 +240,7 @@ pub fn start_with(
     let prov_config = spec.provenance.clone().unwrap_or_default();
     let secrets = Arc::new(prov_config.secrets());
     let max_content = prov_config.max_content_bytes();
+    let ordered = ordered_origins(spec);
     let mut outputs: Vec<_> = outputs.into_iter().map(Some).collect();
     let mut inputs: Vec<_> = inputs.into_iter().map(Some).collect();
     for i in order {
@@ -253,7 +254,8 @@ pub fn start_with(
         )
         .with_reported(&n.config.reported_outputs());
         taps.push(n.name.clone(), emitter.taps());
-        let mut input = Input::new(inputs[i].take().unwrap_or_default(), metrics.clone());
+        let mut input = Input::new(inputs[i].take().unwrap_or_default(), metrics.clone())
+            .with_ordered_origins(ordered[i]);
         if let Some(p) = provenance {
             let keep = prov_config.content.contains(&n.name).then_some(max_content);
             let rec = p
@@ -314,6 +316,34 @@ pub fn start_with(
 
 /// Run one node's task, keeping its state as it changes: running, then finished or failed.
 /// A failure (an error or a panic) stops the flow at once: the sources stop, the rest drains.
+/// Per node, whether records of each source reach it in the order of their positions: every
+/// node on the way up (itself included) has at most one incoming edge, so there is one path
+/// back to each source and no two branches of one source can interleave differently from run
+/// to run (see [`crate::committed`]).
+fn ordered_origins(spec: &FlowSpec) -> Vec<bool> {
+    let mut upstream: Vec<Vec<usize>> = vec![Vec::new(); spec.nodes.len()];
+    for e in &spec.edges {
+        upstream[e.to].push(e.from);
+    }
+    fn visit(i: usize, upstream: &[Vec<usize>], memo: &mut [Option<bool>], depth: usize) -> bool {
+        if let Some(v) = memo[i] {
+            return v;
+        }
+        // A validated flow is acyclic; the depth bound keeps a cycle from looping anyway.
+        let v = depth <= upstream.len()
+            && upstream[i].len() <= 1
+            && upstream[i]
+                .iter()
+                .all(|&u| visit(u, upstream, memo, depth + 1));
+        memo[i] = Some(v);
+        v
+    }
+    let mut memo = vec![None; spec.nodes.len()];
+    (0..spec.nodes.len())
+        .map(|i| visit(i, &upstream, &mut memo, 0))
+        .collect()
+}
+
 async fn supervise(
     name: &str,
     task: futures::future::BoxFuture<'static, Result<(), ProcessorError>>,
