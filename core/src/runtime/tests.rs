@@ -839,3 +839,42 @@ connections:
         }
     }
 }
+
+/// A node has ordered origins (exactly-once sinks may skip replays by position) only with one
+/// path back to every source: not below a fan-in, even of two branches of one source.
+#[test]
+fn origins_are_ordered_only_along_single_paths() {
+    let loaded = crate::spec::load(
+        r#"
+name: paths
+processors:
+  src: { type: count, count: 1, batch: 1 }
+  mid: { type: even }
+  a: { type: slow, slowness: 0 }
+  b: { type: slow, slowness: 0 }
+  both: { type: slow, slowness: 0 }
+connections:
+  - src -> mid
+  - mid -> a
+  - mid -> both
+  - src -> both
+  - src -> b
+"#,
+        &|_| None,
+        &registry(),
+    );
+    let flow = loaded
+        .flow
+        .unwrap_or_else(|| panic!("invalid test flow: {:?}", loaded.diagnostics));
+    let ordered = super::ordered_origins(&flow);
+    let of = |name: &str| {
+        let i = flow
+            .nodes
+            .iter()
+            .position(|n| n.name == name)
+            .expect("node");
+        ordered[i]
+    };
+    assert!(of("src") && of("mid") && of("a") && of("b"));
+    assert!(!of("both"), "two paths from src");
+}
