@@ -60,6 +60,10 @@ impl Describe for FileConfig {
 }
 
 impl ProcessorConfig for FileConfig {
+    fn replays_in_order(&self) -> bool {
+        true
+    }
+
     fn outputs(&self) -> Vec<String> {
         vec!["out".into()]
     }

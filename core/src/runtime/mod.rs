@@ -316,31 +316,44 @@ pub fn start_with(
 
 /// Run one node's task, keeping its state as it changes: running, then finished or failed.
 /// A failure (an error or a panic) stops the flow at once: the sources stop, the rest drains.
-/// Per node, whether records of each source reach it in the order of their positions: every
-/// node on the way up (itself included) has at most one incoming edge, so there is one path
-/// back to each source and no two branches of one source can interleave differently from run
-/// to run (see [`crate::committed`]).
+/// Per node, whether a restart replays its input in the same order: every node on the way up
+/// (itself included) has at most one incoming edge, so there is one path back to one source
+/// and no two branches can interleave differently from run to run, and that source replays
+/// in order ([`crate::processor::ProcessorConfig::replays_in_order`]). See
+/// [`crate::committed`].
 fn ordered_origins(spec: &FlowSpec) -> Vec<bool> {
     let mut upstream: Vec<Vec<usize>> = vec![Vec::new(); spec.nodes.len()];
     for e in &spec.edges {
         upstream[e.to].push(e.from);
     }
-    fn visit(i: usize, upstream: &[Vec<usize>], memo: &mut [Option<bool>], depth: usize) -> bool {
+    let in_order: Vec<bool> = spec
+        .nodes
+        .iter()
+        .map(|n| n.config.replays_in_order())
+        .collect();
+    fn visit(
+        i: usize,
+        up: &[Vec<usize>],
+        sources: &[bool],
+        memo: &mut [Option<bool>],
+        depth: usize,
+    ) -> bool {
         if let Some(v) = memo[i] {
             return v;
         }
         // A validated flow is acyclic; the depth bound keeps a cycle from looping anyway.
-        let v = depth <= upstream.len()
-            && upstream[i].len() <= 1
-            && upstream[i]
-                .iter()
-                .all(|&u| visit(u, upstream, memo, depth + 1));
+        let v = depth <= up.len()
+            && match up[i][..] {
+                [] => sources[i],
+                [u] => visit(u, up, sources, memo, depth + 1),
+                _ => false,
+            };
         memo[i] = Some(v);
         v
     }
     let mut memo = vec![None; spec.nodes.len()];
     (0..spec.nodes.len())
-        .map(|i| visit(i, &upstream, &mut memo, 0))
+        .map(|i| visit(i, &upstream, &in_order, &mut memo, 0))
         .collect()
 }
 
