@@ -19,15 +19,17 @@
 //! out. Everything after the commit is written again, once. Nothing changes for the sources,
 //! the acks or the windows: the source's commit may lag as far behind as it likes.
 //!
-//! **When it holds.** Positions are only a high-water mark, so the records of one source must
-//! reach the sink in the order of their positions. The runtime knows when they do: when the
-//! sink has one path back to every source (each node upstream has one incoming edge;
-//! [`crate::runtime::emit::Input::origins_ordered`]). A fan-in of two branches of the same
-//! source may interleave differently in each run, so there the sink records no positions and
-//! stays at-least-once (its file is still cut back to the last commit, removing torn or
-//! unacknowledged tails). Records without an origin (MQTT, Kafka, HTTP sources) are always
-//! written. A window gives its outputs origins only when they are deterministic: with `state`
-//! (so a restart resumes the same windows) and event time (no processing-time firing).
+//! **When it holds.** Positions are only a high-water mark, so a restart must replay the
+//! sink's input in the same order as before. The runtime knows when it does
+//! ([`crate::runtime::emit::Input::origins_ordered`]): when the sink has one path back to one
+//! source (each node upstream has one incoming edge) and that source replays its uncommitted
+//! input as one stream in order
+//! ([`crate::processor::ProcessorConfig::replays_in_order`]: a `file` with a `checkpoint`).
+//! A fan-in may interleave differently in each run, and a broker redelivers in its own order,
+//! so there the sink records no positions and stays at-least-once (its file is still cut back
+//! to the last commit, removing torn or unacknowledged tails). A window numbers its outputs
+//! only when they are deterministic: with `state` (a restart resumes the same windows), event
+//! time (no processing-time firing), no idle timeout, and its input replayed in order.
 
 use std::collections::BTreeMap;
 

@@ -23,13 +23,14 @@ use crate::write::{Commit, Lines, write_lines};
 ///
 /// Exactly-once across crashes, for a regular file in `append` mode: after each batch, the
 /// file's length and the positions of the records written are committed atomically in
-/// `.NAME.commit` beside the file, before the batch is acknowledged. On restart the file is cut
+/// `.NAME.NODE.commit` beside the file, before the batch is acknowledged. On restart the file is cut
 /// back to the committed length (what was written after the last commit goes) and the records
 /// the source replays that the commit covers are skipped, so each record is written once. This
-/// holds for records whose source tracks positions (`file`, `generate`, a `window_aggregate`
-/// with `state` and `event_time`) when the sink has one path back to the source; otherwise a
-/// crash may write again what was written since the source's last commit (at-least-once). See
-/// docs/reliability.md, "Exactly-once sinks".
+/// holds when a restart replays the same stream (a `file` source with a `checkpoint`, and a
+/// `window_aggregate` with `state` and `event_time` below one) and the sink has one path back
+/// to that source; otherwise a crash may write again what was written since the source's last
+/// commit (at-least-once). Several sinks may append to one file (the cut spares what any of
+/// them committed). See docs/reliability.md, "Exactly-once sinks".
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileSinkConfig {
@@ -102,7 +103,7 @@ impl Sink for FileSink {
         let mut len = meta.len();
         let mut ctx = ctx;
         let commit = if meta.is_file() {
-            let commit = Commit::of(path);
+            let commit = Commit::of(path, &ctx.name);
             let resume = if cfg.append {
                 commit
                     .load()
@@ -113,29 +114,36 @@ impl Sink for FileSink {
                     .map_err(io("cannot remove the commit record of"))?;
                 None
             };
-            match resume {
-                Some(c) if c.len <= len => {
-                    if c.len < len {
+            // Several sinks may append to one file: cut only what none of them committed.
+            let longest = match resume {
+                Some(_) => commit
+                    .longest()
+                    .map_err(io("cannot read the commit records of"))?,
+                None => None,
+            };
+            match (resume, longest) {
+                (Some(c), Some(cut)) if cut <= len => {
+                    if cut < len {
                         // Written after the last commit: its records were not acknowledged,
                         // and their source replays them.
-                        file.set_len(c.len).await.map_err(io("cannot cut back"))?;
+                        file.set_len(cut).await.map_err(io("cannot cut back"))?;
                         tracing::info!(
                             node = %ctx.name,
-                            bytes = len - c.len,
+                            bytes = len - cut,
                             "cut off what was written after the last commit"
                         );
-                        len = c.len;
+                        len = cut;
                     }
                     ctx.input.resume_after(c.written);
                 }
-                Some(c) => tracing::warn!(
+                (Some(c), _) => tracing::warn!(
                     node = %ctx.name,
                     committed = c.len,
                     len,
                     "the file is shorter than its last commit (changed by someone else?): \
                      writing everything replayed again"
                 ),
-                None => {}
+                (None, _) => {}
             }
             Some(commit)
         } else {
@@ -234,7 +242,7 @@ mod tests {
         let path = dir.path().join("out.jsonl");
         run_batches(&path, at(&[1..=3, 4..=6])).await;
         assert_eq!(std::fs::read_to_string(&path).expect("read"), lines(6));
-        let commit = dir.path().join(".out.jsonl.commit");
+        let commit = dir.path().join(".out.jsonl.under_test.commit");
         let c: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&commit).expect("committed")).expect("json");
         assert_eq!(c, json!({"len": lines(6).len(), "written": {"5": 6}}));
@@ -261,6 +269,43 @@ mod tests {
         drop(tx);
         sink(&cfg).run(ctx).await.expect("runs");
         assert_eq!(std::fs::read_to_string(&path).expect("read"), lines(2));
+    }
+
+    /// Two sinks appending to one file: a restart of one cuts off only what neither committed.
+    #[tokio::test]
+    async fn a_restart_spares_what_another_sink_of_the_file_committed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("out.jsonl");
+        let cfg: FileSinkConfig = config(json!({ "path": path }));
+        let run = |node: &'static str, batches: Vec<Vec<flow_core::record::Record>>| {
+            let cfg = cfg.clone();
+            async move {
+                let (mut ctx, tx, _failures, _metrics) = sink_ctx();
+                ctx.name = node.into();
+                for b in batches {
+                    tx.send(b).await.expect("queued");
+                }
+                drop(tx);
+                sink(&cfg).run(ctx).await.expect("runs");
+            }
+        };
+        run("a", at(&[1..=2])).await;
+        let mut b = at(&[1..=1]);
+        b[0][0].origin = Some(flow_core::record::Origin { source: 6, seq: 1 });
+        run("b", b).await;
+        std::io::Write::write_all(
+            &mut std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .expect("open"),
+            b"{\"torn\"",
+        )
+        .expect("torn");
+        run("a", at(&[2..=3])).await;
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("read"),
+            format!("{}{{\"i\":1}}\n{{\"i\":3}}\n", lines(2))
+        );
     }
 
     /// Records of one batch with one ack token; the tracker says how the batch ended.

@@ -74,10 +74,6 @@ impl Describe for GenerateConfig {
 }
 
 impl ProcessorConfig for GenerateConfig {
-    fn replays_in_order(&self) -> bool {
-        true
-    }
-
     fn outputs(&self) -> Vec<String> {
         vec!["out".into()]
     }

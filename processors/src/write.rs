@@ -74,9 +74,19 @@ pub(crate) struct Lines<T> {
     pub commit: Option<Commit>,
 }
 
+fn read_commit(path: &Path) -> std::io::Result<Option<Committed>> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// A file sink's committed state: the file's length after the last acknowledged batch and the
 /// positions of the records written up to there, in a small JSON file beside it
-/// (`.NAME.commit`), replaced atomically (written aside, then renamed over) after every batch
+/// (`.NAME.NODE.commit`), replaced atomically (written aside, then renamed over) after every batch
 /// and before its records are acknowledged. A `kill -9` leaves either the old or the new one.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Committed {
@@ -87,34 +97,68 @@ pub(crate) struct Committed {
     pub written: Written,
 }
 
-/// Where a file's commit record lives.
+/// Where a file's commit record lives: `.FILE.NODE.commit`, one per sink, since several sinks
+/// of a flow may append to one file.
 #[derive(Clone)]
 pub(crate) struct Commit {
     path: PathBuf,
     tmp: PathBuf,
+    /// The file's folder and the prefix of every sink's commit record for it.
+    dir: PathBuf,
+    prefix: String,
 }
 
 impl Commit {
-    /// The commit record of `file`: `.NAME.commit` in the same folder.
-    pub fn of(file: &Path) -> Self {
+    /// The commit record of sink `node` writing `file`.
+    pub fn of(file: &Path, node: &str) -> Self {
         let name = file.file_name().map(|n| n.to_string_lossy().into_owned());
-        let name = name.unwrap_or_default();
-        let dir = file.parent().unwrap_or(Path::new(""));
+        let prefix = format!(".{}.", name.unwrap_or_default());
+        let dir = file.parent().unwrap_or(Path::new("")).to_path_buf();
+        let node: String = node
+            .chars()
+            .map(|c| {
+                if c.is_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
         Self {
-            path: dir.join(format!(".{name}.commit")),
-            tmp: dir.join(format!(".{name}.commit.tmp")),
+            path: dir.join(format!("{prefix}{node}.commit")),
+            tmp: dir.join(format!("{prefix}{node}.commit.tmp")),
+            dir,
+            prefix,
         }
     }
 
     /// The last commit, if there is one.
     pub fn load(&self) -> std::io::Result<Option<Committed>> {
-        match std::fs::read(&self.path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
+        read_commit(&self.path)
+    }
+
+    /// The longest length any sink writing this file committed: what lies beyond was
+    /// acknowledged by none of them, so a restart may cut it off.
+    pub fn longest(&self) -> std::io::Result<Option<u64>> {
+        let dir = if self.dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            &self.dir
+        };
+        let mut longest = None;
+        for entry in std::fs::read_dir(dir)? {
+            let name = entry?.file_name();
+            let name = name.to_string_lossy();
+            if let Some(node) = name
+                .strip_prefix(&self.prefix)
+                .and_then(|n| n.strip_suffix(".commit"))
+                && !node.contains('.')
+                && let Some(c) = read_commit(&dir.join(&*name))?
+            {
+                longest = longest.max(Some(c.len));
+            }
         }
+        Ok(longest)
     }
 
     /// Forget the commit (the file starts over).

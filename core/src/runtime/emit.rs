@@ -386,8 +386,9 @@ pub struct Input {
     /// When the last batch was handed out (the node has been on it since).
     handed: Option<Instant>,
     prov: Option<NodeRecorder>,
-    /// Records of each source arrive in the order of their positions (one path back to every
-    /// source): a sink may record [`Written`] positions (see [`crate::committed`]).
+    /// A restart replays this node's input in the same order (one path back to one source
+    /// that replays in order): a sink may record [`Written`] positions (see
+    /// [`crate::committed`]).
     ordered: bool,
     /// After a restart: records at or below these positions were written before, and are
     /// finished without being handed out.
@@ -411,15 +412,15 @@ impl Input {
         }
     }
 
-    /// Records of each source reach this node in the order of their positions (the runtime
-    /// sets this when the node has a single path back to every source).
+    /// A restart replays this node's input in the same order (the runtime sets this when the
+    /// node has a single path back to one source that replays in order).
     pub fn with_ordered_origins(mut self, ordered: bool) -> Self {
         self.ordered = ordered;
         self
     }
 
-    /// Whether records of each source arrive in the order of their positions, so that a sink
-    /// may skip replayed records by position (see [`crate::committed`]).
+    /// Whether a restart replays this node's input in the same order, so that a sink may skip
+    /// replayed records by position (see [`crate::committed`]).
     pub fn origins_ordered(&self) -> bool {
         self.ordered
     }
