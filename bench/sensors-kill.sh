@@ -14,6 +14,7 @@ kills="${2:-10}"
 seed="${3:-1}"
 bin="${4:-target/debug/flow}"
 if [ ! -x "$bin" ]; then
+  [ "$bin" = target/debug/flow ] || { echo "no flow binary at $bin" >&2; exit 2; }
   if command -v mold >/dev/null; then export RUSTFLAGS="${RUSTFLAGS:-} -C link-arg=-fuse-ld=mold"; fi
   cargo build -q -p flow-cli --bin flow
 fi
