@@ -17,6 +17,7 @@
 //! - [`observe`]: what a running flow shows the outside (the control API's types).
 pub mod ack;
 pub mod clock;
+pub mod committed;
 pub mod expr;
 pub mod flowtest;
 pub mod graph;

@@ -302,6 +302,15 @@ pub trait ProcessorConfig: fmt::Debug + Send + Sync + 'static {
         Vec::new()
     }
 
+    /// For a source: after a restart it replays its uncommitted input as one stream in the
+    /// same order, every record with the same [`crate::record::Origin`] as before (a file read
+    /// from its committed line). Exactly-once sinks and numbered window outputs rely on it
+    /// (see [`crate::committed`]); sources that interleave several streams (Kafka partitions)
+    /// or whose input a broker redelivers in its own order say no.
+    fn replays_in_order(&self) -> bool {
+        false
+    }
+
     /// Check what can be checked without I/O: expressions compile, values are in range.
     fn validate(&self) -> Vec<ConfigError> {
         Vec::new()

@@ -60,6 +60,13 @@ impl Describe for FileConfig {
 }
 
 impl ProcessorConfig for FileConfig {
+    /// Only with a `checkpoint`: a restart then resumes the same reading. Without one, every
+    /// run reads the file anew (perhaps another file under the same path), which a sink must
+    /// not take for a replay of what it already wrote.
+    fn replays_in_order(&self) -> bool {
+        self.checkpoint.is_some()
+    }
+
     fn outputs(&self) -> Vec<String> {
         vec!["out".into()]
     }

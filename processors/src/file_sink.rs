@@ -8,7 +8,7 @@ use flow_core::processor::{
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use crate::write::{Lines, write_lines};
+use crate::write::{Commit, Lines, write_lines};
 
 /// Write records to a file, one per line (JSON lines).
 ///
@@ -20,6 +20,17 @@ use crate::write::{Lines, write_lines};
 /// denied, not a writable file) stops the flow with the error, the part of the batch already
 /// written cut off again. Either way, records not written are never acknowledged, so their
 /// source reads them again on the next run. Missing parent directories are created.
+///
+/// Exactly-once across crashes, for a regular file in `append` mode: after each batch, the
+/// file's length and the positions of the records written are committed atomically in
+/// `.NAME.NODE.commit` beside the file, before the batch is acknowledged. On restart the file is cut
+/// back to the committed length (what was written after the last commit goes) and the records
+/// the source replays that the commit covers are skipped, so each record is written once. This
+/// holds when a restart replays the same stream (a `file` source with a `checkpoint`, and a
+/// `window_aggregate` with `state` and `event_time` below one) and the sink has one path back
+/// to that source; otherwise a crash may write again what was written since the source's last
+/// commit (at-least-once). Several sinks may append to one file (the cut spares what any of
+/// them committed). See docs/reliability.md, "Exactly-once sinks".
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileSinkConfig {
@@ -88,13 +99,63 @@ impl Sink for FileSink {
             .open(path)
             .await
             .map_err(io("cannot open"))?;
-        let len = file.metadata().await.map_err(io("cannot read"))?.len();
+        let meta = file.metadata().await.map_err(io("cannot read"))?;
+        let mut len = meta.len();
+        let mut ctx = ctx;
+        let commit = if meta.is_file() {
+            let commit = Commit::of(path, &ctx.name);
+            let resume = if cfg.append {
+                commit
+                    .load()
+                    .map_err(io("cannot read the commit record of"))?
+            } else {
+                commit
+                    .remove()
+                    .map_err(io("cannot remove the commit record of"))?;
+                None
+            };
+            // Several sinks may append to one file: cut only what none of them committed.
+            let longest = match resume {
+                Some(_) => commit
+                    .longest()
+                    .map_err(io("cannot read the commit records of"))?,
+                None => None,
+            };
+            match (resume, longest) {
+                (Some(c), Some(cut)) if cut <= len => {
+                    if cut < len {
+                        // Written after the last commit: its records were not acknowledged,
+                        // and their source replays them.
+                        file.set_len(cut).await.map_err(io("cannot cut back"))?;
+                        tracing::info!(
+                            node = %ctx.name,
+                            bytes = len - cut,
+                            "cut off what was written after the last commit"
+                        );
+                        len = cut;
+                    }
+                    ctx.input.resume_after(c.written);
+                }
+                (Some(c), _) => tracing::warn!(
+                    node = %ctx.name,
+                    committed = c.len,
+                    len,
+                    "the file is shorter than its last commit (changed by someone else?): \
+                     writing everything replayed again"
+                ),
+                (None, _) => {}
+            }
+            Some(commit)
+        } else {
+            None
+        };
         let lines = Lines {
             target: file.into_std().await,
             name: format!("`{}`", cfg.path),
             destination: cfg.path.clone(),
             len,
             durable: cfg.sync,
+            commit,
         };
         write_lines(lines, ctx).await
     }
@@ -140,6 +201,111 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&path).expect("read"), "old\na\n");
         write(&path, false, vec![rec("b"), rec("c")]).await;
         assert_eq!(std::fs::read_to_string(&path).expect("read"), "b\nc\n");
+    }
+
+    /// Records of source 5 at these positions, a batch each as given.
+    fn at(batches: &[std::ops::RangeInclusive<u64>]) -> Vec<Vec<flow_core::record::Record>> {
+        batches
+            .iter()
+            .map(|b| {
+                b.clone()
+                    .map(|i| {
+                        let mut r = rec(&format!("{{\"i\":{i}}}"));
+                        r.origin = Some(flow_core::record::Origin { source: 5, seq: i });
+                        r
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    async fn run_batches(path: &std::path::Path, batches: Vec<Vec<flow_core::record::Record>>) {
+        let cfg: FileSinkConfig = config(json!({ "path": path }));
+        let (ctx, tx, _failures, _metrics) = sink_ctx();
+        for b in batches {
+            tx.send(b).await.expect("queued");
+        }
+        drop(tx);
+        sink(&cfg).run(ctx).await.expect("runs");
+    }
+
+    fn lines(upto: u64) -> String {
+        (1..=upto).map(|i| format!("{{\"i\":{i}}}\n")).collect()
+    }
+
+    /// A crash after a commit, with more written after it (a torn batch): the restart cuts the
+    /// file back to the commit and skips the replayed records it covers; every record is in the
+    /// file once.
+    #[tokio::test]
+    async fn a_restart_cuts_back_to_the_commit_and_writes_replayed_records_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("out.jsonl");
+        run_batches(&path, at(&[1..=3, 4..=6])).await;
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), lines(6));
+        let commit = dir.path().join(".out.jsonl.under_test.commit");
+        let c: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&commit).expect("committed")).expect("json");
+        assert_eq!(c, json!({"len": lines(6).len(), "written": {"5": 6}}));
+        // Written after the last commit when the process died: never acknowledged.
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .expect("open");
+        std::io::Write::write_all(&mut f, b"{\"i\":7}\n{\"i\"").expect("torn");
+        // The source committed up to 1 and replays from 2.
+        let mut replay = at(&[2..=5, 6..=8]);
+        replay[1].push(rec("{\"no origin\":1}"));
+        run_batches(&path, replay).await;
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("read"),
+            format!("{}{{\"no origin\":1}}\n", lines(8))
+        );
+        // `append: false` starts over, commit included.
+        let cfg: FileSinkConfig = config(json!({ "path": path, "append": false }));
+        let (ctx, tx, _failures, _metrics) = sink_ctx();
+        for b in at(&[1..=2]) {
+            tx.send(b).await.expect("queued");
+        }
+        drop(tx);
+        sink(&cfg).run(ctx).await.expect("runs");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), lines(2));
+    }
+
+    /// Two sinks appending to one file: a restart of one cuts off only what neither committed.
+    #[tokio::test]
+    async fn a_restart_spares_what_another_sink_of_the_file_committed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("out.jsonl");
+        let cfg: FileSinkConfig = config(json!({ "path": path }));
+        let run = |node: &'static str, batches: Vec<Vec<flow_core::record::Record>>| {
+            let cfg = cfg.clone();
+            async move {
+                let (mut ctx, tx, _failures, _metrics) = sink_ctx();
+                ctx.name = node.into();
+                for b in batches {
+                    tx.send(b).await.expect("queued");
+                }
+                drop(tx);
+                sink(&cfg).run(ctx).await.expect("runs");
+            }
+        };
+        run("a", at(&[1..=2])).await;
+        let mut b = at(&[1..=1]);
+        b[0][0].origin = Some(flow_core::record::Origin { source: 6, seq: 1 });
+        run("b", b).await;
+        std::io::Write::write_all(
+            &mut std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .expect("open"),
+            b"{\"torn\"",
+        )
+        .expect("torn");
+        run("a", at(&[2..=3])).await;
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("read"),
+            format!("{}{{\"i\":1}}\n{{\"i\":3}}\n", lines(2))
+        );
     }
 
     /// Records of one batch with one ack token; the tracker says how the batch ended.

@@ -50,6 +50,7 @@ impl Sink for Stdout {
             destination: "stdout".into(),
             len: 0,
             durable: false,
+            commit: None,
         };
         write_lines(lines, ctx).await
     }

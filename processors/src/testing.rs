@@ -152,7 +152,8 @@ pub fn sink_ctx_stoppable() -> (
     let shutdown = CancellationToken::new();
     let ctx = SinkContext {
         name: NAME.into(),
-        input: Input::new(vec![in_rx], metrics.clone()),
+        // One edge from the test: records come in the order they are sent.
+        input: Input::new(vec![in_rx], metrics.clone()).with_ordered_origins(true),
         failures: Emitter::new(
             NAME.into(),
             vec![("failure".into(), vec![f_tx])],

@@ -7,12 +7,20 @@
 //! permission denied, a closed pipe), or a stop while retrying, ends the sink with the error;
 //! the part of the batch already written is cut off again where the destination allows it (a
 //! file), and the batch's records are not acknowledged, so their source reads them again.
+//!
+//! A regular file also gets a commit record beside it (see [`Commit`]): after each batch, its
+//! length and the positions written ([`flow_core::committed::Written`]), replaced atomically
+//! before the batch is acknowledged. On restart the file is cut back to the committed length
+//! and replayed records the commit covers are skipped: exactly-once across `kill -9`.
 
 use std::io::Write;
 
+use std::path::{Path, PathBuf};
+
+use flow_core::committed::Written;
 use flow_core::processor::{ProcessorError, SinkContext};
-use flow_core::record::finish_all;
 use flow_core::retry::Retry;
+use serde::{Deserialize, Serialize};
 
 /// Where lines go.
 pub(crate) trait Target: Send + 'static {
@@ -62,6 +70,120 @@ pub(crate) struct Lines<T> {
     pub len: u64,
     /// fsync after every batch.
     pub durable: bool,
+    /// Where the commit record goes, for a regular file.
+    pub commit: Option<Commit>,
+}
+
+fn read_commit(path: &Path) -> std::io::Result<Option<Committed>> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// A file sink's committed state: the file's length after the last acknowledged batch and the
+/// positions of the records written up to there, in a small JSON file beside it
+/// (`.NAME.NODE.commit`), replaced atomically (written aside, then renamed over) after every batch
+/// and before its records are acknowledged. A `kill -9` leaves either the old or the new one.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Committed {
+    /// The file's length.
+    pub len: u64,
+    /// Per source, the highest position written (empty where origins are not ordered).
+    #[serde(default)]
+    pub written: Written,
+}
+
+/// Where a file's commit record lives: `.FILE.NODE.commit`, one per sink, since several sinks
+/// of a flow may append to one file.
+#[derive(Clone)]
+pub(crate) struct Commit {
+    path: PathBuf,
+    tmp: PathBuf,
+    /// The file's folder and the prefix of every sink's commit record for it.
+    dir: PathBuf,
+    prefix: String,
+}
+
+impl Commit {
+    /// The commit record of sink `node` writing `file`.
+    pub fn of(file: &Path, node: &str) -> Self {
+        let name = file.file_name().map(|n| n.to_string_lossy().into_owned());
+        let prefix = format!(".{}.", name.unwrap_or_default());
+        let dir = file.parent().unwrap_or(Path::new("")).to_path_buf();
+        let node: String = node
+            .chars()
+            .map(|c| {
+                if c.is_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        Self {
+            path: dir.join(format!("{prefix}{node}.commit")),
+            tmp: dir.join(format!("{prefix}{node}.commit.tmp")),
+            dir,
+            prefix,
+        }
+    }
+
+    /// The last commit, if there is one.
+    pub fn load(&self) -> std::io::Result<Option<Committed>> {
+        read_commit(&self.path)
+    }
+
+    /// The longest length any sink writing this file committed: what lies beyond was
+    /// acknowledged by none of them, so a restart may cut it off.
+    pub fn longest(&self) -> std::io::Result<Option<u64>> {
+        let dir = if self.dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            &self.dir
+        };
+        let mut longest = None;
+        for entry in std::fs::read_dir(dir)? {
+            let name = entry?.file_name();
+            let name = name.to_string_lossy();
+            if let Some(node) = name
+                .strip_prefix(&self.prefix)
+                .and_then(|n| n.strip_suffix(".commit"))
+                && !node.contains('.')
+                && let Some(c) = read_commit(&dir.join(&*name))?
+            {
+                longest = longest.max(Some(c.len));
+            }
+        }
+        Ok(longest)
+    }
+
+    /// Forget the commit (the file starts over).
+    pub fn remove(&self) -> std::io::Result<()> {
+        match std::fs::remove_file(&self.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Replace the commit record atomically (and durably, with `durable`).
+    fn store(&self, c: &Committed, durable: bool) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec(c).map_err(std::io::Error::other)?;
+        let mut f = std::fs::File::create(&self.tmp)?;
+        f.write_all(&bytes)?;
+        if durable {
+            f.sync_data()?;
+        }
+        drop(f);
+        std::fs::rename(&self.tmp, &self.path)?;
+        if durable && let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
 }
 
 /// One batch's progress, moved to the blocking thread and back.
@@ -100,6 +222,7 @@ pub(crate) async fn write_lines<T: Target>(
         destination,
         mut len,
         durable,
+        commit,
     } = out;
     let mut p = Progress {
         target,
@@ -107,7 +230,6 @@ pub(crate) async fn write_lines<T: Target>(
         written: 0,
     };
     while let Some(mut batch) = ctx.input.next().await {
-        let n = batch.len() as u64;
         p.buf.clear();
         p.written = 0;
         for r in batch.iter_mut() {
@@ -135,8 +257,21 @@ pub(crate) async fn write_lines<T: Target>(
             }
         }
         len += p.buf.len() as u64;
-        ctx.input.sent(&batch, Some(destination.clone())).await;
-        finish_all(batch);
+        if let Some(commit) = &commit {
+            let c = Committed {
+                len,
+                written: ctx.input.commit_point(&batch).unwrap_or_default(),
+            };
+            let commit = commit.clone();
+            tokio::task::spawn_blocking(move || commit.store(&c, durable))
+                .await
+                .map_err(|e| ProcessorError::other(format!("committing {name}: {e}")))?
+                .map_err(|e| ProcessorError::io(format!("committing {name}"), e))?;
+        }
+        let n = batch.len() as u64;
+        ctx.input
+            .finish_sent(batch, Some(destination.clone()))
+            .await;
         ctx.metrics.add_sent(n);
     }
     Ok(())
@@ -222,6 +357,7 @@ mod tests {
             destination: "fake".into(),
             len: 0,
             durable: false,
+            commit: None,
         }
     }
 

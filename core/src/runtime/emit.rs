@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use crate::ack::AckStatus;
+use crate::ack::{AckStatus, Acks};
+use crate::committed::Written;
 use crate::processor::{Output, PortId};
 use crate::provenance::{Children, EventKind, NodeRecorder, Origins, Runs};
 use crate::record::{Record, RecordId, finish_all};
@@ -388,6 +389,15 @@ pub struct Input {
     /// Batches re-injected by a replay ([`crate::runtime::Injector`]): taken before the
     /// edges' but not keeping the input open (the input ends with its edges).
     injected: Option<tokio::sync::mpsc::Receiver<Batch>>,
+    /// A restart replays this node's input in the same order (one path back to one source
+    /// that replays in order): a sink may record [`Written`] positions (see
+    /// [`crate::committed`]).
+    ordered: bool,
+    /// After a restart: records at or below these positions were written before, and are
+    /// finished without being handed out.
+    resume: Option<Written>,
+    /// What the sink wrote so far, by [`Input::commit_point`].
+    written: Written,
 }
 
 impl Input {
@@ -400,6 +410,9 @@ impl Input {
             handed: None,
             prov: None,
             injected: None,
+            ordered: false,
+            resume: None,
+            written: Written::default(),
         }
     }
 
@@ -407,6 +420,67 @@ impl Input {
     pub fn with_injection(mut self, rx: tokio::sync::mpsc::Receiver<Batch>) -> Self {
         self.injected = Some(rx);
         self
+    }
+
+    /// A restart replays this node's input in the same order (the runtime sets this when the
+    /// node has a single path back to one source that replays in order).
+    pub fn with_ordered_origins(mut self, ordered: bool) -> Self {
+        self.ordered = ordered;
+        self
+    }
+
+    /// Whether a restart replays this node's input in the same order, so that a sink may skip
+    /// replayed records by position (see [`crate::committed`]).
+    pub fn origins_ordered(&self) -> bool {
+        self.ordered
+    }
+
+    /// A sink restarting from its last commit: from now on, records at or below `written`'s
+    /// positions (written before the restart) are finished as delivered, counted as dropped and
+    /// not handed out. Ignored where origins are not ordered (the sink committed no positions
+    /// then, and a high-water mark would skip records that were never written).
+    pub fn resume_after(&mut self, written: Written) {
+        if self.ordered && !written.is_empty() {
+            self.written = written.clone();
+            self.resume = Some(written);
+        }
+    }
+
+    /// What a sink records with its commit once it has written `records` (and everything
+    /// before): the positions written so far, or `None` where origins are not ordered here.
+    /// Call it for every batch written, in order, right before the commit that covers it.
+    pub fn commit_point(&mut self, records: &[Record]) -> Option<Written> {
+        if !self.ordered {
+            return None;
+        }
+        self.written.note(records);
+        Some(self.written.clone())
+    }
+
+    /// A sink wrote these records (and committed them, if it commits): record their SEND to
+    /// `destination`, then finish them. Every sink ends a written record's journey here or in
+    /// [`Input::finish_sent_ids`], so the rule "the SEND reaches the provenance writer, in
+    /// order, before the source can see the ack" lives in one place (and so will a wait for
+    /// the writer to have stored it). Counting them as sent stays with the sink, which may
+    /// count deliveries earlier.
+    pub async fn finish_sent(&self, records: Vec<Record>, destination: Option<String>) {
+        self.sent(&records, destination).await;
+        finish_all(records);
+    }
+
+    /// As [`Input::finish_sent`], for a sink that kept only the records' ids and
+    /// acknowledgements (an object holding many batches, deliveries reported one by one),
+    /// with, where the destination numbers what it stores, each record's position there (see
+    /// [`Input::sent_to`]): record the SEND, then release `acks`.
+    pub async fn finish_sent_ids(
+        &self,
+        ids: Runs,
+        acks: Acks,
+        destination: Option<String>,
+        positions: Option<Runs>,
+    ) {
+        self.sent_to(ids, destination, positions).await;
+        acks.release();
     }
 
     /// Record provenance (RECEIVE, and SEND for sinks) with `rec`.
@@ -459,15 +533,32 @@ impl Input {
         if let Some(rec) = &self.prov {
             rec.flush().await;
         }
-        let batch = poll_batch(&mut self.edges, &mut self.next, &mut self.injected).await;
-        if let Some(b) = &batch {
-            self.metrics.add_received(b.len() as u64);
-            self.handed = Some(Instant::now());
-            if let Some(rec) = &self.prov {
-                rec.receive(b);
+        loop {
+            let mut batch = poll_batch(&mut self.edges, &mut self.next, &mut self.injected).await;
+            if let Some(b) = &batch {
+                self.metrics.add_received(b.len() as u64);
+                self.handed = Some(Instant::now());
+                if let Some(rec) = &self.prov {
+                    rec.receive(b);
+                }
             }
+            if let (Some(b), Some(resume)) = (&mut batch, &self.resume)
+                && b.iter().any(|r| resume.covers(r.origin))
+            {
+                let (skip, keep): (Vec<Record>, Vec<Record>) = std::mem::take(b)
+                    .into_iter()
+                    .partition(|r| resume.covers(r.origin));
+                *b = keep;
+                // Their SEND is in the run that wrote them. Nothing is awaited here, so taking
+                // a batch stays cancel-safe.
+                self.metrics.add_dropped(skip.len() as u64);
+                finish_all(skip);
+                if b.is_empty() {
+                    continue;
+                }
+            }
+            return batch;
         }
-        batch
     }
 }
 

@@ -241,6 +241,7 @@ pub fn start_with(
     let prov_config = spec.provenance.clone().unwrap_or_default();
     let secrets = Arc::new(prov_config.secrets());
     let max_content = prov_config.max_content_bytes();
+    let ordered = ordered_origins(spec);
     let mut outputs: Vec<_> = outputs.into_iter().map(Some).collect();
     let mut inputs: Vec<_> = inputs.into_iter().map(Some).collect();
     // Where a replay re-injects records: a node's input; a source's first connected port
@@ -284,7 +285,8 @@ pub fn start_with(
         )
         .with_reported(&n.config.reported_outputs());
         taps.push(n.name.clone(), emitter.taps());
-        let mut input = Input::new(inputs[i].take().unwrap_or_default(), metrics.clone());
+        let mut input = Input::new(inputs[i].take().unwrap_or_default(), metrics.clone())
+            .with_ordered_origins(ordered[i]);
         if let Some(p) = provenance {
             let keep = prov_config.content.contains(&n.name).then_some(max_content);
             let rec = p
@@ -355,6 +357,47 @@ pub fn start_with(
 
 /// Run one node's task, keeping its state as it changes: running, then finished or failed.
 /// A failure (an error or a panic) stops the flow at once: the sources stop, the rest drains.
+/// Per node, whether a restart replays its input in the same order: every node on the way up
+/// (itself included) has at most one incoming edge, so there is one path back to one source
+/// and no two branches can interleave differently from run to run, and that source replays
+/// in order ([`crate::processor::ProcessorConfig::replays_in_order`]). See
+/// [`crate::committed`].
+fn ordered_origins(spec: &FlowSpec) -> Vec<bool> {
+    let mut upstream: Vec<Vec<usize>> = vec![Vec::new(); spec.nodes.len()];
+    for e in &spec.edges {
+        upstream[e.to].push(e.from);
+    }
+    let in_order: Vec<bool> = spec
+        .nodes
+        .iter()
+        .map(|n| n.config.replays_in_order())
+        .collect();
+    fn visit(
+        i: usize,
+        up: &[Vec<usize>],
+        sources: &[bool],
+        memo: &mut [Option<bool>],
+        depth: usize,
+    ) -> bool {
+        if let Some(v) = memo[i] {
+            return v;
+        }
+        // A validated flow is acyclic; the depth bound keeps a cycle from looping anyway.
+        let v = depth <= up.len()
+            && match up[i][..] {
+                [] => sources[i],
+                [u] => visit(u, up, sources, memo, depth + 1),
+                _ => false,
+            };
+        memo[i] = Some(v);
+        v
+    }
+    let mut memo = vec![None; spec.nodes.len()];
+    (0..spec.nodes.len())
+        .map(|i| visit(i, &upstream, &in_order, &mut memo, 0))
+        .collect()
+}
+
 async fn supervise(
     name: &str,
     task: futures::future::BoxFuture<'static, Result<(), ProcessorError>>,

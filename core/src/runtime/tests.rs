@@ -97,6 +97,9 @@ impl ProcessorConfig for CountConfig {
     fn outputs(&self) -> Vec<String> {
         vec!["out".into()]
     }
+    fn replays_in_order(&self) -> bool {
+        true
+    }
     fn build(&self, ctx: &BuildContext) -> Result<Processor, BuildError> {
         let probe = probe();
         *probe.consumers_read_values.lock() = Some(ctx.consumers_read_values);
@@ -852,4 +855,48 @@ connections:
             );
         }
     }
+}
+
+/// A node has ordered origins (exactly-once sinks may skip replays by position) only with one
+/// path back to a source that replays in order: not below a fan-in, even of two branches of
+/// one source. (`even` as a source, with no input, does not replay in order.)
+#[test]
+fn origins_are_ordered_only_along_single_paths() {
+    let loaded = crate::spec::load(
+        r#"
+name: paths
+processors:
+  src: { type: count, count: 1, batch: 1 }
+  mid: { type: even }
+  a: { type: slow, slowness: 0 }
+  b: { type: slow, slowness: 0 }
+  both: { type: slow, slowness: 0 }
+  other: { type: even }
+  c: { type: slow, slowness: 0 }
+connections:
+  - other -> c
+  - src -> mid
+  - mid -> a
+  - mid -> both
+  - src -> both
+  - src -> b
+"#,
+        &|_| None,
+        &registry(),
+    );
+    let flow = loaded
+        .flow
+        .unwrap_or_else(|| panic!("invalid test flow: {:?}", loaded.diagnostics));
+    let ordered = super::ordered_origins(&flow);
+    let of = |name: &str| {
+        let i = flow
+            .nodes
+            .iter()
+            .position(|n| n.name == name)
+            .expect("node");
+        ordered[i]
+    };
+    assert!(of("src") && of("mid") && of("a") && of("b"));
+    assert!(!of("both"), "two paths from src");
+    assert!(!of("c"), "its source does not replay in order");
 }

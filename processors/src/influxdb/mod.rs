@@ -28,7 +28,6 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use flow_core::record::finish_all;
 use flow_core::retry::{FIRST as FIRST_BACKOFF, Retry};
 
 use crate::template::{Placeholders, Template, lookup, now_ms, scalar_text, time_ms};
@@ -428,8 +427,9 @@ impl InfluxDbSink {
             .await?
         {
             Attempt::Written => {
-                ctx.input.sent(&records, Some(self.url.to_string())).await;
-                finish_all(records);
+                ctx.input
+                    .finish_sent(records, Some(self.url.to_string()))
+                    .await;
                 ctx.metrics.add_sent(n);
                 Ok(())
             }

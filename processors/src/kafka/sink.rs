@@ -14,6 +14,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use flow_core::ack::Acks;
 use flow_core::expr::{Expr, ExprKind};
 use flow_core::processor::{
     BuildContext, BuildError, ConfigError, Describe, Kind, Output, Processor, ProcessorConfig,
@@ -408,14 +409,23 @@ async fn record_sends(ctx: &SinkContext, reports: &Reports) {
     }
     // Reports come in order within a partition: a stable sort keeps it.
     done.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
-    for group in done.chunk_by(|a, b| a.topic == b.topic && a.partition == b.partition) {
-        let ids = Runs::from_ids(group.iter().map(|d| d.record.id().0));
-        let offsets = Runs::from_ids(group.iter().map(|d| u64::try_from(d.offset).unwrap_or(0)));
-        let to = format!("{}/{}", group[0].topic, group[0].partition);
-        ctx.input.sent_to(ids, Some(to), Some(offsets)).await;
-    }
-    for d in done {
-        d.record.finish();
+    let mut done = done.into_iter().peekable();
+    while let Some(first) = done.next() {
+        let to = format!("{}/{}", first.topic, first.partition);
+        let (topic, partition) = (first.topic.clone(), first.partition);
+        let (mut ids, mut offsets) = (Vec::new(), Vec::new());
+        let mut acks = Acks::none();
+        let mut next = Some(first);
+        while let Some(mut d) = next {
+            ids.push(d.record.id().0);
+            offsets.push(u64::try_from(d.offset).unwrap_or(0));
+            acks.merge(d.record.take_acks());
+            next = done.next_if(|d| d.topic == topic && d.partition == partition);
+        }
+        let (ids, offsets) = (Runs::from_ids(ids), Some(Runs::from_ids(offsets)));
+        ctx.input
+            .finish_sent_ids(ids, acks, Some(to), offsets)
+            .await;
     }
 }
 

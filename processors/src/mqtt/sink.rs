@@ -193,14 +193,19 @@ fn finish(o: Outgoing, provenance: bool, confirmed: &mut Vec<Outgoing>) {
 
 /// Record the SEND of confirmed records (an event per run of one topic), then finish them.
 async fn record_sends(ctx: &SinkContext, confirmed: Vec<Outgoing>) {
-    for group in confirmed.chunk_by(|a, b| a.topic == b.topic) {
-        let ids = Runs::from_ids(group.iter().map(|o| o.record.id().0));
+    let mut confirmed = confirmed.into_iter().peekable();
+    while let Some(first) = confirmed.next() {
+        let topic = first.topic;
+        let mut record = first.record;
+        let mut ids = vec![record.id().0];
+        let mut acks = record.take_acks();
+        while let Some(mut o) = confirmed.next_if(|o| o.topic == topic) {
+            ids.push(o.record.id().0);
+            acks.merge(o.record.take_acks());
+        }
         ctx.input
-            .sent_to(ids, Some(group[0].topic.clone()), None)
+            .finish_sent_ids(Runs::from_ids(ids), acks, Some(topic), None)
             .await;
-    }
-    for o in confirmed {
-        o.record.finish();
     }
 }
 

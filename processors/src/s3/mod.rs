@@ -788,8 +788,8 @@ impl S3Sink {
         ctx.metrics.add_sent(obj.records);
         let ids = Runs::from_ids(std::mem::take(&mut obj.ids));
         let to = format!("{}/{}", self.root, obj.path);
-        ctx.input.sent_to(ids, Some(to), None).await;
-        obj.acks.release();
+        let acks = std::mem::take(&mut obj.acks);
+        ctx.input.finish_sent_ids(ids, acks, Some(to), None).await;
         Ok(())
     }
 

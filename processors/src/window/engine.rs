@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use bytes::Bytes;
 use flow_core::ack::{AckTracker, Acks};
 use flow_core::processor::{Output, PortId};
-use flow_core::record::{Record, RecordId, Value};
+use flow_core::record::{Origin, Record, RecordId, Value};
 use serde::{Deserialize, Serialize};
 
 use super::aggregate::{Acc, AggSpec};
@@ -33,6 +33,11 @@ pub struct Settings {
     /// Keep every input's id as a parent of its window's output, not only the first
     /// `max_parents` (provenance is on: its JOIN names them all).
     pub all_parents: bool,
+    /// Give each output the origin `(this source id, emission number)`, so that exactly-once
+    /// sinks recognise a window emitted again after a restart (see `flow_core::committed`).
+    /// Only when firing is deterministic from run to run: state checkpointed, event time, no
+    /// idle timeout, the input in order.
+    pub origin: Option<u32>,
 }
 
 /// One key's aggregates in one window.
@@ -44,6 +49,10 @@ struct Slot {
     parents: Vec<RecordId>,
     #[serde(skip)]
     acks: Acks,
+    /// The emission number of a window emitted but not yet delivered (kept in checkpoints,
+    /// so that a window emitted again after a restart has the same origin).
+    #[serde(default)]
+    seq: Option<u64>,
 }
 
 /// Where a slot lives: ordered by end so the earliest-closing window fires first.
@@ -91,6 +100,11 @@ pub struct Engine {
     /// sequence number of the delivery token their output carries. Checkpoints keep them, so a
     /// crash before delivery re-emits them instead of losing them.
     undelivered: Option<Undelivered>,
+    /// How many windows were emitted (in every run: checkpointed), numbering outputs.
+    emitted: u64,
+    /// A restored checkpoint held emitted but undelivered windows: they are emitted again
+    /// first, before anything else, so outputs keep the order of their numbers.
+    refire: bool,
     pub counters: Counters,
 }
 
@@ -100,6 +114,8 @@ struct Snapshot {
     max_ts: Option<i64>,
     positions: BTreeMap<u32, u64>,
     slots: Vec<(SlotId, Slot)>,
+    #[serde(default)]
+    emitted: u64,
 }
 
 /// The state could not be encoded or decoded.
@@ -184,6 +200,8 @@ impl Engine {
             covered: BTreeMap::new(),
             emitted_acks: None,
             undelivered: None,
+            emitted: 0,
+            refire: false,
             counters: Counters::default(),
         }
     }
@@ -248,6 +266,9 @@ impl Engine {
             self.counters.replayed += 1;
             out.drop_record(record);
             return;
+        }
+        if std::mem::take(&mut self.refire) {
+            self.fire(out);
         }
         // Every bound is computed, checked, before anything changes: a time whose windows do
         // not fit in 64 bits goes to `failure` and leaves the watermark and the state alone.
@@ -314,6 +335,7 @@ impl Engine {
                     count: 0,
                     parents: Vec::new(),
                     acks: Acks::none(),
+                    seq: None,
                 }
             });
             for (acc, arg) in slot.accs.iter_mut().zip(args) {
@@ -451,6 +473,10 @@ impl Engine {
 
     fn emit(&mut self, (end, start, key): SlotId, mut slot: Slot, evicted: bool, out: &mut Output) {
         self.release_key(&key);
+        let seq = *slot.seq.get_or_insert_with(|| {
+            self.emitted += 1;
+            self.emitted - 1
+        });
         let delivery = match &mut self.undelivered {
             Some(u) => {
                 let mut copy = slot.clone();
@@ -490,6 +516,7 @@ impl Engine {
         let mut r = Record::from_parts(Bytes::from(content), value).with_acks(slot.acks);
         r.merge_acks(delivery);
         r.event_time = Some(start);
+        r.origin = s.origin.map(|source| Origin { source, seq });
         r.set_parents(slot.parents);
         if slot.count as usize > s.max_parents {
             r.set_attribute("window.inputs", slot.count.to_string());
@@ -508,6 +535,7 @@ impl Engine {
             max_ts: Option<i64>,
             positions: &'a BTreeMap<u32, u64>,
             slots: Vec<(&'a SlotId, &'a Slot)>,
+            emitted: u64,
         }
         let mut slots: Vec<(&SlotId, &Slot)> = self
             .order
@@ -523,6 +551,7 @@ impl Engine {
                 max_ts: self.max_ts,
                 positions: &self.positions,
                 slots,
+                emitted: self.emitted,
             },
             &mut bytes,
         )
@@ -549,6 +578,8 @@ impl Engine {
         self.max_ts = snap.max_ts;
         self.covered = snap.positions.clone();
         self.positions = snap.positions;
+        self.emitted = snap.emitted;
+        self.refire = snap.slots.iter().any(|(_, s)| s.seq.is_some());
         self.slots = snap.slots.into_iter().collect();
         self.order = self.slots.keys().cloned().collect();
         self.keys.clear();

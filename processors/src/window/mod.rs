@@ -34,7 +34,10 @@ use engine::{Engine, Settings};
 /// store and resume after a restart (or a crash); records a source replays that the checkpoint
 /// already holds are recognised by their origin and skipped. Sources commit a record only once
 /// a checkpoint covers it, so a crash never produces a partial window; windows emitted after
-/// the last checkpoint may be emitted again (identical). Without `state`, a crash may emit
+/// the last checkpoint may be emitted again (identical, and with the same origin: outputs are
+/// numbered in order of emission when `state` and `event_time` are set, `idle_timeout` is not
+/// and the window has one path back to its source, so an exactly-once sink such as
+/// `file_sink` writes them once; see docs/reliability.md). Without `state`, a crash may emit
 /// windows again from the replayed part of the input only (partial).
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -369,6 +372,7 @@ impl WindowAggregateConfig {
                     on_limit: self.on_limit,
                     max_parents: self.max_parents,
                     all_parents: false,
+                    origin: None,
                 },
             }),
             _ => Err(errors),
@@ -547,6 +551,15 @@ impl TaskTransform for Window {
             .ok_or_else(|| ProcessorError::other("window started twice"))?;
         // Provenance's JOIN names every input of a window's output.
         settings.all_parents = ctx.out.provenance().is_some();
+        // Outputs are numbered (an origin exactly-once sinks skip on replay) only when a
+        // restart emits the same windows in the same order: see `Settings::origin`.
+        if self.cfg.state.is_some()
+            && self.event_time.is_some()
+            && self.cfg.idle_timeout.is_none()
+            && ctx.input.origins_ordered()
+        {
+            settings.origin = Some(flow_core::record::Origin::source_id(&ctx.name));
+        }
         let mut engine = Engine::new(settings);
         let this = self;
         let store = match &this.cfg.state {
