@@ -53,6 +53,8 @@ pub struct DesignerApp {
     disk_changed: bool,
     /// The window title last set.
     title: Option<String>,
+    /// `FLOW_DESIGNER_TRACE_FRAMES` is set: each frame says on stderr why it was drawn.
+    trace_frames: bool,
 }
 
 impl DesignerApp {
@@ -79,6 +81,7 @@ impl DesignerApp {
             last_disk_check: 0.0,
             disk_changed: false,
             title: None,
+            trace_frames: std::env::var_os("FLOW_DESIGNER_TRACE_FRAMES").is_some(),
         }
     }
 
@@ -151,6 +154,17 @@ impl DesignerApp {
     /// The whole window for one frame.
     pub fn ui(&mut self, ui: &mut Ui) {
         let ctx = ui.ctx().clone();
+        if self.trace_frames {
+            // Why this frame was drawn (`FLOW_DESIGNER_TRACE_FRAMES=1`): to find what wakes
+            // an idle designer.
+            let causes: Vec<String> = ctx.repaint_causes().iter().map(|c| c.to_string()).collect();
+            eprintln!(
+                "frame {} at {:.3}s: {}",
+                ctx.cumulative_frame_nr(),
+                ctx.input(|i| i.time),
+                causes.join(", ")
+            );
+        }
         ctx.set_visuals(theme::visuals());
         self.shortcuts(ui);
         self.watch_disk(&ctx);

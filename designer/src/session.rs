@@ -9,7 +9,9 @@
 //!
 //! Stop sends SIGTERM (the flow stops gracefully: sources stop, queues drain, sinks flush);
 //! a second Stop sends SIGKILL. Dropping a session does the same, so no child outlives a
-//! designer that closes (a designer that is killed cannot: its child runs on).
+//! designer that closes. On Linux a designer that is killed (even by SIGKILL) takes its child
+//! with it too: the child is started with a parent-death signal (SIGTERM, so it still stops
+//! gracefully).
 
 use std::collections::VecDeque;
 use std::io::{BufRead as _, BufReader, Read};
@@ -209,6 +211,7 @@ impl Session {
             .map_err(|e| format!("cannot make {}: {e}", report_dir.display()))?;
         let report = report_dir.join("report.json");
         let mut command = std::process::Command::new(bin);
+        end_with_parent(&mut command);
         let mut child = command
             .arg("run")
             .arg(file)
@@ -388,6 +391,13 @@ impl Drop for Session {
     }
 }
 
+/// Ask egui for one frame, now. Not `request_repaint`: that asks for two (egui's way "to give
+/// some things time to settle"), which doubled the frames, and the CPU, of a designer watching a
+/// flow. What arrives is read at the start of the next frame, so one is enough.
+pub fn wake(ctx: &egui::Context) {
+    ctx.request_repaint_after(Duration::from_millis(1));
+}
+
 fn next_id() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
@@ -397,6 +407,32 @@ fn next_id() -> u64 {
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+/// On Linux: the child gets SIGTERM when the thread that started it ends, which for the
+/// designer is its UI thread (the process's life), so a designer killed by SIGKILL leaves no
+/// `flow run` behind. Elsewhere nothing (the child outlives a killed designer).
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+pub fn end_with_parent(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt as _;
+    let parent = rustix::process::getpid();
+    // SAFETY: the closure runs in the forked child before exec; it only makes two system
+    // calls (prctl, getppid) and raises a signal, all async-signal-safe, and allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))?;
+            // The parent died between fork and prctl: no signal will come, so stop now.
+            if rustix::process::getppid() != Some(parent) {
+                return Err(std::io::Error::other("the designer has exited"));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// On Linux: the child gets SIGTERM when the thread that started it ends (see there).
+#[cfg(not(target_os = "linux"))]
+pub fn end_with_parent(_command: &mut std::process::Command) {}
 
 #[cfg(unix)]
 fn terminate(child: &mut std::process::Child) {
@@ -445,7 +481,7 @@ fn read_lines(
             let _ = tx.send(Command::Url(u));
         }
         lock(shared).log(line);
-        ctx.request_repaint();
+        wake(ctx);
     }
 }
 
@@ -505,7 +541,7 @@ fn wait_child(
         }
         s.seq += 1;
     }
-    ctx.request_repaint();
+    wake(ctx);
 }
 
 /// A client of one flow's API.
@@ -638,7 +674,7 @@ async fn network(
             }
             Err(e) => {
                 lock(&shared).status = Some(Status::Unreachable(e));
-                ctx.request_repaint();
+                wake(&ctx);
                 None
             }
         }
@@ -682,7 +718,7 @@ async fn network(
                         tasks.push(tokio::spawn(async move {
                             let state = fetch_lineage(&c, &id).await;
                             lock(&shared).lineage = Some(state);
-                            ctx.request_repaint();
+                            wake(&ctx);
                         }));
                     }
                     None => {
@@ -767,7 +803,7 @@ async fn watch_stats(c: Client, shared: Arc<Mutex<Shared>>, ctx: egui::Context, 
             let mut s = lock(&shared);
             s.flow = Some(f);
             s.seq += 1;
-            ctx.request_repaint();
+            wake(&ctx);
         }
         let result = stream_stats(&c, &shared, &ctx).await;
         let (finished, exited) = {
@@ -788,7 +824,7 @@ async fn watch_stats(c: Client, shared: Arc<Mutex<Shared>>, ctx: egui::Context, 
             if !finished {
                 s.status = Some(Status::Unreachable(e));
             }
-            ctx.request_repaint();
+            wake(&ctx);
         }
         tokio::time::sleep(INTERVAL).await;
     }
@@ -827,7 +863,7 @@ async fn stream_stats(
                     s.stats = Some(stats);
                     s.seq += 1;
                     drop(s);
-                    ctx.request_repaint();
+                    wake(ctx);
                 }
                 Err(e) => return Err(format!("stats: unexpected JSON: {e}")),
             }
@@ -860,8 +896,13 @@ async fn watch_events(c: Client, shared: Arc<Mutex<Shared>>, ctx: egui::Context)
                 s.events.push_back(e);
             }
             s.seq += 1;
+            // While stats stream in, the next one draws these too (within a second): a frame
+            // of their own would double the frames of a flow with bulletins.
+            let streaming = s.status == Some(Status::Live);
             drop(s);
-            ctx.request_repaint();
+            if !streaming {
+                wake(&ctx);
+            }
         }
         let done = {
             let s = lock(&shared);
@@ -894,7 +935,7 @@ async fn run_tap(
             t.open = false;
             t.error = why;
         }
-        ctx.request_repaint();
+        wake(&ctx);
     };
     let mut resp = match c.get(&path).await {
         Ok(r) => r,
@@ -903,7 +944,7 @@ async fn run_tap(
     if let Some(t) = &mut lock(&shared).tap {
         t.connected = true;
     }
-    ctx.request_repaint();
+    wake(&ctx);
     let mut buf: Vec<u8> = Vec::new();
     loop {
         let chunk = match resp.chunk().await {
@@ -936,7 +977,7 @@ async fn run_tap(
             }
         }
         if got {
-            ctx.request_repaint();
+            wake(&ctx);
         }
     }
 }

@@ -455,6 +455,11 @@ impl Canvas {
         for a in actions {
             self.apply(a, designer);
         }
+        // A fit waiting for the drawn sizes is done on the next frame: ask for it (nothing
+        // else may: a watched flow's stats ask for exactly one frame each).
+        if self.fit {
+            ctx.request_repaint();
+        }
     }
 
     fn apply(&mut self, action: Action, designer: &mut Designer) {
@@ -514,6 +519,14 @@ impl Canvas {
             .layer_painter(layer)
             .with_clip_rect(self.to_global.inverse() * self.rect);
         let mut hit: Option<usize> = None;
+        // The worst finding of each edge, in one pass over the findings (not one per edge).
+        let mut problems: HashMap<usize, Severity> = HashMap::new();
+        for p in &designer.validation().problems {
+            if let Some(i) = p.edge {
+                let worst = problems.entry(i).or_insert(p.severity);
+                *worst = (*worst).min(p.severity);
+            }
+        }
         for e in &graph.edges {
             let (Some(a), Some(b), Some(ya), Some(yb)) = (
                 self.drawn.nodes.get(&e.from),
@@ -525,11 +538,7 @@ impl Canvas {
             };
             let mid = pos2((a.right() + b.left()) / 2.0, (ya + yb) / 2.0);
             let selected = designer.selection.edge == Some(e.index);
-            let problem = designer
-                .validation()
-                .for_edge(e.index)
-                .map(|p| p.severity)
-                .min();
+            let problem = problems.get(&e.index).copied();
             let label = graph.edge_label(e);
             let stats = self.live.as_ref().and_then(|l| l.edge(&label));
             let settings = designer
@@ -894,12 +903,14 @@ impl SnarlViewer<CanvasNode> for Viewer<'_> {
     }
 
     fn has_footer(&mut self, node: &CanvasNode) -> bool {
-        self.designer
-            .validation()
-            .for_node(&node.name)
-            .next()
-            .is_some()
-            || self.live.is_some_and(|l| l.node(&node.name).is_some())
+        // Live figures first: no scan of the findings for every node of a watched flow.
+        self.live.is_some_and(|l| l.node(&node.name).is_some())
+            || self
+                .designer
+                .validation()
+                .for_node(&node.name)
+                .next()
+                .is_some()
     }
 
     fn show_footer(

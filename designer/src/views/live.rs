@@ -417,11 +417,32 @@ impl LiveView {
             }
         });
         ui.separator();
+        // The tables lay out only the rows in view: a flow of 500 nodes has as many rows,
+        // and each frame would lay them all out.
+        let rows = match (self.tab, &s.stats) {
+            (Tab::Nodes, Some(st)) => Some(st.nodes.len()),
+            (Tab::Edges, Some(st)) => Some(st.edges.len()),
+            _ => None,
+        };
+        if let Some(rows) = rows {
+            let row_height = ui.text_style_height(&egui::TextStyle::Body);
+            let tab = self.tab;
+            egui::ScrollArea::both()
+                .auto_shrink([false, false])
+                .show_rows(ui, row_height, rows + 1, |ui, range| {
+                    if tab == Tab::Nodes {
+                        nodes_table(ui, &s, range);
+                    } else {
+                        edges_table(ui, &s, range);
+                    }
+                });
+            return;
+        }
         egui::ScrollArea::both()
             .auto_shrink([false, false])
             .show(ui, |ui| match self.tab {
-                Tab::Nodes => nodes_table(ui, &s),
-                Tab::Edges => edges_table(ui, &s),
+                Tab::Nodes => nodes_table(ui, &s, 0..usize::MAX),
+                Tab::Edges => edges_table(ui, &s, 0..usize::MAX),
                 Tab::Bulletins => {
                     if s.events.is_empty() {
                         ui.label(RichText::new("no warnings nor errors").color(theme::WEAK));
@@ -672,7 +693,8 @@ fn clock(ms: i64) -> String {
     )
 }
 
-fn nodes_table(ui: &mut Ui, s: &crate::session::Shared) {
+/// The nodes' figures: the rows of `rows` (row 0 is the header, row `i` node `i - 1`).
+fn nodes_table(ui: &mut Ui, s: &crate::session::Shared, rows: std::ops::Range<usize>) {
     let Some(stats) = &s.stats else {
         ui.label(RichText::new("waiting for the first figures…").color(theme::WEAK));
         return;
@@ -681,13 +703,15 @@ fn nodes_table(ui: &mut Ui, s: &crate::session::Shared) {
         .striped(true)
         .num_columns(8)
         .show(ui, |ui| {
-            for h in [
-                "node", "state", "in/s", "out/s", "in", "out", "dropped", "failed",
-            ] {
-                ui.label(RichText::new(h).strong());
+            if rows.contains(&0) {
+                for h in [
+                    "node", "state", "in/s", "out/s", "in", "out", "dropped", "failed",
+                ] {
+                    ui.label(RichText::new(h).strong());
+                }
+                ui.end_row();
             }
-            ui.end_row();
-            for n in &stats.nodes {
+            for n in in_view(&stats.nodes, &rows) {
                 let c = &n.counters;
                 ui.label(&n.name);
                 let state = c.state.as_str();
@@ -706,7 +730,8 @@ fn nodes_table(ui: &mut Ui, s: &crate::session::Shared) {
         });
 }
 
-fn edges_table(ui: &mut Ui, s: &crate::session::Shared) {
+/// The edges' figures: the rows of `rows` (row 0 is the header, row `i` edge `i - 1`).
+fn edges_table(ui: &mut Ui, s: &crate::session::Shared, rows: std::ops::Range<usize>) {
     let Some(stats) = &s.stats else {
         ui.label(RichText::new("waiting for the first figures…").color(theme::WEAK));
         return;
@@ -715,11 +740,13 @@ fn edges_table(ui: &mut Ui, s: &crate::session::Shared) {
         .striped(true)
         .num_columns(5)
         .show(ui, |ui| {
-            for h in ["edge", "queued", "fill", "sent/s", "sent"] {
-                ui.label(RichText::new(h).strong());
+            if rows.contains(&0) {
+                for h in ["edge", "queued", "fill", "sent/s", "sent"] {
+                    ui.label(RichText::new(h).strong());
+                }
+                ui.end_row();
             }
-            ui.end_row();
-            for e in &stats.edges {
+            for e in in_view(&stats.edges, &rows) {
                 ui.label(e.info.label());
                 ui.label(format!("{}/{}", e.counters.records, e.info.max_records));
                 let fill = e.fill.clamp(0.0, 1.0) as f32;
@@ -740,6 +767,13 @@ fn edges_table(ui: &mut Ui, s: &crate::session::Shared) {
                 ui.end_row();
             }
         });
+}
+
+/// The items of table rows `rows`, whose row 0 is the header.
+fn in_view<'a, T>(items: &'a [T], rows: &std::ops::Range<usize>) -> &'a [T] {
+    let start = rows.start.saturating_sub(1).min(items.len());
+    let end = rows.end.saturating_sub(1).clamp(start, items.len());
+    &items[start..end]
 }
 
 fn summary(ui: &mut Ui, s: &crate::session::Shared) {
@@ -770,7 +804,7 @@ fn summary(ui: &mut Ui, s: &crate::session::Shared) {
         }
         (None, Some(st)) if st.finished => {
             ui.label("the flow has ended; its last figures:");
-            nodes_table(ui, s);
+            nodes_table(ui, s, 0..usize::MAX);
         }
         _ => {
             ui.label(RichText::new("the summary shows once the flow has ended").color(theme::WEAK));
