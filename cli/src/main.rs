@@ -3,6 +3,7 @@
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -460,11 +461,21 @@ fn run(
         .context("cannot start the runtime")?;
     let interactive = !quiet && std::io::stderr().is_terminal();
     let report = runtime.block_on(async {
+        // Signals are listened for before anything slow starts (the API, the provenance store,
+        // the processors): a stop asked for while the flow is starting stops it gracefully
+        // once started, instead of ending the process by the signal's default action.
+        let shutdown = CancellationToken::new();
+        let forced = Arc::new(std::sync::OnceLock::<ForcedExit>::new());
+        match Signals::listen() {
+            Ok(signals) => {
+                tokio::spawn(handle_signals(signals, shutdown.clone(), forced.clone()));
+            }
+            Err(e) => tracing::warn!("cannot listen for signals: {e}"),
+        }
         let bound = match api {
             Some(settings) => Some(api::bind(settings).await?),
             None => None,
         };
-        let shutdown = CancellationToken::new();
         let store = if observe.provenance {
             provenance::open(&flow)?
         } else {
@@ -498,11 +509,10 @@ fn run(
                 }),
             )
         });
-        let forced = ForcedExit {
+        let _ = forced.set(ForcedExit {
             reporter: running.reporter(),
             report: report_path.map(Path::to_path_buf),
-        };
-        tokio::spawn(handle_signals(shutdown.clone(), forced));
+        });
         let progress =
             interactive.then(|| tokio::spawn(progress::show(progress::Handles::of(&running))));
         let report = running.wait().await;
@@ -566,13 +576,16 @@ impl ForcedExit {
     }
 }
 
-/// First SIGINT/SIGTERM: graceful stop. Second: write `--report` and exit now.
-async fn handle_signals(shutdown: CancellationToken, forced: ForcedExit) {
+/// First SIGINT/SIGTERM: graceful stop. Second: write `--report` (once the flow has started)
+/// and exit now.
+async fn handle_signals(
+    mut signals: Signals,
+    shutdown: CancellationToken,
+    forced: Arc<std::sync::OnceLock<ForcedExit>>,
+) {
     let mut count = 0;
     loop {
-        if wait_for_signal().await.is_err() {
-            return;
-        }
+        signals.next().await;
         count += 1;
         if count == 1 {
             tracing::warn!(
@@ -581,27 +594,51 @@ async fn handle_signals(shutdown: CancellationToken, forced: ForcedExit) {
             shutdown.cancel();
         } else {
             eprintln!("forced exit");
-            forced.write_report();
+            if let Some(f) = forced.get() {
+                f.write_report();
+            }
             std::process::exit(130);
         }
     }
 }
 
+/// The stop signals, listened for from creation on.
 #[cfg(unix)]
-async fn wait_for_signal() -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl Signals {
+    fn listen() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
-    Ok(())
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {},
+            _ = self.int.recv() => {},
+        }
+    }
 }
 
 #[cfg(not(unix))]
-async fn wait_for_signal() -> std::io::Result<()> {
-    tokio::signal::ctrl_c().await
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn listen() -> std::io::Result<Self> {
+        Ok(Self)
+    }
+
+    async fn next(&mut self) {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 fn print_summary(report: &RunReport, flow: &flow_core::spec::FlowSpec) {
