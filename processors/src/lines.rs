@@ -49,6 +49,15 @@ pub struct Position {
     pub offset: u64,
     /// Lines from the start of the input.
     pub line: u64,
+    /// How many times the input was found shorter than the checkpoint and read anew (a file
+    /// truncated or replaced). Part of the records' origin: a restarted sink that skips what
+    /// it already wrote by position must not take the new input's lines for the old ones.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub epoch: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What the splitter read next.
@@ -384,7 +393,10 @@ where
     if let Some(h) = input.header {
         decoder.decode(h);
     }
-    let source_id = Origin::source_id(&name);
+    let source_id = match input.start.epoch {
+        0 => Origin::source_id(&name),
+        e => Origin::source_id(&format!("{name}#{e}")),
+    };
     let mut b = Batcher {
         tracker: AckTracker::named(name.clone()).counting(metrics.acks()),
         pending: Output::new(name, out.port_count()),
@@ -616,7 +628,8 @@ mod tests {
             pos,
             Position {
                 offset: 8 + MB50 + 1 + 8,
-                line: 3
+                line: 3,
+                epoch: 0
             }
         );
 
