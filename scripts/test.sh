@@ -65,6 +65,13 @@ log "flow tests of the example flows"
 cargo run -q -p flow-cli --locked -- test flows/
 # ---
 
+# --- Fuzzing (fuzz/, docs/reliability.md): every target for FUZZ_SECONDS (default 20) seconds,
+# in its own workspace and target dir (fuzz/target); fails on any crash.
+log "fuzzing"
+(cd fuzz && cargo fmt --all -- --check)
+bash scripts/fuzz.sh
+# ---
+
 log "servers"
 . scripts/services.sh
 if ! start_mosquitto; then
