@@ -24,7 +24,5 @@ fuzz_target!(|data: &[u8]| {
         loaded.flow.is_some() || errors > 0,
         "a flow that does not load has an error"
     );
-    for d in &loaded.diagnostics {
-        let _ = flow_core::spec::render_short(d, text);
-    }
+    let _ = flow_core::spec::render_short("flow.yaml", &loaded.diagnostics);
 });
