@@ -14,6 +14,9 @@
 pub mod file;
 pub mod file_sink;
 pub mod filter;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod generate;
 pub mod http;
 mod http_client;

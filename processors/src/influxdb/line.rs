@@ -141,7 +141,7 @@ pub(crate) fn write_point(
     Ok(())
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) mod reference {
     //! A small line-protocol reader written from the InfluxDB reference, independent of the
     //! writer above, for the round-trip property tests.

@@ -11,7 +11,7 @@
 //! exactly (2xx ack; 429/5xx/408 retry; 401/403/404 stop the flow; other 4xx to `failure`),
 //! and costs no extra build.
 
-mod line;
+pub(crate) mod line;
 #[cfg(test)]
 mod tests;
 
@@ -453,6 +453,31 @@ fn field_value(name: &str, v: &Value) -> Result<FieldValue, String> {
             ));
         }
     })
+}
+
+/// Encode a record over `content` as a sink with measurement `{m}` and tags `t` and `u` does
+/// (for the fuzz targets).
+#[cfg(feature = "fuzzing")]
+pub(crate) fn encode_for_fuzzing(content: &[u8]) -> Result<String, String> {
+    static SINK: std::sync::OnceLock<InfluxDbSink> = std::sync::OnceLock::new();
+    let sink = SINK.get_or_init(|| {
+        let cfg: InfluxDbSinkConfig = serde_json::from_value(serde_json::json!({
+            "url": "http://localhost:8086/", "org": "o", "bucket": "b",
+            "measurement": "{m}", "tags": ["t", "u"],
+        }))
+        .expect("a valid config");
+        InfluxDbSink {
+            url: cfg.write_url().expect("a valid url"),
+            measurement: Template::parse(&cfg.measurement, Placeholders::Fields)
+                .expect("a valid template"),
+            client: crate::http_client::client(Duration::from_secs(5)).expect("a client"),
+            cfg,
+        }
+    });
+    let mut r = Record::from_bytes(bytes::Bytes::copy_from_slice(content));
+    r.event_time = Some(1_732_300_000_123);
+    let mut out = String::new();
+    sink.encode(&mut r, &mut out).map(|()| out)
 }
 
 fn gzip(data: &[u8]) -> std::io::Result<bytes::Bytes> {
