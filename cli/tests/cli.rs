@@ -433,14 +433,7 @@ connections:
 #[test]
 fn a_forced_exit_still_writes_the_report() {
     let dir = tempfile::tempdir().expect("tmp");
-    let fifo = dir.path().join("stuck");
-    assert!(
-        Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .expect("mkfifo")
-            .success()
-    );
+    mkfifo(&dir.path().join("stuck"));
     let addr = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("addr").to_string()
@@ -938,38 +931,12 @@ fn provenance_after_kill_9() {
     );
     assert!(again.wait().expect("waited").success());
 
-    let query = |args: &[&str]| -> serde_json::Value {
-        let o = run(flow()
-            .args(["provenance", "--store"])
-            .arg(&store)
-            .args(["--format", "json"])
-            .args(args));
-        assert!(o.status.success(), "{args:?}: {}", text(&o.stderr));
-        serde_json::from_slice(&o.stdout).expect("json")
-    };
-    let ids = |kind: &str| -> Vec<(u64, u64)> {
-        // (first id, records) of each event of the first run (its segment is number 1).
-        query(&["search", "--event", kind, "--limit", "1000000"])
-            .as_array()
-            .expect("events")
-            .iter()
-            .filter(|e| e["event"].as_u64().is_some_and(|id| id >> 32 == 1))
-            .map(|e| {
-                let first = u64::from_str_radix(e["first"].as_str().expect("id"), 16);
-                (first.expect("hex"), e["records"].as_u64().expect("records"))
-            })
-            .collect()
-    };
+    let query = |args: &[&str]| query_store(&store, args);
     // The generator numbers its records in order, and CREATEs them in order: the nth
-    // created id is the record of `n`.
-    let created: Vec<u64> = ids("CREATE")
-        .into_iter()
-        .flat_map(|(first, n)| first..first + n)
-        .collect();
-    let sent: std::collections::HashSet<u64> = ids("SEND")
-        .into_iter()
-        .flat_map(|(first, n)| first..first + n)
-        .collect();
+    // created id is the record of `n`. Only the first run's events (segment 1).
+    let created = event_ids(&store, "CREATE", Some(1));
+    let sent: std::collections::HashSet<u64> =
+        event_ids(&store, "SEND", Some(1)).into_iter().collect();
     assert!(
         created.len() >= written.len(),
         "a CREATE for every record written"
@@ -1007,6 +974,122 @@ fn provenance_after_kill_9() {
     assert_eq!(kinds, ["CREATE", "ROUTE", "RECEIVE", "SEND"]);
     let stats = query(&["stats"]);
     assert_eq!(stats["segments"], 2, "{stats}");
+}
+
+/// `flow provenance --store STORE --format json ARGS...`, parsed.
+fn query_store(store: &Path, args: &[&str]) -> serde_json::Value {
+    let o = run(flow()
+        .args(["provenance", "--store"])
+        .arg(store)
+        .args(["--format", "json"])
+        .args(args));
+    assert!(o.status.success(), "{args:?}: {}", text(&o.stderr));
+    serde_json::from_slice(&o.stdout).expect("json")
+}
+
+/// The ids of the records of every `kind` event in the store, in the order recorded; only
+/// those of segment `segment` if given (a run's first segment is its own).
+fn event_ids(store: &Path, kind: &str, segment: Option<u64>) -> Vec<u64> {
+    query_store(store, &["search", "--event", kind, "--limit", "10000000"])
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| segment.is_none_or(|s| e["event"].as_u64().is_some_and(|id| id >> 32 == s)))
+        .flat_map(|e| {
+            let first = u64::from_str_radix(e["first"].as_str().expect("id"), 16).expect("hex");
+            first..first + e["records"].as_u64().expect("records")
+        })
+        .collect()
+}
+
+fn mkfifo(path: &Path) {
+    assert!(
+        Command::new("mkfifo")
+            .arg(path)
+            .status()
+            .expect("mkfifo")
+            .success()
+    );
+}
+
+const COMMITTED: &str = r#"
+name: committed
+provenance: { path: "${STORE}" }
+processors:
+  numbers:
+    type: file
+    path: ${DIR}/in
+    checkpoint: ${DIR}/in.checkpoint
+    batch_size: 100
+  sink: { type: file_sink, path: "${DIR}/out.jsonl" }
+connections:
+  - numbers -> sink
+"#;
+
+/// A source commits only records whose events are in the provenance store: the sinks'
+/// acknowledgements wait behind their SEND in the store's writer. Fed slowly through a named
+/// pipe, the flow is killed (`kill -9`) once it has committed some thousands of lines; every
+/// line up to the committed one then has its SEND in the store.
+#[test]
+fn after_kill_9_every_committed_record_has_its_send() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("committed.yaml");
+    std::fs::write(&file, COMMITTED).expect("flow");
+    let store = dir.path().join("store");
+    let checkpoint = dir.path().join("in.checkpoint");
+    mkfifo(&dir.path().join("in"));
+    let mut child = flow()
+        .args(["run", "--quiet"])
+        .arg(&file)
+        .env("DIR", dir.path())
+        .env("STORE", &store)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let fifo = dir.path().join("in");
+    // Numbered lines, a few thousand a second, until the reader is gone.
+    let feeder = std::thread::spawn(move || {
+        let Ok(mut pipe) = std::fs::OpenOptions::new().write(true).open(&fifo) else {
+            return;
+        };
+        for chunk in 0u64.. {
+            let lines: String = (chunk * 100..(chunk + 1) * 100)
+                .map(|n| format!("{{\"n\":{n}}}\n"))
+                .collect();
+            if pipe.write_all(lines.as_bytes()).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while committed_line(&checkpoint) < 3000 {
+        assert!(Instant::now() < deadline, "nothing committed within 60 s");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().expect("kill -9");
+    child.wait().expect("waited");
+    feeder.join().expect("feeder");
+    let committed = usize::try_from(committed_line(&checkpoint)).expect("lines");
+
+    // Lines are read and CREATEd in order: the nth created id is line n's record.
+    let created = event_ids(&store, "CREATE", None);
+    let sent: std::collections::HashSet<u64> =
+        event_ids(&store, "SEND", None).into_iter().collect();
+    assert!(
+        created.len() >= committed,
+        "{} CREATEd, {committed} committed",
+        created.len()
+    );
+    let missing = created[..committed]
+        .iter()
+        .filter(|id| !sent.contains(id))
+        .count();
+    assert_eq!(
+        missing, 0,
+        "of {committed} committed records, {missing} have no SEND in the store"
+    );
 }
 
 fn store_segments(dir: &Path) -> usize {

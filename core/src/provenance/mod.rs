@@ -478,10 +478,32 @@ impl Backlog {
     }
 }
 
+/// What recorders send the store's writer, in order.
+#[derive(Debug)]
+pub enum Entry {
+    /// An event to write.
+    Event(Event),
+    /// A sink's records' acknowledgements, released by the writer once every event sent
+    /// before them is written: a source commits only records whose SEND (and every earlier
+    /// event) is in the store, so a `kill -9` loses no event of a record it will not read
+    /// again. Released at once when the writer is gone or, with `sample`, has no room.
+    Release(Vec<crate::ack::Acks>),
+}
+
+impl Entry {
+    /// Let an entry go that will not reach the writer: an event is lost (said elsewhere),
+    /// acknowledgements are released (provenance never holds data up).
+    fn give_up(self) {
+        if let Entry::Release(acks) = self {
+            acks.into_iter().for_each(crate::ack::Acks::release);
+        }
+    }
+}
+
 /// Where a running flow's events go: cloned into every node (see [`Recorder::node`]).
 #[derive(Clone, Debug)]
 pub struct Recorder {
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::Sender<Entry>,
     when_full: WhenFull,
     backlog: Arc<Backlog>,
 }
@@ -489,7 +511,7 @@ pub struct Recorder {
 impl Recorder {
     /// A recorder sending into `tx` (the store's writer reads the other end), blocking when
     /// the writer is behind.
-    pub fn new(tx: mpsc::Sender<Event>) -> Self {
+    pub fn new(tx: mpsc::Sender<Entry>) -> Self {
         Self {
             tx,
             when_full: WhenFull::Block,
@@ -689,7 +711,7 @@ fn remove_path(v: &mut serde_json::Value, path: &[String]) {
 pub struct NodeRecorder {
     node: u32,
     source: bool,
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::Sender<Entry>,
     when_full: WhenFull,
     backlog: Arc<Backlog>,
     secrets: Arc<Secrets>,
@@ -731,16 +753,35 @@ impl NodeRecorder {
     /// wait for it (`block`, counting the time) or drop the event (`sample`, counting it).
     /// A writer that is gone (its store failed, and said so in the log) loses the event.
     pub async fn record(&self, event: Event) {
+        self.send(Entry::Event(event)).await;
+    }
+
+    /// Release `acks` (a sink's records, written) once every event this node recorded so
+    /// far is in the store (see [`Entry::Release`]). Waits for room like an event (`block`);
+    /// with `sample` and no room, or no writer, releases them now.
+    pub async fn release_after_written(&self, acks: Vec<crate::ack::Acks>) {
+        self.send(Entry::Release(acks)).await;
+    }
+
+    async fn send(&self, entry: Entry) {
         self.flush().await;
-        match self.tx.try_send(event) {
-            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+        match self.tx.try_send(entry) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Closed(e)) => e.give_up(),
             Err(mpsc::error::TrySendError::Full(e)) => {
                 self.backlog.was_full(self.when_full);
                 match self.when_full {
-                    WhenFull::Sample => self.backlog.drop_one(),
+                    WhenFull::Sample => {
+                        if matches!(e, Entry::Event(_)) {
+                            self.backlog.drop_one();
+                        }
+                        e.give_up();
+                    }
                     WhenFull::Block => {
                         let since = std::time::Instant::now();
-                        let _ = self.tx.send(e).await;
+                        if let Err(mpsc::error::SendError(e)) = self.tx.send(e).await {
+                            e.give_up();
+                        }
                         self.backlog.waited(since);
                     }
                 }
@@ -762,7 +803,7 @@ impl NodeRecorder {
             };
             let mut pending = self.pending.lock();
             if !pending.is_empty() {
-                permit.send(pending.remove(0));
+                permit.send(Entry::Event(pending.remove(0)));
             }
         }
         self.backlog.waited(since);
@@ -784,7 +825,9 @@ impl NodeRecorder {
                 pending.push(e);
                 continue;
             }
-            if let Err(mpsc::error::TrySendError::Full(e)) = self.tx.try_send(e) {
+            if let Err(mpsc::error::TrySendError::Full(Entry::Event(e))) =
+                self.tx.try_send(Entry::Event(e))
+            {
                 self.backlog.was_full(self.when_full);
                 match self.when_full {
                     WhenFull::Block => pending.push(e),

@@ -39,7 +39,7 @@ use tokio::sync::mpsc;
 
 use super::config::Settings;
 use super::index::{self, BLOCK_BYTES, Builder};
-use super::{CHANNEL_EVENTS, Event, Recorder, WhenFull};
+use super::{CHANNEL_EVENTS, Entry, Event, Recorder, WhenFull};
 
 /// A segment file's first bytes.
 pub const MAGIC: &[u8; 8] = b"FLOWPRV2";
@@ -343,30 +343,46 @@ pub(crate) fn frame(buf: &mut Vec<u8>, payload: &[u8]) {
 
 fn write_loop(
     mut seg: Segments,
-    mut rx: mpsc::Receiver<Event>,
+    mut rx: mpsc::Receiver<Entry>,
     mut gate: Option<std::sync::mpsc::Receiver<()>>,
 ) -> Result<WriterStats, StoreError> {
     let mut events = Vec::with_capacity(FRAME_EVENTS);
+    // Sinks' acknowledgements, released once the events sent before them are written.
+    let mut acks = Vec::new();
     let mut buf = Vec::new();
-    while let Some(e) = rx.blocking_recv() {
+    while let Some(entry) = rx.blocking_recv() {
         if let Some(g) = &gate
             && g.recv().is_err()
         {
             gate = None;
         }
-        events.push(e);
-        while events.len() < FRAME_EVENTS {
-            match rx.try_recv() {
-                Ok(e) => events.push(e),
-                Err(_) => break,
+        let mut next = Some(entry);
+        while let Some(entry) = next.take() {
+            match entry {
+                Entry::Event(e) => events.push(e),
+                Entry::Release(a) => acks.extend(a),
+            }
+            if events.len() < FRAME_EVENTS {
+                next = rx.try_recv().ok();
             }
         }
-        if let Err(e) = seg.write(&mut events, &mut buf) {
-            // Said once; the flow goes on without provenance (the channel closes).
+        let written = if events.is_empty() {
+            Ok(())
+        } else {
+            seg.write(&mut events, &mut buf)
+        };
+        events.clear();
+        acks.drain(..).for_each(crate::ack::Acks::release);
+        if let Err(e) = written {
+            // Said once; the flow goes on without provenance: no more sends are taken, and
+            // the acknowledgements already sent are released as they are drained.
             tracing::error!(error = %e, "provenance store failed: no more events are recorded");
+            rx.close();
+            while let Some(entry) = rx.blocking_recv() {
+                entry.give_up();
+            }
             return Err(e);
         }
-        events.clear();
     }
     seg.close_block()?;
     Ok(seg.stats)

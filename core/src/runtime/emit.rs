@@ -459,19 +459,27 @@ impl Input {
 
     /// A sink wrote these records (and committed them, if it commits): record their SEND to
     /// `destination`, then finish them. Every sink ends a written record's journey here or in
-    /// [`Input::finish_sent_ids`], so the rule "the SEND reaches the provenance writer, in
-    /// order, before the source can see the ack" lives in one place (and so will a wait for
-    /// the writer to have stored it). Counting them as sent stays with the sink, which may
-    /// count deliveries earlier.
-    pub async fn finish_sent(&self, records: Vec<Record>, destination: Option<String>) {
-        self.sent(&records, destination).await;
-        finish_all(records);
+    /// [`Input::finish_sent_ids`], so the rule lives in one place: with provenance, the
+    /// acknowledgements go to the store's writer behind the SEND and are released once it is
+    /// written (see [`crate::provenance::Entry::Release`]), so a source never commits a record
+    /// whose events a `kill -9` could still lose. The sink does not wait for that. Counting
+    /// them as sent stays with the sink, which may count deliveries earlier.
+    pub async fn finish_sent(&self, mut records: Vec<Record>, destination: Option<String>) {
+        match &self.prov {
+            Some(rec) if !records.is_empty() => {
+                self.sent(&records, destination).await;
+                let acks = records.iter_mut().map(Record::take_acks).collect();
+                drop(records);
+                rec.release_after_written(acks).await;
+            }
+            _ => finish_all(records),
+        }
     }
 
     /// As [`Input::finish_sent`], for a sink that kept only the records' ids and
     /// acknowledgements (an object holding many batches, deliveries reported one by one),
     /// with, where the destination numbers what it stores, each record's position there (see
-    /// [`Input::sent_to`]): record the SEND, then release `acks`.
+    /// [`Input::sent_to`]): record the SEND, then release `acks` once it is written.
     pub async fn finish_sent_ids(
         &self,
         ids: Runs,
@@ -479,8 +487,13 @@ impl Input {
         destination: Option<String>,
         positions: Option<Runs>,
     ) {
-        self.sent_to(ids, destination, positions).await;
-        acks.release();
+        match &self.prov {
+            Some(rec) if !ids.is_empty() => {
+                self.sent_to(ids, destination, positions).await;
+                rec.release_after_written(vec![acks]).await;
+            }
+            _ => acks.release(),
+        }
     }
 
     /// Record provenance (RECEIVE, and SEND for sinks) with `rec`.

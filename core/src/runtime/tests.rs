@@ -776,7 +776,12 @@ async fn run_recorded(yaml: &str, capacity: usize) -> Vec<crate::provenance::Eve
     let reader = tokio::spawn(async move {
         let mut events = Vec::new();
         while let Some(e) = rx.recv().await {
-            events.push(e);
+            match e {
+                crate::provenance::Entry::Event(e) => events.push(e),
+                crate::provenance::Entry::Release(acks) => {
+                    acks.into_iter().for_each(crate::ack::Acks::release);
+                }
+            }
             // A slow writer: the channel stays full.
             tokio::task::yield_now().await;
         }
