@@ -880,17 +880,7 @@ fn provenance_after_kill_9() {
     std::fs::write(&file, KILLED).expect("flow");
     let store = dir.path().join("store");
     let out = dir.path().join("out.jsonl");
-    let start = || {
-        flow()
-            .args(["run", "--quiet"])
-            .arg(&file)
-            .env("DIR", dir.path())
-            .env("STORE", &store)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn")
-    };
+    let start = || run_stored(&file, dir.path(), &store);
     let mut child = start();
     let deadline = Instant::now() + Duration::from_secs(60);
     while std::fs::read_to_string(&out).map_or(0, |t| t.lines().count()) < 1000 {
@@ -1002,6 +992,20 @@ fn event_ids(store: &Path, kind: &str, segment: Option<u64>) -> Vec<u64> {
         .collect()
 }
 
+/// `flow run --quiet FILE` in the background, with `DIR` and `STORE` (its provenance store)
+/// set, its output thrown away.
+fn run_stored(file: &Path, dir: &Path, store: &Path) -> std::process::Child {
+    flow()
+        .args(["run", "--quiet"])
+        .arg(file)
+        .env("DIR", dir)
+        .env("STORE", store)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn")
+}
+
 fn mkfifo(path: &Path) {
     assert!(
         Command::new("mkfifo")
@@ -1038,15 +1042,7 @@ fn after_kill_9_every_committed_record_has_its_send() {
     let store = dir.path().join("store");
     let checkpoint = dir.path().join("in.checkpoint");
     mkfifo(&dir.path().join("in"));
-    let mut child = flow()
-        .args(["run", "--quiet"])
-        .arg(&file)
-        .env("DIR", dir.path())
-        .env("STORE", &store)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
+    let mut child = run_stored(&file, dir.path(), &store);
     let fifo = dir.path().join("in");
     // Numbered lines, a few thousand a second, until the reader is gone.
     let feeder = std::thread::spawn(move || {
