@@ -40,7 +40,23 @@ pub struct FlakyServer {
     pub requests: Arc<AtomicUsize>,
     /// Requests answered with the canned answer so far.
     pub failed: Arc<AtomicUsize>,
+    /// The most requests it was handling at once.
+    pub most_at_once: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// What every connection of a server shares.
+#[derive(Clone)]
+struct Shared {
+    upstream: Option<SocketAddr>,
+    fail: Fail,
+    answer: Answer,
+    /// How long to hold each request before handling it.
+    delay: std::time::Duration,
+    requests: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    busy: Arc<AtomicUsize>,
+    most_at_once: Arc<AtomicUsize>,
 }
 
 impl Drop for FlakyServer {
@@ -73,17 +89,59 @@ impl FlakyServer {
         fail: impl Fn(usize, &str) -> bool + Send + Sync + 'static,
         answer: Answer,
     ) -> Self {
-        let fail: Fail = Arc::new(fail);
+        Self::serve(
+            at,
+            upstream,
+            Arc::new(fail),
+            answer,
+            std::time::Duration::ZERO,
+        )
+        .await
+    }
+
+    /// A server that forwards every request to `upstream` after holding it for `delay` (a
+    /// slow server): [`FlakyServer::most_at_once`] tells how many a client sent at once.
+    pub async fn slow(upstream: SocketAddr, delay: std::time::Duration) -> Self {
+        let answer = Answer::new(500, "");
+        Self::serve(
+            "127.0.0.1:0",
+            Some(upstream),
+            Arc::new(|_, _| false),
+            answer,
+            delay,
+        )
+        .await
+    }
+
+    async fn serve(
+        at: &str,
+        upstream: Option<SocketAddr>,
+        fail: Fail,
+        answer: Answer,
+        delay: std::time::Duration,
+    ) -> Self {
         let listener = TcpListener::bind(at).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let requests = Arc::new(AtomicUsize::new(0));
-        let failed = Arc::new(AtomicUsize::new(0));
-        let (r, f) = (requests.clone(), failed.clone());
+        let shared = Shared {
+            upstream,
+            fail,
+            answer,
+            delay,
+            requests: Arc::default(),
+            failed: Arc::default(),
+            busy: Arc::default(),
+            most_at_once: Arc::default(),
+        };
+        let (requests, failed, most_at_once) = (
+            shared.requests.clone(),
+            shared.failed.clone(),
+            shared.most_at_once.clone(),
+        );
         let task = tokio::spawn(async move {
             while let Ok((conn, _)) = listener.accept().await {
-                let (r, f, answer, fail) = (r.clone(), f.clone(), answer.clone(), fail.clone());
+                let shared = shared.clone();
                 tokio::spawn(async move {
-                    let _ = serve(conn, upstream, fail, answer, r, f).await;
+                    let _ = serve(conn, shared).await;
                 });
             }
         });
@@ -91,6 +149,7 @@ impl FlakyServer {
             addr,
             requests,
             failed,
+            most_at_once,
             task,
         }
     }
@@ -146,17 +205,24 @@ async fn read_request(
     Ok(Some((head, body)))
 }
 
-async fn serve(
-    mut conn: TcpStream,
-    upstream: Option<SocketAddr>,
-    fail: Fail,
-    answer: Answer,
-    requests: Arc<AtomicUsize>,
-    failed: Arc<AtomicUsize>,
-) -> std::io::Result<()> {
+async fn serve(mut conn: TcpStream, shared: Shared) -> std::io::Result<()> {
+    let Shared {
+        upstream,
+        fail,
+        answer,
+        delay,
+        requests,
+        failed,
+        busy,
+        most_at_once,
+    } = shared;
     let mut buf = Vec::new();
     while let Some((head, body)) = read_request(&mut conn, &mut buf).await? {
         let n = requests.fetch_add(1, Ordering::SeqCst);
+        let now = busy.fetch_add(1, Ordering::SeqCst) + 1;
+        most_at_once.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(delay).await;
+        busy.fetch_sub(1, Ordering::SeqCst);
         let failing = fail(n, &head);
         match upstream {
             Some(up) if !failing => {

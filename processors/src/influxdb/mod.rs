@@ -40,8 +40,8 @@ use line::{FieldValue, write_point};
 /// `tags` names the fields written as tags, and `fields` the ones written as fields (by default
 /// every numeric top-level field that is not a tag or the timestamp). The timestamp is the
 /// `timestamp` field, else the record's event time, else the time it is written, sent at
-/// `precision`. Points are sent in batches (by count, bytes and time), gzip-compressed. A
-/// batch is acknowledged once the server answered 2xx. When the server is unavailable (429,
+/// `precision`. Points are sent in batches (by count, bytes and time), gzip-compressed, up to
+/// `max_in_flight` requests at once. A batch is acknowledged once the server answered 2xx. When the server is unavailable (429,
 /// 5xx, 408, connection errors, timeouts) the batch is sent again with capped exponential
 /// backoff, honouring `Retry-After`; the input waits meanwhile (back-pressure) and nothing is
 /// acknowledged. A refusal retrying cannot fix (401 or 403: the token; 404: the org or bucket)
@@ -115,6 +115,15 @@ pub struct InfluxDbSinkConfig {
     /// flow waits, and a stop asked meanwhile gives up the same way).
     #[serde(default)]
     pub max_retries: Option<u32>,
+    /// Requests posted at once: the next batches are encoded and sent while earlier ones wait
+    /// for their answer. Points are idempotent by series and time, so batches may land in any
+    /// order; each is acknowledged when its own answer comes. 1 sends one batch at a time.
+    #[serde(default = "default_in_flight")]
+    pub max_in_flight: usize,
+}
+
+fn default_in_flight() -> usize {
+    4
 }
 
 /// The precision of the timestamps sent.
@@ -250,6 +259,9 @@ impl ProcessorConfig for InfluxDbSinkConfig {
                 &["batch_max_records"],
                 "must be at least 1",
             ));
+        }
+        if self.max_in_flight == 0 {
+            errors.push(ConfigError::new(&["max_in_flight"], "must be at least 1"));
         }
         if self.batch_max_bytes.as_u64() == 0 {
             errors.push(ConfigError::new(
@@ -401,18 +413,18 @@ impl InfluxDbSink {
         }
     }
 
-    /// Send the batch until it is written or refused (its records then go to `failure`); an
-    /// error when the server refuses for good, `max_retries` runs out or the flow stops while
-    /// retrying (the records are then not acknowledged).
-    async fn send(
-        &self,
-        ctx: &mut SinkContext,
-        retry: &Retry,
+    /// Start posting the pending batch (compressed now), retried until it is written or
+    /// refused; an error when the server refuses for good, `max_retries` runs out or the flow
+    /// stops while retrying. Its records travel with the request: dropped unanswered (the
+    /// flow stopped), they are not acknowledged.
+    fn post<'a>(
+        &'a self,
+        retry: &'a Retry,
         pending: &mut Vec<Record>,
         body: &mut String,
-    ) -> Result<(), ProcessorError> {
+    ) -> Result<Option<Posting<'a>>, ProcessorError> {
         if pending.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let payload = if self.cfg.gzip {
             gzip(body.as_bytes()).map_err(ProcessorError::other)?
@@ -421,11 +433,45 @@ impl InfluxDbSink {
         };
         body.clear();
         let records = std::mem::take(pending);
-        let n = records.len() as u64;
-        match retry
-            .run("writing to InfluxDB", |_| self.attempt(&payload))
-            .await?
+        Ok(Some(Box::pin(async move {
+            let answer = retry
+                .run("writing to InfluxDB", |_| self.attempt(&payload))
+                .await?;
+            Ok((records, answer))
+        })))
+    }
+
+    /// Send the pending batch, first waiting for the oldest request if `max_in_flight` are
+    /// out.
+    async fn send<'a>(
+        &'a self,
+        ctx: &mut SinkContext,
+        retry: &'a Retry,
+        in_flight: &mut InFlight<'a>,
+        pending: &mut Vec<Record>,
+        body: &mut String,
+    ) -> Result<(), ProcessorError> {
+        use futures::StreamExt;
+        let Some(posting) = self.post(retry, pending, body)? else {
+            return Ok(());
+        };
+        if in_flight.len() >= self.cfg.max_in_flight.max(1)
+            && let Some(done) = in_flight.next().await
         {
+            self.answered(ctx, done?).await?;
+        }
+        in_flight.push_back(posting);
+        Ok(())
+    }
+
+    /// A batch's answer: written (acknowledged), or refused (its records to `failure`).
+    async fn answered(
+        &self,
+        ctx: &mut SinkContext,
+        (records, answer): (Vec<Record>, Attempt),
+    ) -> Result<(), ProcessorError> {
+        let n = records.len() as u64;
+        match answer {
             Attempt::Written => {
                 ctx.input
                     .finish_sent(records, Some(self.url.to_string()))
@@ -437,6 +483,12 @@ impl InfluxDbSink {
         }
     }
 }
+
+/// A batch being posted: its records and the server's answer.
+type Posting<'a> = futures::future::BoxFuture<'a, Result<(Vec<Record>, Attempt), ProcessorError>>;
+
+/// The batches posted and not yet answered, in the order sent.
+type InFlight<'a> = futures::stream::FuturesOrdered<Posting<'a>>;
 
 fn field_value(name: &str, v: &Value) -> Result<FieldValue, String> {
     Ok(match v {
@@ -544,6 +596,7 @@ async fn fail_all(
 #[async_trait]
 impl Sink for InfluxDbSink {
     async fn run(self: Box<Self>, mut ctx: SinkContext) -> Result<(), ProcessorError> {
+        use futures::StreamExt;
         let max_records = self.cfg.batch_max_records.max(1);
         let max_bytes = usize::try_from(self.cfg.batch_max_bytes.as_u64()).unwrap_or(usize::MAX);
         let mut pending: Vec<Record> = Vec::new();
@@ -554,6 +607,7 @@ impl Sink for InfluxDbSink {
         let retry = Retry::new(&ctx)
             .backoff(FIRST_BACKOFF, self.cfg.retry_max)
             .max_attempts(self.cfg.max_retries.map(|m| m.saturating_add(1)));
+        let mut in_flight = InFlight::new();
         loop {
             tokio::select! {
                 batch = ctx.input.next() => {
@@ -565,13 +619,15 @@ impl Sink for InfluxDbSink {
                             continue;
                         }
                         if !pending.is_empty() && body.len() + line.len() > max_bytes {
-                            self.send(&mut ctx, &retry, &mut pending, &mut body).await?;
+                            self.send(&mut ctx, &retry, &mut in_flight, &mut pending, &mut body)
+                                .await?;
                             deadline = None;
                         }
                         body.push_str(&line);
                         pending.push(r);
                         if pending.len() >= max_records || body.len() >= max_bytes {
-                            self.send(&mut ctx, &retry, &mut pending, &mut body).await?;
+                            self.send(&mut ctx, &retry, &mut in_flight, &mut pending, &mut body)
+                                .await?;
                             deadline = None;
                         }
                     }
@@ -580,18 +636,26 @@ impl Sink for InfluxDbSink {
                         deadline = Some(Instant::now() + self.cfg.batch_timeout);
                     }
                 }
+                Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                    self.answered(&mut ctx, done?).await?;
+                }
                 () = async {
                     match deadline {
                         Some(d) => tokio::time::sleep_until(d).await,
                         None => std::future::pending().await,
                     }
                 } => {
-                    self.send(&mut ctx, &retry, &mut pending, &mut body).await?;
+                    self.send(&mut ctx, &retry, &mut in_flight, &mut pending, &mut body).await?;
                     deadline = None;
                 }
             }
         }
-        self.send(&mut ctx, &retry, &mut pending, &mut body).await
+        self.send(&mut ctx, &retry, &mut in_flight, &mut pending, &mut body)
+            .await?;
+        while let Some(done) = in_flight.next().await {
+            self.answered(&mut ctx, done?).await?;
+        }
+        Ok(())
     }
 }
 
