@@ -48,7 +48,12 @@ use encode::{Body, Row};
 /// while they are written.
 ///
 /// A record is acknowledged only once its object's upload completed, so a crash before that
-/// replays it (at-least-once). An object is never visible half-written: a single upload is
+/// replays it. Exactly-once across crashes where a restart replays the same stream (a `file`
+/// source with a `checkpoint`, and a `window_aggregate` with `state` and `event_time` below
+/// one, on one path to the sink): a commit record, `_flow/NODE.commit` below the prefix, says
+/// which records are in completed objects; a restart deletes an object whose completion it
+/// did not record and skips the replayed records it holds. Elsewhere, at-least-once. See
+/// docs/reliability.md, "Exactly-once sinks". An object is never visible half-written: a single upload is
 /// atomic, a multipart upload becomes visible only once completed (on the local filesystem, a
 /// staging file `name#1` is renamed once complete), and one left open when the flow stops on
 /// an error is aborted. Requests are retried with capped exponential backoff (5xx, 429,

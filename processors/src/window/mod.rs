@@ -37,8 +37,10 @@ use engine::{Engine, Settings};
 /// the last checkpoint may be emitted again (identical, and with the same origin: outputs are
 /// numbered in order of emission when `state` and `event_time` are set, `idle_timeout` is not
 /// and the window has one path back to its source, so an exactly-once sink such as
-/// `file_sink` writes them once; see docs/reliability.md). Without `state`, a crash may emit
-/// windows again from the replayed part of the input only (partial).
+/// `file_sink` or `s3_sink` writes them once; see docs/reliability.md). A late or refused record
+/// not yet delivered at a checkpoint is sent again when a restart replays it. Without `state`,
+/// a crash may emit windows again from the replayed part of the input only (partial). A
+/// checkpoint refused by a full disk is tried again (backoff up to 60s) while the window waits.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WindowAggregateConfig {
