@@ -61,6 +61,19 @@ impl Written {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// The positions, per source.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
+        self.0.iter().map(|(&s, &p)| (s, p))
+    }
+}
+
+/// From positions per source (a sink that computes its own high-water marks, as `s3_sink`
+/// does with several objects open at once).
+impl FromIterator<(u32, u64)> for Written {
+    fn from_iter<I: IntoIterator<Item = (u32, u64)>>(iter: I) -> Self {
+        Self(iter.into_iter().collect())
+    }
 }
 
 #[cfg(test)]

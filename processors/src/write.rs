@@ -262,11 +262,27 @@ pub(crate) async fn write_lines<T: Target>(
                 len,
                 written: ctx.input.commit_point(&batch).unwrap_or_default(),
             };
-            let commit = commit.clone();
-            tokio::task::spawn_blocking(move || commit.store(&c, durable))
-                .await
-                .map_err(|e| ProcessorError::other(format!("committing {name}: {e}")))?
-                .map_err(|e| ProcessorError::io(format!("committing {name}"), e))?;
+            // A full disk may refuse the commit record too: retried like the data (giving
+            // up leaves the batch unacknowledged, cut off by the next run).
+            let committing = format!("committing {name}");
+            let mut attempts = retry.attempts(&committing);
+            loop {
+                let (commit, c) = (commit.clone(), c.clone());
+                let stored = tokio::task::spawn_blocking(move || commit.store(&c, durable))
+                    .await
+                    .map_err(|e| ProcessorError::other(format!("{committing}: {e}")))?;
+                match stored {
+                    Ok(()) => {
+                        attempts.succeeded();
+                        break;
+                    }
+                    Err(e) => {
+                        attempts
+                            .failed(ProcessorError::io(committing.clone(), e))
+                            .await?;
+                    }
+                }
+            }
         }
         let n = batch.len() as u64;
         ctx.input

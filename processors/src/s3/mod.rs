@@ -1,6 +1,7 @@
 //! `s3_sink`: write records into objects on S3 (or an S3-compatible server) or the local
 //! filesystem, through `object_store`.
 
+mod commit;
 mod encode;
 #[cfg(test)]
 mod tests;
@@ -29,6 +30,7 @@ use tokio::time::Instant;
 
 use crate::template::{Placeholders, Template, UUID_MARK, lookup, now_ms, time_ms, uuid_v4};
 use crate::window::TimeUnit;
+use commit::{Committed, Ledger, Positions};
 use encode::{Body, Row};
 
 /// Write records into objects on S3 (or an S3-compatible server) or the local filesystem, as
@@ -46,7 +48,12 @@ use encode::{Body, Row};
 /// while they are written.
 ///
 /// A record is acknowledged only once its object's upload completed, so a crash before that
-/// replays it (at-least-once). An object is never visible half-written: a single upload is
+/// replays it. Exactly-once across crashes where a restart replays the same stream (a `file`
+/// source with a `checkpoint`, and a `window_aggregate` with `state` and `event_time` below
+/// one, on one path to the sink): a commit record, `_flow/NODE.commit` below the prefix, says
+/// which records are in completed objects; a restart deletes an object whose completion it
+/// did not record and skips the replayed records it holds. Elsewhere, at-least-once. See
+/// docs/reliability.md, "Exactly-once sinks". An object is never visible half-written: a single upload is
 /// atomic, a multipart upload becomes visible only once completed (on the local filesystem, a
 /// staging file `name#1` is renamed once complete), and one left open when the flow stops on
 /// an error is aborted. Requests are retried with capped exponential backoff (5xx, 429,
@@ -416,6 +423,8 @@ impl ProcessorConfig for S3SinkConfig {
             root,
             key,
             retry: std::sync::OnceLock::new(),
+            journal: std::sync::OnceLock::new(),
+            serial: std::sync::atomic::AtomicU64::new(0),
         })))
     }
 }
@@ -431,6 +440,29 @@ struct S3Sink {
     key: Template,
     /// Made from the sink's context on first use; shared by the uploads running at once.
     retry: std::sync::OnceLock<Retry>,
+    /// The commit record, where a restart replays the input in order (exactly-once): made
+    /// when the first record with a position (an origin) arrives.
+    journal: std::sync::OnceLock<Journal>,
+    /// Numbers the objects opened.
+    serial: std::sync::atomic::AtomicU64,
+}
+
+/// The sink's commit record (see [`commit`]): where it is stored and what it is made from.
+struct Journal {
+    path: ObjectPath,
+    ledger: std::sync::Mutex<Ledger>,
+    /// Held while a commit is stored, so commits are stored in the order they are made.
+    writing: tokio::sync::Mutex<()>,
+}
+
+impl Journal {
+    fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        // The ledger is only changed by short, non-panicking calls: a poisoned lock still
+        // holds a consistent ledger.
+        self.ledger
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// How multipart uploads are made: through the store's low-level API (S3), where a failed
@@ -456,6 +488,10 @@ enum Upload {
 
 /// An object being written.
 struct OpenObject {
+    /// Numbers the object for the commit record.
+    serial: u64,
+    /// The positions of its records, for the commit record.
+    positions: Positions,
     path: ObjectPath,
     body: Body,
     /// Started once the object outgrew one part.
@@ -626,6 +662,10 @@ impl S3Sink {
         }
         let now = Instant::now();
         Ok(OpenObject {
+            serial: self
+                .serial
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            positions: Positions::default(),
             path,
             body,
             upload: None,
@@ -647,6 +687,21 @@ impl S3Sink {
         ctx: &SinkContext,
         obj: &OpenObject,
         what: &str,
+        op: F,
+    ) -> Result<T, ProcessorError>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: std::future::Future<Output = Result<T, UploadError>>,
+    {
+        let what = format!("{what} (`{}`, {} records)", obj.path, obj.records);
+        self.retry_named(ctx, &what, op).await
+    }
+
+    /// [`S3Sink::retry`], for a request that is not an object's, described by `name`.
+    async fn retry_named<T, F, Fut>(
+        &self,
+        ctx: &SinkContext,
+        name: &str,
         mut op: F,
     ) -> Result<T, ProcessorError>
     where
@@ -656,8 +711,6 @@ impl S3Sink {
         let retry = self
             .retry
             .get_or_init(|| Retry::new(ctx).backoff(RETRY_FIRST, RETRY_MAX));
-        let what = format!("{what} (`{}`, {} records)", obj.path, obj.records);
-        let name = what.as_str();
         retry
             .run(name, |attempt| {
                 let attempt = op(attempt);
@@ -779,10 +832,27 @@ impl S3Sink {
     /// Finish and upload an object (retried until it is complete), then acknowledge its
     /// records. On an error, a multipart upload is aborted and the records are abandoned.
     async fn close(&self, ctx: &SinkContext, mut obj: OpenObject) -> Result<(), ProcessorError> {
+        let journal = self.journal.get().filter(|_| !obj.positions.is_empty());
+        if let Some(j) = journal {
+            // Two-phase: recorded as pending first, so a restart deletes the object if the
+            // crash comes between its upload and the commit saying it is complete.
+            j.ledger().begin(obj.path.as_ref());
+            if let Err(e) = self.save(ctx, j).await {
+                // Not uploaded: nothing to abort beyond a started multipart upload.
+                self.abort(&mut obj).await;
+                return Err(e);
+            }
+        }
         if let Err(e) = self.complete(ctx, &mut obj).await {
             self.abort(&mut obj).await;
             // `obj` goes with its acks unreleased: its records are not committed.
             return Err(e);
+        }
+        if let Some(j) = journal {
+            j.ledger()
+                .complete(obj.serial, obj.path.as_ref(), &obj.positions);
+            // Before the acknowledgement: a record acknowledged is one the commit covers.
+            self.save(ctx, j).await?;
         }
         tracing::debug!(node = &*ctx.name, object = %obj.path, records = obj.records, "object written");
         ctx.metrics.add_sent(obj.records);
@@ -892,6 +962,100 @@ impl S3Sink {
         }
     }
 
+    /// Store the commit record as the ledger has it now (retried until it is stored).
+    async fn save(&self, ctx: &SinkContext, j: &Journal) -> Result<(), ProcessorError> {
+        let _order = j.writing.lock().await;
+        let commit = j.ledger().commit();
+        let bytes = serde_json::to_vec(&commit)
+            .map_err(|e| ProcessorError::other(format!("encoding the commit record: {e}")))?;
+        let payload = PutPayload::from(bytes);
+        let what = format!("storing the commit record `{}`", j.path);
+        self.retry_named(ctx, &what, |_| {
+            let payload = payload.clone();
+            async move {
+                self.store.put(&j.path, payload).await?;
+                Ok(())
+            }
+        })
+        .await
+    }
+
+    /// Where a restart replays the input in order: load the commit record, delete the objects
+    /// it left pending, and skip from now on what it covers. Called when the first record with
+    /// a position arrives (records without one never need a commit record).
+    async fn resume(&self, ctx: &mut SinkContext) -> Result<(), ProcessorError> {
+        let node: String = ctx
+            .name
+            .chars()
+            .map(|c| {
+                if c.is_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let key = format!("_flow/{node}.commit");
+        let full = if self.prefix.is_empty() {
+            key
+        } else {
+            format!("{}/{key}", self.prefix)
+        };
+        let path = ObjectPath::parse(&full)
+            .map_err(|e| ProcessorError::other(format!("bad commit key `{full}`: {e}")))?;
+        let what = format!("reading the commit record `{path}`");
+        let found = self
+            .retry_named(ctx, &what, |_| async {
+                match self.store.get(&path).await {
+                    Ok(got) => Ok(Some(got.bytes().await?)),
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(e.into()),
+                }
+            })
+            .await?;
+        let committed: Committed = match found {
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                ProcessorError::other(format!("the commit record `{path}` is damaged: {e}"))
+            })?,
+            None => Committed::default(),
+        };
+        for p in &committed.pending {
+            let obj = ObjectPath::from(p.as_str());
+            let what = format!("deleting `{obj}`, written after the last commit");
+            self.retry_named(ctx, &what, |_| async {
+                match self.store.delete(&obj).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                    Err(e) => Err(e.into()),
+                }
+            })
+            .await?;
+            if let Multipart::File(dir) = &self.multipart {
+                let mut staging = dir.join(p).into_os_string();
+                staging.push("#1");
+                let _ = std::fs::remove_file(staging);
+            }
+        }
+        if !committed.pending.is_empty() {
+            tracing::info!(
+                node = %ctx.name,
+                objects = committed.pending.len(),
+                "deleted objects written after the last commit"
+            );
+        }
+        // Later batches are skipped by the input; the one at hand by the ledger.
+        ctx.input.resume_after(committed.written.clone());
+        let journal = Journal {
+            path,
+            ledger: std::sync::Mutex::new(Ledger::resume(&committed)),
+            writing: tokio::sync::Mutex::new(()),
+        };
+        if !committed.pending.is_empty() {
+            self.save(ctx, &journal).await?;
+        }
+        let _ = self.journal.set(journal);
+        Ok(())
+    }
+
     async fn run_open(
         &self,
         ctx: &mut SinkContext,
@@ -906,11 +1070,31 @@ impl S3Sink {
         let mut failures = Output::new(ctx.name.clone(), ctx.failures.port_count().max(1));
         let mut row = Row::default();
         let provenance = ctx.input.records_provenance();
+        // Whether the commit record was looked for.
+        let mut resumed = false;
         loop {
             tokio::select! {
                 batch = ctx.input.next() => {
                     let Some(batch) = batch else { break };
+                    if !resumed
+                        && ctx.input.origins_ordered()
+                        && batch.iter().any(|r| r.origin.is_some())
+                    {
+                        resumed = true;
+                        self.resume(ctx).await?;
+                    }
                     for mut r in batch {
+                        if let (Some(j), Some(o)) = (self.journal.get(), r.origin) {
+                            let mut ledger = j.ledger();
+                            if ledger.covers(o) {
+                                // In an object completed before the restart.
+                                ledger.passed(o);
+                                drop(ledger);
+                                ctx.metrics.add_dropped(1);
+                                r.finish();
+                                continue;
+                            }
+                        }
                         let partition = match self
                             .event_time(&mut r)
                             .and_then(|t| self.key.render(&mut r, t, key_segment))
@@ -952,6 +1136,10 @@ impl S3Sink {
                             continue;
                         }
                         obj.records += 1;
+                        if let (Some(j), Some(o)) = (self.journal.get(), r.origin) {
+                            j.ledger().wrote(obj.serial, o);
+                            obj.positions.add(o);
+                        }
                         obj.acks.merge(r.take_acks());
                         if provenance {
                             obj.ids.push(r.id().0);

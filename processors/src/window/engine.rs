@@ -67,6 +67,27 @@ struct Undelivered {
     next: u64,
 }
 
+/// Where a record that counts in no window went: `late` (with its window attributes) or
+/// `failure` (with its error). Kept in checkpoints until delivered, see [`Engine::add`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+enum Aside {
+    Late {
+        start: i64,
+        end: i64,
+        watermark: i64,
+    },
+    Failed(String),
+}
+
+/// Records sent to `late` or `failure` and not yet finished downstream, by the sequence number
+/// of the delivery token they carry.
+#[derive(Default)]
+struct AsideUndelivered {
+    tracker: AckTracker,
+    pending: BTreeMap<u64, ((u32, u64), Aside)>,
+    next: u64,
+}
+
 /// Counters the task publishes.
 #[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Counters {
@@ -100,6 +121,14 @@ pub struct Engine {
     /// sequence number of the delivery token their output carries. Checkpoints keep them, so a
     /// crash before delivery re-emits them instead of losing them.
     undelivered: Option<Undelivered>,
+    /// With a checkpoint store: records with an origin sent to `late` or `failure` and not yet
+    /// delivered. A checkpoint's `positions` cover them (they are a high-water mark), so a
+    /// restart would skip them when replayed, losing them on that path: checkpoints keep them
+    /// (`aside`), and a restart sends them again when the source replays them.
+    aside_undelivered: Option<AsideUndelivered>,
+    /// After a restart: replayed records to send aside again instead of skipping them, by
+    /// origin.
+    aside_again: HashMap<(u32, u64), Aside>,
     /// How many windows were emitted (in every run: checkpointed), numbering outputs.
     emitted: u64,
     /// A restored checkpoint held emitted but undelivered windows: they are emitted again
@@ -116,6 +145,8 @@ struct Snapshot {
     slots: Vec<(SlotId, Slot)>,
     #[serde(default)]
     emitted: u64,
+    #[serde(default)]
+    aside: Vec<((u32, u64), Aside)>,
 }
 
 /// The state could not be encoded or decoded.
@@ -200,6 +231,8 @@ impl Engine {
             covered: BTreeMap::new(),
             emitted_acks: None,
             undelivered: None,
+            aside_undelivered: None,
+            aside_again: HashMap::new(),
             emitted: 0,
             refire: false,
             counters: Counters::default(),
@@ -211,6 +244,7 @@ impl Engine {
     pub fn track_for_checkpoints(&mut self) {
         self.emitted_acks = Some(Acks::none());
         self.undelivered = Some(Undelivered::default());
+        self.aside_undelivered = Some(AsideUndelivered::default());
     }
 
     /// Forget the emitted windows the sinks have delivered since the last call.
@@ -223,6 +257,42 @@ impl Engine {
                 }
             }
         }
+        if let Some(u) = &mut self.aside_undelivered {
+            while let Some(f) = u.tracker.try_next() {
+                if f.committable() {
+                    u.pending.remove(&f.seq);
+                }
+            }
+        }
+    }
+
+    /// Send `record` to `late` or `failure` as `aside` says. With a checkpoint store, a record
+    /// with an origin also carries a delivery token, and stays in the checkpoints until it is
+    /// delivered (see `aside_undelivered`).
+    fn aside(&mut self, mut record: Record, aside: Aside, out: &mut Output) {
+        if let (Some(u), Some(o)) = (&mut self.aside_undelivered, record.origin) {
+            let seq = u.next;
+            u.next += 1;
+            record.merge_acks(Acks::one(u.tracker.token(seq)));
+            u.pending.insert(seq, ((o.source, o.seq), aside.clone()));
+        }
+        match aside {
+            Aside::Late {
+                start,
+                end,
+                watermark,
+            } => {
+                record.set_attribute("window.start", start.to_string());
+                record.set_attribute("window.end", end.to_string());
+                record.set_attribute("window.watermark", watermark.to_string());
+                out.push(LATE, record);
+            }
+            Aside::Failed(message) => out.fail(record, &message),
+        }
+    }
+
+    fn reject(&mut self, record: Record, e: &Reject, out: &mut Output) {
+        self.aside(record, Aside::Failed(e.to_string()), out);
     }
 
     /// The watermark: the highest event time seen minus the allowed lateness.
@@ -262,7 +332,11 @@ impl Engine {
         if let Some(o) = record.origin
             && self.covered.get(&o.source).is_some_and(|&c| o.seq <= c)
         {
-            // Replayed after a restart and already in the restored state.
+            // Replayed after a restart and already in the restored state, or sent aside
+            // before it and not delivered then: sent aside again.
+            if let Some(aside) = self.aside_again.remove(&(o.source, o.seq)) {
+                return self.aside(record, aside, out);
+            }
             self.counters.replayed += 1;
             out.drop_record(record);
             return;
@@ -274,7 +348,7 @@ impl Engine {
         // not fit in 64 bits goes to `failure` and leaves the watermark and the state alone.
         let bounds = match window_bounds(self.s.kind, ts) {
             Ok(b) => b,
-            Err(e) => return out.fail(record, &e),
+            Err(e) => return self.reject(record, &e, out),
         };
         if let Some(e) = self
             .s
@@ -283,7 +357,7 @@ impl Engine {
             .zip(args)
             .find_map(|((_, a), v)| a.check(v).err())
         {
-            return out.fail(record, &Reject::Aggregate(e.to_string()));
+            return self.reject(record, &Reject::Aggregate(e.to_string()), out);
         }
         if let Some(o) = record.origin {
             let p = self.positions.entry(o.source).or_insert(o.seq);
@@ -307,11 +381,12 @@ impl Engine {
         if open.is_empty() {
             let (start, end) = targets.last().copied().unwrap_or((ts, ts));
             self.counters.late += 1;
-            record.set_attribute("window.start", start.to_string());
-            record.set_attribute("window.end", end.to_string());
-            record.set_attribute("window.watermark", wm.to_string());
-            out.push(LATE, record);
-            return;
+            let late = Aside::Late {
+                start,
+                end,
+                watermark: wm,
+            };
+            return self.aside(record, late, out);
         }
         let acks = record.take_acks();
         let id = record.id();
@@ -321,8 +396,7 @@ impl Engine {
                 && let Err(e) = self.make_room(&key_text, out)
             {
                 record.merge_acks(acks);
-                out.fail(record, &e);
-                return;
+                return self.reject(record, &e, out);
             }
             let s = &self.s;
             let order = &mut self.order;
@@ -338,12 +412,16 @@ impl Engine {
                     seq: None,
                 }
             });
+            let mut failed = None;
             for (acc, arg) in slot.accs.iter_mut().zip(args) {
                 if let Err(e) = acc.add(arg) {
-                    record.merge_acks(acks);
-                    out.fail(record, &Reject::Aggregate(e.to_string()));
-                    return;
+                    failed = Some(e.to_string());
+                    break;
                 }
+            }
+            if let Some(e) = failed {
+                record.merge_acks(acks);
+                return self.reject(record, &Reject::Aggregate(e), out);
             }
             slot.count += 1;
             if s.all_parents || slot.parents.len() < s.max_parents {
@@ -536,6 +614,7 @@ impl Engine {
             positions: &'a BTreeMap<u32, u64>,
             slots: Vec<(&'a SlotId, &'a Slot)>,
             emitted: u64,
+            aside: Vec<(&'a (u32, u64), &'a Aside)>,
         }
         let mut slots: Vec<(&SlotId, &Slot)> = self
             .order
@@ -552,6 +631,12 @@ impl Engine {
                 positions: &self.positions,
                 slots,
                 emitted: self.emitted,
+                aside: self
+                    .aside_undelivered
+                    .iter()
+                    .flat_map(|u| u.pending.values().map(|(o, a)| (o, a)))
+                    .chain(self.aside_again.iter())
+                    .collect(),
             },
             &mut bytes,
         )
@@ -579,6 +664,7 @@ impl Engine {
         self.covered = snap.positions.clone();
         self.positions = snap.positions;
         self.emitted = snap.emitted;
+        self.aside_again = snap.aside.into_iter().collect();
         self.refire = snap.slots.iter().any(|(_, s)| s.seq.is_some());
         self.slots = snap.slots.into_iter().collect();
         self.order = self.slots.keys().cloned().collect();

@@ -37,8 +37,10 @@ use engine::{Engine, Settings};
 /// the last checkpoint may be emitted again (identical, and with the same origin: outputs are
 /// numbered in order of emission when `state` and `event_time` are set, `idle_timeout` is not
 /// and the window has one path back to its source, so an exactly-once sink such as
-/// `file_sink` writes them once; see docs/reliability.md). Without `state`, a crash may emit
-/// windows again from the replayed part of the input only (partial).
+/// `file_sink` or `s3_sink` writes them once; see docs/reliability.md). A late or refused record
+/// not yet delivered at a checkpoint is sent again when a restart replays it. Without `state`,
+/// a crash may emit windows again from the replayed part of the input only (partial). A
+/// checkpoint refused by a full disk is tried again (backoff up to 60s) while the window waits.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WindowAggregateConfig {
@@ -562,6 +564,10 @@ impl TaskTransform for Window {
         }
         let mut engine = Engine::new(settings);
         let this = self;
+        // A checkpoint that fails on a full disk is tried again (1 s, doubling up to 60 s,
+        // a warning per burst) while the window takes no input: back-pressure.
+        let retry = flow_core::retry::Retry::for_node(ctx.name.clone(), ctx.shutdown.clone())
+            .backoff(Duration::from_secs(1), Duration::from_secs(60));
         let store = match &this.cfg.state {
             Some(path) => {
                 let s = store::Store::open(path, &ctx.name).await?;
@@ -633,18 +639,20 @@ impl TaskTransform for Window {
             if let Some(s) = &store
                 && next_checkpoint.is_some_and(|t| now >= t)
             {
-                checkpoint(&mut engine, s).await?;
+                checkpoint(&mut engine, s, &retry).await?;
                 next_checkpoint = after(now, this.cfg.checkpoint_interval);
             }
             publish(&engine, &ctx);
         }
         match &store {
             // Stopping: keep the open windows for the next run.
-            Some(s) if ctx.shutdown.is_cancelled() => checkpoint(&mut engine, s).await?,
+            Some(s) if ctx.shutdown.is_cancelled() => checkpoint(&mut engine, s, &retry).await?,
             _ => {
                 engine.flush(&mut out);
                 if let Some(s) = &store {
-                    s.clear().await?;
+                    retry
+                        .run("clearing the window state", |_| s.clear())
+                        .await?;
                 }
                 engine.release_acks();
             }
@@ -655,12 +663,19 @@ impl TaskTransform for Window {
     }
 }
 
-/// Store the state, then release the acknowledgements it covers.
-async fn checkpoint(engine: &mut Engine, store: &store::Store) -> Result<(), ProcessorError> {
+/// Store the state (retried while the disk is full), then release the acknowledgements it
+/// covers.
+async fn checkpoint(
+    engine: &mut Engine,
+    store: &store::Store,
+    retry: &flow_core::retry::Retry,
+) -> Result<(), ProcessorError> {
     let bytes = engine
         .snapshot()
         .map_err(|e| ProcessorError::other(format!("cannot encode window state: {e}")))?;
-    store.save(bytes).await?;
+    retry
+        .run("storing the window state", |_| store.save(bytes.clone()))
+        .await?;
     engine.release_acks();
     Ok(())
 }

@@ -4,6 +4,11 @@
 //! commit is atomic and durable; a `kill -9` leaves the previous checkpoint intact), small and
 //! maintained. Window state is small (the open windows), so a B-tree file fits better than an
 //! LSM engine. Calls run on the blocking pool, since a commit waits for the disk.
+//!
+//! A full disk (`ENOSPC`, `EDQUOT`) is an error that may pass: it is returned as
+//! [`ProcessorError::Unavailable`], for the caller to retry with backoff, and the database is
+//! closed, to be opened again by the next attempt (redb refuses every write after an I/O error
+//! until it is reopened). The last complete checkpoint stays in the file meanwhile.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,13 +20,26 @@ const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("window_state")
 
 /// One processor's state in a database file.
 pub struct Store {
-    db: Arc<Database>,
+    /// `None` after an I/O error: opened again by the next call.
+    db: Arc<std::sync::Mutex<Option<Arc<Database>>>>,
     key: String,
     path: PathBuf,
 }
 
 fn err(path: &std::path::Path, what: &str, e: impl std::fmt::Display) -> ProcessorError {
     ProcessorError::other(format!("window state {}: {what}: {e}", path.display()))
+}
+
+/// Whether a redb error is a full disk, or the refusal redb answers every write with after an
+/// I/O error until the database is reopened: both may pass.
+fn may_pass(message: &str) -> bool {
+    [
+        "No space left on device",
+        "Disk quota exceeded",
+        "Previous I/O error",
+    ]
+    .iter()
+    .any(|m| message.contains(m))
 }
 
 impl Store {
@@ -39,7 +57,7 @@ impl Store {
             .map_err(|e| err(&path, "open", e))?
             .map_err(|e| err(&path, "cannot open", e))?;
         Ok(Self {
-            db: Arc::new(db),
+            db: Arc::new(std::sync::Mutex::new(Some(Arc::new(db)))),
             key: key.to_owned(),
             path,
         })
@@ -50,11 +68,38 @@ impl Store {
         what: &'static str,
         f: impl FnOnce(&Database, &str) -> Result<T, String> + Send + 'static,
     ) -> Result<T, ProcessorError> {
-        let (db, key) = (self.db.clone(), self.key.clone());
-        tokio::task::spawn_blocking(move || f(&db, &key))
-            .await
-            .map_err(|e| err(&self.path, what, e))?
-            .map_err(|e| err(&self.path, what, e))
+        let (slot, key, path) = (self.db.clone(), self.key.clone(), self.path.clone());
+        let result = tokio::task::spawn_blocking(move || {
+            let mut guard = slot
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let db = match &*guard {
+                Some(db) => db.clone(),
+                None => {
+                    let db = Arc::new(Database::create(&path).map_err(|e| e.to_string())?);
+                    *guard = Some(db.clone());
+                    db
+                }
+            };
+            let result = f(&db, &key);
+            if result.as_ref().is_err_and(|m| may_pass(m)) {
+                // Closed now (the last reference goes with `db`), opened again next time.
+                *guard = None;
+            }
+            result
+        })
+        .await
+        .map_err(|e| err(&self.path, what, e))?;
+        result.map_err(|e| {
+            if may_pass(&e) {
+                ProcessorError::unavailable(format!(
+                    "window state {}: {what}: {e}",
+                    self.path.display()
+                ))
+            } else {
+                err(&self.path, what, e)
+            }
+        })
     }
 
     /// The stored state, if any.
