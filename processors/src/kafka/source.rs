@@ -72,6 +72,7 @@ pub struct KafkaSourceConfig {
     /// Any librdkafka setting, passed as it is (`session.timeout.ms`, `security.protocol`,
     /// `sasl.password: ${KAFKA_PASSWORD}`, ...). See librdkafka's CONFIGURATION.md.
     #[serde(default)]
+    #[schemars(extend("writeOnly" = true))]
     pub properties: IndexMap<String, String>,
     /// The largest message value taken as a record, like `1MiB`; a larger one goes to
     /// `failure` with its first 1 KiB (and its offset is committed like any other).

@@ -54,6 +54,7 @@ pub struct MqttSinkConfig {
     pub username: Option<String>,
     /// The password (use `${VAR}` to take it from the environment). Never logged.
     #[serde(default)]
+    #[schemars(extend("writeOnly" = true))]
     pub password: Option<String>,
     /// How often the connection is checked with a ping when idle; `0s` turns it off.
     #[serde(default = "default_keep_alive", with = "humantime_serde")]
