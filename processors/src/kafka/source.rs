@@ -743,7 +743,11 @@ mod bookkeeping {
         settle(&mut st);
         assert_eq!(commit(&st), vec![(0, 20), (1, 8)]);
         assert_eq!(st.in_flow, 0);
-        assert_eq!(commit(&st), vec![], "an unchanged partition is not committed again");
+        assert_eq!(
+            commit(&st),
+            vec![],
+            "an unchanged partition is not committed again"
+        );
 
         // t/1 runs ahead of t/0: its batch 4 finishes while batch 3 (t/0) is in the flow.
         let b3 = read(&mut st, 3, &[(0, 25)], 5);
