@@ -6,28 +6,20 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
-use common::{Flow, counts, free_port, lines, wait_for};
+use common::{
+    Flow, Server, counts, free_port, lines, mosquitto, publish_numbers, ranges, wait_for,
+};
 
 fn enabled() -> bool {
     common::server("FLOW_TEST_MQTT_URL", "Mosquitto").is_some()
 }
 
-fn signal(child: &Child, sig: &str) {
-    let _ = Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status();
-}
-
-/// A Mosquitto process of this test's own.
+/// A Mosquitto process of this test's own (`common::mosquitto`), started.
 struct Broker {
-    child: Option<Child>,
-    port: u16,
-    conf: PathBuf,
+    server: Server,
     _dir: tempfile::TempDir,
 }
 
@@ -38,61 +30,22 @@ impl Broker {
 
     fn start_on(port: u16, extra: &str) -> Broker {
         let dir = tempfile::tempdir().expect("tmp");
-        let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {port} 127.0.0.1\nuser root\nmax_queued_messages 0\n\
-                 persistence_location {}/\n{extra}\n",
-                dir.path().display()
-            ),
-        )
-        .expect("conf");
-        let mut b = Broker {
-            child: None,
-            port,
-            conf,
-            _dir: dir,
-        };
-        b.run();
-        b
+        let mut server = mosquitto(dir.path(), port, extra);
+        server.start();
+        Broker { server, _dir: dir }
     }
 
     fn run(&mut self) {
-        let bin = std::env::var("FLOW_TEST_MOSQUITTO").unwrap_or_else(|_| "mosquitto".into());
-        let child = Command::new(bin)
-            .arg("-c")
-            .arg(&self.conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto starts");
-        self.child = Some(child);
-        let port = self.port;
-        wait_for(10, "mosquitto to listen", || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
+        self.server.start();
     }
 
     /// SIGTERM (Mosquitto saves its persistence file) and wait.
     fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            signal(&c, "-TERM");
-            let _ = c.wait();
-        }
+        self.server.stop();
     }
 
     fn url(&self) -> String {
-        format!("mqtt://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        format!("mqtt://127.0.0.1:{}", self.server.port)
     }
 }
 
@@ -131,40 +84,14 @@ fn subscribed(flow: &Flow) {
 }
 
 fn publish(url: &str, topic: &str, from: usize, to: usize, extra: &[&str]) {
-    let mut child = Command::new("mosquitto_pub")
-        .args(["-L", &format!("{url}/{topic}"), "-q", "1", "-l"])
-        .args(extra)
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("mosquitto_pub runs");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let mut text = String::new();
-    for i in from..to {
-        text.push_str(&format!("{{\"n\":{i}}}\n"));
-    }
-    stdin.write_all(text.as_bytes()).expect("written");
-    drop(stdin);
-    assert!(
-        child.wait().expect("waited").success(),
-        "mosquitto_pub failed"
-    );
+    publish_numbers(url, topic, from as u64..to as u64, extra);
 }
 
 /// The duplicated `n`s as ranges, for the test's report: `[a..=b, ...]`.
 fn dup_ranges(c: &HashMap<u64, u32>) -> String {
     let mut d: Vec<u64> = c.iter().filter(|(_, k)| **k > 1).map(|(n, _)| *n).collect();
     d.sort_unstable();
-    let mut out: Vec<String> = Vec::new();
-    let mut i = 0;
-    while i < d.len() {
-        let mut j = i;
-        while j + 1 < d.len() && d[j + 1] == d[j] + 1 {
-            j += 1;
-        }
-        out.push(format!("{}..={}", d[i], d[j]));
-        i = j + 1;
-    }
-    format!("[{}]", out.join(", "))
+    format!("[{}]", ranges(&d))
 }
 
 /// Make the persistent session (subscribe once), stop the flow, queue `n` messages for it.
