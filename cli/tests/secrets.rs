@@ -29,7 +29,10 @@ fn secret_options(type_name: &str) -> &'static [(&'static str, &'static str)] {
             "\n  security.protocol: sasl_plaintext\n  sasl.mechanism: PLAIN\n  \
              sasl.username: planted-user\n  sasl.password: {S}",
         )],
-        "s3_sink" => &[("access_key_id", "AKIAPLANTED"), ("secret_access_key", "{S}")],
+        "s3_sink" => &[
+            ("access_key_id", "AKIAPLANTED"),
+            ("secret_access_key", "{S}"),
+        ],
         _ => &[],
     }
 }
@@ -85,7 +88,11 @@ fn plant(yaml: &str, flow: &str) -> (String, Vec<(String, String)>) {
             let mut v = (*value).to_owned();
             while v.contains("{S}") {
                 let var = format!("PLANTED_SECRET_{}", secrets.len());
-                let secret = format!("pl4nted{}x{}q9", flow.replace(['-', '.'], ""), secrets.len());
+                let secret = format!(
+                    "pl4nted{}x{}q9",
+                    flow.replace(['-', '.'], ""),
+                    secrets.len()
+                );
                 v = v.replacen("{S}", &format!("${{{var}}}"), 1);
                 secrets.push((var, secret));
             }
@@ -253,7 +260,11 @@ fn no_planted_secret_leaves_any_example_flow() {
             "{name}: {} secrets planted, exit {status}, {} stderr lines, API {}",
             secrets.len(),
             stderr.lines().count(),
-            if flow_info.is_some() { "read" } else { "not up" }
+            if flow_info.is_some() {
+                "read"
+            } else {
+                "not up"
+            }
         );
         secrets.push(("api token".into(), api_token.clone()));
         planted_total += secrets.len();
@@ -282,10 +293,7 @@ fn no_planted_secret_leaves_any_example_flow() {
         ran += usize::from(flow_info.is_some());
         for (var, secret) in &secrets {
             for (place, bytes) in &places {
-                if bytes
-                    .windows(secret.len())
-                    .any(|w| w == secret.as_bytes())
-                {
+                if bytes.windows(secret.len()).any(|w| w == secret.as_bytes()) {
                     let text = String::from_utf8_lossy(bytes);
                     let line = text
                         .lines()
@@ -296,7 +304,10 @@ fn no_planted_secret_leaves_any_example_flow() {
             }
         }
     }
-    eprintln!("{ran} of {} flows ran; {planted_total} secrets planted", flows.len());
+    eprintln!(
+        "{ran} of {} flows ran; {planted_total} secrets planted",
+        flows.len()
+    );
     assert!(planted_total > flows.len(), "secrets were planted");
     assert!(ran >= 8, "only {ran} flows ran");
     assert!(leaks.is_empty(), "secrets leaked:\n{}", leaks.join("\n"));
