@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Flow, read_kafka, server, unique, wait_for};
+use common::{Flow, ranges, read_kafka, server, unique, wait_for, write};
 use futures::TryStreamExt;
 use object_store::{ObjectStore, ObjectStoreExt};
 
@@ -140,12 +140,6 @@ fn kill_loop(
     done
 }
 
-fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, text).expect("flow file");
-    p
-}
-
 /// Lost (wanted, not there) and duplicates (copies beyond the first) of `got`.
 fn tally(want: impl Iterator<Item = u64>, got: &HashMap<u64, u32>) -> (usize, u64) {
     let lost: Vec<u64> = want.filter(|n| !got.contains_key(n)).collect();
@@ -155,25 +149,6 @@ fn tally(want: impl Iterator<Item = u64>, got: &HashMap<u64, u32>) -> (usize, u6
     let lost = lost.len();
     let dups = got.values().map(|k| u64::from(k - 1)).sum();
     (lost, dups)
-}
-
-/// Sorted numbers as ranges: `a..=b, c, ...`.
-fn ranges(d: &[u64]) -> String {
-    let mut out: Vec<String> = Vec::new();
-    let mut i = 0;
-    while i < d.len() {
-        let mut j = i;
-        while j + 1 < d.len() && d[j + 1] == d[j] + 1 {
-            j += 1;
-        }
-        out.push(if i == j {
-            d[i].to_string()
-        } else {
-            format!("{}..={}", d[i], d[j])
-        });
-        i = j + 1;
-    }
-    out.join(", ")
 }
 
 /// MQTT (QoS 1, a publisher sending numbered messages all along) -> filter -> Kafka.

@@ -7,7 +7,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{Flow, counts, duplicates, free_port, lines, server, unique, wait_for};
+use common::{Flow, counts, duplicates, free_port, lines, server, unique, wait_for, write};
 
 fn brokers() -> Option<String> {
     server("FLOW_TEST_KAFKA_BROKERS", "the Kafka broker (tansu)")
@@ -64,12 +64,6 @@ connections:
   - src -> where
   - where -> out
 "#;
-
-fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, text).expect("flow file");
-    p
-}
 
 /// Produce `count` records at `rate`/s, in the background (creating the topic, on tansu).
 fn produce(dir: &Path, brokers: &str, topic: &str, count: u64, rate: u64) -> Flow {

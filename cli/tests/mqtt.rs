@@ -6,28 +6,20 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
-use common::{Flow, counts, free_port, lines, wait_for};
+use common::{
+    Flow, Server, counts, free_port, lines, mosquitto, publish_numbers, ranges, wait_for,
+};
 
 fn enabled() -> bool {
     common::server("FLOW_TEST_MQTT_URL", "Mosquitto").is_some()
 }
 
-fn signal(child: &Child, sig: &str) {
-    let _ = Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status();
-}
-
-/// A Mosquitto process of this test's own.
+/// A Mosquitto process of this test's own (`common::mosquitto`), started.
 struct Broker {
-    child: Option<Child>,
-    port: u16,
-    conf: PathBuf,
+    server: Server,
     _dir: tempfile::TempDir,
 }
 
@@ -38,61 +30,22 @@ impl Broker {
 
     fn start_on(port: u16, extra: &str) -> Broker {
         let dir = tempfile::tempdir().expect("tmp");
-        let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {port} 127.0.0.1\nuser root\nmax_queued_messages 0\n\
-                 persistence_location {}/\n{extra}\n",
-                dir.path().display()
-            ),
-        )
-        .expect("conf");
-        let mut b = Broker {
-            child: None,
-            port,
-            conf,
-            _dir: dir,
-        };
-        b.run();
-        b
+        let mut server = mosquitto(dir.path(), port, extra);
+        server.start();
+        Broker { server, _dir: dir }
     }
 
     fn run(&mut self) {
-        let bin = std::env::var("FLOW_TEST_MOSQUITTO").unwrap_or_else(|_| "mosquitto".into());
-        let child = Command::new(bin)
-            .arg("-c")
-            .arg(&self.conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto starts");
-        self.child = Some(child);
-        let port = self.port;
-        wait_for(10, "mosquitto to listen", || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
+        self.server.start();
     }
 
     /// SIGTERM (Mosquitto saves its persistence file) and wait.
     fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            signal(&c, "-TERM");
-            let _ = c.wait();
-        }
+        self.server.stop();
     }
 
     fn url(&self) -> String {
-        format!("mqtt://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        format!("mqtt://127.0.0.1:{}", self.server.port)
     }
 }
 
@@ -131,40 +84,14 @@ fn subscribed(flow: &Flow) {
 }
 
 fn publish(url: &str, topic: &str, from: usize, to: usize, extra: &[&str]) {
-    let mut child = Command::new("mosquitto_pub")
-        .args(["-L", &format!("{url}/{topic}"), "-q", "1", "-l"])
-        .args(extra)
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("mosquitto_pub runs");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let mut text = String::new();
-    for i in from..to {
-        text.push_str(&format!("{{\"n\":{i}}}\n"));
-    }
-    stdin.write_all(text.as_bytes()).expect("written");
-    drop(stdin);
-    assert!(
-        child.wait().expect("waited").success(),
-        "mosquitto_pub failed"
-    );
+    publish_numbers(url, topic, from as u64..to as u64, extra);
 }
 
 /// The duplicated `n`s as ranges, for the test's report: `[a..=b, ...]`.
 fn dup_ranges(c: &HashMap<u64, u32>) -> String {
     let mut d: Vec<u64> = c.iter().filter(|(_, k)| **k > 1).map(|(n, _)| *n).collect();
     d.sort_unstable();
-    let mut out: Vec<String> = Vec::new();
-    let mut i = 0;
-    while i < d.len() {
-        let mut j = i;
-        while j + 1 < d.len() && d[j + 1] == d[j] + 1 {
-            j += 1;
-        }
-        out.push(format!("{}..={}", d[i], d[j]));
-        i = j + 1;
-    }
-    format!("[{}]", out.join(", "))
+    format!("[{}]", ranges(&d))
 }
 
 /// Make the persistent session (subscribe once), stop the flow, queue `n` messages for it.
@@ -568,4 +495,139 @@ connections:
         log.to_lowercase().contains("certificate"),
         "the log says the certificate is the problem: {log}"
     );
+}
+
+/// Back-pressure for longer than the keep-alive: the sink (a FIFO the test stops reading for
+/// four keep-alives) fills the edges, the source stops taking messages, and the broker sends
+/// nothing more until acks come. Every one of 20,000 QoS 1 messages must arrive, for MQTT 3.1.1
+/// and 5 (where the source announces a receive maximum of `max_inflight`, so the broker sends
+/// 1,000 at once); the connection drops are counted and printed.
+#[test]
+fn back_pressure_longer_than_the_keep_alive_loses_nothing() {
+    use std::io::BufRead;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    if !enabled() {
+        return;
+    }
+    const N: usize = 20_000;
+    for protocol in ["v311", "v5"] {
+        let broker = Broker::start("allow_anonymous true\npersistence false");
+        let dir = tempfile::tempdir().expect("tmp");
+        let pipe = dir.path().join("pipe");
+        assert!(
+            Command::new("mkfifo")
+                .arg(&pipe)
+                .status()
+                .expect("mkfifo")
+                .success()
+        );
+        std::fs::write(
+            dir.path().join("flow.yaml"),
+            r#"
+name: keep-alive
+processors:
+  src:
+    type: mqtt_source
+    url: ${MQTT_URL}
+    protocol: ${PROTOCOL}
+    topics: ["sensors/+/telemetry"]
+    client_id: ${CLIENT_ID}
+    keep_alive: ${KEEP_ALIVE}
+    reconnect_max: 1s
+  out:
+    type: file_sink
+    path: ${OUT_DIR}/${OUT_FILE}
+connections:
+  - { from: src, to: out, max_records: 100 }
+"#,
+        )
+        .expect("flow");
+        let (url, out_dir) = (broker.url(), dir.path().display().to_string());
+        let client_id = format!("keep-alive-{protocol}");
+        // The shortest keep-alive each protocol takes (rumqttc: 5 s with MQTT 5).
+        let keep_alive = if protocol == "v5" { 5 } else { 1 };
+        let keep_alive_text = format!("{keep_alive}s");
+        let env = [
+            ("KEEP_ALIVE", keep_alive_text.as_str()),
+            ("MQTT_URL", url.as_str()),
+            ("PROTOCOL", protocol),
+            ("CLIENT_ID", client_id.as_str()),
+            ("OUT_DIR", out_dir.as_str()),
+        ];
+        // The session first (into a plain file), then the backlog for it.
+        let first = start(
+            dir.path(),
+            "first",
+            &[env.as_slice(), &[("OUT_FILE", "first.jsonl")]].concat(),
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !first.log().contains("subscribed") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{protocol}: no subscription in 30 s:\n{}",
+                first.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        first.stop_cleanly();
+        publish(&url, "sensors/dev-1/telemetry", 0, N, &[]);
+
+        // The reader: every `n` out of the FIFO, holding off while `hold` is set.
+        let seen = Arc::new(Mutex::new(Vec::<u64>::new()));
+        let hold = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (seen, hold, pipe) = (seen.clone(), hold.clone(), pipe.clone());
+            std::thread::spawn(move || {
+                // Blocks until the flow opens the FIFO for writing; EOF once it closed it.
+                let f = std::io::BufReader::new(std::fs::File::open(&pipe).expect("fifo"));
+                for line in f.lines() {
+                    while hold.load(Ordering::SeqCst) {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                    let line = line.expect("a line");
+                    let v: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+                    seen.lock().expect("lock").push(v["n"].as_u64().expect("n"));
+                }
+            })
+        };
+        let count = || seen.lock().expect("lock").len();
+        let flow = start(
+            dir.path(),
+            &format!("run-{protocol}"),
+            &[env.as_slice(), &[("OUT_FILE", "pipe")]].concat(),
+        );
+        wait_for(60, "the first records", || count() >= 1_000);
+        hold.store(true, Ordering::SeqCst);
+        // Four keep-alive periods with the sink stuck (pacing, not an assertion).
+        std::thread::sleep(std::time::Duration::from_secs(4 * keep_alive));
+        let during = count();
+        hold.store(false, Ordering::SeqCst);
+        wait_for(120, "every message", || {
+            let s = seen.lock().expect("lock");
+            s.len() >= N && s.iter().collect::<std::collections::HashSet<_>>().len() == N
+        });
+        let log = flow.log();
+        flow.stop_cleanly();
+        reader.join().expect("reader");
+        let seen = seen.lock().expect("lock").clone();
+        let distinct: std::collections::HashSet<u64> = seen.iter().copied().collect();
+        let drops = log.matches("cannot reach the MQTT broker").count();
+        eprintln!(
+            "{protocol}: held the sink at {during} records; {} records, {} distinct, \
+             {} duplicates; connection dropped {drops} times",
+            seen.len(),
+            distinct.len(),
+            seen.len() - distinct.len()
+        );
+        assert!(during < N, "the sink was not held mid-stream");
+        assert!(
+            (0..N as u64).all(|n| distinct.contains(&n)),
+            "a message was lost"
+        );
+        // Open (docs/reliability.md): with MQTT 3.1.1 the connection still drops once per
+        // stall longer than 1.5 keep-alives; nothing is lost. Asserted once fixed:
+        // assert_eq!(drops, 0, "{protocol}: the connection dropped under back-pressure");
+    }
 }

@@ -521,6 +521,46 @@ mod tests {
         assert_eq!(r.content().as_ref(), br#"{"a":1,"b":"x"}"#);
     }
 
+    /// Found by the `json_record` fuzz target: an integer over `i64::MAX` is valid JSON (the
+    /// check takes it), and the view, which has only `i64` and `f64` numbers (VRL's), holds
+    /// the nearest float. Re-encoded, that float must read back as itself: with serde_json's
+    /// default parser it came back one ULP off, so a modified record changed a number it did
+    /// not touch at every hop through a flow. Floats near the parser's edge cases too.
+    #[test]
+    fn numbers_of_the_view_read_back_as_themselves() {
+        for raw in [
+            "18443372036845877508",
+            "[18446744073709551615, 9223372036845877508, -9223372036854775808]",
+            "1.8443372036845877e19",
+            "2.2250738585072014e-308",
+            "0.30000000000000004",
+            "1.7976931348623157e308",
+            r#"{"a":{"b":[123456789012345678901234567890, 5e-324]}}"#,
+        ] {
+            let content = Bytes::copy_from_slice(raw.as_bytes());
+            let Ok(mut lazy) = Record::parse_json(content.clone()) else {
+                panic!("{raw}: the check refused it");
+            };
+            let Ok(eager) = Record::json(content, JsonView::Eager) else {
+                panic!("{raw}: the view could not be built");
+            };
+            let v = lazy.value().expect("a view").clone();
+            assert_eq!(eager.value.as_deref(), Some(&v), "{raw}: both views agree");
+            let back: Value = serde_json::from_slice(&encode_json(&v)).expect("re-encoded JSON");
+            assert_eq!(back, v, "{raw}: the view re-encodes to itself");
+        }
+        // Beyond `i64`, an integer is the nearest float in the view; the content of a record
+        // nobody modified stays as it was read.
+        let raw = Bytes::from_static(b"18443372036845877508");
+        let Ok(mut r) = Record::parse_json(raw.clone()) else {
+            panic!("the check refused it");
+        };
+        #[allow(clippy::cast_precision_loss, reason = "the nearest float is the point")]
+        let nearest = Value::from(&serde_json::json!(18443372036845877508u64 as f64));
+        assert_eq!(r.value().ok(), Some(&nearest));
+        assert_eq!(r.content(), &raw);
+    }
+
     #[test]
     fn malformed_json_is_an_error_not_a_panic() {
         let mut r = Record::from_bytes(&b"{nope"[..]);

@@ -199,3 +199,137 @@ pub fn read_kafka(
     }
     got
 }
+
+/// Write `text` to `dir/name` (a flow file, mostly) and return its path.
+pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("flow file");
+    p
+}
+
+/// Sorted numbers as ranges, for a test's report: `a..=b, c, ...`.
+pub fn ranges(d: &[u64]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < d.len() {
+        let mut j = i;
+        while j + 1 < d.len() && d[j + 1] == d[j] + 1 {
+            j += 1;
+        }
+        out.push(if i == j {
+            d[i].to_string()
+        } else {
+            format!("{}..={}", d[i], d[j])
+        });
+        i = j + 1;
+    }
+    out.join(", ")
+}
+
+/// `{"n": i}` for each `i` of `numbers`, one QoS 1 message each to `url`/`topic`, published
+/// with `mosquitto_pub` (and its `extra` arguments); returns once all are sent.
+pub fn publish_numbers(url: &str, topic: &str, numbers: std::ops::Range<u64>, extra: &[&str]) {
+    use std::io::Write;
+    let mut child = Command::new("mosquitto_pub")
+        .args(["-L", &format!("{url}/{topic}"), "-q", "1", "-l"])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_pub runs");
+    let mut text = String::new();
+    for i in numbers {
+        text.push_str(&format!("{{\"n\":{i}}}\n"));
+    }
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(text.as_bytes()).expect("written");
+    drop(stdin);
+    assert!(
+        child.wait().expect("waited").success(),
+        "mosquitto_pub failed"
+    );
+}
+
+/// A binary `scripts/services.sh` named in `var`, else `name` on the PATH or in ~/.cargo/bin.
+pub fn binary(var: &str, name: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(var) {
+        return p.into();
+    }
+    let cargo = Path::new(&std::env::var("HOME").unwrap_or_default()).join(".cargo/bin");
+    if cargo.join(name).exists() {
+        return cargo.join(name);
+    }
+    name.into()
+}
+
+/// A server process of the test's own (the suite's shared servers stay up for the tests
+/// beside it), stopped and started at will on one port; killed when dropped.
+pub struct Server {
+    make: Box<dyn Fn() -> Command>,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Server {
+    /// A server `make` starts, listening on `port`; not started yet.
+    pub fn new(port: u16, make: impl Fn() -> Command + 'static) -> Server {
+        Server {
+            make: Box::new(make),
+            port,
+            child: None,
+        }
+    }
+
+    /// Start it and wait until it listens.
+    pub fn start(&mut self) {
+        let child = (self.make)()
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the server starts");
+        self.child = Some(child);
+        let port = self.port;
+        wait_for(30, "the server to listen", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+    }
+
+    /// SIGTERM (the server saves what it holds) and wait.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A Mosquitto of the test's own on `port` (not started): its config and persistence file
+/// in `dir`, plus the config lines `extra` (`allow_anonymous true`, `persistence true`, ...).
+pub fn mosquitto(dir: &Path, port: u16, extra: &str) -> Server {
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\nuser root\nmax_queued_messages 0\n\
+             persistence_location {}/\n{extra}\n",
+            dir.display()
+        ),
+    )
+    .expect("conf");
+    let bin = binary("FLOW_TEST_MOSQUITTO", "mosquitto");
+    Server::new(port, move || {
+        let mut c = Command::new(&bin);
+        c.arg("-c").arg(&conf);
+        c
+    })
+}

@@ -59,6 +59,7 @@ pub struct HttpPollConfig {
     /// Request headers, like `Authorization: Bearer ${API_TOKEN}`. Their values are never
     /// logged.
     #[serde(default)]
+    #[schemars(extend("writeOnly" = true))]
     pub headers: IndexMap<String, String>,
     /// A request body (for `post` and `put`).
     #[serde(default)]

@@ -70,6 +70,7 @@ pub struct HttpServerConfig {
     /// A bearer token requests must carry (`Authorization: Bearer <token>`); use `${VAR}` to
     /// take it from the environment. Never logged. Absent: no authentication.
     #[serde(default)]
+    #[schemars(extend("writeOnly" = true))]
     pub token: Option<String>,
     /// The largest request body accepted, like `4MiB`; a larger one is answered `413`.
     #[serde(default = "default_max_body")]

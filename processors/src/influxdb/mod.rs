@@ -63,6 +63,7 @@ pub struct InfluxDbSinkConfig {
     /// The API token (use `${VAR}` to take it from the environment), sent as
     /// `Authorization: Token ...`. Empty or absent: no authorization header. Never logged.
     #[serde(default)]
+    #[schemars(extend("writeOnly" = true))]
     pub token: Option<String>,
     /// The measurement, a template: `{name}` is the record's field `name` (`{a.b}` a nested
     /// one), or its attribute `name` when there is no such field.

@@ -95,6 +95,7 @@ pub struct KafkaSinkConfig {
     /// `sasl.username`, `sasl.password: ${KAFKA_PASSWORD}`, `ssl.ca.location`, ...). See
     /// librdkafka's CONFIGURATION.md.
     #[serde(default)]
+    #[schemars(extend("writeOnly" = true))]
     pub properties: IndexMap<String, String>,
 }
 

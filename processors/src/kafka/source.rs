@@ -72,6 +72,7 @@ pub struct KafkaSourceConfig {
     /// Any librdkafka setting, passed as it is (`session.timeout.ms`, `security.protocol`,
     /// `sasl.password: ${KAFKA_PASSWORD}`, ...). See librdkafka's CONFIGURATION.md.
     #[serde(default)]
+    #[schemars(extend("writeOnly" = true))]
     pub properties: IndexMap<String, String>,
     /// The largest message value taken as a record, like `1MiB`; a larger one goes to
     /// `failure` with its first 1 KiB (and its offset is committed like any other).
@@ -655,5 +656,144 @@ impl KafkaSource {
             Ok(r) => pending.push(PortId::DEFAULT, r),
             Err((r, msg)) => pending.fail(r, &msg),
         }
+    }
+}
+
+#[cfg(test)]
+mod bookkeeping {
+    //! What the source commits when batches (and so partitions) finish out of order: per
+    //! partition, never an offset past a record that is not finished. No broker: the
+    //! consumer's part (`commit`) only sends what `to_commit` gives.
+
+    use flow_core::ack::{AckStatus, AckToken};
+
+    use super::*;
+
+    fn tp(p: i32) -> Tp {
+        ("t".to_owned(), p)
+    }
+
+    fn state() -> State {
+        let mut o = Offsets {
+            epoch: 1,
+            ..Offsets::default()
+        };
+        o.assigned.extend([tp(0), tp(1)]);
+        State {
+            tracker: AckTracker::new(),
+            commit: InOrderCommit::new(),
+            batches: VecDeque::new(),
+            in_flow: 0,
+            offsets: Arc::new(Mutex::new(o)),
+        }
+    }
+
+    /// A batch read in the current epoch ending at `next` (per partition, the offset after its
+    /// last record), and its token: the batch finishes when the token is dropped.
+    fn read(st: &mut State, seq: u64, next: &[(i32, i64)], records: usize) -> AckToken {
+        st.batches.push_back(InFlight {
+            seq,
+            epoch: st.epoch(),
+            next: next.iter().map(|(p, o)| (tp(*p), *o)).collect(),
+            records,
+        });
+        st.in_flow += records;
+        st.tracker.token(seq)
+    }
+
+    /// Hand what finished to the source, as its loop does.
+    fn settle(st: &mut State) {
+        while let Some(f) = st.tracker.try_next() {
+            st.finished(f);
+        }
+    }
+
+    /// What a commit now would send, partition -> offset, and mark it committed.
+    fn commit(st: &State) -> Vec<(i32, i64)> {
+        let tpl = st.to_commit();
+        st.committed(&tpl);
+        let mut v: Vec<(i32, i64)> = tpl
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some((e.partition(), o)),
+                _ => None,
+            })
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    #[test]
+    fn partitions_finishing_out_of_order_commit_nothing_past_an_unfinished_record() {
+        let mut st = state();
+        // Batch 0: t/0 offsets 0..=9; batch 1: t/1 0..=4; batch 2: t/0 10..=19 and t/1 5..=7.
+        let b0 = read(&mut st, 0, &[(0, 10)], 10);
+        let b1 = read(&mut st, 1, &[(1, 5)], 5);
+        let b2 = read(&mut st, 2, &[(0, 20), (1, 8)], 13);
+        // The later batches finish first (another branch, another speed): t/0's first records
+        // are not finished, so nothing of t/0 may be committed, and batch 1 waits its turn.
+        drop(b2);
+        drop(b1);
+        settle(&mut st);
+        assert_eq!(commit(&st), vec![], "nothing before batch 0 finished");
+        assert_eq!(st.in_flow, 28, "their records still count as in the flow");
+        // Batch 0 finishes: everything up to batch 2 is finished, per partition.
+        drop(b0);
+        settle(&mut st);
+        assert_eq!(commit(&st), vec![(0, 20), (1, 8)]);
+        assert_eq!(st.in_flow, 0);
+        assert_eq!(
+            commit(&st),
+            vec![],
+            "an unchanged partition is not committed again"
+        );
+
+        // t/1 runs ahead of t/0: its batch 4 finishes while batch 3 (t/0) is in the flow.
+        let b3 = read(&mut st, 3, &[(0, 25)], 5);
+        let b4 = read(&mut st, 4, &[(1, 30)], 22);
+        drop(b4);
+        settle(&mut st);
+        assert_eq!(commit(&st), vec![], "t/1 waits for the batch before it");
+        drop(b3);
+        settle(&mut st);
+        assert_eq!(commit(&st), vec![(0, 25), (1, 30)]);
+    }
+
+    #[test]
+    fn an_abandoned_batch_holds_back_every_partition_after_it() {
+        let mut st = state();
+        let b0 = read(&mut st, 0, &[(0, 10)], 10);
+        let b1 = read(&mut st, 1, &[(1, 5)], 5);
+        let b2 = read(&mut st, 2, &[(0, 12)], 2);
+        b0.mark(AckStatus::Abandoned);
+        drop(b0);
+        drop(b2);
+        drop(b1);
+        settle(&mut st);
+        assert_eq!(
+            commit(&st),
+            vec![],
+            "nothing after an abandoned batch is committed, on any partition"
+        );
+    }
+
+    #[test]
+    fn a_batch_read_before_a_rebalance_commits_nothing_after_it() {
+        let mut st = state();
+        let b0 = read(&mut st, 0, &[(0, 10), (1, 4)], 14);
+        // A rebalance: t/1 is revoked (its finished offsets were committed then), t/0 stays.
+        {
+            let mut o = st.offsets.lock().unwrap_or_else(PoisonError::into_inner);
+            o.assigned.remove(&tp(1));
+            o.epoch += 1;
+        }
+        let b1 = read(&mut st, 1, &[(0, 15)], 5);
+        drop(b0);
+        drop(b1);
+        settle(&mut st);
+        // Batch 0 (old epoch) is skipped; batch 1 commits t/0 up to its end, and batch 0 was
+        // finished before it, so no record of t/0 before 15 is unfinished. t/1 is not ours.
+        assert_eq!(commit(&st), vec![(0, 15)]);
     }
 }

@@ -154,7 +154,13 @@ impl Connection {
                 "a password needs a username",
             ));
         }
-        if !self.keep_alive.is_zero() && self.keep_alive < Duration::from_secs(1) {
+        if self.protocol == Protocol::V5 && self.keep_alive < Duration::from_secs(5) {
+            // rumqttc's MQTT 5 client panics below 5 s (0s included) when it is built.
+            errors.push(ConfigError::new(
+                &["keep_alive"],
+                "with MQTT 5, must be at least 5s (it cannot be turned off)",
+            ));
+        } else if !self.keep_alive.is_zero() && self.keep_alive < Duration::from_secs(1) {
             errors.push(ConfigError::new(
                 &["keep_alive"],
                 "must be at least 1s (or 0s to turn keep-alive off)",
@@ -326,7 +332,8 @@ pub(crate) struct Use {
     /// Capacity of the client's request queue.
     pub requests: usize,
     /// Capacity of the event channel to the processor (the source's bound on buffered
-    /// messages; when full, the event loop is not polled and TCP holds the rest back).
+    /// messages; when full, the event loop is not polled, so no keep-alive goes out, and TCP
+    /// holds the rest back).
     pub events: usize,
 }
 

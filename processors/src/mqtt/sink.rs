@@ -54,8 +54,10 @@ pub struct MqttSinkConfig {
     pub username: Option<String>,
     /// The password (use `${VAR}` to take it from the environment). Never logged.
     #[serde(default)]
+    #[schemars(extend("writeOnly" = true))]
     pub password: Option<String>,
-    /// How often the connection is checked with a ping when idle; `0s` turns it off.
+    /// How often the connection is checked with a ping when idle; `0s` turns it off (MQTT
+    /// 3.1.1 only: with MQTT 5, at least `5s`).
     #[serde(default = "default_keep_alive", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub keep_alive: Duration,

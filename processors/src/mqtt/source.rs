@@ -59,8 +59,10 @@ pub struct MqttSourceConfig {
     pub username: Option<String>,
     /// The password (use `${VAR}` to take it from the environment). Never logged.
     #[serde(default)]
+    #[schemars(extend("writeOnly" = true))]
     pub password: Option<String>,
-    /// How often the connection is checked with a ping when idle; `0s` turns it off.
+    /// How often the connection is checked with a ping when idle; `0s` turns it off (MQTT
+    /// 3.1.1 only: with MQTT 5, at least `5s`).
     #[serde(default = "default_keep_alive", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub keep_alive: Duration,
@@ -370,6 +372,9 @@ impl Acker {
 
 /// How many requests (acks, mostly) the client's queue holds.
 const ACK_QUEUE: usize = 64;
+/// Events besides messages that the channel from the event loop holds (connection changes,
+/// subscription acks).
+const EVENT_SLACK: usize = 64;
 /// How long to wait before trying again to queue acks the client could not take.
 const ACK_RETRY: Duration = Duration::from_millis(5);
 /// How long a graceful stop waits for the last acks and the disconnect to go out.
@@ -440,7 +445,13 @@ impl Source for MqttSource {
                 // drops its acks when the connection is lost; ours are kept and sent for the
                 // broker's resend instead (see `Acker::held`).
                 requests: ACK_QUEUE,
-                events: batch_size,
+                // Room for every message the broker may send unacknowledged (an MQTT 5 broker
+                // keeps to the receive maximum, `max_inflight`; Mosquitto's 3.1.1 window is 20)
+                // beside those in the flow: while the flow applies back-pressure the event
+                // loop is still polled, so keep-alives go out and the connection stays up. A
+                // smaller channel (one batch) filled up and stopped the event loop, and the
+                // broker dropped the connection after 1.5 keep-alives of back-pressure.
+                events: max_inflight + EVENT_SLACK,
             },
         )
         .map_err(ProcessorError::other)?;

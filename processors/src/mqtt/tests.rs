@@ -596,6 +596,20 @@ fn configs_validate() {
     assert!(!c.clean_session);
     let c: MqttSinkConfig = config(json!({"url": "mqtt://h", "topic": "a/+/{x}"}));
     assert_eq!(c.validate()[0].path, ["topic"]);
+    // rumqttc's MQTT 5 client panics on a keep-alive under 5 s: refused at validation.
+    for keep_alive in ["0s", "1s", "4s"] {
+        let c: MqttSourceConfig = config(
+            json!({"url": "mqtt://h", "topics": ["a"], "protocol": "v5", "keep_alive": keep_alive}),
+        );
+        let paths: Vec<String> = c.validate().into_iter().map(|e| e.path.join(".")).collect();
+        assert_eq!(paths, ["keep_alive"], "{keep_alive}");
+    }
+    let c: MqttSourceConfig =
+        config(json!({"url": "mqtt://h", "topics": ["a"], "protocol": "v5", "keep_alive": "5s"}));
+    assert!(c.validate().is_empty());
+    let c: MqttSourceConfig =
+        config(json!({"url": "mqtt://h", "topics": ["a"], "keep_alive": "1s"}));
+    assert!(c.validate().is_empty());
     assert!(
         serde_json::from_value::<MqttSinkConfig>(
             json!({"url": "mqtt://h", "topic": "a", "qso": 1})

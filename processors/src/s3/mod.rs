@@ -86,6 +86,7 @@ pub struct S3SinkConfig {
     /// The secret access key (use `${VAR}`). Empty or absent: `AWS_SECRET_ACCESS_KEY`. Never
     /// logged.
     #[serde(default)]
+    #[schemars(extend("writeOnly" = true))]
     pub secret_access_key: Option<String>,
     /// A session token for temporary credentials. Empty or absent: `AWS_SESSION_TOKEN`.
     #[serde(default)]
