@@ -17,6 +17,7 @@ use vrl::compiler::{
     compile_with_external, state::ExternalEnv,
 };
 use vrl::diagnostic::{DiagnosticList, Severity};
+use vrl::parser::ast::Opcode;
 use vrl::path::{OwnedTargetPath, PathPrefix};
 use vrl::value::{Secrets, Value};
 
@@ -172,6 +173,158 @@ pub struct Expr {
     /// Set when the program is nothing but a field path (`.device`, `%"mqtt.topic"`): read it
     /// directly, with VRL's own path semantics, instead of running the interpreter.
     path: Option<Arc<OwnedTargetPath>>,
+    /// Set when a condition is comparisons of fields and literals (`.temperature > 95`,
+    /// `.status != "error" && .rpm >= 3000`): evaluated natively, with VRL's own value
+    /// operations, falling back to the interpreter where VRL would fail (to report it).
+    native: Option<Arc<Native>>,
+}
+
+/// A condition that reduces to comparisons of fields and literals, joined by `&&` and `||`.
+/// Each step is the one VRL's interpreter takes (`Value::get` for a field, `eq_lossy` for
+/// `==` and `!=`, `try_gt` and the others for orderings, `&&` and `||` short-circuiting), so
+/// the result is the interpreter's; `None` where the interpreter would fail (a type error),
+/// so that the interpreter runs and reports the error. A property test checks the equality.
+#[derive(Debug)]
+enum Native {
+    Compare(Operand, Opcode, Operand),
+    And(Box<Native>, Box<Native>),
+    Or(Box<Native>, Box<Native>),
+}
+
+/// One side of a native comparison.
+#[derive(Debug)]
+enum Operand {
+    /// A field of the record (`.temperature`): null when missing, as in VRL.
+    Field(vrl::path::OwnedValuePath),
+    /// A literal, as VRL evaluates it.
+    Literal(Value),
+}
+
+static NULL: Value = Value::Null;
+
+impl Operand {
+    fn get<'a>(&'a self, value: &'a Value) -> &'a Value {
+        match self {
+            Operand::Field(path) => value.get(path).unwrap_or(&NULL),
+            Operand::Literal(v) => v,
+        }
+    }
+}
+
+impl Native {
+    /// Recognise `source` (already compiled as a condition) as comparisons of fields and
+    /// literals. Literals are evaluated by VRL itself (escapes, number forms).
+    fn of(source: &str) -> Option<Native> {
+        let program = vrl::parser::parse(source).ok()?;
+        let [root] = program.0.as_slice() else {
+            return None;
+        };
+        let vrl::parser::ast::RootExpr::Expr(expr) = root.inner() else {
+            return None;
+        };
+        Self::expr(source, expr)
+    }
+
+    fn expr(source: &str, e: &vrl::parser::ast::Node<vrl::parser::ast::Expr>) -> Option<Native> {
+        use vrl::parser::ast::{Container, Expr as E, Opcode as O};
+        match e.inner() {
+            E::Op(op) => {
+                let vrl::parser::ast::Op(lhs, opcode, rhs) = op.inner();
+                match opcode.inner() {
+                    O::And => Some(Native::And(
+                        Box::new(Self::expr(source, lhs)?),
+                        Box::new(Self::expr(source, rhs)?),
+                    )),
+                    O::Or => Some(Native::Or(
+                        Box::new(Self::expr(source, lhs)?),
+                        Box::new(Self::expr(source, rhs)?),
+                    )),
+                    o @ (O::Eq | O::Ne | O::Gt | O::Ge | O::Lt | O::Le) => Some(Native::Compare(
+                        Self::operand(source, lhs)?,
+                        *o,
+                        Self::operand(source, rhs)?,
+                    )),
+                    _ => None,
+                }
+            }
+            E::Container(c) => match c.inner() {
+                Container::Group(g) => Self::expr(source, &g.inner().0),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    fn operand(
+        source: &str,
+        e: &vrl::parser::ast::Node<vrl::parser::ast::Expr>,
+    ) -> Option<Operand> {
+        use vrl::parser::ast::{Expr as E, QueryTarget};
+        match e.inner() {
+            E::Query(q) => match q.inner().target.inner() {
+                QueryTarget::External(PathPrefix::Event) => {
+                    Some(Operand::Field(q.inner().path.inner().clone()))
+                }
+                _ => None,
+            },
+            E::Literal(_) => {
+                let span = e.span();
+                let text = source.get(span.start()..span.end())?;
+                let program = compile_vrl(text).ok()?;
+                // A template string reads the record: not a constant.
+                if !program.info().target_queries.is_empty() {
+                    return None;
+                }
+                let empty = Value::Object(Default::default());
+                let mut target = ReadOnly {
+                    value: &NULL,
+                    metadata: &empty,
+                };
+                match run_program(&program, &mut target).ok()? {
+                    v @ (Value::Bytes(_)
+                    | Value::String(_)
+                    | Value::Integer(_)
+                    | Value::Float(_)
+                    | Value::Boolean(_)
+                    | Value::Null) => Some(Operand::Literal(v)),
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// The condition's value on `value`, or `None` where VRL would fail.
+    fn test(&self, value: &Value) -> Option<bool> {
+        use vrl::compiler::value::VrlValueArithmetic as _;
+        use vrl::parser::ast::Opcode as O;
+        match self {
+            Native::And(a, b) => match a.test(value)? {
+                false => Some(false),
+                true => b.test(value),
+            },
+            Native::Or(a, b) => match a.test(value)? {
+                true => Some(true),
+                false => b.test(value),
+            },
+            Native::Compare(lhs, op, rhs) => {
+                let (l, r) = (lhs.get(value), rhs.get(value));
+                let ordered = match op {
+                    O::Eq => return Some(l.eq_lossy(r)),
+                    O::Ne => return Some(!l.eq_lossy(r)),
+                    O::Gt => l.clone().try_gt(r.clone()),
+                    O::Ge => l.clone().try_ge(r.clone()),
+                    O::Lt => l.clone().try_lt(r.clone()),
+                    O::Le => l.clone().try_le(r.clone()),
+                    _ => return None,
+                };
+                match ordered {
+                    Ok(Value::Boolean(b)) => Some(b),
+                    _ => None,
+                }
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Expr {
@@ -270,6 +423,10 @@ impl Expr {
                 .map(Arc::new),
             _ => None,
         };
+        let native = match kind {
+            ExprKind::Condition => Native::of(source).map(Arc::new),
+            _ => None,
+        };
         let cell = OnceLock::new();
         if let Some(p) = program {
             let _ = cell.set(Ok(p));
@@ -280,6 +437,7 @@ impl Expr {
             kind,
             fast,
             path,
+            native,
         })
     }
 
@@ -312,6 +470,9 @@ impl Expr {
 
     /// Run a condition: the result must be a boolean.
     pub fn test(&self, value: &Value, attributes: &Attributes) -> Result<bool, EvalError> {
+        if let Some(b) = self.native.as_ref().and_then(|n| n.test(value)) {
+            return Ok(b);
+        }
         if let Some(fast) = &self.fast {
             let metadata = attributes_value(attributes);
             let mut target = ReadOnly {
@@ -562,6 +723,135 @@ mod tests {
         let e = Expr::compile(".a.b[1] + 1", ExprKind::Value).expect("compiles");
         assert!(e.path.is_none());
         assert_eq!(e.eval(&v, &attrs).expect("ok"), json("3"));
+    }
+
+    /// The native form of comparisons gives what the interpreter gives, on every kind of
+    /// value: the same boolean, or no answer where the interpreter fails (then the
+    /// interpreter runs and reports the error).
+    mod native {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn field() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                (90i64..100).prop_map(Value::from),
+                any::<f64>()
+                    .prop_filter("not NaN", |f| !f.is_nan())
+                    .prop_map(|f| Value::from_f64_or_zero(f)),
+                (90.0f64..100.0).prop_map(|f| Value::from_f64_or_zero(f)),
+                prop_oneof![Just("error"), Just("ok"), Just(""), Just("é"), Just("95")]
+                    .prop_map(Value::from),
+                Just(json(r#"{"x":1}"#)),
+                Just(json("[1,2]")),
+            ]
+        }
+
+        fn operand() -> impl Strategy<Value = &'static str> {
+            prop_oneof![
+                Just(".temperature"),
+                Just(".status"),
+                Just(".missing"),
+                Just(".a.b"),
+                Just("95"),
+                Just("95.0"),
+                Just("95.5"),
+                Just("-3"),
+                Just("9007199254740993"),
+                Just(r#""error""#),
+                Just(r#""ok""#),
+                Just(r#""""#),
+                Just("true"),
+                Just("false"),
+                Just("null"),
+            ]
+        }
+
+        fn comparison() -> impl Strategy<Value = String> {
+            let op = prop_oneof![
+                Just("=="),
+                Just("!="),
+                Just(">"),
+                Just(">="),
+                Just("<"),
+                Just("<=")
+            ];
+            (operand(), op, operand()).prop_map(|(a, o, b)| format!("{a} {o} {b}"))
+        }
+
+        fn condition() -> impl Strategy<Value = String> {
+            prop_oneof![
+                comparison(),
+                (comparison(), comparison()).prop_map(|(a, b)| format!("{a} && {b}")),
+                (comparison(), comparison()).prop_map(|(a, b)| format!("{a} || {b}")),
+                (comparison(), comparison(), comparison())
+                    .prop_map(|(a, b, c)| format!("({a} || {b}) && {c}")),
+            ]
+        }
+
+        fn record() -> impl Strategy<Value = Value> {
+            (
+                proptest::option::of(field()),
+                proptest::option::of(field()),
+                proptest::option::of(field()),
+            )
+                .prop_map(|(t, s, b)| {
+                    let mut o = vrl::value::ObjectMap::new();
+                    if let Some(t) = t {
+                        o.insert("temperature".into(), t);
+                    }
+                    if let Some(s) = s {
+                        o.insert("status".into(), s);
+                    }
+                    if let Some(b) = b {
+                        let mut a = vrl::value::ObjectMap::new();
+                        a.insert("b".into(), b);
+                        o.insert("a".into(), Value::Object(a));
+                    }
+                    Value::Object(o)
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+            #[test]
+            fn equals_the_interpreter(source in condition(), v in record()) {
+                // Some generated conditions do not compile (VRL refuses comparisons it
+                // knows fail): nothing to compare then.
+                let Ok(e) = Expr::compile(&source, ExprKind::Condition) else {
+                    return Ok(());
+                };
+                let native = e.native.clone().expect("recognised as native");
+                let mut interpreted = e.clone();
+                interpreted.native = None;
+                let attrs = Attributes::new();
+                let want = interpreted.test(&v, &attrs);
+                match native.test(&v) {
+                    Some(b) => prop_assert_eq!(want, Ok(b), "{} on {}", source, v),
+                    None => prop_assert!(want.is_err(), "{} on {}: {:?}", source, v, want),
+                }
+            }
+        }
+
+        #[test]
+        fn only_comparisons_of_fields_and_literals_are_native() {
+            for (src, native) in [
+                (".temperature > 95", true),
+                (r#".status != "error""#, true),
+                (r#"(.a == 1 || .b != "x") && .c <= 2.5"#, true),
+                (".a == .b", true),
+                ("!(.a == 1)", false),
+                (".a + 1 > 2", false),
+                (r#"%"mqtt.topic" == "x""#, false),
+                ("t = .temperature; t > 95", false),
+                ("exists(.a)", false),
+            ] {
+                let e = Expr::compile(src, ExprKind::Condition).expect(src);
+                assert_eq!(e.native.is_some(), native, "{src}");
+            }
+        }
     }
 
     /// That a condition or a value leaves the record as it was is guaranteed by the types:
