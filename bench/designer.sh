@@ -8,50 +8,43 @@
 #                                            scripts/screenshot.sh --live
 #   bash bench/designer.sh 500 [SECS]       a 500-node flow: 84 chains of generate (1 record/s)
 #                                            -> filter -> route -> remap -> two file sinks
-# DESIGNER=path picks another designer binary (to compare builds); FRAMES=1 also counts the
-# frames it drew (FLOW_DESIGNER_TRACE_FRAMES). Target (issue 17): under 5 % of one core.
-# Debug builds (what a developer runs); needs xvfb, x11-utils.
+# PROFILE=release measures release builds of both (built in one command, with the
+# environment's RUSTFLAGS, none by default); DESIGNER=path picks another designer binary (to
+# compare builds; nothing is built). The frames drawn and their times come from
+# FLOW_DESIGNER_TRACE_FRAMES: how many over the window, and the p50 / p99 / max of eframe's
+# frame time (the egui pass, tessellation and the GL calls; not the wait in swap_buffers);
+# FRAMES=1 also prints the last frames' trace lines (why each was drawn).
+# Target (issue 17): under 5 % of one core while idle between updates. Needs xvfb, x11-utils.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-sensors}
 secs=${2:-30}
+profile=${PROFILE:-debug}
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
-if command -v mold >/dev/null && [ -z "${RUSTFLAGS:-}" ]; then
+release=()
+if [ "$profile" = release ]; then
+  release=(--release)
+elif command -v mold >/dev/null && [ -z "${RUSTFLAGS:-}" ]; then
   export RUSTFLAGS="-C link-arg=-fuse-ld=mold"
 fi
-for tool in Xvfb xwininfo; do
-  command -v "$tool" >/dev/null || { echo "designer.sh: $tool is missing (apt-get install xvfb x11-utils)" >&2; exit 1; }
-done
+. scripts/xvfb.sh
 target=${CARGO_TARGET_DIR:-target}
 # Both in one build: one set of features for the dependencies (built one by one, each would
 # rebuild those of the other). DESIGNER=path: nothing is built.
 if [ -z "${DESIGNER:-}" ]; then
-  cargo build -q -p flow-designer --bin flow-designer -p flow-cli --bin flow
+  cargo build -q "${release[@]}" -p flow-designer --bin flow-designer -p flow-cli --bin flow
 fi
-bin=${DESIGNER:-$target/debug/flow-designer}
-flow_bin=$(cd "$target/debug" && pwd)/flow
+bin=${DESIGNER:-$target/$profile/flow-designer}
+flow_bin=$(cd "$target/$profile" && pwd)/flow
 
-display=99
-while [ -e "/tmp/.X11-unix/X$display" ] || [ -e "/tmp/.X$display-lock" ]; do display=$((display + 1)); done
-tmp=$(mktemp -d)
-Xvfb ":$display" -screen 0 2880x1760x24 -nolisten tcp >"$tmp/xvfb.log" 2>&1 &
-xvfb=$!
-app=""
 reader=""
 cleanup() {
   [ -n "$reader" ] && kill "$reader" 2>/dev/null || true
-  children=""
-  [ -n "$app" ] && children=$(pgrep -P "$app" 2>/dev/null || true)
-  for child in $children; do kill "$child" 2>/dev/null || true; done
-  sleep 1
-  for child in $children; do kill -9 "$child" 2>/dev/null || true; done
-  [ -n "$app" ] && kill "$app" 2>/dev/null || true
-  kill "$xvfb" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$tmp"
+  xvfb_stop
 }
 trap cleanup EXIT
-for _ in $(seq 50); do xwininfo -display ":$display" -root >/dev/null 2>&1 && break; sleep 0.1; done
+xvfb_start
+tmp=$XVFB_TMP
 
 mkdir -p "$tmp/out"
 export XDG_STATE_HOME="$tmp/state" FLOW_BIN="$flow_bin"
@@ -104,16 +97,8 @@ EOF
     ;;
   *) echo "designer.sh: sensors or 500, not $what" >&2; exit 2 ;;
 esac
-trace=()
-[ -n "${FRAMES:-}" ] && trace=(env FLOW_DESIGNER_TRACE_FRAMES=1)
-DISPLAY=":$display" XDG_CONFIG_HOME="$tmp" XDG_DATA_HOME="$tmp" LIBGL_ALWAYS_SOFTWARE=1 \
-  "${trace[@]}" "$bin" "$flow" --run >"$tmp/designer.log" 2>&1 &
-app=$!
-for _ in $(seq 300); do
-  xwininfo -display ":$display" -root -tree 2>/dev/null | grep -q -- '- flow designer"' && break
-  kill -0 "$app" 2>/dev/null || { cat "$tmp/designer.log" >&2; exit 1; }
-  sleep 0.1
-done
+xvfb_designer env FLOW_DESIGNER_TRACE_FRAMES=1 "$bin" "$flow" --run
+app=$XVFB_APP
 sleep 10
 ticks() { awk '{ print $14 + $15 }' "/proc/$app/stat"; }
 frames() { grep -c '^frame ' "$tmp/designer.log" || true; }
@@ -123,9 +108,14 @@ fa=$(frames)
 sleep "$secs"
 b=$(ticks)
 fb=$(frames)
-awk -v a="$a" -v b="$b" -v hz="$hz" -v s="$secs" -v w="$what" 'BEGIN { printf "designer CPU (%s): %.1f%% of one core over %d s\n", w, (b - a) / hz / s * 100, s }'
+awk -v a="$a" -v b="$b" -v hz="$hz" -v s="$secs" -v w="$what" -v p="$profile" 'BEGIN { printf "designer CPU (%s, %s): %.1f%% of one core over %d s\n", w, p, (b - a) / hz / s * 100, s }'
+n=$((fb - fa))
+echo "frames drawn: $n in $secs s"
+# Each frame's line gives the time of the one before it: those of the window's frames.
+grep '^frame ' "$tmp/designer.log" | sed -n "$((fa + 2)),$((fb + 1))p" | sed -n 's/.*(previous took \([0-9.]*\) ms).*/\1/p' | sort -n |
+  awk '{ t[NR] = $1 } END { if (NR) printf "frame time: p50 %.1f ms, p99 %.1f ms, max %.1f ms (%d frames)\n", t[int((NR - 1) * 0.5) + 1], t[int((NR - 1) * 0.99) + 1], t[NR], NR }'
+awk -v a="$a" -v b="$b" -v hz="$hz" -v n="$n" 'BEGIN { if (n) printf "CPU per frame drawn: %.1f ms\n", (b - a) / hz / n * 1000 }'
 if [ -n "${FRAMES:-}" ]; then
-  echo "frames drawn: $((fb - fa)) in $secs s"
   grep '^frame ' "$tmp/designer.log" | tail -n 6
 fi
 pgrep -P "$app" >/dev/null || { echo "designer.sh: the flow is not running any more:" >&2; tail -n 20 "$tmp/designer.log" >&2; }

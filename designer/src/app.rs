@@ -55,6 +55,9 @@ pub struct DesignerApp {
     title: Option<String>,
     /// `FLOW_DESIGNER_TRACE_FRAMES` is set: each frame says on stderr why it was drawn.
     trace_frames: bool,
+    /// How long the frame before took (eframe's measure: the egui pass, tessellation and
+    /// the GL calls, not the wait in swap_buffers), for the trace.
+    last_frame_secs: Option<f32>,
 }
 
 impl DesignerApp {
@@ -82,6 +85,7 @@ impl DesignerApp {
             disk_changed: false,
             title: None,
             trace_frames: std::env::var_os("FLOW_DESIGNER_TRACE_FRAMES").is_some(),
+            last_frame_secs: None,
         }
     }
 
@@ -158,8 +162,12 @@ impl DesignerApp {
             // Why this frame was drawn (`FLOW_DESIGNER_TRACE_FRAMES=1`): to find what wakes
             // an idle designer.
             let causes: Vec<String> = ctx.repaint_causes().iter().map(|c| c.to_string()).collect();
+            // And how long the one before took (`bench/designer.sh` reads its percentiles).
+            let took = self.last_frame_secs.map_or_else(String::new, |s| {
+                format!(" (previous took {:.3} ms)", s * 1000.0)
+            });
             eprintln!(
-                "frame {} at {:.3}s: {}",
+                "frame {} at {:.3}s{took}: {}",
                 ctx.cumulative_frame_nr(),
                 ctx.input(|i| i.time),
                 causes.join(", ")
@@ -687,7 +695,8 @@ impl eframe::App for DesignerApp {
         self.on_close_request(ctx);
     }
 
-    fn ui(&mut self, ui: &mut Ui, _frame: &mut eframe::Frame) {
+    fn ui(&mut self, ui: &mut Ui, frame: &mut eframe::Frame) {
+        self.last_frame_secs = frame.info().cpu_usage;
         DesignerApp::ui(self, ui);
     }
 

@@ -544,12 +544,26 @@ fn wait_child(
     wake(ctx);
 }
 
+/// How long a request waits for its answer (a stream: for the start of it) before it fails
+/// with an error the UI shows: a flow whose API does not answer leaves no window waiting.
+const ANSWER: Duration = Duration::from_secs(30);
+
 /// A client of one flow's API.
 #[derive(Clone)]
 struct Client {
     http: reqwest::Client,
     base: String,
     token: Option<String>,
+    /// See [`ANSWER`].
+    answer: Duration,
+}
+
+/// Whether a request answers all at once (bounded by [`Client::answer`] as a whole) or
+/// streams (only its start is bounded).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    Whole,
+    Stream,
 }
 
 impl Client {
@@ -564,30 +578,52 @@ impl Client {
             http,
             base: base_url(&base),
             token,
+            answer: ANSWER,
         })
     }
 
+    /// What a request that timed out says.
+    fn no_answer(&self, url: &str) -> String {
+        format!(
+            "{url}: no answer within {} s (the flow's API is busy or stuck)",
+            self.answer.as_secs_f32()
+        )
+    }
+
     async fn get(&self, path: &str) -> Result<reqwest::Response, (Option<u16>, String)> {
-        self.request(reqwest::Method::GET, path).await
+        self.request(reqwest::Method::GET, path, Answer::Whole)
+            .await
+    }
+
+    async fn stream(&self, path: &str) -> Result<reqwest::Response, (Option<u16>, String)> {
+        self.request(reqwest::Method::GET, path, Answer::Stream)
+            .await
     }
 
     async fn request(
         &self,
         method: reqwest::Method,
         path: &str,
+        answer: Answer,
     ) -> Result<reqwest::Response, (Option<u16>, String)> {
         let url = format!("{}{path}", self.base);
         let mut req = self.http.request(method, &url);
+        if answer == Answer::Whole {
+            // Reading the body too.
+            req = req.timeout(self.answer);
+        }
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
-        let resp = req.send().await.map_err(|e| {
-            if e.is_connect() {
-                (None, format!("no flow API at {}", self.base))
-            } else {
-                (None, format!("{url}: {e}"))
+        let resp = match tokio::time::timeout(self.answer, req.send()).await {
+            Err(_) => return Err((None, self.no_answer(&url))),
+            Ok(Err(e)) if e.is_timeout() => return Err((None, self.no_answer(&url))),
+            Ok(Err(e)) if e.is_connect() => {
+                return Err((None, format!("no flow API at {}", self.base)));
             }
-        })?;
+            Ok(Err(e)) => return Err((None, format!("{url}: {e}"))),
+            Ok(Ok(r)) => r,
+        };
         let status = resp.status();
         if status == reqwest::StatusCode::UNAUTHORIZED {
             return Err((
@@ -611,10 +647,22 @@ impl Client {
         path: &str,
     ) -> Result<T, (Option<u16>, String)> {
         let resp = self.get(path).await?;
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| (None, format!("reading {path}: {e}")))?;
+        self.json(resp, path).await
+    }
+
+    /// The body of an answer to `path`, as JSON.
+    async fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        resp: reqwest::Response,
+        path: &str,
+    ) -> Result<T, (Option<u16>, String)> {
+        let bytes = resp.bytes().await.map_err(|e| {
+            if e.is_timeout() {
+                (None, self.no_answer(&format!("{}{path}", self.base)))
+            } else {
+                (None, format!("reading {path}: {e}"))
+            }
+        })?;
         serde_json::from_slice(&bytes).map_err(|e| (None, format!("{path}: unexpected JSON: {e}")))
     }
 }
@@ -753,12 +801,8 @@ async fn network(
 
 async fn replay(c: &Client, id: &str) -> ReplayState {
     let path = format!("/api/v1/provenance/replay/{}", encode(id));
-    let answer = match c.request(reqwest::Method::POST, &path).await {
-        Ok(resp) => match resp.bytes().await {
-            Ok(b) => serde_json::from_slice::<serde_json::Value>(&b)
-                .map_err(|e| (None, format!("{path}: unexpected answer: {e}"))),
-            Err(e) => Err((None, format!("reading {path}: {e}"))),
-        },
+    let answer = match c.request(reqwest::Method::POST, &path, Answer::Whole).await {
+        Ok(resp) => c.json::<serde_json::Value>(resp, &path).await,
         Err(e) => Err(e),
     };
     match answer {
@@ -836,7 +880,7 @@ async fn stream_stats(
     ctx: &egui::Context,
 ) -> Result<(), String> {
     let path = format!("/api/v1/stats/stream?interval={}ms", INTERVAL.as_millis());
-    let mut resp = c.get(&path).await.map_err(|(_, m)| m)?;
+    let mut resp = c.stream(&path).await.map_err(|(_, m)| m)?;
     let mut buf: Vec<u8> = Vec::new();
     while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
         buf.extend_from_slice(&chunk);
@@ -937,7 +981,7 @@ async fn run_tap(
         }
         wake(&ctx);
     };
-    let mut resp = match c.get(&path).await {
+    let mut resp = match c.stream(&path).await {
         Ok(r) => r,
         Err((_, m)) => return end(Some(m)),
     };
@@ -998,6 +1042,41 @@ fn encode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An API that takes connections and never answers: a lineage asked of it ends, with
+    /// an error saying so (the window shows it), instead of "asking…" for ever.
+    #[test]
+    fn a_lineage_asked_of_an_api_that_never_answers_fails_with_a_clear_error() {
+        // Connections are taken (the listen backlog) and never answered, nor closed.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", silent.local_addr().expect("addr"));
+        let mut c = Client::new(url.clone(), None).expect("client");
+        c.answer = Duration::from_millis(300);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let state = runtime.block_on(fetch_lineage(&c, "00ff"));
+        match state {
+            LineageState::Unavailable(id, why) => {
+                assert_eq!(id, "00ff");
+                assert_eq!(
+                    why,
+                    format!(
+                        "{url}/api/v1/provenance/lineage/00ff: no answer within 0.3 s (the flow's API is busy or stuck)"
+                    )
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // A replay too.
+        let state = runtime.block_on(replay(&c, "00ff"));
+        assert!(
+            matches!(&state, ReplayState::Failed(_, why) if why.contains("no answer within")),
+            "{state:?}"
+        );
+        drop(silent);
+    }
 
     #[test]
     fn urls_get_a_scheme_and_lose_a_trailing_slash() {

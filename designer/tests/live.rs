@@ -4,98 +4,17 @@
 //! when it chooses: until then the sink blocks once the pipe's buffer is full, and the edge
 //! before it fills up to its `max_records`. Deterministic, with no timing in the flow.
 
-use std::io::{BufRead as _, BufReader};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+mod common;
 
-use egui::Vec2;
+use std::io::{BufRead as _, BufReader};
+use std::sync::mpsc;
+
+use common::{Killed, app_for, flow_bin, gone, harness, mkfifo, repo, session, until};
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
+use flow_designer::DesignerApp;
 use flow_designer::live::{YELLOW, fill_color};
-use flow_designer::session::{LineageState, Session};
-use flow_designer::{Designer, DesignerApp};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The `flow` binary of this workspace, built (or found current) by cargo once.
-fn flow_bin() -> PathBuf {
-    static BUILD: std::sync::Once = std::sync::Once::new();
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| repo().join("target"), PathBuf::from);
-    let bin = target.join("debug").join("flow");
-    BUILD.call_once(|| {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = std::process::Command::new(cargo)
-            .current_dir(repo())
-            .args(["build", "-q", "-p", "flow-cli", "--bin", "flow"])
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "cannot build the flow binary");
-    });
-    assert!(bin.is_file(), "no {}", bin.display());
-    bin
-}
-
-fn harness(app: DesignerApp) -> Harness<'static, DesignerApp> {
-    Harness::builder()
-        .with_size(Vec2::new(1440.0, 880.0))
-        .with_step_dt(1.0 / 60.0)
-        .build_ui_state(|ui, app: &mut DesignerApp| app.ui(ui), app)
-}
-
-fn app_for(file: &Path) -> DesignerApp {
-    let mut designer = Designer::new(flow_processors::builtin(), Arc::new(|_: &str| None));
-    designer.open(file).expect("open");
-    let mut app = DesignerApp::new(designer);
-    app.live.flow_bin = Some(flow_bin());
-    app
-}
-
-/// Step the UI until `done` holds (the child and the API work in the background).
-fn until(h: &mut Harness<'_, DesignerApp>, what: &str, mut done: impl FnMut(&DesignerApp) -> bool) {
-    let start = Instant::now();
-    while !done(h.state()) {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "gave up waiting for {what}; log:\n{}",
-            log(h.state())
-        );
-        h.step();
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    h.run_steps(2);
-}
-
-fn session(app: &DesignerApp) -> &Session {
-    app.live.session.as_ref().expect("a session")
-}
-
-fn log(app: &DesignerApp) -> String {
-    app.live.session.as_ref().map_or_else(String::new, |s| {
-        s.shared()
-            .log
-            .iter()
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
-    })
-}
-
-fn mkfifo(path: &Path) {
-    let status = std::process::Command::new("mkfifo")
-        .arg(path)
-        .status()
-        .expect("mkfifo runs");
-    assert!(status.success());
-}
-
-fn gone(pid: u32) -> bool {
-    !Path::new(&format!("/proc/{pid}")).exists()
-}
+use flow_designer::session::LineageState;
 
 const RECORDS: u64 = 20_000;
 const EDGE: &str = "numbers.out -> slow";
@@ -411,14 +330,4 @@ fn attaching_to_a_flow_that_differs_from_the_open_file_draws_the_running_graph()
         child.0.try_wait().expect("status").is_none(),
         "still running"
     );
-}
-
-/// A child killed and reaped when dropped, even when the test fails.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

@@ -2,92 +2,13 @@
 //! egui_kittest: a tapped record whose content the sink kept is re-injected into the running
 //! flow and reaches the sink's file a second time.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+mod common;
+
 use std::time::{Duration, Instant};
 
-use egui::Vec2;
-use egui_kittest::Harness;
+use common::{app_for, count, harness, log, session, until};
 use egui_kittest::kittest::Queryable;
-use flow_designer::session::{LineageState, ReplayState, Session};
-use flow_designer::{Designer, DesignerApp};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The `flow` binary of this workspace, built (or found current) by cargo once.
-fn flow_bin() -> PathBuf {
-    static BUILD: std::sync::Once = std::sync::Once::new();
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| repo().join("target"), PathBuf::from);
-    let bin = target.join("debug").join("flow");
-    BUILD.call_once(|| {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = std::process::Command::new(cargo)
-            .current_dir(repo())
-            .args(["build", "-q", "-p", "flow-cli", "--bin", "flow"])
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "cannot build the flow binary");
-    });
-    assert!(bin.is_file(), "no {}", bin.display());
-    bin
-}
-
-fn harness(app: DesignerApp) -> Harness<'static, DesignerApp> {
-    Harness::builder()
-        .with_size(Vec2::new(1440.0, 880.0))
-        .with_step_dt(1.0 / 60.0)
-        .build_ui_state(|ui, app: &mut DesignerApp| app.ui(ui), app)
-}
-
-fn app_for(file: &Path) -> DesignerApp {
-    let mut designer = Designer::new(flow_processors::builtin(), Arc::new(|_: &str| None));
-    designer.open(file).expect("open");
-    let mut app = DesignerApp::new(designer);
-    app.live.flow_bin = Some(flow_bin());
-    app
-}
-
-/// Step the UI until `done` holds (the child and the API work in the background).
-fn until(h: &mut Harness<'_, DesignerApp>, what: &str, mut done: impl FnMut(&DesignerApp) -> bool) {
-    let start = Instant::now();
-    while !done(h.state()) {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "gave up waiting for {what}; log:\n{}",
-            log(h.state())
-        );
-        h.step();
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    h.run_steps(2);
-}
-
-fn session(app: &DesignerApp) -> &Session {
-    app.live.session.as_ref().expect("a session")
-}
-
-fn log(app: &DesignerApp) -> String {
-    app.live.session.as_ref().map_or_else(String::new, |s| {
-        s.shared()
-            .log
-            .iter()
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
-    })
-}
-
-/// How many lines of `path` are `line`.
-fn count(path: &Path, line: &str) -> usize {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| *l == line)
-        .count()
-}
+use flow_designer::session::{LineageState, ReplayState};
 
 fn kept(l: &flow_core::provenance::query::Lineage) -> bool {
     l.events

@@ -704,10 +704,17 @@ fn nodes_table(ui: &mut Ui, s: &crate::session::Shared, rows: std::ops::Range<us
         .num_columns(8)
         .show(ui, |ui| {
             if rows.contains(&0) {
-                for h in [
-                    "node", "state", "in/s", "out/s", "in", "out", "dropped", "failed",
+                ui.label(RichText::new("node").strong());
+                ui.label(RichText::new("state").strong());
+                for (h, w) in [
+                    ("in/s", RATE),
+                    ("out/s", RATE),
+                    ("in", COUNT),
+                    ("out", COUNT),
+                    ("dropped", COUNT),
+                    ("failed", COUNT),
                 ] {
-                    ui.label(RichText::new(h).strong());
+                    figure(ui, RichText::new(h).strong(), w);
                 }
                 ui.end_row();
             }
@@ -719,12 +726,12 @@ fn nodes_table(ui: &mut Ui, s: &crate::session::Shared, rows: std::ops::Range<us
                     Some(e) => ui.label(RichText::new(format!("{state}: {e}")).color(theme::ERROR)),
                     None => ui.label(state),
                 };
-                ui.label(rate(n.rates.received));
-                ui.label(rate(n.rates.sent));
-                ui.label(c.received.to_string());
-                ui.label(c.sent.to_string());
-                ui.label(c.dropped.to_string());
-                ui.label(c.failed.to_string());
+                figure(ui, rate(n.rates.received), RATE);
+                figure(ui, rate(n.rates.sent), RATE);
+                figure(ui, c.received.to_string(), COUNT);
+                figure(ui, c.sent.to_string(), COUNT);
+                figure(ui, c.dropped.to_string(), COUNT);
+                figure(ui, c.failed.to_string(), COUNT);
                 ui.end_row();
             }
         });
@@ -741,14 +748,20 @@ fn edges_table(ui: &mut Ui, s: &crate::session::Shared, rows: std::ops::Range<us
         .num_columns(5)
         .show(ui, |ui| {
             if rows.contains(&0) {
-                for h in ["edge", "queued", "fill", "sent/s", "sent"] {
-                    ui.label(RichText::new(h).strong());
-                }
+                ui.label(RichText::new("edge").strong());
+                figure(ui, RichText::new("queued").strong(), QUEUED);
+                ui.label(RichText::new("fill").strong());
+                figure(ui, RichText::new("sent/s").strong(), RATE);
+                figure(ui, RichText::new("sent").strong(), COUNT);
                 ui.end_row();
             }
             for e in in_view(&stats.edges, &rows) {
                 ui.label(e.info.label());
-                ui.label(format!("{}/{}", e.counters.records, e.info.max_records));
+                figure(
+                    ui,
+                    format!("{}/{}", e.counters.records, e.info.max_records),
+                    QUEUED,
+                );
                 let fill = e.fill.clamp(0.0, 1.0) as f32;
                 ui.horizontal(|ui| {
                     let (rect, _) =
@@ -760,13 +773,35 @@ fn edges_table(ui: &mut Ui, s: &crate::session::Shared, rows: std::ops::Range<us
                         let bar = egui::Rect::from_min_size(rect.min, egui::vec2(w, rect.height()));
                         p.rect_filled(bar, 3.0, fill_color(fill));
                     }
-                    ui.label(format!("{:.0}%", e.fill * 100.0));
+                    figure(ui, format!("{:.0}%", e.fill * 100.0), PERCENT);
                 });
-                ui.label(rate(e.rates.sent));
-                ui.label(e.counters.sent.to_string());
+                figure(ui, rate(e.rates.sent), RATE);
+                figure(ui, e.counters.sent.to_string(), COUNT);
                 ui.end_row();
             }
         });
+}
+
+/// Widths of the live tables' figures (they fit a rate like `123.4k/s`, a count of
+/// 10,000,000,000, a queue of `100000/100000`, `100%`).
+const RATE: f32 = 64.0;
+const COUNT: f32 = 80.0;
+const QUEUED: f32 = 96.0;
+const PERCENT: f32 = 36.0;
+
+/// A figure in a table cell of its own width at least, right-aligned: a figure that changes
+/// leaves its column's width as it was. (A grid whose columns change width asks for a frame
+/// more, to lay itself out again: with figures of changing widths, nearly two frames per
+/// stats update instead of one.)
+fn figure(ui: &mut Ui, text: impl Into<egui::WidgetText>, width: f32) {
+    ui.allocate_ui_with_layout(
+        egui::vec2(width, ui.spacing().interact_size.y),
+        egui::Layout::right_to_left(egui::Align::Center),
+        |ui| {
+            ui.set_min_width(width);
+            ui.label(text);
+        },
+    );
 }
 
 /// The items of table rows `rows`, whose row 0 is the header.
