@@ -740,8 +740,8 @@ mod tests {
                 (90i64..100).prop_map(Value::from),
                 any::<f64>()
                     .prop_filter("not NaN", |f| !f.is_nan())
-                    .prop_map(|f| Value::from_f64_or_zero(f)),
-                (90.0f64..100.0).prop_map(|f| Value::from_f64_or_zero(f)),
+                    .prop_map(Value::from_f64_or_zero),
+                (90.0f64..100.0).prop_map(Value::from_f64_or_zero),
                 prop_oneof![Just("error"), Just("ok"), Just(""), Just("é"), Just("95")]
                     .prop_map(Value::from),
                 Just(json(r#"{"x":1}"#)),
