@@ -108,22 +108,27 @@ pub(crate) struct Commit {
     prefix: String,
 }
 
+/// `name` with every character but letters, digits, `-` and `_` made `_`: safe in a file
+/// name or an object key (a node's name in its commit record's).
+pub(crate) fn file_safe(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 impl Commit {
     /// The commit record of sink `node` writing `file`.
     pub fn of(file: &Path, node: &str) -> Self {
         let name = file.file_name().map(|n| n.to_string_lossy().into_owned());
         let prefix = format!(".{}.", name.unwrap_or_default());
         let dir = file.parent().unwrap_or(Path::new("")).to_path_buf();
-        let node: String = node
-            .chars()
-            .map(|c| {
-                if c.is_alphanumeric() || c == '-' || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
+        let node = file_safe(node);
         Self {
             path: dir.join(format!("{prefix}{node}.commit")),
             tmp: dir.join(format!("{prefix}{node}.commit.tmp")),

@@ -985,17 +985,7 @@ impl S3Sink {
     /// it left pending, and skip from now on what it covers. Called when the first record with
     /// a position arrives (records without one never need a commit record).
     async fn resume(&self, ctx: &mut SinkContext) -> Result<(), ProcessorError> {
-        let node: String = ctx
-            .name
-            .chars()
-            .map(|c| {
-                if c.is_alphanumeric() || c == '-' || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
+        let node = crate::write::file_safe(&ctx.name);
         let key = format!("_flow/{node}.commit");
         let full = if self.prefix.is_empty() {
             key
