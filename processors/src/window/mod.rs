@@ -649,10 +649,12 @@ impl TaskTransform for Window {
             Some(s) if ctx.shutdown.is_cancelled() => checkpoint(&mut engine, s, &retry).await?,
             _ => {
                 engine.flush(&mut out);
+                // Saved, not cleared: the state keeps how many windows were emitted (and which
+                // are not yet delivered), so a next run on grown input numbers its windows
+                // after these, and a sink that records positions does not take them for
+                // windows it already wrote (and skip them: a loss).
                 if let Some(s) = &store {
-                    retry
-                        .run("clearing the window state", |_| s.clear())
-                        .await?;
+                    checkpoint(&mut engine, s, &retry).await?;
                 }
                 engine.release_acks();
             }

@@ -131,17 +131,4 @@ impl Store {
         })
         .await
     }
-
-    /// Forget the state (the input was consumed to its end and every window emitted).
-    pub async fn clear(&self) -> Result<(), ProcessorError> {
-        self.blocking("cannot clear", |db, key| {
-            let tx = db.begin_write().map_err(|e| e.to_string())?;
-            {
-                let mut table = tx.open_table(TABLE).map_err(|e| e.to_string())?;
-                table.remove(key).map_err(|e| e.to_string())?;
-            }
-            tx.commit().map_err(|e| e.to_string())
-        })
-        .await
-    }
 }
