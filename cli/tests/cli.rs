@@ -930,10 +930,7 @@ connections:
 /// the last few batches whose SEND was still on its way to the store's writer.
 #[test]
 fn provenance_after_kill_9() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("killed.yaml");
-    std::fs::write(&file, KILLED).expect("flow");
-    let store = dir.path().join("store");
+    let (dir, file, store) = stored_flow(KILLED);
     let out = dir.path().join("out.jsonl");
     let start = || run_stored(&file, dir.path(), &store);
     let mut child = start();
@@ -1047,6 +1044,15 @@ fn event_ids(store: &Path, kind: &str, segment: Option<u64>) -> Vec<u64> {
         .collect()
 }
 
+/// A directory holding `yaml` as `flow.yaml`, and the path of its provenance store there.
+fn stored_flow(yaml: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("flow.yaml");
+    std::fs::write(&file, yaml).expect("flow");
+    let store = dir.path().join("store");
+    (dir, file, store)
+}
+
 /// `flow run --quiet FILE` in the background, with `DIR` and `STORE` (its provenance store)
 /// set, its output thrown away.
 fn run_stored(file: &Path, dir: &Path, store: &Path) -> std::process::Child {
@@ -1091,10 +1097,7 @@ connections:
 /// line up to the committed one then has its SEND in the store.
 #[test]
 fn after_kill_9_every_committed_record_has_its_send() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("committed.yaml");
-    std::fs::write(&file, COMMITTED).expect("flow");
-    let store = dir.path().join("store");
+    let (dir, file, store) = stored_flow(COMMITTED);
     let checkpoint = dir.path().join("in.checkpoint");
     mkfifo(&dir.path().join("in"));
     let mut child = run_stored(&file, dir.path(), &store);
