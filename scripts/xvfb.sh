@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The designer in a real window on a virtual X display, for scripts/screenshot.sh and
 # bench/designer.sh. Source it, then:
-#   xvfb_start                 a free display (:99 up), its log in $XVFB_TMP (a new temporary
+#   xvfb_start                 a free display (Xvfb's choice), its log in $XVFB_TMP (a new temporary
 #                              directory, removed by xvfb_stop); sets XVFB_DISPLAY, XVFB_PID
 #   xvfb_designer BIN ARGS...  starts BIN (the designer) on it in the background, its output in
 #                              $XVFB_TMP/designer.log; sets XVFB_APP; waits for its window and
@@ -20,21 +20,25 @@ xvfb_start() {
   for tool in Xvfb xwininfo; do
     command -v "$tool" >/dev/null || { echo "xvfb.sh: $tool is missing (apt-get install xvfb x11-utils)" >&2; return 1; }
   done
-  XVFB_DISPLAY=99
-  while [ -e "/tmp/.X11-unix/X$XVFB_DISPLAY" ] || [ -e "/tmp/.X$XVFB_DISPLAY-lock" ]; do
-    XVFB_DISPLAY=$((XVFB_DISPLAY + 1))
-  done
   XVFB_TMP=$(mktemp -d)
   XVFB_APP=""
   XVFB_WINDOW=""
-  Xvfb ":$XVFB_DISPLAY" -screen 0 2880x1760x24 -nolisten tcp >"$XVFB_TMP/xvfb.log" 2>&1 &
+  # Xvfb picks a free display itself and writes its number to fd 3 once it accepts
+  # connections (-displayfd). Picked here by looking for lock files, a display whose
+  # earlier server was still exiting looked free: the new server could not listen, the
+  # check below reached the old one, and the designer then found no X server at all.
+  Xvfb -displayfd 3 -screen 0 2880x1760x24 -nolisten tcp 3>"$XVFB_TMP/display" >"$XVFB_TMP/xvfb.log" 2>&1 &
   XVFB_PID=$!
   local _
-  for _ in $(seq 50); do
-    xwininfo -display ":$XVFB_DISPLAY" -root >/dev/null 2>&1 && return 0
+  for _ in $(seq 100); do
+    XVFB_DISPLAY=$(tr -dc 0-9 <"$XVFB_TMP/display")
+    if [ -n "$XVFB_DISPLAY" ] && grep -q $'\n' "$XVFB_TMP/display"; then
+      kill -0 "$XVFB_PID" 2>/dev/null && xwininfo -display ":$XVFB_DISPLAY" -root >/dev/null 2>&1 && return 0
+    fi
+    kill -0 "$XVFB_PID" 2>/dev/null || break
     sleep 0.1
   done
-  echo "xvfb.sh: the display :$XVFB_DISPLAY did not come up" >&2
+  echo "xvfb.sh: the virtual display did not come up" >&2
   cat "$XVFB_TMP/xvfb.log" >&2
   return 1
 }
@@ -63,6 +67,8 @@ xvfb_stop() {
   for child in $children; do kill -9 "$child" 2>/dev/null || true; done
   [ -n "${XVFB_APP:-}" ] && kill "$XVFB_APP" 2>/dev/null || true
   [ -n "${XVFB_PID:-}" ] && kill "$XVFB_PID" 2>/dev/null || true
+  # Until the server has exited (and given up its display), then the rest.
+  [ -n "${XVFB_PID:-}" ] && wait "$XVFB_PID" 2>/dev/null || true
   wait 2>/dev/null || true
   [ -n "${XVFB_TMP:-}" ] && rm -rf "$XVFB_TMP"
   return 0
