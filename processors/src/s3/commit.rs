@@ -155,6 +155,13 @@ impl Ledger {
         }
     }
 
+    /// A record at `o`, standing in as object `object` since it went to `failure`, was
+    /// delivered there: its position is done.
+    pub fn failed_done(&mut self, object: u64, o: Origin) {
+        self.unfinished.remove(&object);
+        self.insert_done(o.source, o.seq, o.seq);
+    }
+
     /// The commit to store now; forgets the completed positions `written` covers.
     pub fn commit(&mut self) -> Committed {
         let mut written = BTreeMap::new();

@@ -13,13 +13,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytesize::ByteSize;
-use flow_core::ack::Acks;
+use flow_core::ack::{AckStatus, AckTracker, Acks};
 use flow_core::processor::{
     BuildContext, BuildError, ConfigError, Describe, Kind, Output, Processor, ProcessorConfig,
     ProcessorError, RetryHint, Sink, SinkContext, io_retry_hint,
 };
 use flow_core::provenance::Runs;
-use flow_core::record::Record;
+use flow_core::record::{Origin, Record};
 use flow_core::retry::Retry;
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as ObjectPath;
@@ -1063,8 +1063,16 @@ impl S3Sink {
         let provenance = ctx.input.records_provenance();
         // Whether the commit record was looked for.
         let mut resumed = false;
+        // Records sent to `failure` whose delivery there has not finished: each holds the
+        // commit's `written` below its position (like an open object), so that a crash before
+        // the `failure` path finished it replays it instead of skipping it.
+        let mut failed = FailedRecords::default();
         loop {
             tokio::select! {
+                Some(f) = failed.tracker.next(), if failed.tracker.outstanding() > 0 => {
+                    // Committed with the next object (or at the end).
+                    failed.finished(self.journal.get(), f.seq, f.status);
+                }
                 batch = ctx.input.next() => {
                     let Some(batch) = batch else { break };
                     if !resumed
@@ -1092,13 +1100,15 @@ impl S3Sink {
                         {
                             Ok(p) => p,
                             Err(msg) => {
+                                failed.track(self, &mut r);
                                 failures.fail(r, &msg);
                                 continue;
                             }
                         };
                         row.clear();
                         if let Err(msg) = row.encode(&mut r, self.cfg.format, self.cfg.columns.as_deref()) {
-                            failures.fail(r, &msg);
+                            failed.track(self, &mut r);
+                                failures.fail(r, &msg);
                             continue;
                         }
                         if !open.contains_key(&partition) {
@@ -1116,13 +1126,15 @@ impl S3Sink {
                                     open.insert(partition.clone(), o);
                                 }
                                 Err(msg) => {
-                                    failures.fail(r, &msg);
+                                    failed.track(self, &mut r);
+                                failures.fail(r, &msg);
                                     continue;
                                 }
                             }
                         }
                         let Some(obj) = open.get_mut(&partition) else { continue };
                         if let Err(e) = obj.body.write(row.bytes()) {
+                            failed.track(self, &mut r);
                             failures.fail(r, &format!("encoding failed: {e}"));
                             continue;
                         }
@@ -1165,6 +1177,14 @@ impl S3Sink {
                 }
             }
         }
+        // Failures finished by now go into the last commit.
+        let mut finished = false;
+        while let Some(f) = failed.tracker.try_next() {
+            finished |= failed.finished(self.journal.get(), f.seq, f.status);
+        }
+        if finished && let Some(j) = self.journal.get() {
+            self.save(ctx, j).await?;
+        }
         // The input ended (or the flow is stopping): complete every open object (retried
         // until it is).
         let mut rest: Vec<(String, OpenObject)> = open.drain().collect();
@@ -1173,6 +1193,44 @@ impl S3Sink {
             .await?;
         ctx.metrics.set_status("open_objects", serde_json::json!(0));
         Ok(())
+    }
+}
+
+/// Records `s3_sink` sent to its `failure` port with a position, until their delivery there
+/// finishes (a delivery token of the sink's own rides with each).
+#[derive(Default)]
+struct FailedRecords {
+    tracker: AckTracker,
+    /// By token sequence number (an object serial: the record stands in the ledger as a
+    /// one-record object until it is finished).
+    at: HashMap<u64, Origin>,
+}
+
+impl FailedRecords {
+    /// `r` goes to `failure`: with exactly-once on and a position, it holds the commit back
+    /// until its delivery there finishes.
+    fn track(&mut self, sink: &S3Sink, r: &mut Record) {
+        let (Some(j), Some(o)) = (sink.journal.get(), r.origin) else {
+            return;
+        };
+        let serial = sink.serial.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        j.ledger().wrote(serial, o);
+        r.merge_acks(Acks::one(self.tracker.token(serial)));
+        self.at.insert(serial, o);
+    }
+
+    /// The `failure` path finished the record of token `seq`. Delivered (or failed there in
+    /// turn), it is done: a replay skips it. Abandoned, it keeps holding the commit back, so a
+    /// restart sends it to `failure` again. Whether the ledger changed.
+    fn finished(&mut self, journal: Option<&Journal>, seq: u64, status: AckStatus) -> bool {
+        let (Some(o), Some(j)) = (self.at.remove(&seq), journal) else {
+            return false;
+        };
+        if status == AckStatus::Abandoned {
+            return false;
+        }
+        j.ledger().failed_done(seq, o);
+        true
     }
 }
 
