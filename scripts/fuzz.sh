@@ -4,6 +4,7 @@
 #   bash scripts/fuzz.sh                    # every target for FUZZ_SECONDS (default 20) seconds
 #   FUZZ_RUNS=100000 bash scripts/fuzz.sh   # every target for that many inputs instead
 #   bash scripts/fuzz.sh json_record        # some targets only
+#   FUZZ_BUILD_ONLY=1 bash scripts/fuzz.sh  # install cargo-fuzz and build every target, no run
 # Exits 1 on the first crash (a panic, an input slower than FUZZ_TIMEOUT seconds, or more than
 # FUZZ_RSS_MB of memory); the input is kept in fuzz/artifacts/<target>/ and
 # `cargo fuzz run -s none <target> <file>` replays it. Inputs found are kept in fuzz/corpus/
@@ -41,6 +42,7 @@ if [ $# -gt 0 ]; then targets=("$@"); else mapfile -t targets < <(cargo fuzz lis
 
 # One build of every target first (`cargo fuzz run` then finds them built).
 cargo fuzz build -s none
+if [ -n "${FUZZ_BUILD_ONLY:-}" ]; then exit 0; fi
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 for t in "${targets[@]}"; do
