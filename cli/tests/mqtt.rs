@@ -498,10 +498,11 @@ connections:
 }
 
 /// Back-pressure for longer than the keep-alive: the sink (a FIFO the test stops reading for
-/// four keep-alives) fills the edges, the source stops taking messages, and the broker sends
-/// nothing more until acks come. Every one of 20,000 QoS 1 messages must arrive, for MQTT 3.1.1
-/// and 5 (where the source announces a receive maximum of `max_inflight`, so the broker sends
-/// 1,000 at once); the connection drops are counted and printed.
+/// six keep-alives with MQTT 3.1.1, four with 5) fills the edges, the source stops taking
+/// messages, and the broker sends nothing more until acks come. Every one of 20,000 QoS 1
+/// messages must arrive, for MQTT 3.1.1 and 5 (where the source announces a receive maximum of
+/// `max_inflight`); with 3.1.1 the connection must stay up (the event-loop task pings while the
+/// source holds messages back); the drops are counted and printed.
 #[test]
 fn back_pressure_longer_than_the_keep_alive_loses_nothing() {
     use std::io::BufRead;
@@ -600,8 +601,10 @@ connections:
         );
         wait_for(60, "the first records", || count() >= 1_000);
         hold.store(true, Ordering::SeqCst);
-        // Four keep-alive periods with the sink stuck (pacing, not an assertion).
-        std::thread::sleep(std::time::Duration::from_secs(4 * keep_alive));
+        // Six keep-alive periods with the sink stuck for 3.1.1 (four dropped no connection
+        // before the fix, six did every time), four for MQTT 5 (pacing, not an assertion).
+        let stall = if protocol == "v5" { 4 } else { 6 };
+        std::thread::sleep(std::time::Duration::from_secs(stall * keep_alive));
         let during = count();
         hold.store(false, Ordering::SeqCst);
         wait_for(120, "every message", || {
@@ -626,8 +629,14 @@ connections:
             (0..N as u64).all(|n| distinct.contains(&n)),
             "a message was lost"
         );
-        // Open (docs/reliability.md): with MQTT 3.1.1 the connection still drops once per
-        // stall longer than 1.5 keep-alives; nothing is lost. Asserted once fixed:
-        // assert_eq!(drops, 0, "{protocol}: the connection dropped under back-pressure");
+        // With MQTT 5 the connection still drops once per stall longer than 1.5 keep-alives
+        // (open, docs/reliability.md: rumqttc gives no way to ping beside its MQTT 5 event
+        // loop, and Mosquitto sends far past the receive maximum); nothing is lost.
+        if protocol == "v311" {
+            assert_eq!(
+                drops, 0,
+                "{protocol}: the connection dropped under back-pressure"
+            );
+        }
     }
 }

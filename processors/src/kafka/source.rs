@@ -329,6 +329,8 @@ struct InFlight {
     epoch: u64,
     next: HashMap<Tp, i64>,
     records: usize,
+    /// Finished downstream (it may still wait for earlier batches to be committed).
+    finished: bool,
 }
 
 /// How long a blocked send waits before the source pauses its partitions (so that the consumer
@@ -390,15 +392,41 @@ struct State {
     tracker: AckTracker,
     commit: InOrderCommit<u64>,
     batches: VecDeque<InFlight>,
+    /// Records of the batches in `batches`: read, and neither committed nor given up on.
     in_flow: usize,
+    /// The first batch abandoned downstream: neither it nor any batch after it is committed in
+    /// this run (the next run reads them again).
+    abandoned_from: Option<u64>,
     offsets: Arc<Mutex<Offsets>>,
 }
 
 impl State {
     /// A batch finished: move the offsets of every batch up to the committed one into `done`.
+    /// A finished batch that can never be committed (abandoned, or after an abandoned one)
+    /// leaves `batches` and the count of records in the flow at once: kept until a commit
+    /// that never comes, they paused the source for good after `max_inflight` records.
     fn finished(&mut self, f: Finished) {
+        if let Ok(i) = self.batches.binary_search_by_key(&f.seq, |b| b.seq)
+            && let Some(b) = self.batches.get_mut(i)
+        {
+            b.finished = true;
+        }
         if !f.committable() {
-            // Abandoned downstream: its offsets, and all after them, stay uncommitted.
+            self.abandoned_from = Some(self.abandoned_from.map_or(f.seq, |a| a.min(f.seq)));
+        }
+        if let Some(from) = self.abandoned_from
+            && f.seq >= from
+        {
+            // Its offsets, and all after them, stay uncommitted.
+            let mut given_up = 0;
+            self.batches.retain(|b| {
+                let keep = b.seq < from || !b.finished;
+                if !keep {
+                    given_up += b.records;
+                }
+                keep
+            });
+            self.in_flow -= given_up;
             return;
         }
         let Some(upto) = self.commit.finish(f.seq, f.seq) else {
@@ -490,6 +518,7 @@ impl Source for KafkaSource {
             commit: InOrderCommit::new(),
             batches: VecDeque::new(),
             in_flow: 0,
+            abandoned_from: None,
             offsets,
         };
         let batch_size = self.cfg.batch_size;
@@ -574,6 +603,7 @@ impl Source for KafkaSource {
                 epoch: st.epoch(),
                 next: std::mem::take(&mut next_offsets),
                 records: count,
+                finished: false,
             });
             st.in_flow += count;
             seq += 1;
@@ -684,6 +714,7 @@ mod bookkeeping {
             commit: InOrderCommit::new(),
             batches: VecDeque::new(),
             in_flow: 0,
+            abandoned_from: None,
             offsets: Arc::new(Mutex::new(o)),
         }
     }
@@ -696,6 +727,7 @@ mod bookkeeping {
             epoch: st.epoch(),
             next: next.iter().map(|(p, o)| (tp(*p), *o)).collect(),
             records,
+            finished: false,
         });
         st.in_flow += records;
         st.tracker.token(seq)
@@ -776,6 +808,51 @@ mod bookkeeping {
             vec![],
             "nothing after an abandoned batch is committed, on any partition"
         );
+    }
+
+    /// A batch abandoned downstream is never committed, nor is any batch after it, but once
+    /// finished their records leave the count of records in the flow. They stayed counted
+    /// (only a commit took a batch out), so after `max_inflight` more records the source
+    /// paused for good.
+    #[test]
+    fn an_abandoned_batch_and_those_after_it_leave_the_count_once_finished() {
+        let mut st = state();
+        let b0 = read(&mut st, 0, &[(0, 10)], 10);
+        let b1 = read(&mut st, 1, &[(1, 5)], 5);
+        let b2 = read(&mut st, 2, &[(0, 12)], 2);
+        let b3 = read(&mut st, 3, &[(1, 9)], 4);
+        // Batch 2 finishes first: it waits for batches 0 and 1 to be committed.
+        drop(b2);
+        settle(&mut st);
+        assert_eq!(st.in_flow, 21, "finished, not committed: still counted");
+        // Batch 1 is abandoned: it and batch 2 can never be committed in this run.
+        b1.mark(AckStatus::Abandoned);
+        drop(b1);
+        settle(&mut st);
+        assert_eq!(
+            st.in_flow, 14,
+            "batches 1 and 2 left the count; 0 and 3 are in the flow"
+        );
+        // Batch 0, before the abandoned one, still commits.
+        drop(b0);
+        settle(&mut st);
+        assert_eq!(commit(&st), vec![(0, 10)]);
+        assert_eq!(st.in_flow, 4);
+        drop(b3);
+        settle(&mut st);
+        assert_eq!(commit(&st), vec![], "nothing after the abandoned batch");
+        assert_eq!(st.in_flow, 0);
+        // The source goes on: batch after batch finishes and leaves the count (a source
+        // with `max_inflight: 100` would have paused at the 25th), none is committed, and
+        // the bookkeeping does not grow.
+        for seq in 4..1_004 {
+            let b = read(&mut st, seq, &[(0, 12 + seq as i64)], 4);
+            drop(b);
+            settle(&mut st);
+            assert_eq!(st.in_flow, 0, "batch {seq} finished");
+        }
+        assert_eq!(commit(&st), vec![]);
+        assert!(st.batches.is_empty(), "{} batches kept", st.batches.len());
     }
 
     #[test]

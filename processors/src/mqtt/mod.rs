@@ -332,8 +332,8 @@ pub(crate) struct Use {
     /// Capacity of the client's request queue.
     pub requests: usize,
     /// Capacity of the event channel to the processor (the source's bound on buffered
-    /// messages; when full, the event loop is not polled, so no keep-alive goes out, and TCP
-    /// holds the rest back).
+    /// messages; when full, the event loop is not polled and TCP holds the rest back, while
+    /// the event-loop task writes the keep-alive pings itself).
     pub events: usize,
 }
 
@@ -442,6 +442,7 @@ pub(crate) fn start(
         url: url.to_string(),
         node: node.to_owned(),
         max_backoff: conn.reconnect_max,
+        keep_alive: conn.keep_alive,
     };
     let handle = tokio::spawn(driver.run());
     Ok((client, rx, handle))
@@ -478,7 +479,35 @@ fn refused(url: &str, code: &dyn std::fmt::Debug, fatal: bool) -> Polled {
     }
 }
 
+/// How long writing a PINGREQ may take before the connection counts as gone.
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl EventLoop {
+    /// Write a PINGREQ on the connection without polling the event loop (which would read
+    /// messages too). The broker's PINGRESP is read with the next poll. Nothing to do while
+    /// disconnected.
+    async fn ping(&mut self) -> Result<(), String> {
+        let write = async {
+            match self {
+                EventLoop::V4(el) => {
+                    if let Some(n) = el.network.as_mut() {
+                        n.write(rumqttc::Packet::PingReq)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        n.flush().await.map_err(|e| e.to_string())?;
+                    }
+                }
+                // rumqttc's MQTT 5 event loop keeps its connection to itself; there the
+                // receive maximum bounds what the broker sends (see `Use::events`).
+                EventLoop::V5(_) => return Err("not available with MQTT 5".to_owned()),
+            }
+            Ok(())
+        };
+        tokio::time::timeout(PING_TIMEOUT, write)
+            .await
+            .map_err(|_| "timed out".to_owned())?
+    }
+
     async fn poll(&mut self, url: &str) -> Polled {
         match self {
             EventLoop::V4(el) => {
@@ -594,6 +623,7 @@ struct Driver {
     url: String,
     node: String,
     max_backoff: Duration,
+    keep_alive: Duration,
 }
 
 impl Driver {
@@ -648,8 +678,50 @@ impl Driver {
                 failures = 0;
                 backoff = BACKOFF_START;
             }
-            if self.tx.send(event).await.is_err() {
+            if !self.forward(event).await {
                 return;
+            }
+        }
+    }
+
+    /// Hand an event to the processor; `false` when it is gone. While the channel is full (the
+    /// flow applies back-pressure) the event loop is not polled: a poll reads more messages from
+    /// the broker, which would pile up here without bound (Mosquitto sent thousands beyond the
+    /// window the source announces), while unpolled, TCP holds them back. But the client's
+    /// keep-alive only goes out from a poll, and the broker closed the connection after 1.5
+    /// keep-alives of back-pressure. So the PINGREQs are written here, twice per keep-alive, on
+    /// the idle connection (its answers are read with the next poll). Nothing is read, taken
+    /// or acknowledged meanwhile.
+    async fn forward(&mut self, event: MqttEvent) -> bool {
+        use tokio::sync::mpsc::error::TrySendError;
+        let event = match self.tx.try_send(event) {
+            Ok(()) => return true,
+            Err(TrySendError::Closed(_)) => return false,
+            Err(TrySendError::Full(e)) => e,
+        };
+        let period = self.keep_alive / 2;
+        let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        let mut pinging = !period.is_zero();
+        loop {
+            tokio::select! {
+                permit = self.tx.reserve() => {
+                    return match permit {
+                        Ok(p) => {
+                            p.send(event);
+                            true
+                        }
+                        Err(_) => false,
+                    };
+                }
+                _ = pings.tick(), if pinging => {
+                    if let Err(error) = self.el.ping().await {
+                        // The connection is gone: the next poll reports it and reconnects.
+                        tracing::debug!(node = %self.node, %error, "keep-alive not sent");
+                        pinging = false;
+                    } else {
+                        tracing::trace!(node = %self.node, "keep-alive sent under back-pressure");
+                    }
+                }
             }
         }
     }

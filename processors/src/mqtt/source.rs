@@ -445,12 +445,14 @@ impl Source for MqttSource {
                 // drops its acks when the connection is lost; ours are kept and sent for the
                 // broker's resend instead (see `Acker::held`).
                 requests: ACK_QUEUE,
-                // Room for every message the broker may send unacknowledged (an MQTT 5 broker
-                // keeps to the receive maximum, `max_inflight`; Mosquitto's 3.1.1 window is 20)
-                // beside those in the flow: while the flow applies back-pressure the event
-                // loop is still polled, so keep-alives go out and the connection stays up. A
-                // smaller channel (one batch) filled up and stopped the event loop, and the
-                // broker dropped the connection after 1.5 keep-alives of back-pressure.
+                // Room for the messages the broker may send unacknowledged beside those in the
+                // flow (an MQTT 5 broker should keep to the receive maximum, `max_inflight`).
+                // When it is full the event loop is not polled, so TCP holds the rest back;
+                // with MQTT 3.1.1 the event-loop task then writes the keep-alive pings itself.
+                // Mosquitto 2 sent thousands more than that to a session with a backlog, with
+                // 3.1.1 and with 5: with MQTT 5 (whose connection rumqttc keeps to itself) no
+                // ping goes out then, and a stall of 1.5 keep-alives drops the connection
+                // (twice the room filled up just the same).
                 events: max_inflight + EVENT_SLACK,
             },
         )
