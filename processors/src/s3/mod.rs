@@ -1213,7 +1213,9 @@ impl FailedRecords {
         let (Some(j), Some(o)) = (sink.journal.get(), r.origin) else {
             return;
         };
-        let serial = sink.serial.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let serial = sink
+            .serial
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         j.ledger().wrote(serial, o);
         r.merge_acks(Acks::one(self.tracker.token(serial)));
         self.at.insert(serial, o);

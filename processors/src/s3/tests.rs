@@ -967,12 +967,18 @@ async fn file_a_failed_record_unfinished_at_a_kill_goes_to_failure_again() {
     drop(tx);
     run.await.expect("joined").expect("runs");
     let m = metrics.snapshot();
-    assert_eq!((m.sent, m.dropped), (7, 18), "18 skipped as written, 7 written");
+    assert_eq!(
+        (m.sent, m.dropped),
+        (7, 18),
+        "18 skipped as written, 7 written"
+    );
     let all: Vec<u64> = (0..26).filter(|&n| n != 4).collect();
     assert_eq!(numbers(&store, "").await, all);
     // Run 3: everything again: all of it skipped, nothing goes to `failure`.
     let (ctx, tx, mut failures, metrics) = sink_ctx();
-    tx.send(positioned_with_keyless_4(0..26)).await.expect("queued");
+    tx.send(positioned_with_keyless_4(0..26))
+        .await
+        .expect("queued");
     drop(tx);
     sink(&cfg).run(ctx).await.expect("runs");
     assert!(crate::testing::records(&mut failures).await.is_empty());

@@ -42,6 +42,39 @@ fn may_pass(message: &str) -> bool {
     .any(|m| message.contains(m))
 }
 
+/// Open the database at `path`, creating it first if there is none. A new database is made
+/// under a temporary name and renamed into place once complete: redb writes a new file's
+/// header after sizing it, so a `kill -9` in between left a file every later start refused
+/// ("Not a redb database: magic number mismatch"), and the flow could never start again. An
+/// empty file at `path` (left by an older version that way) holds no state: made anew.
+fn create_or_open(path: &std::path::Path) -> Result<Database, String> {
+    let exists = match std::fs::metadata(path) {
+        Ok(m) => m.len() > 0,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(e.to_string()),
+    };
+    if !exists {
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(".creating");
+        let tmp = path.with_file_name(name);
+        match std::fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        drop(Database::create(&tmp).map_err(|e| e.to_string())?);
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| e.to_string())?;
+        std::fs::rename(&tmp, path).map_err(|e| e.to_string())?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            // The rename itself, durable (best effort: not every filesystem syncs folders).
+            let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+        }
+    }
+    Database::create(path).map_err(|e| e.to_string())
+}
+
 impl Store {
     /// Open (or create) the database at `path`; the state is kept under `key`.
     pub async fn open(path: &str, key: &str) -> Result<Self, ProcessorError> {
@@ -52,7 +85,7 @@ impl Store {
                 .map_err(|e| err(&path, "cannot create its folder", e))?;
         }
         let p = path.clone();
-        let db = tokio::task::spawn_blocking(move || Database::create(&p))
+        let db = tokio::task::spawn_blocking(move || create_or_open(&p))
             .await
             .map_err(|e| err(&path, "open", e))?
             .map_err(|e| err(&path, "cannot open", e))?;
@@ -76,7 +109,7 @@ impl Store {
             let db = match &*guard {
                 Some(db) => db.clone(),
                 None => {
-                    let db = Arc::new(Database::create(&path).map_err(|e| e.to_string())?);
+                    let db = Arc::new(create_or_open(&path)?);
                     *guard = Some(db.clone());
                     db
                 }
@@ -130,5 +163,56 @@ impl Store {
             tx.commit().map_err(|e| e.to_string())
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A crash while the database was being made leaves the temporary file, never a broken
+    /// one at the state's path: the next start makes it anew, and the state works.
+    #[tokio::test]
+    async fn a_crash_while_creating_leaves_nothing_a_restart_refuses() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("w.redb");
+        let tmp = dir.path().join("w.redb.creating");
+        std::fs::write(&tmp, vec![0u8; 4096]).expect("half made");
+        let store = Store::open(path.to_str().expect("utf-8"), "k")
+            .await
+            .expect("opens");
+        assert_eq!(store.load().await.expect("reads"), None);
+        store.save(b"state".to_vec()).await.expect("saves");
+        assert_eq!(store.load().await.expect("reads"), Some(b"state".to_vec()));
+        assert!(!tmp.exists(), "the temporary file is gone");
+        drop(store);
+        let again = Store::open(path.to_str().expect("utf-8"), "k")
+            .await
+            .expect("opens again");
+        assert_eq!(again.load().await.expect("reads"), Some(b"state".to_vec()));
+    }
+
+    /// An empty file at the state's path holds no state: made anew. A file that is not a
+    /// database and not empty may be someone's data: refused, not overwritten.
+    #[tokio::test]
+    async fn an_empty_file_is_made_anew_and_a_foreign_one_refused() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let empty = dir.path().join("empty.redb");
+        std::fs::write(&empty, b"").expect("empty");
+        let store = Store::open(empty.to_str().expect("utf-8"), "k")
+            .await
+            .expect("opens");
+        assert_eq!(store.load().await.expect("reads"), None);
+        let foreign = dir.path().join("foreign.redb");
+        std::fs::write(&foreign, b"not a database, but something").expect("foreign");
+        let e = Store::open(foreign.to_str().expect("utf-8"), "k")
+            .await
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("cannot open"), "{e}");
+        assert_eq!(
+            std::fs::read(&foreign).expect("kept"),
+            b"not a database, but something"
+        );
     }
 }
