@@ -48,7 +48,6 @@ fn children_running(bin: &Path) -> Vec<u32> {
 }
 
 #[test]
-#[ignore = "written at the deadline, not yet run"]
 fn stop_leaves_no_child_process_behind() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (file, out) = endless(dir.path());
@@ -94,7 +93,6 @@ const ROLE: &str = "FLOW_DESIGNER_TEST_KILLED_DESIGNER";
 const CHILD: &str = "designer's child: ";
 
 #[test]
-#[ignore = "written at the deadline, not yet run"]
 fn a_designer_killed_by_sigkill_leaves_no_flow_run_behind() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (file, out) = endless(dir.path());
