@@ -794,6 +794,22 @@ async fn numbers(store: &dyn ObjectStore, prefix: &str) -> Vec<u64> {
     out
 }
 
+/// Run the sink over `records` (in batches of 5) and abort it, as a `kill -9` would, once
+/// `sent` records are in completed objects. What went to `failure` stays there unfinished
+/// until then.
+async fn run_then_kill(cfg: &S3SinkConfig, records: Vec<Record>, sent: u64) {
+    let (ctx, tx, _failures, metrics) = sink_ctx();
+    let run = tokio::spawn(sink(cfg).run(ctx));
+    for chunk in records.chunks(5) {
+        tx.send(chunk.to_vec()).await.expect("queued");
+    }
+    while metrics.snapshot().sent < sent {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    run.abort();
+    let _ = run.await;
+}
+
 /// A `kill -9` with objects completed and others open, then a restart that replays the input
 /// from its start (the worst case: the source committed nothing): every record is in exactly
 /// one object. Before the commit record, the replay wrote 0..18 a second time.
@@ -804,16 +820,7 @@ async fn killed_then_replayed_writes_each_record_once(
 ) {
     // Run 1: 20 records; with 3 records an object, each partition completes two objects
     // (0..18) and a, b keep 18 and 19 open. Killed once those 18 are acknowledged.
-    let (ctx, tx, _failures, metrics) = sink_ctx();
-    let run = tokio::spawn(sink(cfg).run(ctx));
-    for chunk in positioned(0..20).chunks(5) {
-        tx.send(chunk.to_vec()).await.expect("queued");
-    }
-    while metrics.snapshot().sent < 18 {
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    run.abort();
-    let _ = run.await;
+    run_then_kill(cfg, positioned(0..20), 18).await;
     assert_eq!(numbers(store, prefix).await, (0..18).collect::<Vec<_>>());
     // Run 2: everything replayed, then more, then the end of the input.
     let (ctx, tx, _failures, metrics) = sink_ctx();
@@ -943,16 +950,7 @@ async fn file_a_failed_record_unfinished_at_a_kill_goes_to_failure_again() {
     let store = object_store::local::LocalFileSystem::new_with_prefix(dir.path()).expect("fs");
     // Run 1: 0..20; 4 fails and stays on the failure edge, unfinished. Every partition
     // completes two objects (18 records), `a` keeps 18 open. Killed then.
-    let (ctx, tx, _failures, metrics) = sink_ctx();
-    let run = tokio::spawn(sink(&cfg).run(ctx));
-    for chunk in positioned_with_keyless_4(0..20).chunks(5) {
-        tx.send(chunk.to_vec()).await.expect("queued");
-    }
-    while metrics.snapshot().sent < 18 {
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    run.abort();
-    let _ = run.await;
+    run_then_kill(&cfg, positioned_with_keyless_4(0..20), 18).await;
     let mut written: Vec<u64> = (0..20).filter(|&n| n != 4 && n != 18).collect();
     written.sort_unstable();
     assert_eq!(numbers(&store, "").await, written);
