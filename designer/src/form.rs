@@ -101,6 +101,44 @@ pub fn fields(schema: &Json) -> Vec<Field> {
     out
 }
 
+/// What the designer shows of a processor type: its one-line summary, its whole description
+/// and its form's fields.
+pub struct TypeDocs {
+    pub summary: String,
+    pub description: String,
+    pub fields: Vec<Field>,
+}
+
+/// The docs of `def`, made once per type and kept: each comes from building the type's JSON
+/// Schema, which the palette (every type) and the inspector (the selected node's) did on
+/// every frame.
+pub fn docs(def: &flow_core::processor::ProcessorDef) -> std::sync::Arc<TypeDocs> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+    // By type name and schema function: a plugin loaded again under its name may differ.
+    type Key = (&'static str, usize);
+    static CACHE: OnceLock<Mutex<HashMap<Key, Arc<TypeDocs>>>> = OnceLock::new();
+    let key = (def.type_name, def.schema as usize);
+    let cache = CACHE.get_or_init(Mutex::default);
+    if let Some(d) = cache
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&key)
+    {
+        return d.clone();
+    }
+    let d = Arc::new(TypeDocs {
+        summary: def.summary(),
+        description: def.description(),
+        fields: fields(&schema_of(def)),
+    });
+    cache
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(key, d.clone());
+    d
+}
+
 /// The JSON Schema of a registry entry, with every subschema inlined.
 pub fn schema_of(def: &flow_core::processor::ProcessorDef) -> Json {
     let mut g = schemars::generate::SchemaSettings::draft2020_12()

@@ -519,6 +519,12 @@ impl Canvas {
             .layer_painter(layer)
             .with_clip_rect(self.to_global.inverse() * self.rect);
         let mut hit: Option<usize> = None;
+        // The part of the graph in view (graph coordinates), with room for a handle's box.
+        let view = if self.rect.is_positive() {
+            (self.to_global.inverse() * self.rect).expand(80.0)
+        } else {
+            Rect::EVERYTHING
+        };
         // The worst finding of each edge, in one pass over the findings (not one per edge).
         let mut problems: HashMap<usize, Severity> = HashMap::new();
         for p in &designer.validation().problems {
@@ -537,6 +543,11 @@ impl Canvas {
                 continue;
             };
             let mid = pos2((a.right() + b.left()) / 2.0, (ya + yb) / 2.0);
+            if !view.contains(mid) {
+                // Out of view: no label, stats or text layout for it (every edge had them on
+                // every frame; at a 500-node flow's fit, most are out of view).
+                continue;
+            }
             let selected = designer.selection.edge == Some(e.index);
             let problem = problems.get(&e.index).copied();
             let label = graph.edge_label(e);
@@ -1053,7 +1064,7 @@ impl SnarlViewer<CanvasNode> for Viewer<'_> {
             .type_name
             .as_deref()
             .and_then(|t| self.designer.registry().get(t))
-            .map(|d| d.summary());
+            .map(|d| crate::form::docs(d).summary.clone());
         ui.label(RichText::new(&n.name).strong());
         if let Some(s) = summary {
             ui.label(s);
@@ -1199,7 +1210,11 @@ fn type_menu(ui: &mut Ui, designer: &Designer, keep: impl Fn(Kind) -> bool) -> O
         }
         ui.menu_button(group, |ui| {
             for d in defs {
-                if ui.button(d.type_name).on_hover_text(d.summary()).clicked() {
+                if ui
+                    .button(d.type_name)
+                    .on_hover_text(&crate::form::docs(d).summary)
+                    .clicked()
+                {
                     chosen = Some(d.type_name.to_owned());
                     ui.close();
                 }

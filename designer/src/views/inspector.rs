@@ -423,8 +423,9 @@ impl Inspector {
             )),
         );
         if let Some(d) = def {
-            ui.add(egui::Label::new(RichText::new(d.summary()).color(theme::WEAK)).wrap());
-            let description = d.description();
+            let docs = form::docs(d);
+            ui.add(egui::Label::new(RichText::new(&docs.summary).color(theme::WEAK)).wrap());
+            let description = &docs.description;
             let rest = description
                 .split_once("\n\n")
                 .map(|(_, r)| r.trim())
@@ -494,7 +495,8 @@ impl Inspector {
         );
         ui.add_space(8.0);
         if let Some(def) = def {
-            let fields = form::fields(&form::schema_of(def));
+            let docs = form::docs(def);
+            let fields = &docs.fields;
             let outline = designer.outline().processor(name);
             let (required, optional): (Vec<&Field>, Vec<&Field>) =
                 fields.iter().partition(|f| f.required);

@@ -177,10 +177,7 @@ impl LiveView {
             canvas.live = None;
             return;
         };
-        let (seq, flow) = {
-            let s = session.shared();
-            (s.seq, s.flow.clone())
-        };
+        let seq = session.shared().seq;
         if self.seq != Some(seq) {
             self.seq = Some(seq);
             let s = session.shared();
@@ -189,11 +186,14 @@ impl LiveView {
                 .stats
                 .as_ref()
                 .map(|st| Box::new(Snapshot::new(st, &events)) as Box<dyn crate::live::LiveStats>);
+            // The running flow (every processor's config) is copied only when it may be
+            // shown: once, attached, on new stats (it was copied on every frame).
+            let flow = (!self.shown_running && session.attached())
+                .then(|| s.flow.clone())
+                .flatten();
             drop(s);
             if let Some(f) = flow
-                && session.attached()
                 && !same_graph(&f, designer.graph())
-                && !self.shown_running
             {
                 self.differs = Some(f.name.clone());
                 if !designer.is_dirty() {

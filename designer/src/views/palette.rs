@@ -67,7 +67,8 @@ impl Palette {
                 .into_iter()
                 .flat_map(|(_, defs)| defs)
                 .find(|d| {
-                    d.type_name.contains(&query) || d.summary().to_lowercase().contains(&query)
+                    d.type_name.contains(&query)
+                        || crate::form::docs(d).summary.to_lowercase().contains(&query)
                 })
                 .map(|d| d.type_name.to_owned());
         }
@@ -77,7 +78,7 @@ impl Palette {
                 for (group, defs) in groups(designer.registry()) {
                     let defs: Vec<(&ProcessorDef, String)> = defs
                         .into_iter()
-                        .map(|d| (d, d.summary()))
+                        .map(|d| (d, crate::form::docs(d).summary.clone()))
                         .filter(|(d, s)| {
                             query.is_empty()
                                 || d.type_name.contains(&query)

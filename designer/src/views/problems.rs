@@ -35,10 +35,19 @@ impl Problems {
             }
         });
         let mut clicked = None;
+        // Only the rows in view are laid out (a large flow has hundreds of warnings, all laid
+        // out on every frame before).
+        let row_height = ui.spacing().interact_size.y;
         egui::ScrollArea::vertical()
             .auto_shrink([false, false])
-            .show(ui, |ui| {
-                for (i, p) in v.problems.iter().enumerate() {
+            .show_rows(ui, row_height, v.problems.len(), |ui, range| {
+                for (i, p) in v
+                    .problems
+                    .iter()
+                    .enumerate()
+                    .skip(range.start)
+                    .take(range.len())
+                {
                     let (icon, color) = if p.is_error() {
                         ("✖", theme::ERROR)
                     } else {
