@@ -27,6 +27,8 @@ xvfb_start() {
   # connections (-displayfd). Picked here by looking for lock files, a display whose
   # earlier server was still exiting looked free: the new server could not listen, the
   # check below reached the old one, and the designer then found no X server at all.
+  # Made first: the loop below may read it before the background job has opened it.
+  : >"$XVFB_TMP/display"
   Xvfb -displayfd 3 -screen 0 2880x1760x24 -nolisten tcp 3>"$XVFB_TMP/display" >"$XVFB_TMP/xvfb.log" 2>&1 &
   XVFB_PID=$!
   local _
