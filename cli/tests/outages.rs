@@ -520,7 +520,9 @@ fn kafka_source_down_at_start_and_restarted_mid_stream_loses_nothing() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(p.wait(1), "the producer finished");
+    // It has exited: its log is whole.
+    let log = p.log();
+    assert!(p.wait(1), "the producer failed:\n{log}");
     tansu.stop();
     let file = write(
         d,

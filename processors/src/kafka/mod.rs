@@ -234,5 +234,41 @@ pub(crate) async fn ensure_topic(
             }
         }
     }
+    // Creating a topic is asynchronous in Kafka: the brokers list it a little later (seconds
+    // for tansu on object storage, under load), and records sent before are refused with
+    // "unknown topic or partition". Wait, within bounds, until every partition has a leader.
+    let name = topic.to_owned();
+    let ready = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + TOPIC_READY_WAIT;
+        loop {
+            let listed = admin
+                .inner()
+                .fetch_metadata(Some(&name), Duration::from_secs(5))
+                .is_ok_and(|m| {
+                    m.topics().iter().any(|t| {
+                        t.name() == name
+                            && t.error().is_none()
+                            && !t.partitions().is_empty()
+                            && t.partitions().iter().all(|p| p.leader() >= 0)
+                    })
+                });
+            if listed || std::time::Instant::now() >= deadline {
+                return listed;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    })
+    .await
+    .unwrap_or(false);
+    if !ready {
+        tracing::warn!(
+            topic,
+            "the brokers do not list the Kafka topic with a leader for every partition after \
+             {TOPIC_READY_WAIT:?}; sending anyway (records wait until they do)"
+        );
+    }
     Ok(())
 }
+
+/// How long [`ensure_topic`] waits for the brokers to list a topic.
+const TOPIC_READY_WAIT: Duration = Duration::from_secs(30);

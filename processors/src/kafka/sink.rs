@@ -571,6 +571,7 @@ impl KafkaSink {
     ) -> Result<(), ProcessorError> {
         let reports = producer.context().clone();
         let max_inflight = self.cfg.max_inflight;
+        let topic_ensured = self.cfg.create_topic.is_some();
         let mut failures = Output::new(ctx.name.clone(), ctx.failures.port_count().max(1));
         let mut input_done = false;
         // Records of the current batch not yet handed to the producer.
@@ -601,7 +602,7 @@ impl KafkaSink {
             let mut resend = Vec::new();
             let mut broker_error = None;
             for (record, e) in failed_reports {
-                match fault(&e) {
+                match fault(&e, topic_ensured) {
                     Fault::Record => {
                         failures.fail(record, &e);
                         failed = true;
@@ -672,7 +673,7 @@ impl KafkaSink {
                 if let Err((e, br)) = producer.send(br) {
                     reports.inflight.fetch_sub(1, Ordering::AcqRel);
                     let record = br.delivery_opaque;
-                    match fault(&e) {
+                    match fault(&e, topic_ensured) {
                         Fault::Record => {
                             failures.fail(*record, &e);
                             failed = true;
@@ -702,6 +703,13 @@ impl KafkaSink {
                 .delivered
                 .as_ref()
                 .is_some_and(|d| !d.lock().unwrap_or_else(PoisonError::into_inner).is_empty());
+            // Failed reports too: one may have come after the check above (inflight already
+            // down to 0); its permit wakes the sink, which then handles it at the top.
+            let failed_reports = !reports
+                .failed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_empty();
             let stopping = ctx.shutdown.is_cancelled() && (inflight > 0 || !todo.is_empty());
             tokio::select! {
                 // Input first: reports need no prompt handling (a delivered record was
@@ -730,7 +738,7 @@ impl KafkaSink {
                 }
                 // A report came (a permit stored since the last turn counts too: no report is
                 // missed between the counters above and here).
-                () = reports.wake.notified(), if inflight > 0 || delivered => {}
+                () = reports.wake.notified(), if inflight > 0 || delivered || failed_reports => {}
                 _ = tokio::time::sleep(QUEUE_FULL_WAIT), if queue_full && inflight == 0 => {}
                 // Asked to stop while nothing is delivered any more (the brokers are down):
                 // give up within bounds; what is in flight stays unacknowledged.
@@ -759,9 +767,20 @@ enum Fault {
     Fatal,
 }
 
-fn fault(e: &KafkaError) -> Fault {
+/// Whose fault `e` is.
+///
+/// A sink that made its topic sure to exist at start (`create_topic`, `topic_ensured`) takes an
+/// unknown topic or partition for the broker's trouble: its metadata lags the creation (seen
+/// with tansu on object storage, where the first records then went to `failure`), and the
+/// record is produced again later.
+fn fault(e: &KafkaError, topic_ensured: bool) -> Fault {
     use RDKafkaErrorCode as C;
     match e.rdkafka_error_code() {
+        Some(C::UnknownTopic | C::UnknownTopicOrPartition | C::UnknownPartition)
+            if topic_ensured =>
+        {
+            Fault::Broker
+        }
         Some(
             C::MessageSizeTooLarge
             | C::InvalidMessageSize
@@ -817,5 +836,21 @@ mod unit {
         let e = c.validate();
         assert_eq!(e[0].path, ["properties"]);
         assert!(e[0].message.contains("no.such.setting"), "{e:?}");
+    }
+}
+
+#[cfg(test)]
+mod fault_tests {
+    use super::*;
+
+    /// Found by `cli/tests/outages.rs`: right after `create_topic`, tansu on object storage
+    /// answered a record with "unknown topic or partition", and the record went to `failure`.
+    #[test]
+    fn an_unknown_topic_is_the_brokers_trouble_once_the_sink_made_its_topic() {
+        let unknown = KafkaError::MessageProduction(RDKafkaErrorCode::UnknownTopicOrPartition);
+        assert!(matches!(fault(&unknown, false), Fault::Record));
+        assert!(matches!(fault(&unknown, true), Fault::Broker));
+        let big = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
+        assert!(matches!(fault(&big, true), Fault::Record));
     }
 }
