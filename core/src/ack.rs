@@ -181,13 +181,15 @@ impl Acks {
 
     /// Take over `other`'s tokens (used when records are joined into one).
     pub fn merge(&mut self, mut other: Acks) {
-        let incoming: Vec<AckToken> = match std::mem::take(&mut other.0) {
-            Set::None => return,
-            Set::One(t) => vec![t],
-            Set::Many(ts) => ts,
-        };
-        for token in incoming {
-            self.push(token, usize::MAX);
+        // One token is the common case (a record joining a window): no list is made for it.
+        match std::mem::take(&mut other.0) {
+            Set::None => {}
+            Set::One(t) => self.push(t, usize::MAX),
+            Set::Many(ts) => {
+                for token in ts {
+                    self.push(token, usize::MAX);
+                }
+            }
         }
     }
 

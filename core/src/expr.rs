@@ -9,6 +9,7 @@
 //! build cost measured here was small (the whole workspace, VRL included, builds cold in under
 //! two minutes on two cores).
 
+use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 
 use vrl::compiler::state::RuntimeState;
@@ -21,7 +22,7 @@ use vrl::parser::ast::Opcode;
 use vrl::path::{OwnedTargetPath, PathPrefix};
 use vrl::value::{Secrets, Value};
 
-use crate::record::Attributes;
+use crate::record::{Attributes, FieldValue, FieldsRef};
 
 /// One problem found while compiling a program.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -202,11 +203,50 @@ enum Operand {
 
 static NULL: Value = Value::Null;
 
+/// What a native condition or a field path reads a record's fields from: its structured view,
+/// or the top-level fields its source indexed in the content ([`FieldsRef`]), which answer
+/// for one-segment paths (`.temperature`) to fields that are not objects or arrays, and
+/// decline (`None`) the rest, read from the view instead.
+trait ReadFields {
+    fn field(&self, path: &vrl::path::OwnedValuePath) -> Option<Cow<'_, Value>>;
+}
+
+impl ReadFields for Value {
+    fn field(&self, path: &vrl::path::OwnedValuePath) -> Option<Cow<'_, Value>> {
+        Some(Cow::Borrowed(self.get(path).unwrap_or(&NULL)))
+    }
+}
+
+impl ReadFields for FieldsRef<'_> {
+    fn field(&self, path: &vrl::path::OwnedValuePath) -> Option<Cow<'_, Value>> {
+        match self.get(top_level(path)?) {
+            FieldValue::Missing => Some(Cow::Borrowed(&NULL)),
+            FieldValue::Value(v) => Some(Cow::Owned(v)),
+            FieldValue::Nested => None,
+        }
+    }
+}
+
+/// The field's name when `path` is one field of the record (`.temperature`).
+fn top_level(path: &vrl::path::OwnedValuePath) -> Option<&str> {
+    match path.segments.as_slice() {
+        [vrl::path::OwnedSegment::Field(name)] => Some(name.as_str()),
+        _ => None,
+    }
+}
+
 impl Operand {
-    fn get<'a>(&'a self, value: &'a Value) -> &'a Value {
+    fn get<'a, R: ReadFields>(&'a self, record: &'a R) -> Option<Cow<'a, Value>> {
         match self {
-            Operand::Field(path) => value.get(path).unwrap_or(&NULL),
-            Operand::Literal(v) => v,
+            Operand::Field(path) => record.field(path),
+            Operand::Literal(v) => Some(Cow::Borrowed(v)),
+        }
+    }
+
+    fn top_level(&self) -> bool {
+        match self {
+            Operand::Field(path) => top_level(path).is_some(),
+            Operand::Literal(_) => true,
         }
     }
 }
@@ -294,8 +334,17 @@ impl Native {
         }
     }
 
-    /// The condition's value on `value`, or `None` where VRL would fail.
-    fn test(&self, value: &Value) -> Option<bool> {
+    /// Whether every field it reads is one top-level field (see [`ReadFields`]).
+    fn top_level(&self) -> bool {
+        match self {
+            Native::And(a, b) | Native::Or(a, b) => a.top_level() && b.top_level(),
+            Native::Compare(l, _, r) => l.top_level() && r.top_level(),
+        }
+    }
+
+    /// The condition's value on `value`, or `None` where VRL would fail (or `value` cannot
+    /// read a field: see [`ReadFields`]).
+    fn test<R: ReadFields>(&self, value: &R) -> Option<bool> {
         use vrl::compiler::value::VrlValueArithmetic as _;
         use vrl::parser::ast::Opcode as O;
         match self {
@@ -308,14 +357,14 @@ impl Native {
                 false => b.test(value),
             },
             Native::Compare(lhs, op, rhs) => {
-                let (l, r) = (lhs.get(value), rhs.get(value));
+                let (l, r) = (lhs.get(value)?, rhs.get(value)?);
                 let ordered = match op {
-                    O::Eq => return Some(l.eq_lossy(r)),
-                    O::Ne => return Some(!l.eq_lossy(r)),
-                    O::Gt => l.clone().try_gt(r.clone()),
-                    O::Ge => l.clone().try_ge(r.clone()),
-                    O::Lt => l.clone().try_lt(r.clone()),
-                    O::Le => l.clone().try_le(r.clone()),
+                    O::Eq => return Some(l.eq_lossy(&r)),
+                    O::Ne => return Some(!l.eq_lossy(&r)),
+                    O::Gt => l.into_owned().try_gt(r.into_owned()),
+                    O::Ge => l.into_owned().try_ge(r.into_owned()),
+                    O::Lt => l.into_owned().try_lt(r.into_owned()),
+                    O::Le => l.into_owned().try_le(r.into_owned()),
                     _ => return None,
                 };
                 match ordered {
@@ -466,6 +515,35 @@ impl Expr {
             metadata: &metadata,
         };
         self.run(&mut target)
+    }
+
+    /// Whether this reads nothing but top-level fields of the record (a native condition of
+    /// them, or one field path), so that [`Expr::test_fields`] and [`Expr::eval_fields`]
+    /// answer for it on indexed records (see [`crate::record::JsonView::Fields`]).
+    pub fn reads_only_top_level_fields(&self) -> bool {
+        match (&self.native, &self.path) {
+            (Some(n), _) => n.top_level(),
+            (None, Some(p)) => p.prefix == PathPrefix::Event && top_level(&p.path).is_some(),
+            (None, None) => false,
+        }
+    }
+
+    /// A condition on a record's indexed top-level fields, without its structured view: the
+    /// result [`Expr::test`] gives, or `None` where only the view can tell (a nested field, a
+    /// condition that is not native, a comparison VRL would fail: [`Expr::test`] on the view
+    /// then says what happens).
+    pub fn test_fields(&self, fields: FieldsRef<'_>) -> Option<bool> {
+        self.native.as_ref()?.test(&fields)
+    }
+
+    /// A field path's value on a record's indexed top-level fields: the value [`Expr::eval`]
+    /// gives, or `None` where only the structured view can tell.
+    pub fn eval_fields(&self, fields: FieldsRef<'_>) -> Option<Value> {
+        let path = self
+            .path
+            .as_ref()
+            .filter(|p| p.prefix == PathPrefix::Event)?;
+        Some(fields.field(&path.path)?.into_owned())
     }
 
     /// Run a condition: the result must be a boolean.
@@ -828,6 +906,20 @@ mod tests {
                 interpreted.native = None;
                 let attrs = Attributes::new();
                 let want = interpreted.test(&v, &attrs);
+                // The same record as a source reads it with its top-level fields indexed:
+                // where they answer, they answer as the interpreter does.
+                let content = bytes::Bytes::from(crate::record::encode_json(&v));
+                let Ok(indexed) =
+                    crate::record::Record::json(content, crate::record::JsonView::Fields)
+                else {
+                    panic!("{v} does not read back");
+                };
+                if let Some(b) = indexed.fields().and_then(|f| e.test_fields(f)) {
+                    prop_assert!(
+                        matches!(&want, Ok(w) if *w == b),
+                        "fields: {} on {}: {} where the interpreter says {:?}", source, v, b, want
+                    );
+                }
                 match native.test(&v) {
                     Some(b) => prop_assert_eq!(want, Ok(b), "{} on {}", source, v),
                     None => prop_assert!(want.is_err(), "{} on {}: {:?}", source, v, want),

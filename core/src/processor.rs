@@ -263,6 +263,10 @@ pub struct BuildContext {
     /// they read (one pass); otherwise they only check the content and leave the view to be
     /// built on first use.
     pub consumers_read_values: bool,
+    /// Whether those that read fields read only top-level fields of objects
+    /// ([`ProcessorConfig::reads_only_top_level_fields`]): sources of JSON then index them
+    /// instead of building the view ([`crate::record::JsonView::Fields`]).
+    pub consumers_read_only_fields: bool,
     /// The flow's processing time (see [`crate::clock`]): read it here, never `SystemTime`,
     /// so that `flow test` can drive it.
     pub clock: crate::clock::Clock,
@@ -275,13 +279,16 @@ impl BuildContext {
         Self {
             name: name.into(),
             consumers_read_values: true,
+            consumers_read_only_fields: false,
             clock: crate::clock::Clock::system(),
         }
     }
 
     /// How a source should read JSON content.
     pub fn json_view(&self) -> crate::record::JsonView {
-        if self.consumers_read_values {
+        if self.consumers_read_values && self.consumers_read_only_fields {
+            crate::record::JsonView::Fields
+        } else if self.consumers_read_values {
             crate::record::JsonView::Eager
         } else {
             crate::record::JsonView::Lazy
@@ -323,6 +330,14 @@ pub trait ProcessorConfig: fmt::Debug + Send + Sync + 'static {
     /// only their content and attributes. Sinks that write the content as it is say no.
     fn reads_values(&self) -> bool {
         true
+    }
+
+    /// Whether the fields it reads are all top-level fields of objects, read through
+    /// [`crate::record::Record::fields`] when the source indexed them (a filter with a native
+    /// condition, a window keyed by `.device`). Only a hint for the sources: a record without
+    /// indexed fields is read from its structured view as always.
+    fn reads_only_top_level_fields(&self) -> bool {
+        false
     }
 }
 

@@ -6,7 +6,10 @@
 //! read it at the same moment may each build it). Sources
 //! build it as they read when a processor they feed reads fields ([`JsonView::Eager`]); in a flow
 //! that only moves bytes (a file into Kafka) they only check the content ([`JsonView::Lazy`]),
-//! and the view is built, if ever, on first use.
+//! and the view is built, if ever, on first use. Where the processors they feed read only
+//! top-level fields of objects (`.temperature > 95`, a window keyed by `.device`), sources
+//! index those fields in the content as they check it ([`JsonView::Fields`], see [`Fields`]):
+//! no structured view is built unless something else asks for it.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -80,6 +83,10 @@ pub enum JsonView {
     Lazy,
     /// Build the structured view at once (something reads fields anyway: one pass, not two).
     Eager,
+    /// Check it and index the top-level fields of an object ([`Fields`]): what reads only
+    /// those (native conditions, field paths) reads them from the content; the structured view
+    /// is built on first use. Content that is not an object gets its view at once, as `Eager`.
+    Fields,
 }
 
 /// The content could not be read as JSON.
@@ -99,6 +106,9 @@ pub struct Record {
     text: bool,
     /// The structured view, when this record has it at hand (parsed, given or modified).
     value: Option<Arc<Value>>,
+    /// The top-level fields of the unmodified content, when a source indexed them
+    /// ([`JsonView::Fields`]); dropped with the content when the record is modified.
+    fields: Option<Arc<Fields>>,
     /// The structured view of the unmodified content, parsed by whichever copy of the record
     /// needed it first and shared by all copies: the cell is made by the first copy (a record
     /// never copied allocates nothing for it).
@@ -126,6 +136,7 @@ impl Record {
             content,
             text,
             value: value.map(Arc::new),
+            fields: None,
             parsed: OnceLock::new(),
             attributes: Attributes::new(),
             event_time: None,
@@ -181,6 +192,18 @@ impl Record {
             JsonView::Eager => serde_json::from_slice::<Value>(&content)
                 .map(Some)
                 .map_err(ParseError),
+            JsonView::Fields => match Fields::index(&content) {
+                Ok(Some(fields)) => {
+                    let mut r = Self::from_bytes(content);
+                    r.fields = Some(Arc::new(fields));
+                    return Ok(r);
+                }
+                // Not an object: checked, and its view is built at once (rare, and small).
+                Ok(None) => serde_json::from_slice::<Value>(&content)
+                    .map(Some)
+                    .map_err(ParseError),
+                Err(e) => Err(e),
+            },
         };
         match checked {
             Ok(None) => Ok(Self::from_bytes(content)),
@@ -198,6 +221,7 @@ impl Record {
             content: None,
             text: false,
             value: Some(Arc::new(value)),
+            fields: None,
             parsed: OnceLock::new(),
             attributes: self.attributes.clone(),
             event_time: self.event_time,
@@ -294,11 +318,21 @@ impl Record {
         self.value.as_deref()
     }
 
+    /// The top-level fields of the record's content, read without building the structured
+    /// view, when a source indexed them ([`JsonView::Fields`]) and the record is unmodified.
+    pub fn fields(&self) -> Option<FieldsRef<'_>> {
+        match (&self.fields, &self.content) {
+            (Some(fields), Some(content)) => Some(FieldsRef { fields, content }),
+            _ => None,
+        }
+    }
+
     /// A mutable structured view. Invalidates the raw content (re-encoded when needed).
     pub fn value_mut(&mut self) -> Result<&mut Value, ParseError> {
         self.value()?;
         self.modified = true;
         self.content = None;
+        self.fields = None;
         self.parsed = OnceLock::new();
         let arc = self.value.get_or_insert_with(|| Arc::new(Value::Null));
         Ok(Arc::make_mut(arc))
@@ -308,6 +342,7 @@ impl Record {
     pub fn set_value(&mut self, value: Value) {
         self.modified = true;
         self.content = None;
+        self.fields = None;
         self.parsed = OnceLock::new();
         self.value = Some(Arc::new(value));
     }
@@ -407,6 +442,7 @@ impl Record {
             content: self.content.clone(),
             text: self.text,
             value: self.value.clone(),
+            fields: self.fields.clone(),
             parsed,
             attributes: self.attributes.clone(),
             event_time: self.event_time,
@@ -471,6 +507,222 @@ impl<'de> serde::de::Visitor<'de> for Valid {
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Valid, A::Error> {
         while map.next_entry::<Valid, Valid>()?.is_some() {}
         Ok(Valid)
+    }
+}
+
+/// The top-level fields of a JSON object, found in its content by the same parser and checks
+/// that build the structured view ([`Value`], VRL's), without building it: each key and its value
+/// as a span of the content (a string without escapes), a scalar (null, a boolean, a number as
+/// VRL reads it, a string with escapes), or a mark for a nested object or array. Reading
+/// `.temperature` is then a scan of a few keys in one buffer, where the view is a B-tree of
+/// separately allocated keys built for every record and freed on another thread.
+#[derive(Debug)]
+pub struct Fields(Vec<(Key, Field)>);
+
+#[derive(Debug)]
+enum Key {
+    /// A span of the content.
+    Span(usize, usize),
+    /// A key with escapes, unescaped.
+    Owned(Box<str>),
+}
+
+#[derive(Debug)]
+enum Field {
+    /// A string without escapes: a span of the content.
+    Str(usize, usize),
+    /// Null, a boolean, a number or a string with escapes, as the view holds it.
+    Scalar(Value),
+    /// An object or an array: read it from the view.
+    Nested,
+}
+
+/// A top-level field read from [`Fields`].
+#[derive(Debug, PartialEq)]
+pub enum FieldValue {
+    /// The object has no such field (the view's `.name` is null).
+    Missing,
+    /// The field's value, equal to the view's.
+    Value(Value),
+    /// An object or an array: read it from the view ([`Record::value`]).
+    Nested,
+}
+
+/// A record's [`Fields`] with the content they index.
+#[derive(Clone, Copy, Debug)]
+pub struct FieldsRef<'a> {
+    fields: &'a Fields,
+    content: &'a Bytes,
+}
+
+impl FieldsRef<'_> {
+    /// The top-level field `name`; the last of several with that name, as in the view.
+    pub fn get(&self, name: &str) -> FieldValue {
+        let text = |start: usize, len: usize| self.content.get(start..start + len);
+        for (key, field) in self.fields.0.iter().rev() {
+            let found = match key {
+                Key::Span(start, len) => text(*start, *len) == Some(name.as_bytes()),
+                Key::Owned(k) => &**k == name,
+            };
+            if found {
+                return match field {
+                    Field::Str(start, len) => {
+                        FieldValue::Value(Value::Bytes(self.content.slice(*start..*start + *len)))
+                    }
+                    Field::Scalar(v) => FieldValue::Value(v.clone()),
+                    Field::Nested => FieldValue::Nested,
+                };
+            }
+        }
+        FieldValue::Missing
+    }
+}
+
+impl Fields {
+    /// Check `content` as [`check_json`] does and index its top-level fields; `None` for valid
+    /// JSON that is not an object.
+    fn index(content: &[u8]) -> Result<Option<Fields>, ParseError> {
+        let base = content.as_ptr() as usize;
+        Ok(serde_json::from_slice::<Top>(content)
+            .map_err(ParseError)?
+            .0
+            .map(|mut entries| {
+                for (key, field) in &mut entries {
+                    if let Key::Span(start, _) = key {
+                        *start -= base;
+                    }
+                    if let Field::Str(start, _) = field {
+                        *start -= base;
+                    }
+                }
+                Fields(entries)
+            }))
+    }
+}
+
+/// The top-level value while indexing: the fields of an object (spans as addresses, made
+/// relative by [`Fields::index`]), or `None` for anything else (checked).
+struct Top(Option<Vec<(Key, Field)>>);
+
+impl<'de> serde::Deserialize<'de> for Top {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(TopVisitor)
+    }
+}
+
+struct TopVisitor;
+
+impl<'de> serde::de::Visitor<'de> for TopVisitor {
+    type Value = Top;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Top, E> {
+        Ok(Top(None))
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Top, E> {
+        Ok(Top(None))
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Top, E> {
+        Ok(Top(None))
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Top, E> {
+        Ok(Top(None))
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Top, E> {
+        Ok(Top(None))
+    }
+    fn visit_unit<E>(self) -> Result<Top, E> {
+        Ok(Top(None))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Top, A::Error> {
+        Valid.visit_seq(seq).map(|_| Top(None))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Top, A::Error> {
+        let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(8));
+        while let Some(key) = map.next_key::<KeyOf>()? {
+            let field = map.next_value::<FieldOf>()?;
+            entries.push((key.0, field.0));
+        }
+        Ok(Top(Some(entries)))
+    }
+}
+
+/// A key as [`Fields`] keeps it (a borrowed key as its address, see [`Top`]).
+struct KeyOf(Key);
+
+impl<'de> serde::Deserialize<'de> for KeyOf {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = KeyOf;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<KeyOf, E> {
+                Ok(KeyOf(Key::Span(s.as_ptr() as usize, s.len())))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<KeyOf, E> {
+                Ok(KeyOf(Key::Owned(s.into())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// A field's value as [`Fields`] keeps it. Numbers go through VRL's own reading (its
+/// `Deserialize` for `Value`), so they are what the view would hold.
+struct FieldOf(Field);
+
+impl<'de> serde::Deserialize<'de> for FieldOf {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(FieldVisitor)
+    }
+}
+
+struct FieldVisitor;
+
+impl FieldVisitor {
+    fn vrl<'de, E: serde::de::Error, D: serde::Deserializer<'de, Error = E>>(
+        d: D,
+    ) -> Result<FieldOf, E> {
+        <Value as serde::Deserialize>::deserialize(d).map(|v| FieldOf(Field::Scalar(v)))
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for FieldVisitor {
+    type Value = FieldOf;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<FieldOf, E> {
+        Self::vrl(serde::de::IntoDeserializer::<'de, E>::into_deserializer(v))
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<FieldOf, E> {
+        Self::vrl(serde::de::IntoDeserializer::<'de, E>::into_deserializer(v))
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<FieldOf, E> {
+        Self::vrl(serde::de::IntoDeserializer::<'de, E>::into_deserializer(v))
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<FieldOf, E> {
+        Self::vrl(serde::de::IntoDeserializer::<'de, E>::into_deserializer(v))
+    }
+    fn visit_borrowed_str<E>(self, s: &'de str) -> Result<FieldOf, E> {
+        Ok(FieldOf(Field::Str(s.as_ptr() as usize, s.len())))
+    }
+    fn visit_str<E>(self, s: &str) -> Result<FieldOf, E> {
+        Ok(FieldOf(Field::Scalar(Value::from(s))))
+    }
+    fn visit_unit<E>(self) -> Result<FieldOf, E> {
+        Ok(FieldOf(Field::Scalar(Value::Null)))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<FieldOf, A::Error> {
+        Valid.visit_seq(seq).map(|_| FieldOf(Field::Nested))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<FieldOf, A::Error> {
+        Valid.visit_map(map).map(|_| FieldOf(Field::Nested))
     }
 }
 
@@ -559,6 +811,72 @@ mod tests {
         let nearest = Value::from(&serde_json::json!(18443372036845877508u64 as f64));
         assert_eq!(r.value().ok(), Some(&nearest));
         assert_eq!(r.content(), &raw);
+    }
+
+    /// Indexed fields read what the structured view holds: the last of duplicate keys, keys and
+    /// strings with escapes, integers beyond `i64` (as VRL's nearest float), floats, nulls,
+    /// booleans; objects and arrays are left to the view; a missing field is missing. Content
+    /// that is not an object gets its view at once, and JSON the view refuses is refused alike.
+    #[test]
+    fn indexed_fields_read_what_the_view_holds() {
+        let raw = r#"{"device":"car-1","t":95.5,"n":-3,"big":18446744073709551615,"ok":true,
+            "none":null,"esc\u00e9":"a\"b","s":"\ud83d\ude00","nested":{"a":[1]},"list":[1,2],
+            "dup":1,"dup":"last","e":1e3,"":"empty key"}"#;
+        let content = Bytes::copy_from_slice(raw.as_bytes());
+        let Ok(r) = Record::json(content.clone(), JsonView::Fields) else {
+            panic!("refused");
+        };
+        assert!(r.parsed_value().is_none(), "no view built");
+        let Some(fields) = r.fields() else {
+            panic!("not indexed");
+        };
+        let Ok(Value::Object(view)) = serde_json::from_slice::<Value>(&content) else {
+            panic!("no view");
+        };
+        for (k, v) in &view {
+            let want = match v {
+                Value::Object(_) | Value::Array(_) => FieldValue::Nested,
+                v => FieldValue::Value(v.clone()),
+            };
+            assert_eq!(fields.get(k.as_str()), want, "{k}");
+        }
+        assert_eq!(view.len(), 13);
+        assert_eq!(fields.get("dup"), FieldValue::Value(Value::from("last")));
+        assert_eq!(fields.get("missing"), FieldValue::Missing);
+        // Modified, the record no longer has them (its content is re-encoded).
+        let mut m = r.clone();
+        m.set_attribute("a", "b");
+        assert!(m.fields().is_some(), "attributes are not the content");
+        m.set_value(Value::from(1));
+        assert!(m.fields().is_none());
+
+        for other in ["[1,2]", "3", "\"x\"", "null"] {
+            let Ok(mut r) = Record::json(Bytes::from_static(other.as_bytes()), JsonView::Fields)
+            else {
+                panic!("{other} refused");
+            };
+            assert!(r.fields().is_none());
+            assert!(r.parsed_value().is_some(), "{other}: view built at once");
+            let want: Value = serde_json::from_str(other).expect("json");
+            assert_eq!(r.value().expect("view"), &want);
+        }
+        let deep = format!("{{\"a\":{}{}}}", "[".repeat(200), "]".repeat(200));
+        for bad in [
+            &b"{\"a\":1,}"[..],
+            b"{\"a\":\"\xff\"}",
+            b"{\"a\":\"\\ud800\"}",
+            b"{\"a\":1e400}",
+            b"{\"a\":1} x",
+            b"{\"\xff\":1}",
+            deep.as_bytes(),
+        ] {
+            let eager = Record::json(Bytes::copy_from_slice(bad), JsonView::Eager);
+            let fields = Record::json(Bytes::copy_from_slice(bad), JsonView::Fields);
+            match (eager, fields) {
+                (Err((_, e)), Err((_, f))) => assert_eq!(e.to_string(), f.to_string()),
+                _ => panic!("{:?} accepted", String::from_utf8_lossy(bad)),
+            }
+        }
     }
 
     #[test]

@@ -1,16 +1,35 @@
 //! The JSON record check (`Record::parse_json`, lazy) against the view (`Record::json` eager,
 //! `Record::value`, `Record::view`): the check accepts exactly what the view can be built from,
-//! and the view re-encodes to JSON that reads back the same.
+//! and the view re-encodes to JSON that reads back the same. The indexed fields
+//! (`JsonView::Fields`) accept the same and read what the view holds.
 #![no_main]
 
 use bytes::Bytes;
-use flow_core::record::{JsonView, Record, Value, encode_json};
+use flow_core::record::{FieldValue, JsonView, Record, Value, encode_json};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let content = Bytes::copy_from_slice(data);
     let lazy = Record::parse_json(content.clone());
+    let indexed = Record::json(content.clone(), JsonView::Fields);
     let eager = Record::json(content, JsonView::Eager);
+    assert_eq!(
+        indexed.as_ref().err().map(|(_, e)| e.to_string()),
+        eager.as_ref().err().map(|(_, e)| e.to_string()),
+        "the index and the view accept the same"
+    );
+    if let (Ok(indexed), Ok(eager)) = (&indexed, &eager)
+        && let Some(Value::Object(view)) = eager.parsed_value()
+    {
+        let fields = indexed.fields().expect("an object is indexed");
+        for (k, v) in view {
+            let want = match v {
+                Value::Object(_) | Value::Array(_) => FieldValue::Nested,
+                v => FieldValue::Value(v.clone()),
+            };
+            assert_eq!(fields.get(k.as_str()), want, "field {k}");
+        }
+    }
     match (lazy, eager) {
         (Ok(mut lazy), Ok(mut eager)) => {
             let v = lazy

@@ -22,8 +22,9 @@ use crate::write::{Commit, Lines, write_lines};
 /// source reads them again on the next run. Missing parent directories are created.
 ///
 /// Exactly-once across crashes, for a regular file in `append` mode: after each batch, the
-/// file's length and the positions of the records written are committed atomically in
-/// `.NAME.NODE.commit` beside the file, before the batch is acknowledged. On restart the file is cut
+/// file's length and the positions of the records written are committed in
+/// `.NAME.NODE.commit` beside the file (a line appended to a small log whose last whole line
+/// counts), before the batch is acknowledged. On restart the file is cut
 /// back to the committed length (what was written after the last commit goes) and the records
 /// the source replays that the commit covers are skipped, so each record is written once. This
 /// holds when a restart replays the same stream (a `file` source with a `checkpoint`, and a
@@ -243,9 +244,19 @@ mod tests {
         run_batches(&path, at(&[1..=3, 4..=6])).await;
         assert_eq!(std::fs::read_to_string(&path).expect("read"), lines(6));
         let commit = dir.path().join(".out.jsonl.under_test.commit");
-        let c: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&commit).expect("committed")).expect("json");
-        assert_eq!(c, json!({"len": lines(6).len(), "written": {"5": 6}}));
+        // One line per batch, the last is the commit.
+        let log = std::fs::read_to_string(&commit).expect("committed");
+        let c: Vec<serde_json::Value> = log
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json"))
+            .collect();
+        assert_eq!(
+            c,
+            [
+                json!({"len": lines(3).len(), "written": {"5": 3}}),
+                json!({"len": lines(6).len(), "written": {"5": 6}})
+            ]
+        );
         // Written after the last commit when the process died: never acknowledged.
         let mut f = std::fs::OpenOptions::new()
             .append(true)

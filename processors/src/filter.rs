@@ -42,6 +42,11 @@ impl ProcessorConfig for FilterConfig {
         }
     }
 
+    fn reads_only_top_level_fields(&self) -> bool {
+        Expr::compile(&self.condition, ExprKind::Condition)
+            .is_ok_and(|e| e.reads_only_top_level_fields())
+    }
+
     fn build(&self, _: &BuildContext) -> Result<Processor, BuildError> {
         let condition = Expr::compile(&self.condition, ExprKind::Condition)?;
         Ok(Processor::Transform(Box::new(Filter { condition })))
@@ -54,6 +59,12 @@ struct Filter {
 
 impl Transform for Filter {
     fn process(&mut self, mut record: Record, out: &mut Output) {
+        // Fields the source indexed answer most conditions without the structured view.
+        match record.fields().and_then(|f| self.condition.test_fields(f)) {
+            Some(true) => return out.push(MATCHED, record),
+            Some(false) => return out.push(UNMATCHED, record),
+            None => {}
+        }
         if let Err(e) = record.value() {
             return out.fail(record, &e);
         }

@@ -9,13 +9,14 @@
 //! file), and the batch's records are not acknowledged, so their source reads them again.
 //!
 //! A regular file also gets a commit record beside it (see [`Commit`]): after each batch, its
-//! length and the positions written ([`flow_core::committed::Written`]), replaced atomically
-//! before the batch is acknowledged. On restart the file is cut back to the committed length
+//! length and the positions written ([`flow_core::committed::Written`]), appended to a small
+//! commit log before the batch is acknowledged. On restart the file is cut back to the committed length
 //! and replayed records the commit covers are skipped: exactly-once across `kill -9`.
 
 use std::io::Write;
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use flow_core::committed::Written;
 use flow_core::processor::{ProcessorError, SinkContext};
@@ -74,20 +75,46 @@ pub(crate) struct Lines<T> {
     pub commit: Option<Commit>,
 }
 
+/// The last commit in a commit log: its last line that is a whole record (a `kill -9` may have
+/// torn the one after it, which was then never acknowledged). A log written before commits were
+/// appended holds one record with no newline: read the same way.
 fn read_commit(path: &Path) -> std::io::Result<Option<Committed>> {
-    match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut last_error = None;
+    for line in bytes.rsplit(|b| *b == b'\n') {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match serde_json::from_slice(line) {
+            Ok(c) => return Ok(Some(c)),
+            Err(e) => last_error = last_error.or(Some(e)),
+        }
     }
+    let message = match last_error {
+        Some(e) => format!("no whole commit record in `{}`: {e}", path.display()),
+        None => format!("the commit log `{}` is empty", path.display()),
+    };
+    Err(std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        message,
+    ))
 }
 
+/// A commit log grows to this many bytes, then is rewritten with its last record alone.
+const COMPACT_AT: u64 = 64 * 1024;
+
 /// A file sink's committed state: the file's length after the last acknowledged batch and the
-/// positions of the records written up to there, in a small JSON file beside it
-/// (`.NAME.NODE.commit`), replaced atomically (written aside, then renamed over) after every batch
-/// and before its records are acknowledged. A `kill -9` leaves either the old or the new one.
+/// positions of the records written up to there, one JSON line per batch appended to a small
+/// log beside the file (`.NAME.NODE.commit`) before the batch's records are acknowledged. The
+/// last whole line is the commit: a `kill -9` leaves at most a torn line after it. The first
+/// commit of a run, and every one that finds the log over [`COMPACT_AT`], replaces the log
+/// atomically with itself alone (written aside, then renamed over), so a run never appends
+/// after a line a crash tore. One append per batch, where a replace per batch cost a create,
+/// a rename and a close (about 6 % of the sensors flow's CPU time).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Committed {
     /// The file's length.
@@ -106,6 +133,10 @@ pub(crate) struct Commit {
     /// The file's folder and the prefix of every sink's commit record for it.
     dir: PathBuf,
     prefix: String,
+    /// The log open for appending, and its length, once this run replaced it; `None` again
+    /// after a failed append (the next commit replaces the log rather than append after a
+    /// torn line).
+    log: Arc<Mutex<Option<(std::fs::File, u64)>>>,
 }
 
 /// `name` with every character but letters, digits, `-` and `_` made `_`: safe in a file
@@ -134,6 +165,7 @@ impl Commit {
             tmp: dir.join(format!("{prefix}{node}.commit.tmp")),
             dir,
             prefix,
+            log: Arc::default(),
         }
     }
 
@@ -168,17 +200,37 @@ impl Commit {
 
     /// Forget the commit (the file starts over).
     pub fn remove(&self) -> std::io::Result<()> {
+        *self.log.lock().unwrap_or_else(PoisonError::into_inner) = None;
         match std::fs::remove_file(&self.path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
     }
 
-    /// Replace the commit record atomically (and durably, with `durable`).
+    /// Record `c` (durably, with `durable`): appended to the log, or the log replaced by it
+    /// alone (see [`Committed`]).
     fn store(&self, c: &Committed, durable: bool) -> std::io::Result<()> {
-        let bytes = serde_json::to_vec(c).map_err(std::io::Error::other)?;
+        let mut line = serde_json::to_vec(c).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((f, len)) = log.as_mut().filter(|(_, len)| *len < COMPACT_AT) {
+            let appended = f
+                .write_all(&line)
+                .and_then(|()| if durable { f.sync_data() } else { Ok(()) });
+            match appended {
+                Ok(()) => {
+                    *len += line.len() as u64;
+                    return Ok(());
+                }
+                Err(e) => {
+                    *log = None;
+                    return Err(e);
+                }
+            }
+        }
+        *log = None;
         let mut f = std::fs::File::create(&self.tmp)?;
-        f.write_all(&bytes)?;
+        f.write_all(&line)?;
         if durable {
             f.sync_data()?;
         }
@@ -187,6 +239,8 @@ impl Commit {
         if durable && let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::File::open(dir)?.sync_all()?;
         }
+        let f = std::fs::OpenOptions::new().append(true).open(&self.path)?;
+        *log = Some((f, line.len() as u64));
         Ok(())
     }
 }
@@ -489,5 +543,54 @@ mod tests {
         drop(tx);
         let f = tracker.next().await.expect("finished");
         assert_eq!(f.status, AckStatus::Abandoned);
+    }
+
+    /// The commit is its log's last whole line: a torn line after it (a `kill -9` in the middle
+    /// of an append) is not one; a new run replaces the log before it appends (never after a
+    /// torn line); a log of one record with no newline (written before commits were appended)
+    /// reads as before; a log past `COMPACT_AT` is replaced by its last record; a log with no
+    /// whole record is an error, not a made-up commit.
+    #[test]
+    fn the_commit_is_the_last_whole_line_of_its_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("out.jsonl");
+        let c = |len| Committed {
+            len,
+            written: Written::default(),
+        };
+        let commit = Commit::of(&file, "sink");
+        assert_eq!(commit.load().expect("read"), None);
+        commit.store(&c(1), false).expect("stored");
+        commit.store(&c(2), false).expect("stored");
+        assert_eq!(commit.load().expect("read"), Some(c(2)));
+        let log = || std::fs::read_to_string(&commit.path).expect("read");
+        assert_eq!(log().lines().count(), 2);
+
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&commit.path)
+            .expect("open");
+        f.write_all(b"{\"len\":3,\"wri").expect("torn");
+        assert_eq!(commit.load().expect("read"), Some(c(2)));
+
+        let again = Commit::of(&file, "sink");
+        again.store(&c(3), false).expect("stored");
+        assert_eq!(log().lines().count(), 1, "{}", log());
+        again.store(&c(4), false).expect("stored");
+        assert_eq!(again.load().expect("read"), Some(c(4)));
+
+        std::fs::write(&commit.path, br#"{"len":9}"#).expect("old format");
+        assert_eq!(Commit::of(&file, "sink").load().expect("read"), Some(c(9)));
+
+        let big = Commit::of(&file, "big");
+        for len in 0..5_000 {
+            big.store(&c(len), false).expect("stored");
+        }
+        let size = std::fs::metadata(&big.path).expect("log").len();
+        assert!(size < COMPACT_AT + 100, "{size} bytes");
+        assert_eq!(big.load().expect("read"), Some(c(4_999)));
+
+        std::fs::write(&big.path, b"{\"len\":").expect("torn alone");
+        assert!(big.load().is_err());
     }
 }

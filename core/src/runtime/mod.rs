@@ -156,18 +156,23 @@ pub fn start_with(
     let mut built = Vec::with_capacity(spec.nodes.len());
     // One pass over the edges, not one per node: a flow of 10,000 processors starts at once.
     let mut read_downstream = vec![false; spec.nodes.len()];
+    let mut only_fields_downstream = vec![true; spec.nodes.len()];
     for e in &spec.edges {
-        if spec.nodes[e.to].config.reads_values() {
+        let to = &spec.nodes[e.to].config;
+        if to.reads_values() {
             read_downstream[e.from] = true;
+            only_fields_downstream[e.from] &= to.reads_only_top_level_fields();
         }
     }
     for (i, n) in spec.nodes.iter().enumerate() {
         let consumers_read_values = read_downstream[i];
+        let consumers_read_only_fields = only_fields_downstream[i];
         let p = n
             .config
             .build(&BuildContext {
                 name: n.name.clone(),
                 consumers_read_values,
+                consumers_read_only_fields,
                 clock: clock.clone(),
             })
             .map_err(|source| StartError::Build {

@@ -2,6 +2,7 @@
 //! turns its state into a checkpoint and back. Synchronous and clock-free: the task around it
 //! supplies processing time, so it is tested without a runtime.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use bytes::Bytes;
@@ -58,6 +59,18 @@ struct Slot {
 /// Where a slot lives: ordered by end so the earliest-closing window fires first.
 type SlotId = (i64, i64, String);
 
+/// A [`SlotId`] borrowed: finds a slot without making its key's `String` (every record looks
+/// its slot up; one in ten or so makes one). Hashes as the `SlotId` it stands for (a tuple
+/// hashes its fields in order, and a `String` as its `str`).
+#[derive(Hash)]
+struct SlotRef<'a>(i64, i64, &'a str);
+
+impl hashbrown::Equivalent<SlotId> for SlotRef<'_> {
+    fn equivalent(&self, id: &SlotId) -> bool {
+        self.0 == id.0 && self.1 == id.1 && self.2 == id.2
+    }
+}
+
 /// Windows emitted but not yet delivered, by the sequence number of the delivery token their
 /// output carries.
 #[derive(Default)]
@@ -102,8 +115,8 @@ pub struct Engine {
     s: Settings,
     /// Highest event time seen; `None` before the first record.
     max_ts: Option<i64>,
-    /// Open slots, found by id...
-    slots: HashMap<SlotId, Slot>,
+    /// Open slots, found by id (hashbrown: looked up by [`SlotRef`], with a fast hasher)...
+    slots: hashbrown::HashMap<SlotId, Slot>,
     /// ...and ordered by end, so the earliest-closing window fires first.
     order: BTreeSet<SlotId>,
     /// Open slots per key (for `max_keys`).
@@ -157,7 +170,7 @@ pub struct SnapshotError(String);
 /// The windows a record at some event time belongs to, before any state is touched.
 enum Bounds {
     /// Tumbling and hopping windows: `(start, end)`, in order of start.
-    Fixed(Vec<(i64, i64)>),
+    Fixed(smallvec::SmallVec<[(i64, i64); 1]>),
     /// A session window: it reaches to `end` unless it merges with open sessions.
     Session { end: i64 },
 }
@@ -174,7 +187,7 @@ fn window_bounds(kind: WindowKind, ts: i64) -> Result<Bounds, Reject> {
     Ok(match kind {
         WindowKind::Tumbling { size } => {
             let start = aligned(size)?;
-            Bounds::Fixed(vec![(
+            Bounds::Fixed(smallvec::smallvec![(
                 start,
                 start.checked_add(size).ok_or_else(out_of_range)?,
             )])
@@ -185,7 +198,7 @@ fn window_bounds(kind: WindowKind, ts: i64) -> Result<Bounds, Reject> {
             // bounds of windows that hold `ts` are computed, so only they can overflow).
             let mut start = aligned(slide)?;
             let mut end = start.checked_add(size).ok_or_else(out_of_range)?;
-            let mut v = Vec::new();
+            let mut v = smallvec::SmallVec::new();
             while end > ts {
                 v.push((start, end));
                 if v.len() as i64 > MAX_HOPS {
@@ -224,7 +237,7 @@ impl Engine {
         Self {
             s,
             max_ts: None,
-            slots: HashMap::new(),
+            slots: hashbrown::HashMap::new(),
             order: BTreeSet::new(),
             keys: BTreeMap::new(),
             positions: BTreeMap::new(),
@@ -369,16 +382,18 @@ impl Engine {
             self.fire(out);
         }
         let wm = self.watermark().unwrap_or(i64::MIN);
-        let key_text = match &key {
-            Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
-            other => String::from_utf8_lossy(&flow_core::record::encode_json(other)).into_owned(),
+        let key_text: Cow<str> = match &key {
+            Value::Bytes(b) => String::from_utf8_lossy(b),
+            other => Cow::Owned(
+                String::from_utf8_lossy(&flow_core::record::encode_json(other)).into_owned(),
+            ),
         };
         let targets = match bounds {
             Bounds::Fixed(windows) => windows,
-            Bounds::Session { end } => vec![self.session_for(&key_text, ts, end)],
+            Bounds::Session { end } => smallvec::smallvec![self.session_for(&key_text, ts, end)],
         };
-        let open: Vec<(i64, i64)> = targets.iter().copied().filter(|(_, e)| *e > wm).collect();
-        if open.is_empty() {
+        let open = targets.iter().copied().filter(|(_, e)| *e > wm);
+        if open.clone().next().is_none() {
             let (start, end) = targets.last().copied().unwrap_or((ts, ts));
             self.counters.late += 1;
             let late = Aside::Late {
@@ -391,27 +406,30 @@ impl Engine {
         let acks = record.take_acks();
         let id = record.id();
         for (start, end) in open {
-            let slot_id = (end, start, key_text.clone());
-            if !self.slots.contains_key(&slot_id)
-                && let Err(e) = self.make_room(&key_text, out)
-            {
-                record.merge_acks(acks);
-                return self.reject(record, &e, out);
-            }
-            let s = &self.s;
-            let order = &mut self.order;
-            let slot = self.slots.entry(slot_id).or_insert_with_key(|id| {
-                order.insert(id.clone());
-                *self.keys.entry(key_text.clone()).or_default() += 1;
-                Slot {
+            let probe = SlotRef(end, start, &key_text);
+            if !self.slots.contains_key(&probe) {
+                if let Err(e) = self.make_room(&key_text, out) {
+                    record.merge_acks(acks);
+                    return self.reject(record, &e, out);
+                }
+                let id: SlotId = (end, start, key_text.clone().into_owned());
+                self.order.insert(id.clone());
+                *self.keys.entry(id.2.clone()).or_default() += 1;
+                let slot = Slot {
                     key: key.clone(),
-                    accs: s.aggregates.iter().map(|(_, a)| a.start()).collect(),
+                    accs: self.s.aggregates.iter().map(|(_, a)| a.start()).collect(),
                     count: 0,
                     parents: Vec::new(),
                     acks: Acks::none(),
                     seq: None,
-                }
-            });
+                };
+                self.slots.insert(id, slot);
+            }
+            let s = &self.s;
+            let Some(slot) = self.slots.get_mut(&probe) else {
+                // Inserted just above.
+                continue;
+            };
             let mut failed = None;
             for (acc, arg) in slot.accs.iter_mut().zip(args) {
                 if let Err(e) = acc.add(arg) {

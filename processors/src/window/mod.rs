@@ -401,6 +401,12 @@ impl ProcessorConfig for WindowAggregateConfig {
         self.compile().err().unwrap_or_default()
     }
 
+    fn reads_only_top_level_fields(&self) -> bool {
+        let Ok(c) = self.compile() else { return false };
+        let top = |e: &Option<Expr>| e.as_ref().is_none_or(Expr::reads_only_top_level_fields);
+        top(&c.key) && top(&c.event_time) && c.settings.aggregates.iter().all(|(_, a)| top(&a.arg))
+    }
+
     fn build(&self, ctx: &BuildContext) -> Result<Processor, BuildError> {
         let c = self.compile().map_err(|errs| {
             BuildError(
@@ -493,6 +499,17 @@ impl Window {
         clock: &Clock,
         args: &mut Vec<Value>,
     ) {
+        if let Some((ts, key)) = self.read_fields(&r, args) {
+            let ts = match ts {
+                Some(v) => to_ms(&v, self.cfg.event_time_unit)
+                    .and_then(|ts| self.not_too_far_ahead(ts, clock)),
+                None => Ok(clock.now_ms()),
+            };
+            return match ts {
+                Ok(ts) => engine.add(r, ts, key, args, out),
+                Err(e) => out.fail(r, &e),
+            };
+        }
         let (value, attributes) = match r.view() {
             Ok(v) => v,
             Err(e) => return out.fail(r, &e),
@@ -529,6 +546,31 @@ impl Window {
             (_, Err(e), _) => out.fail(r, &format!("key: {e}")),
             (_, _, Some(e)) => out.fail(r, &format!("aggregate argument: {e}")),
         }
+    }
+}
+
+impl Window {
+    /// The event time's value (`None` without `event_time`) and the key, with the aggregates'
+    /// arguments in `args`, read from the fields the source indexed (see
+    /// [`flow_core::record::JsonView::Fields`]), when they answer for every one of them.
+    fn read_fields(&self, r: &Record, args: &mut Vec<Value>) -> Option<(Option<Value>, Value)> {
+        let f = r.fields()?;
+        let ts = match &self.event_time {
+            Some(e) => Some(e.eval_fields(f)?),
+            None => None,
+        };
+        let key = match &self.key {
+            Some(e) => e.eval_fields(f)?,
+            None => Value::Null,
+        };
+        args.clear();
+        for a in &self.args {
+            args.push(match a {
+                Some(e) => e.eval_fields(f)?,
+                None => Value::Null,
+            });
+        }
+        Some((ts, key))
     }
 }
 
