@@ -416,7 +416,12 @@ impl Engine {
                 self.order.insert(id.clone());
                 *self.keys.entry(id.2.clone()).or_default() += 1;
                 let slot = Slot {
-                    key: key.clone(),
+                    // Copied: a key read from indexed fields is a slice of the source's read
+                    // buffer, which an open window would otherwise keep whole.
+                    key: match &key {
+                        Value::Bytes(b) => Value::Bytes(Bytes::copy_from_slice(b)),
+                        other => other.clone(),
+                    },
                     accs: self.s.aggregates.iter().map(|(_, a)| a.start()).collect(),
                     count: 0,
                     parents: Vec::new(),
