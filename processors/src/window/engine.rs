@@ -412,9 +412,9 @@ impl Engine {
                     record.merge_acks(acks);
                     return self.reject(record, &e, out);
                 }
-                let id: SlotId = (end, start, key_text.clone().into_owned());
-                self.order.insert(id.clone());
-                *self.keys.entry(id.2.clone()).or_default() += 1;
+                let slot_id: SlotId = (end, start, key_text.clone().into_owned());
+                self.order.insert(slot_id.clone());
+                *self.keys.entry(slot_id.2.clone()).or_default() += 1;
                 let slot = Slot {
                     // Copied: a key read from indexed fields is a slice of the source's read
                     // buffer, which an open window would otherwise keep whole.
@@ -428,7 +428,7 @@ impl Engine {
                     acks: Acks::none(),
                     seq: None,
                 };
-                self.slots.insert(id, slot);
+                self.slots.insert(slot_id, slot);
             }
             let s = &self.s;
             let Some(slot) = self.slots.get_mut(&probe) else {
