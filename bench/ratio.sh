@@ -8,13 +8,13 @@
 #   - instructions per event of both, counted by callgrind on 200,000 events: stable on a
 #     shared machine, where wall times move with the neighbours' load;
 #   - flow's peak RSS.
-# Needs the reference workload beside the repo (../shared/workloads/sensors); the project never
-# needs it to build, test or run.
+# Needs the reference workload beside the repo (../shared/workloads/sensors, or
+# $SENSORS_WORKLOAD); the project never needs it to build, test or run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n="${1:-1000000}"
 rounds="${2:-5}"
-workload=../shared/workloads/sensors
+workload=${SENSORS_WORKLOAD:-../shared/workloads/sensors}
 [ -f "$workload/compare.sh" ] || { echo "bench/ratio.sh needs $workload (the reference workload)" >&2; exit 2; }
 [ -x /usr/bin/time ] || { apt-get install -y -qq time >/dev/null 2>&1 || { echo "needs /usr/bin/time (Debian package time)" >&2; exit 2; }; }
 if command -v mold >/dev/null; then export RUSTFLAGS="${RUSTFLAGS:-} -C link-arg=-fuse-ld=mold"; fi
@@ -24,7 +24,7 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
 python3 "$workload/gen.py" "$n" 7 > "$work/events.jsonl"
-python3 "$workload/oracle.py" "$work/events.jsonl" "$work/oracle" >/dev/null
+python3 "$workload/oracle.py" "$work/events.jsonl" "$work/oracle" >/dev/null 2>&1
 mkdir -p "$work/out"
 INPUT="$work/events.jsonl" OUT_DIR="$work/out" /usr/bin/time -f '%e %M' -o "$work/time" \
   "$bin" run --quiet flows/sensors.yaml
