@@ -849,12 +849,17 @@ fn exactly_once_extra() -> serde_json::Value {
     })
 }
 
+/// The exactly-once config over a `file://` folder.
+fn file_exactly_once(dir: &std::path::Path) -> S3SinkConfig {
+    let mut c = exactly_once_extra();
+    c["url"] = json!(format!("file://{}", dir.display()));
+    config(c)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_a_kill_then_a_replay_writes_each_record_once() {
     let dir = tempfile::tempdir().expect("tmp");
-    let mut c = exactly_once_extra();
-    c["url"] = json!(format!("file://{}", dir.path().display()));
-    let cfg: S3SinkConfig = config(c);
+    let cfg = file_exactly_once(dir.path());
     let store = object_store::local::LocalFileSystem::new_with_prefix(dir.path()).expect("fs");
     killed_then_replayed_writes_each_record_once(&cfg, &store, "").await;
 }
@@ -873,9 +878,7 @@ async fn s3_a_kill_then_a_replay_writes_each_record_once() {
 #[tokio::test]
 async fn file_a_pending_object_is_deleted_on_restart() {
     let dir = tempfile::tempdir().expect("tmp");
-    let mut c = exactly_once_extra();
-    c["url"] = json!(format!("file://{}", dir.path().display()));
-    let cfg: S3SinkConfig = config(c);
+    let cfg = file_exactly_once(dir.path());
     std::fs::create_dir_all(dir.path().join("_flow")).expect("dir");
     std::fs::create_dir_all(dir.path().join("a")).expect("dir");
     // 0..3 are in a completed object the commit covers (`written`), 4 (partition b) in one
@@ -944,9 +947,7 @@ async fn next_failed(failures: &mut flow_core::runtime::edge::EdgeReceiver) -> V
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_a_failed_record_unfinished_at_a_kill_goes_to_failure_again() {
     let dir = tempfile::tempdir().expect("tmp");
-    let mut c = exactly_once_extra();
-    c["url"] = json!(format!("file://{}", dir.path().display()));
-    let cfg: S3SinkConfig = config(c);
+    let cfg = file_exactly_once(dir.path());
     let store = object_store::local::LocalFileSystem::new_with_prefix(dir.path()).expect("fs");
     // Run 1: 0..20; 4 fails and stays on the failure edge, unfinished. Every partition
     // completes two objects (18 records), `a` keeps 18 open. Killed then.
