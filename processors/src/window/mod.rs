@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use flow_core::clock::Clock;
-use flow_core::expr::{Expr, ExprKind};
+use flow_core::expr::{EvalError, Expr, ExprKind};
 use flow_core::processor::{
     BuildContext, BuildError, ConfigError, Describe, Kind, Output, Processor, ProcessorConfig,
     ProcessorError, TaskContext, TaskTransform,
@@ -500,12 +500,7 @@ impl Window {
         args: &mut Vec<Value>,
     ) {
         if let Some((ts, key)) = self.read_fields(&r, args) {
-            let ts = match ts {
-                Some(v) => to_ms(&v, self.cfg.event_time_unit)
-                    .and_then(|ts| self.not_too_far_ahead(ts, clock)),
-                None => Ok(clock.now_ms()),
-            };
-            return match ts {
+            return match self.time_of(ts.map(Ok), clock) {
                 Ok(ts) => engine.add(r, ts, key, args, out),
                 Err(e) => out.fail(r, &e),
             };
@@ -514,14 +509,10 @@ impl Window {
             Ok(v) => v,
             Err(e) => return out.fail(r, &e),
         };
-        let ts = match &self.event_time {
-            Some(e) => e
-                .eval(value, attributes)
-                .map_err(TimeError::Eval)
-                .and_then(|v| to_ms(&v, self.cfg.event_time_unit))
-                .and_then(|ts| self.not_too_far_ahead(ts, clock)),
-            None => Ok(clock.now_ms()),
-        };
+        let ts = self.time_of(
+            self.event_time.as_ref().map(|e| e.eval(value, attributes)),
+            clock,
+        );
         let key = match &self.key {
             Some(e) => e.eval(value, attributes),
             None => Ok(Value::Null),
@@ -547,9 +538,23 @@ impl Window {
             (_, _, Some(e)) => out.fail(r, &format!("aggregate argument: {e}")),
         }
     }
-}
 
-impl Window {
+    /// The event time in milliseconds from the value of `event_time` (`None` without one:
+    /// the clock's time).
+    fn time_of(
+        &self,
+        value: Option<Result<Value, EvalError>>,
+        clock: &Clock,
+    ) -> Result<i64, TimeError> {
+        match value {
+            Some(v) => v
+                .map_err(TimeError::Eval)
+                .and_then(|v| to_ms(&v, self.cfg.event_time_unit))
+                .and_then(|ts| self.not_too_far_ahead(ts, clock)),
+            None => Ok(clock.now_ms()),
+        }
+    }
+
     /// The event time's value (`None` without `event_time`) and the key, with the aggregates'
     /// arguments in `args`, read from the fields the source indexed (see
     /// [`flow_core::record::JsonView::Fields`]), when they answer for every one of them.
