@@ -41,6 +41,9 @@ if [ -n "${QUICK:-}" ]; then div=10; else div=1; fi
 work="$(mktemp -d)"
 cleanup() { [ -n "${KEEP:-}" ] && echo "work dir kept: $work" || rm -rf "$work"; }
 trap cleanup EXIT
+# Provenance stays on (the default, as users run flows), its store in the work directory:
+# nothing is left in ~/.local/state, and every run starts with an empty store.
+export XDG_STATE_HOME="$work/state"
 mkdir -p bench/out
 results=$work/results.tsv # case  x  events  wall_s  cpu_s  rss_kb
 : >"$results"

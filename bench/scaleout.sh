@@ -12,7 +12,9 @@
 # joining the group), the ratio of each case's total to the first case's, and checks the
 # outputs: every event at least once, duplicates counted (at-least-once: a rebalance may hand a
 # partition over with records written but not committed). The binary is $FLOW when set, else a
-# release build of flow-cli. KEEP=1 keeps the work directory (logs, outputs).
+# release build of flow-cli. KEEP=1 keeps the work directory (logs, outputs, run reports).
+# STALL=S (default 60): a case whose outputs stop growing for S seconds short of N ends there,
+# and its missing events are reported (the script then exits 1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n="${1:-1000000}"
@@ -33,6 +35,9 @@ cleanup() {
   [ -n "${KEEP:-}" ] && echo "work dir kept: $work" || rm -rf "$work"
 }
 services_on_exit cleanup
+# Provenance stays on (the default, as users run flows), its store in the work directory:
+# nothing is left in ~/.local/state, and every run starts with an empty store.
+export XDG_STATE_HOME="$work/state"
 start_tansu >/dev/null
 export KAFKA_BROKERS=$FLOW_TEST_KAFKA_BROKERS TOPIC=scaleout
 "$FLOW_TEST_TANSU" topic create --broker "tcp://$KAFKA_BROKERS" --partitions 8 "$TOPIC" >/dev/null
