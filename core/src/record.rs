@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use smallvec::SmallVec;
 pub use vrl::value::Value;
 
 use crate::ack::{AckStatus, Acks};
@@ -519,10 +518,11 @@ impl<'de> serde::de::Visitor<'de> for Valid {
 /// separately allocated keys built for every record and freed on another thread.
 #[derive(Debug)]
 pub struct Fields {
-    /// The fields in the content's order, 32 bytes each, inline up to eight (one allocation
-    /// with the record's `Arc`, where a `Vec` of keys and `Value`s took two and 64 bytes a
-    /// field: the first read of a record on another core missed the cache five lines deep).
-    entries: SmallVec<[Entry; 8]>,
+    /// The fields in the content's order, 32 bytes each (they were 64, a key and a `Value`:
+    /// the first read of a record on another core missed the cache five lines deep). A `Vec`,
+    /// not inline: `Fields` is moved through the parser's layers and into its `Arc`, and
+    /// 300 bytes inline cost more in copies than the allocation they saved.
+    entries: Vec<Entry>,
     /// Keys with escapes, unescaped (rare).
     keys: Vec<Box<str>>,
     /// Values kept as the view holds them: strings with escapes (rare).
@@ -687,7 +687,7 @@ impl<'de> serde::de::Visitor<'de> for TopSeed {
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut f = Fields {
-            entries: SmallVec::new(),
+            entries: Vec::with_capacity(map.size_hint().unwrap_or(8)),
             keys: Vec::new(),
             values: Vec::new(),
         };
