@@ -119,8 +119,9 @@ pub struct Engine {
     slots: hashbrown::HashMap<SlotId, Slot>,
     /// ...and ordered by end, so the earliest-closing window fires first.
     order: BTreeSet<SlotId>,
-    /// Open slots per key (for `max_keys`).
-    keys: BTreeMap<String, usize>,
+    /// The bounds `(end, start)` of each key's open slots: how many (`max_keys`), and the
+    /// sessions a record may touch, found without a scan over every open window.
+    keys: BTreeMap<String, smallvec::SmallVec<[(i64, i64); 2]>>,
     /// Per source, the highest position whose record is in the state (for the checkpoint).
     positions: BTreeMap<u32, u64>,
     /// Per source, positions at or below which replayed records are skipped (from a restored
@@ -414,7 +415,10 @@ impl Engine {
                 }
                 let slot_id: SlotId = (end, start, key_text.clone().into_owned());
                 self.order.insert(slot_id.clone());
-                *self.keys.entry(slot_id.2.clone()).or_default() += 1;
+                self.keys
+                    .entry(slot_id.2.clone())
+                    .or_default()
+                    .push((end, start));
                 let slot = Slot {
                     // Copied: a key read from indexed fields is a slice of the source's read
                     // buffer, which an open window would otherwise keep whole.
@@ -463,10 +467,12 @@ impl Engine {
         let mut end = end;
         // In order of start, so `first` and `last` merge the right way round.
         let mut touching: Vec<SlotId> = self
-            .slots
-            .keys()
-            .filter(|(e, s, k)| k == key && *s <= reach && ts <= *e)
-            .cloned()
+            .keys
+            .get(key)
+            .into_iter()
+            .flatten()
+            .filter(|(e, s)| *s <= reach && ts <= *e)
+            .map(|&(e, s)| (e, s, key.to_owned()))
             .collect();
         touching.sort_by_key(|(e, s, _)| (*s, *e));
         if touching.is_empty() {
@@ -478,7 +484,7 @@ impl Engine {
             end = end.max(id.0);
             if let Some(slot) = self.slots.remove(&id) {
                 self.order.remove(&id);
-                self.release_key(key);
+                self.release_key(key, (id.0, id.1));
                 merged = Some(match merged {
                     None => slot,
                     Some(mut m) => {
@@ -497,17 +503,20 @@ impl Engine {
             }
         }
         if let Some(m) = merged {
-            *self.keys.entry(key.to_owned()).or_default() += 1;
+            self.keys
+                .entry(key.to_owned())
+                .or_default()
+                .push((end, start));
             self.order.insert((end, start, key.to_owned()));
             self.slots.insert((end, start, key.to_owned()), m);
         }
         (start, end)
     }
 
-    fn release_key(&mut self, key: &str) {
-        if let Some(n) = self.keys.get_mut(key) {
-            *n -= 1;
-            if *n == 0 {
+    fn release_key(&mut self, key: &str, bounds: (i64, i64)) {
+        if let Some(open) = self.keys.get_mut(key) {
+            open.retain(|b| *b != bounds);
+            if open.is_empty() {
                 self.keys.remove(key);
             }
         }
@@ -573,7 +582,7 @@ impl Engine {
     }
 
     fn emit(&mut self, (end, start, key): SlotId, mut slot: Slot, evicted: bool, out: &mut Output) {
-        self.release_key(&key);
+        self.release_key(&key, (end, start));
         let seq = *slot.seq.get_or_insert_with(|| {
             self.emitted += 1;
             self.emitted - 1
@@ -692,8 +701,8 @@ impl Engine {
         self.slots = snap.slots.into_iter().collect();
         self.order = self.slots.keys().cloned().collect();
         self.keys.clear();
-        for (_, _, k) in self.slots.keys() {
-            *self.keys.entry(k.clone()).or_default() += 1;
+        for (e, s, k) in self.slots.keys() {
+            self.keys.entry(k.clone()).or_default().push((*e, *s));
         }
         Ok(())
     }
