@@ -571,10 +571,16 @@ impl InfluxDbSink {
         let payload = if self.cfg.gzip {
             gzip(body.as_bytes()).map_err(ProcessorError::other)?
         } else {
-            bytes::Bytes::from(std::mem::take(body))
+            bytes::Bytes::from(std::mem::replace(
+                body,
+                String::with_capacity(body.capacity()),
+            ))
         };
         body.clear();
-        let records = std::mem::take(pending);
+        // The next batch's room at once: growing it by doubling took fresh pages (zeroed by the
+        // kernel) at every step, a third of the sink's time in a profile.
+        let room = pending.len().min(self.cfg.batch_max_records);
+        let records = std::mem::replace(pending, Vec::with_capacity(room));
         Ok(Some(Box::pin(async move {
             let answer = retry
                 .run("writing to InfluxDB", |_| self.attempt(&payload))
@@ -702,7 +708,8 @@ pub(crate) fn encode_for_fuzzing(content: &[u8]) -> Result<String, String> {
 fn gzip(data: &[u8]) -> std::io::Result<bytes::Bytes> {
     use std::io::Write;
     let mut enc = flate2::write::GzEncoder::new(
-        Vec::with_capacity(data.len() / 4 + 64),
+        // Line protocol compresses to about a third at the fast level: one allocation.
+        Vec::with_capacity(data.len() / 3 + 64),
         flate2::Compression::fast(),
     );
     enc.write_all(data)?;
