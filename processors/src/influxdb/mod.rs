@@ -899,6 +899,76 @@ mod unit {
         assert!(encode(&s, "not json").is_err());
     }
 
+    /// A record whose fields the source indexed gives the very line (or error) its structured
+    /// view gives: strings, escapes, unicode, numbers as tags, nulls, a templated measurement
+    /// from a field or an attribute; a nested value read falls back to the view.
+    #[test]
+    fn indexed_fields_write_what_the_view_writes() {
+        use flow_core::record::JsonView;
+        let c = json!({"url": "http://h:8086/", "org": "o", "bucket": "b",
+            "measurement": "{kind}_m", "tags": ["site", "device"],
+            "fields": ["temp", "n", "ok", "note"], "timestamp": "ts"});
+        let cfg: InfluxDbSinkConfig = config(c.clone());
+        assert!(cfg.reads_only_top_level_fields());
+        let s = sink(c.clone());
+        assert!(s.indexed);
+        let records = [
+            r#"{"kind":"k","device":"car 1, \"n\"","site":"é=😀\\","ts":1732300000123,"temp":71.5,"n":3,"ok":true,"note":"a \"b\" \\"}"#,
+            r#"{"kind":"k","device":42,"site":null,"ts":"2024-11-22T18:26:40Z","temp":-0.0,"n":null}"#,
+            r#"{"kind":"k","device":"d\u00e9","ts":1,"temp":1e300}"#,
+            r#"{"device":"d","ts":1,"temp":1}"#,
+            r#"{"kind":"k","device":{"a":1},"ts":1,"temp":1}"#,
+            r#"{"kind":"k","device":"d","ts":[1],"temp":1}"#,
+            r#"{"kind":"k","device":"d","ts":1,"temp":{"x":1}}"#,
+            r#"{"kind":"k","device":"d","ts":1}"#,
+            r#"{"kind":"k","device":"d","temp":1}"#,
+            r#"{"kind":"k","device":"a\nb","ts":1,"temp":1}"#,
+            r#"{"kind":{"x":1},"ts":1,"temp":1}"#,
+        ];
+        for content in records {
+            let mut indexed = Record::json(
+                bytes::Bytes::copy_from_slice(content.as_bytes()),
+                JsonView::Fields,
+            )
+            .unwrap_or_else(|(_, e)| panic!("{content}: {e}"));
+            indexed.event_time = Some(1_732_300_000_123);
+            indexed.set_attribute("kind", "from_attribute");
+            assert!(indexed.fields().is_some(), "{content}");
+            let mut viewed = rec(content);
+            viewed.event_time = Some(1_732_300_000_123);
+            viewed.set_attribute("kind", "from_attribute");
+            let mut a = String::from("kept\n");
+            let mut b = String::from("kept\n");
+            let ra = s.encode(&mut indexed, &mut a);
+            let rb = s.encode(&mut viewed, &mut b);
+            assert_eq!(ra, rb, "{content}");
+            assert_eq!(a, b, "{content}");
+        }
+        // The first line, spelled out.
+        let mut r = Record::json(
+            bytes::Bytes::from_static(
+                br#"{"kind":"k","device":"car 1","site":"s","ts":5,"temp":1.5,"n":2}"#,
+            ),
+            JsonView::Fields,
+        )
+        .expect("json");
+        let mut out = String::new();
+        s.encode(&mut r, &mut out).expect("written");
+        assert_eq!(out, "k_m,device=car\\ 1,site=s temp=1.5,n=2i 5\n");
+        // What needs the whole object, or a nested path, does not ask for an index.
+        for (k, v) in [
+            ("fields", json!(null)),
+            ("tags", json!(["a.b"])),
+            ("timestamp", json!("t.s")),
+            ("measurement", json!("{a.b}")),
+        ] {
+            let mut c = c.clone();
+            c[k] = v;
+            let cfg: InfluxDbSinkConfig = config(c);
+            assert!(!cfg.reads_only_top_level_fields(), "{k}");
+        }
+    }
+
     #[test]
     fn validation() {
         let c: InfluxDbSinkConfig = config(json!({"url": "ftp://x", "org": "", "bucket": "",
