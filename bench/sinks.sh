@@ -2,6 +2,7 @@
 # Benchmark of influxdb_sink and s3_sink against local servers, each next to a plain client
 # doing the same job in the same run.
 #   bash bench/sinks.sh [N]
+#   SINKS=influx bash bench/sinks.sh [N]   (only some sinks: influx, s3; default both)
 # Makes N sensor events (default 200,000) with flow's own `generate` processor, starts its own
 # VictoriaMetrics and s3s-fs (scripts/services.sh), then in a release build:
 # - influx: every event as one point (measurement `bench`, tag `device`, fields `temperature`
@@ -13,16 +14,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n="${1:-200000}"
+sinks=" ${SINKS:-influx s3} "
+on() { [[ "$sinks" == *" $1 "* ]]; }
 # The S3 baseline needs the AWS CLI (Debian: package awscli, /usr/bin/aws). Check before the
 # long build, and say what is missing rather than dying silently under `set -e`.
 aws=$(command -v aws || true)
-if [ -z "$aws" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+if on s3 && [ -z "$aws" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   echo "==> the aws CLI is missing: installing the Debian package awscli"
   { apt-get install -y -qq awscli >/dev/null 2>&1 ||
     { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq awscli >/dev/null 2>&1; }; } || true
   aws=$(command -v aws || true)
 fi
-if [ -z "$aws" ]; then
+if on s3 && [ -z "$aws" ]; then
   echo "bench/sinks.sh: the aws CLI is needed for the S3 baseline (aws s3 cp) and was not found;" >&2
   echo "  install it (Debian/Ubuntu: sudo apt-get install awscli) and run again" >&2
   exit 1
@@ -34,8 +37,8 @@ work="$(mktemp -d)"
 . scripts/services.sh
 cleanup() { rm -rf "$work"; }
 services_on_exit cleanup
-start_victoria_metrics >/dev/null
-start_s3 >/dev/null
+on influx && start_victoria_metrics >/dev/null
+on s3 && start_s3 >/dev/null
 
 now() { python3 -c 'import time; print(time.time())'; }
 rate() { python3 -c "import sys; print(int($1 / max($2, 1e-9)))"; }
@@ -43,6 +46,7 @@ rate() { python3 -c "import sys; print(int($1 / max($2, 1e-9)))"; }
 COUNT="$n" OUT="$work/events.jsonl" "$bin" run --quiet bench/gen-sensors.yaml
 echo "input: $n events, $(du -h "$work/events.jsonl" | cut -f1)"
 
+if on influx; then
 # --- InfluxDB line protocol into VictoriaMetrics ---------------------------------------------
 cat >"$work/influx.yaml" <<'YAML'
 name: bench-influx
@@ -106,6 +110,9 @@ count() {
 }
 echo "influx: stored points: flow $(count bench_flow_rpm), curl $(count bench_curl_rpm) (of $n)"
 
+fi
+
+if on s3; then
 # --- S3: flows/sensors-to-s3.yaml into s3s-fs --------------------------------------------------
 export AWS_ACCESS_KEY_ID="$FLOW_TEST_S3_ACCESS_KEY" AWS_SECRET_ACCESS_KEY="$FLOW_TEST_S3_SECRET_KEY" AWS_DEFAULT_REGION=us-east-1
 t0=$(now)
@@ -123,8 +130,14 @@ t0=$(now)
 t1=$(now)
 aws_s3=$(rate "$n" "$(python3 -c "print($t1 - $t0)")")
 
+fi
+
 printf '\n%-8s %14s %16s %8s\n' sink "flow events/s" "baseline ev/s" ratio
+if on influx; then
 printf '%-8s %14d %16d %8.2f   (baseline: curl, same line protocol and batches)\n' influx \
   "$flow_influx" "$curl_influx" "$(python3 -c "print($flow_influx / $curl_influx)")"
+fi
+if on s3; then
 printf '%-8s %14d %16d %8.2f   (baseline: aws s3 cp of the same %s objects, %s)\n' s3 \
   "$flow_s3" "$aws_s3" "$(python3 -c "print($flow_s3 / $aws_s3)")" "$objects" "$bytes"
+fi

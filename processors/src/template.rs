@@ -7,7 +7,7 @@
 //! random id (one per object).
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
-use flow_core::record::{Record, Value};
+use flow_core::record::{FieldValue, FieldsRef, Record, Value};
 
 /// A parsed template: literal text and placeholders.
 #[derive(Clone, Debug)]
@@ -109,6 +109,14 @@ impl Template {
         self.parts.iter().any(|p| matches!(p, Part::Field(_)))
     }
 
+    /// The fields (or attributes) its placeholders name.
+    pub fn field_names(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Field(name) => Some(name.as_str()),
+            _ => None,
+        })
+    }
+
     /// Whether the template has a `{uuid}`.
     pub fn has_uuid(&self) -> bool {
         self.parts.contains(&Part::Uuid)
@@ -136,9 +144,31 @@ impl Template {
         let value = record.parsed_value();
         let attributes = &record.attributes;
         self.render_with(time_ms, |name| {
-            field_or_attribute(value, attributes, name)
+            field_or_attribute(value.and_then(|v| lookup(v, name)), attributes, name)
                 .and_then(|v| check(v).map_err(|e| format!("`{{{name}}}`: {e}")))
         })
+    }
+
+    /// [`Template::render`] from the top-level fields a source indexed (see
+    /// [`flow_core::record::JsonView::Fields`]), for a template whose placeholders all name
+    /// top-level fields: the same text, without the record's structured view. `None` when a
+    /// placeholder names a nested object or array (the view says what to make of it).
+    pub fn render_indexed(
+        &self,
+        fields: FieldsRef<'_>,
+        attributes: &flow_core::record::Attributes,
+        time_ms: i64,
+    ) -> Option<Result<String, String>> {
+        let mut nested = false;
+        let out = self.render_with(time_ms, |name| match fields.get(name) {
+            FieldValue::Nested => {
+                nested = true;
+                Err(String::new())
+            }
+            FieldValue::Missing => field_or_attribute(None, attributes, name),
+            FieldValue::Value(v) => field_or_attribute(Some(&v), attributes, name),
+        });
+        (!nested).then_some(out)
     }
 
     fn render_with(
@@ -192,13 +222,13 @@ pub(crate) fn scalar_text(v: &Value) -> Option<String> {
     }
 }
 
-/// The record's field `name`, else its attribute `name`, as text.
+/// The record's field `name` (`found`, when it has one), else its attribute `name`, as text.
 fn field_or_attribute(
-    value: Option<&Value>,
+    found: Option<&Value>,
     attributes: &flow_core::record::Attributes,
     name: &str,
 ) -> Result<String, String> {
-    if let Some(v) = value.and_then(|v| lookup(v, name)) {
+    if let Some(v) = found {
         return scalar_text(v).ok_or_else(|| {
             format!(
                 "`{{{name}}}`: the field is not a string, number or boolean ({})",

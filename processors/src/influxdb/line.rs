@@ -46,29 +46,163 @@ pub(crate) enum LineError {
     LineBreak(String),
 }
 
-fn check_line(what: &str, s: &str) -> Result<(), LineError> {
-    if s.contains(['\n', '\r']) {
-        return Err(LineError::LineBreak(what.to_owned()));
+/// `what` (made only for the error) when `s` holds a line break.
+fn check_line(what: impl FnOnce() -> String, s: &str) -> Result<(), LineError> {
+    if memchr::memchr2(b'\n', b'\r', s.as_bytes()).is_some() {
+        return Err(LineError::LineBreak(what()));
     }
     Ok(())
 }
 
-/// Escape `s` onto `out`: backslashes always, and the characters in `special`.
-fn escape(out: &mut String, s: &str, special: &[char]) {
-    for c in s.chars() {
-        if c == '\\' || special.contains(&c) {
+/// Escape `s` onto `out`: backslashes always, and the (ASCII) characters in `special`. Runs
+/// without any are copied at once.
+fn escape(out: &mut String, s: &str, special: &[u8]) {
+    let mut from = 0;
+    for (i, b) in s.bytes().enumerate() {
+        if b == b'\\' || special.contains(&b) {
+            // `i` is a character boundary: every byte escaped is ASCII.
+            out.push_str(&s[from..i]);
             out.push('\\');
+            from = i;
         }
-        out.push(c);
+    }
+    out.push_str(&s[from..]);
+}
+
+fn check_key(key: &str) -> Result<(), LineError> {
+    if key.is_empty() {
+        return Err(LineError::EmptyFieldKey);
+    }
+    check_line(|| format!("field key `{key}`"), key)
+}
+
+const MEASUREMENT: &[u8] = b", ";
+const KEY: &[u8] = b",= ";
+const STRING: &[u8] = b"\"";
+
+/// One point written onto a buffer as it is read: [`PointWriter::new`] with the measurement,
+/// then [`PointWriter::tag`]s (sorted by key, as InfluxDB recommends: it sorts them anyway, and
+/// sorted is faster), then [`PointWriter::field`]s, then [`PointWriter::finish`] with the
+/// timestamp. Dropped unfinished (an error on the way), it takes back what it wrote: the
+/// buffer is left as it was.
+pub(crate) struct PointWriter<'a> {
+    out: &'a mut String,
+    start: usize,
+    fields: usize,
+    finished: bool,
+}
+
+impl<'a> PointWriter<'a> {
+    /// Start a point of `measurement` at the end of `out`.
+    pub(crate) fn new(out: &'a mut String, measurement: &str) -> Result<Self, LineError> {
+        if measurement.is_empty() {
+            return Err(LineError::EmptyMeasurement);
+        }
+        check_line(|| "the measurement".to_owned(), measurement)?;
+        if measurement.starts_with('#') {
+            return Err(LineError::Comment);
+        }
+        let start = out.len();
+        escape(out, measurement, MEASUREMENT);
+        Ok(Self {
+            out,
+            start,
+            fields: 0,
+            finished: false,
+        })
+    }
+
+    /// A tag (before any field). One with an empty key or value is left out (InfluxDB refuses
+    /// them).
+    pub(crate) fn tag(&mut self, key: &str, value: &str) -> Result<(), LineError> {
+        debug_assert_eq!(self.fields, 0, "tags come before fields");
+        check_line(|| format!("tag `{key}`"), key)?;
+        check_line(|| format!("tag `{key}`"), value)?;
+        if key.is_empty() || value.is_empty() {
+            return Ok(());
+        }
+        self.out.push(',');
+        escape(self.out, key, KEY);
+        self.out.push('=');
+        escape(self.out, value, KEY);
+        Ok(())
+    }
+
+    /// A field.
+    pub(crate) fn field(&mut self, key: &str, value: &FieldValue) -> Result<(), LineError> {
+        match value {
+            FieldValue::String(s) => self.string_field(key, s),
+            FieldValue::Float(f) => {
+                check_key(key)?;
+                if !f.is_finite() {
+                    return Err(LineError::NotFinite(key.to_owned()));
+                }
+                self.key(key);
+                // `{}` is the shortest text that reads back as the same f64; never an exponent.
+                let _ = write!(self.out, "{f}");
+                Ok(())
+            }
+            FieldValue::Integer(n) => {
+                check_key(key)?;
+                self.key(key);
+                let _ = write!(self.out, "{n}i");
+                Ok(())
+            }
+            FieldValue::Boolean(b) => {
+                check_key(key)?;
+                self.key(key);
+                self.out.push_str(if *b { "true" } else { "false" });
+                Ok(())
+            }
+        }
+    }
+
+    /// A string field (as [`FieldValue::String`], without owning the text).
+    pub(crate) fn string_field(&mut self, key: &str, value: &str) -> Result<(), LineError> {
+        check_key(key)?;
+        check_line(|| format!("field `{key}`"), value)?;
+        self.key(key);
+        self.out.push('"');
+        escape(self.out, value, STRING);
+        self.out.push('"');
+        Ok(())
+    }
+
+    /// The separator and a checked field key.
+    fn key(&mut self, key: &str) {
+        self.out.push(if self.fields == 0 { ' ' } else { ',' });
+        self.fields += 1;
+        escape(self.out, key, KEY);
+        self.out.push('=');
+    }
+
+    /// End the line, with its timestamp; an error if it has no field.
+    pub(crate) fn finish(mut self, timestamp: Option<i64>) -> Result<(), LineError> {
+        if self.fields == 0 {
+            return Err(LineError::NoFields);
+        }
+        if let Some(ts) = timestamp {
+            let _ = write!(self.out, " {ts}");
+        }
+        self.out.push('\n');
+        self.finished = true;
+        Ok(())
     }
 }
 
-const MEASUREMENT: &[char] = &[',', ' '];
-const KEY: &[char] = &[',', '=', ' '];
-const STRING: &[char] = &['"'];
+impl Drop for PointWriter<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.out.truncate(self.start);
+        }
+    }
+}
 
-/// Append one point as a line (with its trailing `\n`) to `out`. Tags with an empty key or
-/// value are left out (InfluxDB refuses them). On error `out` is left as it was.
+/// Append one point as a line (with its trailing `\n`) to `out`, its tags sorted by key. Tags
+/// with an empty key or value are left out (InfluxDB refuses them). On error `out` is left as
+/// it was. (The sink writes with [`PointWriter`] as it reads; this is its reference use, for
+/// the tests and fuzz targets.)
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn write_point(
     out: &mut String,
     measurement: &str,
@@ -76,69 +210,25 @@ pub(crate) fn write_point(
     fields: &[(String, FieldValue)],
     timestamp: Option<i64>,
 ) -> Result<(), LineError> {
-    if measurement.is_empty() {
-        return Err(LineError::EmptyMeasurement);
-    }
-    check_line("the measurement", measurement)?;
-    if measurement.starts_with('#') {
-        return Err(LineError::Comment);
-    }
+    let mut p = PointWriter::new(out, measurement)?;
     if fields.is_empty() {
         return Err(LineError::NoFields);
     }
-    for (k, v) in tags {
-        check_line(&format!("tag `{k}`"), k)?;
-        check_line(&format!("tag `{k}`"), v)?;
+    if tags.is_sorted_by(|a, b| a.0 <= b.0) {
+        for (k, v) in tags {
+            p.tag(k, v)?;
+        }
+    } else {
+        let mut sorted: Vec<&(String, String)> = tags.iter().collect();
+        sorted.sort_by(|a, b| a.0.cmp(&b.0));
+        for (k, v) in sorted {
+            p.tag(k, v)?;
+        }
     }
     for (k, v) in fields {
-        if k.is_empty() {
-            return Err(LineError::EmptyFieldKey);
-        }
-        check_line(&format!("field key `{k}`"), k)?;
-        match v {
-            FieldValue::Float(f) if !f.is_finite() => return Err(LineError::NotFinite(k.clone())),
-            FieldValue::String(s) => check_line(&format!("field `{k}`"), s)?,
-            _ => {}
-        }
+        p.field(k, v)?;
     }
-    escape(out, measurement, MEASUREMENT);
-    let mut sorted: Vec<&(String, String)> = tags
-        .iter()
-        .filter(|(k, v)| !k.is_empty() && !v.is_empty())
-        .collect();
-    // InfluxDB recommends tags sorted by key (it sorts them anyway; sorted is faster).
-    sorted.sort_by(|a, b| a.0.cmp(&b.0));
-    for (k, v) in sorted {
-        out.push(',');
-        escape(out, k, KEY);
-        out.push('=');
-        escape(out, v, KEY);
-    }
-    for (i, (k, v)) in fields.iter().enumerate() {
-        out.push(if i == 0 { ' ' } else { ',' });
-        escape(out, k, KEY);
-        out.push('=');
-        match v {
-            // `{}` is the shortest text that reads back as the same f64; never an exponent.
-            FieldValue::Float(f) => {
-                let _ = write!(out, "{f}");
-            }
-            FieldValue::Integer(n) => {
-                let _ = write!(out, "{n}i");
-            }
-            FieldValue::Boolean(b) => out.push_str(if *b { "true" } else { "false" }),
-            FieldValue::String(s) => {
-                out.push('"');
-                escape(out, s, STRING);
-                out.push('"');
-            }
-        }
-    }
-    if let Some(ts) = timestamp {
-        let _ = write!(out, " {ts}");
-    }
-    out.push('\n');
-    Ok(())
+    p.finish(timestamp)
 }
 
 #[cfg(any(test, feature = "fuzzing"))]
