@@ -29,13 +29,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x /usr/bin/time ] || { apt-get install -y -qq time >/dev/null 2>&1 || { echo "bench needs /usr/bin/time (Debian package time)" >&2; exit 2; }; }
-if [ -n "${FLOW:-}" ]; then
-  bin=$FLOW
-else
-  if command -v mold >/dev/null; then export RUSTFLAGS="${RUSTFLAGS:-} -C link-arg=-fuse-ld=mold"; fi
-  cargo build -q --release -p flow-cli
-  bin=$PWD/target/release/flow
-fi
+. bench/common.sh
+bin=$(flow_bin)
 runs=${RUNS:-3}
 if [ -n "${QUICK:-}" ]; then div=10; else div=1; fi
 work="$(mktemp -d)"

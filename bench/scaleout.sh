@@ -21,13 +21,8 @@ n="${1:-1000000}"
 shift || true
 procs=("$@")
 [ ${#procs[@]} -gt 0 ] || procs=(1 2)
-if [ -n "${FLOW:-}" ]; then
-  bin=$FLOW
-else
-  if command -v mold >/dev/null; then export RUSTFLAGS="${RUSTFLAGS:-} -C link-arg=-fuse-ld=mold"; fi
-  cargo build -q --release -p flow-cli
-  bin=$PWD/target/release/flow
-fi
+. bench/common.sh
+bin=$(flow_bin)
 work="$(mktemp -d)"
 . scripts/services.sh
 cleanup() {
