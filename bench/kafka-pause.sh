@@ -13,22 +13,11 @@ n="${1:-300000}"
 . bench/common.sh
 bin=$(flow_bin)
 work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
 . scripts/services.sh
+cleanup() { rm -rf "$work"; }
+services_on_exit cleanup
 export XDG_STATE_HOME="$work/state"
-start_tansu >/dev/null
-export KAFKA_BROKERS=$FLOW_TEST_KAFKA_BROKERS TOPIC=pause
-"$FLOW_TEST_TANSU" topic create --broker "tcp://$KAFKA_BROKERS" --partitions 8 "$TOPIC" >/dev/null
-COUNT="$n" OUT="$work/events.jsonl" "$bin" run --quiet bench/gen-sensors.yaml
-cat >"$work/produce.yaml" <<'YAML'
-name: bench-pause-produce
-processors:
-  events: { type: file, path: "${INPUT}", format: lines }
-  kafka: { type: kafka_sink, brokers: "${KAFKA_BROKERS}", topic: "${TOPIC}", key: .device }
-connections:
-  - events -> kafka
-YAML
-INPUT="$work/events.jsonl" "$bin" run --quiet "$work/produce.yaml"
+fill_topic "$bin" "$work" pause "$n"
 sed 's/    start: earliest/    start: earliest\n    max_inflight: ${MAXIN}/' flows/kafka-to-file.yaml >"$work/k2f.yaml"
 for c in "paused-1 10000" "never-1 100000000" "paused-2 10000" "never-2 100000000"; do
   read -r name maxin <<<"$c"

@@ -33,24 +33,9 @@ services_on_exit cleanup
 # Provenance stays on (the default, as users run flows), its store in the work directory:
 # nothing is left in ~/.local/state, and every run starts with an empty store.
 export XDG_STATE_HOME="$work/state"
-start_tansu >/dev/null
-export KAFKA_BROKERS=$FLOW_TEST_KAFKA_BROKERS TOPIC=scaleout
-"$FLOW_TEST_TANSU" topic create --broker "tcp://$KAFKA_BROKERS" --partitions 8 "$TOPIC" >/dev/null
-
-COUNT="$n" OUT="$work/events.jsonl" "$bin" run --quiet bench/gen-sensors.yaml
-cat >"$work/produce.yaml" <<'YAML'
-name: bench-scaleout-produce
-processors:
-  events: { type: file, path: "${INPUT}", format: lines }
-  kafka: { type: kafka_sink, brokers: "${KAFKA_BROKERS}", topic: "${TOPIC}", key: .device }
-connections:
-  - events -> kafka
-YAML
-t0=$(date +%s.%N)
-INPUT="$work/events.jsonl" "$bin" run --quiet "$work/produce.yaml"
-t1=$(date +%s.%N)
+fill_topic "$bin" "$work" scaleout "$n"
 echo "topic $TOPIC: 8 partitions, $n events ($(du -h "$work/events.jsonl" | cut -f1)), produced in" \
-  "$(python3 -c "print(f'{$t1 - $t0:.1f} s')")"
+  "$FILL_SECONDS s"
 
 # consume CASE P: P processes in group CASE; appends "P total_rate total_from_start" to
 # $work/totals and prints the case.
