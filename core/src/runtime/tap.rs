@@ -15,8 +15,13 @@ use tokio::sync::mpsc;
 
 use crate::record::Record;
 
-/// How many batches a watcher may be behind before it loses copies.
-pub const TAP_BATCHES: usize = 16;
+/// How many records a watcher may be behind before it loses copies (a batch is never split:
+/// one larger than this still goes to a watcher that is not behind at all).
+pub const TAP_RECORDS: usize = 4096;
+
+/// How many batches a watcher may be behind, however small they are (a source sending one
+/// record per batch): the channel's bound.
+const TAP_BATCHES: usize = 1024;
 
 /// One port's tap.
 #[derive(Debug, Default)]
@@ -33,6 +38,8 @@ struct Watcher {
     id: u64,
     tx: mpsc::Sender<Vec<Record>>,
     lost: Arc<AtomicU64>,
+    /// Records sent and not yet taken by the watcher.
+    queued: Arc<AtomicUsize>,
 }
 
 impl TapPoint {
@@ -46,9 +53,14 @@ impl TapPoint {
     pub fn offer(&self, batch: &[Record]) {
         let watchers = self.watchers.lock();
         for w in watchers.iter() {
+            let queued = w.queued.load(Ordering::Relaxed);
+            let behind = queued > 0 && queued + batch.len() > TAP_RECORDS;
             match w.tx.try_reserve() {
-                Ok(permit) => permit.send(batch.iter().map(Record::untracked_copy).collect()),
-                Err(mpsc::error::TrySendError::Full(())) => {
+                Ok(permit) if !behind => {
+                    w.queued.fetch_add(batch.len(), Ordering::Relaxed);
+                    permit.send(batch.iter().map(Record::untracked_copy).collect());
+                }
+                Ok(_) | Err(mpsc::error::TrySendError::Full(())) => {
                     w.lost.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 }
                 Err(mpsc::error::TrySendError::Closed(())) => {}
@@ -67,6 +79,7 @@ impl TapPoint {
     pub fn watch(self: &Arc<Self>) -> Tap {
         let (tx, rx) = mpsc::channel(TAP_BATCHES);
         let lost = Arc::new(AtomicU64::new(0));
+        let queued = Arc::new(AtomicUsize::new(0));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         {
             let mut watchers = self.watchers.lock();
@@ -76,6 +89,7 @@ impl TapPoint {
                     id,
                     tx,
                     lost: lost.clone(),
+                    queued: queued.clone(),
                 });
             }
         }
@@ -83,6 +97,7 @@ impl TapPoint {
         Tap {
             rx,
             lost,
+            queued,
             point: self.clone(),
             id,
         }
@@ -94,6 +109,7 @@ impl TapPoint {
 pub struct Tap {
     rx: mpsc::Receiver<Vec<Record>>,
     lost: Arc<AtomicU64>,
+    queued: Arc<AtomicUsize>,
     point: Arc<TapPoint>,
     id: u64,
 }
@@ -111,6 +127,7 @@ impl Tap {
     /// The next batch of copies; `None` once the port's node has ended.
     pub async fn next(&mut self) -> Option<Tapped> {
         let records = self.rx.recv().await?;
+        self.queued.fetch_sub(records.len(), Ordering::Relaxed);
         Some(Tapped {
             lost: self.lost.swap(0, Ordering::Relaxed),
             records,
@@ -208,6 +225,7 @@ mod tests {
         let mut tracker = AckTracker::new();
         let token = tracker.token(0);
         let batch = vec![Record::from_bytes(&b"{\"a\":1}"[..]).with_acks(Acks::one(token))];
+        // One record per batch (a slow source): the channel's bound holds TAP_BATCHES of them.
         for _ in 0..TAP_BATCHES + 3 {
             point.offer(&batch);
         }
@@ -220,6 +238,24 @@ mod tests {
         assert!(first.records[0].acks().is_empty());
         drop(tap);
         assert!(!point.is_open());
+    }
+
+    #[tokio::test]
+    async fn a_watcher_is_bounded_by_records_and_a_big_batch_still_reaches_an_idle_one() {
+        let point = Arc::new(TapPoint::default());
+        let mut tap = point.watch();
+        let big: Vec<Record> = (0..TAP_RECORDS + 10)
+            .map(|i| Record::from_bytes(i.to_string().into_bytes()))
+            .collect();
+        point.offer(&big);
+        point.offer(&big[..1]);
+        // The record offered behind the big batch was lost (told with the next delivery).
+        let first = tap.next().await.expect("the big batch");
+        assert_eq!((first.lost, first.records.len()), (1, TAP_RECORDS + 10));
+        // Read: room again.
+        point.offer(&big[..2]);
+        let next = tap.next().await.expect("the next batch");
+        assert_eq!((next.lost, next.records.len()), (0, 2));
     }
 
     #[tokio::test]
