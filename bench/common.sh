@@ -25,7 +25,7 @@ fill_topic() {
 name: bench-produce
 processors:
   events: { type: file, path: "${INPUT}", format: lines }
-  kafka: { type: kafka_sink, brokers: "${KAFKA_BROKERS}", topic: "${TOPIC}", key: .device }
+  kafka: { type: kafka_sink, brokers: "${KAFKA_BROKERS}", topic: "${TOPIC}", key: .device, properties: { batch.num.messages: "${FILL_BATCH:-10000}" } }
 connections:
   - events -> kafka
 YAML

@@ -485,7 +485,7 @@ fn kafka_source_down_at_start_and_restarted_mid_stream_loses_nothing() {
     let d = dir.path();
     let (_storage, mut tansu, brokers) = tansu_on_s3(d);
     let (topic, group) = (unique("outage-src"), unique("outage-src"));
-    let total = 20_000u64;
+    let total = 1_500u64;
     tansu.start();
     let producer_dir = d.join("producer");
     std::fs::create_dir_all(&producer_dir).expect("dir");
@@ -497,7 +497,17 @@ fn kafka_source_down_at_start_and_restarted_mid_stream_loses_nothing() {
     brokers: ${KAFKA_BROKERS}
     topic: ${TOPIC}
     key: .n
-    create_topic: { partitions: 2 }"#,
+    create_topic: { partitions: 2 }
+    # Not idempotent: tansu 0.6 keeps producer ids and sequences in one object of its S3 store,
+    # updated by read-modify-write, and over s3s-fs concurrent updates lose each other (a
+    # topic created beside a producer id vanished; then only `UnknownProducerId`).
+    idempotent: false
+    # A record per batch: tansu 0.6 answers a fetch from an offset inside a batch with nothing
+    # (its S3 store) or the next batch (its memory store), where Kafka returns the batch holding
+    # it, so a consumer resuming mid-batch, after a pause or tansu's restart, would stall or
+    # skip records (bench/kafka-pause.sh). Its S3 store reads an object per batch, hence few
+    # records.
+    properties: { batch.num.messages: "1" }"#,
     );
     let count = total.to_string();
     let mut p = Flow::start(
