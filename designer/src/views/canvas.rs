@@ -29,6 +29,30 @@ use crate::theme;
 /// The id of the canvas widget (its selection and view live in egui's memory under it).
 pub const CANVAS_ID: &str = "flow-canvas";
 
+/// Below this zoom a node's text would be under 5 px high: nodes are drawn without it, in the
+/// same size (so nothing moves when zooming across it), which is most of a large flow's frame
+/// at its fit (a 500-node flow fits at 0.1). Nodes out of view are drawn without text too.
+const TEXT_MIN_SCALE: f32 = 0.45;
+
+/// The height of a line of text of `size` points: what a label of it takes.
+fn line_height(ui: &Ui, size: f32) -> f32 {
+    ui.ctx()
+        .fonts_mut(|f| f.row_height(&egui::FontId::proportional(size)))
+}
+
+/// The room `lines` lines of text of `size` would take, `width` wide, without laying any out;
+/// with a colour, a bar where each line's text would be (a warning seen at any zoom).
+fn text_room(ui: &mut Ui, width: f32, size: f32, lines: usize, mark: Option<Color32>) {
+    for _ in 0..lines {
+        let (rect, _) =
+            ui.allocate_exact_size(vec2(width, line_height(ui, size)), egui::Sense::hover());
+        if let Some(color) = mark {
+            ui.painter()
+                .rect_filled(rect.shrink2(vec2(0.0, rect.height() * 0.3)), 2.0, color);
+        }
+    }
+}
+
 /// A node as the snarl holds it: the processor's name and its index in the graph.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CanvasNode {
@@ -679,6 +703,18 @@ impl Viewer<'_> {
         self.designer.graph().nodes.get(n.index)
     }
 
+    /// Whether node `index` is drawn with its text: readable at this zoom, and in view (where
+    /// it was drawn last frame; a node not drawn yet is drawn whole).
+    fn detailed(&self, index: usize, ui: &Ui) -> bool {
+        self.to_global.scaling >= TEXT_MIN_SCALE
+            && self
+                .view
+                .previous
+                .nodes
+                .get(&index)
+                .is_none_or(|r| ui.clip_rect().intersects(r.expand(8.0)))
+    }
+
     /// The bounding box of every node, in graph coordinates.
     fn bounds(&self, snarl: &Snarl<CanvasNode>) -> Rect {
         let mut bb = Rect::NOTHING;
@@ -828,6 +864,11 @@ impl SnarlViewer<CanvasNode> for Viewer<'_> {
             return;
         };
         ui.set_width(crate::layout::CONTENT_WIDTH);
+        if !self.detailed(snarl[node].index, ui) {
+            let h = line_height(ui, 14.0) + line_height(ui, 11.0);
+            ui.allocate_space(vec2(crate::layout::CONTENT_WIDTH, h));
+            return;
+        }
         ui.vertical(|ui| {
             ui.spacing_mut().item_spacing.y = 0.0;
             // Cut to the node's width, like its footer (see `layout::node_size`).
@@ -865,7 +906,11 @@ impl SnarlViewer<CanvasNode> for Viewer<'_> {
         let index = snarl[pin.id.node].index;
         self.drawn.inputs.insert(index, ui.max_rect().center().y);
         ui.add_space(12.0);
-        ui.label(RichText::new("in").size(11.0).color(theme::WEAK));
+        if self.detailed(index, ui) {
+            ui.label(RichText::new("in").size(11.0).color(theme::WEAK));
+        } else {
+            text_room(ui, 10.0, 11.0, 1, None);
+        }
         PinInfo::circle()
             .with_fill(Color32::from_rgb(0xc8, 0xcd, 0xd6))
             .with_stroke(Stroke::new(1.5, theme::NODE_FILL))
@@ -891,8 +936,13 @@ impl SnarlViewer<CanvasNode> for Viewer<'_> {
         } else {
             theme::kind_color(n.kind, n.plugin)
         };
+        let detailed = self.detailed(index, ui);
         ui.with_layout(Layout::right_to_left(Align::Center), |ui| {
             ui.add_space(12.0);
+            if !detailed {
+                text_room(ui, 10.0, 12.0, 1, None);
+                return;
+            }
             let mut text = RichText::new(port).size(12.0);
             text = if failure {
                 text.color(theme::FAILURE.gamma_multiply(0.9))
@@ -933,6 +983,7 @@ impl SnarlViewer<CanvasNode> for Viewer<'_> {
         snarl: &mut Snarl<CanvasNode>,
     ) {
         let name = snarl[node].name.clone();
+        let detailed = self.detailed(snarl[node].index, ui);
         Frame::new()
             .inner_margin(Margin {
                 left: 10,
@@ -945,6 +996,35 @@ impl SnarlViewer<CanvasNode> for Viewer<'_> {
                 // larger than the automatic layout leaves room for (see `layout::node_size`).
                 ui.set_width(crate::layout::FOOTER_WIDTH);
                 ui.spacing_mut().item_spacing.y = 0.0;
+                if !detailed {
+                    // The lines the text below would take; a failure or a finding as a bar.
+                    let w = crate::layout::FOOTER_WIDTH;
+                    if let Some(s) = self.live.and_then(|l| l.node(&name)) {
+                        let second = match (&s.error, &s.bulletin) {
+                            (Some(_), _) => Some(theme::ERROR),
+                            (None, Some((flow_core::observe::Level::Error, _))) => {
+                                Some(theme::ERROR)
+                            }
+                            (None, Some((flow_core::observe::Level::Warn, _))) => {
+                                Some(theme::WARNING)
+                            }
+                            _ => None,
+                        };
+                        let first = (s.errors > 0).then_some(theme::WARNING);
+                        text_room(ui, w, 11.0, 1, first);
+                        if let Some(color) = second {
+                            text_room(ui, w, 11.0, 1, Some(color));
+                        }
+                    } else if let Some(first) = self.designer.validation().for_node(&name).next() {
+                        let color = if first.is_error() {
+                            theme::ERROR
+                        } else {
+                            theme::WARNING
+                        };
+                        text_room(ui, w, 11.0, 1, Some(color));
+                    }
+                    return;
+                }
                 if let Some(s) = self.live.and_then(|l| l.node(&name)) {
                     let state = match s.state {
                         NodeState::Starting => "starting",
