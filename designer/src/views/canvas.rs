@@ -34,6 +34,17 @@ pub const CANVAS_ID: &str = "flow-canvas";
 /// at its fit (a 500-node flow fits at 0.1). Nodes out of view are drawn without text too.
 const TEXT_MIN_SCALE: f32 = 0.45;
 
+/// The background grid's spacing at zoom `scale`: 24 points, doubled until its lines are at
+/// least 12 pixels apart. A 500-node flow fits at 10 %, where a 24-point grid was a line every
+/// 2.4 pixels: some 1,000 lines to draw on each frame, which cost more than the flow.
+fn grid_spacing(scale: f32) -> f32 {
+    let mut spacing = 24.0;
+    while spacing * scale < 12.0 && spacing < 24.0 * 64.0 {
+        spacing *= 2.0;
+    }
+    spacing
+}
+
 /// The height of a line of text of `size` points: what a label of it takes.
 fn line_height(ui: &Ui, size: f32) -> f32 {
     ui.ctx()
@@ -305,7 +316,8 @@ impl Canvas {
         }
     }
 
-    fn style() -> SnarlStyle {
+    /// The canvas' style at zoom `scale`.
+    fn style(scale: f32) -> SnarlStyle {
         SnarlStyle {
             node_layout: Some(NodeLayout {
                 kind: NodeLayoutKind::Coil,
@@ -322,7 +334,10 @@ impl Canvas {
             wire_frame_size: Some(48.0),
             wire_style: Some(WireStyle::Bezier5),
             bg_frame: Some(Frame::new().fill(theme::CANVAS)),
-            bg_pattern: Some(BackgroundPattern::grid(vec2(24.0, 24.0), 0.0)),
+            bg_pattern: Some(BackgroundPattern::grid(
+                Vec2::splat(grid_spacing(scale)),
+                0.0,
+            )),
             bg_pattern_stroke: Some(Stroke::new(1.0, theme::GRID)),
             min_scale: Some(0.1),
             max_scale: Some(2.0),
@@ -365,7 +380,7 @@ impl Canvas {
         }
         let widget = SnarlWidget::new()
             .id(Id::new(CANVAS_ID))
-            .style(Self::style());
+            .style(Self::style(self.to_global.scaling));
         let pointer = ui.input(|i| i.pointer.latest_pos());
         let mut viewer = Viewer {
             designer,
@@ -1307,4 +1322,21 @@ fn type_menu(ui: &mut Ui, designer: &Designer, keep: impl Fn(Kind) -> bool) -> O
 /// Say on the status line why something was refused.
 pub fn refuse(designer: &mut Designer, why: impl Into<String>) {
     designer.notice = Some(Notice::Error(why.into()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grid_spacing;
+
+    #[test]
+    fn the_grid_keeps_its_lines_at_least_12_pixels_apart() {
+        assert_eq!(grid_spacing(1.0), 24.0);
+        assert_eq!(grid_spacing(0.5), 24.0);
+        assert_eq!(grid_spacing(0.4), 48.0);
+        assert_eq!(grid_spacing(0.1), 192.0);
+        for scale in [0.1_f32, 0.13, 0.2, 0.33, 0.5, 0.7, 1.0, 2.0] {
+            let px = grid_spacing(scale) * scale;
+            assert!((12.0..24.0).contains(&px) || scale >= 0.5, "{scale}: {px}");
+        }
+    }
 }
