@@ -13,7 +13,8 @@
 # compare builds; nothing is built). The frames drawn and their times come from
 # FLOW_DESIGNER_TRACE_FRAMES: how many over the window, and the p50 / p99 / max of eframe's
 # frame time (the egui pass, tessellation and the GL calls; not the wait in swap_buffers);
-# FRAMES=1 also prints the last frames' trace lines (why each was drawn).
+# FRAMES=1 also prints the last frames' trace lines (why each was drawn); SHOT=file.png takes
+# a screenshot of the window at the end (needs imagemagick).
 # Target (issue 17): under 5 % of one core while idle between updates. Needs xvfb, x11-utils.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -115,6 +116,10 @@ echo "frames drawn: $n in $secs s"
 grep '^frame ' "$tmp/designer.log" | sed -n "$((fa + 2)),$((fb + 1))p" | sed -n 's/.*(previous took \([0-9.]*\) ms).*/\1/p' | sort -n |
   awk '{ t[NR] = $1 } END { if (NR) printf "frame time: p50 %.1f ms, p99 %.1f ms, max %.1f ms (%d frames)\n", t[int((NR - 1) * 0.5) + 1], t[int((NR - 1) * 0.99) + 1], t[NR], NR }'
 awk -v a="$a" -v b="$b" -v hz="$hz" -v n="$n" 'BEGIN { if (n) printf "CPU per frame drawn: %.1f ms\n", (b - a) / hz / n * 1000 }'
+if [ -n "${SHOT:-}" ]; then
+  DISPLAY=":$XVFB_DISPLAY" import -window "$XVFB_WINDOW" "$SHOT"
+  echo "screenshot: $SHOT"
+fi
 if [ -n "${FRAMES:-}" ]; then
   grep '^frame ' "$tmp/designer.log" | tail -n 6
 fi

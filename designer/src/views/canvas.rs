@@ -627,48 +627,73 @@ impl Canvas {
                 (None, Some(s)) if !s.is_empty() => Some(s),
                 _ => None,
             };
-            let rect = match &text {
-                Some(t) => {
-                    let galley = painter.layout_no_wrap(
-                        t.clone(),
-                        egui::FontId::proportional(11.0),
-                        theme::TEXT,
+            let scale = self.to_global.scaling;
+            let rect = if scale < TEXT_MIN_SCALE
+                && let Some(s) = stats
+            {
+                // Text too small to read: only the fill bar, 28 x 6 pixels whatever the zoom,
+                // outlined in the edge's colour.
+                let track = Rect::from_center_size(mid, vec2(28.0, 6.0) / scale);
+                painter.rect(
+                    track,
+                    CornerRadius::same(3),
+                    Color32::from_rgb(0x3a, 0x3f, 0x4a),
+                    Stroke::new(1.0 / scale, color),
+                    egui::StrokeKind::Outside,
+                );
+                let fill = s.fill();
+                if fill > 0.0 {
+                    let bar = Rect::from_min_size(
+                        track.min,
+                        vec2((track.width() * fill).max(2.0 / scale), track.height()),
                     );
-                    // Live: room under the text for the fill bar.
-                    let extra = if stats.is_some() { 12.0 } else { 6.0 };
-                    let r = Rect::from_center_size(mid, galley.size() + vec2(12.0, extra));
-                    painter.rect(
-                        r,
-                        CornerRadius::same(8),
-                        Color32::from_rgb(0x23, 0x27, 0x2f),
-                        Stroke::new(if selected { 2.0 } else { 1.0 }, color),
-                        egui::StrokeKind::Inside,
-                    );
-                    let mut text_at = r.center() - galley.size() / 2.0;
-                    if let Some(s) = stats {
-                        // A track and the fill over it, green / yellow / red by fill ratio.
-                        let track = Rect::from_min_size(
-                            pos2(r.left() + 6.0, r.bottom() - 7.0),
-                            vec2(r.width() - 12.0, 4.0),
-                        );
-                        painter.rect_filled(track, 2.0, Color32::from_rgb(0x3a, 0x3f, 0x4a));
-                        let fill = s.fill();
-                        if fill > 0.0 {
-                            let bar = Rect::from_min_size(
-                                track.min,
-                                vec2((track.width() * fill).max(2.0), track.height()),
-                            );
-                            painter.rect_filled(bar, 2.0, fill_color(fill));
-                        }
-                        text_at.y = r.top() + 3.0;
-                    }
-                    painter.galley(text_at, galley, theme::TEXT);
-                    r
+                    painter.rect_filled(bar, CornerRadius::same(3), fill_color(fill));
                 }
-                None => {
-                    let radius = if selected { 6.0 } else { 4.0 };
-                    painter.circle(mid, radius, theme::CANVAS, Stroke::new(2.0, color));
-                    Rect::from_center_size(mid, Vec2::splat(16.0))
+                track
+            } else {
+                match &text {
+                    Some(t) => {
+                        let galley = painter.layout_no_wrap(
+                            t.clone(),
+                            egui::FontId::proportional(11.0),
+                            theme::TEXT,
+                        );
+                        // Live: room under the text for the fill bar.
+                        let extra = if stats.is_some() { 12.0 } else { 6.0 };
+                        let r = Rect::from_center_size(mid, galley.size() + vec2(12.0, extra));
+                        painter.rect(
+                            r,
+                            CornerRadius::same(8),
+                            Color32::from_rgb(0x23, 0x27, 0x2f),
+                            Stroke::new(if selected { 2.0 } else { 1.0 }, color),
+                            egui::StrokeKind::Inside,
+                        );
+                        let mut text_at = r.center() - galley.size() / 2.0;
+                        if let Some(s) = stats {
+                            // A track and the fill over it, green / yellow / red by fill ratio.
+                            let track = Rect::from_min_size(
+                                pos2(r.left() + 6.0, r.bottom() - 7.0),
+                                vec2(r.width() - 12.0, 4.0),
+                            );
+                            painter.rect_filled(track, 2.0, Color32::from_rgb(0x3a, 0x3f, 0x4a));
+                            let fill = s.fill();
+                            if fill > 0.0 {
+                                let bar = Rect::from_min_size(
+                                    track.min,
+                                    vec2((track.width() * fill).max(2.0), track.height()),
+                                );
+                                painter.rect_filled(bar, 2.0, fill_color(fill));
+                            }
+                            text_at.y = r.top() + 3.0;
+                        }
+                        painter.galley(text_at, galley, theme::TEXT);
+                        r
+                    }
+                    None => {
+                        let radius = if selected { 6.0 } else { 4.0 };
+                        painter.circle(mid, radius, theme::CANVAS, Stroke::new(2.0, color));
+                        Rect::from_center_size(mid, Vec2::splat(16.0))
+                    }
                 }
             };
             if clicked && pointer.is_some_and(|p| rect.expand(2.0).contains(p)) {
