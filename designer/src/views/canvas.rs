@@ -51,16 +51,27 @@ fn line_height(ui: &Ui, size: f32) -> f32 {
         .fonts_mut(|f| f.row_height(&egui::FontId::proportional(size)))
 }
 
-/// The room `lines` lines of text of `size` would take, `width` wide, without laying any out;
-/// with a colour, a bar where each line's text would be (a warning seen at any zoom).
-fn text_room(ui: &mut Ui, width: f32, size: f32, lines: usize, mark: Option<Color32>) {
-    for _ in 0..lines {
-        let (rect, _) =
-            ui.allocate_exact_size(vec2(width, line_height(ui, size)), egui::Sense::hover());
-        if let Some(color) = mark {
-            ui.painter()
-                .rect_filled(rect.shrink2(vec2(0.0, rect.height() * 0.3)), 2.0, color);
-        }
+/// The room a line of text of `size` would take, `width` wide, without laying it out; with a
+/// colour, a bar where its text would be (a warning seen at any zoom).
+fn text_room(ui: &mut Ui, width: f32, size: f32, mark: Option<Color32>) {
+    let (rect, _) =
+        ui.allocate_exact_size(vec2(width, line_height(ui, size)), egui::Sense::hover());
+    if let Some(color) = mark {
+        ui.painter()
+            .rect_filled(rect.shrink2(vec2(0.0, rect.height() * 0.3)), 2.0, color);
+    }
+}
+
+/// An edge's fill bar: the track, and over it the fill from the left (at least `min` wide),
+/// green / yellow / red by fill ratio.
+fn fill_bar(painter: &egui::Painter, track: Rect, radius: f32, fill: f32, min: f32) {
+    painter.rect_filled(track, radius, Color32::from_rgb(0x3a, 0x3f, 0x4a));
+    if fill > 0.0 {
+        let bar = Rect::from_min_size(
+            track.min,
+            vec2((track.width() * fill).max(min), track.height()),
+        );
+        painter.rect_filled(bar, radius, fill_color(fill));
     }
 }
 
@@ -628,72 +639,52 @@ impl Canvas {
                 _ => None,
             };
             let scale = self.to_global.scaling;
-            let rect = if scale < TEXT_MIN_SCALE
-                && let Some(s) = stats
-            {
-                // Text too small to read: only the fill bar, 28 x 6 pixels whatever the zoom,
-                // outlined in the edge's colour.
-                let track = Rect::from_center_size(mid, vec2(28.0, 6.0) / scale);
-                painter.rect(
-                    track,
-                    CornerRadius::same(3),
-                    Color32::from_rgb(0x3a, 0x3f, 0x4a),
-                    Stroke::new(1.0 / scale, color),
-                    egui::StrokeKind::Outside,
-                );
-                let fill = s.fill();
-                if fill > 0.0 {
-                    let bar = Rect::from_min_size(
-                        track.min,
-                        vec2((track.width() * fill).max(2.0 / scale), track.height()),
+            let rect = match (&text, stats) {
+                (_, Some(s)) if scale < TEXT_MIN_SCALE => {
+                    // Text too small to read: only the fill bar, 28 x 6 pixels whatever the
+                    // zoom, outlined in the edge's colour.
+                    let track = Rect::from_center_size(mid, vec2(28.0, 6.0) / scale);
+                    fill_bar(&painter, track, 3.0, s.fill(), 2.0 / scale);
+                    painter.rect_stroke(
+                        track,
+                        3.0,
+                        Stroke::new(1.0 / scale, color),
+                        egui::StrokeKind::Outside,
                     );
-                    painter.rect_filled(bar, CornerRadius::same(3), fill_color(fill));
+                    track
                 }
-                track
-            } else {
-                match &text {
-                    Some(t) => {
-                        let galley = painter.layout_no_wrap(
-                            t.clone(),
-                            egui::FontId::proportional(11.0),
-                            theme::TEXT,
+                (Some(t), _) => {
+                    let galley = painter.layout_no_wrap(
+                        t.clone(),
+                        egui::FontId::proportional(11.0),
+                        theme::TEXT,
+                    );
+                    // Live: room under the text for the fill bar.
+                    let extra = if stats.is_some() { 12.0 } else { 6.0 };
+                    let r = Rect::from_center_size(mid, galley.size() + vec2(12.0, extra));
+                    painter.rect(
+                        r,
+                        CornerRadius::same(8),
+                        Color32::from_rgb(0x23, 0x27, 0x2f),
+                        Stroke::new(if selected { 2.0 } else { 1.0 }, color),
+                        egui::StrokeKind::Inside,
+                    );
+                    let mut text_at = r.center() - galley.size() / 2.0;
+                    if let Some(s) = stats {
+                        let track = Rect::from_min_size(
+                            pos2(r.left() + 6.0, r.bottom() - 7.0),
+                            vec2(r.width() - 12.0, 4.0),
                         );
-                        // Live: room under the text for the fill bar.
-                        let extra = if stats.is_some() { 12.0 } else { 6.0 };
-                        let r = Rect::from_center_size(mid, galley.size() + vec2(12.0, extra));
-                        painter.rect(
-                            r,
-                            CornerRadius::same(8),
-                            Color32::from_rgb(0x23, 0x27, 0x2f),
-                            Stroke::new(if selected { 2.0 } else { 1.0 }, color),
-                            egui::StrokeKind::Inside,
-                        );
-                        let mut text_at = r.center() - galley.size() / 2.0;
-                        if let Some(s) = stats {
-                            // A track and the fill over it, green / yellow / red by fill ratio.
-                            let track = Rect::from_min_size(
-                                pos2(r.left() + 6.0, r.bottom() - 7.0),
-                                vec2(r.width() - 12.0, 4.0),
-                            );
-                            painter.rect_filled(track, 2.0, Color32::from_rgb(0x3a, 0x3f, 0x4a));
-                            let fill = s.fill();
-                            if fill > 0.0 {
-                                let bar = Rect::from_min_size(
-                                    track.min,
-                                    vec2((track.width() * fill).max(2.0), track.height()),
-                                );
-                                painter.rect_filled(bar, 2.0, fill_color(fill));
-                            }
-                            text_at.y = r.top() + 3.0;
-                        }
-                        painter.galley(text_at, galley, theme::TEXT);
-                        r
+                        fill_bar(&painter, track, 2.0, s.fill(), 2.0);
+                        text_at.y = r.top() + 3.0;
                     }
-                    None => {
-                        let radius = if selected { 6.0 } else { 4.0 };
-                        painter.circle(mid, radius, theme::CANVAS, Stroke::new(2.0, color));
-                        Rect::from_center_size(mid, Vec2::splat(16.0))
-                    }
+                    painter.galley(text_at, galley, theme::TEXT);
+                    r
+                }
+                (None, _) => {
+                    let radius = if selected { 6.0 } else { 4.0 };
+                    painter.circle(mid, radius, theme::CANVAS, Stroke::new(2.0, color));
+                    Rect::from_center_size(mid, Vec2::splat(16.0))
                 }
             };
             if clicked && pointer.is_some_and(|p| rect.expand(2.0).contains(p)) {
@@ -949,7 +940,7 @@ impl SnarlViewer<CanvasNode> for Viewer<'_> {
         if self.detailed(index, ui) {
             ui.label(RichText::new("in").size(11.0).color(theme::WEAK));
         } else {
-            text_room(ui, 10.0, 11.0, 1, None);
+            text_room(ui, 10.0, 11.0, None);
         }
         PinInfo::circle()
             .with_fill(Color32::from_rgb(0xc8, 0xcd, 0xd6))
@@ -980,7 +971,7 @@ impl SnarlViewer<CanvasNode> for Viewer<'_> {
         ui.with_layout(Layout::right_to_left(Align::Center), |ui| {
             ui.add_space(12.0);
             if !detailed {
-                text_room(ui, 10.0, 12.0, 1, None);
+                text_room(ui, 10.0, 12.0, None);
                 return;
             }
             let mut text = RichText::new(port).size(12.0);
@@ -1036,36 +1027,26 @@ impl SnarlViewer<CanvasNode> for Viewer<'_> {
                 // larger than the automatic layout leaves room for (see `layout::node_size`).
                 ui.set_width(crate::layout::FOOTER_WIDTH);
                 ui.spacing_mut().item_spacing.y = 0.0;
-                if !detailed {
-                    // The lines the text below would take; a failure or a finding as a bar.
-                    let w = crate::layout::FOOTER_WIDTH;
-                    if let Some(s) = self.live.and_then(|l| l.node(&name)) {
-                        let second = match (&s.error, &s.bulletin) {
-                            (Some(_), _) => Some(theme::ERROR),
-                            (None, Some((flow_core::observe::Level::Error, _))) => {
-                                Some(theme::ERROR)
-                            }
-                            (None, Some((flow_core::observe::Level::Warn, _))) => {
-                                Some(theme::WARNING)
-                            }
-                            _ => None,
-                        };
-                        let first = (s.errors > 0).then_some(theme::WARNING);
-                        text_room(ui, w, 11.0, 1, first);
-                        if let Some(color) = second {
-                            text_room(ui, w, 11.0, 1, Some(color));
-                        }
-                    } else if let Some(first) = self.designer.validation().for_node(&name).next() {
-                        let color = if first.is_error() {
-                            theme::ERROR
-                        } else {
-                            theme::WARNING
-                        };
-                        text_room(ui, w, 11.0, 1, Some(color));
-                    }
-                    return;
-                }
+                // Out of view or too small to read: the room of the same lines, and a bar
+                // where a failure or finding is.
+                let w = crate::layout::FOOTER_WIDTH;
                 if let Some(s) = self.live.and_then(|l| l.node(&name)) {
+                    // The error it failed with, else its latest bulletin, on a second line.
+                    let line = match (&s.error, &s.bulletin) {
+                        (Some(e), _) => Some((theme::ERROR, format!("✖ {e}"))),
+                        (None, Some((level, m))) => Some(match level {
+                            flow_core::observe::Level::Error => (theme::ERROR, format!("✖ {m}")),
+                            flow_core::observe::Level::Warn => (theme::WARNING, format!("⚠ {m}")),
+                        }),
+                        _ => None,
+                    };
+                    if !detailed {
+                        text_room(ui, w, 11.0, (s.errors > 0).then_some(theme::WARNING));
+                        if let Some((color, _)) = line {
+                            text_room(ui, w, 11.0, Some(color));
+                        }
+                        return;
+                    }
                     let state = match s.state {
                         NodeState::Starting => "starting",
                         NodeState::Running => "▶",
@@ -1093,15 +1074,6 @@ impl SnarlViewer<CanvasNode> for Viewer<'_> {
                         )
                         .truncate(),
                     );
-                    // The error it failed with, else its latest bulletin, on one line.
-                    let line = match (&s.error, &s.bulletin) {
-                        (Some(e), _) => Some((theme::ERROR, format!("✖ {e}"))),
-                        (None, Some((level, m))) => Some(match level {
-                            flow_core::observe::Level::Error => (theme::ERROR, format!("✖ {m}")),
-                            flow_core::observe::Level::Warn => (theme::WARNING, format!("⚠ {m}")),
-                        }),
-                        _ => None,
-                    };
                     if let Some((color, text)) = line {
                         ui.add(
                             egui::Label::new(RichText::new(text).size(11.0).color(color))
@@ -1117,6 +1089,10 @@ impl SnarlViewer<CanvasNode> for Viewer<'_> {
                     } else {
                         theme::WARNING
                     };
+                    if !detailed {
+                        text_room(ui, w, 11.0, Some(color));
+                        return;
+                    }
                     let mut text = first.message.clone();
                     // The node says which processor; a variable's name says what it is.
                     if let Some(rest) = text.strip_prefix(&format!("processor `{name}`")) {
