@@ -11,11 +11,11 @@
 # What it showed on 2026-12-03 (tansu 0.6): on the batched topic the pausing group got 95,248
 # lines, 80,510 distinct of 100,000 (earlier runs of 300,000: 258,447 and 229,877 distinct),
 # the never-pausing group all 100,000; on the one-record-per-batch topic (filled in 125 s) both
-# got all 100,000, once. The loss is tansu's: librdkafka resumes a paused
-# partition at the offset after the last record the application took, which is usually inside a
-# batch, and tansu 0.6 answers a fetch from inside a batch with the *next* batch (a fetch from
-# offset 3,044 returned offsets 10,000, 10,001, ...), where Kafka returns the batch holding the
-# offset and the client skips the records before it. See docs/reliability.md.
+# got all 100,000, once. The loss is tansu's: librdkafka resumes a paused partition at the
+# offset after the last record the application took, which is usually inside a batch, and tansu
+# 0.6 answers a fetch from inside a batch with the *next* batch (a fetch from offset 3,044
+# returned offsets 10,000, 10,001, ...), where Kafka returns the batch holding the offset and
+# the client skips the records before it. See docs/reliability.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n="${1:-100000}"
