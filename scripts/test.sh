@@ -39,6 +39,10 @@ if command -v mold >/dev/null; then
   export RUSTFLAGS="${RUSTFLAGS:-} -C link-arg=-fuse-ld=mold"
 fi
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# On a fresh clone (CI) incremental compilation only writes caches no later build reads, several
+# GB of them beside the dev target: CI ran out of disk once (stop 26). Kept for local runs,
+# where they speed up the next build.
+if [ -n "${CI:-}" ]; then export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"; fi
 
 # --- Fuzzing, part 1: cargo-fuzz and the fuzz targets (their own workspace and target dir,
 # fuzz/target) build in the background from the start, at idle priority (SCHED_IDLE): they use
