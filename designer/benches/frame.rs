@@ -77,6 +77,13 @@ struct Figures {
     pass: Vec<Duration>,
     tessellate: Vec<Duration>,
     total: Vec<Duration>,
+    /// Vertices and triangles handed to the GPU in the last frame: what a software renderer
+    /// (Mesa's llvmpipe) pays for in vertex work and triangle setup.
+    vertices: usize,
+    triangles: usize,
+    /// Meshes in the last frame: one draw call each (a clip rectangle or texture change starts
+    /// a new one).
+    draws: usize,
 }
 
 fn percentile(v: &[Duration], p: f64) -> Duration {
@@ -154,6 +161,9 @@ fn run(ctx: &egui::Context, app: &mut DesignerApp, frames: usize, size: Vec2, t0
         pass: Vec::new(),
         tessellate: Vec::new(),
         total: Vec::new(),
+        vertices: 0,
+        triangles: 0,
+        draws: 0,
     };
     for i in 0..frames {
         let t = i as f32 / frames as f32;
@@ -175,6 +185,16 @@ fn run(ctx: &egui::Context, app: &mut DesignerApp, frames: usize, size: Vec2, t0
         let pass = start.elapsed();
         let primitives = ctx.tessellate(out.shapes, out.pixels_per_point);
         let total = start.elapsed();
+        (f.vertices, f.triangles) =
+            primitives
+                .iter()
+                .fold((0, 0), |(v, t), p| match &p.primitive {
+                    egui::epaint::Primitive::Mesh(m) => {
+                        (v + m.vertices.len(), t + m.indices.len() / 3)
+                    }
+                    egui::epaint::Primitive::Callback(_) => (v, t),
+                });
+        f.draws = primitives.len();
         std::hint::black_box(primitives);
         // No GPU takes the font atlas updates: say they are dealt with (epaint checks).
         out.textures_delta.clear();
@@ -188,7 +208,7 @@ fn run(ctx: &egui::Context, app: &mut DesignerApp, frames: usize, size: Vec2, t0
 fn report(what: &str, f: &Figures) {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(
-        "{what}: frame median {:.2} ms, p99 {:.2} ms (egui pass median {:.2} / p99 {:.2}; tessellation median {:.2} / p99 {:.2}) over {} frames",
+        "{what}: frame median {:.2} ms, p99 {:.2} ms (egui pass median {:.2} / p99 {:.2}; tessellation median {:.2} / p99 {:.2}) over {} frames; {} vertices, {} triangles, {} draw calls a frame",
         ms(percentile(&f.total, 0.5)),
         ms(percentile(&f.total, 0.99)),
         ms(percentile(&f.pass, 0.5)),
@@ -196,6 +216,9 @@ fn report(what: &str, f: &Figures) {
         ms(percentile(&f.tessellate, 0.5)),
         ms(percentile(&f.tessellate, 0.99)),
         f.total.len(),
+        f.vertices,
+        f.triangles,
+        f.draws,
     );
 }
 
