@@ -14,8 +14,8 @@ use egui::{
     Stroke, Ui, Vec2, pos2, vec2,
 };
 use egui_snarl::ui::{
-    AnyPins, BackgroundPattern, NodeLayout, NodeLayoutKind, PinInfo, PinPlacement, SelectionStyle,
-    SnarlStyle, SnarlViewer, SnarlWidget, WireStyle,
+    AnyPins, BackgroundPattern, NodeLayout, NodeLayoutKind, PinInfo, PinPlacement, PinWireInfo,
+    SelectionStyle, SnarlPin, SnarlStyle, SnarlViewer, SnarlWidget, WireStyle,
 };
 use egui_snarl::{InPin, InPinId, NodeId, OutPin, OutPinId, Snarl};
 use flow_core::processor::Kind;
@@ -33,6 +33,12 @@ pub const CANVAS_ID: &str = "flow-canvas";
 /// same size (so nothing moves when zooming across it), which is most of a large flow's frame
 /// at its fit (a 500-node flow fits at 0.1). Nodes out of view are drawn without text too.
 const TEXT_MIN_SCALE: f32 = 0.45;
+
+/// Below this zoom a node's rounded corners, its shadow and its round pins are under 2 px:
+/// they are drawn plain (square corners, no shadow, square pins), in the same places and
+/// colours. A software renderer (Mesa's llvmpipe, on a desktop without a GPU) pays for every
+/// triangle: at a 500-node flow's fit, round pins were half of a frame's 40,000.
+const PLAIN_MIN_SCALE: f32 = 0.25;
 
 /// The background grid's spacing at zoom `scale`: 24 points, doubled until its lines are at
 /// least 12 pixels apart. A 500-node flow fits at 10 %, where a 24-point grid was a line every
@@ -72,6 +78,56 @@ fn fill_bar(painter: &egui::Painter, track: Rect, radius: f32, fill: f32, min: f
             vec2((track.width() * fill).max(min), track.height()),
         );
         painter.rect_filled(bar, radius, fill_color(fill));
+    }
+}
+
+/// A port's pin: egui-snarl's circle, or below [`PLAIN_MIN_SCALE`] a square of its colour
+/// without an outline (two triangles; a circle with its outline is a dozen).
+enum CanvasPin {
+    Round(PinInfo),
+    Square { fill: Color32, wire: Color32 },
+}
+
+impl CanvasPin {
+    fn new(plain: bool, fill: Color32, wire: Color32) -> Self {
+        if plain {
+            Self::Square { fill, wire }
+        } else {
+            Self::Round(
+                PinInfo::circle()
+                    .with_fill(fill)
+                    .with_stroke(Stroke::new(1.5, theme::NODE_FILL))
+                    .with_wire_color(wire),
+            )
+        }
+    }
+}
+
+impl SnarlPin for CanvasPin {
+    fn draw(
+        self,
+        snarl_style: &SnarlStyle,
+        style: &egui::Style,
+        rect: Rect,
+        painter: &egui::Painter,
+    ) -> PinWireInfo {
+        match self {
+            Self::Round(info) => info.draw(snarl_style, style, rect, painter),
+            Self::Square { fill, wire } => {
+                // The circle's area: a side of 0.89 of its diameter.
+                let side = rect.width().min(rect.height()) * 0.89;
+                let mut mesh = egui::Mesh::default();
+                mesh.add_colored_rect(
+                    Rect::from_center_size(rect.center(), Vec2::splat(side)),
+                    fill,
+                );
+                painter.add(mesh);
+                PinWireInfo {
+                    color: wire,
+                    style: snarl_style.wire_style.unwrap_or(WireStyle::Bezier5),
+                }
+            }
+        }
     }
 }
 
@@ -335,7 +391,10 @@ impl Canvas {
                 min_pin_row_height: 18.0,
                 equal_pin_row_heights: false,
             }),
-            node_frame: Some(node_frame(Stroke::new(1.0, theme::NODE_STROKE))),
+            node_frame: Some(node_frame(
+                Stroke::new(1.0, theme::NODE_STROKE),
+                scale < PLAIN_MIN_SCALE,
+            )),
             header_frame: Some(Frame::new()),
             header_drag_space: Some(Vec2::ZERO),
             collapsible: Some(false),
@@ -344,7 +403,9 @@ impl Canvas {
             wire_width: Some(2.0),
             wire_frame_size: Some(48.0),
             wire_style: Some(WireStyle::Bezier5),
-            bg_frame: Some(Frame::new().fill(theme::CANVAS)),
+            // No fill: the central panel under the canvas has the canvas' colour already, and
+            // a second layer of the whole canvas is work for a software renderer every frame.
+            bg_frame: Some(Frame::new()),
             bg_pattern: Some(BackgroundPattern::grid(
                 Vec2::splat(grid_spacing(scale)),
                 0.0,
@@ -697,18 +758,21 @@ impl Canvas {
     }
 }
 
-fn node_frame(stroke: Stroke) -> Frame {
-    Frame::new()
+/// A node's frame; `plain` (below [`PLAIN_MIN_SCALE`]): square corners and no shadow.
+fn node_frame(stroke: Stroke, plain: bool) -> Frame {
+    let frame = Frame::new()
         .fill(theme::NODE_FILL)
         .stroke(stroke)
-        .corner_radius(CornerRadius::same(7))
-        .inner_margin(Margin::symmetric(0, 0))
-        .shadow(Shadow {
-            offset: [0, 3],
-            blur: 10,
-            spread: 0,
-            color: Color32::from_black_alpha(90),
-        })
+        .inner_margin(Margin::symmetric(0, 0));
+    if plain {
+        return frame;
+    }
+    frame.corner_radius(CornerRadius::same(7)).shadow(Shadow {
+        offset: [0, 3],
+        blur: 10,
+        spread: 0,
+        color: Color32::from_black_alpha(90),
+    })
 }
 
 struct ViewRequest<'a> {
@@ -744,6 +808,11 @@ impl Viewer<'_> {
                 .nodes
                 .get(&index)
                 .is_none_or(|r| ui.clip_rect().intersects(r.expand(8.0)))
+    }
+
+    /// Whether corners, shadows and pins are drawn plain at this zoom ([`PLAIN_MIN_SCALE`]).
+    fn plain(&self) -> bool {
+        self.to_global.scaling < PLAIN_MIN_SCALE
     }
 
     /// The bounding box of every node, in graph coordinates.
@@ -850,7 +919,7 @@ impl SnarlViewer<CanvasNode> for Viewer<'_> {
                 None => Stroke::new(1.0, theme::NODE_STROKE),
             }
         };
-        node_frame(stroke)
+        node_frame(stroke, self.plain())
     }
 
     fn header_frame(
@@ -867,11 +936,12 @@ impl SnarlViewer<CanvasNode> for Viewer<'_> {
             .map_or(theme::kind_color(None, false), |n| {
                 theme::kind_color(n.kind, n.plugin)
             });
+        let round = if self.plain() { 0 } else { 7 };
         Frame::new()
             .fill(color.gamma_multiply(0.85))
             .corner_radius(CornerRadius {
-                nw: 7,
-                ne: 7,
+                nw: round,
+                ne: round,
                 sw: 0,
                 se: 0,
             })
@@ -933,7 +1003,7 @@ impl SnarlViewer<CanvasNode> for Viewer<'_> {
     }
 
     #[allow(refining_impl_trait)]
-    fn show_input(&mut self, pin: &InPin, ui: &mut Ui, snarl: &mut Snarl<CanvasNode>) -> PinInfo {
+    fn show_input(&mut self, pin: &InPin, ui: &mut Ui, snarl: &mut Snarl<CanvasNode>) -> CanvasPin {
         let index = snarl[pin.id.node].index;
         self.drawn.inputs.insert(index, ui.max_rect().center().y);
         ui.add_space(12.0);
@@ -942,20 +1012,26 @@ impl SnarlViewer<CanvasNode> for Viewer<'_> {
         } else {
             text_room(ui, 10.0, 11.0, None);
         }
-        PinInfo::circle()
-            .with_fill(Color32::from_rgb(0xc8, 0xcd, 0xd6))
-            .with_stroke(Stroke::new(1.5, theme::NODE_FILL))
-            .with_wire_color(Color32::from_rgb(0x8a, 0x93, 0xa3))
+        CanvasPin::new(
+            self.plain(),
+            Color32::from_rgb(0xc8, 0xcd, 0xd6),
+            Color32::from_rgb(0x8a, 0x93, 0xa3),
+        )
     }
 
     #[allow(refining_impl_trait)]
-    fn show_output(&mut self, pin: &OutPin, ui: &mut Ui, snarl: &mut Snarl<CanvasNode>) -> PinInfo {
+    fn show_output(
+        &mut self,
+        pin: &OutPin,
+        ui: &mut Ui,
+        snarl: &mut Snarl<CanvasNode>,
+    ) -> CanvasPin {
         let index = snarl[pin.id.node].index;
         self.drawn
             .outputs
             .insert((index, pin.id.output), ui.max_rect().center().y);
         let Some(n) = self.designer.graph().nodes.get(index) else {
-            return PinInfo::circle();
+            return CanvasPin::Round(PinInfo::circle());
         };
         let port = n.ports.get(pin.id.output).map_or("?", String::as_str);
         let failure = port == flow_core::processor::FAILURE;
@@ -984,14 +1060,12 @@ impl SnarlViewer<CanvasNode> for Viewer<'_> {
             };
             ui.label(text);
         });
-        PinInfo::circle()
-            .with_fill(color)
-            .with_stroke(Stroke::new(1.5, theme::NODE_FILL))
-            .with_wire_color(if failure {
-                theme::FAILURE
-            } else {
-                Color32::from_rgb(0x9a, 0xa3, 0xb3)
-            })
+        let wire = if failure {
+            theme::FAILURE
+        } else {
+            Color32::from_rgb(0x9a, 0xa3, 0xb3)
+        };
+        CanvasPin::new(self.plain(), color, wire)
     }
 
     fn has_footer(&mut self, node: &CanvasNode) -> bool {
