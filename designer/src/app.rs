@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use egui::{Key, KeyboardShortcut, Modifiers, RichText, Ui};
+use egui::{Color32, Key, KeyboardShortcut, Modifiers, RichText, Ui};
 use egui_file_dialog::FileDialog;
 
 use crate::state::{Designer, Notice};
@@ -58,6 +58,10 @@ pub struct DesignerApp {
     /// How long the frame before took (eframe's measure: the egui pass, tessellation and
     /// the GL calls, not the wait in swap_buffers), for the trace.
     last_frame_secs: Option<f32>,
+    /// The window is cleared to the panels' colour before each frame (eframe does it, see
+    /// `clear_color`), so the panels are drawn without a background of their own. A host that
+    /// does not clear (the tests' renderer) gets the background painted.
+    cleared: bool,
 }
 
 impl DesignerApp {
@@ -86,6 +90,7 @@ impl DesignerApp {
             title: None,
             trace_frames: std::env::var_os("FLOW_DESIGNER_TRACE_FRAMES").is_some(),
             last_frame_secs: None,
+            cleared: false,
         }
     }
 
@@ -174,35 +179,53 @@ impl DesignerApp {
             );
         }
         ctx.set_visuals(theme::visuals());
+        if !self.cleared {
+            // On the background layer: the root `ui`'s painter is clipped inside its margin.
+            ctx.layer_painter(egui::LayerId::background()).rect_filled(
+                ctx.content_rect(),
+                0.0,
+                theme::visuals().panel_fill,
+            );
+        }
         self.shortcuts(ui);
         self.watch_disk(&ctx);
         self.live.update(&mut self.canvas, &mut self.designer);
 
-        egui::Panel::top("menu").show(ui, |ui| {
+        // The panels draw no background: the window's is theirs. Every pixel of a background
+        // is work for a software renderer (llvmpipe) on each frame.
+        let panel = egui::Frame::side_top_panel(ui.style()).fill(Color32::TRANSPARENT);
+        egui::Panel::top("menu").frame(panel).show(ui, |ui| {
             egui::MenuBar::new().ui(ui, |ui| self.menu(ui));
         });
-        egui::Panel::top("toolbar").show(ui, |ui| self.toolbar(ui));
+        egui::Panel::top("toolbar")
+            .frame(panel)
+            .show(ui, |ui| self.toolbar(ui));
         egui::Panel::bottom("status")
+            .frame(panel)
             .exact_size(24.0)
             .show(ui, |ui| self.status(ui));
         if self.live.active() {
             egui::Panel::bottom("live")
+                .frame(panel)
                 .resizable(true)
                 .default_size(190.0)
                 .min_size(80.0)
                 .show(ui, |ui| self.live.panel(ui));
         }
         egui::Panel::bottom("problems")
+            .frame(panel)
             .resizable(true)
             .default_size(92.0)
             .min_size(48.0)
             .show(ui, |ui| self.problems.ui(ui, &mut self.designer));
         egui::Panel::left("palette")
+            .frame(panel)
             .resizable(true)
             .default_size(228.0)
             .min_size(180.0)
             .show(ui, |ui| self.palette.ui(ui, &self.designer));
         egui::Panel::right("inspector")
+            .frame(panel)
             .resizable(true)
             .default_size(330.0)
             .min_size(240.0)
@@ -691,12 +714,17 @@ impl DesignerApp {
 }
 
 impl eframe::App for DesignerApp {
+    fn clear_color(&self, _visuals: &egui::Visuals) -> [f32; 4] {
+        theme::visuals().panel_fill.to_normalized_gamma_f32()
+    }
+
     fn logic(&mut self, ctx: &egui::Context, _frame: &mut eframe::Frame) {
         self.on_close_request(ctx);
     }
 
     fn ui(&mut self, ui: &mut Ui, frame: &mut eframe::Frame) {
         self.last_frame_secs = frame.info().cpu_usage;
+        self.cleared = true;
         DesignerApp::ui(self, ui);
     }
 
