@@ -32,10 +32,12 @@ use super::{BoundedSet, check_pointer, hash64, json_pointer, redact, without_cre
 /// `Last-Modified` go back as `If-None-Match` / `If-Modified-Since` (a `304` or an identical
 /// body yields nothing), and with `dedupe` each record's key is remembered (the most recent
 /// `max_keys`) so a record whose key was already emitted is skipped. HTTP dates count whole
-/// seconds, so a `Last-Modified` less than a second older than the response's `Date` (or a
+/// seconds, so a `Last-Modified` less than two seconds older than the response's `Date` (or a
 /// response without `Date`) cannot tell that answer from a change later in the same second
-/// (RFC 9110, 8.8.2.2); then no validator is sent next time (servers derive `ETag`s from the
-/// same time) and the body is compared instead, so no change is missed. A record larger than
+/// (RFC 9110, 8.8.2.2; one second more because file systems stamp files from a clock a few
+/// milliseconds behind the one that dates responses); then no validator is sent next time
+/// (servers derive `ETag`s from the same time) and the body is compared instead, so no change
+/// is missed. A record larger than
 /// `max_record_size` goes to `failure` with its first 1 KiB. With `pagination`, every
 /// page is fetched, one batch per page, as long as it is on the origin of `url` (same scheme,
 /// host and port): a next page elsewhere is not fetched (the configured headers, which may
@@ -412,7 +414,12 @@ struct Memo {
 /// Whether a response's validators can tell it from any later change. HTTP dates have
 /// one-second resolution: a `Last-Modified` that is not at least a second older than the
 /// response's `Date` is weak (RFC 9110, 8.8.2.2), because the resource may change again within
-/// that second and keep the same `Last-Modified`; servers of static files (nginx, Apache) derive
+/// that second and keep the same `Last-Modified`. Two seconds are asked here: Linux stamps a
+/// file's modification from a coarse clock up to a tick (a few ms) behind the one a server
+/// dates its answer with, so a file rewritten just after an answer dated at the start of a
+/// second can carry the second before, the `Last-Modified` already sent: a change missed (the
+/// likely cause of the one version `every_version_of_a_file_python_serves_is_emitted` lost
+/// once, under load); servers of static files (nginx, Apache) derive
 /// their `ETag` from that same time and the size, so it is no better. Without a `Date` to compare
 /// with, a `Last-Modified` is not trusted either. A response without `Last-Modified` (an `ETag`
 /// alone, usually from the content) is trusted.
@@ -432,7 +439,7 @@ fn trustworthy_validators(headers: &HeaderMap) -> bool {
     ) {
         (Some(modified), Some(date)) => date
             .duration_since(modified)
-            .is_ok_and(|d| d >= Duration::from_secs(1)),
+            .is_ok_and(|d| d >= Duration::from_secs(2)),
         _ => false,
     }
 }
