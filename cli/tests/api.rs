@@ -2,7 +2,7 @@
 //! `promtool` (Prometheus' own parser and lints) for `/metrics`, VictoriaMetrics scraping it
 //! through its `-promscrape.config`, tmux for the interactive `flow top`.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader, Write as _};
@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{repo, server, wait_for};
+use crate::common::{repo, server, wait_for};
 
 /// A flow started with `--api 127.0.0.1:0`; its stderr is kept, the API's URL read from it.
 struct ApiFlow {

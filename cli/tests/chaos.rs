@@ -18,10 +18,10 @@
 //!
 //! ```text
 //! . scripts/services.sh; start_tansu; start_mosquitto; start_victoria_metrics; start_s3
-//! CHAOS_KILLS=20 cargo test -p flow-cli --test chaos -- --nocapture --test-threads 1
+//! CHAOS_KILLS=20 cargo test -p flow-cli --test integration chaos:: -- --nocapture --test-threads 1
 //! ```
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{Read, Write};
@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Flow, ranges, read_kafka, server, unique, wait_for, write};
+use crate::common::{Flow, ranges, read_kafka, server, unique, wait_for, write};
 use futures::TryStreamExt;
 use object_store::{ObjectStore, ObjectStoreExt};
 

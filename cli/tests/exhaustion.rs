@@ -14,10 +14,8 @@
 //!   back-pressure thresholds.
 //!
 //! ```text
-//! cargo test -p flow-cli --test exhaustion -- --nocapture
+//! cargo test -p flow-cli --test integration exhaustion:: -- --nocapture
 //! ```
-
-mod common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
@@ -25,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Flow, free_port, wait_for};
+use crate::common::{Flow, free_port, wait_for};
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);

@@ -2,8 +2,6 @@
 //! by a plain HTTP/1.1 client, and `flows/rest-to-file.yaml` polling a small server this test
 //! runs itself. Both are stopped with SIGTERM and must exit cleanly.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
@@ -11,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Flow, free_port, lines, wait_for};
+use crate::common::{Flow, free_port, lines, wait_for};
 
 /// One HTTP/1.1 request over a fresh connection: the status code and the body. JSON lines go as
 /// `application/x-ndjson`, anything else as `application/json`.

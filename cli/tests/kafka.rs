@@ -3,11 +3,11 @@
 //! a broker that is down at start, and the example flows. Records are produced by flow itself
 //! (`generate -> kafka_sink`) and read back from what the consumers wrote.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 
-use common::{Flow, counts, duplicates, free_port, lines, server, unique, wait_for, write};
+use crate::common::{Flow, counts, duplicates, free_port, lines, server, unique, wait_for, write};
 
 fn brokers() -> Option<String> {
     server("FLOW_TEST_KAFKA_BROKERS", "the Kafka broker (tansu)")

@@ -3,13 +3,13 @@
 //! `scripts/test.sh` installs; like the other broker tests, skips outside CI when
 //! `FLOW_TEST_MQTT_URL` is not set, and fails in CI.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{
+use crate::common::{
     Flow, Server, counts, free_port, lines, mosquitto, publish_numbers, ranges, wait_for,
 };
 

@@ -9,8 +9,6 @@
 //! `FLOW_TEST_VICTORIA_METRICS`). Like the other server tests they skip outside CI when the
 //! suite's server is not there, and fail in CI.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{
+use crate::common::{
     Flow, Server, binary, counts, free_port, mosquitto, publish_numbers, read_kafka, server,
     unique, wait_for, write,
 };

@@ -2,14 +2,14 @@
 //! output checked against the native processors or a reference computation; acknowledgements
 //! across a crash; `flow validate` on plugin flows; `flow plugin new` and `inspect`.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{Flow, repo};
+use crate::common::{Flow, repo};
 
 fn flow() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_flow"));

@@ -7,14 +7,12 @@
 //! The servers are unreachable on purpose (a closed port each): connection errors, retries and
 //! failed records are where a secret most easily slips into a message. No server needed.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, repo};
+use crate::common::{free_port, repo};
 
 /// The options of each processor type that hold secrets, as YAML lines under the processor
 /// (`{S}` is replaced by a `${VAR}` whose value is a planted secret). The schema marks them

@@ -3,14 +3,12 @@
 //! (the message there is the record); S3: the object's key (the object holds the record); MQTT:
 //! the topic (a subscriber got the record on it); InfluxDB: the write URL.
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{repo, server, unique};
+use crate::common::{repo, server, unique};
 use flow_core::provenance::EventKind;
 use flow_core::provenance::query::{Events, Lineage, Search};
 use flow_core::record::RecordId;

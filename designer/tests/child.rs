@@ -8,14 +8,14 @@
 //! Every wait is bounded ([`common::PATIENCE`]), and a process a failing test started is
 //! killed by its guard.
 
-mod common;
-
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::mpsc;
 
-use common::{Killed, PATIENCE, Pid, app_for, flow_bin, harness, session, stat, until, wait_for};
+use crate::common::{
+    Killed, PATIENCE, Pid, app_for, flow_bin, harness, session, stat, until, wait_for,
+};
 use egui_kittest::kittest::Queryable;
 
 /// An endless flow writing a counter to `out`.

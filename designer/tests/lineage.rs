@@ -2,11 +2,9 @@
 //! child with provenance on, headless with egui_kittest. The tree shows every step of the
 //! record: where it was made, each node and port it passed, the file it was written to.
 
-mod common;
-
 use std::time::Instant;
 
-use common::{PATIENCE, app_for, harness, log, session, until};
+use crate::common::{PATIENCE, app_for, harness, log, session, until};
 use egui_kittest::kittest::Queryable;
 use flow_core::provenance::query::Lineage;
 use flow_designer::session::LineageState;

@@ -4,12 +4,10 @@
 //! when it chooses: until then the sink blocks once the pipe's buffer is full, and the edge
 //! before it fills up to its `max_records`. Deterministic, with no timing in the flow.
 
-mod common;
-
 use std::io::{BufRead as _, BufReader};
 use std::sync::mpsc;
 
-use common::{Killed, app_for, flow_bin, gone, harness, mkfifo, repo, session, until};
+use crate::common::{Killed, app_for, flow_bin, gone, harness, mkfifo, repo, session, until};
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
 use flow_designer::DesignerApp;

@@ -2,11 +2,9 @@
 //! egui_kittest: a tapped record whose content the sink kept is re-injected into the running
 //! flow and reaches the sink's file a second time.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{app_for, count, harness, log, session, until};
+use crate::common::{app_for, count, harness, log, session, until};
 use egui_kittest::kittest::Queryable;
 use flow_designer::session::{LineageState, ReplayState};
 

@@ -1,8 +1,8 @@
 //! The example plugins of `plugins/examples`, run through the `wasm` processor.
 
-mod common;
+use crate::common;
 
-use common::{config, rec, run};
+use crate::common::{config, rec, run};
 use flow_core::ack::AckStatus;
 use flow_core::processor::ProcessorConfig;
 use serde_json::{Value, json};

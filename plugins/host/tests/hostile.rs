@@ -2,9 +2,9 @@
 //! `failure` with the reason, the instance is rebuilt, the batches around it are delivered, and
 //! the processor keeps running.
 
-mod common;
+use crate::common;
 
-use common::{config, plugin, rec, run, run_at};
+use crate::common::{config, plugin, rec, run, run_at};
 use flow_core::ack::AckStatus;
 use flow_core::clock::Clock;
 use flow_core::processor::ProcessorConfig;
