@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::repo;
+
 fn flow() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_flow"));
     // Provenance stores of test runs stay under target/tmp, not ~/.local/state.
@@ -14,10 +16,6 @@ fn flow() -> Command {
     );
     c.current_dir(repo());
     c
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 fn text(b: &[u8]) -> String {

@@ -1,8 +1,9 @@
 //! What the `flow` binary prints, when the reader of its output goes away, and when
 //! `flow validate` is given files that cannot be read.
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+
+use crate::common::repo;
 
 fn flow() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_flow"));
@@ -13,10 +14,6 @@ fn flow() -> Command {
     );
     c.current_dir(repo());
     c
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 fn text(b: &[u8]) -> String {

@@ -2,12 +2,9 @@
 //! read back by an independent JUnit parser (junit-parser).
 
 use std::io::Cursor;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+use crate::common::repo;
 
 fn flow_test(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_flow"))

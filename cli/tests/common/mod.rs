@@ -1,8 +1,6 @@
 //! What the tests that run `flow run` against real servers share: starting the binary with an
 //! environment, reading its log, waiting, and counting the records it wrote.
 
-#![allow(dead_code, reason = "each test file uses a part")]
-
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

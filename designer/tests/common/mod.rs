@@ -3,7 +3,6 @@
 //! log, named pipes and whether a process is gone.
 //!
 //! Each test file uses a part of it.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

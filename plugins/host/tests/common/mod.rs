@@ -1,8 +1,6 @@
 //! Test helpers: the built example plugins, and a harness that runs the `wasm` processor over
 //! batches with real edges and acknowledgement tokens.
 
-#![allow(dead_code, reason = "each test binary uses part of the helpers")]
-
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Once};
 
