@@ -101,14 +101,14 @@ fn a_designer_killed_by_sigkill_leaves_no_flow_run_behind() {
     let tmp = dir.path().join("tmp");
     std::fs::create_dir(&tmp).expect("tmp");
     let exe = std::env::current_exe().expect("this test binary");
+    // The harness names a test by its path below the crate root: `child::designer_to_be_killed`.
+    let name = module_path!()
+        .split_once("::")
+        .map_or(String::new(), |(_, module)| format!("{module}::"))
+        + "designer_to_be_killed";
     let mut designer = Killed(
         std::process::Command::new(exe)
-            .args([
-                "designer_to_be_killed",
-                "--exact",
-                "--ignored",
-                "--nocapture",
-            ])
+            .args([name.as_str(), "--exact", "--ignored", "--nocapture"])
             .env(ROLE, &file)
             .env("FLOW_BIN", &bin)
             .env("TMPDIR", &tmp)
