@@ -184,7 +184,7 @@ impl DesignerApp {
             ctx.layer_painter(egui::LayerId::background()).rect_filled(
                 ctx.content_rect(),
                 0.0,
-                theme::visuals().panel_fill,
+                theme::PANEL_FILL,
             );
         }
         self.shortcuts(ui);
@@ -715,7 +715,7 @@ impl DesignerApp {
 
 impl eframe::App for DesignerApp {
     fn clear_color(&self, _visuals: &egui::Visuals) -> [f32; 4] {
-        theme::visuals().panel_fill.to_normalized_gamma_f32()
+        theme::PANEL_FILL.to_normalized_gamma_f32()
     }
 
     fn logic(&mut self, ctx: &egui::Context, _frame: &mut eframe::Frame) {

@@ -52,10 +52,14 @@ pub fn kind_label(kind: Option<Kind>, plugin: bool) -> &'static str {
     }
 }
 
+/// The panels' background, which is also the colour the window is cleared to.
+pub const PANEL_FILL: Color32 = Color32::from_rgb(0x22, 0x25, 0x2c);
+
 /// The app's visuals: egui's dark theme, a little softer.
+
 pub fn visuals() -> Visuals {
     let mut v = Visuals::dark();
-    v.panel_fill = Color32::from_rgb(0x22, 0x25, 0x2c);
+    v.panel_fill = PANEL_FILL;
     v.window_fill = Color32::from_rgb(0x26, 0x29, 0x31);
     v.extreme_bg_color = Color32::from_rgb(0x17, 0x19, 0x1e);
     v.faint_bg_color = Color32::from_rgb(0x2a, 0x2d, 0x35);

@@ -1106,17 +1106,18 @@ impl SnarlViewer<CanvasNode> for Viewer<'_> {
                 let w = crate::layout::FOOTER_WIDTH;
                 if let Some(s) = self.live.and_then(|l| l.node(&name)) {
                     // The error it failed with, else its latest bulletin, on a second line.
+                    // Formatted only where it is drawn: this runs for every node on each frame.
                     let line = match (&s.error, &s.bulletin) {
-                        (Some(e), _) => Some((theme::ERROR, format!("✖ {e}"))),
+                        (Some(e), _) => Some((theme::ERROR, '✖', e.as_str())),
                         (None, Some((level, m))) => Some(match level {
-                            flow_core::observe::Level::Error => (theme::ERROR, format!("✖ {m}")),
-                            flow_core::observe::Level::Warn => (theme::WARNING, format!("⚠ {m}")),
+                            flow_core::observe::Level::Error => (theme::ERROR, '✖', m.as_str()),
+                            flow_core::observe::Level::Warn => (theme::WARNING, '⚠', m.as_str()),
                         }),
                         _ => None,
                     };
                     if !detailed {
                         text_room(ui, w, 11.0, (s.errors > 0).then_some(theme::WARNING));
-                        if let Some((color, _)) = line {
+                        if let Some((color, ..)) = line {
                             text_room(ui, w, 11.0, Some(color));
                         }
                         return;
@@ -1148,10 +1149,14 @@ impl SnarlViewer<CanvasNode> for Viewer<'_> {
                         )
                         .truncate(),
                     );
-                    if let Some((color, text)) = line {
+                    if let Some((color, icon, text)) = line {
                         ui.add(
-                            egui::Label::new(RichText::new(text).size(11.0).color(color))
-                                .truncate(),
+                            egui::Label::new(
+                                RichText::new(format!("{icon} {text}"))
+                                    .size(11.0)
+                                    .color(color),
+                            )
+                            .truncate(),
                         );
                     }
                     return;
