@@ -56,7 +56,6 @@ pub fn kind_label(kind: Option<Kind>, plugin: bool) -> &'static str {
 pub const PANEL_FILL: Color32 = Color32::from_rgb(0x22, 0x25, 0x2c);
 
 /// The app's visuals: egui's dark theme, a little softer.
-
 pub fn visuals() -> Visuals {
     let mut v = Visuals::dark();
     v.panel_fill = PANEL_FILL;
