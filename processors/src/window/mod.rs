@@ -470,11 +470,11 @@ fn to_ms(v: &Value, unit: TimeUnit) -> Result<i64, TimeError> {
 
 impl Window {
     /// `ts`, unless it is more than `max_future` ahead of the wall clock.
-    fn not_too_far_ahead(&self, ts: i64, clock: &Clock) -> Result<i64, TimeError> {
+    fn not_too_far_ahead(&self, ts: i64, now: &BatchTime) -> Result<i64, TimeError> {
         let Some(max) = self.cfg.max_future else {
             return Ok(ts);
         };
-        let now = clock.now_ms();
+        let now = now.ms();
         if ts <= now.saturating_add(ms(max)) {
             return Ok(ts);
         }
@@ -496,11 +496,11 @@ impl Window {
         mut r: Record,
         engine: &mut Engine,
         out: &mut Output,
-        clock: &Clock,
+        time: &BatchTime,
         args: &mut Vec<Value>,
     ) {
         if let Some((ts, key)) = self.read_fields(&r, args) {
-            return match self.time_of(ts.map(Ok), clock) {
+            return match self.time_of(ts.map(Ok), time) {
                 Ok(ts) => engine.add(r, ts, key, args, out),
                 Err(e) => out.fail(r, &e),
             };
@@ -511,7 +511,7 @@ impl Window {
         };
         let ts = self.time_of(
             self.event_time.as_ref().map(|e| e.eval(value, attributes)),
-            clock,
+            time,
         );
         let key = match &self.key {
             Some(e) => e.eval(value, attributes),
@@ -544,14 +544,15 @@ impl Window {
     fn time_of(
         &self,
         value: Option<Result<Value, EvalError>>,
-        clock: &Clock,
+        time: &BatchTime,
     ) -> Result<i64, TimeError> {
         match value {
             Some(v) => v
                 .map_err(TimeError::Eval)
                 .and_then(|v| to_ms(&v, self.cfg.event_time_unit))
-                .and_then(|ts| self.not_too_far_ahead(ts, clock)),
-            None => Ok(clock.now_ms()),
+                .and_then(|ts| self.not_too_far_ahead(ts, time)),
+            // Processing time: each record's own reading.
+            None => Ok(time.clock.now_ms()),
         }
     }
 
@@ -576,6 +577,26 @@ impl Window {
             });
         }
         Some((ts, key))
+    }
+}
+
+/// The wall clock as `max_future` reads it: once per batch, on first use. Reading it for
+/// every record cost more than the check itself (a clock read per event).
+struct BatchTime<'a> {
+    clock: &'a Clock,
+    now: std::cell::OnceCell<i64>,
+}
+
+impl<'a> BatchTime<'a> {
+    fn new(clock: &'a Clock) -> Self {
+        Self {
+            clock,
+            now: std::cell::OnceCell::new(),
+        }
+    }
+
+    fn ms(&self) -> i64 {
+        *self.now.get_or_init(|| self.clock.now_ms())
     }
 }
 
@@ -660,8 +681,9 @@ impl TaskTransform for Window {
                 biased;
                 batch = ctx.input.next() => {
                     let Some(batch) = batch else { break };
+                    let time = BatchTime::new(&clock);
                     for r in batch {
-                        this.handle(r, &mut engine, &mut out, &clock, &mut args);
+                        this.handle(r, &mut engine, &mut out, &time, &mut args);
                     }
                     last_input = Instant::now();
                 }

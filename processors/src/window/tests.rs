@@ -556,7 +556,7 @@ fn run_window(
     let mut args = Vec::new();
     for (k, t, v) in events {
         let r = Record::from_bytes(format!(r#"{{"k":"{k}","t":{t},"v":{v}}}"#));
-        w.handle(r, &mut engine, &mut out, &clock, &mut args);
+        w.handle(r, &mut engine, &mut out, &BatchTime::new(&clock), &mut args);
     }
     engine.flush(&mut out);
     let (windows, late) = summarize(&out);
