@@ -11,9 +11,7 @@ use egui_kittest::kittest::Queryable;
 use flow_core::spec::{self, Severity};
 use flow_designer::{Designer, DesignerApp, Env};
 
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
-}
+use crate::common::repo;
 
 /// The environment flows/ needs, so every example validates.
 fn env() -> Env {
@@ -45,7 +43,7 @@ fn harness(app: DesignerApp) -> Harness<'static, DesignerApp> {
 fn scratch(name: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join(name);
-    std::fs::copy(repo(&format!("flows/{name}")), &path).expect("copy");
+    std::fs::copy(repo().join(format!("flows/{name}")), &path).expect("copy");
     (dir, path)
 }
 
@@ -128,7 +126,7 @@ fn scripted_edit_of_the_demo_saves_the_expected_file() {
     h.run_steps(2);
 
     let saved = std::fs::read_to_string(&path).expect("saved");
-    let expected_path = repo("designer/tests/expected/demo-edited.yaml");
+    let expected_path = repo().join("designer/tests/expected/demo-edited.yaml");
     if std::env::var_os("UPDATE_EXPECTED").is_some() {
         std::fs::write(&expected_path, &saved).expect("write expected");
     }
@@ -175,7 +173,7 @@ fn a_vrl_error_shows_on_the_field_and_undo_restores_the_file() {
 fn every_example_flow_opens_and_saves_byte_for_byte() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut seen = 0;
-    for entry in std::fs::read_dir(repo("flows")).expect("flows/") {
+    for entry in std::fs::read_dir(repo().join("flows")).expect("flows/") {
         let src = entry.expect("entry").path();
         // Flows, not their `flow test` files (`*.test.yaml`).
         let name = src.file_name().and_then(|n| n.to_str()).unwrap_or_default();
@@ -210,7 +208,9 @@ fn every_example_flow_opens_and_saves_byte_for_byte() {
 #[test]
 fn a_flow_with_unset_variables_opens_draws_and_validates_its_structure() {
     let mut designer = Designer::new(flow_processors::builtin(), Arc::new(|_: &str| None));
-    designer.open(&repo("flows/sensors.yaml")).expect("open");
+    designer
+        .open(&repo().join("flows/sensors.yaml"))
+        .expect("open");
     let mut h = harness(DesignerApp::new(designer));
     h.run_steps(4);
     let v = h.state().designer.validation();
@@ -304,7 +304,7 @@ fn closing_with_unsaved_changes_asks_first() {
     h.state_mut().designer.delete_selection();
     h.run_steps(1);
     h.event(egui::Event::WindowFocused(true));
-    h.state_mut().open(&repo("flows/sensors.yaml"));
+    h.state_mut().open(&repo().join("flows/sensors.yaml"));
     h.run_steps(2);
     assert!(h.state().prompting());
     h.get_by_label("Save changes?");
@@ -312,7 +312,7 @@ fn closing_with_unsaved_changes_asks_first() {
     h.run_steps(2);
     assert!(!h.state().prompting());
     assert!(h.state().designer.is_dirty(), "nothing lost");
-    h.state_mut().open(&repo("flows/sensors.yaml"));
+    h.state_mut().open(&repo().join("flows/sensors.yaml"));
     h.run_steps(2);
     h.get_by_label("Save").click();
     h.run_steps(2);
@@ -352,7 +352,7 @@ fn a_file_changed_on_disk_is_offered_for_reload() {
 }
 
 fn snapshot(file: &str, name: &str, select: Option<&str>) {
-    let mut h = harness(app_with(&repo(&format!("flows/{file}"))));
+    let mut h = harness(app_with(&repo().join(format!("flows/{file}"))));
     if let Some(s) = select {
         h.state_mut().designer.select_node(s, false);
     }
@@ -384,7 +384,7 @@ fn snapshot_mqtt_to_kafka() {
 #[test]
 fn fit_shows_every_node_in_the_canvas_and_findings_do_not_grow_nodes() {
     let mut seen = 0;
-    for entry in std::fs::read_dir(repo("flows")).expect("flows/") {
+    for entry in std::fs::read_dir(repo().join("flows")).expect("flows/") {
         let path = entry.expect("entry").path();
         let name = path
             .file_name()
@@ -441,7 +441,9 @@ fn fit_shows_every_node_in_the_canvas_and_findings_do_not_grow_nodes() {
 #[test]
 fn snapshot_sensors_with_its_variables_unset() {
     let mut designer = Designer::new(flow_processors::builtin(), Arc::new(|_: &str| None));
-    designer.open(&repo("flows/sensors.yaml")).expect("open");
+    designer
+        .open(&repo().join("flows/sensors.yaml"))
+        .expect("open");
     let mut h = harness(DesignerApp::new(designer));
     h.run_steps(8);
     h.remove_cursor();
