@@ -470,11 +470,10 @@ fn to_ms(v: &Value, unit: TimeUnit) -> Result<i64, TimeError> {
 
 impl Window {
     /// `ts`, unless it is more than `max_future` ahead of the wall clock.
-    fn not_too_far_ahead(&self, ts: i64, now: &BatchTime) -> Result<i64, TimeError> {
+    fn not_too_far_ahead(&self, ts: i64, now: i64) -> Result<i64, TimeError> {
         let Some(max) = self.cfg.max_future else {
             return Ok(ts);
         };
-        let now = now.ms();
         if ts <= now.saturating_add(ms(max)) {
             return Ok(ts);
         }
@@ -550,7 +549,7 @@ impl Window {
             Some(v) => v
                 .map_err(TimeError::Eval)
                 .and_then(|v| to_ms(&v, self.cfg.event_time_unit))
-                .and_then(|ts| self.not_too_far_ahead(ts, time)),
+                .and_then(|ts| self.not_too_far_ahead(ts, time.now)),
             // Processing time: each record's own reading.
             None => Ok(time.clock.now_ms()),
         }
@@ -580,23 +579,19 @@ impl Window {
     }
 }
 
-/// The wall clock as `max_future` reads it: once per batch, on first use. Reading it for
-/// every record cost more than the check itself (a clock read per event).
+/// The clock, and its time when the batch came in: `max_future` compares event times with
+/// that (one clock read per batch, not one per record); processing time reads the clock.
 struct BatchTime<'a> {
     clock: &'a Clock,
-    now: std::cell::OnceCell<i64>,
+    now: i64,
 }
 
 impl<'a> BatchTime<'a> {
     fn new(clock: &'a Clock) -> Self {
         Self {
             clock,
-            now: std::cell::OnceCell::new(),
+            now: clock.now_ms(),
         }
-    }
-
-    fn ms(&self) -> i64 {
-        *self.now.get_or_init(|| self.clock.now_ms())
     }
 }
 
