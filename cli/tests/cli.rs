@@ -5,22 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::repo;
-
-fn flow() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_flow"));
-    // Provenance stores of test runs stay under target/tmp, not ~/.local/state.
-    c.env(
-        "XDG_STATE_HOME",
-        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("state"),
-    );
-    c.current_dir(repo());
-    c
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use crate::common::{flow, text};
 
 fn run(c: &mut Command) -> Output {
     c.output().expect("flow runs")

@@ -1,24 +1,9 @@
 //! What the `flow` binary prints, when the reader of its output goes away, and when
 //! `flow validate` is given files that cannot be read.
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
-use crate::common::repo;
-
-fn flow() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_flow"));
-    // Provenance stores of test runs stay under target/tmp, not ~/.local/state.
-    c.env(
-        "XDG_STATE_HOME",
-        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("state"),
-    );
-    c.current_dir(repo());
-    c
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use crate::common::{flow, repo, text};
 
 /// Run `flow args` with a stdout whose reader is already gone, as after `flow schema | head`
 /// once `head` has exited: every write gets EPIPE, deterministically.

@@ -9,22 +9,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use crate::common::{Flow, repo};
+use crate::common::{Flow, repo, text};
 
+/// `flow`, with the example plugins where the flows look for them.
 fn flow() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_flow"));
-    // Provenance stores of test runs stay under target/tmp, not ~/.local/state.
-    c.env(
-        "XDG_STATE_HOME",
-        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("state"),
-    );
-    c.current_dir(repo())
-        .env("PLUGINS", flow_tests::plugins_dir());
+    let mut c = common::flow();
+    c.env("PLUGINS", flow_tests::plugins_dir());
     c
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 fn ok(c: &mut Command) -> Output {

@@ -11,10 +11,10 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::common::repo;
-
 use futures::TryStreamExt;
 use object_store::{ObjectStore, ObjectStoreExt};
+
+use crate::common::repo;
 
 fn env_or_skip(var: &str, what: &str) -> Option<String> {
     match std::env::var(var) {

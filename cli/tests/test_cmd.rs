@@ -2,25 +2,12 @@
 //! read back by an independent JUnit parser (junit-parser).
 
 use std::io::Cursor;
-use std::process::{Command, Output};
+use std::process::Output;
 
-use crate::common::repo;
+use crate::common::{flow, text};
 
 fn flow_test(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_flow"))
-        .env(
-            "XDG_STATE_HOME",
-            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("state"),
-        )
-        .current_dir(repo())
-        .arg("test")
-        .args(args)
-        .output()
-        .expect("flow runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+    flow().arg("test").args(args).output().expect("flow runs")
 }
 
 const READINGS: &str = "tests/fixtures/flowtest/readings.test.yaml";

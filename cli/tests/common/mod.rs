@@ -11,6 +11,23 @@ pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// The `flow` binary, run from the repository's root, with the provenance stores of test runs
+/// under target/tmp, not ~/.local/state.
+pub fn flow() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_flow"));
+    c.env(
+        "XDG_STATE_HOME",
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("state"),
+    );
+    c.current_dir(repo());
+    c
+}
+
+/// Output bytes as text, for messages and comparisons.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
 /// Whether the server behind `var` is there: without it the test skips (and says so), except
 /// with `CI` set, where it fails.
 pub fn server(var: &str, what: &str) -> Option<String> {
