@@ -2,14 +2,12 @@
 //! output checked against the native processors or a reference computation; acknowledgements
 //! across a crash; `flow validate` on plugin flows; `flow plugin new` and `inspect`.
 
-use crate::common;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use crate::common::{Flow, repo, text};
+use crate::common::{self, Flow, repo, text};
 
 /// `flow`, with the example plugins where the flows look for them.
 fn flow() -> Command {
