@@ -186,6 +186,57 @@ impl Runs {
         }
         None
     }
+    /// The ids of `runs` that are not in `gone`, in increasing order (both taken as sets:
+    /// in any order, overlapping or not). What a failed node received and never passed on.
+    pub fn without(runs: &[(u64, u32)], gone: &[(u64, u32)]) -> Self {
+        /// Sorted, disjoint, half-open `[start, end)` ranges.
+        fn merged(runs: &[(u64, u32)]) -> Vec<(u64, u64)> {
+            let mut r: Vec<(u64, u64)> = runs
+                .iter()
+                .filter(|&&(_, n)| n > 0)
+                .map(|&(s, n)| (s, s.saturating_add(u64::from(n))))
+                .collect();
+            r.sort_unstable();
+            let mut out: Vec<(u64, u64)> = Vec::with_capacity(r.len());
+            for (s, e) in r {
+                match out.last_mut() {
+                    Some(last) if s <= last.1 => last.1 = last.1.max(e),
+                    _ => out.push((s, e)),
+                }
+            }
+            out
+        }
+        let gone = merged(gone);
+        let mut out: Vec<(u64, u32)> = Vec::new();
+        let mut push = |mut s: u64, e: u64| {
+            while s < e {
+                let n = u32::try_from(e - s).unwrap_or(u32::MAX);
+                out.push((s, n));
+                s += u64::from(n);
+            }
+        };
+        let mut j = 0;
+        for (mut s, e) in merged(runs) {
+            while gone.get(j).is_some_and(|g| g.1 <= s) {
+                j += 1;
+            }
+            let mut k = j;
+            while s < e {
+                match gone.get(k) {
+                    Some(&(gs, ge)) if gs < e => {
+                        push(s, gs.max(s));
+                        s = s.max(ge);
+                        k += 1;
+                    }
+                    _ => {
+                        push(s, e);
+                        s = e;
+                    }
+                }
+            }
+        }
+        Self(out)
+    }
 }
 
 impl Serialize for Runs {
@@ -488,6 +539,11 @@ pub enum Entry {
     /// event) is in the store, so a `kill -9` loses no event of a record it will not read
     /// again. Released at once when the writer is gone or, with `sample`, has no room.
     Release(Vec<crate::ack::Acks>),
+    /// The node (by index) failed: whatever it had received and not passed on (in its
+    /// state, in hand) is abandoned. The writer records their DROP once the run has ended
+    /// and every event of it is written (see [`store`]), so that the hot path keeps no
+    /// ledger of what each node holds.
+    Failed(u32),
 }
 
 impl Entry {
@@ -771,13 +827,14 @@ impl NodeRecorder {
             Err(mpsc::error::TrySendError::Full(e)) => {
                 self.backlog.was_full(self.when_full);
                 match self.when_full {
-                    WhenFull::Sample => {
+                    // A failure is told even so: it is one entry, once.
+                    WhenFull::Sample if !matches!(e, Entry::Failed(_)) => {
                         if matches!(e, Entry::Event(_)) {
                             self.backlog.drop_one();
                         }
                         e.give_up();
                     }
-                    WhenFull::Block => {
+                    WhenFull::Block | WhenFull::Sample => {
                         let since = std::time::Instant::now();
                         if let Err(mpsc::error::SendError(e)) = self.tx.send(e).await {
                             e.give_up();
@@ -819,8 +876,16 @@ impl NodeRecorder {
         let content = self.content(batch);
         let mut receive = self.event(EventKind::Receive, ids);
         self.digest(&mut receive, batch);
+        self.record_now(std::iter::once(receive).chain(content));
+    }
+
+    /// Record `events` without waiting, in order after the node's pending ones: with
+    /// `block`, what the writer has no room for now stays pending, recorded before the
+    /// node's next event (see [`NodeRecorder::flush`]); with `sample`, it is dropped and
+    /// counted.
+    pub fn record_now(&self, events: impl IntoIterator<Item = Event>) {
         let mut pending = self.pending.lock();
-        for e in std::iter::once(receive).chain(content) {
+        for e in events {
             if !pending.is_empty() {
                 pending.push(e);
                 continue;
@@ -835,6 +900,11 @@ impl NodeRecorder {
                 }
             }
         }
+    }
+
+    /// Tell the writer this node failed (see [`Entry::Failed`]), after its pending events.
+    pub async fn failed(&self) {
+        self.send(Entry::Failed(self.node)).await;
     }
 
     /// The CONTENT of `batch` if this node keeps content (a transform or sink: what it
@@ -1067,6 +1137,40 @@ mod tests {
         // A batch of 1,000 consecutive ids with random high bits: a dozen bytes.
         let big = Runs::run(0xdead_beef_0000_0000, 1000);
         assert!(postcard::to_allocvec(&big).expect("encodes").len() <= 13);
+    }
+
+    /// `Runs::without` against a set difference of plain ids, on runs in any order,
+    /// overlapping, touching and empty.
+    #[test]
+    fn without_is_the_set_difference() {
+        use std::collections::BTreeSet;
+        type Ids = &'static [(u64, u32)];
+        let cases: [(Ids, Ids); 6] = [
+            (&[(0, 10)], &[(3, 2)]),
+            (
+                &[(20, 5), (0, 10), (8, 4)],
+                &[(0, 1), (9, 0), (9, 13), (40, 2)],
+            ),
+            (&[(5, 5)], &[(0, 100)]),
+            (&[(5, 5), (10, 5)], &[]),
+            (&[], &[(1, 1)]),
+            (&[(u64::MAX - 3, 3)], &[(u64::MAX - 2, 1)]),
+        ];
+        for (runs, gone) in cases {
+            let ids = |r: &[(u64, u32)]| -> BTreeSet<u64> {
+                r.iter()
+                    .flat_map(|&(s, n)| (0..u64::from(n)).map(move |i| s + i))
+                    .collect()
+            };
+            let want: Vec<u64> = ids(runs).difference(&ids(gone)).copied().collect();
+            let got = Runs::without(runs, gone);
+            assert_eq!(got.iter().collect::<Vec<_>>(), want, "{runs:?} - {gone:?}");
+            assert!(
+                got.0
+                    .windows(2)
+                    .all(|w| w[0].0 + u64::from(w[0].1) < w[1].0)
+            );
+        }
     }
 
     #[test]

@@ -163,6 +163,7 @@ impl Writer {
             stats: WriterStats::default(),
             sets: Default::default(),
             defined: Default::default(),
+            written: Vec::new(),
         };
         // The segment is created now, so a store that cannot be written fails the start.
         seg.roll()?;
@@ -244,6 +245,8 @@ struct Segments {
     sets: std::collections::HashMap<u64, super::AttrSet>,
     /// The digests the segment being written defines (has the set of).
     defined: std::collections::HashSet<u64>,
+    /// The segments this run wrote, in order.
+    written: Vec<(u64, PathBuf)>,
 }
 
 /// How many attribute sets the writer remembers to define again in a new segment.
@@ -315,6 +318,7 @@ impl Segments {
         self.block = Builder::new(self.len, 0);
         self.ordinal = 0;
         self.defined.clear();
+        self.written.push((self.next - 1, path.clone()));
         self.file = Some((file, path));
         retain(&self.dir, self.max_age, self.max_size, self.next - 1)
     }
@@ -358,6 +362,8 @@ fn write_loop(
     // Sinks' acknowledgements, released once the events sent before them are written.
     let mut acks = Vec::new();
     let mut buf = Vec::new();
+    // The nodes that failed (see [`Entry::Failed`]).
+    let mut failed = Vec::new();
     while let Some(entry) = rx.blocking_recv() {
         if let Some(g) = &gate
             && g.recv().is_err()
@@ -369,6 +375,7 @@ fn write_loop(
             match entry {
                 Entry::Event(e) => events.push(e),
                 Entry::Release(a) => acks.extend(a),
+                Entry::Failed(node) => failed.push(node),
             }
             if events.len() < FRAME_EVENTS {
                 next = rx.try_recv().ok();
@@ -396,9 +403,75 @@ fn write_loop(
             std::thread::sleep(LINGER);
         }
     }
+    seg.abandon_held(&failed, &mut buf)?;
     seg.close_block()?;
     Ok(seg.stats)
 }
+
+impl Segments {
+    /// The run has ended and every event of it is written: record the DROP of what each
+    /// failed node had received and not passed on (ROUTE, FORK, JOIN, DROP, FAILURE, SEND)
+    /// when it failed, the records in its state and in its hands, abandoned. Read back from
+    /// this run's segments, so a run that fails pays for it, and no other.
+    fn abandon_held(&mut self, failed: &[u32], buf: &mut Vec<u8>) -> Result<(), StoreError> {
+        use super::{EventKind, Runs};
+        if failed.is_empty() {
+            return Ok(());
+        }
+        let mut received: Vec<Vec<(u64, u32)>> = vec![Vec::new(); failed.len()];
+        let mut passed: Vec<Vec<(u64, u32)>> = vec![Vec::new(); failed.len()];
+        for (number, path) in self.written.clone() {
+            // Retention may have deleted a segment of a long run already.
+            if !path.exists() {
+                continue;
+            }
+            let Some(segment) = read_segment(number, &path)? else {
+                continue;
+            };
+            for e in segment.frames.iter().flatten() {
+                let Some(k) = failed.iter().position(|&n| n == e.node) else {
+                    continue;
+                };
+                match e.kind {
+                    EventKind::Receive => received[k].extend_from_slice(&e.records.0),
+                    EventKind::Route
+                    | EventKind::Fork
+                    | EventKind::Join
+                    | EventKind::Drop
+                    | EventKind::Failure
+                    | EventKind::Send => passed[k].extend_from_slice(&e.records.0),
+                    EventKind::Create
+                    | EventKind::Modify
+                    | EventKind::Content
+                    | EventKind::Replay => {}
+                }
+            }
+        }
+        let mut events = Vec::new();
+        for (k, &node) in failed.iter().enumerate() {
+            let held = Runs::without(&received[k], &passed[k]);
+            let name = self
+                .header
+                .nodes
+                .get(node as usize)
+                .map_or("?", |n| n.name.as_str());
+            for runs in held.0.chunks(ABANDONED_RUNS) {
+                events.push(
+                    Event::new(EventKind::Drop, node, Runs(runs.to_vec()))
+                        .detail(format!("abandoned: `{name}` failed while it held it")),
+                );
+            }
+        }
+        for chunk in events.chunks_mut(FRAME_EVENTS) {
+            self.write(chunk, buf)?;
+        }
+        Ok(())
+    }
+}
+
+/// At most this many runs of ids in one DROP of what a failed node held: a store's index
+/// finds an event by its id ranges, per block.
+const ABANDONED_RUNS: usize = 1024;
 
 /// The store's segments, in order: (number, path).
 pub fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {

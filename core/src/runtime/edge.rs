@@ -131,6 +131,9 @@ struct State {
     bytes: usize,
     senders_closed: bool,
     receiver_closed: bool,
+    /// The ids of the records still queued when the consumer went (abandoned), as runs:
+    /// taken by [`EdgeWatch::take_abandoned`] to record their DROP.
+    abandoned: Vec<(u64, u32)>,
 }
 
 struct Shared {
@@ -181,6 +184,7 @@ pub fn edge(
             bytes: 0,
             senders_closed: false,
             receiver_closed: false,
+            abandoned: Vec::new(),
         }),
         not_empty: AtomicWaker::new(),
         not_full: Notify::new(),
@@ -282,16 +286,44 @@ impl EdgeReceiver {
     }
 }
 
+impl EdgeReceiver {
+    /// A handle that outlives this end, to learn what was still queued when it went (see
+    /// [`EdgeWatch::take_abandoned`]).
+    pub fn watch(&self) -> EdgeWatch {
+        EdgeWatch {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
 impl Drop for EdgeReceiver {
     fn drop(&mut self) {
         let mut st = self.shared.state.lock();
         st.receiver_closed = true;
         // Whatever is still queued is dropped unprocessed, so abandoned: its sources do not
-        // commit it.
+        // commit it. Its ids are kept for the consumer's provenance (a DROP).
         let abandoned: Vec<(Batch, usize)> = st.queue.drain(..).collect();
+        for (batch, _) in &abandoned {
+            st.abandoned
+                .extend_from_slice(&crate::provenance::Runs::of(batch).0);
+        }
         drop(st);
         drop(abandoned);
         self.shared.not_full.notify_one();
+    }
+}
+
+/// What an edge's consumer left queued when it went: see [`EdgeReceiver::watch`].
+pub struct EdgeWatch {
+    shared: Arc<Shared>,
+}
+
+impl EdgeWatch {
+    /// The ids (as runs) of the records that were still queued when the consumer's end
+    /// was dropped, taken once: empty while it lives, and after an input that ended
+    /// normally (closed and drained).
+    pub fn take_abandoned(&self) -> Vec<(u64, u32)> {
+        std::mem::take(&mut self.shared.state.lock().abandoned)
     }
 }
 

@@ -351,14 +351,20 @@ async fn send_recorded(
         let sent = p.edges[k].send(copy).await;
         open |= sent.is_ok();
         queued |= matches!(sent, Ok(Sent::Queued));
-        if matches!(sent, Ok(Sent::Dropped)) {
-            let to = prov.targets.get(port.0).and_then(|t| t.get(k)).copied();
-            let mut e = rec.event(EventKind::Drop, ids).at(port.0);
-            e.detail = Some(match to {
-                Some(to) => format!("queue to node #{to} full (when_full: drop_newest)"),
-                None => "queue full (when_full: drop_newest)".to_owned(),
-            });
-            rec.record(e).await;
+        let to = || prov.targets.get(port.0).and_then(|t| t.get(k)).copied();
+        let why = match (&sent, to()) {
+            (Ok(Sent::Queued), _) => None,
+            (Ok(Sent::Dropped), Some(to)) => {
+                Some(format!("queue to node #{to} full (when_full: drop_newest)"))
+            }
+            (Ok(Sent::Dropped), None) => Some("queue full (when_full: drop_newest)".to_owned()),
+            // The consumer has ended (failed): the batch is abandoned with the error.
+            (Err(_), Some(to)) => Some(format!("abandoned: node #{to} has ended")),
+            (Err(_), None) => Some("abandoned: the next node has ended".to_owned()),
+        };
+        if let Some(why) = why {
+            rec.record(rec.event(EventKind::Drop, ids).at(port.0).detail(why))
+                .await;
         }
     }
     if !open {
@@ -496,6 +502,12 @@ impl Input {
         }
     }
 
+    /// Handles on the incoming edges that tell, once this input is gone, what was still
+    /// queued on them (see [`EdgeReceiver::watch`]).
+    pub fn watch(&self) -> Vec<crate::runtime::edge::EdgeWatch> {
+        self.edges.iter().map(EdgeReceiver::watch).collect()
+    }
+
     /// Record provenance (RECEIVE, and SEND for sinks) with `rec`.
     pub fn with_provenance(mut self, rec: NodeRecorder) -> Self {
         self.prov = Some(rec);
@@ -562,8 +574,13 @@ impl Input {
                     .into_iter()
                     .partition(|r| resume.covers(r.origin));
                 *b = keep;
-                // Their SEND is in the run that wrote them. Nothing is awaited here, so taking
-                // a batch stays cancel-safe.
+                // Their SEND is in the run that wrote them; here their journey ends. Nothing
+                // is awaited here, so taking a batch stays cancel-safe.
+                if let Some(rec) = &self.prov {
+                    rec.record_now([rec
+                        .event(EventKind::Drop, Runs::of(&skip))
+                        .detail("written before the restart (the sink's committed position)")]);
+                }
                 self.metrics.add_dropped(skip.len() as u64);
                 finish_all(skip);
                 if b.is_empty() {

@@ -290,13 +290,18 @@ pub fn start_with(
         )
         .with_reported(&n.config.reported_outputs());
         taps.push(n.name.clone(), emitter.taps());
-        let mut input = Input::new(inputs[i].take().unwrap_or_default(), metrics.clone())
-            .with_ordered_origins(ordered[i]);
+        let receivers = inputs[i].take().unwrap_or_default();
+        let mut watch: Option<Abandon> = None;
+        let mut input = Input::new(receivers, metrics.clone()).with_ordered_origins(ordered[i]);
         if let Some(p) = provenance {
             let keep = prov_config.content.contains(&n.name).then_some(max_content);
             let rec = p
                 .node(i, n.kind == Kind::Source)
                 .with_policy(secrets.clone(), keep);
+            watch = Some(Abandon {
+                rec: rec.clone(),
+                edges: input.watch(),
+            });
             input = input.with_provenance(rec.clone());
             if n.kind != Kind::Source {
                 let (tx, rx) = tokio::sync::mpsc::channel(INJECTED_BATCHES);
@@ -344,7 +349,13 @@ pub fn start_with(
                 None => continue,
             };
         let shutdown = shutdown.clone();
-        tasks.spawn(async move { (i, supervise(&name, task, &metrics, &shutdown).await) });
+        tasks.spawn(async move {
+            let result = supervise(&name, task, &metrics, &shutdown).await;
+            if let Some(watch) = watch {
+                watch.record(result.is_err()).await;
+            }
+            (i, result)
+        });
     }
     let injector = Injector(Arc::new(parking_lot::Mutex::new(
         provenance.is_some().then_some(points),
@@ -432,6 +443,41 @@ async fn supervise(
         }
     }
     result
+}
+
+/// With provenance, what a node's end leaves behind: the records still queued on its
+/// incoming edges (abandoned as the edges' consumer end went), and, when it failed, what it
+/// held (see [`crate::provenance::Entry::Failed`]).
+struct Abandon {
+    rec: crate::provenance::NodeRecorder,
+    edges: Vec<edge::EdgeWatch>,
+}
+
+impl Abandon {
+    /// Record the DROP of the records still queued for the node (its task has ended, so its
+    /// input is gone), and tell the writer if it `failed`.
+    async fn record(self, failed: bool) {
+        let queued: Vec<(u64, u32)> = self
+            .edges
+            .iter()
+            .flat_map(edge::EdgeWatch::take_abandoned)
+            .collect();
+        if !queued.is_empty() {
+            let e = self
+                .rec
+                .event(
+                    crate::provenance::EventKind::Drop,
+                    crate::provenance::Runs(queued),
+                )
+                .detail("abandoned: still queued for this node when it ended");
+            self.rec.record(e).await;
+        }
+        if failed {
+            self.rec.failed().await;
+        } else {
+            self.rec.flush().await;
+        }
+    }
 }
 
 async fn run_transform(

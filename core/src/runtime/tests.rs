@@ -781,6 +781,7 @@ async fn run_recorded(yaml: &str, capacity: usize) -> Vec<crate::provenance::Eve
                 crate::provenance::Entry::Release(acks) => {
                     acks.into_iter().for_each(crate::ack::Acks::release);
                 }
+                crate::provenance::Entry::Failed(_) => {}
             }
             // A slow writer: the channel stays full.
             tokio::task::yield_now().await;
@@ -859,6 +860,117 @@ connections:
                 e.kind
             );
         }
+    }
+}
+
+/// A task that fails abandons what it held (its state, the batch in its hands) and what was
+/// still queued for it; its source's later sends go nowhere. Through a real store: every
+/// record a source made ends exactly once, passed on by the task (ROUTE) or DROPped as
+/// abandoned, each with why: no lineage stops at a RECEIVE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_task_drops_what_it_held_and_what_was_queued_for_it() {
+    use crate::provenance::EventKind;
+    use crate::provenance::store::{Writer, read_segment, segments};
+    let _g = SERIAL.lock().await;
+    for panic in [true, false] {
+        let yaml = format!(
+            r#"
+processors:
+  src: {{ type: count, count: 400, batch: 10 }}
+  hold: {{ type: hold, pass_below: 50, fail_at: 75, panic: {panic} }}
+  sink: {{ type: slow, slowness: 0 }}
+connections:
+  - src -> hold
+  - hold -> sink
+"#
+        );
+        *PROBE.lock() = Some(Arc::new(Probe::default()));
+        let loaded = crate::spec::load(&yaml, &|_| None, &registry());
+        let flow = loaded.flow.expect("valid");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let settings = crate::provenance::config::Settings {
+            dir: dir.path().to_owned(),
+            max_age: std::time::Duration::from_secs(3600),
+            max_size: 1 << 30,
+        };
+        let writer = Writer::open(&settings, provenance_header(&flow)).expect("store");
+        let running = start_with(
+            &flow,
+            CancellationToken::new(),
+            crate::clock::Clock::system(),
+            Some(writer.recorder()),
+        )
+        .expect("starts");
+        let report = running.wait().await;
+        assert!(
+            report.errors.iter().any(|e| e.contains("`hold` failed")),
+            "{:?}",
+            report.errors
+        );
+        tokio::task::spawn_blocking(move || writer.close())
+            .await
+            .expect("joined")
+            .expect("closed");
+        let events: Vec<crate::provenance::Event> = segments(dir.path())
+            .expect("segments")
+            .iter()
+            .filter_map(|(n, path)| read_segment(*n, path).expect("reads"))
+            .flat_map(|s| s.frames.into_iter().flatten())
+            .collect();
+        let (src, hold) = (0, 1);
+        // Ids in the order the source made them: the `n`th is record `n`.
+        let created: Vec<u64> = events
+            .iter()
+            .filter(|e| e.kind == EventKind::Create)
+            .flat_map(|e| e.records.iter())
+            .collect();
+        assert!(created.len() >= 80, "{} made", created.len());
+        let ids = |node: u32, kind: EventKind, detail: &str| -> Vec<u64> {
+            let mut v: Vec<u64> = events
+                .iter()
+                .filter(|e| {
+                    e.node == node
+                        && e.kind == kind
+                        && e.detail.as_deref().unwrap_or("").contains(detail)
+                })
+                .flat_map(|e| e.records.iter())
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        let sorted = |s: &[u64]| {
+            let mut v = s.to_vec();
+            v.sort_unstable();
+            v
+        };
+        let routed = ids(hold, EventKind::Route, "");
+        let held = ids(
+            hold,
+            EventKind::Drop,
+            "abandoned: `hold` failed while it held it",
+        );
+        let queued = ids(hold, EventKind::Drop, "still queued for this node");
+        let unsent = ids(src, EventKind::Drop, "abandoned: node #1 has ended");
+        assert_eq!(routed, sorted(&created[..50]), "panic: {panic}");
+        // Batches 5 and 6 in its state, 7 in its hands (it failed at record 75).
+        assert_eq!(held, sorted(&created[50..80]), "panic: {panic}");
+        // Every record once: passed on, held, queued, or sent after the task had gone.
+        let mut all = [routed, held, queued.clone(), unsent.clone()].concat();
+        all.sort_unstable();
+        assert_eq!(all, sorted(&created), "panic: {panic}");
+        assert_eq!(
+            queued,
+            sorted(&created[80..created.len() - unsent.len()]),
+            "panic: {panic}"
+        );
+        // Each DROP comes after the RECEIVE or ROUTE it ends (the writer's settling is last).
+        let at = |node: u32, kind: EventKind| {
+            events
+                .iter()
+                .position(|e| e.node == node && e.kind == kind)
+                .expect("there")
+        };
+        assert!(at(hold, EventKind::Drop) > at(hold, EventKind::Receive));
     }
 }
 
