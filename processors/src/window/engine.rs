@@ -121,7 +121,8 @@ pub struct Engine {
     order: BTreeSet<SlotId>,
     /// The bounds `(end, start)` of each key's open slots: how many (`max_keys`), and the
     /// sessions a record may touch, found without a scan over every open window.
-    keys: BTreeMap<String, smallvec::SmallVec<[(i64, i64); 2]>>,
+    /// Hashed: looked up twice per window (made, emitted), never walked in order.
+    keys: hashbrown::HashMap<String, smallvec::SmallVec<[(i64, i64); 2]>>,
     /// Per source, the highest position whose record is in the state (for the checkpoint).
     positions: BTreeMap<u32, u64>,
     /// Per source, positions at or below which replayed records are skipped (from a restored
@@ -145,6 +146,9 @@ pub struct Engine {
     aside_again: HashMap<(u32, u64), Aside>,
     /// How many windows were emitted (in every run: checkpointed), numbering outputs.
     emitted: u64,
+    /// How many parents the last window emitted had: a new slot's list starts that large,
+    /// so that it is not regrown record by record (a `realloc` per doubling, per window).
+    parents_hint: usize,
     /// A restored checkpoint held emitted but undelivered windows: they are emitted again
     /// first, before anything else, so outputs keep the order of their numbers.
     refire: bool,
@@ -168,6 +172,27 @@ struct Snapshot {
 #[error("{0}")]
 pub struct SnapshotError(String);
 
+/// Count record `id` (its aggregate arguments `args`, its acknowledgements `acks`) in `slot`.
+/// On an aggregate's error the slot may be partly updated: the record is rejected, and the
+/// error says why.
+fn count_in(
+    s: &Settings,
+    slot: &mut Slot,
+    args: &[Value],
+    id: RecordId,
+    acks: &Acks,
+) -> Result<(), String> {
+    for (acc, arg) in slot.accs.iter_mut().zip(args) {
+        acc.add(arg).map_err(|e| e.to_string())?;
+    }
+    slot.count += 1;
+    if s.all_parents || slot.parents.len() < s.max_parents {
+        slot.parents.push(id);
+    }
+    slot.acks.merge(acks.clone());
+    Ok(())
+}
+
 /// The windows a record at some event time belongs to, before any state is touched.
 enum Bounds {
     /// Tumbling and hopping windows: `(start, end)`, in order of start.
@@ -175,6 +200,9 @@ enum Bounds {
     /// A session window: it reaches to `end` unless it merges with open sessions.
     Session { end: i64 },
 }
+
+/// The most parents a new slot makes room for at once.
+const PARENTS_HINT_MAX: usize = 4096;
 
 /// The most windows of a hopping window one record may belong to (`size / slide`, checked
 /// when the config is validated).
@@ -240,7 +268,7 @@ impl Engine {
             max_ts: None,
             slots: hashbrown::HashMap::new(),
             order: BTreeSet::new(),
-            keys: BTreeMap::new(),
+            keys: hashbrown::HashMap::new(),
             positions: BTreeMap::new(),
             covered: BTreeMap::new(),
             emitted_acks: None,
@@ -248,6 +276,7 @@ impl Engine {
             aside_undelivered: None,
             aside_again: HashMap::new(),
             emitted: 0,
+            parents_hint: 0,
             refire: false,
             counters: Counters::default(),
         }
@@ -408,53 +437,47 @@ impl Engine {
         let id = record.id();
         for (start, end) in open {
             let probe = SlotRef(end, start, &key_text);
-            if !self.slots.contains_key(&probe) {
-                if let Err(e) = self.make_room(&key_text, out) {
-                    record.merge_acks(acks);
-                    return self.reject(record, &e, out);
-                }
-                let slot_id: SlotId = (end, start, key_text.clone().into_owned());
-                self.order.insert(slot_id.clone());
-                self.keys
-                    .entry(slot_id.2.clone())
-                    .or_default()
-                    .push((end, start));
-                let slot = Slot {
-                    // Copied: a key read from indexed fields is a slice of the source's read
-                    // buffer, which an open window would otherwise keep whole.
-                    key: match &key {
-                        Value::Bytes(b) => Value::Bytes(Bytes::copy_from_slice(b)),
-                        other => other.clone(),
-                    },
-                    accs: self.s.aggregates.iter().map(|(_, a)| a.start()).collect(),
-                    count: 0,
-                    parents: Vec::new(),
-                    acks: Acks::none(),
-                    seq: None,
-                };
-                self.slots.insert(slot_id, slot);
-            }
-            let s = &self.s;
-            let Some(slot) = self.slots.get_mut(&probe) else {
-                // Inserted just above.
-                continue;
+            // Most records join an open slot: one lookup. A new slot is made first.
+            let added = match self.slots.get_mut(&probe) {
+                Some(slot) => Some(count_in(&self.s, slot, args, id, &acks)),
+                None => None,
             };
-            let mut failed = None;
-            for (acc, arg) in slot.accs.iter_mut().zip(args) {
-                if let Err(e) = acc.add(arg) {
-                    failed = Some(e.to_string());
-                    break;
+            let added = match added {
+                Some(added) => added,
+                None => {
+                    if let Err(e) = self.make_room(&key_text, out) {
+                        record.merge_acks(acks);
+                        return self.reject(record, &e, out);
+                    }
+                    let slot_id: SlotId = (end, start, key_text.clone().into_owned());
+                    self.order.insert(slot_id.clone());
+                    self.keys
+                        .entry(slot_id.2.clone())
+                        .or_default()
+                        .push((end, start));
+                    let hint = self.parents_hint;
+                    let mut slot = Slot {
+                        // Copied: a key read from indexed fields is a slice of the source's
+                        // read buffer, which an open window would otherwise keep whole.
+                        key: match &key {
+                            Value::Bytes(b) => Value::Bytes(Bytes::copy_from_slice(b)),
+                            other => other.clone(),
+                        },
+                        accs: self.s.aggregates.iter().map(|(_, a)| a.start()).collect(),
+                        count: 0,
+                        parents: Vec::with_capacity(hint + hint / 4 + 1),
+                        acks: Acks::none(),
+                        seq: None,
+                    };
+                    let added = count_in(&self.s, &mut slot, args, id, &acks);
+                    self.slots.insert(slot_id, slot);
+                    added
                 }
-            }
-            if let Some(e) = failed {
+            };
+            if let Err(e) = added {
                 record.merge_acks(acks);
                 return self.reject(record, &Reject::Aggregate(e), out);
             }
-            slot.count += 1;
-            if s.all_parents || slot.parents.len() < s.max_parents {
-                slot.parents.push(id);
-            }
-            slot.acks.merge(acks.clone());
         }
         // The slots hold their copies now.
         acks.release();
@@ -600,6 +623,7 @@ impl Engine {
             None => Acks::none(),
         };
         self.counters.fired += 1;
+        self.parents_hint = slot.parents.len().min(PARENTS_HINT_MAX);
         let s = &self.s;
         let mut fields: Vec<(&str, Value)> = Vec::with_capacity(3 + slot.accs.len());
         fields.push((&s.key_field, slot.key));
