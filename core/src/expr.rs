@@ -22,7 +22,7 @@ use vrl::parser::ast::Opcode;
 use vrl::path::{OwnedTargetPath, PathPrefix};
 use vrl::value::{Secrets, Value};
 
-use crate::record::{Attributes, FieldValue, FieldsRef};
+use crate::record::{Attributes, FieldValue, FieldsRef, Scalar};
 
 /// One problem found while compiling a program.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -209,11 +209,19 @@ static NULL: Value = Value::Null;
 /// decline (`None`) the rest, read from the view instead.
 trait ReadFields {
     fn field(&self, path: &vrl::path::OwnedValuePath) -> Option<Cow<'_, Value>>;
+
+    /// The field as a [`Scalar`], without making a `Value` (`Other`: read it with
+    /// [`ReadFields::field`]).
+    fn scalar(&self, path: &vrl::path::OwnedValuePath) -> Scalar<'_>;
 }
 
 impl ReadFields for Value {
     fn field(&self, path: &vrl::path::OwnedValuePath) -> Option<Cow<'_, Value>> {
         Some(Cow::Borrowed(self.get(path).unwrap_or(&NULL)))
+    }
+
+    fn scalar(&self, path: &vrl::path::OwnedValuePath) -> Scalar<'_> {
+        self.get(path).map_or(Scalar::Other, scalar_of)
     }
 }
 
@@ -225,6 +233,55 @@ impl ReadFields for FieldsRef<'_> {
             FieldValue::Nested => None,
         }
     }
+
+    fn scalar(&self, path: &vrl::path::OwnedValuePath) -> Scalar<'_> {
+        top_level(path).map_or(Scalar::Other, |name| self.get_scalar(name))
+    }
+}
+
+/// A value as a [`Scalar`]: numbers and strings; `Other` for the rest.
+fn scalar_of(v: &Value) -> Scalar<'_> {
+    match v {
+        Value::Integer(i) => Scalar::Int(*i),
+        Value::Float(x) => Scalar::Float(x.into_inner()),
+        Value::Bytes(b) => Scalar::Str(b),
+        Value::String(s) => Scalar::Str(s.as_bytes()),
+        _ => Scalar::Other,
+    }
+}
+
+/// `l op r` as VRL compares numbers (`==` and `!=` lossily, as floats; an ordering of two
+/// integers as integers, of an integer and a float as floats) and strings (bytes), without
+/// making values; `None` for every other pair, which VRL is asked.
+fn compare_scalars(l: Scalar<'_>, op: vrl::parser::ast::Opcode, r: Scalar<'_>) -> Option<bool> {
+    use std::cmp::Ordering;
+    use vrl::parser::ast::Opcode as O;
+    #[allow(clippy::cast_precision_loss, reason = "as VRL compares them")]
+    let ordering = match (l, r) {
+        (Scalar::Int(a), Scalar::Int(b)) if !matches!(op, O::Eq | O::Ne) => Some(a.cmp(&b)),
+        (Scalar::Int(a), Scalar::Int(b)) => (a as f64).partial_cmp(&(b as f64)),
+        (Scalar::Int(a), Scalar::Float(b)) => (a as f64).partial_cmp(&b),
+        (Scalar::Float(a), Scalar::Int(b)) => a.partial_cmp(&(b as f64)),
+        (Scalar::Float(a), Scalar::Float(b)) => a.partial_cmp(&b),
+        (Scalar::Str(a), Scalar::Str(b)) => Some(a.cmp(b)),
+        // A number is never equal to a string; ordering them fails in VRL.
+        (Scalar::Int(_) | Scalar::Float(_), Scalar::Str(_))
+        | (Scalar::Str(_), Scalar::Int(_) | Scalar::Float(_))
+            if matches!(op, O::Eq | O::Ne) =>
+        {
+            return Some(op == O::Ne);
+        }
+        _ => return None,
+    }?;
+    Some(match op {
+        O::Eq => ordering == Ordering::Equal,
+        O::Ne => ordering != Ordering::Equal,
+        O::Gt => ordering == Ordering::Greater,
+        O::Ge => ordering != Ordering::Less,
+        O::Lt => ordering == Ordering::Less,
+        O::Le => ordering != Ordering::Greater,
+        _ => return None,
+    })
 }
 
 /// The field's name when `path` is one field of the record (`.temperature`).
@@ -240,6 +297,13 @@ impl Operand {
         match self {
             Operand::Field(path) => record.field(path),
             Operand::Literal(v) => Some(Cow::Borrowed(v)),
+        }
+    }
+
+    fn scalar<'a, R: ReadFields>(&'a self, record: &'a R) -> Scalar<'a> {
+        match self {
+            Operand::Field(path) => record.scalar(path),
+            Operand::Literal(v) => scalar_of(v),
         }
     }
 
@@ -357,6 +421,10 @@ impl Native {
                 false => b.test(value),
             },
             Native::Compare(lhs, op, rhs) => {
+                // Numbers and plain strings, read in place (most conditions).
+                if let Some(b) = compare_scalars(lhs.scalar(value), *op, rhs.scalar(value)) {
+                    return Some(b);
+                }
                 let (l, r) = (lhs.get(value)?, rhs.get(value)?);
                 let ordered = match op {
                     O::Eq => return Some(l.eq_lossy(&r)),

@@ -571,8 +571,12 @@ impl Output {
             .iter_mut()
             .enumerate()
             .filter(|(_, b)| !b.is_empty())
-            // The next batch is likely as large: no regrowing it record by record.
-            .map(|(i, b)| (PortId(i), std::mem::replace(b, Vec::with_capacity(b.len()))))
+            // The next batch is likely about as large: room for it and a quarter more, so
+            // that one a little larger is not regrown (a copy of every record) at its end.
+            .map(|(i, b)| {
+                let room = b.len() + b.len() / 4;
+                (PortId(i), std::mem::replace(b, Vec::with_capacity(room)))
+            })
     }
 
     /// What was pushed to `port` so far (tests).

@@ -431,9 +431,11 @@ impl Record {
     }
 
     fn copy_with(&self, acks: Acks) -> Self {
-        // Copies of a record not parsed yet share one cell for its parsed view.
+        // Copies of a record not parsed yet share one cell for its parsed view. Not those
+        // with indexed fields: their consumers read only top-level fields, so the view is
+        // rarely built, and the cell would cost an allocation per record.
         let parsed = OnceLock::new();
-        if self.value.is_none() {
+        if self.value.is_none() && self.fields.is_none() {
             let _ = parsed.set(self.parsed.get_or_init(Default::default).clone());
         }
         Self {
@@ -577,12 +579,27 @@ pub struct FieldsRef<'a> {
     content: &'a Bytes,
 }
 
-impl FieldsRef<'_> {
-    /// The top-level field `name`; the last of several with that name, as in the view.
-    pub fn get(&self, name: &str) -> FieldValue {
+/// A top-level field's value as comparisons read it, borrowed from the content: no `Value`
+/// is made (see [`FieldsRef::get_scalar`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Scalar<'a> {
+    /// An integer.
+    Int(i64),
+    /// A float (never NaN).
+    Float(f64),
+    /// A string without escapes, as its bytes.
+    Str(&'a [u8]),
+    /// Anything else (missing, null, a boolean, nested, a string with escapes): read it as
+    /// a `Value`.
+    Other,
+}
+
+impl<'a> FieldsRef<'a> {
+    /// The entry of the top-level field `name`; the last of several with that name, as in
+    /// the view.
+    fn find(&self, name: &str) -> Option<Slot> {
         let f = self.fields;
-        let span = |start: u32, len: u32| start as usize..start as usize + len as usize;
-        for e in f.entries.iter().rev() {
+        f.entries.iter().rev().find_map(|e| {
             let found = match e.key {
                 Key::Span(start, len) => {
                     len as usize == name.len()
@@ -590,29 +607,51 @@ impl FieldsRef<'_> {
                 }
                 Key::Owned(i) => f.keys.get(i as usize).is_some_and(|k| &**k == name),
             };
-            if !found {
-                continue;
-            }
-            return match e.value {
-                Slot::Str(start, len) => match self.content.get(span(start, len)) {
-                    Some(_) => {
-                        FieldValue::Value(Value::Bytes(self.content.slice(span(start, len))))
-                    }
-                    None => FieldValue::Missing,
-                },
-                Slot::Int(i) => FieldValue::Value(Value::Integer(i)),
-                Slot::Float(x) => FieldValue::Value(Value::from_f64_or_zero(x)),
-                Slot::Bool(b) => FieldValue::Value(Value::Boolean(b)),
-                Slot::Null => FieldValue::Value(Value::Null),
-                Slot::Owned(i) => f
-                    .values
-                    .get(i as usize)
-                    .map_or(FieldValue::Missing, |v| FieldValue::Value(v.clone())),
-                Slot::Nested => FieldValue::Nested,
-            };
-        }
-        FieldValue::Missing
+            found.then_some(e.value)
+        })
     }
+
+    /// The top-level field `name`; the last of several with that name, as in the view.
+    pub fn get(&self, name: &str) -> FieldValue {
+        let Some(slot) = self.find(name) else {
+            return FieldValue::Missing;
+        };
+        match slot {
+            Slot::Str(start, len) => match self.content.get(span(start, len)) {
+                Some(_) => FieldValue::Value(Value::Bytes(self.content.slice(span(start, len)))),
+                None => FieldValue::Missing,
+            },
+            Slot::Int(i) => FieldValue::Value(Value::Integer(i)),
+            Slot::Float(x) => FieldValue::Value(Value::from_f64_or_zero(x)),
+            Slot::Bool(b) => FieldValue::Value(Value::Boolean(b)),
+            Slot::Null => FieldValue::Value(Value::Null),
+            Slot::Owned(i) => self
+                .fields
+                .values
+                .get(i as usize)
+                .map_or(FieldValue::Missing, |v| FieldValue::Value(v.clone())),
+            Slot::Nested => FieldValue::Nested,
+        }
+    }
+
+    /// The top-level field `name` as a [`Scalar`]: what [`FieldsRef::get`] gives, for
+    /// numbers and plain strings, without making a `Value`.
+    pub fn get_scalar(&self, name: &str) -> Scalar<'a> {
+        match self.find(name) {
+            Some(Slot::Int(i)) => Scalar::Int(i),
+            Some(Slot::Float(x)) => Scalar::Float(if x.is_nan() { 0.0 } else { x }),
+            Some(Slot::Str(start, len)) => self
+                .content
+                .get(span(start, len))
+                .map_or(Scalar::Other, Scalar::Str),
+            _ => Scalar::Other,
+        }
+    }
+}
+
+/// A span of the content: start, length.
+fn span(start: u32, len: u32) -> std::ops::Range<usize> {
+    start as usize..start as usize + len as usize
 }
 
 impl Fields {
@@ -997,6 +1036,21 @@ mod tests {
         assert_eq!(d.content().as_ref(), b"{}");
         assert_eq!(r.content().as_ref(), br#"{"a":1}"#);
         assert!(std::ptr::eq(r.value().expect("parsed"), parsed));
+    }
+
+    /// Copies of a record with indexed fields do not share a cell for the view (their
+    /// consumers read fields; the cell cost an allocation per copy): each builds its own,
+    /// equal to the other's.
+    #[test]
+    fn copies_of_indexed_records_build_their_own_view() {
+        let raw = Bytes::from_static(br#"{"a":1,"b":"x"}"#);
+        let mut r = Record::json(raw, JsonView::Fields).expect("valid");
+        assert!(r.fields().is_some());
+        let mut c = r.clone();
+        assert!(r.parsed.get().is_none() && c.parsed.get().is_none());
+        let parsed: *const Value = c.value().expect("parsed");
+        assert!(!std::ptr::eq(r.value().expect("parsed"), parsed));
+        assert_eq!(r.value().expect("parsed"), c.value().expect("parsed"));
     }
 
     #[test]
