@@ -201,6 +201,22 @@ enum Bounds {
     Session { end: i64 },
 }
 
+/// Whether `v` encoded as JSON reads back as itself (numbers, valid UTF-8 strings, and
+/// arrays and objects of them): then a window's output needs no view built up front.
+fn reads_back(v: &Value) -> bool {
+    match v {
+        Value::Null
+        | Value::Boolean(_)
+        | Value::Integer(_)
+        | Value::Float(_)
+        | Value::String(_) => true,
+        Value::Bytes(b) => std::str::from_utf8(b).is_ok(),
+        Value::Array(a) => a.iter().all(reads_back),
+        Value::Object(m) => m.values().all(reads_back),
+        _ => false,
+    }
+}
+
 /// The most parents a new slot makes room for at once.
 const PARENTS_HINT_MAX: usize = 4096;
 
@@ -635,19 +651,21 @@ impl Engine {
         // The content keeps the configured field order; the structured view is the same data.
         let ordered: indexmap::IndexMap<&str, &Value> =
             fields.iter().map(|(k, v)| (*k, v)).collect();
-        let content = serde_json::to_vec(&ordered).unwrap_or_default();
-        let value = Value::Object(
-            fields
-                .iter()
-                .map(|(k, v)| ((*k).into(), v.clone()))
-                .collect(),
-        );
+        let content = Bytes::from(serde_json::to_vec(&ordered).unwrap_or_default());
+        // Plain JSON reads back as the same view: build it only if a consumer asks (a sink
+        // writes the content). A timestamp, say, would read back as a string: kept as made.
+        let mut r = if fields.iter().all(|(_, v)| reads_back(v)) {
+            Record::from_bytes(content)
+        } else {
+            let value = Value::Object(fields.into_iter().map(|(k, v)| (k.into(), v)).collect());
+            Record::from_parts(content, value)
+        };
         if let Some(held) = &mut self.emitted_acks {
             // Windows fire in runs that share batches: checking the last few is enough to keep
             // the list short; a rare duplicate only costs a reference.
             held.merge_recent(&slot.acks);
         }
-        let mut r = Record::from_parts(Bytes::from(content), value).with_acks(slot.acks);
+        r.merge_acks(slot.acks);
         r.merge_acks(delivery);
         r.event_time = Some(start);
         r.origin = s.origin.map(|source| Origin { source, seq });
