@@ -431,6 +431,22 @@ connections:
     assert_eq!(*probe.consumers_read_values.lock(), Some(false));
 }
 
+/// `count` records in batches of 10 through `hold`, which passes those below 50 and fails
+/// (by a panic or an error) at record 75, to a sink.
+fn failing_hold(count: u64, panic: bool) -> String {
+    format!(
+        r#"
+processors:
+  src: {{ type: count, count: {count}, batch: 10 }}
+  hold: {{ type: hold, pass_below: 50, fail_at: 75, panic: {panic} }}
+  sink: {{ type: slow, slowness: 0 }}
+connections:
+  - src -> hold
+  - hold -> sink
+"#
+    )
+}
+
 /// A task that panics, or returns an error, while it holds records (in its state, and in
 /// hand) never lets its source commit them: everything it held is abandoned, and the source's
 /// committed position stops before the first of them.
@@ -438,18 +454,7 @@ connections:
 async fn a_failing_task_never_lets_its_source_commit_what_it_held() {
     let _g = SERIAL.lock().await;
     for panic in [true, false] {
-        let (report, probe) = run_flow(&format!(
-            r#"
-processors:
-  src: {{ type: count, count: 200, batch: 10 }}
-  hold: {{ type: hold, pass_below: 50, fail_at: 75, panic: {panic} }}
-  sink: {{ type: slow, slowness: 0 }}
-connections:
-  - src -> hold
-  - hold -> sink
-"#
-        ))
-        .await;
+        let (report, probe) = run_flow(&failing_hold(200, panic)).await;
         assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
         assert_eq!(probe.written.load(Ordering::SeqCst), 50);
         // Batches 0-4 were written; 5 and 6 were in the task's state, 7 in its hands.
@@ -872,18 +877,9 @@ async fn a_failing_task_drops_what_it_held_and_what_was_queued_for_it() {
     use crate::provenance::EventKind;
     use crate::provenance::store::{Writer, read_segment, segments};
     let _g = SERIAL.lock().await;
+    let count = 400;
     for panic in [true, false] {
-        let yaml = format!(
-            r#"
-processors:
-  src: {{ type: count, count: 400, batch: 10 }}
-  hold: {{ type: hold, pass_below: 50, fail_at: 75, panic: {panic} }}
-  sink: {{ type: slow, slowness: 0 }}
-connections:
-  - src -> hold
-  - hold -> sink
-"#
-        );
+        let yaml = failing_hold(count, panic);
         *PROBE.lock() = Some(Arc::new(Probe::default()));
         let loaded = crate::spec::load(&yaml, &|_| None, &registry());
         let flow = loaded.flow.expect("valid");
