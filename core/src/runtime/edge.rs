@@ -260,6 +260,14 @@ impl Drop for EdgeSender {
 }
 
 impl EdgeReceiver {
+    /// A handle that outlives this end, to learn what was still queued when it went (see
+    /// [`EdgeWatch::take_abandoned`]).
+    pub fn watch(&self) -> EdgeWatch {
+        EdgeWatch {
+            shared: self.shared.clone(),
+        }
+    }
+
     /// The next batch; `None` once the producer is gone and the queue is drained.
     pub async fn recv(&mut self) -> Option<Batch> {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
@@ -283,16 +291,6 @@ impl EdgeReceiver {
             return Poll::Ready(None);
         }
         Poll::Pending
-    }
-}
-
-impl EdgeReceiver {
-    /// A handle that outlives this end, to learn what was still queued when it went (see
-    /// [`EdgeWatch::take_abandoned`]).
-    pub fn watch(&self) -> EdgeWatch {
-        EdgeWatch {
-            shared: self.shared.clone(),
-        }
     }
 }
 

@@ -351,8 +351,8 @@ async fn send_recorded(
         let sent = p.edges[k].send(copy).await;
         open |= sent.is_ok();
         queued |= matches!(sent, Ok(Sent::Queued));
-        let to = || prov.targets.get(port.0).and_then(|t| t.get(k)).copied();
-        let why = match (&sent, to()) {
+        let to = prov.targets.get(port.0).and_then(|t| t.get(k)).copied();
+        let why = match (&sent, to) {
             (Ok(Sent::Queued), _) => None,
             (Ok(Sent::Dropped), Some(to)) => {
                 Some(format!("queue to node #{to} full (when_full: drop_newest)"))
