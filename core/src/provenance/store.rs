@@ -420,7 +420,8 @@ impl Segments {
         }
         let mut received: Vec<Vec<(u64, u32)>> = vec![Vec::new(); failed.len()];
         let mut passed: Vec<Vec<(u64, u32)>> = vec![Vec::new(); failed.len()];
-        for (number, path) in self.written.clone() {
+        // Taken: the run has ended, nothing else reads the list.
+        for (number, path) in std::mem::take(&mut self.written) {
             // Retention may have deleted a segment of a long run already.
             if !path.exists() {
                 continue;
