@@ -120,7 +120,7 @@ impl AggSpec {
             Func::CountDistinct => Acc::Distinct(BTreeSet::new()),
             Func::Percentile(q) => Acc::Quantile {
                 q,
-                digest: TDigest::new_with_size(100),
+                digest: Box::new(TDigest::new_with_size(100)),
                 buffer: Vec::new(),
             },
         }
@@ -197,10 +197,15 @@ pub enum Acc {
     Distinct(BTreeSet<String>),
     Quantile {
         q: f64,
-        digest: TDigest,
+        /// Boxed: a window's accumulators sit inline in its state, as small as the common
+        /// ones (a digest is 64 bytes).
+        digest: Box<TDigest>,
         buffer: Vec<f64>,
     },
 }
+
+// A window holds its accumulators inline: keep them small (a digest is boxed).
+const _: () = assert!(std::mem::size_of::<Acc>() <= 48);
 
 /// The argument was not of a type the function takes.
 #[derive(Debug, thiserror::Error)]
@@ -247,7 +252,7 @@ impl Acc {
                 buffer.push(num("a percentile")?.as_f64());
                 if buffer.len() >= 512 {
                     let values = std::mem::take(buffer);
-                    *digest = digest.merge_unsorted(values);
+                    **digest = digest.merge_unsorted(values);
                 }
             }
         }
@@ -278,7 +283,7 @@ impl Acc {
                 },
             ) => {
                 buffer.extend(b2);
-                *digest = TDigest::merge_digests(vec![std::mem::take(digest), d2]);
+                **digest = TDigest::merge_digests(vec![*std::mem::take(digest), *d2]);
             }
             // Same specs on both sides: other pairs do not occur.
             _ => {}
@@ -302,7 +307,7 @@ impl Acc {
             Acc::Quantile { q, digest, buffer } => {
                 if !buffer.is_empty() {
                     let values = std::mem::take(buffer);
-                    *digest = digest.merge_unsorted(values);
+                    **digest = digest.merge_unsorted(values);
                 }
                 if digest.count() == 0.0 {
                     Value::Null

@@ -3,7 +3,7 @@
 //! supplies processing time, so it is tested without a runtime.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 use bytes::Bytes;
 use flow_core::ack::{AckTracker, Acks};
@@ -12,6 +12,7 @@ use flow_core::record::{Origin, Record, RecordId, Value};
 use serde::{Deserialize, Serialize};
 
 use super::aggregate::{Acc, AggSpec};
+use super::open::{Closed, Numbered, OpenWindows};
 use super::{LimitPolicy, WindowKind};
 
 /// Output ports of `window_aggregate`.
@@ -45,7 +46,9 @@ pub struct Settings {
 #[derive(Clone, Serialize, Deserialize)]
 struct Slot {
     key: Value,
-    accs: Vec<Acc>,
+    /// Inline for up to three aggregates (each 48 bytes): one allocation and one cache miss
+    /// less per window.
+    accs: smallvec::SmallVec<[Acc; 3]>,
     count: u64,
     parents: Vec<RecordId>,
     #[serde(skip)]
@@ -54,22 +57,23 @@ struct Slot {
     /// so that a window emitted again after a restart has the same origin).
     #[serde(default)]
     seq: Option<u64>,
+    /// The window's number, in the order windows open: windows that close together fire in
+    /// this order (see [`OpenWindows`]). 0 in checkpoints from before windows were numbered.
+    #[serde(default)]
+    id: u64,
 }
 
-/// Where a slot lives: ordered by end so the earliest-closing window fires first.
-type SlotId = (i64, i64, String);
-
-/// A [`SlotId`] borrowed: finds a slot without making its key's `String` (every record looks
-/// its slot up; one in ten or so makes one). Hashes as the `SlotId` it stands for (a tuple
-/// hashes its fields in order, and a `String` as its `str`).
-#[derive(Hash)]
-struct SlotRef<'a>(i64, i64, &'a str);
-
-impl hashbrown::Equivalent<SlotId> for SlotRef<'_> {
-    fn equivalent(&self, id: &SlotId) -> bool {
-        self.0 == id.0 && self.1 == id.1 && self.2 == id.2
+impl Numbered for Slot {
+    fn id(&self) -> u64 {
+        self.id
+    }
+    fn set_id(&mut self, id: u64) {
+        self.id = id;
     }
 }
+
+/// A window as checkpoints list it: `(end, start, key)`.
+type SlotId = (i64, i64, String);
 
 /// Windows emitted but not yet delivered, by the sequence number of the delivery token their
 /// output carries.
@@ -115,14 +119,9 @@ pub struct Engine {
     s: Settings,
     /// Highest event time seen; `None` before the first record.
     max_ts: Option<i64>,
-    /// Open slots, found by id (hashbrown: looked up by [`SlotRef`], with a fast hasher)...
-    slots: hashbrown::HashMap<SlotId, Slot>,
-    /// ...and ordered by end, so the earliest-closing window fires first.
-    order: BTreeSet<SlotId>,
-    /// The bounds `(end, start)` of each key's open slots: how many (`max_keys`), and the
-    /// sessions a record may touch, found without a scan over every open window.
-    /// Hashed: looked up twice per window (made, emitted), never walked in order.
-    keys: hashbrown::HashMap<String, smallvec::SmallVec<[(i64, i64); 2]>>,
+    /// Open slots, found by key (with the sessions a record may touch, without a scan over
+    /// every open window) and in order of closing.
+    open: OpenWindows<Slot>,
     /// Per source, the highest position whose record is in the state (for the checkpoint).
     positions: BTreeMap<u32, u64>,
     /// Per source, positions at or below which replayed records are skipped (from a restored
@@ -152,6 +151,11 @@ pub struct Engine {
     /// A restored checkpoint held emitted but undelivered windows: they are emitted again
     /// first, before anything else, so outputs keep the order of their numbers.
     refire: bool,
+    /// The watermark has passed windows not emitted yet: a record that moves it emits at
+    /// most [`FIRE_CHUNK`] windows, and the task emits the rest in chunks before the next
+    /// record ([`Engine::fire_some`]), sending each chunk on, so that a million keys closing
+    /// at once are never a million output records in memory at once.
+    closing: bool,
     pub counters: Counters,
 }
 
@@ -216,6 +220,10 @@ fn reads_back(v: &Value) -> bool {
         _ => false,
     }
 }
+
+/// The most windows emitted at once when the watermark closes many: the task sends each
+/// chunk on before the next.
+pub const FIRE_CHUNK: usize = 4096;
 
 /// The most parents a new slot makes room for at once.
 const PARENTS_HINT_MAX: usize = 4096;
@@ -282,9 +290,7 @@ impl Engine {
         Self {
             s,
             max_ts: None,
-            slots: hashbrown::HashMap::new(),
-            order: BTreeSet::new(),
-            keys: hashbrown::HashMap::new(),
+            open: OpenWindows::default(),
             positions: BTreeMap::new(),
             covered: BTreeMap::new(),
             emitted_acks: None,
@@ -294,6 +300,7 @@ impl Engine {
             emitted: 0,
             parents_hint: 0,
             refire: false,
+            closing: false,
             counters: Counters::default(),
         }
     }
@@ -371,12 +378,12 @@ impl Engine {
 
     /// Open (key, window) slots.
     pub fn open(&self) -> usize {
-        self.slots.len()
+        self.open.len()
     }
 
     /// The end of the earliest-closing open window.
     pub fn next_end(&self) -> Option<i64> {
-        self.order.first().map(|(end, _, _)| *end)
+        self.open.first_end()
     }
 
     /// Add one record with its event time, key and aggregate arguments.
@@ -400,7 +407,7 @@ impl Engine {
             out.drop_record(record);
             return;
         }
-        if std::mem::take(&mut self.refire) {
+        if std::mem::take(&mut self.refire) || self.closing {
             self.fire(out);
         }
         // Every bound is computed, checked, before anything changes: a time whose windows do
@@ -425,7 +432,15 @@ impl Engine {
         // The watermark moves first, as in the reference: an event can close its own window.
         if self.max_ts.is_none_or(|m| ts > m) {
             self.max_ts = Some(ts);
-            self.fire(out);
+            if matches!(self.s.kind, WindowKind::Session { .. }) {
+                // A record merges with the open sessions it touches: the closed ones must be
+                // gone first.
+                self.fire(out);
+            } else {
+                // This record's windows end after the watermark (or it is late): the closed
+                // ones left open until the task emits them are never its targets.
+                self.fire_some(out, FIRE_CHUNK);
+            }
         }
         let wm = self.watermark().unwrap_or(i64::MIN);
         let key_text: Cow<str> = match &key {
@@ -452,9 +467,8 @@ impl Engine {
         let acks = record.take_acks();
         let id = record.id();
         for (start, end) in open {
-            let probe = SlotRef(end, start, &key_text);
             // Most records join an open slot: one lookup. A new slot is made first.
-            let added = match self.slots.get_mut(&probe) {
+            let added = match self.open.get_mut(&key_text, end, start) {
                 Some(slot) => Some(count_in(&self.s, slot, args, id, &acks)),
                 None => None,
             };
@@ -465,12 +479,6 @@ impl Engine {
                         record.merge_acks(acks);
                         return self.reject(record, &e, out);
                     }
-                    let slot_id: SlotId = (end, start, key_text.clone().into_owned());
-                    self.order.insert(slot_id.clone());
-                    self.keys
-                        .entry(slot_id.2.clone())
-                        .or_default()
-                        .push((end, start));
                     let hint = self.parents_hint;
                     let mut slot = Slot {
                         // Copied: a key read from indexed fields is a slice of the source's
@@ -484,9 +492,10 @@ impl Engine {
                         parents: Vec::with_capacity(hint + hint / 4 + 1),
                         acks: Acks::none(),
                         seq: None,
+                        id: 0,
                     };
                     let added = count_in(&self.s, &mut slot, args, id, &acks);
-                    self.slots.insert(slot_id, slot);
+                    self.open.insert(&key_text, end, start, slot);
                     added
                 }
             };
@@ -505,77 +514,52 @@ impl Engine {
         let (mut start, reach) = (ts, end);
         let mut end = end;
         // In order of start, so `first` and `last` merge the right way round.
-        let mut touching: Vec<SlotId> = self
-            .keys
-            .get(key)
-            .into_iter()
-            .flatten()
-            .filter(|(e, s)| *s <= reach && ts <= *e)
-            .map(|&(e, s)| (e, s, key.to_owned()))
-            .collect();
-        touching.sort_by_key(|(e, s, _)| (*s, *e));
-        if touching.is_empty() {
-            return (start, end);
-        }
+        let touching = self.open.take_touching(key, |e, s| s <= reach && ts <= e);
         let mut merged: Option<Slot> = None;
-        for id in touching {
-            start = start.min(id.1);
-            end = end.max(id.0);
-            if let Some(slot) = self.slots.remove(&id) {
-                self.order.remove(&id);
-                self.release_key(key, (id.0, id.1));
-                merged = Some(match merged {
-                    None => slot,
-                    Some(mut m) => {
-                        for (a, b) in m.accs.iter_mut().zip(slot.accs) {
-                            a.merge(b);
-                        }
-                        m.count += slot.count;
-                        m.parents.extend(slot.parents);
-                        if !self.s.all_parents {
-                            m.parents.truncate(self.s.max_parents);
-                        }
-                        m.acks.merge(slot.acks);
-                        m
+        for Closed {
+            end: e,
+            start: s,
+            state: slot,
+            ..
+        } in touching
+        {
+            start = start.min(s);
+            end = end.max(e);
+            merged = Some(match merged {
+                None => slot,
+                Some(mut m) => {
+                    for (a, b) in m.accs.iter_mut().zip(slot.accs) {
+                        a.merge(b);
                     }
-                });
-            }
+                    m.count += slot.count;
+                    m.parents.extend(slot.parents);
+                    if !self.s.all_parents {
+                        m.parents.truncate(self.s.max_parents);
+                    }
+                    m.acks.merge(slot.acks);
+                    m
+                }
+            });
         }
         if let Some(m) = merged {
-            self.keys
-                .entry(key.to_owned())
-                .or_default()
-                .push((end, start));
-            self.order.insert((end, start, key.to_owned()));
-            self.slots.insert((end, start, key.to_owned()), m);
+            self.open.insert(key, end, start, m);
         }
         (start, end)
     }
 
-    fn release_key(&mut self, key: &str, bounds: (i64, i64)) {
-        if let Some(open) = self.keys.get_mut(key) {
-            open.retain(|b| *b != bounds);
-            if open.is_empty() {
-                self.keys.remove(key);
-            }
-        }
-    }
-
-    /// Remove and return the slot that closes first.
-    fn pop_first(&mut self) -> Option<(SlotId, Slot)> {
-        let id = self.order.pop_first()?;
-        let slot = self.slots.remove(&id)?;
-        Some((id, slot))
-    }
-
     /// Make room for a new slot of `key`, by the configured policy.
     fn make_room(&mut self, key: &str, out: &mut Output) -> Result<(), Reject> {
-        let new_key = !self.keys.contains_key(key);
         loop {
-            let windows_full = self.slots.len() >= self.s.max_open_windows;
-            let keys_full = new_key && self.keys.len() >= self.s.max_keys;
+            let new_key = !self.open.contains_key(key);
+            let windows_full = self.open.len() >= self.s.max_open_windows;
+            let keys_full = new_key && self.open.keys() >= self.s.max_keys;
             if !windows_full && !keys_full {
                 return Ok(());
+            }
+            if self.closing {
+                // Windows the watermark has closed go out as closed, not evicted.
+                self.fire(out);
+                continue;
             }
             let what = if windows_full {
                 "max_open_windows"
@@ -585,11 +569,11 @@ impl Engine {
             match self.s.on_limit {
                 LimitPolicy::Fail => return Err(Reject::Full(what)),
                 LimitPolicy::EvictOldest => {
-                    let Some((id, slot)) = self.pop_first() else {
+                    let Some(closed) = self.open.pop_first() else {
                         return Err(Reject::Full(what));
                     };
                     self.counters.evicted += 1;
-                    self.emit(id, slot, true, out);
+                    self.emit(closed, true, out);
                 }
             }
         }
@@ -597,12 +581,27 @@ impl Engine {
 
     /// Fire every window the watermark has passed.
     pub fn fire(&mut self, out: &mut Output) {
-        let Some(wm) = self.watermark() else { return };
-        while self.order.first().is_some_and(|(end, _, _)| *end <= wm) {
-            if let Some((id, slot)) = self.pop_first() {
-                self.emit(id, slot, false, out);
+        self.fire_some(out, usize::MAX);
+    }
+
+    /// Fire up to `max` windows the watermark has passed; whether any are left.
+    pub fn fire_some(&mut self, out: &mut Output, max: usize) -> bool {
+        let wm = self.watermark().unwrap_or(i64::MIN);
+        for _ in 0..max {
+            if self.open.first_end().is_none_or(|end| end > wm) {
+                break;
+            }
+            if let Some(closed) = self.open.pop_first() {
+                self.emit(closed, false, out);
             }
         }
+        self.closing = self.open.first_end().is_some_and(|end| end <= wm);
+        self.closing
+    }
+
+    /// Whether windows the watermark has passed wait to be emitted ([`Engine::fire_some`]).
+    pub fn closing(&self) -> bool {
+        self.closing
     }
 
     /// Move event time forward without a record (idle timeout, processing time).
@@ -615,13 +614,28 @@ impl Engine {
 
     /// Emit every open window (end of a bounded input).
     pub fn flush(&mut self, out: &mut Output) {
-        while let Some((id, slot)) = self.pop_first() {
-            self.emit(id, slot, false, out);
-        }
+        self.flush_some(out, usize::MAX);
     }
 
-    fn emit(&mut self, (end, start, key): SlotId, mut slot: Slot, evicted: bool, out: &mut Output) {
-        self.release_key(&key, (end, start));
+    /// Emit up to `max` open windows, in order of closing; whether any are left.
+    pub fn flush_some(&mut self, out: &mut Output, max: usize) -> bool {
+        for _ in 0..max {
+            let Some(closed) = self.open.pop_first() else {
+                break;
+            };
+            self.emit(closed, false, out);
+        }
+        self.closing = false;
+        self.open.len() > 0
+    }
+
+    fn emit(&mut self, closed: Closed<Slot>, evicted: bool, out: &mut Output) {
+        let Closed {
+            end,
+            start,
+            key,
+            state: mut slot,
+        } = closed;
         let seq = *slot.seq.get_or_insert_with(|| {
             self.emitted += 1;
             self.emitted - 1
@@ -631,7 +645,7 @@ impl Engine {
                 let mut copy = slot.clone();
                 // The checkpoint keeps the window's content; its records are held by the output.
                 std::mem::take(&mut copy.acks).release();
-                u.pending.insert(u.next, ((end, start, key.clone()), copy));
+                u.pending.insert(u.next, ((end, start, key), copy));
                 let token = u.tracker.token(u.next);
                 u.next += 1;
                 Acks::one(token)
@@ -686,17 +700,17 @@ impl Engine {
         struct SnapshotRef<'a> {
             max_ts: Option<i64>,
             positions: &'a BTreeMap<u32, u64>,
-            slots: Vec<(&'a SlotId, &'a Slot)>,
+            slots: Vec<((i64, i64, &'a str), &'a Slot)>,
             emitted: u64,
             aside: Vec<(&'a (u32, u64), &'a Aside)>,
         }
-        let mut slots: Vec<(&SlotId, &Slot)> = self
-            .order
-            .iter()
-            .filter_map(|id| self.slots.get_key_value(id))
-            .collect();
+        let mut slots: Vec<((i64, i64, &str), &Slot)> = self.open.iter().collect();
         if let Some(u) = &self.undelivered {
-            slots.extend(u.pending.values().map(|(id, slot)| (id, slot)));
+            slots.extend(
+                u.pending
+                    .values()
+                    .map(|((e, s, k), slot)| ((*e, *s, k.as_str()), slot)),
+            );
         }
         let mut bytes = Vec::new();
         ciborium::into_writer(
@@ -721,7 +735,7 @@ impl Engine {
     /// Release the acknowledgement tokens of open windows and of windows emitted since the
     /// last checkpoint (once a checkpoint holds them, or once every window was emitted).
     pub fn release_acks(&mut self) {
-        for slot in self.slots.values_mut() {
+        for slot in self.open.states_mut() {
             std::mem::take(&mut slot.acks).release();
         }
         if let Some(held) = &mut self.emitted_acks {
@@ -740,12 +754,7 @@ impl Engine {
         self.emitted = snap.emitted;
         self.aside_again = snap.aside.into_iter().collect();
         self.refire = snap.slots.iter().any(|(_, s)| s.seq.is_some());
-        self.slots = snap.slots.into_iter().collect();
-        self.order = self.slots.keys().cloned().collect();
-        self.keys.clear();
-        for (e, s, k) in self.slots.keys() {
-            self.keys.entry(k.clone()).or_default().push((*e, *s));
-        }
+        self.open = OpenWindows::restore(snap.slots);
         Ok(())
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod aggregate;
 pub mod engine;
+mod open;
 mod store;
 
 use std::time::Duration;
@@ -28,7 +29,8 @@ use engine::{Engine, Settings};
 /// The watermark is the highest event time seen minus `allowed_lateness` (one per processor). A
 /// window fires when the watermark passes its end, emitting one record per key on `out`:
 /// `{<key_field>, window_start, window_end, <aggregates>}`, whose parents are the records it
-/// aggregates. A record whose windows have all fired goes to `late` with `window.start`,
+/// aggregates. Windows are emitted in order of end; windows that end together, in the order
+/// they opened (their key's first record in them). A record whose windows have all fired goes to `late` with `window.start`,
 /// `window.end` and `window.watermark` attributes; it is never dropped silently. When the input
 /// ends every open window is emitted. With `state`, open windows are checkpointed to a local
 /// store and resume after a restart (or a crash); records a source replays that the checkpoint
@@ -679,6 +681,12 @@ impl TaskTransform for Window {
                     let time = BatchTime::new(&clock);
                     for r in batch {
                         this.handle(r, &mut engine, &mut out, &time, &mut args);
+                        // A record that closed more windows than a chunk: the rest go out
+                        // chunk by chunk, each sent on (back-pressure) before the next.
+                        while engine.closing() {
+                            ctx.out.flush(&mut out).await?;
+                            engine.fire_some(&mut out, engine::FIRE_CHUNK);
+                        }
                     }
                     last_input = Instant::now();
                 }
@@ -712,7 +720,9 @@ impl TaskTransform for Window {
             // Stopping: keep the open windows for the next run.
             Some(s) if ctx.shutdown.is_cancelled() => checkpoint(&mut engine, s, &retry).await?,
             _ => {
-                engine.flush(&mut out);
+                while engine.flush_some(&mut out, engine::FIRE_CHUNK) {
+                    ctx.out.flush(&mut out).await?;
+                }
                 // Saved, not cleared: the state keeps how many windows were emitted (and which
                 // are not yet delivered), so a next run on grown input numbers its windows
                 // after these, and a sink that records positions does not take them for

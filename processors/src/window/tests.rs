@@ -160,14 +160,56 @@ fn tumbling_boundaries_lateness_duplicates_and_single_keys() {
         w,
         [
             "a:0-10:3:6",
-            "a:10-20:1:5",
+            // Windows that end together fire in the order they opened.
             "b:10-20:2:13",
+            "a:10-20:1:5",
             "c:10-20:1:7",
             "a:20-30:2:9",
         ]
     );
     assert_eq!(late, ["a@8"]);
     assert_eq!(e.counters.late, 1);
+}
+
+/// A record that closes more windows than a chunk emits one chunk; the task emits the rest
+/// chunk by chunk (sending each on) before the next record, in the same order as at once. A
+/// record that arrives while windows wait to be emitted first emits them all.
+#[test]
+fn windows_closing_at_once_go_out_in_chunks_in_order() {
+    let c = cfg(serde_json::json!({}));
+    let keys: Vec<String> = (0..10_000).map(|i| format!("k{i}")).collect();
+    let mut events: Vec<(&str, i64, i64)> = keys.iter().map(|k| (k.as_str(), 3, 1)).collect();
+    events.push(("z", 10, 2)); // watermark 10: the 10,000 windows [0,10) close
+    let expected: Vec<String> = keys.iter().map(|k| format!("{k}:0-10:1:1")).collect();
+
+    let mut e = engine(&c);
+    let mut out = Output::new("w".into(), 3);
+    add_events(&mut e, &events, 0, &mut out);
+    let (mut all, _) = summarize(&out);
+    assert_eq!(all.len(), engine::FIRE_CHUNK);
+    assert!(e.closing());
+    let mut chunks = 1;
+    while e.closing() {
+        let mut more = Output::new("w".into(), 3);
+        e.fire_some(&mut more, engine::FIRE_CHUNK);
+        all.extend(summarize(&more).0);
+        chunks += 1;
+    }
+    assert_eq!(chunks, 3);
+    assert_eq!(all, expected);
+    assert_eq!(e.open(), 1, "z's window stays open");
+
+    // The next record, before the task emitted the rest: they go out first, then it counts.
+    let mut e = engine(&c);
+    events.push(("z", 11, 3));
+    let mut out = Output::new("w".into(), 3);
+    add_events(&mut e, &events, 0, &mut out);
+    assert!(!e.closing());
+    e.flush(&mut out);
+    let (all, late) = summarize(&out);
+    assert_eq!(all[..10_000], expected[..]);
+    assert_eq!(all[10_000..], ["z:10-20:2:5"]);
+    assert!(late.is_empty());
 }
 
 /// An output whose values read back from JSON as themselves carries its content only (the
