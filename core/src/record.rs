@@ -661,16 +661,27 @@ impl Fields {
         if u32::try_from(content.len()).is_err() {
             return check_json(content).map(|()| None);
         }
-        let mut de = serde_json::Deserializer::from_slice(content);
-        let top = serde::de::DeserializeSeed::deserialize(
-            TopSeed {
-                base: content.as_ptr() as usize,
-            },
-            &mut de,
-        )?;
-        de.end()?;
-        Ok(top)
+        let seed = TopSeed {
+            base: content.as_ptr() as usize,
+        };
+        match std::str::from_utf8(content) {
+            // Almost every line: checked once here, and serde_json reads it as text, checking
+            // no string again (it checked each string of the bytes on its own, a call each).
+            Ok(text) => index_with(serde_json::Deserializer::from_str(text), seed),
+            // Read as bytes: the error is serde_json's own, at the same place as always.
+            Err(_) => index_with(serde_json::Deserializer::from_slice(content), seed),
+        }
     }
+}
+
+/// Index with `de`, which reads the content (text or bytes: the same spans, checks and errors).
+fn index_with<'de, R: serde_json::de::Read<'de>>(
+    mut de: serde_json::Deserializer<R>,
+    seed: TopSeed,
+) -> Result<Option<Fields>, ParseError> {
+    let top = serde::de::DeserializeSeed::deserialize(seed, &mut de)?;
+    de.end()?;
+    Ok(top)
 }
 
 /// Where a borrowed string of the content starts, relative to the content (`base`).
