@@ -205,6 +205,15 @@ enum Bounds {
     Session { end: i64 },
 }
 
+/// Fields with distinct names, serialized as a JSON object in their order.
+struct InOrder<'a>(&'a [(&'a str, Value)]);
+
+impl Serialize for InOrder<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+    }
+}
+
 /// Whether `v` encoded as JSON reads back as itself (numbers, valid UTF-8 strings, and
 /// arrays and objects of them): then a window's output needs no view built up front.
 fn reads_back(v: &Value) -> bool {
@@ -663,9 +672,19 @@ impl Engine {
             fields.push((name, acc.finish()));
         }
         // The content keeps the configured field order; the structured view is the same data.
-        let ordered: indexmap::IndexMap<&str, &Value> =
-            fields.iter().map(|(k, v)| (*k, v)).collect();
-        let content = Bytes::from(serde_json::to_vec(&ordered).unwrap_or_default());
+        // Aggregates are named apart from the key, start and end fields (validated); those
+        // three may share a name, and then the first place holds the last value, as in a map.
+        let distinct = s.key_field != s.start_field
+            && s.key_field != s.end_field
+            && s.start_field != s.end_field;
+        let json = if distinct {
+            serde_json::to_vec(&InOrder(&fields))
+        } else {
+            let ordered: indexmap::IndexMap<&str, &Value> =
+                fields.iter().map(|(k, v)| (*k, v)).collect();
+            serde_json::to_vec(&ordered)
+        };
+        let content = Bytes::from(json.unwrap_or_default());
         // Plain JSON reads back as the same view: build it only if a consumer asks (a sink
         // writes the content). A timestamp, say, would read back as a string: kept as made.
         let mut r = if fields.iter().all(|(_, v)| reads_back(v)) {

@@ -171,6 +171,29 @@ fn tumbling_boundaries_lateness_duplicates_and_single_keys() {
     assert_eq!(e.counters.late, 1);
 }
 
+/// An output's content lists its fields in the configured order; a key field named like the
+/// start field holds its place once, with the start (as a map would).
+#[test]
+fn output_fields_keep_their_order_and_a_shared_name_is_written_once() {
+    let content = |extra: serde_json::Value| {
+        let c = cfg(extra);
+        let mut e = engine(&c);
+        let mut out = Output::new("w".into(), 3);
+        add_events(&mut e, &[("a", 1, 2)], 0, &mut out);
+        e.flush(&mut out);
+        let mut r = out.port(OUT)[0].clone();
+        String::from_utf8_lossy(r.content()).into_owned()
+    };
+    assert_eq!(
+        content(serde_json::json!({})),
+        r#"{"key":"a","window_start":0,"window_end":10,"n":1,"sum":2}"#
+    );
+    assert_eq!(
+        content(serde_json::json!({ "key_field": "window_start" })),
+        r#"{"window_start":0,"window_end":10,"n":1,"sum":2}"#
+    );
+}
+
 /// A record that closes more windows than a chunk emits one chunk; the task emits the rest
 /// chunk by chunk (sending each on) before the next record, in the same order as at once. A
 /// record that arrives while windows wait to be emitted first emits them all.
