@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::hash::BuildHasher;
 
+use compact_str::CompactString;
 use slab::Slab;
 use smallvec::SmallVec;
 
@@ -23,7 +24,8 @@ pub(super) trait Numbered {
 
 /// One key's open windows.
 struct Keyed<S> {
-    text: Box<str>,
+    /// Inline up to 24 bytes: a record's key is compared where its entry is.
+    text: CompactString,
     /// `(end, start, state)`, in the order they opened.
     open: SmallVec<[(i64, i64, S); 1]>,
 }
@@ -107,7 +109,7 @@ impl<S: Numbered> OpenWindows<S> {
             Some(i) => i,
             None => {
                 let i = self.keys.insert(Keyed {
-                    text: key.into(),
+                    text: CompactString::from(key),
                     open: SmallVec::new(),
                 });
                 let hash = self.hasher.hash_one(key);
