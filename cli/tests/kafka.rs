@@ -288,6 +288,8 @@ fn a_restart_after_kill_9_resumes_from_the_committed_offsets() {
     let c = consumer(d, "c", &brokers, &topic, &group);
     assert!(producer.wait(60), "the producer finished");
     wait_for(90, "every record", || counts(&out).len() as u64 == n);
+    // Kept to explain a failure below (what the restarted consumer fetched, committed, paused).
+    let log = c.log();
     assert!(c.stop());
     let all = counts(&out);
     let dups = u64::from(duplicates(&all));
@@ -303,16 +305,24 @@ fn a_restart_after_kill_9_resumes_from_the_committed_offsets() {
     // Record by record, partition by partition: what was committed before the kill (offsets
     // below the partition's committed offset) was written exactly once; only what came after
     // may have been read a second time, and no more than that.
-    let mut written: std::collections::HashMap<(i64, i64), u32> = Default::default();
+    let mut written: std::collections::HashMap<(i64, i64), Vec<String>> = Default::default();
     for line in std::fs::read_to_string(&out).expect("out").lines() {
         let v: serde_json::Value = serde_json::from_str(line).expect("json");
         let at = |f: &str| v[f].as_i64().unwrap_or_else(|| panic!("no {f}: {line}"));
-        *written.entry((at("partition"), at("offset"))).or_insert(0) += 1;
+        let lines = written.entry((at("partition"), at("offset"))).or_default();
+        lines.push(line.to_owned());
     }
+    let tail: Vec<&str> = log.lines().rev().take(60).collect();
     let mut reread = [0u32; 4];
-    for (&(p, o), &k) in &written {
+    for (&(p, o), lines) in &written {
+        let k = u32::try_from(lines.len()).expect("a count");
         let p = usize::try_from(p).expect("a partition of 4");
-        assert!(k <= 2, "partition {p} offset {o} written {k} times");
+        assert!(
+            k <= 2,
+            "partition {p} offset {o} written {k} times: {lines:#?}\nthe restarted consumer's \
+             log, last lines first:\n{}",
+            tail.join("\n")
+        );
         if o < committed[p] {
             reread[p] += k - 1;
         }
