@@ -29,20 +29,20 @@ use engine::{Engine, Settings};
 /// The watermark is the highest event time seen minus `allowed_lateness` (one per processor). A
 /// window fires when the watermark passes its end, emitting one record per key on `out`:
 /// `{<key_field>, window_start, window_end, <aggregates>}`, whose parents are the records it
-/// aggregates. Windows are emitted in order of end; windows that end together, in the order
-/// they opened (their key's first record in them). A record whose windows have all fired goes to `late` with `window.start`,
-/// `window.end` and `window.watermark` attributes; it is never dropped silently. When the input
-/// ends every open window is emitted. With `state`, open windows are checkpointed to a local
-/// store and resume after a restart (or a crash); records a source replays that the checkpoint
-/// already holds are recognised by their origin and skipped. Sources commit a record only once
-/// a checkpoint covers it, so a crash never produces a partial window; windows emitted after
-/// the last checkpoint may be emitted again (identical, and with the same origin: outputs are
-/// numbered in order of emission when `state` and `event_time` are set, `idle_timeout` is not
-/// and the window has one path back to its source, so an exactly-once sink such as
+/// aggregates. Windows are emitted in order of end; windows that end together, in the order they
+/// opened (their key's first record in them). A record whose windows have all fired goes to `late`
+/// with `window.start`, `window.end` and `window.watermark` attributes; it is never dropped
+/// silently. When the input ends every open window is emitted. With `state`, open windows are
+/// checkpointed to a local store and resume after a restart (or a crash); records a source replays
+/// that the checkpoint already holds are recognised by their origin and skipped. Sources commit a
+/// record only once a checkpoint covers it, so a crash never produces a partial window; windows
+/// emitted after the last checkpoint may be emitted again (identical, and with the same origin:
+/// outputs are numbered in order of emission when `state` and `event_time` are set, `idle_timeout`
+/// is not and the window has one path back to its source, so an exactly-once sink such as
 /// `file_sink` or `s3_sink` writes them once; see docs/reliability.md). A late or refused record
-/// not yet delivered at a checkpoint is sent again when a restart replays it. Without `state`,
-/// a crash may emit windows again from the replayed part of the input only (partial). A
-/// checkpoint refused by a full disk is tried again (backoff up to 60s) while the window waits.
+/// not yet delivered at a checkpoint is sent again when a restart replays it. Without `state`, a
+/// crash may emit windows again from the replayed part of the input only (partial). A checkpoint
+/// refused by a full disk is tried again (backoff up to 60s) while the window waits.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WindowAggregateConfig {

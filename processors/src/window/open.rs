@@ -123,14 +123,11 @@ impl<S: Numbered> OpenWindows<S> {
         self.order.insert((end, start, id), i);
     }
 
-    /// Take window `(end, start, id)` of the key at slab index `i` out; the key's entry goes
-    /// with its last window.
+    /// Take window `(end, start, id)` of the key at slab index `i` out (found by `id`: ids are
+    /// unique); the key's entry goes with its last window.
     fn take(&mut self, i: usize, end: i64, start: i64, id: u64) -> Option<Closed<S>> {
         let entry = self.keys.get_mut(i)?;
-        let at = entry
-            .open
-            .iter()
-            .position(|(e, s, st)| *e == end && *s == start && st.id() == id)?;
+        let at = entry.open.iter().position(|(_, _, st)| st.id() == id)?;
         let (_, _, state) = entry.open.remove(at);
         let key = if entry.open.is_empty() {
             let hash = self.hasher.hash_one(&*entry.text);
@@ -189,10 +186,7 @@ impl<S: Numbered> OpenWindows<S> {
     pub fn iter(&self) -> impl Iterator<Item = ((i64, i64, &str), &S)> + '_ {
         self.order.iter().filter_map(|(&(end, start, id), &i)| {
             let entry = self.keys.get(i)?;
-            let (_, _, state) = entry
-                .open
-                .iter()
-                .find(|(e, s, st)| *e == end && *s == start && st.id() == id)?;
+            let (_, _, state) = entry.open.iter().find(|(_, _, st)| st.id() == id)?;
             Some(((end, start, &*entry.text), state))
         })
     }
