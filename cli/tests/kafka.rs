@@ -15,6 +15,12 @@ fn brokers() -> Option<String> {
 
 /// `generate` (`{"n": i}`, i = 0..COUNT at RATE/s) into a topic it creates with 4 partitions,
 /// keyed by `n`.
+///
+/// One record per batch on tansu: a consumer that resumes inside a record batch (from a
+/// commit made mid-batch: a member leaving, a rebalance, a restart) gets the batch holding
+/// the offset from Kafka, but from tansu 0.6 nothing or the *next* batch (the records between
+/// are skipped; docs/reliability.md, `bench/kafka-pause.sh`). These tests are about flow's
+/// hand-overs, so they keep clear of it; librdkafka's mock cluster gets the default batches.
 const PRODUCER: &str = r#"
 name: producer
 processors:
@@ -30,6 +36,7 @@ processors:
     topic: ${TOPIC}
     key: .n
     create_topic: { partitions: 4 }
+    properties: { batch.num.messages: "1" }
 connections:
   - numbers -> kafka
 "#;
@@ -68,7 +75,9 @@ connections:
 /// Produce `count` records at `rate`/s, in the background (creating the topic, on tansu).
 fn produce(dir: &Path, brokers: &str, topic: &str, count: u64, rate: u64) -> Flow {
     let text = if brokers.contains(MOCK_MARK) {
-        PRODUCER.replace("    create_topic: { partitions: 4 }\n", "")
+        PRODUCER
+            .replace("    create_topic: { partitions: 4 }\n", "")
+            .replace("    properties: { batch.num.messages: \"1\" }\n", "")
     } else {
         PRODUCER.to_owned()
     };
@@ -160,9 +169,14 @@ fn group_of_two(brokers: &str, leave: Leave) -> Option<String> {
     while (union().len() as u64) < n {
         assert!(
             std::time::Instant::now() < deadline,
-            "not every record: {} of {n}; b's log:\n{}",
+            "not every record: {} of {n}; {}\nb's log:\n{}\na's log, last lines:\n{}",
             union().len(),
-            b.log()
+            gaps(&outs, n),
+            b.log(),
+            tail(
+                &std::fs::read_to_string(d.join("a.log")).unwrap_or_default(),
+                30
+            )
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
@@ -221,6 +235,47 @@ fn a_group_member_killed_with_kill_9_loses_nothing_on_the_mock() {
         return;
     };
     assert_eq!(all_four(&log_b), 5, "b holds all 4 partitions: {log_b}");
+}
+
+/// What is missing from the members' outputs: the first numbers not written, and per
+/// partition the offsets missing between the first and last one written (a gap right after
+/// where a member left points at where the next one resumed).
+fn gaps(outs: &[std::path::PathBuf], n: u64) -> String {
+    let mut seen = std::collections::HashSet::new();
+    let mut offsets: std::collections::BTreeMap<i64, std::collections::BTreeSet<i64>> =
+        Default::default();
+    for o in outs {
+        for line in std::fs::read_to_string(o).unwrap_or_default().lines() {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            if let Some(k) = v["n"].as_u64() {
+                seen.insert(k);
+            }
+            if let (Some(p), Some(o)) = (v["partition"].as_i64(), v["offset"].as_i64()) {
+                offsets.entry(p).or_default().insert(o);
+            }
+        }
+    }
+    let missing: Vec<u64> = (0..n).filter(|k| !seen.contains(k)).take(20).collect();
+    let mut text = format!("missing numbers (first 20): {missing:?}");
+    for (p, os) in &offsets {
+        let (Some(&first), Some(&last)) = (os.first(), os.last()) else {
+            continue;
+        };
+        let holes: Vec<i64> = (first..=last)
+            .filter(|o| !os.contains(o))
+            .take(20)
+            .collect();
+        text += &format!("\npartition {p}: offsets {first}..={last}, missing {holes:?}");
+    }
+    text
+}
+
+/// The last `k` lines of a log.
+fn tail(log: &str, k: usize) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(k)..].join("\n")
 }
 
 /// `[` count of the last assignment line: 1 + the number of partitions.

@@ -661,7 +661,18 @@ impl Source for KafkaSource {
         let tpl = st.to_commit();
         if tpl.count() > 0 {
             match consumer.commit(&tpl, CommitMode::Sync) {
-                Ok(()) => st.committed(&tpl),
+                Ok(()) => {
+                    st.committed(&tpl);
+                    let offsets: Vec<String> = tpl
+                        .elements()
+                        .iter()
+                        .map(|e| match e.offset() {
+                            Offset::Offset(o) => format!("{}[{}]@{o}", e.topic(), e.partition()),
+                            other => format!("{}[{}]@{other:?}", e.topic(), e.partition()),
+                        })
+                        .collect();
+                    tracing::info!(node = %name, ?offsets, "committed what the flow finished, leaving the group");
+                }
                 Err(e) => tracing::warn!(node = %name, error = %e, "the last Kafka commit failed"),
             }
         }
