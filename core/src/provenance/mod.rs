@@ -353,6 +353,11 @@ pub fn digest(attributes: &crate::record::Attributes, secrets: &Secrets) -> u64 
         w[..rest.len()].copy_from_slice(rest);
         add(h, u64::from_le_bytes(w) ^ ((b.len() as u64) << 56))
     }
+    // Most records have none: no iterator set up over an empty map (one per record at
+    // CREATE; 2 % of the sensors flow's instructions before).
+    if attributes.is_empty() {
+        return 0;
+    }
     let mut h = 0u64;
     let mut any = false;
     for (k, v) in attributes {

@@ -222,8 +222,10 @@ impl Acc {
         if matches!(v, Value::Null) && !matches!(self, Acc::Count(_)) {
             return Ok(());
         }
+        // The error only when there is one: its text is an allocation (two per record, for
+        // the sensors flow's `avg` and `max`, when it was made up front).
         let num = |func: &'static str| {
-            Num::of(v).ok_or(TypeError {
+            Num::of(v).ok_or_else(|| TypeError {
                 func,
                 got: v.kind_str().to_owned(),
             })
