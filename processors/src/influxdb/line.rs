@@ -54,31 +54,74 @@ fn check_line(what: impl FnOnce() -> String, s: &str) -> Result<(), LineError> {
     Ok(())
 }
 
-/// Escape `s` onto `out`: backslashes always, and the (ASCII) characters in `special`. Runs
-/// without any are copied at once.
-fn escape(out: &mut String, s: &str, special: &[u8]) {
+/// A byte's class in a place of a line ([`classes`]): copied, escaped with a backslash, or a
+/// line break, which line protocol cannot carry.
+const COPY: u8 = 0;
+const ESCAPE: u8 = 1;
+const BREAK: u8 = 2;
+
+/// The classes of bytes in a place where the (ASCII) characters in `special` are escaped: those
+/// and a backslash take a backslash, a line break is refused.
+const fn classes(special: &[u8]) -> [u8; 256] {
+    let mut table = [COPY; 256];
+    table[b'\n' as usize] = BREAK;
+    table[b'\r' as usize] = BREAK;
+    table[b'\\' as usize] = ESCAPE;
+    let mut i = 0;
+    while i < special.len() {
+        table[special[i] as usize] = ESCAPE;
+        i += 1;
+    }
+    table
+}
+
+/// A line break met by [`escape`].
+struct Break;
+
+/// Escape `s` onto `out` as `table` says (see [`classes`]), in one pass that also finds line
+/// breaks: then an error, and `out` holds part of `s` (the point is dropped, which takes it
+/// back). Text without any such byte, nearly all of it, is copied at once.
+fn escape(out: &mut String, s: &str, table: &[u8; 256]) -> Result<(), Break> {
+    let bytes = s.as_bytes();
+    let Some(first) = bytes.iter().position(|&b| table[usize::from(b)] != COPY) else {
+        out.push_str(s);
+        return Ok(());
+    };
     let mut from = 0;
-    for (i, b) in s.bytes().enumerate() {
-        if b == b'\\' || special.contains(&b) {
-            // `i` is a character boundary: every byte escaped is ASCII.
-            out.push_str(&s[from..i]);
-            out.push('\\');
-            from = i;
+    for (i, &b) in bytes.iter().enumerate().skip(first) {
+        match table[usize::from(b)] {
+            COPY => {}
+            ESCAPE => {
+                // `i` is a character boundary: every byte escaped is ASCII.
+                out.push_str(&s[from..i]);
+                out.push('\\');
+                from = i;
+            }
+            _ => return Err(Break),
         }
     }
     out.push_str(&s[from..]);
+    Ok(())
 }
 
-fn check_key(key: &str) -> Result<(), LineError> {
-    if key.is_empty() {
-        return Err(LineError::EmptyFieldKey);
+/// `f` (finite) as the shortest text that reads back as the same f64, never an exponent, as
+/// Rust's `{}` writes it. ryu finds shortest digits without `core::fmt` (a third of the sink's
+/// encoding went to `write!`); its text is used without an exponent (`71.0` written `71`),
+/// `{}` where ryu writes one (below 1e-5, from 1e16). Where two texts are as short, ryu's last
+/// digit may differ from `{}`'s (`-1538135742495362.2` for `.3`): both read back as `f`.
+fn push_float(out: &mut String, f: f64) {
+    let mut buf = ryu::Buffer::new();
+    let text = buf.format_finite(f);
+    if text.contains('e') {
+        let _ = write!(out, "{f}");
+    } else {
+        out.push_str(text.strip_suffix(".0").unwrap_or(text));
     }
-    check_line(|| format!("field key `{key}`"), key)
 }
 
-const MEASUREMENT: &[u8] = b", ";
-const KEY: &[u8] = b",= ";
-const STRING: &[u8] = b"\"";
+const MEASUREMENT: &[u8; 256] = &classes(b", ");
+const KEY: &[u8; 256] = &classes(b",= ");
+const STRING: &[u8; 256] = &classes(b"\"");
 
 /// One point written onto a buffer as it is read: [`PointWriter::new`] with the measurement,
 /// then [`PointWriter::tag`]s (sorted by key, as InfluxDB recommends: it sorts them anyway, and
@@ -98,12 +141,15 @@ impl<'a> PointWriter<'a> {
         if measurement.is_empty() {
             return Err(LineError::EmptyMeasurement);
         }
-        check_line(|| "the measurement".to_owned(), measurement)?;
+        let start = out.len();
+        if escape(out, measurement, MEASUREMENT).is_err() {
+            out.truncate(start);
+            return Err(LineError::LineBreak("the measurement".to_owned()));
+        }
         if measurement.starts_with('#') {
+            out.truncate(start);
             return Err(LineError::Comment);
         }
-        let start = out.len();
-        escape(out, measurement, MEASUREMENT);
         Ok(Self {
             out,
             start,
@@ -116,16 +162,15 @@ impl<'a> PointWriter<'a> {
     /// them).
     pub(crate) fn tag(&mut self, key: &str, value: &str) -> Result<(), LineError> {
         debug_assert_eq!(self.fields, 0, "tags come before fields");
-        check_line(|| format!("tag `{key}`"), key)?;
-        check_line(|| format!("tag `{key}`"), value)?;
+        let what = || format!("tag `{key}`");
         if key.is_empty() || value.is_empty() {
-            return Ok(());
+            check_line(what, key)?;
+            return check_line(what, value);
         }
         self.out.push(',');
-        escape(self.out, key, KEY);
+        escape(self.out, key, KEY).map_err(|Break| LineError::LineBreak(what()))?;
         self.out.push('=');
-        escape(self.out, value, KEY);
-        Ok(())
+        escape(self.out, value, KEY).map_err(|Break| LineError::LineBreak(what()))
     }
 
     /// A field.
@@ -133,24 +178,21 @@ impl<'a> PointWriter<'a> {
         match value {
             FieldValue::String(s) => self.string_field(key, s),
             FieldValue::Float(f) => {
-                check_key(key)?;
+                self.key(key)?;
                 if !f.is_finite() {
                     return Err(LineError::NotFinite(key.to_owned()));
                 }
-                self.key(key);
-                // `{}` is the shortest text that reads back as the same f64; never an exponent.
-                let _ = write!(self.out, "{f}");
+                push_float(self.out, *f);
                 Ok(())
             }
             FieldValue::Integer(n) => {
-                check_key(key)?;
-                self.key(key);
-                let _ = write!(self.out, "{n}i");
+                self.key(key)?;
+                self.out.push_str(itoa::Buffer::new().format(*n));
+                self.out.push('i');
                 Ok(())
             }
             FieldValue::Boolean(b) => {
-                check_key(key)?;
-                self.key(key);
+                self.key(key)?;
                 self.out.push_str(if *b { "true" } else { "false" });
                 Ok(())
             }
@@ -159,21 +201,25 @@ impl<'a> PointWriter<'a> {
 
     /// A string field (as [`FieldValue::String`], without owning the text).
     pub(crate) fn string_field(&mut self, key: &str, value: &str) -> Result<(), LineError> {
-        check_key(key)?;
-        check_line(|| format!("field `{key}`"), value)?;
-        self.key(key);
+        self.key(key)?;
         self.out.push('"');
-        escape(self.out, value, STRING);
+        escape(self.out, value, STRING)
+            .map_err(|Break| LineError::LineBreak(format!("field `{key}`")))?;
         self.out.push('"');
         Ok(())
     }
 
-    /// The separator and a checked field key.
-    fn key(&mut self, key: &str) {
+    /// The separator and a field key, checked: not empty, no line break.
+    fn key(&mut self, key: &str) -> Result<(), LineError> {
+        if key.is_empty() {
+            return Err(LineError::EmptyFieldKey);
+        }
         self.out.push(if self.fields == 0 { ' ' } else { ',' });
         self.fields += 1;
-        escape(self.out, key, KEY);
+        escape(self.out, key, KEY)
+            .map_err(|Break| LineError::LineBreak(format!("field key `{key}`")))?;
         self.out.push('=');
+        Ok(())
     }
 
     /// End the line, with its timestamp; an error if it has no field.
@@ -182,7 +228,8 @@ impl<'a> PointWriter<'a> {
             return Err(LineError::NoFields);
         }
         if let Some(ts) = timestamp {
-            let _ = write!(self.out, " {ts}");
+            self.out.push(' ');
+            self.out.push_str(itoa::Buffer::new().format(ts));
         }
         self.out.push('\n');
         self.finished = true;
@@ -440,6 +487,67 @@ mod tests {
             prop_assert_eq!(l.matches('\n').count(), 1);
             let p = parse(&l).map_err(|e| TestCaseError::fail(format!("{e}: {l:?}")))?;
             prop_assert_eq!(p, Point { measurement: m, tags, fields, timestamp: ts });
+        }
+
+        /// Whatever its bits, a float is written as text that reads back as itself, as short
+        /// as `{}`'s, without an exponent.
+        #[test]
+        fn floats_read_back_as_themselves_as_short_as_display_writes_them(bits in any::<u64>()) {
+            let f = f64::from_bits(bits);
+            prop_assume!(f.is_finite());
+            same_as_display(f).map_err(TestCaseError::fail)?;
+        }
+    }
+
+    /// [`push_float`]'s text for `f` reads back as `f` (its sign too), is as long as `{}`'s,
+    /// and has no exponent.
+    fn same_as_display(f: f64) -> Result<(), String> {
+        let mut out = String::new();
+        push_float(&mut out, f);
+        let display = format!("{f}");
+        let back: f64 = out.parse().map_err(|e| format!("{out:?}: {e}"))?;
+        if back.to_bits() != f.to_bits() || out.len() != display.len() || out.contains('e') {
+            return Err(format!("{out:?} for {f:e}, `{{}}` writes {display:?}"));
+        }
+        Ok(())
+    }
+
+    /// The same at the edges: zero and its sign, whole numbers, where ryu turns to exponents
+    /// (1e-5, 1e16), the smallest and largest floats, the sensors' readings (exactly as `{}`
+    /// writes them), and one whose last digit ryu chooses differently.
+    #[test]
+    fn floats_at_the_edges_read_back_as_themselves() {
+        let edges = [
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            71.0,
+            72.3,
+            0.1,
+            1e-5,
+            9.99e-6,
+            1e-6,
+            1e15,
+            9_999_999_999_999_998.0,
+            1e16,
+            1.5e16,
+            1e21,
+            123_456_789.125,
+            f64::MIN_POSITIVE,
+            5e-324,
+            f64::MAX,
+            f64::MIN,
+            f64::EPSILON,
+            f64::from_bits(14_057_383_380_365_928_969),
+        ];
+        for f in edges {
+            same_as_display(f).unwrap_or_else(|e| panic!("{e}"));
+        }
+        for f in [0.0, -0.0, 71.0, 72.3, 66.0, 101.25, 1e-5, 1e15] {
+            let mut out = String::new();
+            push_float(&mut out, f);
+            assert_eq!(out, format!("{f}"));
         }
     }
 }
