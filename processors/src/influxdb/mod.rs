@@ -23,7 +23,7 @@ use flow_core::processor::{
     BuildContext, BuildError, ConfigError, Describe, Kind, Output, Processor, ProcessorConfig,
     ProcessorError, Sink, SinkContext,
 };
-use flow_core::record::{Attributes, FieldValue as Indexed, FieldsRef, Record, Value};
+use flow_core::record::{Attributes, FieldValue as Indexed, FieldsRef, Record, Scalar, Value};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use tokio::time::Instant;
@@ -417,14 +417,29 @@ impl InfluxDbSink {
             Indexed::Nested => Err(NotWritten::Nested),
         };
         let mut p = PointWriter::new(out, measurement)?;
+        // Numbers and plain strings are read borrowed from the content (no `Value` made:
+        // nearly every tag and field); anything else as the view has it.
         for name in &self.sorted_tags {
-            if let Some(v) = get(name)? {
+            if let Scalar::Str(b) = fields.get_scalar(name)
+                && let Ok(text) = std::str::from_utf8(b)
+            {
+                p.tag(name, text)?;
+            } else if let Some(v) = get(name)? {
                 write_tag(&mut p, name, &v)?;
             }
         }
         for name in self.cfg.fields.iter().flatten() {
-            if let Some(v) = get(name)? {
-                write_field(&mut p, name, &v)?;
+            match fields.get_scalar(name) {
+                Scalar::Int(i) => p.field(name, &FieldValue::Integer(i))?,
+                Scalar::Float(x) => p.field(name, &FieldValue::Float(x))?,
+                Scalar::Str(b) if let Ok(text) = std::str::from_utf8(b) => {
+                    p.string_field(name, text)?;
+                }
+                _ => {
+                    if let Some(v) = get(name)? {
+                        write_field(&mut p, name, &v)?;
+                    }
+                }
             }
         }
         let ms = match &self.cfg.timestamp {
@@ -900,8 +915,9 @@ mod unit {
     }
 
     /// A record whose fields the source indexed gives the very line (or error) its structured
-    /// view gives: strings, escapes, unicode, numbers as tags, nulls, a templated measurement
-    /// from a field or an attribute; a nested value read falls back to the view.
+    /// view gives: strings (plain ones read borrowed), escapes, unicode, numbers as tags and
+    /// fields, nulls, a templated measurement from a field or an attribute; a nested value
+    /// read falls back to the view.
     #[test]
     fn indexed_fields_write_what_the_view_writes() {
         use flow_core::record::JsonView;
@@ -916,6 +932,8 @@ mod unit {
             r#"{"kind":"k","device":"car 1, \"n\"","site":"é=😀\\","ts":1732300000123,"temp":71.5,"n":3,"ok":true,"note":"a \"b\" \\"}"#,
             r#"{"kind":"k","device":42,"site":null,"ts":"2024-11-22T18:26:40Z","temp":-0.0,"n":null}"#,
             r#"{"kind":"k","device":"d\u00e9","ts":1,"temp":1e300}"#,
+            r#"{"kind":"k","device":"plain","site":"a b,c=d","ts":2,"temp":3,"n":-4.25,"note":"é \t"}"#,
+            r#"{"kind":"k","device":"p","ts":2,"temp":-1538135742495362.2,"ok":false,"note":"text"}"#,
             r#"{"device":"d","ts":1,"temp":1}"#,
             r#"{"kind":"k","device":{"a":1},"ts":1,"temp":1}"#,
             r#"{"kind":"k","device":"d","ts":[1],"temp":1}"#,
