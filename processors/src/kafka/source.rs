@@ -671,7 +671,11 @@ impl Source for KafkaSource {
                             other => format!("{}[{}]@{other:?}", e.topic(), e.partition()),
                         })
                         .collect();
-                    tracing::info!(node = %name, ?offsets, "committed what the flow finished, leaving the group");
+                    tracing::info!(
+                        node = %name,
+                        ?offsets,
+                        "committed what the flow finished, leaving the group"
+                    );
                 }
                 Err(e) => tracing::warn!(node = %name, error = %e, "the last Kafka commit failed"),
             }
