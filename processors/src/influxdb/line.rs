@@ -46,14 +46,6 @@ pub(crate) enum LineError {
     LineBreak(String),
 }
 
-/// `what` (made only for the error) when `s` holds a line break.
-fn check_line(what: impl FnOnce() -> String, s: &str) -> Result<(), LineError> {
-    if memchr::memchr2(b'\n', b'\r', s.as_bytes()).is_some() {
-        return Err(LineError::LineBreak(what()));
-    }
-    Ok(())
-}
-
 /// A byte's class in a place of a line ([`classes`]): copied, escaped with a backslash, or a
 /// line break, which line protocol cannot carry.
 const COPY: u8 = 0;
@@ -164,8 +156,11 @@ impl<'a> PointWriter<'a> {
         debug_assert_eq!(self.fields, 0, "tags come before fields");
         let what = || format!("tag `{key}`");
         if key.is_empty() || value.is_empty() {
-            check_line(what, key)?;
-            return check_line(what, value);
+            let breaks = |s: &str| s.bytes().any(|b| KEY[usize::from(b)] == BREAK);
+            if breaks(key) || breaks(value) {
+                return Err(LineError::LineBreak(what()));
+            }
+            return Ok(());
         }
         self.out.push(',');
         escape(self.out, key, KEY).map_err(|Break| LineError::LineBreak(what()))?;

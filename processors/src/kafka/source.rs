@@ -275,6 +275,18 @@ fn partitions(tpl: &TopicPartitionList) -> Vec<String> {
         .collect()
 }
 
+/// As [`partitions`], each with its offset: `topic[p]@offset`.
+fn partition_offsets(tpl: &TopicPartitionList) -> Vec<String> {
+    partitions(tpl)
+        .into_iter()
+        .zip(tpl.elements())
+        .map(|(p, e)| match e.offset() {
+            Offset::Offset(o) => format!("{p}@{o}"),
+            other => format!("{p}@{other:?}"),
+        })
+        .collect()
+}
+
 impl ConsumerContext for SourceContextKafka {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let mut o = self.offsets.lock().unwrap_or_else(PoisonError::into_inner);
@@ -663,17 +675,9 @@ impl Source for KafkaSource {
             match consumer.commit(&tpl, CommitMode::Sync) {
                 Ok(()) => {
                     st.committed(&tpl);
-                    let offsets: Vec<String> = tpl
-                        .elements()
-                        .iter()
-                        .map(|e| match e.offset() {
-                            Offset::Offset(o) => format!("{}[{}]@{o}", e.topic(), e.partition()),
-                            other => format!("{}[{}]@{other:?}", e.topic(), e.partition()),
-                        })
-                        .collect();
                     tracing::info!(
                         node = %name,
-                        ?offsets,
+                        offsets = ?partition_offsets(&tpl),
                         "committed what the flow finished, leaving the group"
                     );
                 }
