@@ -567,6 +567,8 @@ pub struct Recorder {
     tx: mpsc::Sender<Entry>,
     when_full: WhenFull,
     backlog: Arc<Backlog>,
+    /// How many times the writer forgot attribute sets (see [`NodeRecorder::digest`]).
+    forgotten: Arc<AtomicU64>,
 }
 
 impl Recorder {
@@ -577,7 +579,14 @@ impl Recorder {
             tx,
             when_full: WhenFull::Block,
             backlog: Arc::default(),
+            forgotten: Arc::default(),
         }
+    }
+
+    /// The count the writer raises each time it forgets attribute sets: nodes then send
+    /// the sets they use again.
+    pub(crate) fn forgotten(&self) -> Arc<AtomicU64> {
+        self.forgotten.clone()
     }
 
     /// With this policy for a writer that is behind.
@@ -604,6 +613,7 @@ impl Recorder {
             keep: None,
             pending: Arc::default(),
             known: Arc::default(),
+            forgotten: self.forgotten.clone(),
         }
     }
 }
@@ -782,9 +792,20 @@ pub struct NodeRecorder {
     /// (see [`NodeRecorder::receive`]); shared by the node's input and output, and recorded
     /// before any other event of the node, so that the node's events keep their order.
     pending: Arc<parking_lot::Mutex<Vec<Event>>>,
-    /// The digests whose attribute set this node has sent the writer (which keeps them for
-    /// every later segment): a set is cloned once, not per record.
-    known: Arc<parking_lot::Mutex<std::collections::HashSet<u64>>>,
+    /// The digests whose attribute set this node has sent the writer (which keeps the
+    /// recently used ones for every later segment): a set is cloned once, not per record.
+    known: Arc<parking_lot::Mutex<Known>>,
+    /// The writer's count of forgettings ([`Recorder::forgotten`]): when it moved, the
+    /// node forgets what it sent, so that a set the writer forgot is sent again.
+    forgotten: Arc<AtomicU64>,
+}
+
+/// The digests a node has sent the writer the sets of, as of a count of the writer's
+/// forgettings.
+#[derive(Debug, Default)]
+struct Known {
+    forgotten: u64,
+    digests: std::collections::HashSet<u64>,
 }
 
 /// How many attribute sets a node remembers having sent before it forgets them all (and
@@ -1015,11 +1036,19 @@ impl NodeRecorder {
             if d == 0 {
                 continue;
             }
-            let known = known.get_or_insert_with(|| self.known.lock());
-            if known.insert(d) {
-                if known.len() > KNOWN_SETS {
-                    known.clear();
-                    known.insert(d);
+            let known = known.get_or_insert_with(|| {
+                let mut known = self.known.lock();
+                let forgotten = self.forgotten.load(Ordering::Acquire);
+                if known.forgotten != forgotten {
+                    known.forgotten = forgotten;
+                    known.digests.clear();
+                }
+                known
+            });
+            if known.digests.insert(d) {
+                if known.digests.len() > KNOWN_SETS {
+                    known.digests.clear();
+                    known.digests.insert(d);
                 }
                 e.attr_sets.push(AttrSet {
                     digest: d,

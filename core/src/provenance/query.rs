@@ -1003,6 +1003,82 @@ mod tests {
         }
     }
 
+    /// Attribute sets that differ per record (a late record's window attributes) do not
+    /// make the writer forget a set still in use: it is defined again in every segment, and
+    /// every record that had it is found, however many sets came and went.
+    #[test]
+    fn a_set_in_use_outlives_many_sets_used_once() {
+        use crate::record::Record;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let settings = Settings {
+            dir: dir.path().to_owned(),
+            max_age: std::time::Duration::from_secs(3600),
+            max_size: 8 << 20,
+        };
+        let w = Writer::open(&settings, header()).expect("opens");
+        let rec = w.recorder().node(1, false);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let mut blue = Vec::new();
+        let mut once = Vec::new();
+        rt.block_on(async {
+            for i in 0..40_000u64 {
+                let mut batch: Vec<Record> = (0..2u64)
+                    .map(|k| {
+                        let mut r = Record::from_bytes(&b"{}"[..]);
+                        if k == 0 {
+                            r.set_attribute("team", "blue");
+                            blue.push(r.id().0);
+                        } else {
+                            r.set_attribute("window.start", format!("{i:0>64}"));
+                            once.push(r.id().0);
+                        }
+                        r.take_modified();
+                        r
+                    })
+                    .collect();
+                rec.receive(&batch);
+                rec.flush().await;
+                rec.record(rec.event(EventKind::Route, Runs::of(&batch)).at(1))
+                    .await;
+                batch.clear();
+            }
+        });
+        drop(rec);
+        w.close().expect("closes");
+        assert!(
+            store::segments(dir.path()).expect("segments").len() >= 3,
+            "several segments"
+        );
+        let events = Events::read(dir.path()).expect("opens");
+        let ids = |k: &str, v: &str| -> Vec<u64> {
+            let found = events
+                .search(&Search {
+                    kind: Some(EventKind::Receive),
+                    attr: Some((k.into(), v.into())),
+                    limit: usize::MAX,
+                    ..Search::default()
+                })
+                .expect("searches");
+            found.iter().flat_map(|f| f.ids()).collect()
+        };
+        let found = ids("team", "blue");
+        let missing: Vec<usize> = (0..blue.len())
+            .filter(|&i| !found.contains(&blue[i]))
+            .collect();
+        assert!(
+            missing.is_empty() && found.len() == blue.len(),
+            "{} blue records found of {}; missing (by number) {:?}..",
+            found.len(),
+            blue.len(),
+            &missing[..missing.len().min(10)]
+        );
+        // The last set used once is found too (it is in the last segment).
+        let last = format!("{:0>64}", 39_999);
+        assert_eq!(ids("window.start", &last), [*once.last().expect("some")]);
+    }
+
     /// Records made of one input each (a plugin's outputs) are one JOIN per batch, not one
     /// per record, and lineage still pairs each output with its own input.
     #[test]

@@ -31,6 +31,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
@@ -162,17 +163,21 @@ impl Writer {
             max_size: settings.max_size,
             stats: WriterStats::default(),
             sets: Default::default(),
+            frames: 0,
+            forgotten: Arc::default(),
             defined: Default::default(),
             written: Vec::new(),
         };
         // The segment is created now, so a store that cannot be written fails the start.
         seg.roll()?;
+        let recorder = Recorder::new(tx);
+        seg.forgotten = recorder.forgotten();
         let thread = std::thread::Builder::new()
             .name("provenance".into())
             .spawn(move || write_loop(seg, rx, gate))
             .map_err(io(&settings.dir))?;
         Ok(Self {
-            recorder: Recorder::new(tx),
+            recorder,
             thread: Some(thread),
             dir: settings.dir.clone(),
         })
@@ -241,42 +246,72 @@ struct Segments {
     max_age: Duration,
     max_size: u64,
     stats: WriterStats,
-    /// The attribute sets recorders sent, by digest (at most [`ATTR_SETS`]).
-    sets: std::collections::HashMap<u64, super::AttrSet>,
+    /// The attribute sets recorders sent, by digest, each with the frame that last used it
+    /// (at most [`ATTR_SETS`]: the least recently used half goes when there are more).
+    sets: std::collections::HashMap<u64, (super::AttrSet, u64)>,
+    /// Frames written so far (the clock of `sets`).
+    frames: u64,
+    /// Raised each time sets are forgotten ([`Recorder::forgotten`]).
+    forgotten: Arc<std::sync::atomic::AtomicU64>,
     /// The digests the segment being written defines (has the set of).
     defined: std::collections::HashSet<u64>,
     /// The segments this run wrote, in order.
     written: Vec<(u64, PathBuf)>,
 }
 
-/// How many attribute sets the writer remembers to define again in a new segment.
-const ATTR_SETS: usize = 1 << 16;
+/// How many attribute sets the writer remembers to define again in a new segment. Sets that
+/// differ per record (a late record's window attributes) are used for a moment each, so the
+/// writer keeps the recently used ones and forgets the older half when it has more; nodes
+/// then send the sets they use again ([`Recorder::forgotten`]). About 400 bytes a set: at
+/// most about 3 MB however long the run (keeping the first 65,536 sets grew the heap by
+/// 4 MB over 10,000,000 sensor events, and the allocator's pages by more).
+const ATTR_SETS: usize = 8192;
 
 impl Segments {
     /// Make every event's digests defined in the segment being written, each set once: a
     /// set the segment has already is taken out of the event, one it lacks (a recorder
     /// sent it to an earlier segment) is put in.
     fn define(&mut self, events: &mut [Event]) {
+        self.frames += 1;
+        let now = self.frames;
         for e in events {
             let mut sets = std::mem::take(&mut e.attr_sets);
             sets.retain(|set| {
-                if self.sets.len() < ATTR_SETS || self.sets.contains_key(&set.digest) {
-                    self.sets.entry(set.digest).or_insert_with(|| set.clone());
-                }
+                self.sets
+                    .entry(set.digest)
+                    .and_modify(|(_, used)| *used = now)
+                    .or_insert_with(|| (set.clone(), now));
                 self.defined.insert(set.digest)
             });
             for &(d, _) in &e.attrs.0 {
-                if d != 0
-                    && !self.defined.contains(&d)
-                    && let Some(set) = self.sets.get(&d)
-                {
-                    self.defined.insert(d);
+                if d == 0 {
+                    continue;
+                }
+                let Some((set, used)) = self.sets.get_mut(&d) else {
+                    continue;
+                };
+                *used = now;
+                if self.defined.insert(d) {
                     sets.push(set.clone());
                 }
             }
             e.attr_sets = sets;
         }
+        if self.sets.len() > ATTR_SETS {
+            forget_oldest_half(&mut self.sets);
+            // Nodes send again the sets they use: one the writer forgot comes back.
+            self.forgotten
+                .fetch_add(1, std::sync::atomic::Ordering::Release);
+        }
     }
+}
+
+/// Forget the least recently used half of `sets` (by the frame that last used each).
+fn forget_oldest_half(sets: &mut std::collections::HashMap<u64, (super::AttrSet, u64)>) {
+    let mut used: Vec<u64> = sets.values().map(|(_, used)| *used).collect();
+    let mid = used.len() / 2;
+    let (_, &mut median, _) = used.select_nth_unstable(mid);
+    sets.retain(|_, (_, used)| *used > median);
 }
 
 impl Segments {
