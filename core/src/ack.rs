@@ -196,21 +196,27 @@ impl Acks {
     /// Add `token` unless one of the last `window` tokens is the same batch's (a rare
     /// duplicate only costs a reference; checking the last few keeps long lists cheap).
     fn push(&mut self, token: AckToken, window: usize) {
-        match &mut self.0 {
-            Set::None => self.0 = Set::One(token),
+        // Moved, not cloned: a token's count is shared with the threads of every other
+        // record of its batch, so each needless count up and down is a cache line passed
+        // between cores.
+        self.0 = match std::mem::take(&mut self.0) {
+            Set::None => Set::One(token),
+            Set::One(existing) if existing.ptr_eq(&token) => Set::One(existing),
             Set::One(existing) => {
-                if !existing.ptr_eq(&token) {
-                    let first = existing.clone();
-                    self.0 = Set::Many(vec![first, token]);
-                }
+                // Room for a few more: a window's slot gathers records of several batches.
+                let mut ts = Vec::with_capacity(8);
+                ts.push(existing);
+                ts.push(token);
+                Set::Many(ts)
             }
-            Set::Many(ts) => {
+            Set::Many(mut ts) => {
                 // Consecutive records mostly come from the same batch: check the last first.
                 if !ts.iter().rev().take(window).any(|t| t.ptr_eq(&token)) {
                     ts.push(token);
                 }
+                Set::Many(ts)
             }
-        }
+        };
     }
 
     /// Add copies of `other`'s tokens, checking only the last few held for duplicates (for

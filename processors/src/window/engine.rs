@@ -178,22 +178,24 @@ pub struct SnapshotError(String);
 
 /// Count record `id` (its aggregate arguments `args`, its acknowledgements `acks`) in `slot`.
 /// On an aggregate's error the slot may be partly updated: the record is rejected, and the
-/// error says why.
+/// error says why; `acks` come back with it.
 fn count_in(
     s: &Settings,
     slot: &mut Slot,
     args: &[Value],
     id: RecordId,
-    acks: &Acks,
-) -> Result<(), String> {
+    acks: Acks,
+) -> Result<(), (String, Acks)> {
     for (acc, arg) in slot.accs.iter_mut().zip(args) {
-        acc.add(arg).map_err(|e| e.to_string())?;
+        if let Err(e) = acc.add(arg) {
+            return Err((e.to_string(), acks));
+        }
     }
     slot.count += 1;
     if s.all_parents || slot.parents.len() < s.max_parents {
         slot.parents.push(id);
     }
-    slot.acks.merge(acks.clone());
+    slot.acks.merge(acks);
     Ok(())
 }
 
@@ -473,19 +475,29 @@ impl Engine {
             };
             return self.aside(record, late, out);
         }
-        let acks = record.take_acks();
+        let open: smallvec::SmallVec<[(i64, i64); 1]> = open.collect();
+        let mut acks = Some(record.take_acks());
         let id = record.id();
-        for (start, end) in open {
+        for (i, &(start, end)) in open.iter().enumerate() {
+            // Each slot holds the record's acknowledgements: the last one takes them (a
+            // tumbling window's only one: no reference counted up and down per record).
+            let mine = if i + 1 == open.len() {
+                acks.take().unwrap_or_default()
+            } else {
+                acks.clone().unwrap_or_default()
+            };
             // Most records join an open slot: one lookup. A new slot is made first.
-            let added = match self.open.get_mut(&key_text, end, start) {
-                Some(slot) => Some(count_in(&self.s, slot, args, id, &acks)),
-                None => None,
+            let (added, mine) = match self.open.get_mut(&key_text, end, start) {
+                Some(slot) => (Some(count_in(&self.s, slot, args, id, mine)), None),
+                None => (None, Some(mine)),
             };
             let added = match added {
                 Some(added) => added,
                 None => {
+                    let mine = mine.unwrap_or_default();
                     if let Err(e) = self.make_room(&key_text, out) {
-                        record.merge_acks(acks);
+                        record.merge_acks(mine);
+                        record.merge_acks(acks.unwrap_or_default());
                         return self.reject(record, &e, out);
                     }
                     let hint = self.parents_hint;
@@ -503,18 +515,21 @@ impl Engine {
                         seq: None,
                         id: 0,
                     };
-                    let added = count_in(&self.s, &mut slot, args, id, &acks);
+                    let added = count_in(&self.s, &mut slot, args, id, mine);
                     self.open.insert(&key_text, end, start, slot);
                     added
                 }
             };
-            if let Err(e) = added {
-                record.merge_acks(acks);
+            if let Err((e, mine)) = added {
+                record.merge_acks(mine);
+                record.merge_acks(acks.unwrap_or_default());
                 return self.reject(record, &Reject::Aggregate(e), out);
             }
         }
-        // The slots hold their copies now.
-        acks.release();
+        // The slots hold them now (none left unless no window was open, never the case here).
+        if let Some(acks) = acks {
+            acks.release();
+        }
     }
 
     /// The session a record at `ts` belongs to: merges every open session of the key that
