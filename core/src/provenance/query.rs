@@ -771,17 +771,24 @@ mod tests {
         ]
     }
 
-    fn write(dir: &Path) {
+    /// A store of at most `max_size` bytes in `dir` (segments of an eighth of it, at least
+    /// 1 MiB), and a runtime to record into it with.
+    fn open_store(dir: &Path, max_size: u64) -> (Writer, tokio::runtime::Runtime) {
         let settings = Settings {
             dir: dir.to_owned(),
             max_age: std::time::Duration::from_secs(3600),
-            max_size: 1 << 30,
+            max_size,
         };
         let w = Writer::open(&settings, header()).expect("opens");
-        let rec = w.recorder().node(0, true);
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .expect("runtime");
+        (w, rt)
+    }
+
+    fn write(dir: &Path) {
+        let (w, rt) = open_store(dir, 1 << 30);
+        let rec = w.recorder().node(0, true);
         rt.block_on(async {
             for i in 0..BATCHES {
                 for e in batch(i) {
@@ -917,20 +924,12 @@ mod tests {
         use crate::record::Record;
         let dir = tempfile::tempdir().expect("tempdir");
         // Segments of 1 MiB: the sets must be defined again in every segment.
-        let settings = Settings {
-            dir: dir.path().to_owned(),
-            max_age: std::time::Duration::from_secs(3600),
-            max_size: 8 << 20,
-        };
-        let w = Writer::open(&settings, header()).expect("opens");
+        let (w, rt) = open_store(dir.path(), 8 << 20);
         let secrets = std::sync::Arc::new(Secrets {
             attributes: vec!["token".into()],
             fields: Vec::new(),
         });
         let rec = w.recorder().node(1, false).with_policy(secrets, None);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("runtime");
         let (mut blue, mut green) = (Vec::new(), Vec::new());
         rt.block_on(async {
             for i in 0..40_000u64 {
@@ -1010,16 +1009,9 @@ mod tests {
     fn a_set_in_use_outlives_many_sets_used_once() {
         use crate::record::Record;
         let dir = tempfile::tempdir().expect("tempdir");
-        let settings = Settings {
-            dir: dir.path().to_owned(),
-            max_age: std::time::Duration::from_secs(3600),
-            max_size: 8 << 20,
-        };
-        let w = Writer::open(&settings, header()).expect("opens");
+        // Segments of 1 MiB, 8 MiB kept: six segments, none deleted.
+        let (w, rt) = open_store(dir.path(), 8 << 20);
         let rec = w.recorder().node(1, false);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("runtime");
         let mut blue = Vec::new();
         let mut once = Vec::new();
         rt.block_on(async {
@@ -1085,16 +1077,8 @@ mod tests {
     fn records_made_of_one_input_each_are_one_join_per_batch() {
         use crate::record::Record;
         let dir = tempfile::tempdir().expect("tempdir");
-        let settings = Settings {
-            dir: dir.path().to_owned(),
-            max_age: std::time::Duration::from_secs(3600),
-            max_size: 1 << 30,
-        };
-        let w = Writer::open(&settings, header()).expect("opens");
+        let (w, rt) = open_store(dir.path(), 1 << 30);
         let rec = w.recorder().node(1, false);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("runtime");
         let mut inputs: Vec<Record> = (0..100)
             .map(|n| {
                 let mut r = Record::from_bytes(format!("{{\"n\":{n}}}"));
