@@ -786,6 +786,18 @@ mod tests {
         (w, rt)
     }
 
+    /// Close the store (its node's recorder first), check it rolled over several segments,
+    /// and read it back.
+    fn close_rolled(w: Writer, rec: crate::provenance::NodeRecorder, dir: &Path) -> Events {
+        drop(rec);
+        w.close().expect("closes");
+        assert!(
+            store::segments(dir).expect("segments").len() >= 3,
+            "several segments"
+        );
+        Events::read(dir).expect("opens")
+    }
+
     fn write(dir: &Path) {
         let (w, rt) = open_store(dir, 1 << 30);
         let rec = w.recorder().node(0, true);
@@ -958,13 +970,7 @@ mod tests {
                     .await;
             }
         });
-        drop(rec);
-        w.close().expect("closes");
-        assert!(
-            store::segments(dir.path()).expect("segments").len() >= 3,
-            "several segments"
-        );
-        let events = Events::read(dir.path()).expect("opens");
+        let events = close_rolled(w, rec, dir.path());
         let ids = |kind: Option<EventKind>, k: &str, v: &str| -> Vec<u64> {
             let found = events
                 .search(&Search {
@@ -1037,13 +1043,7 @@ mod tests {
                 batch.clear();
             }
         });
-        drop(rec);
-        w.close().expect("closes");
-        assert!(
-            store::segments(dir.path()).expect("segments").len() >= 3,
-            "several segments"
-        );
-        let events = Events::read(dir.path()).expect("opens");
+        let events = close_rolled(w, rec, dir.path());
         let ids = |k: &str, v: &str| -> Vec<u64> {
             let found = events
                 .search(&Search {
