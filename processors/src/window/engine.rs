@@ -476,28 +476,23 @@ impl Engine {
             return self.aside(record, late, out);
         }
         let open: smallvec::SmallVec<[(i64, i64); 1]> = open.collect();
-        let mut acks = Some(record.take_acks());
+        let mut acks = record.take_acks();
         let id = record.id();
         for (i, &(start, end)) in open.iter().enumerate() {
             // Each slot holds the record's acknowledgements: the last one takes them (a
             // tumbling window's only one: no reference counted up and down per record).
             let mine = if i + 1 == open.len() {
-                acks.take().unwrap_or_default()
+                std::mem::take(&mut acks)
             } else {
-                acks.clone().unwrap_or_default()
+                acks.clone()
             };
             // Most records join an open slot: one lookup. A new slot is made first.
-            let (added, mine) = match self.open.get_mut(&key_text, end, start) {
-                Some(slot) => (Some(count_in(&self.s, slot, args, id, mine)), None),
-                None => (None, Some(mine)),
-            };
-            let added = match added {
-                Some(added) => added,
+            let added = match self.open.get_mut(&key_text, end, start) {
+                Some(slot) => count_in(&self.s, slot, args, id, mine),
                 None => {
-                    let mine = mine.unwrap_or_default();
                     if let Err(e) = self.make_room(&key_text, out) {
                         record.merge_acks(mine);
-                        record.merge_acks(acks.unwrap_or_default());
+                        record.merge_acks(acks);
                         return self.reject(record, &e, out);
                     }
                     let hint = self.parents_hint;
@@ -522,14 +517,12 @@ impl Engine {
             };
             if let Err((e, mine)) = added {
                 record.merge_acks(mine);
-                record.merge_acks(acks.unwrap_or_default());
+                record.merge_acks(acks);
                 return self.reject(record, &Reject::Aggregate(e), out);
             }
         }
-        // The slots hold them now (none left unless no window was open, never the case here).
-        if let Some(acks) = acks {
-            acks.release();
-        }
+        // The slots hold them now: nothing is left to release.
+        acks.release();
     }
 
     /// The session a record at `ts` belongs to: merges every open session of the key that
