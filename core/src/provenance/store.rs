@@ -149,6 +149,7 @@ impl Writer {
         retain(&settings.dir, settings.max_age, settings.max_size, 0)?;
         let next = segments.last().map_or(1, |(n, _)| n + 1);
         let (tx, rx) = mpsc::channel(CHANNEL_EVENTS);
+        let recorder = Recorder::new(tx);
         let mut seg = Segments {
             dir: settings.dir.clone(),
             header,
@@ -164,14 +165,12 @@ impl Writer {
             stats: WriterStats::default(),
             sets: Default::default(),
             frames: 0,
-            forgotten: Arc::default(),
+            forgotten: recorder.forgotten(),
             defined: Default::default(),
             written: Vec::new(),
         };
         // The segment is created now, so a store that cannot be written fails the start.
         seg.roll()?;
-        let recorder = Recorder::new(tx);
-        seg.forgotten = recorder.forgotten();
         let thread = std::thread::Builder::new()
             .name("provenance".into())
             .spawn(move || write_loop(seg, rx, gate))
