@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::store::{MAGIC, StoreError, frame, io, next_frame};
+use super::store::{Format, StoreError, frame, io, next_frame};
 use super::{Event, EventKind};
 
 /// An index file's first bytes.
@@ -282,7 +282,12 @@ pub fn read(segment: &Path, start: u64, len: u64) -> Result<(Vec<Block>, bool), 
 /// A segment's header length and the blocks of its frames from `from` on (event ordinals
 /// from `first_event`), scanned; stops at the first torn or corrupt frame. Returns the
 /// blocks and where the valid frames end.
-pub fn scan(segment: &Path, from: u64, first_event: u64) -> Result<(Vec<Block>, u64), StoreError> {
+pub fn scan(
+    segment: &Path,
+    format: Format,
+    from: u64,
+    first_event: u64,
+) -> Result<(Vec<Block>, u64), StoreError> {
     let mut f = File::open(segment).map_err(io(segment))?;
     f.seek(SeekFrom::Start(from)).map_err(io(segment))?;
     let mut bytes = Vec::new();
@@ -296,7 +301,7 @@ pub fn scan(segment: &Path, from: u64, first_event: u64) -> Result<(Vec<Block>, 
         let Some(p) = next_frame(&bytes, &mut at) else {
             break;
         };
-        let Ok(events) = postcard::from_bytes::<Vec<Event>>(p) else {
+        let Ok(events) = format.events(p) else {
             at = before;
             break;
         };
@@ -313,16 +318,20 @@ pub fn scan(segment: &Path, from: u64, first_event: u64) -> Result<(Vec<Block>, 
     Ok((blocks, from + at as u64))
 }
 
-/// Where a segment's header frame ends, `None` if it has no whole header.
-pub fn header_end(segment: &Path) -> Result<Option<u64>, StoreError> {
+/// A segment's format and where its header frame ends, `None` if it has no whole header
+/// (or is of a format this build does not read).
+pub fn header_end(segment: &Path) -> Result<Option<(Format, u64)>, StoreError> {
     let mut f = File::open(segment).map_err(io(segment))?;
     let len = f.metadata().map_err(io(segment))?.len();
     let mut head = [0u8; 16];
-    if f.read_exact(&mut head).is_err() || &head[..8] != MAGIC {
+    if f.read_exact(&mut head).is_err() {
         return Ok(None);
     }
+    let Some(format) = Format::of(&head) else {
+        return Ok(None);
+    };
     let end = 16 + u64::from(u32::from_le_bytes([head[8], head[9], head[10], head[11]]));
-    Ok((end <= len).then_some(end))
+    Ok((end <= len).then_some((format, end)))
 }
 
 /// A segment's whole index, as [`load`] found it.
@@ -330,6 +339,8 @@ pub fn header_end(segment: &Path) -> Result<Option<u64>, StoreError> {
 pub struct Loaded {
     /// Its blocks, in order: those of its index file that hold, then the rest, scanned.
     pub blocks: Vec<Block>,
+    /// Its format.
+    pub format: Format,
     /// Where its header ends (its first block starts).
     pub header_end: u64,
     /// Where its valid frames end (a torn tail follows, up to `len`).
@@ -343,18 +354,19 @@ pub struct Loaded {
 /// The whole index of a segment: the entries of its index file that hold, then the blocks
 /// of the rest of it, scanned. `None` if it has no whole header.
 pub fn load(segment: &Path) -> Result<Option<Loaded>, StoreError> {
-    let Some(start) = header_end(segment)? else {
+    let Some((format, start)) = header_end(segment)? else {
         return Ok(None);
     };
     let len = std::fs::metadata(segment).map_err(io(segment))?.len();
     let (mut blocks, stale) = read(segment, start, len)?;
     let covered = blocks.last().map_or(start, Block::end);
     let first_event = blocks.last().map_or(0, |b| b.first_event + b.events);
-    let (tail, valid_end) = scan(segment, covered, first_event)?;
+    let (tail, valid_end) = scan(segment, format, covered, first_event)?;
     let incomplete = stale || !tail.is_empty() || !path_of(segment).exists();
     blocks.extend(tail);
     Ok(Some(Loaded {
         blocks,
+        format,
         header_end: start,
         valid_end,
         len,

@@ -49,10 +49,11 @@ pub enum EventKind {
     Failure,
     /// A sink finished the records (`detail`: where they went).
     Send,
-    /// Records made from others left the node (a window's aggregate): `records` are the
-    /// inputs, all of them, and the one child (`children[0].ids`) the record made of them.
-    /// With several children (`children[0].ids` as many as `records`: a batch of records
-    /// made from one input each, like a plugin's outputs), child `i` is made of record `i`.
+    /// Records made from others left the node (a window's aggregate, a plugin's outputs):
+    /// one event per batch. `children[0].ids` are the records made, `records` their inputs,
+    /// all of them, child after child; `parts` says how many inputs each child was made of
+    /// (see [`Event::joined`]). Left empty when there is one child (made of all the records)
+    /// or when each child was made of one input (child `i` of record `i`).
     Join,
     /// The node changed the records' content or attributes.
     Modify,
@@ -392,8 +393,11 @@ pub struct Event {
     pub port: Option<u32>,
     /// The records.
     pub records: Runs,
-    /// FORK: the copies, per way out.
+    /// FORK: the copies, per way out. JOIN: the records made (one entry).
     pub children: Vec<Children>,
+    /// JOIN: how many of `records` each child was made of, in order (see
+    /// [`Event::joined`]); empty for one child or children of one input each.
+    pub parts: Vec<u32>,
     /// CREATE: where the records came from; SEND: each record's position at its destination
     /// (a Kafka offset; `source` unused).
     pub origin: Option<Origins>,
@@ -422,6 +426,7 @@ impl Event {
             port: None,
             records,
             children: Vec::new(),
+            parts: Vec::new(),
             origin: None,
             detail: None,
             attrs: Digests::default(),
@@ -439,6 +444,50 @@ impl Event {
     pub fn detail(mut self, detail: impl Into<String>) -> Self {
         self.detail = Some(detail.into());
         self
+    }
+
+    /// A JOIN's children with the positions in `records` of the inputs each was made of,
+    /// in order; empty for another kind, or a JOIN whose `parts` do not add up.
+    pub fn joined(&self) -> Vec<(u64, std::ops::Range<usize>)> {
+        let Some(made) = self
+            .children
+            .first()
+            .filter(|_| self.kind == EventKind::Join)
+        else {
+            return Vec::new();
+        };
+        let inputs = self.records.len();
+        if !self.parts.is_empty() {
+            let mut at = 0usize;
+            let mut out = Vec::with_capacity(self.parts.len());
+            for (child, &n) in made.ids.iter().zip(&self.parts) {
+                out.push((child, at..at + n as usize));
+                at += n as usize;
+            }
+            return if at == inputs && out.len() == made.ids.len() {
+                out
+            } else {
+                Vec::new()
+            };
+        }
+        match made.ids.len() {
+            1 => made.ids.iter().map(|c| (c, 0..inputs)).collect(),
+            n if n == inputs => made
+                .ids
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (c, i..i + 1))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Leave `parts` empty where [`Event::joined`] implies them: one child (made of all the
+    /// records), or children of one input each.
+    pub fn parts_if_needed(&mut self) {
+        if self.parts.len() <= 1 || self.parts.iter().all(|&n| n == 1) {
+            self.parts.clear();
+        }
     }
 
     /// Every record id the event names, as runs: its records and a FORK's copies. The
@@ -951,57 +1000,47 @@ impl NodeRecorder {
         )
     }
 
-    /// What a batch leaving by `port` says about what the node made and changed: a JOIN
-    /// for every record made from several others (its parents, all of them, which are taken
-    /// out of the record so that the next node does not record them again), one JOIN for
-    /// all the records made from one other each (a plugin's outputs: the parents as the
-    /// event's records, the children position by position), and one MODIFY for the
-    /// records whose content or attributes changed here (their flag is cleared). A source's
-    /// records are new (CREATE): only their flags are cleared. Costs one pass of two field
-    /// reads per record when nothing was made or changed.
+    /// What a batch leaving by `port` says about what the node made and changed: one JOIN
+    /// for the records made from others (a window's outputs, a plugin's), naming their
+    /// parents, all of them, child after child (see [`Event::joined`]; the parents are
+    /// taken out of the records so that the next node does not record them again), and one
+    /// MODIFY for the records whose content or attributes changed here (their flag is
+    /// cleared). A source's records are new (CREATE): only their flags are cleared. Costs
+    /// one pass of two field reads per record when nothing was made or changed.
     pub fn made_and_changed(&self, batch: &mut [Record], port: usize) -> Vec<Event> {
         let mut events = Vec::new();
         let mut modified: Vec<usize> = Vec::new();
-        // Records made from one other each: (parent, position in the batch).
-        let mut derived: Vec<(u64, usize)> = Vec::new();
+        // The records made here (by position) and their parents, in order.
+        let mut made: Vec<usize> = Vec::new();
+        let mut parents: Vec<u64> = Vec::new();
+        let mut parts: Vec<u32> = Vec::new();
         for (i, r) in batch.iter_mut().enumerate() {
             let changed = r.take_modified();
             if self.source {
                 continue;
             }
-            if let [parent] = r.parents() {
-                derived.push((parent.0, i));
-                r.take_parents();
-            } else if !r.parents().is_empty() {
-                let parents = r.take_parents();
-                let mut e = self
-                    .event(EventKind::Join, Runs::from_ids(parents.iter().map(|p| p.0)))
-                    .at(port);
-                e.children.push(Children {
-                    port: u32::try_from(port).unwrap_or(u32::MAX),
-                    to: None,
-                    ids: Runs::run(r.id().0, 1),
-                });
-                // The output's attributes (its inputs' are in their own events).
-                self.digest(&mut e, std::iter::once(&*r));
-                events.push(e);
+            if !r.parents().is_empty() {
+                let taken = r.take_parents();
+                parents.extend(taken.iter().map(|p| p.0));
+                parts.push(u32::try_from(taken.len()).unwrap_or(u32::MAX));
+                made.push(i);
             } else if changed {
                 modified.push(i);
             }
         }
-        if !derived.is_empty() {
+        if !made.is_empty() {
             let mut e = self
-                .event(
-                    EventKind::Join,
-                    Runs::from_ids(derived.iter().map(|&(p, _)| p)),
-                )
+                .event(EventKind::Join, Runs::from_ids(parents))
                 .at(port);
             e.children.push(Children {
                 port: u32::try_from(port).unwrap_or(u32::MAX),
                 to: None,
-                ids: Runs::from_ids(derived.iter().map(|&(_, i)| batch[i].id().0)),
+                ids: Runs::from_ids(made.iter().map(|&i| batch[i].id().0)),
             });
-            self.digest(&mut e, derived.iter().map(|&(_, i)| &batch[i]));
+            e.parts = parts;
+            e.parts_if_needed();
+            // The outputs' attributes (their inputs' are in their own events).
+            self.digest(&mut e, made.iter().map(|&i| &batch[i]));
             events.push(e);
         }
         if !modified.is_empty() {

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::index::{self, Block};
 use super::store::{self, Header, StoreError, io, next_frame};
-use super::{Event, EventKind, Runs};
+use super::{Children, Event, EventKind, Runs};
 use crate::record::RecordId;
 
 /// An event as a query shows it: node and port by name.
@@ -69,6 +69,7 @@ struct Seg {
     number: u64,
     path: PathBuf,
     header: Header,
+    format: store::Format,
     blocks: Vec<Block>,
     bytes: u64,
     index_bytes: u64,
@@ -101,6 +102,7 @@ impl Events {
                 number,
                 path,
                 header,
+                format: loaded.format,
                 blocks: loaded.blocks,
                 bytes: loaded.len + index_bytes,
                 index_bytes,
@@ -136,7 +138,7 @@ impl Events {
         let mut at = 0;
         let mut events = Vec::with_capacity(usize::try_from(block.events).unwrap_or(0));
         while let Some(p) = next_frame(&bytes, &mut at) {
-            match postcard::from_bytes::<Vec<Event>>(p) {
+            match seg.format.events(p) {
                 Ok(mut e) => events.append(&mut e),
                 Err(_) => break,
             }
@@ -339,24 +341,25 @@ impl LineageReader<'_> {
             let e = &self.cache[&at][i];
             let Some(p) = e.records.position(id) else {
                 // The record is a JOIN's output: the JOIN is where it began, with its inputs.
-                if e.kind == EventKind::Join && !joined {
-                    let inputs = match one_to_one(e) {
-                        // Made of one input: the one at its place.
-                        Some(ids) => ids
-                            .position(id)
-                            .and_then(|k| e.records.get(k))
-                            .map(|i| RecordId(i).to_string())
-                            .into_iter()
-                            .collect(),
-                        None => e.records.iter().map(|i| RecordId(i).to_string()).collect(),
-                    };
-                    let mut step = step(self.events.found(at, i, e.clone()), None);
+                if e.kind == EventKind::Join
+                    && !joined
+                    && let Some((_, part)) = e.joined().into_iter().find(|(c, _)| *c == id)
+                {
+                    let inputs = part
+                        .clone()
+                        .filter_map(|k| e.records.get(k))
+                        .map(|i| RecordId(i).to_string())
+                        .collect();
+                    let mut step = step(
+                        joined_step(self.events.found(at, i, e.clone()), id, &part),
+                        None,
+                    );
                     step.inputs = inputs;
                     steps.push(step);
                 }
                 continue;
             };
-            let f = self.events.found(at, i, e.clone());
+            let mut f = self.events.found(at, i, e.clone());
             let position = e.origin.as_ref().and_then(|o| o.seqs.get(p));
             // A record forked or joined more than 64 deep is a cycle of bad data: stop.
             if depth < 64 {
@@ -370,13 +373,12 @@ impl LineageReader<'_> {
                         );
                     }
                     EventKind::Join => {
-                        let at = if one_to_one(e).is_some() { p } else { 0 };
-                        next.extend(
-                            e.children
-                                .iter()
-                                .filter_map(|c| c.ids.get(at))
-                                .map(|c| (c, true)),
-                        );
+                        if let Some((child, part)) =
+                            e.joined().into_iter().find(|(_, part)| part.contains(&p))
+                        {
+                            f = joined_step(f, child, &part);
+                            next.push((child, true));
+                        }
                     }
                     _ => {}
                 }
@@ -434,30 +436,38 @@ impl AttrMatch {
         let mut kept = Vec::new();
         if e.attrs.is_empty() {
             kept.extend(e.records.iter().filter(|id| self.ids.contains(id)));
-        } else if let Some(children) = one_to_one(e) {
-            // Child `i` (digest `i`) was made of record `i`: the records whose child had it.
-            let children = children.clone();
-            for (i, parent) in e.records.iter().enumerate() {
+        } else if e.kind == EventKind::Join {
+            // Digest `j` is child `j`'s: the event matches with the children that had it
+            // and their inputs (which did not have to have it themselves).
+            let joined = e.joined();
+            let mut children = Vec::new();
+            let mut parts = Vec::new();
+            for (j, (child, part)) in joined.iter().enumerate() {
                 if e.attrs
-                    .get(i)
+                    .get(j)
                     .is_some_and(|d| self.digests.get(&d) == Some(&true))
-                    && let Some(child) = children.get(i)
                 {
-                    self.ids.insert(child);
-                    kept.push(parent);
+                    self.ids.insert(*child);
+                    children.push(*child);
+                    parts.push(u32::try_from(part.len()).unwrap_or(u32::MAX));
+                    kept.extend(part.clone().filter_map(|k| e.records.get(k)));
                 }
             }
-        } else if e.kind == EventKind::Join {
-            let child = e.children.first().and_then(|c| c.ids.get(0))?;
-            let has = e
-                .attrs
-                .get(0)
-                .is_some_and(|d| self.digests.get(&d) == Some(&true));
-            if !has {
+            if children.is_empty() {
                 return Some(false);
             }
-            self.ids.insert(child);
-            // The event is the output's: its inputs did not have to have it.
+            if children.len() != joined.len() {
+                let port = e.children.first().map_or(0, |c| c.port);
+                e.records = Runs::from_ids(kept);
+                e.children = vec![Children {
+                    port,
+                    to: None,
+                    ids: Runs::from_ids(children),
+                }];
+                e.parts = parts;
+                e.parts_if_needed();
+                e.attrs = Default::default();
+            }
             return Some(true);
         } else {
             for (i, id) in e.records.iter().enumerate() {
@@ -497,8 +507,20 @@ impl AttrMatch {
 /// `i`th record (see [`EventKind::Join`]).
 fn one_to_one(e: &Event) -> Option<&Runs> {
     let c = e.children.first()?;
-    (e.kind == EventKind::Join && c.ids.len() > 1 && c.ids.len() == e.records.len())
-        .then_some(&c.ids)
+    (e.kind == EventKind::Join
+        && e.parts.is_empty()
+        && c.ids.len() > 1
+        && c.ids.len() == e.records.len())
+    .then_some(&c.ids)
+}
+
+/// A lineage step at a JOIN of several children of several inputs each, told as the one
+/// `child` made of the inputs at `part`.
+fn joined_step(mut f: Found, child: u64, part: &std::ops::Range<usize>) -> Found {
+    if !f.raw.parts.is_empty() {
+        f.detail = Some(format!("{} inputs -> {}", part.len(), RecordId(child)));
+    }
+    f
 }
 
 /// A segment's header: its first frame, which ends at `end`.
@@ -554,6 +576,11 @@ fn found(header: &Header, h: usize, event: u64, raw: Event) -> Found {
         EventKind::Join if one_to_one(&raw).is_some() => Some(format!(
             "{} records, each made of one input",
             raw.records.len()
+        )),
+        EventKind::Join if !raw.parts.is_empty() => Some(format!(
+            "{} inputs -> {} records",
+            raw.records.len(),
+            raw.parts.len()
         )),
         EventKind::Join => Some(format!(
             "{} inputs -> {}",
@@ -1069,6 +1096,91 @@ mod tests {
         // The last set used once is found too (it is in the last segment).
         let last = format!("{:0>64}", 39_999);
         assert_eq!(ids("window.start", &last), [*once.last().expect("some")]);
+    }
+
+    /// Windows emitted together (made of three, one and two inputs) are one JOIN: each
+    /// input's lineage goes to its own window, each window's lists its own inputs, and an
+    /// attribute search finds the windows that had it with their inputs.
+    #[test]
+    fn records_made_of_several_inputs_each_are_one_join_per_batch() {
+        use crate::record::Record;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (w, rt) = open_store(dir.path(), 1 << 30);
+        let rec = w.recorder().node(1, false);
+        let inputs: Vec<Record> = (0..6)
+            .map(|n| Record::from_bytes(format!("{{\"n\":{n}}}")))
+            .collect();
+        let ids: Vec<u64> = inputs.iter().map(|r| r.id().0).collect();
+        let parts: [&[u64]; 3] = [&ids[0..3], &ids[3..4], &ids[4..6]];
+        let mut windows: Vec<Record> = parts
+            .iter()
+            .enumerate()
+            .map(|(k, part)| {
+                let mut r = Record::from_bytes(format!("{{\"window\":{k}}}"));
+                r.set_parents(part.iter().map(|&i| RecordId(i)).collect());
+                r.set_attribute("team", if k == 2 { "blue" } else { "red" });
+                r
+            })
+            .collect();
+        let made: Vec<u64> = windows.iter().map(|r| r.id().0).collect();
+        rt.block_on(async {
+            rec.receive(&inputs);
+            rec.flush().await;
+            let events = rec.made_and_changed(&mut windows, 1);
+            assert_eq!(events.len(), 1, "one JOIN for the batch");
+            assert!(
+                windows.iter().all(|r| r.parents().is_empty()),
+                "parents taken"
+            );
+            for e in events {
+                rec.record(e).await;
+            }
+        });
+        drop(rec);
+        w.close().expect("closes");
+        let events = Events::read(dir.path()).expect("opens");
+        let id = |n: u64| RecordId(n).to_string();
+        for (k, part) in parts.iter().enumerate() {
+            for &input in *part {
+                let tree = events
+                    .lineage(RecordId(input))
+                    .expect("reads")
+                    .expect("found");
+                assert_eq!(tree.children.len(), 1, "input {input}");
+                assert_eq!(tree.children[0].id, id(made[k]));
+                let join = tree.events.last().expect("a JOIN");
+                assert_eq!(join.kind, EventKind::Join);
+                let told = format!("{} inputs -> {}", part.len(), id(made[k]));
+                assert_eq!(join.detail.as_deref(), Some(told.as_str()));
+            }
+            let out = events
+                .lineage(RecordId(made[k]))
+                .expect("reads")
+                .expect("found");
+            let want: Vec<String> = part.iter().map(|&i| id(i)).collect();
+            assert_eq!(out.events[0].inputs, want);
+        }
+        let joins = events
+            .search(&Search {
+                kind: Some(EventKind::Join),
+                limit: 10,
+                ..Search::default()
+            })
+            .expect("searches");
+        assert_eq!(joins.len(), 1);
+        assert_eq!(joins[0].detail.as_deref(), Some("6 inputs -> 3 records"));
+        let blue = events
+            .search(&Search {
+                kind: Some(EventKind::Join),
+                attr: Some(("team".into(), "blue".into())),
+                limit: 10,
+                ..Search::default()
+            })
+            .expect("searches");
+        assert_eq!(blue.len(), 1);
+        assert_eq!(blue[0].ids().collect::<Vec<_>>(), parts[2]);
+        let told = format!("2 inputs -> {}", id(made[2]));
+        assert_eq!(blue[0].detail.as_deref(), Some(told.as_str()));
     }
 
     /// Records made of one input each (a plugin's outputs) are one JOIN per batch, not one

@@ -3,7 +3,8 @@
 //! ```text
 //! <dir>/00000001.prov, 00000002.prov, ...    one or more per run, numbered in order
 //! <dir>/00000001.idx, ...                    each segment's index (see [`super::index`])
-//! segment = MAGIC, frame*                    MAGIC = b"FLOWPRV2" (1: events without attribute digests)
+//! segment = MAGIC, frame*                    MAGIC = b"FLOWPRV3" (2: JOINs without `parts`,
+//!                                            read as before; 1: no attribute digests, skipped)
 //! frame   = len: u32 LE, crc32(payload): u32 LE, payload (postcard)
 //! the first frame's payload is a [`Header`] (the flow, its nodes and ports: events name
 //! nodes and ports by index); every other frame's is a `Vec<Event>`
@@ -43,7 +44,74 @@ use super::index::{self, BLOCK_BYTES, Builder};
 use super::{CHANNEL_EVENTS, Entry, Event, Recorder, WhenFull};
 
 /// A segment file's first bytes.
-pub const MAGIC: &[u8; 8] = b"FLOWPRV2";
+pub const MAGIC: &[u8; 8] = b"FLOWPRV3";
+
+/// The versions of the segment format this build reads: the one it writes ([`MAGIC`]) and
+/// the one before, whose events lack [`Event::parts`] (a JOIN per window then: read as a
+/// JOIN of one child). Version 1 (no attribute digests) is skipped by queries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// `FLOWPRV2`.
+    V2,
+    /// `FLOWPRV3`, written now.
+    V3,
+}
+
+impl Format {
+    /// The format of a segment that starts with `head`, if this build reads it.
+    pub fn of(head: &[u8]) -> Option<Self> {
+        match head.get(..8)? {
+            h if h == MAGIC => Some(Self::V3),
+            b"FLOWPRV2" => Some(Self::V2),
+            _ => None,
+        }
+    }
+
+    /// The events of a frame's payload.
+    pub fn events(self, payload: &[u8]) -> Result<Vec<Event>, postcard::Error> {
+        match self {
+            Self::V3 => postcard::from_bytes(payload),
+            Self::V2 => Ok(postcard::from_bytes::<Vec<EventV2>>(payload)?
+                .into_iter()
+                .map(Event::from)
+                .collect()),
+        }
+    }
+}
+
+/// An event as `FLOWPRV2` segments hold it: [`Event`] without `parts`.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct EventV2 {
+    kind: super::EventKind,
+    time: i64,
+    node: u32,
+    port: Option<u32>,
+    records: super::Runs,
+    children: Vec<super::Children>,
+    origin: Option<super::Origins>,
+    detail: Option<String>,
+    attrs: super::Digests,
+    attr_sets: Vec<super::AttrSet>,
+}
+
+impl From<EventV2> for Event {
+    fn from(e: EventV2) -> Self {
+        Self {
+            kind: e.kind,
+            time: e.time,
+            node: e.node,
+            port: e.port,
+            records: e.records,
+            children: e.children,
+            parts: Vec::new(),
+            origin: e.origin,
+            detail: e.detail,
+            attrs: e.attrs,
+            attr_sets: e.attr_sets,
+        }
+    }
+}
 /// A segment is closed and a new one started past this size (or an eighth of `max_size`).
 pub const SEGMENT_BYTES: u64 = 64 << 20;
 /// A frame holds at most this many events.
@@ -555,9 +623,9 @@ pub fn read_segment(number: u64, path: &Path) -> Result<Option<Segment>, StoreEr
         .and_then(|mut f| f.read_to_end(&mut bytes))
         .map_err(io(path))?;
     let len = bytes.len() as u64;
-    if !bytes.starts_with(MAGIC) {
+    let Some(format) = Format::of(&bytes) else {
         return Ok(None);
-    }
+    };
     let mut at = MAGIC.len();
     let mut payloads = Vec::new();
     while let Some(p) = next_frame(&bytes, &mut at) {
@@ -573,7 +641,7 @@ pub fn read_segment(number: u64, path: &Path) -> Result<Option<Segment>, StoreEr
     let mut frames = Vec::new();
     let mut valid = 0;
     for p in payloads {
-        match postcard::from_bytes::<Vec<Event>>(p) {
+        match format.events(p) {
             Ok(events) => frames.push(events),
             Err(_) => break,
         }
@@ -611,14 +679,15 @@ pub(crate) fn next_frame<'a>(bytes: &'a [u8], at: &mut usize) -> Option<&'a [u8]
 /// Cut a torn or corrupt tail off a segment (a run killed mid-write) and complete its
 /// index; a segment without a whole header is deleted, with its index.
 pub fn repair(path: &Path) -> Result<(), StoreError> {
-    // A segment of another version of the format (`FLOWPRV1`: events without attribute
-    // digests) is not torn: queries skip it, retention deletes it in its time.
+    // A segment of a version of the format this build does not read (`FLOWPRV1`: events
+    // without attribute digests) is not torn: queries skip it, retention deletes it in its
+    // time.
     let mut head = [0u8; 8];
     if File::open(path)
         .and_then(|mut f| f.read_exact(&mut head))
         .is_ok()
         && head.starts_with(b"FLOWPRV")
-        && &head != MAGIC
+        && Format::of(&head).is_none()
     {
         return Ok(());
     }
@@ -689,6 +758,7 @@ mod tests {
     use super::*;
     use crate::provenance::query::{Events, Search};
     use crate::provenance::{EventKind, Runs};
+    use crate::record::RecordId;
 
     fn header() -> Header {
         Header {
@@ -718,6 +788,65 @@ mod tests {
             .collect();
         assert_eq!(numbers, [1, 2]);
         assert!(crate::provenance::query::Events::read(dir.path()).is_ok());
+    }
+
+    /// A store written by the build before JOINs had `parts` (`FLOWPRV2`: a JOIN per
+    /// window) is still read: lineage goes through its JOINs as before.
+    #[test]
+    fn a_segment_of_version_2_is_read() {
+        use crate::provenance::{Children, Digests};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let v2 = |kind, records: Runs, children: Vec<Children>| EventV2 {
+            kind,
+            time: 1,
+            node: 0,
+            port: Some(1),
+            records,
+            children,
+            origin: None,
+            detail: None,
+            attrs: Digests::default(),
+            attr_sets: Vec::new(),
+        };
+        let join = |inputs: Runs, child: u64| {
+            let made = Children {
+                port: 1,
+                to: None,
+                ids: Runs::run(child, 1),
+            };
+            v2(EventKind::Join, inputs, vec![made])
+        };
+        let events = vec![
+            v2(EventKind::Create, Runs::run(10, 5), Vec::new()),
+            join(Runs::run(10, 3), 100),
+            join(Runs::run(13, 2), 101),
+        ];
+        let mut bytes = b"FLOWPRV2".to_vec();
+        frame(
+            &mut bytes,
+            &postcard::to_allocvec(&header()).expect("encodes"),
+        );
+        frame(
+            &mut bytes,
+            &postcard::to_allocvec(&events).expect("encodes"),
+        );
+        let path = dir.path().join("00000001.prov");
+        std::fs::write(&path, &bytes).expect("write");
+
+        let seg = read_segment(1, &path).expect("reads").expect("a segment");
+        assert_eq!(seg.frames.len(), 1);
+        assert_eq!(seg.frames[0][2].joined(), [(101, 0..2)]);
+        assert_eq!(seg.valid_len, bytes.len() as u64);
+        // Repairing it (a new run opening the store) leaves it whole.
+        repair(&path).expect("repairs");
+        assert_eq!(std::fs::read(&path).expect("reads"), bytes);
+        let q = Events::read(dir.path()).expect("opens");
+        let tree = q.lineage(RecordId(14)).expect("reads").expect("found");
+        assert_eq!(tree.children.len(), 1);
+        assert_eq!(tree.children[0].id, RecordId(101).to_string());
+        let out = q.lineage(RecordId(100)).expect("reads").expect("found");
+        let ids = |n: std::ops::Range<u64>| n.map(|i| RecordId(i).to_string()).collect::<Vec<_>>();
+        assert_eq!(out.events[0].inputs, ids(10..13));
     }
 
     fn settings(dir: &Path) -> Settings {
