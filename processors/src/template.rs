@@ -296,7 +296,10 @@ pub(crate) fn time_ms(v: &Value, unit: crate::window::TimeUnit) -> Result<i64, S
             ));
         }
     };
-    if DateTime::<Utc>::from_timestamp_millis(ms).is_none() {
+    // The range chrono can represent, as constants: no date is built per record.
+    const MIN_MS: i64 = DateTime::<Utc>::MIN_UTC.timestamp_millis();
+    const MAX_MS: i64 = DateTime::<Utc>::MAX_UTC.timestamp_millis();
+    if !(MIN_MS..=MAX_MS).contains(&ms) {
         return Err(out_of_range(&value_text(v)));
     }
     Ok(ms)

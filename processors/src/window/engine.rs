@@ -455,7 +455,12 @@ impl Engine {
         }
         let wm = self.watermark().unwrap_or(i64::MIN);
         let key_text: Cow<str> = match &key {
-            Value::Bytes(b) => String::from_utf8_lossy(b),
+            // Checked, not converted: a key is almost always UTF-8 (`from_utf8_lossy` walks
+            // it chunk by chunk).
+            Value::Bytes(b) => match std::str::from_utf8(b) {
+                Ok(text) => Cow::Borrowed(text),
+                Err(_) => String::from_utf8_lossy(b),
+            },
             other => Cow::Owned(
                 String::from_utf8_lossy(&flow_core::record::encode_json(other)).into_owned(),
             ),
