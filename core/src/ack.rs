@@ -181,6 +181,12 @@ impl Acks {
 
     /// Take over `other`'s tokens (used when records are joined into one).
     pub fn merge(&mut self, mut other: Acks) {
+        // Into none (a window's new output record): the tokens move as they are, deduplicated
+        // already, with their list.
+        if let Set::None = self.0 {
+            self.0 = std::mem::take(&mut other.0);
+            return;
+        }
         // One token is the common case (a record joining a window): no list is made for it.
         match std::mem::take(&mut other.0) {
             Set::None => {}

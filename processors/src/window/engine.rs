@@ -43,7 +43,7 @@ pub struct Settings {
 }
 
 /// One key's aggregates in one window.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Serialize, Deserialize)]
 struct Slot {
     key: Value,
     /// Inline for up to three aggregates (each 48 bytes): one allocation and one cache miss
@@ -61,6 +61,23 @@ struct Slot {
     /// this order (see [`OpenWindows`]). 0 in checkpoints from before windows were numbered.
     #[serde(default)]
     id: u64,
+}
+
+impl Slot {
+    /// A copy to keep until the window's output is delivered: its content, not its records'
+    /// acknowledgements (the output holds those; cloning them only to release them at once
+    /// passed each batch's shared count between cores twice).
+    fn kept(&self) -> Slot {
+        Slot {
+            key: self.key.clone(),
+            accs: self.accs.clone(),
+            count: self.count,
+            parents: self.parents.clone(),
+            acks: Acks::none(),
+            seq: self.seq,
+            id: self.id,
+        }
+    }
 }
 
 impl Numbered for Slot {
@@ -179,6 +196,14 @@ pub struct SnapshotError(String);
 /// Count record `id` (its aggregate arguments `args`, its acknowledgements `acks`) in `slot`.
 /// On an aggregate's error the slot may be partly updated: the record is rejected, and the
 /// error says why; `acks` come back with it.
+/// A key's text: its bytes if they are UTF-8, else their lossy reading.
+fn text_of(key: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(key) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(key),
+    }
+}
+
 fn count_in(
     s: &Settings,
     slot: &mut Slot,
@@ -454,20 +479,19 @@ impl Engine {
             }
         }
         let wm = self.watermark().unwrap_or(i64::MIN);
-        let key_text: Cow<str> = match &key {
-            // Checked, not converted: a key is almost always UTF-8 (`from_utf8_lossy` walks
-            // it chunk by chunk).
-            Value::Bytes(b) => match std::str::from_utf8(b) {
-                Ok(text) => Cow::Borrowed(text),
-                Err(_) => String::from_utf8_lossy(b),
-            },
-            other => Cow::Owned(
-                String::from_utf8_lossy(&flow_core::record::encode_json(other)).into_owned(),
-            ),
+        // Open windows are found by the key's bytes; its text (checked as UTF-8) is made only
+        // for a new window or a session. A string is its text, whichever of VRL's two kinds
+        // it is (bytes read from content, a `String` made by a program): the same key.
+        let key_bytes: Cow<[u8]> = match &key {
+            Value::Bytes(b) => Cow::Borrowed(b),
+            Value::String(s) => Cow::Borrowed(s.as_bytes()),
+            other => Cow::Owned(flow_core::record::encode_json(other)),
         };
         let targets = match bounds {
             Bounds::Fixed(windows) => windows,
-            Bounds::Session { end } => smallvec::smallvec![self.session_for(&key_text, ts, end)],
+            Bounds::Session { end } => {
+                smallvec::smallvec![self.session_for(&text_of(&key_bytes), ts, end)]
+            }
         };
         let open = targets.iter().copied().filter(|(_, e)| *e > wm);
         if open.clone().next().is_none() {
@@ -492,9 +516,16 @@ impl Engine {
                 acks.clone()
             };
             // Most records join an open slot: one lookup. A new slot is made first.
-            let added = match self.open.get_mut(&key_text, end, start) {
+            let added = match self.open.get_mut(&key_bytes, end, start) {
                 Some(slot) => count_in(&self.s, slot, args, id, mine),
-                None => {
+                None => 'new: {
+                    let key_text = text_of(&key_bytes);
+                    // A key that is not UTF-8 is kept by its lossy text: look that up.
+                    if key_text.as_bytes() != &key_bytes[..]
+                        && let Some(slot) = self.open.get_mut(key_text.as_bytes(), end, start)
+                    {
+                        break 'new count_in(&self.s, slot, args, id, mine);
+                    }
                     if let Err(e) = self.make_room(&key_text, out) {
                         record.merge_acks(mine);
                         record.merge_acks(acks);
@@ -664,10 +695,8 @@ impl Engine {
         });
         let delivery = match &mut self.undelivered {
             Some(u) => {
-                let mut copy = slot.clone();
                 // The checkpoint keeps the window's content; its records are held by the output.
-                std::mem::take(&mut copy.acks).release();
-                u.pending.insert(u.next, ((end, start, key), copy));
+                u.pending.insert(u.next, ((end, start, key), slot.kept()));
                 let token = u.tracker.token(u.next);
                 u.next += 1;
                 Acks::one(token)

@@ -74,9 +74,15 @@ impl<S: Numbered> OpenWindows<S> {
 
     /// The slab index of `key`'s entry.
     fn find(&self, key: &str) -> Option<usize> {
+        self.find_bytes(key.as_bytes())
+    }
+
+    /// The slab index of the entry whose text is `key` (its bytes: keys are hashed and
+    /// compared as bytes, so a key read from content need not be checked as UTF-8 first).
+    fn find_bytes(&self, key: &[u8]) -> Option<usize> {
         let hash = self.hasher.hash_one(key);
         self.index
-            .find(hash, |&i| *self.keys[i].text == *key)
+            .find(hash, |&i| self.keys[i].text.as_bytes() == key)
             .copied()
     }
 
@@ -84,9 +90,10 @@ impl<S: Numbered> OpenWindows<S> {
         self.find(key).is_some()
     }
 
-    /// The state of `key`'s window `[start, end)`, if it is open.
-    pub fn get_mut(&mut self, key: &str, end: i64, start: i64) -> Option<&mut S> {
-        let i = self.find(key)?;
+    /// The state of the window `[start, end)` of the key whose text is `key` (as bytes), if
+    /// it is open.
+    pub fn get_mut(&mut self, key: &[u8], end: i64, start: i64) -> Option<&mut S> {
+        let i = self.find_bytes(key)?;
         self.keys[i]
             .open
             .iter_mut()
@@ -112,10 +119,10 @@ impl<S: Numbered> OpenWindows<S> {
                     text: CompactString::from(key),
                     open: SmallVec::new(),
                 });
-                let hash = self.hasher.hash_one(key);
+                let hash = self.hasher.hash_one(key.as_bytes());
                 let (keys, hasher) = (&self.keys, &self.hasher);
                 self.index
-                    .insert_unique(hash, i, |&j| hasher.hash_one(&*keys[j].text));
+                    .insert_unique(hash, i, |&j| hasher.hash_one(keys[j].text.as_bytes()));
                 i
             }
         };
@@ -130,7 +137,7 @@ impl<S: Numbered> OpenWindows<S> {
         let at = entry.open.iter().position(|(_, _, st)| st.id() == id)?;
         let (_, _, state) = entry.open.remove(at);
         let key = if entry.open.is_empty() {
-            let hash = self.hasher.hash_one(&*entry.text);
+            let hash = self.hasher.hash_one(entry.text.as_bytes());
             if let Ok(found) = self.index.find_entry(hash, |&j| j == i) {
                 found.remove();
             }
@@ -246,9 +253,9 @@ mod tests {
         o.insert("c", 30, 0, W(0, "c-session"));
         assert_eq!((o.len(), o.keys()), (4, 3));
         assert_eq!(o.first_end(), Some(10));
-        o.get_mut("a", 20, 10).unwrap_or_else(|| panic!("open")).1 = "a1+";
-        assert!(o.get_mut("a", 30, 20).is_none());
-        assert!(o.get_mut("z", 20, 10).is_none());
+        o.get_mut(b"a", 20, 10).unwrap_or_else(|| panic!("open")).1 = "a1+";
+        assert!(o.get_mut(b"a", 30, 20).is_none());
+        assert!(o.get_mut(b"z", 20, 10).is_none());
         let order: Vec<_> = std::iter::from_fn(|| o.pop_first()).map(closed).collect();
         assert_eq!(
             order,

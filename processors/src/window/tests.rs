@@ -268,6 +268,35 @@ fn outputs_build_their_view_only_when_it_reads_back_from_json() {
     assert_eq!(held.get("first"), Some(&ts));
 }
 
+/// Windows are found by a key's bytes; a key that is not UTF-8 is kept by its lossy text,
+/// and its records still share one window (found again by that text), as do records whose
+/// key is that text, as bytes or as a VRL `String` (its text, not its JSON: a string made by
+/// a program and the same text read from content are one key).
+#[test]
+fn a_key_that_is_not_utf8_keeps_one_window() {
+    let c = cfg(serde_json::json!({}));
+    let mut e = engine(&c);
+    let mut out = Output::new("w".into(), 3);
+    let r = || Record::from_bytes(&br#"{}"#[..]);
+    let bad = || Value::Bytes(bytes::Bytes::from_static(b"car-\xff"));
+    let one = || [Value::Null, Value::from(1)];
+    e.add(r(), 1, bad(), &one(), &mut out);
+    e.add(r(), 2, bad(), &one(), &mut out);
+    e.add(r(), 3, Value::from("car-\u{fffd}"), &one(), &mut out);
+    e.add(
+        r(),
+        4,
+        Value::Bytes(bytes::Bytes::from_static(b"car-1")),
+        &one(),
+        &mut out,
+    );
+    e.add(r(), 5, Value::from("car-1"), &one(), &mut out);
+    e.flush(&mut out);
+    let (windows, late) = summarize(&out);
+    assert!(late.is_empty());
+    assert_eq!(windows, ["car-\u{fffd}:0-10:3:3", "car-1:0-10:2:2"]);
+}
+
 #[test]
 fn hopping_windows_against_hand_computed_results() {
     let c = cfg(serde_json::json!({ "window": { "hopping": { "size": "10ms", "slide": "5ms" } } }));
