@@ -22,7 +22,7 @@ use vrl::parser::ast::Opcode;
 use vrl::path::{OwnedTargetPath, PathPrefix};
 use vrl::value::{Secrets, Value};
 
-use crate::record::{Attributes, FieldHint, FieldValue, FieldsRef, Scalar};
+use crate::record::{Attributes, FieldValue, FieldsRef, Scalar};
 
 /// One problem found while compiling a program.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -174,8 +174,6 @@ pub struct Expr {
     /// Set when the program is nothing but a field path (`.device`, `%"mqtt.topic"`): read it
     /// directly, with VRL's own path semantics, instead of running the interpreter.
     path: Option<Arc<OwnedTargetPath>>,
-    /// Where the path's field was among the last record's indexed fields.
-    path_hint: FieldHint,
     /// Set when a condition is comparisons of fields and literals (`.temperature > 95`,
     /// `.status != "error" && .rpm >= 3000`): evaluated natively, with VRL's own value
     /// operations, falling back to the interpreter where VRL would fail (to report it).
@@ -197,9 +195,8 @@ enum Native {
 /// One side of a native comparison.
 #[derive(Debug)]
 enum Operand {
-    /// A field of the record (`.temperature`): null when missing, as in VRL; where the last
-    /// record had it among indexed fields.
-    Field(vrl::path::OwnedValuePath, FieldHint),
+    /// A field of the record (`.temperature`): null when missing, as in VRL.
+    Field(vrl::path::OwnedValuePath),
     /// A literal, as VRL evaluates it.
     Literal(Value),
 }
@@ -211,37 +208,34 @@ static NULL: Value = Value::Null;
 /// for one-segment paths (`.temperature`) to fields that are not objects or arrays, and
 /// decline (`None`) the rest, read from the view instead.
 trait ReadFields {
-    /// (`hint`: where indexed fields had it last, see [`FieldHint`].)
-    fn field(&self, path: &vrl::path::OwnedValuePath, hint: &FieldHint) -> Option<Cow<'_, Value>>;
+    fn field(&self, path: &vrl::path::OwnedValuePath) -> Option<Cow<'_, Value>>;
 
     /// The field as a [`Scalar`], without making a `Value` (`Other`: read it with
     /// [`ReadFields::field`]).
-    fn scalar(&self, path: &vrl::path::OwnedValuePath, hint: &FieldHint) -> Scalar<'_>;
+    fn scalar(&self, path: &vrl::path::OwnedValuePath) -> Scalar<'_>;
 }
 
 impl ReadFields for Value {
-    fn field(&self, path: &vrl::path::OwnedValuePath, _: &FieldHint) -> Option<Cow<'_, Value>> {
+    fn field(&self, path: &vrl::path::OwnedValuePath) -> Option<Cow<'_, Value>> {
         Some(Cow::Borrowed(self.get(path).unwrap_or(&NULL)))
     }
 
-    fn scalar(&self, path: &vrl::path::OwnedValuePath, _: &FieldHint) -> Scalar<'_> {
+    fn scalar(&self, path: &vrl::path::OwnedValuePath) -> Scalar<'_> {
         self.get(path).map_or(Scalar::Other, scalar_of)
     }
 }
 
 impl ReadFields for FieldsRef<'_> {
-    fn field(&self, path: &vrl::path::OwnedValuePath, hint: &FieldHint) -> Option<Cow<'_, Value>> {
-        match self.get_hinted(top_level(path)?, Some(hint)) {
+    fn field(&self, path: &vrl::path::OwnedValuePath) -> Option<Cow<'_, Value>> {
+        match self.get(top_level(path)?) {
             FieldValue::Missing => Some(Cow::Borrowed(&NULL)),
             FieldValue::Value(v) => Some(Cow::Owned(v)),
             FieldValue::Nested => None,
         }
     }
 
-    fn scalar(&self, path: &vrl::path::OwnedValuePath, hint: &FieldHint) -> Scalar<'_> {
-        top_level(path).map_or(Scalar::Other, |name| {
-            self.get_scalar_hinted(name, Some(hint))
-        })
+    fn scalar(&self, path: &vrl::path::OwnedValuePath) -> Scalar<'_> {
+        top_level(path).map_or(Scalar::Other, |name| self.get_scalar(name))
     }
 }
 
@@ -301,21 +295,21 @@ fn top_level(path: &vrl::path::OwnedValuePath) -> Option<&str> {
 impl Operand {
     fn get<'a, R: ReadFields>(&'a self, record: &'a R) -> Option<Cow<'a, Value>> {
         match self {
-            Operand::Field(path, hint) => record.field(path, hint),
+            Operand::Field(path) => record.field(path),
             Operand::Literal(v) => Some(Cow::Borrowed(v)),
         }
     }
 
     fn scalar<'a, R: ReadFields>(&'a self, record: &'a R) -> Scalar<'a> {
         match self {
-            Operand::Field(path, hint) => record.scalar(path, hint),
+            Operand::Field(path) => record.scalar(path),
             Operand::Literal(v) => scalar_of(v),
         }
     }
 
     fn top_level(&self) -> bool {
         match self {
-            Operand::Field(path, _) => top_level(path).is_some(),
+            Operand::Field(path) => top_level(path).is_some(),
             Operand::Literal(_) => true,
         }
     }
@@ -372,10 +366,9 @@ impl Native {
         use vrl::parser::ast::{Expr as E, QueryTarget};
         match e.inner() {
             E::Query(q) => match q.inner().target.inner() {
-                QueryTarget::External(PathPrefix::Event) => Some(Operand::Field(
-                    q.inner().path.inner().clone(),
-                    FieldHint::default(),
-                )),
+                QueryTarget::External(PathPrefix::Event) => {
+                    Some(Operand::Field(q.inner().path.inner().clone()))
+                }
                 _ => None,
             },
             E::Literal(_) => {
@@ -561,7 +554,6 @@ impl Expr {
             kind,
             fast,
             path,
-            path_hint: FieldHint::default(),
             native,
         })
     }
@@ -619,7 +611,7 @@ impl Expr {
             .path
             .as_ref()
             .filter(|p| p.prefix == PathPrefix::Event)?;
-        Some(fields.field(&path.path, &self.path_hint)?.into_owned())
+        Some(fields.field(&path.path)?.into_owned())
     }
 
     /// Run a condition: the result must be a boolean.

@@ -529,42 +529,6 @@ pub struct Fields {
     keys: Vec<Box<str>>,
     /// Values kept as the view holds them: strings with escapes (rare).
     values: Vec<Value>,
-    /// No two keys can be the same name (no two share length, first and last byte): the
-    /// first entry with a name is the only one, and a reader's [`FieldHint`] can be trusted.
-    unique: bool,
-}
-
-/// Where a reader found its field in the last record it read (its entry's position): records
-/// of one stream mostly keep their keys in one order, so a lookup checks that entry first
-/// and compares one key instead of scanning them all. Any position is safe: it is checked.
-#[derive(Debug, Default)]
-pub struct FieldHint(std::sync::atomic::AtomicU32);
-
-impl Clone for FieldHint {
-    fn clone(&self) -> Self {
-        Self(std::sync::atomic::AtomicU32::new(self.get()))
-    }
-}
-
-impl FieldHint {
-    fn get(&self) -> u32 {
-        self.0.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    fn set(&self, at: usize) {
-        let at = u32::try_from(at).unwrap_or(u32::MAX);
-        if self.get() != at {
-            self.0.store(at, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
-}
-
-/// One bit of 64 for a key: what [`Fields::unique`] compares.
-fn key_bit(key: &[u8]) -> u64 {
-    let (first, last) = (key.first().copied(), key.last().copied());
-    let h =
-        key.len() ^ (usize::from(first.unwrap_or(0)) * 7) ^ (usize::from(last.unwrap_or(0)) * 13);
-    1 << (h & 63)
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -631,49 +595,25 @@ pub enum Scalar<'a> {
 }
 
 impl<'a> FieldsRef<'a> {
-    /// Whether entry `e` is the field `name`.
-    fn is(&self, e: &Entry, name: &str) -> bool {
-        match e.key {
-            Key::Span(start, len) => {
-                len as usize == name.len()
-                    && self.content.get(span(start, len)) == Some(name.as_bytes())
-            }
-            Key::Owned(i) => self
-                .fields
-                .keys
-                .get(i as usize)
-                .is_some_and(|k| &**k == name),
-        }
-    }
-
     /// The entry of the top-level field `name`; the last of several with that name, as in
-    /// the view. With a hint and keys that cannot repeat, the hinted entry is checked first.
-    fn find(&self, name: &str, hint: Option<&FieldHint>) -> Option<Slot> {
-        let entries = &self.fields.entries;
-        if let Some(hint) = hint.filter(|_| self.fields.unique) {
-            if let Some(e) = entries.get(hint.get() as usize)
-                && self.is(e, name)
-            {
-                return Some(e.value);
-            }
-            let (at, e) = entries.iter().enumerate().find(|(_, e)| self.is(e, name))?;
-            hint.set(at);
-            return Some(e.value);
-        }
-        entries
-            .iter()
-            .rev()
-            .find_map(|e| self.is(e, name).then_some(e.value))
+    /// the view.
+    fn find(&self, name: &str) -> Option<Slot> {
+        let f = self.fields;
+        f.entries.iter().rev().find_map(|e| {
+            let found = match e.key {
+                Key::Span(start, len) => {
+                    len as usize == name.len()
+                        && self.content.get(span(start, len)) == Some(name.as_bytes())
+                }
+                Key::Owned(i) => f.keys.get(i as usize).is_some_and(|k| &**k == name),
+            };
+            found.then_some(e.value)
+        })
     }
 
     /// The top-level field `name`; the last of several with that name, as in the view.
     pub fn get(&self, name: &str) -> FieldValue {
-        self.get_hinted(name, None)
-    }
-
-    /// [`FieldsRef::get`], looking where `hint` says first (and keeping it up to date).
-    pub fn get_hinted(&self, name: &str, hint: Option<&FieldHint>) -> FieldValue {
-        let Some(slot) = self.find(name, hint) else {
+        let Some(slot) = self.find(name) else {
             return FieldValue::Missing;
         };
         match slot {
@@ -697,12 +637,7 @@ impl<'a> FieldsRef<'a> {
     /// The top-level field `name` as a [`Scalar`]: what [`FieldsRef::get`] gives, for
     /// numbers and plain strings, without making a `Value`.
     pub fn get_scalar(&self, name: &str) -> Scalar<'a> {
-        self.get_scalar_hinted(name, None)
-    }
-
-    /// [`FieldsRef::get_scalar`], looking where `hint` says first (and keeping it up to date).
-    pub fn get_scalar_hinted(&self, name: &str, hint: Option<&FieldHint>) -> Scalar<'a> {
-        match self.find(name, hint) {
+        match self.find(name) {
             Some(Slot::Int(i)) => Scalar::Int(i),
             Some(Slot::Float(x)) => Scalar::Float(if x.is_nan() { 0.0 } else { x }),
             Some(Slot::Str(start, len)) => self
@@ -805,22 +740,16 @@ impl<'de> serde::de::Visitor<'de> for TopSeed {
             entries: Vec::with_capacity(map.size_hint().unwrap_or(8)),
             keys: Vec::new(),
             values: Vec::new(),
-            unique: true,
         };
         let base = self.base;
-        let mut seen = 0u64;
         while let Some(key) = map.next_key_seed(KeySeed { base })? {
-            let (key, bit) = match key {
-                KeyOf::Span(start, len, bit) => (Key::Span(start, len), bit),
+            let key = match key {
+                KeyOf::Span(start, len) => Key::Span(start, len),
                 KeyOf::Owned(k) => {
-                    let bit = key_bit(k.as_bytes());
                     f.keys.push(k);
-                    let at = u32::try_from(f.keys.len() - 1).unwrap_or(u32::MAX);
-                    (Key::Owned(at), bit)
+                    Key::Owned(u32::try_from(f.keys.len() - 1).unwrap_or(u32::MAX))
                 }
             };
-            f.unique &= seen & bit == 0;
-            seen |= bit;
             let value = match map.next_value_seed(FieldSeed { base })? {
                 FieldOf::Slot(slot) => slot,
                 FieldOf::Owned(v) => {
@@ -836,8 +765,7 @@ impl<'de> serde::de::Visitor<'de> for TopSeed {
 
 /// A key as [`Fields`] keeps it.
 enum KeyOf {
-    /// Start, length, and the key's [`key_bit`].
-    Span(u32, u32, u64),
+    Span(u32, u32),
     Owned(Box<str>),
 }
 
@@ -861,7 +789,7 @@ impl<'de> serde::de::Visitor<'de> for KeySeed {
     }
     fn visit_borrowed_str<E>(self, s: &'de str) -> Result<KeyOf, E> {
         let (start, len) = offset(self.base, s);
-        Ok(KeyOf::Span(start, len, key_bit(s.as_bytes())))
+        Ok(KeyOf::Span(start, len))
     }
     fn visit_str<E>(self, s: &str) -> Result<KeyOf, E> {
         Ok(KeyOf::Owned(s.into()))
@@ -1017,51 +945,6 @@ mod tests {
         let nearest = Value::from(&serde_json::json!(18443372036845877508u64 as f64));
         assert_eq!(r.value().ok(), Some(&nearest));
         assert_eq!(r.content(), &raw);
-    }
-
-    /// A reader's hint (where the field was in the last record it read) finds the field in
-    /// records whose keys come in another order, with escapes, or not at all, and never the
-    /// first of duplicate keys: every read equals the unhinted one.
-    #[test]
-    fn hinted_reads_equal_unhinted_ones_whatever_the_order() {
-        let lines = [
-            r#"{"device":"a","ts":1,"temperature":2.5,"rpm":3,"status":"ok"}"#,
-            r#"{"status":"warn","rpm":4,"temperature":7,"ts":2,"device":"b"}"#,
-            r#"{"device":"c","ts":3,"device":"c2","rpm":5}"#,
-            r#"{"device":"d","sta":"x","status":"y","stats":"z"}"#,
-            r#"{"rpm":6}"#,
-            r#"{"status":"s","statuS":"t","device":"e","ts":4}"#,
-        ];
-        let names = ["device", "ts", "temperature", "rpm", "status", "missing"];
-        let hints: Vec<FieldHint> = names.iter().map(|_| FieldHint::default()).collect();
-        for round in 0..3 {
-            for line in lines.iter().cycle().skip(round).take(lines.len()) {
-                let r = Record::json(Bytes::from_static(line.as_bytes()), JsonView::Fields)
-                    .unwrap_or_else(|_| panic!("refused: {line}"));
-                let fields = r.fields().expect("indexed");
-                for (name, hint) in names.iter().zip(&hints) {
-                    let plain = fields.get(name);
-                    assert_eq!(
-                        fields.get_hinted(name, Some(hint)),
-                        plain,
-                        "{name} in {line}"
-                    );
-                    assert_eq!(
-                        fields.get_scalar_hinted(name, Some(hint)),
-                        fields.get_scalar(name),
-                        "{name} in {line}"
-                    );
-                }
-            }
-        }
-        let dup =
-            Record::json(Bytes::from_static(lines[2].as_bytes()), JsonView::Fields).expect("valid");
-        let hint = FieldHint::default();
-        let f = dup.fields().expect("indexed");
-        assert_eq!(
-            f.get_hinted("device", Some(&hint)),
-            FieldValue::Value(Value::from("c2"))
-        );
     }
 
     /// Indexed fields read what the structured view holds: the last of duplicate keys, keys and
