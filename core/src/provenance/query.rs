@@ -1098,6 +1098,45 @@ mod tests {
         assert_eq!(ids("window.start", &last), [*once.last().expect("some")]);
     }
 
+    /// A node (1) that received `inputs` and made `outputs` of them in one batch, recorded
+    /// in a fresh store in `dir`: one JOIN, the outputs' parents taken.
+    fn made_in_one_batch(
+        dir: &Path,
+        inputs: &[crate::record::Record],
+        outputs: &mut [crate::record::Record],
+    ) -> Events {
+        let (w, rt) = open_store(dir, 1 << 30);
+        let rec = w.recorder().node(1, false);
+        rt.block_on(async {
+            rec.receive(inputs);
+            rec.flush().await;
+            let events = rec.made_and_changed(outputs, 1);
+            assert_eq!(events.len(), 1, "one JOIN for the batch");
+            assert!(
+                outputs.iter().all(|r| r.parents().is_empty()),
+                "parents taken"
+            );
+            for e in events {
+                rec.record(e).await;
+            }
+        });
+        drop(rec);
+        w.close().expect("closes");
+        Events::read(dir).expect("opens")
+    }
+
+    /// The JOIN events, with the records that had attribute `attr` if given.
+    fn joins(events: &Events, attr: Option<(&str, &str)>) -> Vec<Found> {
+        events
+            .search(&Search {
+                kind: Some(EventKind::Join),
+                attr: attr.map(|(k, v)| (k.into(), v.into())),
+                limit: 10,
+                ..Search::default()
+            })
+            .expect("searches")
+    }
+
     /// Windows emitted together (made of three, one and two inputs) are one JOIN: each
     /// input's lineage goes to its own window, each window's lists its own inputs, and an
     /// attribute search finds the windows that had it with their inputs.
@@ -1105,8 +1144,6 @@ mod tests {
     fn records_made_of_several_inputs_each_are_one_join_per_batch() {
         use crate::record::Record;
         let dir = tempfile::tempdir().expect("tempdir");
-        let (w, rt) = open_store(dir.path(), 1 << 30);
-        let rec = w.recorder().node(1, false);
         let inputs: Vec<Record> = (0..6)
             .map(|n| Record::from_bytes(format!("{{\"n\":{n}}}")))
             .collect();
@@ -1123,22 +1160,7 @@ mod tests {
             })
             .collect();
         let made: Vec<u64> = windows.iter().map(|r| r.id().0).collect();
-        rt.block_on(async {
-            rec.receive(&inputs);
-            rec.flush().await;
-            let events = rec.made_and_changed(&mut windows, 1);
-            assert_eq!(events.len(), 1, "one JOIN for the batch");
-            assert!(
-                windows.iter().all(|r| r.parents().is_empty()),
-                "parents taken"
-            );
-            for e in events {
-                rec.record(e).await;
-            }
-        });
-        drop(rec);
-        w.close().expect("closes");
-        let events = Events::read(dir.path()).expect("opens");
+        let events = made_in_one_batch(dir.path(), &inputs, &mut windows);
         let id = |n: u64| RecordId(n).to_string();
         for (k, part) in parts.iter().enumerate() {
             for &input in *part {
@@ -1160,23 +1182,10 @@ mod tests {
             let want: Vec<String> = part.iter().map(|&i| id(i)).collect();
             assert_eq!(out.events[0].inputs, want);
         }
-        let joins = events
-            .search(&Search {
-                kind: Some(EventKind::Join),
-                limit: 10,
-                ..Search::default()
-            })
-            .expect("searches");
-        assert_eq!(joins.len(), 1);
-        assert_eq!(joins[0].detail.as_deref(), Some("6 inputs -> 3 records"));
-        let blue = events
-            .search(&Search {
-                kind: Some(EventKind::Join),
-                attr: Some(("team".into(), "blue".into())),
-                limit: 10,
-                ..Search::default()
-            })
-            .expect("searches");
+        let all = joins(&events, None);
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].detail.as_deref(), Some("6 inputs -> 3 records"));
+        let blue = joins(&events, Some(("team", "blue")));
         assert_eq!(blue.len(), 1);
         assert_eq!(blue[0].ids().collect::<Vec<_>>(), parts[2]);
         let told = format!("2 inputs -> {}", id(made[2]));
@@ -1189,8 +1198,6 @@ mod tests {
     fn records_made_of_one_input_each_are_one_join_per_batch() {
         use crate::record::Record;
         let dir = tempfile::tempdir().expect("tempdir");
-        let (w, rt) = open_store(dir.path(), 1 << 30);
-        let rec = w.recorder().node(1, false);
         let mut inputs: Vec<Record> = (0..100)
             .map(|n| {
                 let mut r = Record::from_bytes(format!("{{\"n\":{n}}}"));
@@ -1204,18 +1211,7 @@ mod tests {
             .map(|r| r.derive(vrl::value::Value::from(1)))
             .collect();
         let made: Vec<u64> = outputs.iter().map(|r| r.id().0).collect();
-        rt.block_on(async {
-            rec.receive(&inputs);
-            rec.flush().await;
-            let events = rec.made_and_changed(&mut outputs, 1);
-            assert_eq!(events.len(), 1, "one JOIN for the batch");
-            for e in events {
-                rec.record(e).await;
-            }
-        });
-        drop(rec);
-        w.close().expect("closes");
-        let events = Events::read(dir.path()).expect("opens");
+        let events = made_in_one_batch(dir.path(), &inputs, &mut outputs);
         let id = |n: u64| RecordId(n).to_string();
         let tree = events
             .lineage(RecordId(ids[42]))
@@ -1230,14 +1226,7 @@ mod tests {
         let join = &from_output.events[0];
         assert_eq!(join.kind, EventKind::Join);
         assert_eq!(join.inputs, [id(ids[7])]);
-        let blue = events
-            .search(&Search {
-                kind: Some(EventKind::Join),
-                attr: Some(("team".into(), "blue".into())),
-                limit: 10,
-                ..Search::default()
-            })
-            .expect("searches");
+        let blue = joins(&events, Some(("team", "blue")));
         assert_eq!(blue.len(), 1);
         assert_eq!(blue[0].ids().collect::<Vec<_>>(), [ids[42]]);
     }
