@@ -406,7 +406,7 @@ pub struct Event {
     /// The digest of each record's attributes (secret ones left out), in the order of
     /// `records`, as runs of one digest ([`Digests`]): a batch whose records share their
     /// attributes costs one. Recorded where a node has the records at hand as they are
-    /// (CREATE, RECEIVE, MODIFY, ROUTE, FAILURE, DROP at a port; JOIN: the output's);
+    /// (CREATE, RECEIVE, MODIFY, ROUTE, FAILURE, DROP at a port; JOIN: its outputs', in order);
     /// empty on the others (a FORK's copies, a SEND), whose records carry the attributes
     /// of their node's RECEIVE, MODIFY or ROUTE.
     pub attrs: Digests,
