@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::index::{self, Block};
 use super::store::{self, Header, StoreError, io, next_frame};
-use super::{Children, Event, EventKind, Runs};
+use super::{Event, EventKind, Runs};
 use crate::record::RecordId;
 
 /// An event as a query shows it: node and port by name.
@@ -457,13 +457,10 @@ impl AttrMatch {
                 return Some(false);
             }
             if children.len() != joined.len() {
-                let port = e.children.first().map_or(0, |c| c.port);
                 e.records = Runs::from_ids(kept);
-                e.children = vec![Children {
-                    port,
-                    to: None,
-                    ids: Runs::from_ids(children),
-                }];
+                if let Some(made) = e.children.first_mut() {
+                    made.ids = Runs::from_ids(children);
+                }
                 e.parts = parts;
                 e.parts_if_needed();
                 e.attrs = Default::default();
@@ -501,17 +498,6 @@ impl AttrMatch {
         }
         Some(true)
     }
-}
-
-/// A JOIN of records made of one input each: its children, the `i`th made of the event's
-/// `i`th record (see [`EventKind::Join`]).
-fn one_to_one(e: &Event) -> Option<&Runs> {
-    let c = e.children.first()?;
-    (e.kind == EventKind::Join
-        && e.parts.is_empty()
-        && c.ids.len() > 1
-        && c.ids.len() == e.records.len())
-    .then_some(&c.ids)
 }
 
 /// A lineage step at a JOIN of several children of several inputs each, told as the one
@@ -573,25 +559,30 @@ fn found(header: &Header, h: usize, event: u64, raw: Event) -> Found {
                 .collect::<Vec<_>>()
                 .join(", "),
         ),
-        EventKind::Join if one_to_one(&raw).is_some() => Some(format!(
-            "{} records, each made of one input",
-            raw.records.len()
-        )),
-        EventKind::Join if !raw.parts.is_empty() => Some(format!(
-            "{} inputs -> {} records",
-            raw.records.len(),
-            raw.parts.len()
-        )),
-        EventKind::Join => Some(format!(
-            "{} inputs -> {}",
-            raw.records.len(),
-            raw.children
-                .iter()
-                .filter_map(|c| c.ids.get(0))
-                .map(|id| RecordId(id).to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )),
+        // Told by the shape `Event::joined` reads (one child; each of one input; parts).
+        EventKind::Join => match raw.joined().as_slice() {
+            [] | [_] => None,
+            many if many.iter().all(|(_, part)| part.len() == 1) => {
+                Some(format!("{} records, each made of one input", many.len()))
+            }
+            many => Some(format!(
+                "{} inputs -> {} records",
+                raw.records.len(),
+                many.len()
+            )),
+        }
+        .or_else(|| {
+            Some(format!(
+                "{} inputs -> {}",
+                raw.records.len(),
+                raw.children
+                    .iter()
+                    .filter_map(|c| c.ids.get(0))
+                    .map(|id| RecordId(id).to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        }),
         // The kept content is for `flow provenance replay`, not for listings.
         EventKind::Content => Some(format!("{} records kept", raw.records.len())),
         _ => raw.detail.clone(),

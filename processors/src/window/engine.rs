@@ -196,14 +196,6 @@ pub struct SnapshotError(String);
 /// Count record `id` (its aggregate arguments `args`, its acknowledgements `acks`) in `slot`.
 /// On an aggregate's error the slot may be partly updated: the record is rejected, and the
 /// error says why; `acks` come back with it.
-/// A key's text: its bytes if they are UTF-8, else their lossy reading.
-fn text_of(key: &[u8]) -> Cow<'_, str> {
-    match std::str::from_utf8(key) {
-        Ok(text) => Cow::Borrowed(text),
-        Err(_) => String::from_utf8_lossy(key),
-    }
-}
-
 fn count_in(
     s: &Settings,
     slot: &mut Slot,
@@ -490,7 +482,7 @@ impl Engine {
         let targets = match bounds {
             Bounds::Fixed(windows) => windows,
             Bounds::Session { end } => {
-                smallvec::smallvec![self.session_for(&text_of(&key_bytes), ts, end)]
+                smallvec::smallvec![self.session_for(&String::from_utf8_lossy(&key_bytes), ts, end)]
             }
         };
         let open = targets.iter().copied().filter(|(_, e)| *e > wm);
@@ -519,7 +511,7 @@ impl Engine {
             let added = match self.open.get_mut(&key_bytes, end, start) {
                 Some(slot) => count_in(&self.s, slot, args, id, mine),
                 None => 'new: {
-                    let key_text = text_of(&key_bytes);
+                    let key_text = String::from_utf8_lossy(&key_bytes);
                     // A key that is not UTF-8 is kept by its lossy text: look that up.
                     if key_text.as_bytes() != &key_bytes[..]
                         && let Some(slot) = self.open.get_mut(key_text.as_bytes(), end, start)
