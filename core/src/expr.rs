@@ -263,6 +263,9 @@ fn compare_scalars(l: Scalar<'_>, op: vrl::parser::ast::Opcode, r: Scalar<'_>) -
         (Scalar::Int(a), Scalar::Float(b)) => (a as f64).partial_cmp(&b),
         (Scalar::Float(a), Scalar::Int(b)) => a.partial_cmp(&(b as f64)),
         (Scalar::Float(a), Scalar::Float(b)) => a.partial_cmp(&b),
+        (Scalar::Str(a), Scalar::Str(b)) if matches!(op, O::Eq | O::Ne) => {
+            return Some(crate::record::eq_bytes(a, b) == (op == O::Eq));
+        }
         (Scalar::Str(a), Scalar::Str(b)) => Some(a.cmp(b)),
         // A number is never equal to a string; ordering them fails in VRL.
         (Scalar::Int(_) | Scalar::Float(_), Scalar::Str(_))
@@ -612,6 +615,17 @@ impl Expr {
             .as_ref()
             .filter(|p| p.prefix == PathPrefix::Event)?;
         Some(fields.field(&path.path)?.into_owned())
+    }
+
+    /// A field path's value on a record's indexed top-level fields as a [`Scalar`], without
+    /// making a `Value`: numbers, and strings without escapes as their bytes; `Other` for
+    /// the rest (read it with [`Expr::eval_fields`]).
+    pub fn scalar_fields<'a>(&self, fields: FieldsRef<'a>) -> Scalar<'a> {
+        self.path
+            .as_ref()
+            .filter(|p| p.prefix == PathPrefix::Event)
+            .and_then(|p| top_level(&p.path))
+            .map_or(Scalar::Other, |name| fields.get_scalar(name))
     }
 
     /// Run a condition: the result must be a boolean.

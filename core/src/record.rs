@@ -603,7 +603,10 @@ impl<'a> FieldsRef<'a> {
             let found = match e.key {
                 Key::Span(start, len) => {
                     len as usize == name.len()
-                        && self.content.get(span(start, len)) == Some(name.as_bytes())
+                        && self
+                            .content
+                            .get(span(start, len))
+                            .is_some_and(|k| eq_bytes(k, name.as_bytes()))
                 }
                 Key::Owned(i) => f.keys.get(i as usize).is_some_and(|k| &**k == name),
             };
@@ -646,6 +649,34 @@ impl<'a> FieldsRef<'a> {
                 .map_or(Scalar::Other, Scalar::Str),
             _ => Scalar::Other,
         }
+    }
+}
+
+/// Whether two byte strings are equal, without a call for short ones (field names, keys,
+/// short string values): two overlapping loads from each end. `memcmp` costs a call and its
+/// set-up for every candidate key a lookup compares, more than the compare itself.
+#[inline]
+pub fn eq_bytes(a: &[u8], b: &[u8]) -> bool {
+    fn word(s: &[u8], at: usize) -> u64 {
+        s.get(at..at + 8)
+            .and_then(|w| <[u8; 8]>::try_from(w).ok())
+            .map_or(0, u64::from_ne_bytes)
+    }
+    fn half(s: &[u8], at: usize) -> u32 {
+        s.get(at..at + 4)
+            .and_then(|w| <[u8; 4]>::try_from(w).ok())
+            .map_or(0, u32::from_ne_bytes)
+    }
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    match n {
+        0 => true,
+        1..=3 => a.iter().zip(b).all(|(x, y)| x == y),
+        4..=8 => half(a, 0) == half(b, 0) && half(a, n - 4) == half(b, n - 4),
+        9..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
+        _ => a == b,
     }
 }
 
@@ -881,6 +912,24 @@ pub fn encode_json(v: &Value) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn eq_bytes_is_slice_equality() {
+        // Every length through the short paths and past them: equal, one byte different at
+        // each place, one byte shorter.
+        for n in 0..=40usize {
+            let a: Vec<u8> = (0..n).map(|i| b'a' + (i % 26) as u8).collect();
+            assert!(eq_bytes(&a, &a.clone()), "{n}");
+            for i in 0..n {
+                let mut b = a.clone();
+                b[i] ^= 0x20;
+                assert!(!eq_bytes(&a, &b), "{n} at {i}");
+            }
+            if n > 0 {
+                assert!(!eq_bytes(&a, &a[..n - 1]), "{n} shorter");
+            }
+        }
+    }
 
     #[test]
     fn unmodified_content_is_kept_byte_for_byte() {

@@ -131,6 +131,24 @@ pub struct Counters {
     pub fired: u64,
 }
 
+/// A record's window key: a string's text (borrowed from the record's indexed fields or
+/// copied beside it, no `Value` made), or any other value as VRL reads it. A string key is
+/// its text either way: `Key::Text(b"car-1")` and `Key::Value(Value::from("car-1"))` are
+/// the same key.
+#[derive(Debug)]
+pub enum Key<'a> {
+    /// A string's bytes.
+    Text(&'a [u8]),
+    /// A value of any kind.
+    Value(Value),
+}
+
+impl From<Value> for Key<'_> {
+    fn from(v: Value) -> Self {
+        Key::Value(v)
+    }
+}
+
 /// The engine.
 pub struct Engine {
     s: Settings,
@@ -415,14 +433,15 @@ impl Engine {
     }
 
     /// Add one record with its event time, key and aggregate arguments.
-    pub fn add(
+    pub fn add<'k>(
         &mut self,
         mut record: Record,
         ts: i64,
-        key: Value,
+        key: impl Into<Key<'k>>,
         args: &[Value],
         out: &mut Output,
     ) {
+        let key = key.into();
         if let Some(o) = record.origin
             && self.covered.get(&o.source).is_some_and(|&c| o.seq <= c)
         {
@@ -475,9 +494,10 @@ impl Engine {
         // for a new window or a session. A string is its text, whichever of VRL's two kinds
         // it is (bytes read from content, a `String` made by a program): the same key.
         let key_bytes: Cow<[u8]> = match &key {
-            Value::Bytes(b) => Cow::Borrowed(b),
-            Value::String(s) => Cow::Borrowed(s.as_bytes()),
-            other => Cow::Owned(flow_core::record::encode_json(other)),
+            Key::Text(b) => Cow::Borrowed(b),
+            Key::Value(Value::Bytes(b)) => Cow::Borrowed(b),
+            Key::Value(Value::String(s)) => Cow::Borrowed(s.as_bytes()),
+            Key::Value(other) => Cow::Owned(flow_core::record::encode_json(other)),
         };
         let targets = match bounds {
             Bounds::Fixed(windows) => windows,
@@ -528,8 +548,9 @@ impl Engine {
                         // Copied: a key read from indexed fields is a slice of the source's
                         // read buffer, which an open window would otherwise keep whole.
                         key: match &key {
-                            Value::Bytes(b) => Value::Bytes(Bytes::copy_from_slice(b)),
-                            other => other.clone(),
+                            Key::Text(b) => Value::Bytes(Bytes::copy_from_slice(b)),
+                            Key::Value(Value::Bytes(b)) => Value::Bytes(Bytes::copy_from_slice(b)),
+                            Key::Value(other) => other.clone(),
                         },
                         accs: self.s.aggregates.iter().map(|(_, a)| a.start()).collect(),
                         count: 0,

@@ -15,14 +15,15 @@ use flow_core::processor::{
     BuildContext, BuildError, ConfigError, Describe, Kind, Output, Processor, ProcessorConfig,
     ProcessorError, TaskContext, TaskTransform,
 };
-use flow_core::record::{Record, Value};
+use flow_core::record::{Record, Scalar, Value};
 use indexmap::IndexMap;
 use schemars::JsonSchema;
 use serde::Deserialize;
+use smallvec::SmallVec;
 use tokio::time::Instant;
 
 use aggregate::{AggError, AggSpec};
-use engine::{Engine, Settings};
+use engine::{Engine, Key, Settings};
 
 /// Aggregate records over windows of event time per key: tumbling, hopping or session windows.
 ///
@@ -502,7 +503,10 @@ impl Window {
     ) {
         if let Some((ts, key)) = self.read_fields(&r, args) {
             return match self.time_of(ts.map(Ok), time) {
-                Ok(ts) => engine.add(r, ts, key, args, out),
+                Ok(ts) => match key {
+                    KeyRead::Text(text) => engine.add(r, ts, Key::Text(&text), args, out),
+                    KeyRead::Value(v) => engine.add(r, ts, v, args, out),
+                },
                 Err(e) => out.fail(r, &e),
             };
         }
@@ -560,15 +564,24 @@ impl Window {
     /// The event time's value (`None` without `event_time`) and the key, with the aggregates'
     /// arguments in `args`, read from the fields the source indexed (see
     /// [`flow_core::record::JsonView::Fields`]), when they answer for every one of them.
-    fn read_fields(&self, r: &Record, args: &mut Vec<Value>) -> Option<(Option<Value>, Value)> {
+    fn read_fields(&self, r: &Record, args: &mut Vec<Value>) -> Option<(Option<Value>, KeyRead)> {
         let f = r.fields()?;
         let ts = match &self.event_time {
-            Some(e) => Some(e.eval_fields(f)?),
+            Some(e) => Some(match e.scalar_fields(f) {
+                Scalar::Int(i) => Value::Integer(i),
+                _ => e.eval_fields(f)?,
+            }),
             None => None,
         };
+        // A string key is copied out of the content (a few bytes on the stack): the record
+        // moves into the engine, and a `Value` of it would be a shared count of the source's
+        // read buffer, up here and down again when the record is dropped, on another core.
         let key = match &self.key {
-            Some(e) => e.eval_fields(f)?,
-            None => Value::Null,
+            Some(e) => match e.scalar_fields(f) {
+                Scalar::Str(b) => KeyRead::Text(SmallVec::from_slice(b)),
+                _ => KeyRead::Value(e.eval_fields(f)?),
+            },
+            None => KeyRead::Value(Value::Null),
         };
         args.clear();
         for a in &self.args {
@@ -579,6 +592,12 @@ impl Window {
         }
         Some((ts, key))
     }
+}
+
+/// A key read from indexed fields: a string's text, or another value.
+enum KeyRead {
+    Text(SmallVec<[u8; 32]>),
+    Value(Value),
 }
 
 /// The clock, and its time when the batch came in: `max_future` compares event times with

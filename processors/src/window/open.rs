@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::hash::BuildHasher;
 
 use compact_str::CompactString;
+use flow_core::record::eq_bytes;
 use slab::Slab;
 use smallvec::SmallVec;
 
@@ -82,7 +83,7 @@ impl<S: Numbered> OpenWindows<S> {
     fn find_bytes(&self, key: &[u8]) -> Option<usize> {
         let hash = self.hasher.hash_one(key);
         self.index
-            .find(hash, |&i| self.keys[i].text.as_bytes() == key)
+            .find(hash, |&i| eq_bytes(self.keys[i].text.as_bytes(), key))
             .copied()
     }
 
