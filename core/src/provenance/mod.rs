@@ -1060,7 +1060,23 @@ impl NodeRecorder {
     /// Give `e` the attribute digests of `records` (its records, in order), and the
     /// attribute sets of the digests this node has not sent before. One hash per record;
     /// a set is cloned only the first time.
-    pub fn digest<'a>(&self, e: &mut Event, records: impl IntoIterator<Item = &'a Record>) {
+    pub fn digest<'a, I>(&self, e: &mut Event, records: I)
+    where
+        I: IntoIterator<Item = &'a Record>,
+        I::IntoIter: Clone,
+    {
+        let records = records.into_iter();
+        // Most batches carry no attributes at all (a file's lines, a window's outputs): one
+        // run of "none", found by a look at each record, not a hash and a run each.
+        let mut bare = 0usize;
+        if records.clone().all(|r| {
+            bare += 1;
+            r.attributes.is_empty()
+        }) && let Ok(n) = u32::try_from(bare)
+        {
+            e.attrs = Digests(if n == 0 { Vec::new() } else { vec![(0, n)] });
+            return;
+        }
         let mut runs: Vec<(u64, u32)> = Vec::new();
         let mut known = None;
         for r in records {
