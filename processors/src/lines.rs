@@ -8,7 +8,7 @@
 //! goes to `failure` with only its first bytes: it is skipped to its end without being held in
 //! memory.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 
 use bytes::{Bytes, BytesMut};
@@ -210,6 +210,7 @@ pub(crate) enum Decoded {
 }
 
 /// Turns lines into records.
+#[derive(Clone)]
 pub(crate) struct Decoder {
     format: Format,
     json_view: JsonView,
@@ -368,6 +369,154 @@ impl Batcher {
     }
 }
 
+/// How many chunks of JSON lines are decoded ahead of the one being taken.
+const DECODING_AHEAD: usize = 2;
+
+/// A chunk's lines, cut and decoded: what each line became, in order, and the records made
+/// (kept apart, so that a record moves once more on its way into a batch, not with every
+/// line).
+struct Cut {
+    /// Each line's bytes taken (with its line ending) and what it became.
+    lines: Vec<(u64, Line)>,
+    /// The records of `Record` and `Failed` lines, in order.
+    records: Vec<Record>,
+    /// The messages of `Failed` lines, in order.
+    errors: Vec<String>,
+}
+
+/// What a line became.
+#[derive(Clone, Copy)]
+enum Line {
+    /// Blank (skipped, still counted), or not a record (a CSV header).
+    Skip,
+    /// A record.
+    Record,
+    /// A line that could not be read (over the limit: its first bytes), for `failure`.
+    Failed,
+}
+
+impl Cut {
+    /// One line that could not be read.
+    fn one_failed(taken: u64, r: Record, msg: String) -> Self {
+        Self {
+            lines: vec![(taken, Line::Failed)],
+            records: vec![r],
+            errors: vec![msg],
+        }
+    }
+
+    fn failed(&mut self, r: Record, msg: String) -> Line {
+        self.records.push(r);
+        self.errors.push(msg);
+        Line::Failed
+    }
+}
+
+/// Cuts chunks into lines and decodes them.
+#[derive(Clone, Copy)]
+struct Cutter {
+    max_line: usize,
+    max_record_size: ByteSize,
+}
+
+impl Cutter {
+    /// The lines of `chunk`, decoded.
+    fn cut(self, chunk: &Bytes, decoder: &mut Decoder) -> Cut {
+        let n = memchr::memchr_iter(b'\n', chunk).count() + 1;
+        let mut cut = Cut {
+            lines: Vec::with_capacity(n),
+            records: Vec::with_capacity(n),
+            errors: Vec::new(),
+        };
+        for (line, taken) in split_lines(chunk) {
+            let kind = if is_blank(&line) {
+                Line::Skip
+            } else if line.len() > self.max_line {
+                let (r, msg) = crate::record_size::oversized(
+                    &line,
+                    line.len() as u64,
+                    self.max_record_size,
+                    "the line",
+                );
+                cut.failed(r, msg)
+            } else {
+                match decoder.decode(line) {
+                    Decoded::Record(r) => {
+                        cut.records.push(r);
+                        Line::Record
+                    }
+                    Decoded::Skip => Line::Skip,
+                    Decoded::Error(r, msg) => cut.failed(r, msg),
+                }
+            };
+            cut.lines.push((taken, kind));
+        }
+        cut
+    }
+}
+
+/// What the read loop got next.
+enum Next {
+    /// A read: a chunk, or the end.
+    Read(Option<Chunk>),
+    /// The oldest chunk being decoded, decoded.
+    Decoded(Result<Cut, tokio::task::JoinError>),
+}
+
+/// The lines a decoding task cut (a task that panicked is the source's failure).
+fn decoded(done: Result<Cut, tokio::task::JoinError>) -> Result<Cut, ProcessorError> {
+    done.map_err(|e| ProcessorError::Other(format!("decoding input: {e}")))
+}
+
+/// Takes decoded lines in the input's order into batches.
+struct Taker<'a> {
+    /// The position after the last line taken.
+    pos: Position,
+    source_id: u32,
+    batch_size: usize,
+    line_attribute: &'a str,
+}
+
+impl Taker<'_> {
+    async fn take(
+        &mut self,
+        b: &mut Batcher,
+        out: &mut Emitter,
+        cut: Cut,
+    ) -> Result<(), ProcessorError> {
+        let mut records = cut.records.into_iter();
+        let mut errors = cut.errors.into_iter();
+        for (taken, line) in cut.lines {
+            self.pos.offset += taken;
+            self.pos.line += 1;
+            match line {
+                Line::Skip => continue,
+                Line::Failed => {
+                    if let (Some(r), Some(msg)) = (records.next(), errors.next()) {
+                        b.fail(r, &msg, self.pos, self.line_attribute);
+                    }
+                }
+                Line::Record => {
+                    if let Some(mut r) = records.next() {
+                        r.origin = Some(Origin {
+                            source: self.source_id,
+                            seq: self.pos.line,
+                        });
+                        let token = b.token();
+                        b.pending
+                            .push(PortId::DEFAULT, r.with_acks(Acks::one(token)));
+                        b.len += 1;
+                    }
+                }
+            }
+            if b.len >= self.batch_size {
+                b.send(out, self.pos).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Read `reader` to its end (or until shutdown), emitting batches of records with one ack token
 /// each, and commit in order as batches finish. Returns the committed position once every
 /// emitted batch finished.
@@ -412,69 +561,75 @@ where
         b.metrics.set_progress(input.start.offset, size);
     }
     let mut committed = input.start;
-    let mut pos = input.start;
     let max_line = crate::record_size::bytes(input.max_record_size);
     let mut splitter = Splitter::new(max_line);
+    let mut taker = Taker {
+        pos: input.start,
+        source_id,
+        batch_size: input.batch_size,
+        line_attribute: input.line_attribute,
+    };
+    let cutter = Cutter {
+        max_line,
+        max_record_size: input.max_record_size,
+    };
+    // JSON lines are decoded chunk by chunk in tasks of their own, up to a few chunks ahead
+    // of the one being taken, so that a source whose parsing is the flow's slowest part uses
+    // the other cores too. Chunks are taken in the input's order, each as soon as it is
+    // decoded (a pipe that delivers a line now and then is not held up waiting for more).
+    // Interactive input (each read sent at once) and CSV (its header) are decoded here.
+    let ahead = if input.format == Format::Json && !input.flush_each_read {
+        DECODING_AHEAD
+    } else {
+        0
+    };
+    let mut decoding: VecDeque<tokio::task::JoinHandle<Cut>> = VecDeque::new();
     loop {
-        let chunk = tokio::select! {
+        let next = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
-            c = splitter.next_chunk(reader) => c.map_err(|source| ProcessorError::Io {
-                context: "reading input".into(),
-                source,
-            })?,
-        };
-        let lines = match chunk {
-            None => break,
-            Some(Chunk::Lines(lines)) => lines,
-            Some(Chunk::Oversized { start, size, taken }) => {
-                pos.offset += taken;
-                pos.line += 1;
-                let (r, msg) =
-                    crate::record_size::oversized(&start, size, input.max_record_size, "the line");
-                b.fail(r, &msg, pos, input.line_attribute);
-                if b.len >= input.batch_size {
-                    b.send(&mut out, pos).await?;
+            Some(done) = async {
+                match decoding.front_mut() {
+                    Some(job) => Some(job.await),
+                    None => None,
                 }
-                Bytes::new()
+            } => Next::Decoded(done),
+            c = splitter.next_chunk(reader), if decoding.len() <= ahead => {
+                Next::Read(c.map_err(|source| ProcessorError::Io {
+                    context: "reading input".into(),
+                    source,
+                })?)
             }
         };
-        for (line, taken) in split_lines(&lines) {
-            pos.offset += taken;
-            pos.line += 1;
-            if is_blank(&line) {
+        match next {
+            Next::Decoded(done) => {
+                decoding.pop_front();
+                taker.take(&mut b, &mut out, decoded(done)?).await?;
+            }
+            Next::Read(None) => break,
+            Next::Read(Some(Chunk::Lines(lines))) if ahead > 0 => {
+                let mut d = decoder.clone();
+                decoding.push_back(tokio::spawn(async move { cutter.cut(&lines, &mut d) }));
                 continue;
             }
-            if line.len() > max_line {
-                let (r, msg) = crate::record_size::oversized(
-                    &line,
-                    line.len() as u64,
-                    input.max_record_size,
-                    "the line",
-                );
-                b.fail(r, &msg, pos, input.line_attribute);
-            } else {
-                match decoder.decode(line) {
-                    Decoded::Record(mut r) => {
-                        r.origin = Some(Origin {
-                            source: source_id,
-                            seq: pos.line,
-                        });
-                        let token = b.token();
-                        b.pending
-                            .push(PortId::DEFAULT, r.with_acks(Acks::one(token)));
-                        b.len += 1;
-                    }
-                    Decoded::Skip => continue,
-                    Decoded::Error(r, msg) => b.fail(r, &msg, pos, input.line_attribute),
+            Next::Read(Some(Chunk::Lines(lines))) => {
+                let cut = cutter.cut(&lines, &mut decoder);
+                taker.take(&mut b, &mut out, cut).await?;
+                if input.flush_each_read {
+                    b.send(&mut out, taker.pos).await?;
                 }
             }
-            if b.len >= input.batch_size {
-                b.send(&mut out, pos).await?;
+            Next::Read(Some(Chunk::Oversized { start, size, taken })) => {
+                // After every line before it.
+                while let Some(job) = decoding.pop_front() {
+                    taker.take(&mut b, &mut out, decoded(job.await)?).await?;
+                }
+                let (r, msg) =
+                    crate::record_size::oversized(&start, size, input.max_record_size, "the line");
+                taker
+                    .take(&mut b, &mut out, Cut::one_failed(taken, r, msg))
+                    .await?;
             }
-        }
-        if input.flush_each_read {
-            b.send(&mut out, pos).await?;
         }
         while let Some(f) = b.tracker.try_next() {
             if let Some(p) = b.finished(f) {
@@ -483,6 +638,12 @@ where
             }
         }
     }
+    // What was read is taken (at shutdown too: it is decoded already, and the position
+    // moves past it only as it is taken).
+    while let Some(job) = decoding.pop_front() {
+        taker.take(&mut b, &mut out, decoded(job.await)?).await?;
+    }
+    let pos = taker.pos;
     b.send(&mut out, pos).await?;
     if let Some(size) = input.size {
         b.metrics.set_progress(pos.offset, size);
@@ -638,6 +799,44 @@ mod tests {
         let (mut out, mut failed, _) = read(Format::Json, ByteSize::b(9), &mut reader).await;
         assert_eq!(texts(&mut out), [r#"{"n":1}"#, r#"{"n":2}"#]);
         assert_eq!(texts(&mut failed), ["\"0123456789\""]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lines_decoded_on_several_threads_come_out_in_order() {
+        // Enough lines for many reads, decoded ahead on both workers, with lines that are
+        // not JSON and blank ones among them: every record and every failure comes out in
+        // the input's order, at its line, and the position is the input's end.
+        let (mut text, mut want_out, mut want_failed) = (String::new(), Vec::new(), Vec::new());
+        for i in 1..=100_000u64 {
+            if i % 11 == 0 {
+                text.push_str(" \n");
+            } else if i % 7 == 0 {
+                text.push_str(&format!("{{\"n\":{i}\n"));
+                want_failed.push(i.to_string());
+            } else {
+                let line = format!("{{\"n\":{i}}}");
+                text.push_str(&line);
+                text.push('\n');
+                want_out.push(line);
+            }
+        }
+        assert!(text.len() > 10 * CHUNK);
+        let mut reader = std::io::Cursor::new(text.clone());
+        let (mut out, failed, pos) = read(Format::Json, ByteSize::mib(1), &mut reader).await;
+        assert_eq!(texts(&mut out), want_out);
+        let lines: Vec<&str> = failed
+            .iter()
+            .map(|r| r.attributes.get("test.line").map_or("", String::as_str))
+            .collect();
+        assert_eq!(lines, want_failed);
+        assert_eq!(
+            pos,
+            Position {
+                offset: text.len() as u64,
+                line: 100_000,
+                epoch: 0
+            }
+        );
     }
 
     #[tokio::test]
