@@ -130,8 +130,12 @@ pub struct Record {
 
 impl Record {
     fn new(content: Option<Bytes>, text: bool, value: Option<Value>) -> Self {
+        Self::numbered(RecordId::next(), content, text, value)
+    }
+
+    fn numbered(id: RecordId, content: Option<Bytes>, text: bool, value: Option<Value>) -> Self {
         Self {
-            id: RecordId::next(),
+            id,
             parents: Vec::new(),
             content,
             text,
@@ -187,6 +191,21 @@ impl Record {
         reason = "the record is handed back on the rare error path"
     )]
     pub fn json(content: Bytes, view: JsonView) -> Result<Self, (Self, ParseError)> {
+        Self::json_numbered(RecordId::next(), content, view)
+    }
+
+    /// [`Record::json`] with the id `id` (one of a block the caller took: a source that
+    /// decodes on several threads numbers each chunk's records in the input's order, and
+    /// takes one id from the shared counter per chunk, not one per record).
+    #[allow(
+        clippy::result_large_err,
+        reason = "the record is handed back on the rare error path"
+    )]
+    pub fn json_numbered(
+        id: RecordId,
+        content: Bytes,
+        view: JsonView,
+    ) -> Result<Self, (Self, ParseError)> {
         let checked = match view {
             JsonView::Lazy => check_json(&content).map(|()| None),
             JsonView::Eager => serde_json::from_slice::<Value>(&content)
@@ -194,7 +213,7 @@ impl Record {
                 .map_err(ParseError),
             JsonView::Fields => match Fields::index(&content) {
                 Ok(Some(fields)) => {
-                    let mut r = Self::from_bytes(content);
+                    let mut r = Self::numbered(id, Some(content), false, None);
                     r.fields = Some(Arc::new(fields));
                     return Ok(r);
                 }
@@ -206,9 +225,9 @@ impl Record {
             },
         };
         match checked {
-            Ok(None) => Ok(Self::from_bytes(content)),
-            Ok(Some(v)) => Ok(Self::from_parts(content, v)),
-            Err(e) => Err((Self::from_bytes(content), e)),
+            Ok(None) => Ok(Self::numbered(id, Some(content), false, None)),
+            Ok(Some(v)) => Ok(Self::numbered(id, Some(content), false, Some(v))),
+            Err(e) => Err((Self::numbered(id, Some(content), false, None), e)),
         }
     }
 

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use flow_core::ack::{AckToken, AckTracker, Acks, Finished, InOrderCommit};
 use flow_core::processor::{Output, PortId, ProcessorError, SourceContext};
-use flow_core::record::{JsonView, Origin, Record, Value};
+use flow_core::record::{JsonView, Origin, Record, RecordId, Value};
 use flow_core::runtime::emit::Emitter;
 use flow_core::runtime::metrics::NodeMetrics;
 use schemars::JsonSchema;
@@ -226,6 +226,18 @@ impl Decoder {
         }
     }
 
+    /// [`Decoder::decode`], a JSON line's record numbered `id` when given (see
+    /// [`Record::json_numbered`]).
+    fn decode_numbered(&mut self, line: Bytes, id: Option<RecordId>) -> Decoded {
+        match (self.format, id) {
+            (Format::Json, Some(id)) => match Record::json_numbered(id, line, self.json_view) {
+                Ok(r) => Decoded::Record(r),
+                Err((r, e)) => Decoded::Error(r, e.to_string()),
+            },
+            _ => self.decode(line),
+        }
+    }
+
     pub(crate) fn decode(&mut self, line: Bytes) -> Decoded {
         match self.format {
             Format::Json => match Record::json(line, self.json_view) {
@@ -420,15 +432,16 @@ struct Cutter {
 }
 
 impl Cutter {
-    /// The lines of `chunk`, decoded.
-    fn cut(self, chunk: &Bytes, decoder: &mut Decoder) -> Cut {
-        let n = memchr::memchr_iter(b'\n', chunk).count() + 1;
+    /// The lines of `chunk`, decoded; with `ids`, the `n`th line's record is numbered
+    /// `ids + n` (a block of [`line_count`] ids taken for it).
+    fn cut(self, chunk: &Bytes, decoder: &mut Decoder, ids: Option<RecordId>) -> Cut {
+        let n = line_count(chunk);
         let mut cut = Cut {
             lines: Vec::with_capacity(n),
             records: Vec::with_capacity(n),
             errors: Vec::new(),
         };
-        for (line, taken) in split_lines(chunk) {
+        for (i, (line, taken)) in split_lines(chunk).enumerate() {
             let kind = if is_blank(&line) {
                 Line::Skip
             } else if line.len() > self.max_line {
@@ -440,7 +453,8 @@ impl Cutter {
                 );
                 cut.failed(r, msg)
             } else {
-                match decoder.decode(line) {
+                let id = ids.map(|first| RecordId(first.0.wrapping_add(i as u64)));
+                match decoder.decode_numbered(line, id) {
                     Decoded::Record(r) => {
                         cut.records.push(r);
                         Line::Record
@@ -461,6 +475,12 @@ enum Next {
     Read(Option<Chunk>),
     /// The oldest chunk being decoded, decoded.
     Decoded(Result<Cut, tokio::task::JoinError>),
+}
+
+/// How many lines `chunk` holds (the last may lack its newline).
+fn line_count(chunk: &[u8]) -> usize {
+    memchr::memchr_iter(b'\n', chunk).count()
+        + usize::from(chunk.last().is_some_and(|&b| b != b'\n'))
 }
 
 /// The lines a decoding task cut (a task that panicked is the source's failure).
@@ -608,12 +628,19 @@ where
             }
             Next::Read(None) => break,
             Next::Read(Some(Chunk::Lines(lines))) if ahead > 0 => {
+                // The chunk's ids are taken here, in the input's order: every record of
+                // the input numbered in order whichever thread decodes it, consecutive within
+                // a chunk (provenance keeps ids as runs), one count shared between threads
+                // touched once a chunk, not once a record.
+                let ids = RecordId::block(line_count(&lines) as u64);
                 let mut d = decoder.clone();
-                decoding.push_back(tokio::spawn(async move { cutter.cut(&lines, &mut d) }));
+                decoding.push_back(tokio::spawn(async move {
+                    cutter.cut(&lines, &mut d, Some(ids))
+                }));
                 continue;
             }
             Next::Read(Some(Chunk::Lines(lines))) => {
-                let cut = cutter.cut(&lines, &mut decoder);
+                let cut = cutter.cut(&lines, &mut decoder, None);
                 taker.take(&mut b, &mut out, cut).await?;
                 if input.flush_each_read {
                     b.send(&mut out, taker.pos).await?;
@@ -824,6 +851,8 @@ mod tests {
         let mut reader = std::io::Cursor::new(text.clone());
         let (mut out, failed, pos) = read(Format::Json, ByteSize::mib(1), &mut reader).await;
         assert_eq!(texts(&mut out), want_out);
+        // Numbered in the input's order, whichever worker decoded them.
+        assert!(out.windows(2).all(|w| w[0].id() < w[1].id()));
         let lines: Vec<&str> = failed
             .iter()
             .map(|r| r.attributes.get("test.line").map_or("", String::as_str))

@@ -192,6 +192,10 @@ pub struct Engine {
     /// at once are never a million output records in memory at once.
     closing: bool,
     pub counters: Counters,
+    /// The output's field names as JSON, `"name":`, in order (key, start, end, aggregates),
+    /// when the three first are distinct: each window's content is written with them, its
+    /// values encoded one by one (the names' escaping checked once, not per window).
+    names_json: Option<Vec<Vec<u8>>>,
 }
 
 /// The serialized form of the state.
@@ -243,12 +247,27 @@ enum Bounds {
 }
 
 /// Fields with distinct names, serialized as a JSON object in their order.
-struct InOrder<'a>(&'a [(&'a str, Value)]);
+/// A field name as [`in_order`] takes it: `"name":`.
+fn name_json(name: &str) -> Vec<u8> {
+    let mut json = serde_json::to_vec(name).unwrap_or_default();
+    json.push(b':');
+    json
+}
 
-impl Serialize for InOrder<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+/// `fields` as a JSON object in their order, with their names already encoded (`names`,
+/// `"name":` each): what serde_json writes for the same map.
+fn in_order(names: &[Vec<u8>], fields: &[(&str, Value)]) -> Result<Vec<u8>, serde_json::Error> {
+    let mut json = Vec::with_capacity(128);
+    json.push(b'{');
+    for (i, (name, (_, value))) in names.iter().zip(fields).enumerate() {
+        if i > 0 {
+            json.push(b',');
+        }
+        json.extend_from_slice(name);
+        serde_json::to_writer(&mut json, value)?;
     }
+    json.push(b'}');
+    Ok(json)
 }
 
 /// Whether `v` encoded as JSON reads back as itself (numbers, valid UTF-8 strings, and
@@ -333,7 +352,18 @@ pub enum Reject {
 
 impl Engine {
     pub fn new(s: Settings) -> Self {
+        let distinct = s.key_field != s.start_field
+            && s.key_field != s.end_field
+            && s.start_field != s.end_field;
+        let names_json = distinct.then(|| {
+            [&s.key_field, &s.start_field, &s.end_field]
+                .into_iter()
+                .chain(s.aggregates.iter().map(|(name, _)| name))
+                .map(|name| name_json(name))
+                .collect()
+        });
         Self {
+            names_json,
             s,
             max_ts: None,
             open: OpenWindows::default(),
@@ -729,15 +759,13 @@ impl Engine {
         // The content keeps the configured field order; the structured view is the same data.
         // Aggregates are named apart from the key, start and end fields (validated); those
         // three may share a name, and then the first place holds the last value, as in a map.
-        let distinct = s.key_field != s.start_field
-            && s.key_field != s.end_field
-            && s.start_field != s.end_field;
-        let json = if distinct {
-            serde_json::to_vec(&InOrder(&fields))
-        } else {
-            let ordered: indexmap::IndexMap<&str, &Value> =
-                fields.iter().map(|(k, v)| (*k, v)).collect();
-            serde_json::to_vec(&ordered)
+        let json = match &self.names_json {
+            Some(names) => in_order(names, &fields),
+            None => {
+                let ordered: indexmap::IndexMap<&str, &Value> =
+                    fields.iter().map(|(k, v)| (*k, v)).collect();
+                serde_json::to_vec(&ordered)
+            }
         };
         let content = Bytes::from(json.unwrap_or_default());
         // Plain JSON reads back as the same view: build it only if a consumer asks (a sink
@@ -830,5 +858,29 @@ impl Engine {
         self.refire = snap.slots.iter().any(|(_, s)| s.seq.is_some());
         self.open = OpenWindows::restore(snap.slots);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod content_tests {
+    use super::*;
+
+    #[test]
+    fn a_window_is_written_as_serde_json_writes_the_map() {
+        let mut object = vrl::value::ObjectMap::new();
+        object.insert("a b".into(), Value::from(vec![Value::from(1), Value::Null]));
+        let fields = [
+            ("dev\"ice", Value::from("car-\u{1}\u{e9}")),
+            ("window_start", Value::from(1_732_300_000_000_i64)),
+            ("avg", Value::from_f64_or_zero(71.25)),
+            ("none", Value::Null),
+            ("nested", Value::Object(object)),
+        ];
+        let names: Vec<Vec<u8>> = fields.iter().map(|(n, _)| name_json(n)).collect();
+        let map: indexmap::IndexMap<&str, &Value> = fields.iter().map(|(k, v)| (*k, v)).collect();
+        assert_eq!(
+            in_order(&names, &fields).expect("encodes"),
+            serde_json::to_vec(&map).expect("encodes")
+        );
     }
 }
