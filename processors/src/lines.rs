@@ -6,7 +6,8 @@
 //! a newline is still a line, and blank lines (empty, or only spaces and tabs) are skipped in every
 //! format (they still count in line numbers and offsets). A line longer than `max_record_size`
 //! goes to `failure` with only its first bytes: it is skipped to its end without being held in
-//! memory.
+//! memory. JSON lines from a file are decoded a chunk at a time on the runtime's workers, a few
+//! chunks ahead, and taken in the input's order.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
