@@ -576,9 +576,10 @@ impl Window {
         // A string key is copied out of the content (a few bytes on the stack): the record
         // moves into the engine, and a `Value` of it would be a shared count of the source's
         // read buffer, up here and down again when the record is dropped, on another core.
+        // A longer key than the stack copy holds is read as a `Value` (no allocation).
         let key = match &self.key {
             Some(e) => match e.scalar_fields(f) {
-                Scalar::Str(b) => KeyRead::Text(SmallVec::from_slice(b)),
+                Scalar::Str(b) if b.len() <= KEY_ON_STACK => KeyRead::Text(SmallVec::from_slice(b)),
                 _ => KeyRead::Value(e.eval_fields(f)?),
             },
             None => KeyRead::Value(Value::Null),
@@ -594,9 +595,12 @@ impl Window {
     }
 }
 
+/// The longest string key copied onto the stack (see [`Window::read_fields`]).
+const KEY_ON_STACK: usize = 64;
+
 /// A key read from indexed fields: a string's text, or another value.
 enum KeyRead {
-    Text(SmallVec<[u8; 32]>),
+    Text(SmallVec<[u8; KEY_ON_STACK]>),
     Value(Value),
 }
 

@@ -953,3 +953,44 @@ async fn durations_too_long_for_the_clock_are_never_reached() {
         assert!(hops >= 1, "{extra}");
     }
 }
+
+/// The same records read from their indexed fields (as a source that indexes them hands them
+/// over) and from their structured view make the same windows, whatever the key: short keys
+/// are copied onto the stack, longer ones read as a value, escaped ones from the view.
+#[test]
+fn keys_read_from_indexed_fields_make_the_windows_of_the_view() {
+    let (w, _) = window(&cfg(serde_json::json!({})));
+    let keys = [
+        "a".to_owned(),
+        "k".repeat(KEY_ON_STACK),
+        "k".repeat(KEY_ON_STACK + 1),
+        "x".repeat(200),
+        r"tab\there".to_owned(),
+    ];
+    let run = |view: flow_core::record::JsonView| {
+        let mut engine = engine(&cfg(serde_json::json!({})));
+        let clock = Clock::system();
+        let mut out = Output::new("w".into(), 3);
+        let mut args = Vec::new();
+        for (i, t) in [1, 2, 3, 12].into_iter().enumerate() {
+            for k in &keys {
+                let line = format!(r#"{{"k":"{k}","t":{t},"v":{i}}}"#);
+                let r = Record::json(bytes::Bytes::from(line), view).expect("valid");
+                assert_eq!(
+                    r.fields().is_some(),
+                    view == flow_core::record::JsonView::Fields
+                );
+                w.handle(r, &mut engine, &mut out, &BatchTime::new(&clock), &mut args);
+            }
+        }
+        engine.flush(&mut out);
+        let (mut windows, late) = summarize(&out);
+        windows.sort();
+        (windows, late)
+    };
+    let (windows, late) = run(flow_core::record::JsonView::Fields);
+    assert_eq!((windows.len(), late.len()), (2 * keys.len(), 0), "{windows:?}");
+    assert!(windows.contains(&format!("{}:0-10:3:3", "x".repeat(200))), "{windows:?}");
+    assert!(windows.contains(&"tab\there:10-20:1:3".to_owned()), "{windows:?}");
+    assert_eq!((windows, late), run(flow_core::record::JsonView::Eager));
+}
