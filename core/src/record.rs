@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
+use smallvec::SmallVec;
 pub use vrl::value::Value;
 
 use crate::ack::{AckStatus, Acks};
@@ -156,6 +157,12 @@ impl Record {
         Self::new(Some(content.into()), false, None)
     }
 
+    /// [`Record::from_bytes`] with the id `id` (one of a block the caller took, see
+    /// [`Record::json_numbered`]).
+    pub fn from_bytes_numbered(id: RecordId, content: impl Into<Bytes>) -> Self {
+        Self::numbered(id, Some(content.into()), false, None)
+    }
+
     /// A new record over raw content that is text, not JSON: its structured view is the
     /// content as one string.
     pub fn from_text(content: Bytes) -> Self {
@@ -214,7 +221,7 @@ impl Record {
             JsonView::Fields => match Fields::index(&content) {
                 Ok(Some(fields)) => {
                     let mut r = Self::numbered(id, Some(content), false, None);
-                    r.fields = Some(Arc::new(fields));
+                    r.fields = Some(fields);
                     return Ok(r);
                 }
                 // Not an object: checked, and its view is built at once (rare, and small).
@@ -537,13 +544,14 @@ impl<'de> serde::de::Visitor<'de> for Valid {
 /// VRL reads it, a string with escapes), or a mark for a nested object or array. Reading
 /// `.temperature` is then a scan of a few keys in one buffer, where the view is a B-tree of
 /// separately allocated keys built for every record and freed on another thread.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Fields {
     /// The fields in the content's order, 32 bytes each (they were 64, a key and a `Value`:
-    /// the first read of a record on another core missed the cache five lines deep). A `Vec`,
-    /// not inline: `Fields` is moved through the parser's layers and into its `Arc`, and
-    /// 300 bytes inline cost more in copies than the allocation they saved.
-    entries: Vec<Entry>,
+    /// the first read of a record on another core missed the cache five lines deep). Up to
+    /// eight inline: the index is one allocation, its `Arc`'s, filled where it lies (it was
+    /// built on the stack and moved through the parser's layers when it was first inline,
+    /// which cost more in copies than the allocation it saved).
+    entries: SmallVec<[Entry; 8]>,
     /// Keys with escapes, unescaped (rare).
     keys: Vec<Box<str>>,
     /// Values kept as the view holds them: strings with escapes (rare).
@@ -707,28 +715,36 @@ fn span(start: u32, len: u32) -> std::ops::Range<usize> {
 impl Fields {
     /// Check `content` as [`check_json`] does and index its top-level fields; `None` for valid
     /// JSON that is not an object (or content past 4 GiB, whose spans do not fit).
-    fn index(content: &[u8]) -> Result<Option<Fields>, ParseError> {
+    fn index(content: &[u8]) -> Result<Option<Arc<Fields>>, ParseError> {
         if u32::try_from(content.len()).is_err() {
             return check_json(content).map(|()| None);
         }
+        let mut fields = Arc::new(Fields {
+            entries: SmallVec::new(),
+            keys: Vec::new(),
+            values: Vec::new(),
+        });
+        // The `Arc` was just made: this is a borrow of it, never a copy.
         let seed = TopSeed {
             base: content.as_ptr() as usize,
+            fields: Arc::make_mut(&mut fields),
         };
-        match std::str::from_utf8(content) {
+        let object = match std::str::from_utf8(content) {
             // Almost every line: checked once here, and serde_json reads it as text, checking
             // no string again (it checked each string of the bytes on its own, a call each).
             Ok(text) => index_with(serde_json::Deserializer::from_str(text), seed),
             // Read as bytes: the error is serde_json's own, at the same place as always.
             Err(_) => index_with(serde_json::Deserializer::from_slice(content), seed),
-        }
+        }?;
+        Ok(object.then_some(fields))
     }
 }
 
 /// Index with `de`, which reads the content (text or bytes: the same spans, checks and errors).
 fn index_with<'de, R: serde_json::de::Read<'de>>(
     mut de: serde_json::Deserializer<R>,
-    seed: TopSeed,
-) -> Result<Option<Fields>, ParseError> {
+    seed: TopSeed<'_>,
+) -> Result<bool, ParseError> {
     let top = serde::de::DeserializeSeed::deserialize(seed, &mut de)?;
     de.end()?;
     Ok(top)
@@ -744,53 +760,50 @@ fn offset(base: usize, s: &str) -> (u32, u32) {
     )
 }
 
-/// The top-level value while indexing: the fields of an object, or `None` for anything
-/// else (checked).
-struct TopSeed {
+/// The top-level value while indexing: the fields of an object, into `fields` (`true`), or
+/// `false` for anything else (checked).
+struct TopSeed<'a> {
     base: usize,
+    fields: &'a mut Fields,
 }
 
-impl<'de> serde::de::DeserializeSeed<'de> for TopSeed {
-    type Value = Option<Fields>;
+impl<'de> serde::de::DeserializeSeed<'de> for TopSeed<'_> {
+    type Value = bool;
 
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Option<Fields>, D::Error> {
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl<'de> serde::de::Visitor<'de> for TopSeed {
-    type Value = Option<Fields>;
+impl<'de> serde::de::Visitor<'de> for TopSeed<'_> {
+    type Value = bool;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("a JSON value")
     }
     fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(None)
+        Ok(false)
     }
     fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(None)
+        Ok(false)
     }
     fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(None)
+        Ok(false)
     }
     fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(None)
+        Ok(false)
     }
     fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-        Ok(None)
+        Ok(false)
     }
     fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(None)
+        Ok(false)
     }
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-        Valid.visit_seq(seq).map(|_| None)
+        Valid.visit_seq(seq).map(|_| false)
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut f = Fields {
-            entries: Vec::with_capacity(map.size_hint().unwrap_or(8)),
-            keys: Vec::new(),
-            values: Vec::new(),
-        };
+        let f = self.fields;
         let base = self.base;
         while let Some(key) = map.next_key_seed(KeySeed { base })? {
             let key = match key {
@@ -809,7 +822,7 @@ impl<'de> serde::de::Visitor<'de> for TopSeed {
             };
             f.entries.push(Entry { key, value });
         }
-        Ok(Some(f))
+        Ok(true)
     }
 }
 

@@ -382,7 +382,8 @@ impl Batcher {
     }
 }
 
-/// How many chunks of JSON lines are decoded ahead of the one being taken.
+/// How many chunks of JSON lines are decoded ahead of the one being taken (one more is read
+/// and handed out while the source waits for the oldest).
 const DECODING_AHEAD: usize = 2;
 
 /// A chunk's lines, cut and decoded: what each line became, in order, and the records made
@@ -443,10 +444,12 @@ impl Cutter {
             errors: Vec::new(),
         };
         for (i, (line, taken)) in split_lines(chunk).enumerate() {
+            let id = ids.map(|first| RecordId(first.0.wrapping_add(i as u64)));
             let kind = if is_blank(&line) {
                 Line::Skip
             } else if line.len() > self.max_line {
-                let (r, msg) = crate::record_size::oversized(
+                let (r, msg) = crate::record_size::oversized_numbered(
+                    id,
                     &line,
                     line.len() as u64,
                     self.max_record_size,
@@ -454,7 +457,6 @@ impl Cutter {
                 );
                 cut.failed(r, msg)
             } else {
-                let id = ids.map(|first| RecordId(first.0.wrapping_add(i as u64)));
                 match decoder.decode_numbered(line, id) {
                     Decoded::Record(r) => {
                         cut.records.push(r);
@@ -598,7 +600,8 @@ where
     // of the one being taken, so that a source whose parsing is the flow's slowest part uses
     // the other cores too. Chunks are taken in the input's order, each as soon as it is
     // decoded (a pipe that delivers a line now and then is not held up waiting for more).
-    // Interactive input (each read sent at once) and CSV (its header) are decoded here.
+    // Interactive input (each read sent at once), CSV (its header) and raw lines (nothing
+    // to decode) are cut here.
     let ahead = if input.format == Format::Json && !input.flush_each_read {
         DECODING_AHEAD
     } else {
@@ -657,6 +660,9 @@ where
                 taker
                     .take(&mut b, &mut out, Cut::one_failed(taken, r, msg))
                     .await?;
+                if input.flush_each_read {
+                    b.send(&mut out, taker.pos).await?;
+                }
             }
         }
         while let Some(f) = b.tracker.try_next() {
@@ -838,6 +844,10 @@ mod tests {
         for i in 1..=100_000u64 {
             if i % 11 == 0 {
                 text.push_str(" \n");
+            } else if i % 13 == 0 {
+                // Over the limit.
+                text.push_str(&format!("{{\"n\":{i},\"pad\":\"{}\"}}\n", "p".repeat(80)));
+                want_failed.push(i.to_string());
             } else if i % 7 == 0 {
                 text.push_str(&format!("{{\"n\":{i}\n"));
                 want_failed.push(i.to_string());
@@ -850,15 +860,30 @@ mod tests {
         }
         assert!(text.len() > 10 * CHUNK);
         let mut reader = std::io::Cursor::new(text.clone());
-        let (mut out, failed, pos) = read(Format::Json, ByteSize::mib(1), &mut reader).await;
+        let (mut out, failed, pos) = read(Format::Json, ByteSize::b(64), &mut reader).await;
         assert_eq!(texts(&mut out), want_out);
-        // Numbered in the input's order, whichever worker decoded them.
-        assert!(out.windows(2).all(|w| w[0].id() < w[1].id()));
         let lines: Vec<&str> = failed
             .iter()
             .map(|r| r.attributes.get("test.line").map_or("", String::as_str))
             .collect();
         assert_eq!(lines, want_failed);
+        // Every record, delivered or failed, numbered in the input's order, whichever worker
+        // decoded it.
+        let mut by_line: Vec<(u64, RecordId)> = out
+            .iter()
+            .map(|r| r.origin.map_or(0, |o| o.seq))
+            .zip(out.iter().map(Record::id))
+            .chain(failed.iter().map(|r| {
+                let line = r.attributes.get("test.line").and_then(|l| l.parse().ok());
+                (line.unwrap_or(0), r.id())
+            }))
+            .collect();
+        by_line.sort();
+        assert!(
+            by_line
+                .windows(2)
+                .all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1)
+        );
         assert_eq!(
             pos,
             Position {

@@ -9,7 +9,7 @@
 use bytes::Bytes;
 use bytesize::ByteSize;
 use flow_core::processor::ConfigError;
-use flow_core::record::Record;
+use flow_core::record::{Record, RecordId};
 
 /// The default `max_record_size`: 1 MiB, as Kafka's default largest message.
 pub(crate) fn default_max_record_size() -> ByteSize {
@@ -52,11 +52,23 @@ pub(crate) fn message(what: &str, size: u64, max: ByteSize) -> String {
 /// The record that goes to `failure` in place of one of `size` bytes whose content starts with
 /// `start` (only [`KEPT`] bytes of it are kept), and why.
 pub(crate) fn oversized(start: &[u8], size: u64, max: ByteSize, what: &str) -> (Record, String) {
-    let kept = &start[..start.len().min(KEPT)];
-    (
-        Record::from_bytes(Bytes::copy_from_slice(kept)),
-        message(what, size, max),
-    )
+    oversized_numbered(None, start, size, max, what)
+}
+
+/// [`oversized`], the record numbered `id` when given (see [`Record::from_bytes_numbered`]).
+pub(crate) fn oversized_numbered(
+    id: Option<RecordId>,
+    start: &[u8],
+    size: u64,
+    max: ByteSize,
+    what: &str,
+) -> (Record, String) {
+    let kept = Bytes::copy_from_slice(&start[..start.len().min(KEPT)]);
+    let record = match id {
+        Some(id) => Record::from_bytes_numbered(id, kept),
+        None => Record::from_bytes(kept),
+    };
+    (record, message(what, size, max))
 }
 
 #[cfg(test)]

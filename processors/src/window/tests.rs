@@ -989,8 +989,18 @@ fn keys_read_from_indexed_fields_make_the_windows_of_the_view() {
         (windows, late)
     };
     let (windows, late) = run(flow_core::record::JsonView::Fields);
-    assert_eq!((windows.len(), late.len()), (2 * keys.len(), 0), "{windows:?}");
-    assert!(windows.contains(&format!("{}:0-10:3:3", "x".repeat(200))), "{windows:?}");
-    assert!(windows.contains(&"tab\there:10-20:1:3".to_owned()), "{windows:?}");
+    assert_eq!(
+        (windows.len(), late.len()),
+        (2 * keys.len(), 0),
+        "{windows:?}"
+    );
+    assert!(
+        windows.contains(&format!("{}:0-10:3:3", "x".repeat(200))),
+        "{windows:?}"
+    );
+    assert!(
+        windows.contains(&"tab\there:10-20:1:3".to_owned()),
+        "{windows:?}"
+    );
     assert_eq!((windows, late), run(flow_core::record::JsonView::Eager));
 }
