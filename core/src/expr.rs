@@ -610,21 +610,23 @@ impl Expr {
     /// A field path's value on a record's indexed top-level fields: the value [`Expr::eval`]
     /// gives, or `None` where only the structured view can tell.
     pub fn eval_fields(&self, fields: FieldsRef<'_>) -> Option<Value> {
-        let path = self
-            .path
+        Some(fields.field(self.event_path()?)?.into_owned())
+    }
+
+    /// The path when the program is a path into the record's value (`.temperature`).
+    fn event_path(&self) -> Option<&vrl::path::OwnedValuePath> {
+        self.path
             .as_ref()
-            .filter(|p| p.prefix == PathPrefix::Event)?;
-        Some(fields.field(&path.path)?.into_owned())
+            .filter(|p| p.prefix == PathPrefix::Event)
+            .map(|p| &p.path)
     }
 
     /// A field path's value on a record's indexed top-level fields as a [`Scalar`], without
     /// making a `Value`: numbers, and strings without escapes as their bytes; `Other` for
     /// the rest (read it with [`Expr::eval_fields`]).
     pub fn scalar_fields<'a>(&self, fields: FieldsRef<'a>) -> Scalar<'a> {
-        self.path
-            .as_ref()
-            .filter(|p| p.prefix == PathPrefix::Event)
-            .and_then(|p| top_level(&p.path))
+        self.event_path()
+            .and_then(top_level)
             .map_or(Scalar::Other, |name| fields.get_scalar(name))
     }
 

@@ -220,7 +220,7 @@ impl Record {
                 .map_err(ParseError),
             JsonView::Fields => match Fields::index(&content) {
                 Ok(Some(fields)) => {
-                    let mut r = Self::numbered(id, Some(content), false, None);
+                    let mut r = Self::from_bytes_numbered(id, content);
                     r.fields = Some(fields);
                     return Ok(r);
                 }
@@ -232,9 +232,9 @@ impl Record {
             },
         };
         match checked {
-            Ok(None) => Ok(Self::numbered(id, Some(content), false, None)),
+            Ok(None) => Ok(Self::from_bytes_numbered(id, content)),
             Ok(Some(v)) => Ok(Self::numbered(id, Some(content), false, Some(v))),
-            Err(e) => Err((Self::numbered(id, Some(content), false, None), e)),
+            Err(e) => Err((Self::from_bytes_numbered(id, content), e)),
         }
     }
 

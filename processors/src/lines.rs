@@ -227,24 +227,21 @@ impl Decoder {
         }
     }
 
+    pub(crate) fn decode(&mut self, line: Bytes) -> Decoded {
+        self.decode_numbered(line, None)
+    }
+
     /// [`Decoder::decode`], a JSON line's record numbered `id` when given (see
     /// [`Record::json_numbered`]).
     fn decode_numbered(&mut self, line: Bytes, id: Option<RecordId>) -> Decoded {
-        match (self.format, id) {
-            (Format::Json, Some(id)) => match Record::json_numbered(id, line, self.json_view) {
-                Ok(r) => Decoded::Record(r),
-                Err((r, e)) => Decoded::Error(r, e.to_string()),
-            },
-            _ => self.decode(line),
-        }
-    }
-
-    pub(crate) fn decode(&mut self, line: Bytes) -> Decoded {
         match self.format {
-            Format::Json => match Record::json(line, self.json_view) {
-                Ok(r) => Decoded::Record(r),
-                Err((r, e)) => Decoded::Error(r, e.to_string()),
-            },
+            Format::Json => {
+                let id = id.unwrap_or_else(RecordId::next);
+                match Record::json_numbered(id, line, self.json_view) {
+                    Ok(r) => Decoded::Record(r),
+                    Err((r, e)) => Decoded::Error(r, e.to_string()),
+                }
+            }
             Format::Lines => Decoded::Record(Record::from_text(line)),
             Format::Csv => self.csv(line),
         }

@@ -149,6 +149,29 @@ impl From<Value> for Key<'_> {
     }
 }
 
+impl Key<'_> {
+    /// The bytes open windows are found by: a string's text, any other value's JSON.
+    fn bytes(&self) -> Cow<'_, [u8]> {
+        match self {
+            Key::Text(b) => Cow::Borrowed(b),
+            Key::Value(Value::Bytes(b)) => Cow::Borrowed(b),
+            Key::Value(Value::String(s)) => Cow::Borrowed(s.as_bytes()),
+            Key::Value(other) => Cow::Owned(flow_core::record::encode_json(other)),
+        }
+    }
+
+    /// The key as a new window keeps it (and writes it out). Bytes are copied: a key read
+    /// from a record is a slice of the source's read buffer, which an open window would
+    /// otherwise keep whole.
+    fn to_value(&self) -> Value {
+        match self {
+            Key::Text(b) => Value::Bytes(Bytes::copy_from_slice(b)),
+            Key::Value(Value::Bytes(b)) => Value::Bytes(Bytes::copy_from_slice(b)),
+            Key::Value(other) => other.clone(),
+        }
+    }
+}
+
 /// The engine.
 pub struct Engine {
     s: Settings,
@@ -523,12 +546,7 @@ impl Engine {
         // Open windows are found by the key's bytes; its text (checked as UTF-8) is made only
         // for a new window or a session. A string is its text, whichever of VRL's two kinds
         // it is (bytes read from content, a `String` made by a program): the same key.
-        let key_bytes: Cow<[u8]> = match &key {
-            Key::Text(b) => Cow::Borrowed(b),
-            Key::Value(Value::Bytes(b)) => Cow::Borrowed(b),
-            Key::Value(Value::String(s)) => Cow::Borrowed(s.as_bytes()),
-            Key::Value(other) => Cow::Owned(flow_core::record::encode_json(other)),
-        };
+        let key_bytes = key.bytes();
         let targets = match bounds {
             Bounds::Fixed(windows) => windows,
             Bounds::Session { end } => {
@@ -575,13 +593,7 @@ impl Engine {
                     }
                     let hint = self.parents_hint;
                     let mut slot = Slot {
-                        // Copied: a key read from indexed fields is a slice of the source's
-                        // read buffer, which an open window would otherwise keep whole.
-                        key: match &key {
-                            Key::Text(b) => Value::Bytes(Bytes::copy_from_slice(b)),
-                            Key::Value(Value::Bytes(b)) => Value::Bytes(Bytes::copy_from_slice(b)),
-                            Key::Value(other) => other.clone(),
-                        },
+                        key: key.to_value(),
                         accs: self.s.aggregates.iter().map(|(_, a)| a.start()).collect(),
                         count: 0,
                         parents: Vec::with_capacity(hint + hint / 4 + 1),
