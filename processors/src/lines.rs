@@ -431,10 +431,20 @@ struct Cutter {
 }
 
 impl Cutter {
-    /// The lines of `chunk`, decoded; with `ids`, the `n`th line's record is numbered
-    /// `ids + n` (a block of [`line_count`] ids taken for it).
-    fn cut(self, chunk: &Bytes, decoder: &mut Decoder, ids: Option<RecordId>) -> Cut {
-        let n = line_count(chunk);
+    /// The lines of `chunk`, decoded.
+    fn cut(self, chunk: &Bytes, decoder: &mut Decoder) -> Cut {
+        self.cut_counted(chunk, line_count(chunk), decoder, None)
+    }
+
+    /// The `n` lines of `chunk` (see [`line_count`]), decoded; with `ids`, the `i`th line's
+    /// record is numbered `ids + i` (a block of `n` ids taken for the chunk).
+    fn cut_counted(
+        self,
+        chunk: &Bytes,
+        n: usize,
+        decoder: &mut Decoder,
+        ids: Option<RecordId>,
+    ) -> Cut {
         let mut cut = Cut {
             lines: Vec::with_capacity(n),
             records: Vec::with_capacity(n),
@@ -633,15 +643,16 @@ where
                 // the input numbered in order whichever thread decodes it, consecutive within
                 // a chunk (provenance keeps ids as runs), one count shared between threads
                 // touched once a chunk, not once a record.
-                let ids = RecordId::block(line_count(&lines) as u64);
+                let n = line_count(&lines);
+                let ids = RecordId::block(n as u64);
                 let mut d = decoder.clone();
                 decoding.push_back(tokio::spawn(async move {
-                    cutter.cut(&lines, &mut d, Some(ids))
+                    cutter.cut_counted(&lines, n, &mut d, Some(ids))
                 }));
                 continue;
             }
             Next::Read(Some(Chunk::Lines(lines))) => {
-                let cut = cutter.cut(&lines, &mut decoder, None);
+                let cut = cutter.cut(&lines, &mut decoder);
                 taker.take(&mut b, &mut out, cut).await?;
                 if input.flush_each_read {
                     b.send(&mut out, taker.pos).await?;
