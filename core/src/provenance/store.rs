@@ -432,9 +432,7 @@ impl Segments {
             self.close_block()?;
         }
         self.define(events);
-        let payload = postcard::to_allocvec(events)?;
-        buf.clear();
-        frame(buf, &payload);
+        frame_of(buf, events)?;
         if let Some((file, path)) = &mut self.file {
             file.write_all(buf).map_err(io(path))?;
         }
@@ -453,6 +451,42 @@ pub(crate) fn frame(buf: &mut Vec<u8>, payload: &[u8]) {
     buf.extend_from_slice(&len.to_le_bytes());
     buf.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
     buf.extend_from_slice(payload);
+}
+
+/// `value` as one frame in `buf` (cleared first), serialized where the frame lies: the same
+/// bytes as [`frame`] of its postcard encoding. The writer's buffer keeps its capacity from
+/// frame to frame; the payload was a fresh vector every frame, grown by doubling to hundreds
+/// of kilobytes and copied into the buffer after.
+pub(crate) fn frame_of<T: serde::Serialize + ?Sized>(
+    buf: &mut Vec<u8>,
+    value: &T,
+) -> Result<(), postcard::Error> {
+    /// Appends to a vector (postcard's own vector flavor owns a new one).
+    struct Append<'a>(&'a mut Vec<u8>);
+    impl postcard::ser_flavors::Flavor for Append<'_> {
+        type Output = ();
+        fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+            self.0.push(data);
+            Ok(())
+        }
+        fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+            self.0.extend_from_slice(data);
+            Ok(())
+        }
+        fn finalize(self) -> postcard::Result<()> {
+            Ok(())
+        }
+    }
+    const HEAD: usize = 8;
+    buf.clear();
+    buf.extend_from_slice(&[0; HEAD]);
+    postcard::serialize_with_flavor(value, Append(buf))?;
+    let payload = &buf[HEAD..];
+    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+    let crc = crc32fast::hash(payload);
+    buf[..4].copy_from_slice(&len.to_le_bytes());
+    buf[4..HEAD].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
 }
 
 fn write_loop(
@@ -759,6 +793,28 @@ mod tests {
     use crate::provenance::query::{Events, Search};
     use crate::provenance::{EventKind, Runs};
     use crate::record::RecordId;
+
+    /// A frame serialized in place is the frame of the encoded payload, byte for byte, and a
+    /// reused buffer holds only the last frame.
+    #[test]
+    fn a_frame_serialized_in_place_is_the_frame_of_its_encoding() {
+        let events: Vec<Event> = (0..300u64)
+            .map(|i| Event {
+                detail: (i % 7 == 0).then(|| format!("detail {i}")),
+                ..Event::new(EventKind::Receive, (i % 3) as u32, Runs::run(i * 10, 5))
+            })
+            .collect();
+        let mut buf = vec![9u8; 100_000];
+        for n in [300, 0, 1, 17] {
+            let mut want = Vec::new();
+            frame(
+                &mut want,
+                &postcard::to_allocvec(&events[..n]).expect("encodes"),
+            );
+            frame_of(&mut buf, &events[..n]).expect("encodes");
+            assert_eq!(buf, want, "{n} events");
+        }
+    }
 
     fn header() -> Header {
         Header {
