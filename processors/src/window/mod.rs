@@ -2,6 +2,7 @@
 //! survives a restart.
 
 pub mod aggregate;
+mod chunks;
 pub mod engine;
 mod open;
 mod store;

@@ -1,9 +1,9 @@
 //! The open windows of `window_aggregate`: found by key for every record, and in order of
 //! closing for firing.
 //!
-//! Each key with open windows is one entry of a slab, holding its key text once and its open
-//! windows inline (one for tumbling windows, a few for hopping and session windows); a hash
-//! table of slab indices finds it by text. Windows close in order of `(end, start, id)`: `id`
+//! Each key with open windows is one entry of a slab (in chunks: entries never move), holding
+//! its key text once and its open windows inline (one for tumbling windows, a few for hopping
+//! and session windows); a hash table of slab indices finds it by text. Windows close in order of `(end, start, id)`: `id`
 //! numbers windows as they are made, so windows that close together fire in the order they
 //! opened, and the order is ordered by integers alone (no key text compared, no pointer
 //! followed). The ids are kept in checkpoints: a restored state fires in the same order as the
@@ -14,8 +14,9 @@ use std::hash::BuildHasher;
 
 use compact_str::CompactString;
 use flow_core::record::eq_bytes;
-use slab::Slab;
 use smallvec::SmallVec;
+
+use super::chunks::ChunkedSlab;
 
 /// What the index needs of a window's state: its id, kept with it (and in checkpoints).
 pub(super) trait Numbered {
@@ -40,7 +41,7 @@ pub(super) struct Closed<S> {
 }
 
 pub(super) struct OpenWindows<S> {
-    keys: Slab<Keyed<S>>,
+    keys: ChunkedSlab<Keyed<S>>,
     /// Slab indices of `keys`, hashed by key text.
     index: hashbrown::HashTable<usize>,
     hasher: hashbrown::DefaultHashBuilder,
@@ -53,7 +54,7 @@ pub(super) struct OpenWindows<S> {
 impl<S> Default for OpenWindows<S> {
     fn default() -> Self {
         Self {
-            keys: Slab::new(),
+            keys: ChunkedSlab::default(),
             index: hashbrown::HashTable::new(),
             hasher: hashbrown::DefaultHashBuilder::default(),
             order: BTreeMap::new(),
@@ -142,7 +143,10 @@ impl<S: Numbered> OpenWindows<S> {
             if let Ok(found) = self.index.find_entry(hash, |&j| j == i) {
                 found.remove();
             }
-            String::from(self.keys.remove(i).text)
+            self.keys
+                .try_remove(i)
+                .map(|k| String::from(k.text))
+                .unwrap_or_default()
         } else {
             String::from(&*entry.text)
         };
@@ -203,7 +207,7 @@ impl<S: Numbered> OpenWindows<S> {
     pub fn states_mut(&mut self) -> impl Iterator<Item = &mut S> + '_ {
         self.keys
             .iter_mut()
-            .flat_map(|(_, entry)| entry.open.iter_mut().map(|(_, _, state)| state))
+            .flat_map(|entry| entry.open.iter_mut().map(|(_, _, state)| state))
     }
 
     /// The windows of a checkpoint, in the order it listed them (its order of closing).
