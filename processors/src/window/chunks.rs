@@ -48,11 +48,12 @@ impl<T> ChunkedSlab<T> {
         let chunk = &mut self.chunks[c];
         // Below its capacity a slab fills a free place or pushes within it: never regrown.
         let place = chunk.insert(value);
+        debug_assert!(place < CHUNK, "a chunk never regrows");
         if chunk.len() == CHUNK {
             self.room.pop();
         }
         self.len += 1;
-        c << BITS | place
+        (c << BITS) | place
     }
 
     pub fn get(&self, key: usize) -> Option<&T> {

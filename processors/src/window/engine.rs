@@ -46,7 +46,7 @@ pub struct Settings {
 #[derive(Serialize, Deserialize)]
 struct Slot {
     key: Value,
-    /// Inline for up to three aggregates (each 48 bytes): one allocation and one cache miss
+    /// Inline for up to three aggregates (each 32 bytes): one allocation and one cache miss
     /// less per window.
     accs: smallvec::SmallVec<[Acc; 3]>,
     count: u64,

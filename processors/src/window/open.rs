@@ -3,10 +3,10 @@
 //!
 //! Each key with open windows is one entry of a slab (in chunks: entries never move), holding
 //! its key text once and its open windows inline (one for tumbling windows, a few for hopping
-//! and session windows); a hash table of slab indices finds it by text. Windows close in order of `(end, start, id)`: `id`
-//! numbers windows as they are made, so windows that close together fire in the order they
-//! opened, and the order is ordered by integers alone (no key text compared, no pointer
-//! followed). The ids are kept in checkpoints: a restored state fires in the same order as the
+//! and session windows); a hash table of slab indices finds it by text. Windows close in order
+//! of `(end, start, id)`: `id` numbers windows as they are made, so windows that close together
+//! fire in the order they opened, and the order is ordered by integers alone (no key text
+//! compared, no pointer followed). The ids are kept in checkpoints: a restored state fires in the same order as the
 //! run that saved it, which keeps the numbers exactly-once sinks see.
 
 use std::collections::BTreeMap;
@@ -143,10 +143,8 @@ impl<S: Numbered> OpenWindows<S> {
             if let Ok(found) = self.index.find_entry(hash, |&j| j == i) {
                 found.remove();
             }
-            self.keys
-                .try_remove(i)
-                .map(|k| String::from(k.text))
-                .unwrap_or_default()
+            let entry = self.keys.try_remove(i);
+            String::from(entry.expect("the entry found above").text)
         } else {
             String::from(&*entry.text)
         };
