@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::store::{Format, StoreError, frame, io, next_frame};
+use super::store::{Format, StoreError, frame_of, io, next_frame};
 use super::{Event, EventKind};
 
 /// An index file's first bytes.
@@ -242,9 +242,8 @@ pub fn create(segment: &Path) -> Result<File, StoreError> {
 
 /// Append `block`'s entry to an index file.
 pub fn append(file: &mut File, path: &Path, block: &Block) -> Result<(), StoreError> {
-    let payload = postcard::to_allocvec(block)?;
-    let mut buf = Vec::with_capacity(payload.len() + 8);
-    frame(&mut buf, &payload);
+    let mut buf = Vec::new();
+    frame_of(&mut buf, block)?;
     file.write_all(&buf).map_err(io(path))
 }
 

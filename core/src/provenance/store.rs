@@ -447,10 +447,19 @@ impl Segments {
 }
 
 pub(crate) fn frame(buf: &mut Vec<u8>, payload: &[u8]) {
-    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
-    buf.extend_from_slice(&len.to_le_bytes());
-    buf.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    buf.extend_from_slice(&frame_head(payload));
     buf.extend_from_slice(payload);
+}
+
+/// A frame's first bytes: the payload's length and CRC-32, little-endian.
+const FRAME_HEAD: usize = 8;
+
+fn frame_head(payload: &[u8]) -> [u8; FRAME_HEAD] {
+    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+    let mut head = [0; FRAME_HEAD];
+    head[..4].copy_from_slice(&len.to_le_bytes());
+    head[4..].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    head
 }
 
 /// `value` as one frame in `buf` (cleared first), serialized where the frame lies: the same
@@ -477,15 +486,11 @@ pub(crate) fn frame_of<T: serde::Serialize + ?Sized>(
             Ok(())
         }
     }
-    const HEAD: usize = 8;
     buf.clear();
-    buf.extend_from_slice(&[0; HEAD]);
+    buf.extend_from_slice(&[0; FRAME_HEAD]);
     postcard::serialize_with_flavor(value, Append(buf))?;
-    let payload = &buf[HEAD..];
-    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
-    let crc = crc32fast::hash(payload);
-    buf[..4].copy_from_slice(&len.to_le_bytes());
-    buf[4..HEAD].copy_from_slice(&crc.to_le_bytes());
+    let head = frame_head(&buf[FRAME_HEAD..]);
+    buf[..FRAME_HEAD].copy_from_slice(&head);
     Ok(())
 }
 
