@@ -27,6 +27,7 @@ mod top;
 /// Records are made on one worker thread and freed on another; glibc's allocator serialises
 /// that on arena locks (15% of the sensors benchmark was spent waiting on them). mimalloc frees
 /// across threads without a lock.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
