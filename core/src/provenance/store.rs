@@ -347,9 +347,10 @@ impl KeptSet {
 /// How many attribute sets the writer remembers to define again in a new segment. Sets that
 /// differ per record (a late record's window attributes) are used for a moment each, so the
 /// writer keeps the recently used ones and forgets the older half when it has more; nodes
-/// then send the sets they use again ([`Recorder::forgotten`]). About 400 bytes a set: at
-/// most about 3 MB however long the run (keeping the first 65,536 sets grew the heap by
-/// 4 MB over 10,000,000 sensor events, and the allocator's pages by more).
+/// then send the sets they use again ([`Recorder::forgotten`]). About 100 bytes a set kept
+/// ([`KeptSet`]) and 40 in the table: at most about 1.2 MB however long the run (keeping
+/// the first 65,536 sets grew the heap by 4 MB over 10,000,000 sensor events, and the
+/// allocator's pages by more).
 const ATTR_SETS: usize = 8192;
 
 impl Segments {
