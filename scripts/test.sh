@@ -65,6 +65,8 @@ cargo fmt --all -- --check
 
 log "lint"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The binary on the system allocator (for heap profilers, docs/performance.md step 17).
+cargo clippy -p flow-cli --locked --no-default-features -q -- -D warnings
 
 log "generated docs are current"
 cargo run -q -p flow-cli --locked -- docs --check docs/reference

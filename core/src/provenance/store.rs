@@ -328,15 +328,23 @@ struct Segments {
 }
 
 /// An attribute set the writer keeps to define again, in its postcard encoding: one
-/// allocation of about 100 bytes for a late record's set (three window attributes) against
-/// about 800 as a map (a B-tree node and a string per name and value). The sets live longest
-/// of anything the writer allocates; as maps they grew the heap by 5 MB over 10,000,000
-/// sensor events and pinned the allocator's pages among short-lived ones.
+/// allocation of its exact size, about 90 bytes for a late record's set (three window
+/// attributes), against about 700 in seven allocations as a map (a B-tree node and a string
+/// per name and value). The sets live longest of anything the writer allocates; as maps they
+/// grew the live heap by 5.8 MB over 10,000,000 sensor events (heaptrack) and pinned the
+/// allocator's pages among short-lived allocations (docs/performance.md, step 17).
 struct KeptSet(Box<[u8]>);
 
 impl KeptSet {
     fn keep(attributes: &crate::record::Attributes) -> Result<Self, postcard::Error> {
-        Ok(Self(postcard::to_allocvec(attributes)?.into_boxed_slice()))
+        // Sized first: a vector grown by doubling would keep its last capacity's block.
+        let size = postcard::serialize_with_flavor::<_, _, usize>(
+            attributes,
+            postcard::ser_flavors::Size::default(),
+        )?;
+        let mut bytes = vec![0; size].into_boxed_slice();
+        postcard::to_slice(attributes, &mut bytes)?;
+        Ok(Self(bytes))
     }
 
     fn attributes(&self) -> Result<crate::record::Attributes, postcard::Error> {
@@ -347,10 +355,8 @@ impl KeptSet {
 /// How many attribute sets the writer remembers to define again in a new segment. Sets that
 /// differ per record (a late record's window attributes) are used for a moment each, so the
 /// writer keeps the recently used ones and forgets the older half when it has more; nodes
-/// then send the sets they use again ([`Recorder::forgotten`]). About 100 bytes a set kept
-/// ([`KeptSet`]) and 40 in the table: at most about 1.2 MB however long the run (keeping
-/// the first 65,536 sets grew the heap by 4 MB over 10,000,000 sensor events, and the
-/// allocator's pages by more).
+/// then send the sets they use again ([`Recorder::forgotten`]). About 90 bytes a set kept
+/// ([`KeptSet`]) and 70 in the table: at most about 1.3 MB however long the run.
 const ATTR_SETS: usize = 8192;
 
 impl Segments {
@@ -360,39 +366,50 @@ impl Segments {
     fn define(&mut self, events: &mut [Event]) {
         self.frames += 1;
         let now = self.frames;
-        let mut unkept = false;
+        // A set the writer could not keep, or keeps and cannot read back (neither happens:
+        // postcard does not fail on strings): the nodes send their sets again, as after
+        // forgetting, so that no segment lacks one.
+        let mut resend = false;
         for e in events {
             let mut sets = std::mem::take(&mut e.attr_sets);
             sets.retain(|set| {
                 match self.sets.entry(set.digest) {
                     HashEntry::Occupied(mut kept) => kept.get_mut().1 = now,
                     HashEntry::Vacant(place) => match KeptSet::keep(&set.attributes) {
-                        Ok(kept) => drop(place.insert((kept, now))),
-                        // Not kept (postcard cannot fail on strings): nodes must send it
-                        // again, as after forgetting.
-                        Err(_) => unkept = true,
+                        Ok(kept) => {
+                            place.insert((kept, now));
+                        }
+                        Err(_) => resend = true,
                     },
                 }
                 self.defined.insert(set.digest)
             });
             for &(digest, _) in &e.attrs.0 {
-                if digest == 0 {
+                if digest == 0 || self.defined.contains(&digest) {
                     continue;
                 }
                 let Some((kept, used)) = self.sets.get_mut(&digest) else {
                     continue;
                 };
                 *used = now;
-                if let Ok(attributes) = kept.attributes()
-                    && self.defined.insert(digest)
-                {
-                    sets.push(super::AttrSet { digest, attributes });
+                match kept.attributes() {
+                    Ok(attributes) => {
+                        self.defined.insert(digest);
+                        sets.push(super::AttrSet { digest, attributes });
+                    }
+                    Err(_) => {
+                        self.sets.remove(&digest);
+                        resend = true;
+                    }
                 }
             }
             e.attr_sets = sets;
         }
-        if self.sets.len() > ATTR_SETS || unkept {
+        if self.sets.len() > ATTR_SETS {
             forget_oldest_half(&mut self.sets);
+            resend = true;
+        }
+        if resend {
             // Nodes send again the sets they use: one the writer forgot comes back.
             self.forgotten
                 .fetch_add(1, std::sync::atomic::Ordering::Release);
@@ -403,6 +420,9 @@ impl Segments {
 /// Forget the least recently used half of `sets` (by the frame that last used each).
 fn forget_oldest_half(sets: &mut std::collections::HashMap<u64, (KeptSet, u64)>) {
     let mut used: Vec<u64> = sets.values().map(|(_, used)| *used).collect();
+    if used.is_empty() {
+        return;
+    }
     let mid = used.len() / 2;
     let (_, &mut median, _) = used.select_nth_unstable(mid);
     sets.retain(|_, (_, used)| *used > median);
@@ -842,6 +862,8 @@ mod tests {
         }
         let kept = KeptSet::keep(&attributes).expect("encodes");
         assert_eq!(kept.attributes().expect("decodes"), attributes);
+        let encoded = postcard::to_allocvec(&attributes).expect("encodes");
+        assert_eq!(*kept.0, *encoded, "the encoding, in a block of its size");
         let text: usize = attributes.iter().map(|(k, v)| k.len() + v.len()).sum();
         assert!(kept.0.len() <= text + 16, "{} bytes", kept.0.len());
         let none = KeptSet::keep(&Default::default()).expect("encodes");
