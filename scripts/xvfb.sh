@@ -29,7 +29,11 @@ xvfb_start() {
   # check below reached the old one, and the designer then found no X server at all.
   # Made first: the loop below may read it before the background job has opened it.
   : >"$XVFB_TMP/display"
-  Xvfb -displayfd 3 -screen 0 2880x1760x24 -nolisten tcp 3>"$XVFB_TMP/display" >"$XVFB_TMP/xvfb.log" 2>&1 &
+  # -noreset: by default the server resets when its last client disconnects, and a client
+  # connecting during the reset is dropped. The checks here and in xvfb_designer connect and
+  # disconnect (xwininfo) while the designer connects: CI's second screenshot failed twice
+  # with the designer's "Failed to open connection to X server".
+  Xvfb -displayfd 3 -noreset -screen 0 2880x1760x24 -nolisten tcp 3>"$XVFB_TMP/display" >"$XVFB_TMP/xvfb.log" 2>&1 &
   XVFB_PID=$!
   local _
   for _ in $(seq 100); do
