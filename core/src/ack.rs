@@ -106,8 +106,9 @@ impl std::fmt::Debug for AckToken {
     }
 }
 
-/// The acknowledgement tokens a record holds: none (not tracked), one (the usual case), or
-/// several (an aggregate holds the tokens of every batch that contributed to it; duplicates are
+/// The acknowledgement tokens a record holds: none (not tracked), one (the usual case), two
+/// (a window of two records from two batches, the usual window when keys are many: kept
+/// inline, no list allocated), or more (an aggregate holds the tokens of every batch that contributed to it; duplicates are
 /// merged, so a window over a million records from 100 batches holds 100 tokens).
 ///
 /// Finishing is explicit: whoever ends a record's journey calls [`Acks::release`] (through
@@ -123,6 +124,7 @@ enum Set {
     #[default]
     None,
     One(AckToken),
+    Two([AckToken; 2]),
     Many(Vec<AckToken>),
 }
 
@@ -175,6 +177,7 @@ impl Acks {
         match &self.0 {
             Set::None => {}
             Set::One(t) => t.mark(status),
+            Set::Two(ts) => ts.iter().for_each(|t| t.mark(status)),
             Set::Many(ts) => ts.iter().for_each(|t| t.mark(status)),
         }
     }
@@ -191,6 +194,11 @@ impl Acks {
         match std::mem::take(&mut other.0) {
             Set::None => {}
             Set::One(t) => self.push(t, usize::MAX),
+            Set::Two(ts) => {
+                for token in ts {
+                    self.push(token, usize::MAX);
+                }
+            }
             Set::Many(ts) => {
                 for token in ts {
                     self.push(token, usize::MAX);
@@ -208,11 +216,12 @@ impl Acks {
         self.0 = match std::mem::take(&mut self.0) {
             Set::None => Set::One(token),
             Set::One(existing) if existing.ptr_eq(&token) => Set::One(existing),
-            Set::One(existing) => {
+            Set::One(existing) => Set::Two([existing, token]),
+            Set::Two(ts) if ts.iter().any(|t| t.ptr_eq(&token)) => Set::Two(ts),
+            Set::Two([a, b]) => {
                 // Room for a few more: a window's slot gathers records of several batches.
                 let mut ts = Vec::with_capacity(8);
-                ts.push(existing);
-                ts.push(token);
+                ts.extend([a, b, token]);
                 Set::Many(ts)
             }
             Set::Many(mut ts) => {
@@ -239,6 +248,7 @@ impl Acks {
         match &self.0 {
             Set::None => &[],
             Set::One(t) => std::slice::from_ref(t),
+            Set::Two(ts) => ts,
             Set::Many(ts) => ts,
         }
     }
@@ -511,6 +521,57 @@ mod tests {
         assert_eq!(recent.len(), 2);
         recent.release();
         acks.release();
+    }
+
+    /// Through every size a set takes (one, two inline, a list): duplicates merge at each, a
+    /// mark reaches every batch, and each batch resolves once.
+    #[tokio::test]
+    async fn sets_of_one_two_and_more_hold_each_batch_once() {
+        let mut tracker = AckTracker::new();
+        let t: Vec<AckToken> = (0..4).map(|seq| tracker.token(seq)).collect();
+        let mut acks = Acks::none();
+        let seqs = |acks: &Acks| -> Vec<u64> {
+            let mut s: Vec<u64> = acks.tokens().iter().map(|t| t.0.seq).collect();
+            s.sort_unstable();
+            s
+        };
+        acks.merge(Acks::one(t[1].clone()));
+        acks.merge(Acks::one(t[1].clone()));
+        assert_eq!(seqs(&acks), [1]);
+        acks.merge(Acks::one(t[0].clone()));
+        acks.merge(Acks::one(t[1].clone()));
+        acks.merge(Acks::one(t[0].clone()));
+        assert_eq!(seqs(&acks), [0, 1], "two batches, held inline");
+        // A set of two merged into another set of two.
+        let mut other = Acks::one(t[2].clone());
+        other.merge(Acks::one(t[0].clone()));
+        acks.merge(other);
+        assert_eq!(seqs(&acks), [0, 1, 2]);
+        acks.merge(Acks::one(t[3].clone()));
+        acks.merge(Acks::one(t[2].clone()));
+        assert_eq!(seqs(&acks), [0, 1, 2, 3]);
+        let mut two = Acks::one(t[3].clone());
+        two.merge(Acks::one(t[2].clone()));
+        drop(t);
+        acks.finish(AckStatus::Failed);
+        // Batches 2 and 3 are still held by `two`, which is dropped without release.
+        drop(two);
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            let f = tracker.next().await.expect("a batch");
+            seen.push((f.seq, f.status));
+        }
+        seen.sort_unstable_by_key(|(seq, _)| *seq);
+        assert_eq!(
+            seen,
+            [
+                (0, AckStatus::Failed),
+                (1, AckStatus::Failed),
+                (2, AckStatus::Abandoned),
+                (3, AckStatus::Abandoned)
+            ]
+        );
+        assert_eq!(tracker.outstanding(), 0);
     }
 
     #[test]
