@@ -50,7 +50,9 @@ struct Slot {
     /// less per window.
     accs: smallvec::SmallVec<[Acc; 3]>,
     count: u64,
-    parents: Vec<RecordId>,
+    /// Inline for two (a window of two records, the usual one when keys are many: no list
+    /// allocated, and no cache miss to reach it, while the window is open).
+    parents: smallvec::SmallVec<[RecordId; 2]>,
     #[serde(skip)]
     acks: Acks,
     /// The emission number of a window emitted but not yet delivered (kept in checkpoints,
@@ -596,7 +598,7 @@ impl Engine {
                         key: key.to_value(),
                         accs: self.s.aggregates.iter().map(|(_, a)| a.start()).collect(),
                         count: 0,
-                        parents: Vec::with_capacity(hint + hint / 4 + 1),
+                        parents: smallvec::SmallVec::with_capacity(hint + hint / 4),
                         acks: Acks::none(),
                         seq: None,
                         id: 0,
@@ -751,7 +753,8 @@ impl Engine {
         let delivery = match &mut self.undelivered {
             Some(u) => {
                 // The checkpoint keeps the window's content; its records are held by the output.
-                u.pending.insert(u.next, ((end, start, key), slot.kept()));
+                u.pending
+                    .insert(u.next, ((end, start, key.into()), slot.kept()));
                 let token = u.tracker.token(u.next);
                 u.next += 1;
                 Acks::one(token)
@@ -797,7 +800,7 @@ impl Engine {
         r.merge_acks(delivery);
         r.event_time = Some(start);
         r.origin = s.origin.map(|source| Origin { source, seq });
-        r.set_parents(slot.parents);
+        r.set_parents(slot.parents.into_vec());
         if slot.count as usize > s.max_parents {
             r.set_attribute("window.inputs", slot.count.to_string());
         }

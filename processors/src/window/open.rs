@@ -36,7 +36,9 @@ struct Keyed<S> {
 pub(super) struct Closed<S> {
     pub end: i64,
     pub start: i64,
-    pub key: String,
+    /// Moved out of the key's entry with its last window (a key up to 24 bytes is inline: no
+    /// allocation to close a window).
+    pub key: CompactString,
     pub state: S,
 }
 
@@ -144,9 +146,9 @@ impl<S: Numbered> OpenWindows<S> {
                 found.remove();
             }
             let entry = self.keys.try_remove(i);
-            String::from(entry.expect("the entry found above").text)
+            entry.expect("the entry found above").text
         } else {
-            String::from(&*entry.text)
+            entry.text.clone()
         };
         Some(Closed {
             end,
@@ -244,7 +246,7 @@ mod tests {
     }
 
     fn closed(c: Closed<W>) -> (i64, i64, String, &'static str) {
-        (c.end, c.start, c.key, c.state.1)
+        (c.end, c.start, c.key.into(), c.state.1)
     }
 
     #[test]
