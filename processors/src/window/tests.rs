@@ -297,6 +297,55 @@ fn a_key_that_is_not_utf8_keeps_one_window() {
     assert_eq!(windows, ["car-\u{fffd}:0-10:3:3", "car-1:0-10:2:2"]);
 }
 
+/// A window writes its key as it came: a string key (kept once, as its entry's text) as a
+/// string, a number as a number, bytes that are not UTF-8 by their lossy text; the same
+/// after the open windows went through a checkpoint.
+#[test]
+fn keys_are_written_as_they_came_also_after_a_checkpoint() {
+    let c = cfg(serde_json::json!({}));
+    let r = || Record::from_bytes(&br#"{}"#[..]);
+    let one = || [Value::Null, Value::from(1)];
+    let keys = || {
+        [
+            Value::from("car-1"),
+            Value::from(7),
+            Value::Bytes(bytes::Bytes::from_static(b"car-\xff")),
+            Value::from(true),
+        ]
+    };
+    let written = |out: &Output| -> Vec<String> {
+        out.port(OUT)
+            .iter()
+            .map(|r| String::from_utf8_lossy(r.clone().content()).into_owned())
+            .map(|line| {
+                line.split(",\"window_start\"")
+                    .next()
+                    .unwrap_or("")
+                    .to_owned()
+            })
+            .collect()
+    };
+    let expected = [
+        r#"{"key":"car-1""#,
+        r#"{"key":7"#,
+        "{\"key\":\"car-\u{fffd}\"",
+        r#"{"key":true"#,
+    ];
+    let mut first = engine(&c);
+    let mut out = Output::new("w".into(), 3);
+    for k in keys() {
+        first.add(r(), 1, k, &one(), &mut out);
+    }
+    let snapshot = first.snapshot().expect("encodes");
+    first.flush(&mut out);
+    assert_eq!(written(&out), expected);
+    let mut second = engine(&c);
+    second.restore(&snapshot).expect("restores");
+    let mut out = Output::new("w".into(), 3);
+    second.flush(&mut out);
+    assert_eq!(written(&out), expected);
+}
+
 #[test]
 fn hopping_windows_against_hand_computed_results() {
     let c = cfg(serde_json::json!({ "window": { "hopping": { "size": "10ms", "slide": "5ms" } } }));
