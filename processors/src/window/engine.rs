@@ -756,12 +756,11 @@ impl Engine {
             self.emitted += 1;
             self.emitted - 1
         });
-        let key = String::from(key);
         let delivery = match &mut self.undelivered {
             Some(u) => {
                 // The checkpoint keeps the window's content; its records are held by the output.
                 u.pending
-                    .insert(u.next, ((end, start, key.clone()), slot.kept()));
+                    .insert(u.next, ((end, start, key.to_string()), slot.kept()));
                 let token = u.tracker.token(u.next);
                 u.next += 1;
                 Acks::one(token)
@@ -775,7 +774,7 @@ impl Engine {
         let key_value = slot
             .key
             .take()
-            .unwrap_or_else(|| Value::Bytes(Bytes::from(key)));
+            .unwrap_or_else(|| Value::Bytes(Bytes::from(String::from(key))));
         fields.push((&s.key_field, key_value));
         fields.push((&s.start_field, Value::from(start)));
         fields.push((&s.end_field, Value::from(end)));

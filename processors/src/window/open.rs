@@ -36,8 +36,8 @@ struct Keyed<S> {
 pub(super) struct Closed<S> {
     pub end: i64,
     pub start: i64,
-    /// Moved out of the key's entry with its last window (a key up to 24 bytes is inline: no
-    /// allocation to close a window).
+    /// Moved out of the key's entry with its last window (a key up to 24 bytes is inline:
+    /// taken out without allocating; the window's output makes its text when it needs it).
     pub key: CompactString,
     pub state: S,
 }
