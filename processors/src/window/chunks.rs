@@ -10,7 +10,7 @@ use slab::Slab;
 
 /// Entries per chunk (a power of two: a key is its chunk and its place, in bits).
 const BITS: u32 = 10;
-const CHUNK: usize = 1 << BITS;
+pub(super) const CHUNK: usize = 1 << BITS;
 const PLACE: usize = CHUNK - 1;
 
 pub(super) struct ChunkedSlab<T> {

@@ -12,7 +12,7 @@ use flow_core::record::{Origin, Record, RecordId, Value};
 use serde::{Deserialize, Serialize};
 
 use super::aggregate::{Acc, AggSpec};
-use super::open::{Closed, Numbered, OpenWindows};
+use super::open::{self, Closed, Numbered, OpenWindows};
 use super::{LimitPolicy, WindowKind};
 
 /// Output ports of `window_aggregate`.
@@ -668,7 +668,7 @@ impl Engine {
         loop {
             let new_key = !self.open.contains_key(key);
             let windows_full = self.open.len() >= self.s.max_open_windows;
-            let keys_full = new_key && self.open.keys() >= self.s.max_keys;
+            let keys_full = new_key && self.open.keys() >= self.s.max_keys.min(open::MAX_KEYS);
             if !windows_full && !keys_full {
                 return Ok(());
             }

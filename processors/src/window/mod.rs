@@ -4,6 +4,7 @@
 pub mod aggregate;
 mod chunks;
 pub mod engine;
+mod index;
 mod open;
 mod store;
 

@@ -17,6 +17,12 @@ use flow_core::record::eq_bytes;
 use smallvec::SmallVec;
 
 use super::chunks::ChunkedSlab;
+use super::index::KeyIndex;
+
+/// The most keys the open windows hold (the index's limit, less a chunk of the slab: a slab
+/// index is below the most keys it held plus a chunk). Four billion keys would need a
+/// terabyte; the configured `max_keys` is the limit that counts.
+pub(super) const MAX_KEYS: usize = super::index::MAX_LEN - super::chunks::CHUNK;
 
 /// What the index needs of a window's state: its id, kept with it (and in checkpoints).
 pub(super) trait Numbered {
@@ -44,8 +50,9 @@ pub(super) struct Closed<S> {
 
 pub(super) struct OpenWindows<S> {
     keys: ChunkedSlab<Keyed<S>>,
-    /// Slab indices of `keys`, hashed by key text.
-    index: hashbrown::HashTable<usize>,
+    /// Slab indices of `keys`, by the hash of their text (see [`KeyIndex`]: one cache miss
+    /// before the entry where hashbrown's table had two).
+    index: KeyIndex,
     hasher: hashbrown::DefaultHashBuilder,
     /// `(end, start, id)` of every open window -> its key's slab index.
     order: BTreeMap<(i64, i64, u64), usize>,
@@ -57,7 +64,7 @@ impl<S> Default for OpenWindows<S> {
     fn default() -> Self {
         Self {
             keys: ChunkedSlab::default(),
-            index: hashbrown::HashTable::new(),
+            index: KeyIndex::default(),
             hasher: hashbrown::DefaultHashBuilder::default(),
             order: BTreeMap::new(),
             next_id: 1,
@@ -86,8 +93,7 @@ impl<S: Numbered> OpenWindows<S> {
     fn find_bytes(&self, key: &[u8]) -> Option<usize> {
         let hash = self.hasher.hash_one(key);
         self.index
-            .find(hash, |&i| eq_bytes(self.keys[i].text.as_bytes(), key))
-            .copied()
+            .find(hash, |i| eq_bytes(self.keys[i].text.as_bytes(), key))
     }
 
     pub fn contains_key(&self, key: &str) -> bool {
@@ -123,10 +129,7 @@ impl<S: Numbered> OpenWindows<S> {
                     text: CompactString::from(key),
                     open: SmallVec::new(),
                 });
-                let hash = self.hasher.hash_one(key.as_bytes());
-                let (keys, hasher) = (&self.keys, &self.hasher);
-                self.index
-                    .insert_unique(hash, i, |&j| hasher.hash_one(keys[j].text.as_bytes()));
+                self.index.insert(self.hasher.hash_one(key.as_bytes()), i);
                 i
             }
         };
@@ -141,10 +144,8 @@ impl<S: Numbered> OpenWindows<S> {
         let at = entry.open.iter().position(|(_, _, st)| st.id() == id)?;
         let (_, _, state) = entry.open.remove(at);
         let key = if entry.open.is_empty() {
-            let hash = self.hasher.hash_one(entry.text.as_bytes());
-            if let Ok(found) = self.index.find_entry(hash, |&j| j == i) {
-                found.remove();
-            }
+            self.index
+                .remove(self.hasher.hash_one(entry.text.as_bytes()), i);
             let entry = self.keys.try_remove(i);
             entry.expect("the entry found above").text
         } else {

@@ -1,0 +1,230 @@
+//! The hash index of the open windows' keys: a key's hash -> its entry's slab index.
+//!
+//! With a million keys the index is far bigger than the cache, and a record's lookup is
+//! paid in cache misses, one after the other: hashbrown's table (a SwissTable) keeps its
+//! control bytes apart from its slots, so it missed on the control group, then on the slot,
+//! before the key's entry (three dependent misses a record, a quarter of the window's time
+//! at a million keys). Here a slot holds a 32-bit tag of the hash beside the slab index, in
+//! eight bytes: open addressing with linear probing, so a lookup misses once on its slot (the
+//! next slots it may probe are mostly in the same line) before the entry. The slot's place
+//! follows from its tag alone, so growing moves slots without reading an entry (hashbrown
+//! hashed every key's text again, an entry miss each); deleting shifts the slots after it
+//! back (no tombstones).
+//!
+//! A tag equal to the sought one is a candidate, confirmed by the caller's comparison of the
+//! entry's key; a slab index is found again (to remove it) by tag and index, without its
+//! entry. Up to `u32::MAX - 1` entries (see [`MAX_LEN`]).
+
+/// The most entries an index holds: a slot keeps a slab index below this in 32 bits.
+pub(super) const MAX_LEN: usize = (u32::MAX - 1) as usize;
+
+#[derive(Default)]
+pub(super) struct KeyIndex {
+    /// `tag << 32 | (slab index + 1)`; 0 is an empty slot. A power of two in length (or 0).
+    slots: Vec<u64>,
+    len: usize,
+}
+
+/// The tag of a 64-bit hash: its high half (the low half places hashbrown's buckets too, but
+/// here the place follows from the tag, so that slots move without their hash).
+fn tag(hash: u64) -> u32 {
+    (hash >> 32) as u32
+}
+
+fn slot(tag: u32, index: u32) -> u64 {
+    (u64::from(tag) << 32) | u64::from(index + 1)
+}
+
+impl KeyIndex {
+    /// Where slots with `tag` start, in a table of `cap` slots (a power of two below 2^32:
+    /// the tag's high bits).
+    fn home(tag: u32, cap: usize) -> usize {
+        ((u64::from(tag) * cap as u64) >> 32) as usize
+    }
+
+    /// The slab index of the entry with `hash` for which `is(index)` holds.
+    pub fn find(&self, hash: u64, mut is: impl FnMut(usize) -> bool) -> Option<usize> {
+        let cap = self.slots.len();
+        if cap == 0 {
+            return None;
+        }
+        let t = tag(hash);
+        let mask = cap - 1;
+        let mut at = Self::home(t, cap);
+        loop {
+            let s = self.slots[at];
+            if s == 0 {
+                return None;
+            }
+            if (s >> 32) as u32 == t {
+                let i = (s as u32 - 1) as usize;
+                if is(i) {
+                    return Some(i);
+                }
+            }
+            at = (at + 1) & mask;
+        }
+    }
+
+    /// Add slab index `index` (below [`MAX_LEN`]) under `hash`; the caller knows it is not in
+    /// yet. An index beyond [`MAX_LEN`] is not added (the window refuses keys before).
+    pub fn insert(&mut self, hash: u64, index: usize) {
+        let Ok(index) = u32::try_from(index) else {
+            return;
+        };
+        if index as usize >= MAX_LEN {
+            return;
+        }
+        // At most three quarters full: probes stay short.
+        if (self.len + 1) * 4 > self.slots.len() * 3 {
+            self.grow();
+        }
+        self.place(slot(tag(hash), index));
+        self.len += 1;
+    }
+
+    /// Put `s` into the first free slot from its home (there is one: the table is never full).
+    fn place(&mut self, s: u64) {
+        let cap = self.slots.len();
+        let mask = cap - 1;
+        let mut at = Self::home((s >> 32) as u32, cap);
+        while self.slots[at] != 0 {
+            at = (at + 1) & mask;
+        }
+        self.slots[at] = s;
+    }
+
+    fn grow(&mut self) {
+        let cap = (self.slots.len() * 2).max(16);
+        let old = std::mem::replace(&mut self.slots, vec![0; cap]);
+        for s in old.into_iter().filter(|&s| s != 0) {
+            self.place(s);
+        }
+    }
+
+    /// Remove slab index `index`, added under `hash`; whether it was there.
+    pub fn remove(&mut self, hash: u64, index: usize) -> bool {
+        let cap = self.slots.len();
+        let Ok(index) = u32::try_from(index) else {
+            return false;
+        };
+        if cap == 0 || index as usize >= MAX_LEN {
+            return false;
+        }
+        let want = slot(tag(hash), index);
+        let mask = cap - 1;
+        let mut at = Self::home(tag(hash), cap);
+        loop {
+            match self.slots[at] {
+                0 => return false,
+                s if s == want => break,
+                _ => at = (at + 1) & mask,
+            }
+        }
+        // Shift back the slots after it that would not be found past the hole.
+        let mut hole = at;
+        let mut next = (hole + 1) & mask;
+        loop {
+            let s = self.slots[next];
+            if s == 0 {
+                break;
+            }
+            let home = Self::home((s >> 32) as u32, cap);
+            // `s` may fill the hole when its home is not in (hole, next], cyclically.
+            let stays = if hole <= next {
+                hole < home && home <= next
+            } else {
+                hole < home || home <= next
+            };
+            if !stays {
+                self.slots[hole] = s;
+                hole = next;
+            }
+            next = (next + 1) & mask;
+        }
+        self.slots[hole] = 0;
+        self.len -= 1;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Hashes with few distinct tags (colliding homes and tags) and wrapping probes: each
+    /// operation's result equals a map's.
+    fn check(ops: &[(bool, u8, u8)]) {
+        let mut index = KeyIndex::default();
+        // slab index -> hash
+        let mut want: std::collections::BTreeMap<usize, u64> = std::collections::BTreeMap::new();
+        for &(add, k, h) in ops {
+            let i = usize::from(k);
+            // Tags near the top wrap probes around the end of the table.
+            let hash = (u64::from(h) << 58) | u64::from(k);
+            if add {
+                if let std::collections::btree_map::Entry::Vacant(v) = want.entry(i) {
+                    v.insert(hash);
+                    index.insert(hash, i);
+                }
+            } else {
+                let had = want.get(&i) == Some(&hash);
+                assert_eq!(index.remove(hash, i), had);
+                if had {
+                    want.remove(&i);
+                }
+            }
+            assert_eq!(index.len, want.len());
+            for (&i, &hash) in &want {
+                assert_eq!(index.find(hash, |j| j == i), Some(i), "{i} found");
+            }
+            for i in 0..=255usize {
+                if !want.contains_key(&i) {
+                    let hash = (u64::from(h) << 58) | i as u64;
+                    assert_eq!(index.find(hash, |j| j == i), None, "{i} absent");
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn it_finds_what_a_map_holds(ops in proptest::collection::vec((any::<bool>(), any::<u8>(), 0u8..64), 0..400)) {
+            check(&ops);
+        }
+    }
+
+    #[test]
+    fn many_entries_grow_and_shrink_back_to_empty() {
+        let mut index = KeyIndex::default();
+        let hash = |i: usize| (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        for i in 0..10_000 {
+            index.insert(hash(i), i);
+        }
+        assert!(index.slots.len() >= 10_000 * 4 / 3);
+        for i in (0..10_000).step_by(3) {
+            assert!(index.remove(hash(i), i));
+            assert!(!index.remove(hash(i), i), "once");
+        }
+        for i in 0..10_000 {
+            let found = index.find(hash(i), |j| j == i);
+            assert_eq!(found.is_some(), i % 3 != 0, "{i}");
+        }
+        for i in (0..10_000).filter(|i| i % 3 != 0) {
+            assert!(index.remove(hash(i), i));
+        }
+        assert_eq!(index.len, 0);
+        assert!(index.slots.iter().all(|&s| s == 0));
+    }
+
+    #[test]
+    fn indices_past_the_limit_are_not_added() {
+        let mut index = KeyIndex::default();
+        index.insert(7, MAX_LEN);
+        index.insert(7, usize::MAX);
+        assert_eq!(index.len, 0);
+        assert_eq!(index.find(7, |_| true), None);
+        assert!(!index.remove(7, MAX_LEN));
+    }
+}
