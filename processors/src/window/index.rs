@@ -11,6 +11,9 @@
 //! hashed every key's text again, an entry miss each); deleting shifts the slots after it
 //! back (no tombstones).
 //!
+//! From 2 MiB on the table is a mapping the kernel is asked to back with huge pages (see
+//! [`Slots`]): at a million keys a lookup's slot then costs a cache miss but no TLB miss.
+//!
 //! A tag equal to the sought one is a candidate, confirmed by the caller's comparison of the
 //! entry's key; a slab index is found again (to remove it) by tag and index, without its
 //! entry. Up to `u32::MAX - 1` entries (see [`MAX_LEN`]).
@@ -21,8 +24,59 @@ pub(super) const MAX_LEN: usize = (u32::MAX - 1) as usize;
 #[derive(Default)]
 pub(super) struct KeyIndex {
     /// `tag << 32 | (slab index + 1)`; 0 is an empty slot. A power of two in length (or 0).
-    slots: Vec<u64>,
+    slots: Slots,
     len: usize,
+}
+
+/// Tables of this many bytes and more are mapped with huge pages asked for.
+const HUGE: usize = 2 << 20;
+
+/// The slots' memory. A table of a million keys is 16 MB read at random: with 4 KiB pages
+/// nearly every lookup also missed the TLB (a page walk, and in a VM a nested one); in 2 MiB
+/// pages the whole table is eight TLB entries. So a table from [`HUGE`] bytes on is an
+/// anonymous mapping the kernel is asked (`madvise`) to back with transparent huge pages;
+/// where it will not (or the mapping fails), it is what a vector would be.
+enum Slots {
+    Vec(Vec<u64>),
+    Mapped(memmap2::MmapMut),
+}
+
+impl Default for Slots {
+    fn default() -> Self {
+        Slots::Vec(Vec::new())
+    }
+}
+
+impl Slots {
+    /// `n` empty slots.
+    fn zeroed(n: usize) -> Slots {
+        if n.saturating_mul(8) >= HUGE
+            && let Ok(map) = memmap2::MmapMut::map_anon(n * 8)
+            // A mapping is page-aligned, so this holds; checked once here, so that reading it
+            // as slots below never fails.
+            && bytemuck::try_cast_slice::<u8, u64>(&map).is_ok_and(|s| s.len() == n)
+        {
+            #[cfg(target_os = "linux")]
+            // A hint: without huge pages the table works as it would in a vector.
+            let _ = map.advise(memmap2::Advice::HugePage);
+            return Slots::Mapped(map);
+        }
+        Slots::Vec(vec![0; n])
+    }
+
+    fn get(&self) -> &[u64] {
+        match self {
+            Slots::Vec(v) => v,
+            Slots::Mapped(m) => bytemuck::try_cast_slice(m).unwrap_or_default(),
+        }
+    }
+
+    fn get_mut(&mut self) -> &mut [u64] {
+        match self {
+            Slots::Vec(v) => v,
+            Slots::Mapped(m) => bytemuck::try_cast_slice_mut(m).unwrap_or_default(),
+        }
+    }
 }
 
 /// The tag of a 64-bit hash: its high half (the low half places hashbrown's buckets too, but
@@ -44,7 +98,8 @@ impl KeyIndex {
 
     /// The slab index of the entry with `hash` for which `is(index)` holds.
     pub fn find(&self, hash: u64, mut is: impl FnMut(usize) -> bool) -> Option<usize> {
-        let cap = self.slots.len();
+        let slots = self.slots.get();
+        let cap = slots.len();
         if cap == 0 {
             return None;
         }
@@ -52,7 +107,7 @@ impl KeyIndex {
         let mask = cap - 1;
         let mut at = Self::home(t, cap);
         loop {
-            let s = self.slots[at];
+            let s = slots[at];
             if s == 0 {
                 return None;
             }
@@ -76,35 +131,37 @@ impl KeyIndex {
             return;
         }
         // At most three quarters full: probes stay short.
-        if (self.len + 1) * 4 > self.slots.len() * 3 {
+        if (self.len + 1) * 4 > self.slots.get().len() * 3 {
             self.grow();
         }
-        self.place(slot(tag(hash), index));
+        Self::place(self.slots.get_mut(), slot(tag(hash), index));
         self.len += 1;
     }
 
     /// Put `s` into the first free slot from its home (there is one: the table is never full).
-    fn place(&mut self, s: u64) {
-        let cap = self.slots.len();
+    fn place(slots: &mut [u64], s: u64) {
+        let cap = slots.len();
         let mask = cap - 1;
         let mut at = Self::home((s >> 32) as u32, cap);
-        while self.slots[at] != 0 {
+        while slots[at] != 0 {
             at = (at + 1) & mask;
         }
-        self.slots[at] = s;
+        slots[at] = s;
     }
 
     fn grow(&mut self) {
-        let cap = (self.slots.len() * 2).max(16);
-        let old = std::mem::replace(&mut self.slots, vec![0; cap]);
-        for s in old.into_iter().filter(|&s| s != 0) {
-            self.place(s);
+        let cap = (self.slots.get().len() * 2).max(16);
+        let old = std::mem::replace(&mut self.slots, Slots::zeroed(cap));
+        let slots = self.slots.get_mut();
+        for &s in old.get().iter().filter(|&&s| s != 0) {
+            Self::place(slots, s);
         }
     }
 
     /// Remove slab index `index`, added under `hash`; whether it was there.
     pub fn remove(&mut self, hash: u64, index: usize) -> bool {
-        let cap = self.slots.len();
+        let slots = self.slots.get_mut();
+        let cap = slots.len();
         let Ok(index) = u32::try_from(index) else {
             return false;
         };
@@ -115,7 +172,7 @@ impl KeyIndex {
         let mask = cap - 1;
         let mut at = Self::home(tag(hash), cap);
         loop {
-            match self.slots[at] {
+            match slots[at] {
                 0 => return false,
                 s if s == want => break,
                 _ => at = (at + 1) & mask,
@@ -125,7 +182,7 @@ impl KeyIndex {
         let mut hole = at;
         let mut next = (hole + 1) & mask;
         loop {
-            let s = self.slots[next];
+            let s = slots[next];
             if s == 0 {
                 break;
             }
@@ -137,12 +194,12 @@ impl KeyIndex {
                 hole < home || home <= next
             };
             if !stays {
-                self.slots[hole] = s;
+                slots[hole] = s;
                 hole = next;
             }
             next = (next + 1) & mask;
         }
-        self.slots[hole] = 0;
+        slots[hole] = 0;
         self.len -= 1;
         true
     }
@@ -202,7 +259,7 @@ mod tests {
         for i in 0..10_000 {
             index.insert(hash(i), i);
         }
-        assert!(index.slots.len() >= 10_000 * 4 / 3);
+        assert!(index.slots.get().len() >= 10_000 * 4 / 3);
         for i in (0..10_000).step_by(3) {
             assert!(index.remove(hash(i), i));
             assert!(!index.remove(hash(i), i), "once");
@@ -215,7 +272,28 @@ mod tests {
             assert!(index.remove(hash(i), i));
         }
         assert_eq!(index.len, 0);
-        assert!(index.slots.iter().all(|&s| s == 0));
+        assert!(index.slots.get().iter().all(|&s| s == 0));
+    }
+
+    /// A table past [`HUGE`] bytes is mapped memory, and holds what a vector holds.
+    #[test]
+    fn a_large_table_is_mapped_and_works_the_same() {
+        let mut index = KeyIndex::default();
+        let hash = |i: usize| (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let n = HUGE / 8;
+        for i in 0..n {
+            index.insert(hash(i), i);
+        }
+        assert!(matches!(index.slots, Slots::Mapped(_)), "mapped");
+        assert_eq!(index.slots.get().len(), (n * 4 / 3).next_power_of_two());
+        for i in (0..n).step_by(7) {
+            assert_eq!(index.find(hash(i), |j| j == i), Some(i));
+            assert!(index.remove(hash(i), i));
+            assert_eq!(index.find(hash(i), |j| j == i), None);
+        }
+        assert_eq!(index.len, n - n.div_ceil(7));
+        let held = index.slots.get().iter().filter(|&&s| s != 0).count();
+        assert_eq!(held, index.len);
     }
 
     #[test]
