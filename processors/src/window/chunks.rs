@@ -77,6 +77,14 @@ impl<T> ChunkedSlab<T> {
         Some(value)
     }
 
+    /// Every entry with its key.
+    pub fn iter(&self) -> impl Iterator<Item = (usize, &T)> + '_ {
+        self.chunks
+            .iter()
+            .enumerate()
+            .flat_map(|(c, chunk)| chunk.iter().map(move |(place, v)| ((c << BITS) | place, v)))
+    }
+
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> + '_ {
         self.chunks
             .iter_mut()

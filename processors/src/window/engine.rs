@@ -736,7 +736,7 @@ impl Engine {
     /// Emit up to `max` open windows, in order of closing; whether any are left.
     pub fn flush_some(&mut self, out: &mut Output, max: usize) -> bool {
         for _ in 0..max {
-            let Some(closed) = self.open.pop_first() else {
+            let Some(closed) = self.open.drain_first() else {
                 break;
             };
             self.emit(closed, false, out);

@@ -121,6 +121,12 @@ impl KeyIndex {
         }
     }
 
+    /// Slab indices held.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
     /// Add slab index `index` (below [`MAX_LEN`]) under `hash`; the caller knows it is not in
     /// yet. An index beyond [`MAX_LEN`] is not added (the window refuses keys before).
     pub fn insert(&mut self, hash: u64, index: usize) {
