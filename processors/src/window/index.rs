@@ -16,10 +16,11 @@
 //!
 //! A tag equal to the sought one is a candidate, confirmed by the caller's comparison of the
 //! entry's key; a slab index is found again (to remove it) by tag and index, without its
-//! entry. Up to `u32::MAX - 1` entries (see [`MAX_LEN`]).
+//! entry. Up to 3 * 2^30 entries (see [`MAX_LEN`]).
 
-/// The most entries an index holds: a slot keeps a slab index below this in 32 bits.
-pub(super) const MAX_LEN: usize = (u32::MAX - 1) as usize;
+/// The most entries an index holds: a slot keeps a slab index below this in 32 bits, and the
+/// table (at most three quarters full) then has at most 2^32 slots, which a tag places.
+pub(super) const MAX_LEN: usize = 3 << 30;
 
 #[derive(Default)]
 pub(super) struct KeyIndex {
@@ -90,7 +91,7 @@ fn slot(tag: u32, index: u32) -> u64 {
 }
 
 impl KeyIndex {
-    /// Where slots with `tag` start, in a table of `cap` slots (a power of two below 2^32:
+    /// Where slots with `tag` start, in a table of `cap` slots (a power of two, at most 2^32:
     /// the tag's high bits).
     fn home(tag: u32, cap: usize) -> usize {
         ((u64::from(tag) * cap as u64) >> 32) as usize

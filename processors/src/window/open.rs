@@ -20,7 +20,7 @@ use super::chunks::ChunkedSlab;
 use super::index::KeyIndex;
 
 /// The most keys the open windows hold (the index's limit, less a chunk of the slab: a slab
-/// index is below the most keys it held plus a chunk). Four billion keys would need a
+/// index is below the most keys it held plus a chunk). Three billion keys would need a
 /// terabyte; the configured `max_keys` is the limit that counts.
 pub(super) const MAX_KEYS: usize = super::index::MAX_LEN - super::chunks::CHUNK;
 
