@@ -243,10 +243,28 @@ mod tests {
             for (&i, &hash) in &want {
                 assert_eq!(index.find(hash, |j| j == i), Some(i), "{i} found");
             }
-            for i in 0..=255usize {
-                if !want.contains_key(&i) {
-                    let hash = (u64::from(h) << 58) | i as u64;
-                    assert_eq!(index.find(hash, |j| j == i), None, "{i} absent");
+            // The table holds exactly these slots, and a tag with none is not found.
+            let mut held: Vec<u64> = index
+                .slots
+                .get()
+                .iter()
+                .copied()
+                .filter(|&s| s != 0)
+                .collect();
+            let mut expect: Vec<u64> = want
+                .iter()
+                .map(|(&i, &hash)| slot(tag(hash), u32::try_from(i).unwrap_or(u32::MAX)))
+                .collect();
+            held.sort_unstable();
+            expect.sort_unstable();
+            assert_eq!(held, expect);
+            for t in 0..64u64 {
+                let hash = t << 58;
+                let hit = index.find(hash, |_| true);
+                let has = want.values().any(|&x| tag(x) == tag(hash));
+                assert_eq!(hit.is_some(), has, "tag {t}");
+                if let Some(j) = hit {
+                    assert_eq!(tag(want[&j]), tag(hash));
                 }
             }
         }
