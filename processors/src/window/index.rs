@@ -123,7 +123,6 @@ impl KeyIndex {
     }
 
     /// Slab indices held.
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.len
     }
@@ -175,9 +174,10 @@ impl KeyIndex {
         if cap == 0 || index as usize >= MAX_LEN {
             return false;
         }
-        let want = slot(tag(hash), index);
+        let t = tag(hash);
+        let want = slot(t, index);
         let mask = cap - 1;
-        let mut at = Self::home(tag(hash), cap);
+        let mut at = Self::home(t, cap);
         loop {
             match slots[at] {
                 0 => return false,

@@ -58,10 +58,6 @@ pub(super) struct OpenWindows<S> {
     order: BTreeMap<(i64, i64, u64), usize>,
     /// The id of the next window made (ids start at 1: 0 is "none" in old checkpoints).
     next_id: u64,
-    /// Keys taken out by [`OpenWindows::drain_first`] are still in the index (their slots
-    /// name vacant slab places, which no lookup matches) until the last key goes and the
-    /// index with it, or a new key comes and the index is made again first.
-    draining: bool,
 }
 
 impl<S> Default for OpenWindows<S> {
@@ -72,7 +68,6 @@ impl<S> Default for OpenWindows<S> {
             hasher: hashbrown::DefaultHashBuilder::default(),
             order: BTreeMap::new(),
             next_id: 1,
-            draining: false,
         }
     }
 }
@@ -130,7 +125,7 @@ impl<S: Numbered> OpenWindows<S> {
     fn insert_numbered(&mut self, key: &str, end: i64, start: i64, state: S) {
         let id = state.id();
         self.next_id = self.next_id.max(id + 1);
-        if self.draining {
+        if self.draining() {
             self.reindex();
         }
         let i = match self.find(key) {
@@ -150,7 +145,8 @@ impl<S: Numbered> OpenWindows<S> {
 
     /// Take window `(end, start, id)` of the key at slab index `i` out (found by `id`: ids are
     /// unique); the key's entry goes with its last window.
-    /// With `unindex` false the key's entry leaves its slot in the index (see `draining`).
+    /// With `unindex` false the key's entry leaves its slot in the index (see
+    /// [`OpenWindows::draining`]).
     fn take(
         &mut self,
         i: usize,
@@ -198,11 +194,17 @@ impl<S: Numbered> OpenWindows<S> {
     pub fn drain_first(&mut self) -> Option<Closed<S>> {
         let ((end, start, id), i) = self.order.pop_first()?;
         let closed = self.take(i, end, start, id, false);
-        self.draining = self.keys.len() > 0;
-        if !self.draining {
+        if self.keys.len() == 0 {
             self.index = KeyIndex::default();
         }
         closed
+    }
+
+    /// Whether keys taken out by [`OpenWindows::drain_first`] are still in the index (their
+    /// slots name vacant slab places, which no lookup matches): until the last key goes and
+    /// the index with it, or a new key comes and the index is made again first.
+    fn draining(&self) -> bool {
+        self.index.len() > self.keys.len()
     }
 
     /// Make the index again from the keys held (after [`OpenWindows::drain_first`]).
@@ -212,7 +214,6 @@ impl<S: Numbered> OpenWindows<S> {
             index.insert(self.hasher.hash_one(entry.text.as_bytes()), i);
         }
         self.index = index;
-        self.draining = false;
     }
 
     /// Take out every open window of `key` for which `touches(end, start)` holds, in order of
@@ -337,7 +338,7 @@ mod tests {
             drained,
             [(10, 0, "a".into(), "a"), (20, 0, "b".into(), "b")]
         );
-        assert!(o.draining);
+        assert!(o.draining());
         assert_eq!(
             (o.keys(), o.index.len()),
             (2, 4),
@@ -346,7 +347,7 @@ mod tests {
         assert!(o.get_mut(b"a", 10, 0).is_none() && !o.contains_key("b"));
         assert!(o.get_mut(b"c", 30, 0).is_some() && o.contains_key("d"));
         o.insert("a", 60, 0, W(0, "a again"));
-        assert!(!o.draining, "made again");
+        assert!(!o.draining(), "made again");
         assert_eq!(
             (o.keys(), o.index.len()),
             (3, 3),
@@ -363,7 +364,7 @@ mod tests {
             ["c", "d", "e", "a again"]
         );
         assert_eq!((o.len(), o.keys()), (0, 0));
-        assert!(!o.draining);
+        assert!(!o.draining());
     }
 
     #[test]
