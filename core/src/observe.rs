@@ -592,8 +592,8 @@ impl TappedRecord {
             port: port.to_owned(),
             id: r.id().to_string(),
             parents: r.parents().iter().map(ToString::to_string).collect(),
-            event_time: r.event_time,
-            attributes: std::mem::take(&mut r.attributes),
+            event_time: r.event_time(),
+            attributes: r.take_attributes(),
             content,
         }
     }

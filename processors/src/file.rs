@@ -392,7 +392,7 @@ mod tests {
         let mut r = read(json!({"path": path})).await;
         assert_eq!(r.out.len(), 2);
         assert_eq!(texts(&mut r.failed), ["{nope"]);
-        let attrs = &r.failed[0].attributes;
+        let attrs = &r.failed[0].attributes();
         assert_eq!(attrs.get("file.line").map(String::as_str), Some("2"));
         let msg = attrs.get("error.message").cloned().unwrap_or_default();
         assert!(msg.starts_with("line 2: "), "{msg}");
@@ -420,7 +420,7 @@ mod tests {
             ]
         );
         let msg = r.failed[0]
-            .attributes
+            .attributes()
             .get("error.message")
             .cloned()
             .unwrap_or_default();

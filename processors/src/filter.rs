@@ -71,7 +71,7 @@ impl Transform for Filter {
         let Some(value) = record.parsed_value() else {
             return out.fail(record, &"content was not parsed");
         };
-        match self.condition.test(value, &record.attributes) {
+        match self.condition.test(value, record.attributes()) {
             Ok(true) => out.push(MATCHED, record),
             Ok(false) => out.push(UNMATCHED, record),
             Err(e) => out.fail(record, &e),
@@ -123,7 +123,7 @@ mod tests {
         assert!(out.port(MATCHED).is_empty() && out.port(UNMATCHED).is_empty());
         let msg = |i: usize| {
             failed[i]
-                .attributes
+                .attributes()
                 .get("error.message")
                 .cloned()
                 .unwrap_or_default()
@@ -136,7 +136,7 @@ mod tests {
         );
         assert_eq!(
             failed[0]
-                .attributes
+                .attributes()
                 .get("error.processor")
                 .map(String::as_str),
             Some(crate::testing::NAME)

@@ -135,7 +135,7 @@ impl Generator {
                 }
             };
             let mut r = Record::from_bytes(self.buf.split().freeze()).with_acks(acks.clone());
-            r.event_time = event_time;
+            r.set_event_time(event_time);
             r.origin = Some(Origin {
                 source: self.source,
                 seq: self.next,
@@ -314,7 +314,7 @@ mod tests {
             assert!(at.iter().all(Option::is_some) && at.is_sorted(), "{line}");
             assert_eq!(v.as_object().map(|o| o.len()), Some(5));
             let ts = v["ts"].as_i64().expect("ts");
-            assert_eq!(r.event_time, Some(ts));
+            assert_eq!(r.event_time(), Some(ts));
             let delta = ts - (1_732_300_000_000 + i as i64);
             assert!(delta.abs() <= 2000);
             jittered += usize::from(delta != 0);

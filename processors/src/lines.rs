@@ -818,7 +818,7 @@ mod tests {
         assert_eq!(texts(&mut out), [r#"{"n":1}"#, r#"{"n":2}"#]);
         assert_eq!(failed.len(), 1);
         assert_eq!(failed[0].content().len(), crate::record_size::KEPT);
-        let attrs = &failed[0].attributes;
+        let attrs = &failed[0].attributes();
         assert_eq!(attrs.get("test.line").map(String::as_str), Some("2"));
         assert_eq!(
             attrs.get("error.message").map(String::as_str),
@@ -872,7 +872,7 @@ mod tests {
         assert_eq!(texts(&mut out), want_out);
         let lines: Vec<&str> = failed
             .iter()
-            .map(|r| r.attributes.get("test.line").map_or("", String::as_str))
+            .map(|r| r.attributes().get("test.line").map_or("", String::as_str))
             .collect();
         assert_eq!(lines, want_failed);
         // Every record, delivered or failed, numbered in the input's order, whichever worker
@@ -882,7 +882,7 @@ mod tests {
             .map(|r| r.origin.map_or(0, |o| o.seq))
             .zip(out.iter().map(Record::id))
             .chain(failed.iter().map(|r| {
-                let line = r.attributes.get("test.line").and_then(|l| l.parse().ok());
+                let line = r.attributes().get("test.line").and_then(|l| l.parse().ok());
                 (line.unwrap_or(0), r.id())
             }))
             .collect();

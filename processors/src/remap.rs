@@ -56,7 +56,7 @@ impl Transform for Remap {
             Ok(v) => v.clone(),
             Err(e) => return out.fail(record, &e),
         };
-        let mut attributes = record.attributes.clone();
+        let mut attributes = record.attributes().clone();
         match self.program.run_mut(&mut value, &mut attributes) {
             Ok(()) => {
                 // Only what the program changed: an unchanged record keeps its content
@@ -89,7 +89,7 @@ mod tests {
         let out = run_transform(t.as_mut(), vec![rec(r#"{"c":100, "id":"a"}"#)], 1);
         assert_eq!(contents(&out, PortId::DEFAULT), [r#"{"f":212.0,"id":"a"}"#]);
         let r = &out.port(PortId::DEFAULT)[0];
-        assert_eq!(r.attributes.get("unit").map(String::as_str), Some("F"));
+        assert_eq!(r.attributes().get("unit").map(String::as_str), Some("F"));
     }
 
     #[test]

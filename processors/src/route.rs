@@ -97,7 +97,7 @@ impl Transform for Route {
         };
         self.matches.clear();
         for (i, route) in self.routes.iter().enumerate() {
-            match route.test(value, &record.attributes) {
+            match route.test(value, record.attributes()) {
                 Ok(true) => {
                     self.matches.push(PortId(i + 1));
                     if self.first_match {

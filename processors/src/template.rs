@@ -142,7 +142,7 @@ impl Template {
             let _ = record.value();
         }
         let value = record.parsed_value();
-        let attributes = &record.attributes;
+        let attributes = record.attributes();
         self.render_with(time_ms, |name| {
             field_or_attribute(value.and_then(|v| lookup(v, name)), attributes, name)
                 .and_then(|v| check(v).map_err(|e| format!("`{{{name}}}`: {e}")))

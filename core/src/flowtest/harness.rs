@@ -118,9 +118,8 @@ impl Injector {
                 }
             }
         };
-        record.attributes = attributes;
-        record.event_time = event_time;
-        let record = record.with_acks(acks);
+        record.set_event_time(event_time);
+        let record = record.with_attributes(attributes).with_acks(acks);
         match error {
             Some(e) if self.as_source => out.fail(record, &e),
             _ => out.push(PortId::DEFAULT, record),
@@ -209,7 +208,7 @@ impl Sink for Capture {
                 kept.push(Captured {
                     value,
                     json,
-                    attributes: r.attributes.clone(),
+                    attributes: r.attributes().clone(),
                 });
                 r.finish();
             }

@@ -300,7 +300,7 @@ impl Digests {
     pub fn of<'a>(records: impl IntoIterator<Item = &'a Record>, secrets: &Secrets) -> Self {
         let mut runs: Vec<(u64, u32)> = Vec::new();
         for r in records {
-            let d = digest(&r.attributes, secrets);
+            let d = digest(r.attributes(), secrets);
             match runs.last_mut() {
                 Some((last, n)) if *last == d && *n < u32::MAX => *n += 1,
                 _ => runs.push((d, 1)),
@@ -373,7 +373,7 @@ pub fn digest(attributes: &crate::record::Attributes, secrets: &Secrets) -> u64 
 
 /// The attributes of `record` without `secrets`.
 pub fn attr_set(record: &Record, secrets: &Secrets) -> crate::record::Attributes {
-    let mut a = record.attributes.clone();
+    let mut a = record.attributes().clone();
     if !secrets.attributes.is_empty() {
         a.retain(|k, _| !secrets.attributes.contains(k));
     }
@@ -691,7 +691,7 @@ impl Secrets {
     pub fn scrub(&self, record: &Record, text: &str) -> String {
         let mut text = text.to_owned();
         for name in &self.attributes {
-            if let Some(v) = record.attributes.get(name)
+            if let Some(v) = record.attributes().get(name)
                 && !v.is_empty()
             {
                 text = text.replace(v.as_str(), "[secret]");
@@ -747,7 +747,7 @@ pub struct Kept {
 impl Kept {
     /// What to keep of `record`: at most `max_bytes` of its content, without `secrets`.
     pub fn of(record: &Record, max_bytes: usize, secrets: &Secrets) -> Self {
-        let mut attributes = record.attributes.clone();
+        let mut attributes = record.attributes().clone();
         attributes.retain(|k, _| !secrets.attributes.contains(k));
         let encoded;
         let bytes: &[u8] = match (record.raw_content(), record.parsed_value()) {
@@ -1071,7 +1071,7 @@ impl NodeRecorder {
         let mut bare = 0usize;
         if records.clone().all(|r| {
             bare += 1;
-            r.attributes.is_empty()
+            r.attributes().is_empty()
         }) && let Ok(n) = u32::try_from(bare)
         {
             e.attrs = Digests(if n == 0 { Vec::new() } else { vec![(0, n)] });
@@ -1080,7 +1080,7 @@ impl NodeRecorder {
         let mut runs: Vec<(u64, u32)> = Vec::new();
         let mut known = None;
         for r in records {
-            let d = digest(&r.attributes, &self.secrets);
+            let d = digest(r.attributes(), &self.secrets);
             match runs.last_mut() {
                 Some((last, n)) if *last == d && *n < u32::MAX => {
                     *n += 1;
@@ -1135,7 +1135,7 @@ impl NodeRecorder {
     pub fn failures(&self, batch: &[Record], port: usize) -> Vec<Event> {
         let mut events: Vec<Event> = Vec::new();
         let mut start = 0;
-        let message = |r: &Record| r.attributes.get("error.message").cloned();
+        let message = |r: &Record| r.attributes().get("error.message").cloned();
         for i in 1..=batch.len() {
             if i == batch.len() || message(&batch[i]) != message(&batch[start]) {
                 let mut e = self

@@ -58,7 +58,7 @@ impl Port {
         let first = batch.first();
         if self.name == crate::processor::FAILURE {
             let message = first
-                .and_then(|r| r.attributes.get("error.message"))
+                .and_then(|r| r.attributes().get("error.message"))
                 .map(String::as_str)
                 .unwrap_or("unknown error");
             tracing::warn!(
@@ -69,7 +69,7 @@ impl Port {
             );
         } else {
             let attributes = first
-                .map(|r| format!("{:?}", r.attributes))
+                .map(|r| format!("{:?}", r.attributes()))
                 .unwrap_or_default();
             tracing::warn!(
                 node,
@@ -210,8 +210,9 @@ impl Emitter {
             open |= sent.is_ok();
             queued |= matches!(sent, Ok(Sent::Queued));
         };
+        let mut batch = batch;
         for e in rest {
-            count(e.send(batch.clone()).await);
+            count(e.send(batch.iter_mut().map(Record::fork).collect()).await);
         }
         count(last.send(batch).await);
         if !open {
@@ -327,10 +328,10 @@ async fn send_recorded(
         let mut fork = rec.event(EventKind::Fork, ids).at(port.0);
         let mut batch = Some(batch);
         for k in 0..edges {
-            let mut copy = if k + 1 == edges {
-                batch.take().unwrap_or_default()
-            } else {
-                batch.clone().unwrap_or_default()
+            let mut copy = match batch.as_mut() {
+                Some(_) if k + 1 == edges => batch.take().unwrap_or_default(),
+                Some(b) => b.iter_mut().map(Record::fork).collect(),
+                None => Batch::default(),
             };
             let base = RecordId::block(n).0;
             for (i, r) in copy.iter_mut().enumerate() {

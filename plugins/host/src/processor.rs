@@ -350,10 +350,9 @@ fn child_of(input: &Record, content: Vec<u8>) -> Record {
         Err((r, _)) => Record::from_text(r.raw_content().cloned().unwrap_or_default()),
     };
     child.set_parents(vec![input.id()]);
-    child.attributes = input.attributes.clone();
-    child.event_time = input.event_time;
+    child.set_event_time(input.event_time());
     child.origin = input.origin;
-    child
+    child.with_attributes(input.attributes().clone())
 }
 
 /// Set what the plugin said about an output: attributes and event time.
@@ -362,7 +361,7 @@ fn decorate(mut r: Record, attributes: Vec<(String, String)>, event_time: Option
         r.set_attribute(k, v);
     }
     if let Some(t) = event_time {
-        r.event_time = Some(t);
+        r.set_event_time(Some(t));
     }
     r
 }
@@ -371,11 +370,11 @@ fn to_input(r: &mut Record) -> Input {
     Input {
         content: r.content().to_vec(),
         attributes: r
-            .attributes
+            .attributes()
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
-        event_time: r.event_time,
+        event_time: r.event_time(),
     }
 }
 

@@ -169,14 +169,14 @@ async fn redact_masks_personal_data() {
     );
     assert_eq!(
         r.port("out")[0]
-            .attributes
+            .attributes()
             .get("redact.count")
             .map(String::as_str),
         Some("4")
     );
     // Nothing to mask: the record goes on byte for byte.
     assert_eq!(out[1], clean);
-    assert!(!r.port("out")[1].attributes.contains_key("redact.count"));
+    assert!(!r.port("out")[1].attributes().contains_key("redact.count"));
 }
 
 #[tokio::test]
@@ -199,7 +199,7 @@ async fn router_sends_to_several_ports_and_copies_hot_readings() {
     assert_eq!(r.contents("error"), [error]);
     assert_eq!(r.contents("hot"), [ok_hot, error]);
     assert_eq!(r.errors(), ["unknown status `maybe`"]);
-    let route = |port: &str, i: usize| r.port(port)[i].attributes.get("route").cloned();
+    let route = |port: &str, i: usize| r.port(port)[i].attributes().get("route").cloned();
     assert_eq!(route("ok", 0).as_deref(), Some("ok"));
     assert_eq!(route("hot", 1).as_deref(), Some("hot"));
     // An input copied to two ports is one record in two places.

@@ -56,7 +56,7 @@ fn batch_failed(r: &common::Run, expected: &str) {
         ]
     );
     let p = r.port("failure")[0]
-        .attributes
+        .attributes()
         .get("error.processor")
         .cloned();
     assert_eq!(p.as_deref(), Some("plugin"));
@@ -327,7 +327,7 @@ async fn a_new_version_is_picked_up_and_a_broken_one_refused() {
         assert_eq!(live.next(1).await.len(), 1);
         let failed = live.next(0).await;
         failed[0]
-            .attributes
+            .attributes()
             .get("error.message")
             .cloned()
             .unwrap_or_default()

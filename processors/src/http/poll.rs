@@ -772,8 +772,8 @@ impl HttpPoll {
                 },
             },
         }
-        for (mut r, error) in records {
-            r.attributes.extend(attrs.clone());
+        for (r, error) in records {
+            let mut r = r.with_attributes(attrs.clone());
             if let Some(e) = error {
                 pending.fail(r, &e);
                 continue;

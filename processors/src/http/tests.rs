@@ -282,9 +282,9 @@ async fn the_same_page_twice_yields_nothing_new() {
     assert_eq!(api.ok.load(Ordering::SeqCst), 2, "only two full answers");
     assert_eq!(ids(&mut out), [1, 2, 1, 2, 3]);
     assert!(failed.is_empty());
-    assert_eq!(out[0].attributes["http.status"], "200");
+    assert_eq!(out[0].attributes()["http.status"], "200");
     assert_eq!(
-        out[0].attributes["http.url"],
+        out[0].attributes()["http.url"],
         format!("http://{addr}/items")
     );
     assert!(status(&metrics, "not_modified") >= 3);
@@ -339,7 +339,7 @@ async fn link_pagination_follows_three_pages() {
     assert_eq!(ids(&mut out), [11, 12, 21, 22, 31, 32]);
     let urls: Vec<&str> = out
         .iter()
-        .map(|r| r.attributes["http.url"].as_str())
+        .map(|r| r.attributes()["http.url"].as_str())
         .collect();
     assert!(urls[0].ends_with("/pages"), "{urls:?}");
     assert!(urls[2].ends_with("/pages?page=2"), "{urls:?}");
@@ -406,7 +406,7 @@ async fn cursor_pagination_follows_three_pages() {
         failed.iter().map(content).collect::<Vec<_>>()
     );
     assert_eq!(ids(&mut out), [11, 12, 21, 22, 31, 32]);
-    assert!(out[5].attributes["http.url"].ends_with("/cursor?limit=2&cursor=c3"));
+    assert!(out[5].attributes()["http.url"].ends_with("/cursor?limit=2&cursor=c3"));
 }
 
 #[tokio::test]
@@ -511,8 +511,8 @@ async fn a_body_that_is_not_what_was_configured_goes_to_failure() {
     };
     assert!(out.is_empty());
     assert_eq!(failed.len(), 1);
-    assert!(failed[0].attributes["error.message"].contains("no JSON array"));
-    assert_eq!(failed[0].attributes["http.status"], "200");
+    assert!(failed[0].attributes()["error.message"].contains("no JSON array"));
+    assert_eq!(failed[0].attributes()["http.status"], "200");
     assert!(failed[0].value().is_ok());
 }
 
@@ -709,7 +709,7 @@ async fn records_over_max_record_size_go_to_failure_with_their_start() {
     assert_eq!(ids(&mut out), [1, 3]);
     assert_eq!(failed.len(), 1);
     assert_eq!(
-        failed[0].attributes["error.message"],
+        failed[0].attributes()["error.message"],
         "element 2 is 12 bytes, over max_record_size (10 B); only its first 1024 bytes are kept"
     );
     assert_eq!(content(&failed[0]), r#"{"id":22222}"#);
@@ -722,9 +722,9 @@ async fn records_over_max_record_size_go_to_failure_with_their_start() {
     let (out, failed, _) = p.stop().await;
     assert!(out.is_empty());
     assert!(
-        failed[0].attributes["error.message"].starts_with("the body is 32 bytes, over"),
+        failed[0].attributes()["error.message"].starts_with("the body is 32 bytes, over"),
         "{}",
-        failed[0].attributes["error.message"]
+        failed[0].attributes()["error.message"]
     );
 }
 

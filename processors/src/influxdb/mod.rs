@@ -383,7 +383,7 @@ impl InfluxDbSink {
         if self.indexed
             && let Some(fields) = r.fields()
         {
-            match self.encode_indexed(fields, &r.attributes, r.event_time, out) {
+            match self.encode_indexed(fields, r.attributes(), r.event_time(), out) {
                 Ok(()) => return Ok(()),
                 Err(NotWritten::Error(e)) => return Err(e),
                 Err(NotWritten::Nested) => {}
@@ -467,7 +467,7 @@ impl InfluxDbSink {
                 rendered.as_str()
             }
         };
-        let event_time = r.event_time;
+        let event_time = r.event_time();
         let value = r.value().map_err(|e| e.to_string())?;
         let Value::Object(obj) = value else {
             return Err(format!(
@@ -715,7 +715,7 @@ pub(crate) fn encode_for_fuzzing(content: &[u8]) -> Result<String, String> {
         )
     });
     let mut r = Record::from_bytes(bytes::Bytes::copy_from_slice(content));
-    r.event_time = Some(1_732_300_000_123);
+    r.set_event_time(Some(1_732_300_000_123));
     let mut out = String::new();
     sink.encode(&mut r, &mut out).map(|()| out)
 }
@@ -868,7 +868,7 @@ mod unit {
     fn encode(s: &InfluxDbSink, r: &str) -> Result<String, String> {
         let mut out = String::new();
         let mut r = rec(r);
-        r.event_time = Some(1_732_300_000_123);
+        r.set_event_time(Some(1_732_300_000_123));
         s.encode(&mut r, &mut out).map(|()| out)
     }
 
@@ -949,11 +949,11 @@ mod unit {
                 JsonView::Fields,
             )
             .unwrap_or_else(|(_, e)| panic!("{content}: {e}"));
-            indexed.event_time = Some(1_732_300_000_123);
+            indexed.set_event_time(Some(1_732_300_000_123));
             indexed.set_attribute("kind", "from_attribute");
             assert!(indexed.fields().is_some(), "{content}");
             let mut viewed = rec(content);
-            viewed.event_time = Some(1_732_300_000_123);
+            viewed.set_event_time(Some(1_732_300_000_123));
             viewed.set_attribute("kind", "from_attribute");
             let mut a = String::from("kept\n");
             let mut b = String::from("kept\n");

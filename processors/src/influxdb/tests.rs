@@ -202,7 +202,7 @@ async fn points_read_back_from_victoria_metrics_equal_what_was_sent() {
     let mut tracker = AckTracker::new();
     let (batches, want) = points(1000, &mut tracker);
     let (failed, sent) = run(&c, batches).await;
-    assert!(failed.is_empty(), "{:?}", failed[0].attributes);
+    assert!(failed.is_empty(), "{:?}", failed[0].attributes());
     assert_eq!(sent, 1000);
     all_acked(&mut tracker, 10, AckStatus::Delivered).await;
     assert_read_back(&url, &m, &expected(&m, &want)).await;
@@ -228,7 +228,7 @@ async fn plain_bodies_event_time_and_second_precision() {
             .as_object()
             .and_then(|o| o.get("window_start"))
             .and_then(|v| v.as_integer());
-        r.event_time = ts.map(|t| t + 999); // dropped by the second precision
+        r.set_event_time(ts.map(|t| t + 999)); // dropped by the second precision
     }
     let (failed, sent) = run(&c, batches).await;
     assert!(failed.is_empty());
@@ -312,7 +312,7 @@ async fn a_400_sends_the_batch_to_failure_with_the_message() {
     assert_eq!(sent, 0);
     assert_eq!(failed.len(), 250);
     let msg = failed[0]
-        .attributes
+        .attributes()
         .get("error.message")
         .cloned()
         .unwrap_or_default();

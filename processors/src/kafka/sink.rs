@@ -467,7 +467,7 @@ impl KafkaSink {
                 let Some(value) = record.parsed_value() else {
                     return Err((record, "key: content was not parsed".into()));
                 };
-                match expr.eval(value, &record.attributes) {
+                match expr.eval(value, record.attributes()) {
                     Ok(Value::Null) => None,
                     Ok(v) => Some(
                         crate::template::scalar_text(&v)
@@ -485,7 +485,7 @@ impl KafkaSink {
         } else {
             let all = self.cfg.headers.iter().any(|h| h == "*");
             let mut h = OwnedHeaders::new();
-            for (name, value) in &record.attributes {
+            for (name, value) in record.attributes() {
                 if all || self.cfg.headers.iter().any(|n| n == name) {
                     h = h.insert(Header {
                         key: name,

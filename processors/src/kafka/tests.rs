@@ -219,7 +219,7 @@ async fn oversized_and_unkeyable_records_go_to_failure() {
     let mut reasons: Vec<String> = failed
         .iter()
         .map(|r| {
-            r.attributes
+            r.attributes()
                 .get("error.message")
                 .cloned()
                 .unwrap_or_default()
@@ -372,7 +372,7 @@ async fn source_commits_only_what_is_finished_in_order() {
         texts.push(String::from_utf8_lossy(r.content()).into_owned());
     }
     assert_eq!(texts, values);
-    let a = &held[3].attributes;
+    let a = &held[3].attributes();
     assert_eq!(a["kafka.topic"], topic);
     assert_eq!(a["kafka.partition"], "0");
     assert_eq!(a["kafka.offset"], "3");
@@ -445,8 +445,8 @@ async fn source_sends_non_json_values_to_failure() {
         .expect("a failure in time")
         .expect("a batch");
     assert_eq!(failed.len(), 1);
-    assert!(failed[0].attributes["error.message"].starts_with("value:"));
-    assert_eq!(failed[0].attributes["kafka.offset"], "1");
+    assert!(failed[0].attributes()["error.message"].starts_with("value:"));
+    assert_eq!(failed[0].attributes()["kafka.offset"], "1");
     let ok = tokio::time::timeout(Duration::from_secs(30), h.ports[1].recv())
         .await
         .expect("a record in time")
@@ -487,11 +487,11 @@ async fn source_sends_values_over_max_record_size_to_failure() {
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0].content().len(), 1024);
     assert_eq!(
-        failed[0].attributes["error.message"],
+        failed[0].attributes()["error.message"],
         "the value is 3010 bytes, over max_record_size (2.0 KiB); only its first 1024 bytes are \
          kept"
     );
-    assert_eq!(failed[0].attributes["kafka.offset"], "1");
+    assert_eq!(failed[0].attributes()["kafka.offset"], "1");
     let mut ok = 0;
     while ok < 2 {
         let batch = tokio::time::timeout(Duration::from_secs(30), h.ports[1].recv())

@@ -121,7 +121,7 @@ async fn source_round_trip_per_qos_and_protocol() {
                 .expect("a batch");
             for mut r in batch {
                 texts.push(text(&mut r));
-                first.get_or_insert(r.attributes.clone());
+                first.get_or_insert(r.attributes().clone());
                 r.finish();
             }
         }
@@ -169,12 +169,12 @@ async fn non_json_payloads_go_to_failure() {
         .expect("in time")
         .expect("a batch");
     assert_eq!(text(&mut failed[0]), "not json {");
-    let msg = failed[0].attributes["error.message"].clone();
+    let msg = failed[0].attributes()["error.message"].clone();
     assert!(
         msg.starts_with("payload: content is not valid JSON"),
         "{msg}"
     );
-    assert_eq!(failed[0].attributes["mqtt.topic"], topic);
+    assert_eq!(failed[0].attributes()["mqtt.topic"], topic);
     finish_all(failed);
     let ok = h.ports[1].recv().await.expect("the good one");
     assert_eq!(ok.len(), 1);
@@ -221,11 +221,11 @@ async fn payloads_over_max_record_size_go_to_failure() {
         format!(r#"{{"big":"{}"#, "x".repeat(1016))
     );
     assert_eq!(
-        failed[0].attributes["error.message"],
+        failed[0].attributes()["error.message"],
         "the payload is 3010 bytes, over max_record_size (2.0 KiB); only its first 1024 bytes \
          are kept"
     );
-    assert_eq!(failed[0].attributes["mqtt.topic"], topic);
+    assert_eq!(failed[0].attributes()["mqtt.topic"], topic);
     finish_all(failed);
     let mut ok = Vec::new();
     while ok.len() < 2 {

@@ -641,7 +641,7 @@ impl S3Sink {
                     .ok_or_else(|| format!("the record has no event time field `{name}`"))?;
                 time_ms(t, self.cfg.event_time_unit)
             }
-            None => Ok(r.event_time.unwrap_or_else(now_ms)),
+            None => Ok(r.event_time().unwrap_or_else(now_ms)),
         }
     }
 

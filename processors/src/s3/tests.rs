@@ -148,7 +148,7 @@ fn readings(n: usize, tracker: &mut AckTracker) -> Vec<Vec<Record>> {
                         r#"{{"device":"car-{}","ts":{ts},"n":{i},"s":"é \"q\""}}"#,
                         i % 3
                     ));
-                    r.event_time = Some(ts);
+                    r.set_event_time(Some(ts));
                     r.with_acks(Acks::one(token.clone()))
                 })
                 .collect()
@@ -326,7 +326,7 @@ async fn a_record_without_a_key_goes_to_failure_and_idle_objects_close() {
     assert_eq!(failed.len(), 2);
     let msg = |i: usize| {
         failed[i]
-            .attributes
+            .attributes()
             .get("error.message")
             .cloned()
             .unwrap_or_default()

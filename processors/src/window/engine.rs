@@ -811,7 +811,7 @@ impl Engine {
         }
         r.merge_acks(slot.acks);
         r.merge_acks(delivery);
-        r.event_time = Some(start);
+        r.set_event_time(Some(start));
         r.origin = s.origin.map(|source| Origin { source, seq });
         r.set_parents(slot.parents.into_vec());
         if slot.count as usize > s.max_parents {

@@ -424,7 +424,7 @@ fn limits_fail_or_evict_the_oldest_flagged() {
     assert!(
         out.port(OUT)
             .iter()
-            .all(|r| r.attributes.get("window.evicted").map(String::as_str) == Some("true")),
+            .all(|r| r.attributes().get("window.evicted").map(String::as_str) == Some("true")),
         "flagged as evicted"
     );
     assert_eq!(e.counters.evicted, 1);
@@ -436,7 +436,7 @@ fn limits_fail_or_evict_the_oldest_flagged() {
     assert!(
         rest.port(OUT)
             .iter()
-            .all(|r| !r.attributes.contains_key("window.evicted"))
+            .all(|r| !r.attributes().contains_key("window.evicted"))
     );
 }
 
@@ -547,7 +547,7 @@ fn a_late_record_undelivered_at_a_checkpoint_is_sent_again_after_a_restart() {
             .zip(late)
             .map(|(r, l)| {
                 let mut a: Vec<_> = r
-                    .attributes
+                    .attributes()
                     .iter()
                     .filter(|(k, _)| k.starts_with("window."))
                     .map(|(k, v)| (k.clone(), v.clone()))
@@ -754,7 +754,7 @@ fn run_window(
                 .and_then(|o| o.get("t"))
                 .map(|t| t.to_string())
                 .unwrap_or_default();
-            format!("{t} => {}", r.attributes["error.message"])
+            format!("{t} => {}", r.attributes()["error.message"])
         })
         .collect();
     (windows, late, failed)
@@ -906,7 +906,7 @@ fn the_engine_checks_every_bound_it_computes() {
         assert!(
             failed
                 .iter()
-                .all(|r| r.attributes["error.message"].contains("is out of range")),
+                .all(|r| r.attributes()["error.message"].contains("is out of range")),
             "{w}"
         );
         assert_eq!(e.max_ts(), Some(5), "{w}: the watermark did not move");

@@ -106,7 +106,7 @@ impl Run {
         self.port("failure")
             .iter()
             .map(|r| {
-                r.attributes
+                r.attributes()
                     .get("error.message")
                     .cloned()
                     .unwrap_or_default()
