@@ -633,15 +633,24 @@ impl<'de> serde::de::Visitor<'de> for Valid {
 /// separately allocated keys built for every record and freed on another thread.
 #[derive(Clone, Debug)]
 pub struct Fields {
-    /// The fields in the content's order, 32 bytes each (they were 64, a key and a `Value`:
-    /// the first read of a record on another core missed the cache five lines deep). Up to
-    /// eight inline: the index is one allocation, its `Arc`'s, filled where it lies (it was
-    /// built on the stack and moved through the parser's layers when it was first inline,
-    /// which cost more in copies than the allocation it saved).
+    /// The fields in the content's order, 24 bytes each (they were 64, a key and a `Value`:
+    /// the first read of a record on another core missed the cache five lines deep; then 32,
+    /// with the key an enum). Up to eight inline: the index is one allocation, its `Arc`'s,
+    /// filled where it lies (it was built on the stack and moved through the parser's layers
+    /// when it was first inline, which cost more in copies than the allocation it saved).
+    /// With the rare parts behind a pointer the whole index is 232 bytes, a 256-byte block of
+    /// the allocator (it was 328, a 384-byte one).
     entries: SmallVec<[Entry; 8]>,
-    /// Keys with escapes, unescaped (rare).
+    /// Keys and values with escapes (rare).
+    escaped: Option<Box<Escaped>>,
+}
+
+/// What [`Fields`] keeps out of the content: keys and string values with escapes.
+#[derive(Clone, Debug, Default)]
+struct Escaped {
+    /// Keys with escapes, unescaped.
     keys: Vec<Box<str>>,
-    /// Values kept as the view holds them: strings with escapes (rare).
+    /// Values kept as the view holds them: strings with escapes.
     values: Vec<Value>,
 }
 
@@ -651,13 +660,17 @@ struct Entry {
     value: Slot,
 }
 
+/// A key: a span of the content (start, length), or, when the length is [`OWNED`], a key with
+/// escapes (its index in [`Escaped::keys`] as the start). A span's length is less than
+/// `u32::MAX`: content past 4 GiB is not indexed.
 #[derive(Clone, Copy, Debug)]
-enum Key {
-    /// A span of the content: start, length.
-    Span(u32, u32),
-    /// A key with escapes: its index in `keys`.
-    Owned(u32),
+struct Key {
+    start: u32,
+    len: u32,
 }
+
+/// [`Key::len`] of a key with escapes.
+const OWNED: u32 = u32::MAX;
 
 #[derive(Clone, Copy, Debug)]
 enum Slot {
@@ -714,15 +727,17 @@ impl<'a> FieldsRef<'a> {
     fn find(&self, name: &str) -> Option<Slot> {
         let f = self.fields;
         f.entries.iter().rev().find_map(|e| {
-            let found = match e.key {
-                Key::Span(start, len) => {
-                    len as usize == name.len()
-                        && self
-                            .content
-                            .get(span(start, len))
-                            .is_some_and(|k| eq_bytes(k, name.as_bytes()))
-                }
-                Key::Owned(i) => f.keys.get(i as usize).is_some_and(|k| &**k == name),
+            let Key { start, len } = e.key;
+            let found = if len as usize == name.len() && len != OWNED {
+                self.content
+                    .get(span(start, len))
+                    .is_some_and(|k| eq_bytes(k, name.as_bytes()))
+            } else {
+                len == OWNED
+                    && f.escaped
+                        .as_ref()
+                        .and_then(|x| x.keys.get(start as usize))
+                        .is_some_and(|k| &**k == name)
             };
             found.then_some(e.value)
         })
@@ -744,8 +759,9 @@ impl<'a> FieldsRef<'a> {
             Slot::Null => FieldValue::Value(Value::Null),
             Slot::Owned(i) => self
                 .fields
-                .values
-                .get(i as usize)
+                .escaped
+                .as_ref()
+                .and_then(|x| x.values.get(i as usize))
                 .map_or(FieldValue::Missing, |v| FieldValue::Value(v.clone())),
             Slot::Nested => FieldValue::Nested,
         }
@@ -808,8 +824,7 @@ impl Fields {
         }
         let mut fields = Arc::new(Fields {
             entries: SmallVec::new(),
-            keys: Vec::new(),
-            values: Vec::new(),
+            escaped: None,
         });
         // The `Arc` was just made: this is a borrow of it, never a copy.
         let seed = TopSeed {
@@ -894,17 +909,22 @@ impl<'de> serde::de::Visitor<'de> for TopSeed<'_> {
         let base = self.base;
         while let Some(key) = map.next_key_seed(KeySeed { base })? {
             let key = match key {
-                KeyOf::Span(start, len) => Key::Span(start, len),
+                KeyOf::Span(start, len) => Key { start, len },
                 KeyOf::Owned(k) => {
-                    f.keys.push(k);
-                    Key::Owned(u32::try_from(f.keys.len() - 1).unwrap_or(u32::MAX))
+                    let keys = &mut f.escaped.get_or_insert_with(Box::default).keys;
+                    keys.push(k);
+                    Key {
+                        start: u32::try_from(keys.len() - 1).unwrap_or(u32::MAX),
+                        len: OWNED,
+                    }
                 }
             };
             let value = match map.next_value_seed(FieldSeed { base })? {
                 FieldOf::Slot(slot) => slot,
                 FieldOf::Owned(v) => {
-                    f.values.push(v);
-                    Slot::Owned(u32::try_from(f.values.len() - 1).unwrap_or(u32::MAX))
+                    let values = &mut f.escaped.get_or_insert_with(Box::default).values;
+                    values.push(v);
+                    Slot::Owned(u32::try_from(values.len() - 1).unwrap_or(u32::MAX))
                 }
             };
             f.entries.push(Entry { key, value });
@@ -1254,6 +1274,14 @@ mod tests {
         assert!(Record::json(Bytes::from_static(b"[1,"), JsonView::Eager).is_err());
         let mut t = Record::from_text(Bytes::from_static(b"not json"));
         assert_eq!(t.value().expect("text"), &Value::from("not json"));
+    }
+
+    /// An index with its `Arc`'s counts fits the allocator's 256-byte blocks.
+    #[test]
+    fn an_index_is_at_most_240_bytes() {
+        let size = std::mem::size_of::<Fields>();
+        assert!(size + 16 <= 256, "{size}");
+        assert_eq!(std::mem::size_of::<Entry>(), 24);
     }
 
     /// Records move inline (no `memcpy` call) and take two cache lines at most.

@@ -99,14 +99,18 @@ impl Numbered for Slot {
 /// A window as checkpoints list it: `(end, start, key)`.
 type SlotId = (i64, i64, String);
 
+/// A window awaiting delivery as checkpoints list it: `(end, start, key)`.
+type HeldId = (i64, i64, CompactString);
+
 /// Windows emitted but not yet delivered, by the sequence number of the delivery token their
-/// output carries. A hash map: every window is inserted once and removed once, and a B-tree
-/// moved its entries (about 280 bytes each) on every insert and removal (a tenth of the sensors
-/// flow's copying); checkpoints list them in sequence order.
+/// output carries. A hash map of boxes: every window is inserted once and removed once, and a
+/// B-tree moved its entries (about 280 bytes each) on every insert and removal (a tenth of the
+/// sensors flow's copying); a map of the entries themselves held twice its peak while it grew
+/// (peak RSS +3 MB at 10,000,000 sensor events). Checkpoints list them in sequence order.
 #[derive(Default)]
 struct Undelivered {
     tracker: AckTracker,
-    pending: hashbrown::HashMap<u64, ((i64, i64, CompactString), Slot)>,
+    pending: hashbrown::HashMap<u64, Box<(HeldId, Slot)>>,
     next: u64,
 }
 
@@ -763,7 +767,7 @@ impl Engine {
             Some(u) => {
                 // The checkpoint keeps the window's content; its records are held by the output.
                 u.pending
-                    .insert(u.next, ((end, start, key.clone()), slot.kept()));
+                    .insert(u.next, Box::new(((end, start, key.clone()), slot.kept())));
                 let token = u.tracker.token(u.next);
                 u.next += 1;
                 Acks::one(token)
@@ -836,7 +840,10 @@ impl Engine {
         }
         let mut slots: Vec<((i64, i64, &str), &Slot)> = self.open.iter().collect();
         if let Some(u) = &self.undelivered {
-            slots.extend(by_seq(&u.pending).map(|((e, s, k), slot)| ((*e, *s, k.as_str()), slot)));
+            slots.extend(by_seq(&u.pending).map(|held| {
+                let ((e, s, k), slot) = &**held;
+                ((*e, *s, k.as_str()), slot)
+            }));
         }
         let mut bytes = Vec::new();
         ciborium::into_writer(
