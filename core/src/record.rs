@@ -98,7 +98,9 @@ pub struct ParseError(#[from] serde_json::Error);
 /// One record.
 ///
 /// 120 bytes: what every record has is inline, what few have ([`Rare`]: parents, attributes,
-/// event time, the shared parsed view) is behind one pointer, allocated when first set. A
+/// event time, the shared parsed view) is behind one pointer, allocated when first set (the
+/// parse cell by [`Record::fork`]: a fan-out of a record not parsed yet allocates one for the
+/// record and each copy, the price of sharing the parse). A
 /// record moves four to six times a hop (into a batch, out of it, into an output); at 192
 /// bytes every move was a call to `memcpy` and three cache lines crossing cores, at 128 or
 /// less the compiler moves it inline.
@@ -128,7 +130,8 @@ pub struct Record {
 }
 
 /// The parts of a record most records do not have: a source's record has none of them (but
-/// attributes, when its source sets some), a window's output has parents and an event time.
+/// attributes, when its source sets some, and the parse cell once forked unparsed), a
+/// window's output has parents and an event time.
 #[derive(Debug, Default)]
 struct Rare {
     parents: Vec<RecordId>,
@@ -638,8 +641,8 @@ pub struct Fields {
     /// with the key an enum). Up to eight inline: the index is one allocation, its `Arc`'s,
     /// filled where it lies (it was built on the stack and moved through the parser's layers
     /// when it was first inline, which cost more in copies than the allocation it saved).
-    /// With the rare parts behind a pointer the whole index is 232 bytes, a 256-byte block of
-    /// the allocator (it was 328, a 384-byte one).
+    /// With the escaped parts behind a pointer the index and its `Arc`'s counts are 224 bytes,
+    /// a 256-byte block of the allocator (it was 328, a 384-byte one).
     entries: SmallVec<[Entry; 8]>,
     /// Keys and values with escapes (rare).
     escaped: Option<Box<Escaped>>,

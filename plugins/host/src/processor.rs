@@ -320,7 +320,8 @@ impl Worker {
         let last = outputs.pop();
         for (o, port) in outputs {
             let base = match o.content {
-                None => record.clone(),
+                // A fan-out copy: it shares the parse with the record (and its other copies).
+                None => record.fork(),
                 Some(content) => child_of(&record, content),
             };
             out.push(
