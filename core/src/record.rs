@@ -172,6 +172,26 @@ impl Record {
         self.rare.get_or_insert_with(Box::default)
     }
 
+    /// The rare parts to write a value into: made if `needed` (the value is not empty), or
+    /// `None` when there are none and the value is empty (nothing to write or clear).
+    fn rare_for(&mut self, needed: bool) -> Option<&mut Rare> {
+        if needed {
+            Some(self.rare_mut())
+        } else {
+            self.rare.as_deref_mut()
+        }
+    }
+
+    /// The content is about to change: it, its index and the shared parse no longer hold.
+    fn forget_content(&mut self) {
+        self.modified = true;
+        self.content = None;
+        self.fields = None;
+        if let Some(r) = &mut self.rare {
+            r.parsed = OnceLock::new();
+        }
+    }
+
     /// The shared parsed view's cell, if a copy made one.
     fn parsed(&self) -> Option<&Arc<OnceLock<Arc<Value>>>> {
         self.rare.as_ref().and_then(|r| r.parsed.get())
@@ -303,8 +323,8 @@ impl Record {
     /// Set the parents (for records joined from many, such as window aggregates). With
     /// provenance on, the runtime records a JOIN naming them when the record leaves the node.
     pub fn set_parents(&mut self, parents: Vec<RecordId>) {
-        if !parents.is_empty() || self.rare.is_some() {
-            self.rare_mut().parents = parents;
+        if let Some(r) = self.rare_for(!parents.is_empty()) {
+            r.parents = parents;
         }
     }
 
@@ -345,8 +365,8 @@ impl Record {
     /// This record with these attributes, as its maker gives them (a source, a test): not a
     /// change, so not marked modified.
     pub fn with_attributes(mut self, attributes: Attributes) -> Self {
-        if !attributes.is_empty() || self.rare.is_some() {
-            self.rare_mut().attributes = attributes;
+        if let Some(r) = self.rare_for(!attributes.is_empty()) {
+            r.attributes = attributes;
         }
         self
     }
@@ -367,8 +387,8 @@ impl Record {
 
     /// Set the event time (not a change of content or attributes: not marked modified).
     pub fn set_event_time(&mut self, event_time: Option<i64>) {
-        if event_time.is_some() || self.rare.is_some() {
-            self.rare_mut().event_time = event_time;
+        if let Some(r) = self.rare_for(event_time.is_some()) {
+            r.event_time = event_time;
         }
     }
 
@@ -401,8 +421,10 @@ impl Record {
     /// The structured view (parsed on first use) and the attributes, together.
     pub fn view(&mut self) -> Result<(&Value, &Attributes), ParseError> {
         self.value()?;
-        let attributes = self.rare.as_ref().map_or(&NO_ATTRIBUTES, |r| &r.attributes);
-        Ok((self.value.as_deref().unwrap_or(&Value::Null), attributes))
+        Ok((
+            self.value.as_deref().unwrap_or(&Value::Null),
+            self.attributes(),
+        ))
     }
 
     /// The structured view if this copy of the record already has it (after [`Record::value`]).
@@ -422,24 +444,14 @@ impl Record {
     /// A mutable structured view. Invalidates the raw content (re-encoded when needed).
     pub fn value_mut(&mut self) -> Result<&mut Value, ParseError> {
         self.value()?;
-        self.modified = true;
-        self.content = None;
-        self.fields = None;
-        if let Some(r) = &mut self.rare {
-            r.parsed = OnceLock::new();
-        }
+        self.forget_content();
         let arc = self.value.get_or_insert_with(|| Arc::new(Value::Null));
         Ok(Arc::make_mut(arc))
     }
 
     /// Replace the structured view.
     pub fn set_value(&mut self, value: Value) {
-        self.modified = true;
-        self.content = None;
-        self.fields = None;
-        if let Some(r) = &mut self.rare {
-            r.parsed = OnceLock::new();
-        }
+        self.forget_content();
         self.value = Some(Arc::new(value));
     }
 
