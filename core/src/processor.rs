@@ -373,6 +373,15 @@ pub trait Transform: Send {
     /// its source will not commit it. Never panic on bad input: use [`Output::fail`].
     fn process(&mut self, record: Record, out: &mut Output);
 
+    /// For a transform that sends each record on unchanged to one port (a filter): that
+    /// port, from a look at the record. Records a fan-out shares between several edges are
+    /// then copied only when the port sends them somewhere: one a filter drops costs no copy
+    /// (see [`crate::runtime::shared`]). `None` (the default): the runtime calls
+    /// [`Transform::process`] with the record, as for a record this look cannot decide.
+    fn route(&mut self, _record: &Record) -> Option<PortId> {
+        None
+    }
+
     /// Called once after the last input, to emit anything held back.
     fn finish(&mut self, _out: &mut Output) {}
 }
@@ -491,6 +500,10 @@ pub struct Output {
     /// them).
     last_pushed: Option<crate::record::RecordId>,
     copies: bool,
+    /// Per port, the ids of shared records routed to it that it sends nowhere (no edge): no
+    /// copy was made; the emitter counts and records them as the port's drop (see
+    /// [`Output::shed`]).
+    shed: Vec<Vec<crate::record::RecordId>>,
 }
 
 impl Output {
@@ -503,7 +516,30 @@ impl Output {
             dropped_ids: Vec::new(),
             last_pushed: None,
             copies: false,
+            shed: (0..ports).map(|_| Vec::new()).collect(),
         }
+    }
+
+    /// A shared record (`id`, as this node knows it) routed to `port`, which sends it
+    /// nowhere: dropped as a record pushed there would be, without making its copy. The
+    /// runtime's, for [`Transform::route`].
+    pub fn shed(&mut self, port: PortId, id: crate::record::RecordId) {
+        if let Some(ids) = self.shed.get_mut(port.0) {
+            ids.push(id);
+        }
+    }
+
+    /// The ids shed on `port` (see [`Output::shed`]) since the last call.
+    pub fn take_shed(&mut self, port: PortId) -> Vec<crate::record::RecordId> {
+        self.shed
+            .get_mut(port.0)
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// The ids shed on `port` so far (not taken yet).
+    pub fn shed_ids(&self, port: PortId) -> &[crate::record::RecordId] {
+        self.shed.get(port.0).map_or(&[], Vec::as_slice)
     }
 
     /// Push a record to a port.

@@ -548,10 +548,17 @@ impl Record {
     /// fields: its consumers read only top-level fields, so the view is rarely built, and the
     /// cell would cost an allocation per record.
     pub fn fork(&mut self) -> Record {
+        self.prepare_fork();
+        self.copy_with(self.acks.clone())
+    }
+
+    /// Make the cell a record not parsed yet shares with its copies (see [`Record::fork`]), so
+    /// that [`Clone`]s made later share it too (a batch shared by several edges is prepared
+    /// once, then copied by its consumers).
+    pub fn prepare_fork(&mut self) {
         if self.value.is_none() && self.fields.is_none() {
             self.rare_mut().parsed.get_or_init(Default::default);
         }
-        self.copy_with(self.acks.clone())
     }
 
     fn copy_with(&self, acks: Acks) -> Self {

@@ -58,12 +58,18 @@ struct Filter {
 }
 
 impl Transform for Filter {
+    /// Conditions the indexed fields answer; the others need the structured view (`process`).
+    fn route(&mut self, record: &Record) -> Option<PortId> {
+        let matched = record
+            .fields()
+            .and_then(|f| self.condition.test_fields(f))?;
+        Some(if matched { MATCHED } else { UNMATCHED })
+    }
+
     fn process(&mut self, mut record: Record, out: &mut Output) {
         // Fields the source indexed answer most conditions without the structured view.
-        match record.fields().and_then(|f| self.condition.test_fields(f)) {
-            Some(true) => return out.push(MATCHED, record),
-            Some(false) => return out.push(UNMATCHED, record),
-            None => {}
+        if let Some(port) = self.route(&record) {
+            return out.push(port, record);
         }
         if let Err(e) = record.value() {
             return out.fail(record, &e);

@@ -947,11 +947,26 @@ impl NodeRecorder {
     /// dropped and counted. So taking a batch never waits on the writer (cancel-safe), and
     /// holds no room in it while the node is idle.
     pub fn receive(&self, batch: &[Record]) {
-        let ids = Runs::of(batch);
         let content = self.content(batch);
+        self.receive_with(Runs::of(batch), batch, content);
+    }
+
+    /// RECEIVE of `records` known here by `ids` (a fan-out's shared records, see
+    /// [`crate::runtime::shared::SharedView`]), kept content aside (see
+    /// [`NodeRecorder::keeps_content`]: content names each record by its own id).
+    pub fn receive_as(&self, ids: Runs, records: &[Record]) {
+        self.receive_with(ids, records, None);
+    }
+
+    fn receive_with(&self, ids: Runs, records: &[Record], content: Option<Event>) {
         let mut receive = self.event(EventKind::Receive, ids);
-        self.digest(&mut receive, batch);
+        self.digest(&mut receive, records);
         self.record_now(std::iter::once(receive).chain(content));
+    }
+
+    /// Whether records' content is kept (`provenance.content`).
+    pub fn keeps_content(&self) -> bool {
+        self.keep.is_some()
     }
 
     /// Record `events` without waiting, in order after the node's pending ones: with

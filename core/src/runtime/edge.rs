@@ -17,6 +17,7 @@ use std::task::{Context, Poll};
 use tokio::sync::Notify;
 
 use crate::record::Record;
+use crate::runtime::shared::Payload;
 use crate::spec::FlowSpec;
 
 /// Which connection an edge is, with its thresholds: the one description the runtime's handles,
@@ -126,7 +127,7 @@ impl EdgeStats {
 }
 
 struct State {
-    queue: VecDeque<(Batch, usize)>,
+    queue: VecDeque<(Payload, usize)>,
     records: usize,
     bytes: usize,
     senders_closed: bool,
@@ -205,11 +206,17 @@ pub fn edge(
 impl EdgeSender {
     /// Queue a batch, waiting for room when the queue is full and the policy is `block`.
     pub async fn send(&self, batch: Batch) -> Result<Sent, Closed> {
+        self.send_payload(Payload::Owned(batch)).await
+    }
+
+    /// Queue a batch of its own or a view of a shared one (see [`EdgeSender::send`]). A
+    /// payload the consumer is gone for comes back as records to own.
+    pub async fn send_payload(&self, batch: Payload) -> Result<Sent, Closed> {
         if batch.is_empty() {
             return Ok(Sent::Queued);
         }
         let n = batch.len();
-        let size: usize = batch.iter().map(Record::size).sum();
+        let size = batch.size();
         let s = &self.shared;
         loop {
             let notified = s.not_full.notified();
@@ -218,7 +225,8 @@ impl EdgeSender {
             {
                 let mut st = s.state.lock();
                 if st.receiver_closed {
-                    return Err(Closed(batch));
+                    drop(st);
+                    return Err(Closed(batch.into_batch()));
                 }
                 let fits = st.queue.is_empty()
                     || (st.records + n <= s.max_records && st.bytes + size <= s.max_bytes);
@@ -243,7 +251,7 @@ impl EdgeSender {
                     s.stats.dropped.fetch_add(n as u64, Ordering::Relaxed);
                     drop(st);
                     // Shed on purpose: finished, so the source commits past them.
-                    crate::record::finish_all(batch);
+                    batch.shed();
                     return Ok(Sent::Dropped);
                 }
             }
@@ -270,11 +278,14 @@ impl EdgeReceiver {
 
     /// The next batch; `None` once the producer is gone and the queue is drained.
     pub async fn recv(&mut self) -> Option<Batch> {
-        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+        std::future::poll_fn(|cx| self.poll_recv(cx))
+            .await
+            .map(Payload::into_batch)
     }
 
-    /// Poll for the next batch (see [`EdgeReceiver::recv`]).
-    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Batch>> {
+    /// Poll for the next batch (see [`EdgeReceiver::recv`]), as it travelled: a view of a
+    /// shared batch stays one.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Payload>> {
         let s = &self.shared;
         s.not_empty.register(cx.waker());
         let mut st = s.state.lock();
@@ -300,10 +311,9 @@ impl Drop for EdgeReceiver {
         st.receiver_closed = true;
         // Whatever is still queued is dropped unprocessed, so abandoned: its sources do not
         // commit it. Its ids are kept for the consumer's provenance (a DROP).
-        let abandoned: Vec<(Batch, usize)> = st.queue.drain(..).collect();
+        let abandoned: Vec<(Payload, usize)> = st.queue.drain(..).collect();
         for (batch, _) in &abandoned {
-            st.abandoned
-                .extend_from_slice(&crate::provenance::Runs::of(batch).0);
+            st.abandoned.extend_from_slice(&batch.ids().0);
         }
         drop(st);
         drop(abandoned);

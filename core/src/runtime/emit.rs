@@ -17,6 +17,7 @@ use crate::provenance::{Children, EventKind, NodeRecorder, Origins, Runs};
 use crate::record::{Record, RecordId, finish_all};
 use crate::runtime::edge::{Batch, EdgeReceiver, EdgeSender, Sent};
 use crate::runtime::metrics::NodeMetrics;
+use crate::runtime::shared::{Payload, SharedBatch};
 use crate::runtime::tap::TapPoint;
 
 /// Every downstream edge of a port is gone: the flow is failing.
@@ -159,6 +160,32 @@ impl Emitter {
         self.ports.len()
     }
 
+    /// Whether records sent to `port` go nowhere and are dropped on purpose: no edge, not
+    /// `failure` nor another reported port, no tap open on it. A transform's record routed
+    /// there needs no copy made (see [`Output::shed`]).
+    pub fn sheds(&self, port: PortId) -> bool {
+        port != PortId::FAILURE
+            && self
+                .ports
+                .get(port.0)
+                .is_some_and(|p| p.edges.is_empty() && !p.reported && !p.tap.is_open())
+    }
+
+    /// Count and record as dropped the records routed to `port` without their copies being
+    /// made (see [`Emitter::sheds`]): what [`Emitter::send`] does with a batch for a port
+    /// without edges.
+    async fn shed(&mut self, port: PortId, ids: Vec<RecordId>) {
+        self.metrics.add_dropped(ids.len() as u64);
+        if let (Some(prov), Some(p)) = (&self.prov, self.ports.get(port.0)) {
+            let rec = &prov.rec;
+            let e = rec
+                .event(EventKind::Drop, Runs::from_ids(ids.iter().map(|id| id.0)))
+                .at(port.0)
+                .detail(format!("port `{}` has no edge", p.name));
+            rec.record(e).await;
+        }
+    }
+
     /// Whether `port` has at least one edge.
     pub fn is_connected(&self, port: PortId) -> bool {
         self.ports.get(port.0).is_some_and(|p| !p.edges.is_empty())
@@ -210,11 +237,15 @@ impl Emitter {
             open |= sent.is_ok();
             queued |= matches!(sent, Ok(Sent::Queued));
         };
-        let mut batch = batch;
-        for e in rest {
-            count(e.send(batch.iter_mut().map(Record::fork).collect()).await);
+        if rest.is_empty() {
+            count(last.send(batch).await);
+        } else {
+            // A fan-out: every edge gets a view of the same records (see `shared`).
+            let views = SharedBatch::views(batch, vec![None; p.edges.len()]);
+            for (e, v) in p.edges.iter().zip(views) {
+                count(e.send_payload(Payload::Shared(v)).await);
+            }
         }
-        count(last.send(batch).await);
         if !open {
             return Err(DownstreamGone {
                 node: self.node.clone(),
@@ -251,9 +282,20 @@ impl Emitter {
             }
         }
         self.metrics.add_dropped(out.take_dropped());
-        let batches: Vec<(PortId, Batch)> = out.drain().collect();
-        for (port, batch) in batches {
-            self.send(port, batch).await?;
+        let mut batches = out
+            .drain()
+            .collect::<Vec<(PortId, Batch)>>()
+            .into_iter()
+            .peekable();
+        for p in 0..out.port_count() {
+            let port = PortId(p);
+            if let Some((_, batch)) = batches.next_if(|(q, _)| *q == port) {
+                self.send(port, batch).await?;
+            }
+            let shed = out.take_shed(port);
+            if !shed.is_empty() {
+                self.shed(port, shed).await;
+            }
         }
         Ok(())
     }
@@ -321,35 +363,30 @@ async fn send_recorded(
     }
     // One copy per edge; with several edges, each copy gets new ids (a FORK).
     let edges = p.edges.len();
-    let mut copies: Vec<(Batch, Runs)> = Vec::with_capacity(edges);
+    let mut copies: Vec<(Payload, Runs)> = Vec::with_capacity(edges);
     if edges == 1 {
-        copies.push((batch, ids));
+        copies.push((Payload::Owned(batch), ids));
     } else {
+        // Each edge's copies get new ids; the records are shared, not copied (see `shared`).
         let mut fork = rec.event(EventKind::Fork, ids).at(port.0);
-        let mut batch = Some(batch);
-        for k in 0..edges {
-            let mut copy = match batch.as_mut() {
-                Some(_) if k + 1 == edges => batch.take().unwrap_or_default(),
-                Some(b) => b.iter_mut().map(Record::fork).collect(),
-                None => Batch::default(),
-            };
-            let base = RecordId::block(n).0;
-            for (i, r) in copy.iter_mut().enumerate() {
-                r.set_id(RecordId(base.wrapping_add(i as u64)));
-            }
-            let child = Runs::run(base, u32::try_from(n).unwrap_or(u32::MAX));
+        let count = u32::try_from(n).unwrap_or(u32::MAX);
+        let bases: Vec<u64> = (0..edges).map(|_| RecordId::block(n).0).collect();
+        for (k, &base) in bases.iter().enumerate() {
             fork.children.push(Children {
                 port: u32::try_from(port.0).unwrap_or(u32::MAX),
                 to: prov.targets.get(port.0).and_then(|t| t.get(k)).copied(),
-                ids: child.clone(),
+                ids: Runs::run(base, count),
             });
-            copies.push((copy, child));
         }
         rec.record(fork).await;
+        let views = SharedBatch::views(batch, bases.iter().copied().map(Some).collect());
+        for (v, base) in views.into_iter().zip(bases) {
+            copies.push((Payload::Shared(v), Runs::run(base, count)));
+        }
     }
     let (mut open, mut queued) = (false, false);
     for (k, (copy, ids)) in copies.into_iter().enumerate() {
-        let sent = p.edges[k].send(copy).await;
+        let sent = p.edges[k].send_payload(copy).await;
         open |= sent.is_ok();
         queued |= matches!(sent, Ok(Sent::Queued));
         let to = prov.targets.get(port.0).and_then(|t| t.get(k)).copied();
@@ -553,28 +590,19 @@ impl Input {
     /// has no room, before the node's next event (see [`NodeRecorder::receive`]): a node's
     /// events keep their order.
     pub async fn next(&mut self) -> Option<Batch> {
-        if let Some(t) = self.handed.take() {
-            self.metrics.observe_batch(t.elapsed());
-        }
-        if let Some(rec) = &self.prov {
-            rec.flush().await;
-        }
+        self.begin().await;
         loop {
-            let mut batch = poll_batch(&mut self.edges, &mut self.next, &mut self.injected).await;
-            if let Some(b) = &batch {
-                self.metrics.add_received(b.len() as u64);
-                self.handed = Some(Instant::now());
-                if let Some(rec) = &self.prov {
-                    rec.receive(b);
-                }
-            }
-            if let (Some(b), Some(resume)) = (&mut batch, &self.resume)
-                && b.iter().any(|r| resume.covers(r.origin))
+            let mut batch = match self.take().await? {
+                Payload::Owned(b) => b,
+                Payload::Shared(v) => v.into_batch(),
+            };
+            if let Some(resume) = &self.resume
+                && batch.iter().any(|r| resume.covers(r.origin))
             {
-                let (skip, keep): (Vec<Record>, Vec<Record>) = std::mem::take(b)
+                let (skip, keep): (Vec<Record>, Vec<Record>) = std::mem::take(&mut batch)
                     .into_iter()
                     .partition(|r| resume.covers(r.origin));
-                *b = keep;
+                batch = keep;
                 // Their SEND is in the run that wrote them; here their journey ends. Nothing
                 // is awaited here, so taking a batch stays cancel-safe.
                 if let Some(rec) = &self.prov {
@@ -584,12 +612,57 @@ impl Input {
                 }
                 self.metrics.add_dropped(skip.len() as u64);
                 finish_all(skip);
-                if b.is_empty() {
+                if batch.is_empty() {
                     continue;
                 }
             }
-            return batch;
+            return Some(batch);
         }
+    }
+
+    /// The next batch as it travelled (see [`Input::next`]): a fan-out's records stay shared
+    /// ([`SharedView`]) for a consumer that looks at them before taking any (a plain
+    /// transform that routes, see [`crate::processor::Transform::route`]). Not for a node
+    /// that resumes after a restart (a sink: use [`Input::next`]).
+    pub async fn next_payload(&mut self) -> Option<Payload> {
+        self.begin().await;
+        let payload = self.take().await?;
+        if self.resume.is_some() {
+            return Some(Payload::Owned(payload.into_batch()));
+        }
+        Some(payload)
+    }
+
+    /// What precedes taking a batch: the last one's processing time, the node's pending
+    /// provenance.
+    async fn begin(&mut self) {
+        if let Some(t) = self.handed.take() {
+            self.metrics.observe_batch(t.elapsed());
+        }
+        if let Some(rec) = &self.prov {
+            rec.flush().await;
+        }
+    }
+
+    /// Take the next batch, counted and (with provenance) received.
+    async fn take(&mut self) -> Option<Payload> {
+        let mut batch = poll_batch(&mut self.edges, &mut self.next, &mut self.injected).await?;
+        self.metrics.add_received(batch.len() as u64);
+        self.handed = Some(Instant::now());
+        if let Some(rec) = &self.prov {
+            match batch {
+                Payload::Owned(ref b) => rec.receive(b),
+                // The content kept names each record by its id: this edge's copies, made
+                // first.
+                Payload::Shared(v) if rec.keeps_content() => {
+                    let b = v.into_batch();
+                    rec.receive(&b);
+                    batch = Payload::Owned(b);
+                }
+                Payload::Shared(ref v) => rec.receive_as(v.ids(), v.records()),
+            }
+        }
+        Some(batch)
     }
 }
 
@@ -599,13 +672,13 @@ async fn poll_batch(
     edges: &mut Vec<EdgeReceiver>,
     next: &mut usize,
     injected: &mut Option<tokio::sync::mpsc::Receiver<Batch>>,
-) -> Option<Batch> {
+) -> Option<Payload> {
     std::future::poll_fn(|cx| {
         if !edges.is_empty()
             && let Some(rx) = injected
         {
             match rx.poll_recv(cx) {
-                Poll::Ready(Some(b)) => return Poll::Ready(Some(b)),
+                Poll::Ready(Some(b)) => return Poll::Ready(Some(Payload::Owned(b))),
                 Poll::Ready(None) => *injected = None,
                 Poll::Pending => {}
             }

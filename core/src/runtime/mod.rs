@@ -17,6 +17,7 @@
 pub mod edge;
 pub mod emit;
 pub mod metrics;
+pub mod shared;
 pub mod tap;
 
 use std::panic::AssertUnwindSafe;
@@ -39,6 +40,7 @@ use crate::spec::FlowSpec;
 use edge::{EdgeInfo, EdgeSnapshot, EdgeStats};
 use emit::{Emitter, Input};
 use metrics::{NodeMetrics, NodeSnapshot, NodeState};
+use shared::Payload;
 use tap::Taps;
 
 /// Starting a flow failed.
@@ -488,14 +490,34 @@ async fn run_transform(
 ) -> Result<(), ProcessorError> {
     let mut out = Output::new(name, emitter.port_count());
     let mut inputs: Vec<u64> = Vec::new();
-    while let Some(batch) = input.next().await {
+    while let Some(payload) = input.next_payload().await {
         let tracked = emitter.provenance().is_some();
-        if tracked {
-            inputs.clear();
-            inputs.extend(batch.iter().map(|r| r.id().0));
-        }
-        for r in batch {
-            t.process(r, &mut out);
+        match payload {
+            Payload::Owned(batch) => {
+                if tracked {
+                    inputs.clear();
+                    inputs.extend(batch.iter().map(|r| r.id().0));
+                }
+                for r in batch {
+                    t.process(r, &mut out);
+                }
+            }
+            // A fan-out's records, shared with other edges: a record the transform routes
+            // nowhere is never copied.
+            Payload::Shared(view) => {
+                if tracked {
+                    inputs.clear();
+                    inputs.extend(view.ids().iter());
+                }
+                for (i, r) in view.records().iter().enumerate() {
+                    match t.route(r) {
+                        Some(port) if emitter.sheds(port) => out.shed(port, view.id(i)),
+                        Some(port) => out.push(port, view.copy(i)),
+                        None => t.process(view.copy(i), &mut out),
+                    }
+                }
+                view.finish();
+            }
         }
         if let Some(rec) = emitter.provenance()
             && let Some(e) = abandoned(rec, &inputs, &out)
@@ -527,6 +549,9 @@ fn abandoned(
             f(id.0);
         }
         for p in 0..out.port_count() {
+            for id in out.shed_ids(PortId(p)) {
+                f(id.0);
+            }
             for r in out.port(PortId(p)) {
                 f(r.id().0);
                 for id in r.parents() {

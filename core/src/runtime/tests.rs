@@ -28,6 +28,8 @@ struct Probe {
     committed: AtomicU64,
     /// What the source was told at build: whether a consumer reads fields.
     consumers_read_values: Mutex<Option<bool>>,
+    /// Records the `split` transform was handed to own (not routed by a look).
+    split_processed: AtomicU64,
 }
 
 static PROBE: Mutex<Option<Arc<Probe>>> = Mutex::new(None);
@@ -301,12 +303,58 @@ impl Describe for HoldConfig {
     const KIND: Kind = Kind::Transform;
 }
 
+/// Test filter: even `n` to `out`, odd to `rest`, decided by a look at the record
+/// ([`Transform::route`]), so a fan-out's shared records are copied only when even.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct SplitConfig {}
+
+struct Split {
+    probe: Arc<Probe>,
+}
+
+impl Split {
+    fn port_of(record: &Record) -> PortId {
+        let n = record
+            .raw_content()
+            .and_then(|c| serde_json::from_slice::<serde_json::Value>(c).ok())
+            .and_then(|v| v.get("n").and_then(serde_json::Value::as_i64))
+            .unwrap_or(-1);
+        if n % 2 == 0 { PortId(1) } else { PortId(2) }
+    }
+}
+
+impl Transform for Split {
+    fn route(&mut self, record: &Record) -> Option<PortId> {
+        Some(Self::port_of(record))
+    }
+    fn process(&mut self, record: Record, out: &mut Output) {
+        self.probe.split_processed.fetch_add(1, Ordering::SeqCst);
+        out.push(Self::port_of(&record), record);
+    }
+}
+
+impl ProcessorConfig for SplitConfig {
+    fn outputs(&self) -> Vec<String> {
+        vec!["out".into(), "rest".into()]
+    }
+    fn build(&self, _: &BuildContext) -> Result<Processor, BuildError> {
+        Ok(Processor::Transform(Box::new(Split { probe: probe() })))
+    }
+}
+
+impl Describe for SplitConfig {
+    const TYPE: &'static str = "split";
+    const KIND: Kind = Kind::Transform;
+}
+
 fn registry() -> Registry {
     Registry::new(vec![
         ProcessorDef::of::<CountConfig>(),
         ProcessorDef::of::<SlowConfig>(),
         ProcessorDef::of::<EvenConfig>(),
         ProcessorDef::of::<HoldConfig>(),
+        ProcessorDef::of::<SplitConfig>(),
     ])
 }
 
@@ -1012,4 +1060,84 @@ connections:
     assert!(of("src") && of("mid") && of("a") && of("b"));
     assert!(!of("both"), "two paths from src");
     assert!(!of("c"), "its source does not replay in order");
+}
+
+/// A fan-out to a transform that routes (a filter) shares its records instead of copying
+/// them: the filter's records routed nowhere are counted and recorded as dropped exactly as
+/// a pushed copy was, the others reach their sink, every branch sees every record, and each
+/// batch is acknowledged once both branches are done with it.
+const SHARED_FAN_OUT: &str = r#"
+processors:
+  src: { type: count, count: 400, batch: 10 }
+  split: { type: split }
+  a: { type: slow, slowness: 0 }
+  b: { type: slow, slowness: 1 }
+connections:
+  - src -> split
+  - src -> b
+  - split.out -> a
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_to_a_filter_copies_only_what_it_passes_and_counts_the_rest_dropped() {
+    let _g = SERIAL.lock().await;
+    let (report, probe) = run_flow(SHARED_FAN_OUT).await;
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    // 200 even records to `a`, all 400 to `b`.
+    assert_eq!(probe.written.load(Ordering::SeqCst), 600);
+    let split = node(&report, "split");
+    assert_eq!(split.received, 400);
+    assert_eq!(split.sent, 200);
+    assert_eq!(split.dropped, 200);
+    let finished = probe.finished.lock();
+    assert_eq!(finished.len(), 40);
+    assert!(finished.iter().all(|(_, s)| *s == AckStatus::Delivered));
+    assert_eq!(probe.committed.load(Ordering::SeqCst), 400);
+    // Every record was routed by a look at the shared batch, none handed over as a copy.
+    assert_eq!(probe.split_processed.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_fan_out_keeps_each_copys_lineage() {
+    use crate::provenance::EventKind;
+    let _g = SERIAL.lock().await;
+    let events = run_recorded(SHARED_FAN_OUT, 4).await;
+    let (src, split) = (0, 1);
+    // The copies the source's FORKs gave `split`, in order.
+    let copies: Vec<u64> = events
+        .iter()
+        .filter(|e| e.node == src && e.kind == EventKind::Fork)
+        .flat_map(|e| e.children.iter().filter(|c| c.to == Some(split)))
+        .flat_map(|c| c.ids.iter())
+        .collect();
+    assert_eq!(copies.len(), 400);
+    let at_split = |kind: EventKind| -> Vec<u64> {
+        let mut ids: Vec<u64> = events
+            .iter()
+            .filter(|e| e.node == split && e.kind == kind)
+            .inspect(|e| {
+                if kind == EventKind::Drop {
+                    assert_eq!(e.detail.as_deref(), Some("port `rest` has no edge"));
+                    assert_eq!(e.port, Some(2));
+                }
+            })
+            .flat_map(|e| e.records.iter())
+            .collect();
+        ids.sort_unstable();
+        ids
+    };
+    let mut want = copies.clone();
+    want.sort_unstable();
+    assert_eq!(
+        at_split(EventKind::Receive),
+        want,
+        "split received its copies"
+    );
+    // The source numbered 0..400 in order: even positions are even `n`.
+    let mut even: Vec<u64> = copies.iter().step_by(2).copied().collect();
+    let mut odd: Vec<u64> = copies.iter().skip(1).step_by(2).copied().collect();
+    even.sort_unstable();
+    odd.sort_unstable();
+    assert_eq!(at_split(EventKind::Route), even);
+    assert_eq!(at_split(EventKind::Drop), odd);
 }

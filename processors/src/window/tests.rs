@@ -634,7 +634,7 @@ fn try_take(rx: &mut EdgeReceiver) -> Vec<Record> {
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     let mut got = Vec::new();
     while let std::task::Poll::Ready(Some(b)) = rx.poll_recv(&mut cx) {
-        got.extend(b);
+        got.extend(b.into_batch());
     }
     got
 }
