@@ -492,6 +492,11 @@ async fn run_transform(
     let mut inputs: Vec<u64> = Vec::new();
     while let Some(payload) = input.next_payload().await {
         let tracked = emitter.provenance().is_some();
+        // The last edge to get to a fan-out's records owns them: nothing to copy.
+        let payload = match payload {
+            Payload::Shared(view) if view.is_only() => Payload::Owned(view.into_batch()),
+            p => p,
+        };
         match payload {
             Payload::Owned(batch) => {
                 if tracked {

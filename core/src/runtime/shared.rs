@@ -140,6 +140,14 @@ impl SharedView {
         r
     }
 
+    /// Whether no other edge looks at these records any more: taking them
+    /// ([`SharedView::into_batch`]) copies nothing.
+    pub fn is_only(&self) -> bool {
+        self.batch
+            .as_ref()
+            .is_some_and(|b| Arc::strong_count(b) == 1)
+    }
+
     /// This edge's records to own: the shared ones themselves when no other edge still looks
     /// at them (no copy), else copies.
     pub fn into_batch(mut self) -> Batch {
@@ -259,7 +267,9 @@ mod tests {
         let (first, second) = (views.next().expect("one"), views.next().expect("two"));
         // The first looks and passes one copy on.
         let kept = first.copy(1);
+        assert!(!second.is_only());
         first.finish();
+        assert!(second.is_only());
         assert_eq!(kept.id(), ids[1]);
         // The second is the last to look: it owns the records themselves.
         let owned = second.into_batch();
