@@ -63,6 +63,12 @@ impl ProcessorConfig for RouteConfig {
         errors
     }
 
+    fn reads_only_top_level_fields(&self) -> bool {
+        self.routes.values().all(|c| {
+            Expr::compile(c, ExprKind::Condition).is_ok_and(|e| e.reads_only_top_level_fields())
+        })
+    }
+
     fn build(&self, _: &BuildContext) -> Result<Processor, BuildError> {
         let routes = self
             .routes
@@ -87,8 +93,42 @@ struct Route {
     matches: Vec<PortId>,
 }
 
+impl Route {
+    /// The routes `record` matches (into `matches`), from the fields its source indexed,
+    /// without its structured view: `None` when a condition cannot be answered there (it
+    /// needs the view, or VRL would fail on it to report the error), and `process` asks the
+    /// view for every route again.
+    fn match_fields(&mut self, record: &Record) -> Option<()> {
+        let fields = record.fields()?;
+        self.matches.clear();
+        for (i, route) in self.routes.iter().enumerate() {
+            if route.test_fields(fields)? {
+                self.matches.push(PortId(i + 1));
+                if self.first_match {
+                    break;
+                }
+            }
+        }
+        Some(())
+    }
+}
+
 impl Transform for Route {
+    /// The one port a record goes to, when its indexed fields tell (a record matching several
+    /// routes is handed to `process`, which copies it).
+    fn route(&mut self, record: &Record) -> Option<PortId> {
+        self.match_fields(record)?;
+        match self.matches.as_slice() {
+            [] => Some(self.unmatched),
+            [port] => Some(*port),
+            _ => None,
+        }
+    }
+
     fn process(&mut self, mut record: Record, out: &mut Output) {
+        if self.match_fields(&record).is_some() {
+            return self.push(record, out);
+        }
         if let Err(e) = record.value() {
             return out.fail(record, &e);
         }
@@ -108,6 +148,13 @@ impl Transform for Route {
                 Err(e) => return out.fail(record, &e),
             }
         }
+        self.push(record, out);
+    }
+}
+
+impl Route {
+    /// Send `record` to the ports in `matches` (copies to all but the last), or `unmatched`.
+    fn push(&self, record: Record, out: &mut Output) {
         let Some((last, rest)) = self.matches.split_last() else {
             return out.push(self.unmatched, record);
         };
@@ -155,6 +202,51 @@ mod tests {
         assert_eq!(contents(&out, PortId(1)), [BOTH]);
         assert_eq!(contents(&out, PortId(2)), [FAST]);
         assert_eq!(contents(&out, PortId(3)), [NONE]);
+    }
+
+    /// A record whose source indexed its fields.
+    fn indexed(content: &str) -> Record {
+        use flow_core::record::JsonView;
+        let r = Record::json(
+            bytes::Bytes::copy_from_slice(content.as_bytes()),
+            JsonView::Fields,
+        )
+        .unwrap_or_else(|(_, e)| panic!("{content}: {e}"));
+        assert!(r.fields().is_some());
+        r
+    }
+
+    /// Indexed records go where their structured views go, without making the views; a
+    /// condition the index cannot answer (a type error VRL reports) still fails the record.
+    #[test]
+    fn indexed_fields_route_as_the_view_does() {
+        const BAD: &str = r#"{"temperature":"x","rpm":1}"#;
+        let all = [BOTH, FAST, NONE, BAD];
+        for first_match in [false, true] {
+            let mut r = route(first_match);
+            let plain = run_transform(r.as_mut(), all.iter().map(|c| rec(c)).collect(), 3);
+            let fast = run_transform(r.as_mut(), all.iter().map(|c| indexed(c)).collect(), 3);
+            for p in 0..=3 {
+                assert_eq!(
+                    contents(&fast, PortId(p)),
+                    contents(&plain, PortId(p)),
+                    "port {p}"
+                );
+            }
+            assert!(
+                (1..=3).all(|p| fast
+                    .port(PortId(p))
+                    .iter()
+                    .all(|r| r.parsed_value().is_none())),
+                "routed without parsing"
+            );
+            // One port each, told by a look; several (not first_match) or an error: `process`.
+            assert_eq!(r.route(&indexed(FAST)), Some(PortId(2)));
+            assert_eq!(r.route(&indexed(NONE)), Some(PortId(3)));
+            assert_eq!(r.route(&indexed(BOTH)), first_match.then_some(PortId(1)));
+            assert_eq!(r.route(&indexed(BAD)), None);
+            assert_eq!(r.route(&rec(FAST)), None, "not indexed");
+        }
     }
 
     #[test]
