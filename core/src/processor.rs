@@ -382,6 +382,13 @@ pub trait Transform: Send {
         None
     }
 
+    /// Whether [`Transform::route`] answers for records at all. A fan-out shares its batch
+    /// with a consumer that routes (it copies only what it sends on); to consumers that all
+    /// take every record, the producer hands copies, as cheap to make where the records are.
+    fn routes(&self) -> bool {
+        false
+    }
+
     /// Called once after the last input, to emit anything held back.
     fn finish(&mut self, _out: &mut Output) {}
 }

@@ -58,6 +58,10 @@ struct Filter {
 }
 
 impl Transform for Filter {
+    fn routes(&self) -> bool {
+        true
+    }
+
     /// Conditions the indexed fields answer; the others need the structured view (`process`).
     fn route(&mut self, record: &Record) -> Option<PortId> {
         let matched = record

@@ -114,6 +114,10 @@ impl Route {
 }
 
 impl Transform for Route {
+    fn routes(&self) -> bool {
+        true
+    }
+
     /// The one port a record goes to, when its indexed fields tell (a record matching several
     /// routes is handed to `process`, which copies it).
     fn route(&mut self, record: &Record) -> Option<PortId> {

@@ -150,6 +150,9 @@ struct Shared {
 /// The producing end of an edge.
 pub struct EdgeSender {
     shared: Arc<Shared>,
+    /// Whether the consumer routes records by a look ([`crate::processor::Transform::routes`]):
+    /// a fan-out including this edge shares its batch instead of copying it.
+    routes: bool,
 }
 
 /// The consuming end of an edge.
@@ -197,6 +200,7 @@ pub fn edge(
     (
         EdgeSender {
             shared: shared.clone(),
+            routes: false,
         },
         EdgeReceiver { shared },
         stats,
@@ -204,6 +208,18 @@ pub fn edge(
 }
 
 impl EdgeSender {
+    /// Say that the consumer routes records by a look (see [`EdgeSender::routes`]).
+    pub fn with_routing_consumer(mut self, routes: bool) -> Self {
+        self.routes = routes;
+        self
+    }
+
+    /// Whether the consumer routes records by a look: it needs no copy of a record it sends
+    /// nowhere.
+    pub fn routes(&self) -> bool {
+        self.routes
+    }
+
     /// Queue a batch, waiting for room when the queue is full and the policy is `block`.
     pub async fn send(&self, batch: Batch) -> Result<Sent, Closed> {
         self.send_payload(Payload::Owned(batch)).await

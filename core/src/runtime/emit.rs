@@ -240,10 +240,9 @@ impl Emitter {
         if rest.is_empty() {
             count(last.send(batch).await);
         } else {
-            // A fan-out: every edge gets a view of the same records (see `shared`).
-            let views = SharedBatch::views(batch, vec![None; p.edges.len()]);
-            for (e, v) in p.edges.iter().zip(views) {
-                count(e.send_payload(Payload::Shared(v)).await);
+            let payloads = fan_out(&p.edges, batch, None);
+            for (e, payload) in p.edges.iter().zip(payloads) {
+                count(e.send_payload(payload).await);
             }
         }
         if !open {
@@ -299,6 +298,36 @@ impl Emitter {
         }
         Ok(())
     }
+}
+
+/// One payload per edge of a fan-out. When a consumer routes records by a look (a filter),
+/// every edge gets a view of one shared batch (see [`crate::runtime::shared`]): that consumer
+/// copies only what it sends on. Otherwise every consumer takes every record, and the copies
+/// are made here, where the records are in cache, for all edges but the last, which gets the
+/// records themselves. `bases` numbers each edge's copies from its base (provenance's FORK).
+fn fan_out(edges: &[EdgeSender], mut batch: Batch, bases: Option<&[u64]>) -> Vec<Payload> {
+    let base = |k: usize| bases.and_then(|b| b.get(k)).copied();
+    if edges.iter().any(EdgeSender::routes) {
+        return SharedBatch::views(batch, (0..edges.len()).map(base).collect())
+            .into_iter()
+            .map(Payload::Shared)
+            .collect();
+    }
+    let mut payloads = Vec::with_capacity(edges.len());
+    for k in 0..edges.len() {
+        let mut copy = if k + 1 == edges.len() {
+            std::mem::take(&mut batch)
+        } else {
+            batch.iter_mut().map(Record::fork).collect()
+        };
+        if let Some(base) = base(k) {
+            for (i, r) in copy.iter_mut().enumerate() {
+                r.set_id(RecordId(base.wrapping_add(i as u64)));
+            }
+        }
+        payloads.push(Payload::Owned(copy));
+    }
+    payloads
 }
 
 /// [`Emitter::send`] with provenance: the same sending and counting, and the events that
@@ -367,7 +396,7 @@ async fn send_recorded(
     if edges == 1 {
         copies.push((Payload::Owned(batch), ids));
     } else {
-        // Each edge's copies get new ids; the records are shared, not copied (see `shared`).
+        // Each edge's copies get new ids (see `fan_out`).
         let mut fork = rec.event(EventKind::Fork, ids).at(port.0);
         let count = u32::try_from(n).unwrap_or(u32::MAX);
         let bases: Vec<u64> = (0..edges).map(|_| RecordId::block(n).0).collect();
@@ -379,9 +408,9 @@ async fn send_recorded(
             });
         }
         rec.record(fork).await;
-        let views = SharedBatch::views(batch, bases.iter().copied().map(Some).collect());
-        for (v, base) in views.into_iter().zip(bases) {
-            copies.push((Payload::Shared(v), Runs::run(base, count)));
+        let payloads = fan_out(&p.edges, batch, Some(&bases));
+        for (payload, base) in payloads.into_iter().zip(bases) {
+            copies.push((payload, Runs::run(base, count)));
         }
     }
     let (mut open, mut queued) = (false, false);

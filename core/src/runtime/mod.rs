@@ -206,7 +206,10 @@ pub fn start_with(
     for e in &spec.edges {
         let max_bytes = usize::try_from(e.settings.max_bytes.as_u64()).unwrap_or(usize::MAX);
         let (tx, rx, stats) = edge::edge(e.settings.max_records, max_bytes, e.settings.when_full);
-        outputs[e.from][e.port].1.push(tx);
+        let routes = matches!(&built[e.to], Some(Processor::Transform(t)) if t.routes());
+        outputs[e.from][e.port]
+            .1
+            .push(tx.with_routing_consumer(routes));
         inputs[e.to].push(rx);
         edges.push(EdgeHandle {
             info: EdgeInfo::of(spec, edges.len()),

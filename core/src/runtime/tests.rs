@@ -325,6 +325,9 @@ impl Split {
 }
 
 impl Transform for Split {
+    fn routes(&self) -> bool {
+        true
+    }
     fn route(&mut self, record: &Record) -> Option<PortId> {
         Some(Self::port_of(record))
     }
