@@ -382,9 +382,10 @@ pub trait Transform: Send {
         None
     }
 
-    /// Whether [`Transform::route`] answers for records at all. A fan-out shares its batch
-    /// with a consumer that routes (it copies only what it sends on); to consumers that all
-    /// take every record, the producer hands copies, as cheap to make where the records are.
+    /// Whether [`Transform::route`] answers for most records (a filter whose condition the
+    /// source's indexed fields answer). A fan-out shares its batch with a consumer that
+    /// routes (it copies only what it sends on); to consumers that all take every record, the
+    /// producer hands copies, cheaper made where the records are.
     fn routes(&self) -> bool {
         false
     }

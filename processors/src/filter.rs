@@ -59,7 +59,7 @@ struct Filter {
 
 impl Transform for Filter {
     fn routes(&self) -> bool {
-        true
+        self.condition.reads_only_top_level_fields()
     }
 
     /// Conditions the indexed fields answer; the others need the structured view (`process`).
@@ -109,6 +109,15 @@ mod tests {
         assert_eq!(contents(&out, MATCHED), [hot]);
         assert_eq!(contents(&out, UNMATCHED), [cool, broken]);
         assert!(out.port(PortId::FAILURE).is_empty());
+    }
+
+    /// A fan-out shares its batch with a filter only when the filter can route records by a
+    /// look at their indexed fields.
+    #[test]
+    fn routes_by_a_look_when_the_index_answers() {
+        assert!(filter(r#".status != "error" && .temperature > 95"#).routes());
+        assert!(!filter(r#"contains(string!(.status), "err")"#).routes());
+        assert!(!filter(r#"%"mqtt.topic" == "cars/1""#).routes());
     }
 
     #[test]

@@ -115,7 +115,7 @@ impl Route {
 
 impl Transform for Route {
     fn routes(&self) -> bool {
-        true
+        self.routes.iter().all(Expr::reads_only_top_level_fields)
     }
 
     /// The one port a record goes to, when its indexed fields tell (a record matching several
@@ -228,6 +228,7 @@ mod tests {
         let all = [BOTH, FAST, NONE, BAD];
         for first_match in [false, true] {
             let mut r = route(first_match);
+            assert!(r.routes(), "every condition reads top-level fields");
             let plain = run_transform(r.as_mut(), all.iter().map(|c| rec(c)).collect(), 3);
             let fast = run_transform(r.as_mut(), all.iter().map(|c| indexed(c)).collect(), 3);
             for p in 0..=3 {

@@ -242,7 +242,12 @@ impl EdgeSender {
                 let mut st = s.state.lock();
                 if st.receiver_closed {
                     drop(st);
-                    return Err(Closed(batch.into_batch()));
+                    return Err(Closed(match batch {
+                        Payload::Owned(b) => b,
+                        // Dropped here, the view marks its records abandoned, as the copies
+                        // given back would when dropped: no copy made for that.
+                        Payload::Shared(_) => Batch::new(),
+                    }));
                 }
                 let fits = st.queue.is_empty()
                     || (st.records + n <= s.max_records && st.bytes + size <= s.max_bytes);

@@ -2,8 +2,9 @@
 //! edges coming in. Both ends count, for every kind of node, in this one place:
 //! [`Emitter::send`] counts records out per port (only what an edge queued: a batch every edge
 //! of the port shed under `when_full: drop_newest` is counted by those edges, not as sent),
-//! failed and dropped, and offers copies to an open tap; [`Input::next`] counts records in and
-//! the time the node spent on its previous batch. These are the per-batch hooks: keep them
+//! failed and dropped, and offers copies to an open tap; [`Input::next`] (and
+//! [`Input::next_payload`], the plain transforms') counts records in and the time the node
+//! spent on its previous batch. These are the per-batch hooks: keep them
 //! cheap (atomics, no allocation while no tap is open).
 
 use std::sync::Arc;
@@ -191,8 +192,8 @@ impl Emitter {
         self.ports.get(port.0).is_some_and(|p| !p.edges.is_empty())
     }
 
-    /// Send a batch on a port: a copy to every edge (records share their parsed view, so a copy
-    /// is cheap). Waits while an edge is full. A port without edges drops the batch on purpose
+    /// Send a batch on a port: to every edge (see `fan_out`: a copy each, or views of one
+    /// shared batch when a consumer routes by a look). Waits while an edge is full. A port without edges drops the batch on purpose
     /// (acknowledged, counted as dropped), except `failure` and the processor's other
     /// reported ports, whose records are counted as failed, logged once per burst and
     /// acknowledged `Failed`. A batch for an edge whose consumer is gone is abandoned.
@@ -390,7 +391,7 @@ async fn send_recorded(
         }
         return Ok(());
     }
-    // One copy per edge; with several edges, each copy gets new ids (a FORK).
+    // One payload per edge; with several edges, each edge's copies get new ids (a FORK).
     let edges = p.edges.len();
     let mut copies: Vec<(Payload, Runs)> = Vec::with_capacity(edges);
     if edges == 1 {
@@ -654,12 +655,12 @@ impl Input {
     /// transform that routes, see [`crate::processor::Transform::route`]). Not for a node
     /// that resumes after a restart (a sink: use [`Input::next`]).
     pub async fn next_payload(&mut self) -> Option<Payload> {
-        self.begin().await;
-        let payload = self.take().await?;
         if self.resume.is_some() {
-            return Some(Payload::Owned(payload.into_batch()));
+            // What was written before the restart is left out by `next`.
+            return self.next().await.map(Payload::Owned);
         }
-        Some(payload)
+        self.begin().await;
+        self.take().await
     }
 
     /// What precedes taking a batch: the last one's processing time, the node's pending

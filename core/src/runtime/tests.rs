@@ -30,6 +30,8 @@ struct Probe {
     consumers_read_values: Mutex<Option<bool>>,
     /// Records the `split` transform was handed to own (not routed by a look).
     split_processed: AtomicU64,
+    /// Records the `split` transform saw, either way.
+    split_seen: AtomicU64,
 }
 
 static PROBE: Mutex<Option<Arc<Probe>>> = Mutex::new(None);
@@ -124,16 +126,23 @@ impl Describe for CountConfig {
 #[serde(deny_unknown_fields)]
 struct SlowConfig {
     slowness: u32,
+    /// Take no input before the `split` transform has seen this many records.
+    #[serde(default)]
+    after_split: u64,
 }
 
 struct SlowSink {
     slowness: u32,
+    after_split: u64,
     probe: Arc<Probe>,
 }
 
 #[async_trait]
 impl Sink for SlowSink {
     async fn run(self: Box<Self>, mut ctx: SinkContext) -> Result<(), ProcessorError> {
+        while self.probe.split_seen.load(Ordering::SeqCst) < self.after_split {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         while let Some(batch) = ctx.input.next().await {
             for _ in 0..self.slowness * batch.len() as u32 {
                 tokio::task::yield_now().await;
@@ -161,6 +170,7 @@ impl ProcessorConfig for SlowConfig {
     fn build(&self, _: &BuildContext) -> Result<Processor, BuildError> {
         Ok(Processor::Sink(Box::new(SlowSink {
             slowness: self.slowness,
+            after_split: self.after_split,
             probe: probe(),
         })))
     }
@@ -329,9 +339,11 @@ impl Transform for Split {
         true
     }
     fn route(&mut self, record: &Record) -> Option<PortId> {
+        self.probe.split_seen.fetch_add(1, Ordering::SeqCst);
         Some(Self::port_of(record))
     }
     fn process(&mut self, record: Record, out: &mut Output) {
+        self.probe.split_seen.fetch_add(1, Ordering::SeqCst);
         self.probe.split_processed.fetch_add(1, Ordering::SeqCst);
         out.push(Self::port_of(&record), record);
     }
@@ -1074,7 +1086,7 @@ processors:
   src: { type: count, count: 400, batch: 10 }
   split: { type: split }
   a: { type: slow, slowness: 0 }
-  b: { type: slow, slowness: 5 }
+  b: { type: slow, slowness: 0, after_split: 400 }
 connections:
   - src -> split
   - src -> b
@@ -1096,12 +1108,11 @@ async fn a_fan_out_to_a_filter_copies_only_what_it_passes_and_counts_the_rest_dr
     assert_eq!(finished.len(), 40);
     assert!(finished.iter().all(|(_, s)| *s == AckStatus::Delivered));
     assert_eq!(probe.committed.load(Ordering::SeqCst), 400);
-    // Records were routed by a look at the shared batch, not handed over as copies: `b`
-    // (slow) still held its view of nearly every batch when `split` got to it. A batch `b`
-    // had taken already is `split`'s alone, to own (none copied either way); before the
-    // shared batch, all 400 were copies handed to `process`.
-    let processed = probe.split_processed.load(Ordering::SeqCst);
-    assert!(processed <= 100, "{processed} of 400 records handed over");
+    // Every record was routed by a look at the shared batch, none handed over as a copy: `b`
+    // takes nothing before `split` has seen all 400, so every batch was still shared (a
+    // batch `b` had taken already would be `split`'s alone, to own). Before the shared
+    // batch, all 400 were copies handed to `process`.
+    assert_eq!(probe.split_processed.load(Ordering::SeqCst), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
