@@ -18,7 +18,7 @@ use crate::provenance::{Children, EventKind, NodeRecorder, Origins, Runs};
 use crate::record::{Record, RecordId, finish_all};
 use crate::runtime::edge::{Batch, EdgeReceiver, EdgeSender, Sent};
 use crate::runtime::metrics::NodeMetrics;
-use crate::runtime::shared::{Payload, SharedBatch};
+use crate::runtime::shared::{Payload, SharedBatch, renumber};
 use crate::runtime::tap::TapPoint;
 
 /// Every downstream edge of a port is gone: the flow is failing.
@@ -182,7 +182,7 @@ impl Emitter {
             let e = rec
                 .event(EventKind::Drop, Runs::from_ids(ids.iter().map(|id| id.0)))
                 .at(port.0)
-                .detail(format!("port `{}` has no edge", p.name));
+                .detail(no_edge(&p.name));
             rec.record(e).await;
         }
     }
@@ -301,6 +301,11 @@ impl Emitter {
     }
 }
 
+/// Why a port's records were dropped (or failed) there: provenance's detail.
+fn no_edge(port: &str) -> String {
+    format!("port `{port}` has no edge")
+}
+
 /// One payload per edge of a fan-out. When a consumer routes records by a look (a filter),
 /// every edge gets a view of one shared batch (see [`crate::runtime::shared`]): that consumer
 /// copies only what it sends on. Otherwise every consumer takes every record, and the copies
@@ -322,9 +327,7 @@ fn fan_out(edges: &[EdgeSender], mut batch: Batch, bases: Option<&[u64]>) -> Vec
             batch.iter_mut().map(Record::fork).collect()
         };
         if let Some(base) = base(k) {
-            for (i, r) in copy.iter_mut().enumerate() {
-                r.set_id(RecordId(base.wrapping_add(i as u64)));
-            }
+            renumber(&mut copy, base);
         }
         payloads.push(Payload::Owned(copy));
     }
@@ -372,7 +375,7 @@ async fn send_recorded(
         let e = rec
             .event(kind, ids.clone())
             .at(port.0)
-            .detail(format!("port `{}` has no edge", p.name));
+            .detail(no_edge(&p.name));
         rec.record(e).await;
     } else {
         rec.record(rec.event(EventKind::Route, ids.clone()).at(port.0))

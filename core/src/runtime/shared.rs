@@ -45,10 +45,11 @@ impl SharedBatch {
     /// keeps the records' ids.
     /// A record not parsed yet gets the cell its copies share (see [`Record::fork`]).
     pub fn views(mut records: Vec<Record>, bases: Vec<Option<u64>>) -> Vec<SharedView> {
+        let mut size = 0;
         for r in &mut records {
             r.prepare_fork();
+            size += r.size();
         }
-        let size = records.iter().map(Record::size).sum();
         let batch = Arc::new(SharedBatch { records, size });
         bases
             .into_iter()
@@ -137,8 +138,8 @@ impl SharedView {
     /// This edge's copy of the `i`th record (shares its content, index and parse).
     pub fn copy(&self, i: usize) -> Record {
         let mut r = self.records()[i].clone();
-        if let Some(base) = self.base {
-            r.set_id(RecordId(base.wrapping_add(i as u64)));
+        if self.base.is_some() {
+            r.set_id(self.id(i));
         }
         r
     }
@@ -166,9 +167,7 @@ impl SharedView {
             }
         };
         if let Some(base) = self.base {
-            for (i, r) in records.iter_mut().enumerate() {
-                r.set_id(RecordId(base.wrapping_add(i as u64)));
-            }
+            renumber(&mut records, base);
         }
         records
     }
@@ -178,10 +177,12 @@ impl SharedView {
     pub fn finish(mut self) {
         drop(self.batch.take());
     }
+}
 
-    /// Shed on purpose (`when_full: drop_newest`): finished, as a shed copy was.
-    pub fn shed(self) {
-        self.finish();
+/// Number `records` from `base` on (one edge's copies in a FORK).
+pub fn renumber(records: &mut [Record], base: u64) {
+    for (i, r) in records.iter_mut().enumerate() {
+        r.set_id(RecordId(base.wrapping_add(i as u64)));
     }
 }
 
@@ -242,7 +243,7 @@ impl Payload {
     pub fn shed(self) {
         match self {
             Payload::Owned(b) => finish_all(b),
-            Payload::Shared(v) => v.shed(),
+            Payload::Shared(v) => v.finish(),
         }
     }
 }
