@@ -610,7 +610,31 @@ impl Expr {
     /// A field path's value on a record's indexed top-level fields: the value [`Expr::eval`]
     /// gives, or `None` where only the structured view can tell.
     pub fn eval_fields(&self, fields: FieldsRef<'_>) -> Option<Value> {
-        Some(fields.field(self.event_path()?)?.into_owned())
+        let mut v = Value::Null;
+        self.eval_fields_into(fields, &mut v).then_some(v)
+    }
+
+    /// [`Expr::eval_fields`] written into `out` (`false`, `out` untouched: only the structured
+    /// view can tell).
+    ///
+    /// Numbers are made from the index's scalar, in place: returned through `FieldValue`,
+    /// `Cow` and `Option`, a `Value` was copied on the stack three times and once more into
+    /// the caller's list, in moves that stalled the window's loop (a store read back at
+    /// another width is not forwarded: the load waits for the store to reach the cache).
+    pub fn eval_fields_into(&self, fields: FieldsRef<'_>, out: &mut Value) -> bool {
+        let Some(name) = self.event_path().and_then(top_level) else {
+            return false;
+        };
+        match fields.get_scalar(name) {
+            Scalar::Int(i) => *out = Value::Integer(i),
+            Scalar::Float(x) => *out = Value::from_f64_or_zero(x),
+            Scalar::Str(_) | Scalar::Other => match fields.get(name) {
+                FieldValue::Missing => *out = Value::Null,
+                FieldValue::Value(v) => *out = v,
+                FieldValue::Nested => return false,
+            },
+        }
+        true
     }
 
     /// The path when the program is a path into the record's value (`.temperature`).

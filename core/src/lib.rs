@@ -22,6 +22,7 @@ pub mod expr;
 pub mod flowtest;
 pub mod graph;
 pub mod observe;
+pub mod prefetch;
 pub mod processor;
 pub mod provenance;
 pub mod record;

@@ -432,6 +432,22 @@ impl Record {
         self.value.as_deref()
     }
 
+    /// Ask the CPU for this record's index and the start of its content, ahead of reading
+    /// them (see [`crate::prefetch`]): a hint, nothing is read.
+    #[inline]
+    pub fn prefetch(&self) {
+        if let Some(f) = &self.fields {
+            // The index with its `Arc`'s counts before it.
+            crate::prefetch::lines(
+                Arc::as_ptr(f).cast::<u8>().wrapping_sub(16),
+                16 + std::mem::size_of::<Fields>(),
+            );
+        }
+        if let Some(c) = &self.content {
+            crate::prefetch::lines(c.as_ptr(), c.len().min(256));
+        }
+    }
+
     /// The top-level fields of the record's content, read without building the structured
     /// view, when a source indexed them ([`JsonView::Fields`]) and the record is unmodified.
     pub fn fields(&self) -> Option<FieldsRef<'_>> {
@@ -657,9 +673,8 @@ impl<'de> serde::de::Visitor<'de> for Valid {
 pub struct Fields {
     /// The fields in the content's order, 24 bytes each (they were 64, a key and a `Value`:
     /// the first read of a record on another core missed the cache five lines deep; then 32,
-    /// with the key an enum). Up to eight inline: the index is one allocation, its `Arc`'s,
-    /// filled where it lies (it was built on the stack and moved through the parser's layers
-    /// when it was first inline, which cost more in copies than the allocation it saved).
+    /// with the key an enum). Up to eight inline: the index is one allocation, its `Arc`'s
+    /// (filled on the stack through a borrow and moved there once: see [`Fields::index`]).
     /// With the escaped parts behind a pointer the index and its `Arc`'s counts are 224 bytes,
     /// a 256-byte block of the allocator (it was 328, a 384-byte one).
     entries: SmallVec<[Entry; 8]>,
@@ -746,8 +761,13 @@ pub enum Scalar<'a> {
 impl<'a> FieldsRef<'a> {
     /// The entry of the top-level field `name`; the last of several with that name, as in
     /// the view.
-    fn find(&self, name: &str) -> Option<Slot> {
-        let f = self.fields;
+    ///
+    /// A reference, not a copy: a `Slot` copied out of the search went through the stack in
+    /// two overlapping moves (its 15 bytes after the tag), and reading the second back
+    /// straddled both stores, a store-forwarding stall that took two thirds of this
+    /// function's time in `perf`.
+    fn find(&self, name: &str) -> Option<&'a Slot> {
+        let f: &'a Fields = self.fields;
         f.entries.iter().rev().find_map(|e| {
             let Key { start, len } = e.key;
             let found = if len as usize == name.len() && len != OWNED {
@@ -761,7 +781,7 @@ impl<'a> FieldsRef<'a> {
                         .and_then(|x| x.keys.get(start as usize))
                         .is_some_and(|k| &**k == name)
             };
-            found.then_some(e.value)
+            found.then_some(&e.value)
         })
     }
 
@@ -770,7 +790,7 @@ impl<'a> FieldsRef<'a> {
         let Some(slot) = self.find(name) else {
             return FieldValue::Missing;
         };
-        match slot {
+        match *slot {
             Slot::Str(start, len) => match self.content.get(span(start, len)) {
                 Some(_) => FieldValue::Value(Value::Bytes(self.content.slice(span(start, len)))),
                 None => FieldValue::Missing,
@@ -793,9 +813,9 @@ impl<'a> FieldsRef<'a> {
     /// numbers and plain strings, without making a `Value`.
     pub fn get_scalar(&self, name: &str) -> Scalar<'a> {
         match self.find(name) {
-            Some(Slot::Int(i)) => Scalar::Int(i),
-            Some(Slot::Float(x)) => Scalar::Float(if x.is_nan() { 0.0 } else { x }),
-            Some(Slot::Str(start, len)) => self
+            Some(&Slot::Int(i)) => Scalar::Int(i),
+            Some(&Slot::Float(x)) => Scalar::Float(if x.is_nan() { 0.0 } else { x }),
+            Some(&Slot::Str(start, len)) => self
                 .content
                 .get(span(start, len))
                 .map_or(Scalar::Other, Scalar::Str),
@@ -844,14 +864,17 @@ impl Fields {
         if u32::try_from(content.len()).is_err() {
             return check_json(content).map(|()| None);
         }
-        let mut fields = Arc::new(Fields {
+        // Filled on the stack and moved into its `Arc` once: filled in the `Arc` (through
+        // `Arc::make_mut`), the counts' compare-and-swap waited for the stores of the fresh
+        // block, whose lines were last written by the core that freed it (a quarter of this
+        // function's time in `perf`).
+        let mut fields = Fields {
             entries: SmallVec::new(),
             escaped: None,
-        });
-        // The `Arc` was just made: this is a borrow of it, never a copy.
+        };
         let seed = TopSeed {
             base: content.as_ptr() as usize,
-            fields: Arc::make_mut(&mut fields),
+            fields: &mut fields,
         };
         let object = match std::str::from_utf8(content) {
             // Almost every line: checked once here, and serde_json reads it as text, checking
@@ -860,7 +883,7 @@ impl Fields {
             // Read as bytes: the error is serde_json's own, at the same place as always.
             Err(_) => index_with(serde_json::Deserializer::from_slice(content), seed),
         }?;
-        Ok(object.then_some(fields))
+        Ok(object.then(|| Arc::new(fields)))
     }
 }
 
@@ -927,13 +950,13 @@ impl<'de> serde::de::Visitor<'de> for TopSeed<'_> {
         Valid.visit_seq(seq).map(|_| false)
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let f = self.fields;
+        let Fields { entries, escaped } = self.fields;
         let base = self.base;
         while let Some(key) = map.next_key_seed(KeySeed { base })? {
             let key = match key {
                 KeyOf::Span(start, len) => Key { start, len },
                 KeyOf::Owned(k) => {
-                    let keys = &mut f.escaped.get_or_insert_with(Box::default).keys;
+                    let keys = &mut escaped.get_or_insert_with(Box::default).keys;
                     keys.push(k);
                     Key {
                         start: u32::try_from(keys.len() - 1).unwrap_or(u32::MAX),
@@ -941,15 +964,20 @@ impl<'de> serde::de::Visitor<'de> for TopSeed<'_> {
                     }
                 }
             };
-            let value = match map.next_value_seed(FieldSeed { base })? {
-                FieldOf::Slot(slot) => slot,
-                FieldOf::Owned(v) => {
-                    let values = &mut f.escaped.get_or_insert_with(Box::default).values;
-                    values.push(v);
-                    Slot::Owned(u32::try_from(values.len() - 1).unwrap_or(u32::MAX))
-                }
-            };
-            f.entries.push(Entry { key, value });
+            // The value is written where it lies: a `Slot` returned (in a `Result` of an
+            // enum) and moved into the entry was copied in moves that read it back at other
+            // widths than it was written, a store-forwarding stall for every field.
+            entries.push(Entry {
+                key,
+                value: Slot::Null,
+            });
+            if let Some(Entry { value, .. }) = entries.last_mut() {
+                map.next_value_seed(FieldSeed {
+                    base,
+                    out: value,
+                    escaped,
+                })?;
+            }
         }
         Ok(true)
     }
@@ -988,67 +1016,75 @@ impl<'de> serde::de::Visitor<'de> for KeySeed {
     }
 }
 
-/// A field's value as [`Fields`] keeps it. Numbers and booleans are what VRL's reading (its
-/// `Deserialize` for `Value`) makes of them, mapped here without making a `Value` (the view
-/// test below and the `json_record` fuzz target hold the two equal).
-enum FieldOf {
-    Slot(Slot),
-    Owned(Value),
-}
-
-struct FieldSeed {
+/// A field's value, written into `out` as [`Fields`] keeps it (strings with escapes into
+/// `escaped`). Numbers and booleans are what VRL's reading (its `Deserialize` for `Value`)
+/// makes of them, mapped here without making a `Value` (the view test below and the
+/// `json_record` fuzz target hold the two equal).
+struct FieldSeed<'a> {
     base: usize,
+    out: &'a mut Slot,
+    escaped: &'a mut Option<Box<Escaped>>,
 }
 
-impl<'de> serde::de::DeserializeSeed<'de> for FieldSeed {
-    type Value = FieldOf;
+impl FieldSeed<'_> {
+    fn set<E>(self, slot: Slot) -> Result<(), E> {
+        *self.out = slot;
+        Ok(())
+    }
+}
 
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<FieldOf, D::Error> {
+impl<'de> serde::de::DeserializeSeed<'de> for FieldSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl<'de> serde::de::Visitor<'de> for FieldSeed {
-    type Value = FieldOf;
+impl<'de> serde::de::Visitor<'de> for FieldSeed<'_> {
+    type Value = ();
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("a JSON value")
     }
-    fn visit_bool<E>(self, v: bool) -> Result<FieldOf, E> {
-        Ok(FieldOf::Slot(Slot::Bool(v)))
+    fn visit_bool<E>(self, v: bool) -> Result<(), E> {
+        self.set(Slot::Bool(v))
     }
-    fn visit_i64<E>(self, v: i64) -> Result<FieldOf, E> {
-        Ok(FieldOf::Slot(Slot::Int(v)))
+    fn visit_i64<E>(self, v: i64) -> Result<(), E> {
+        self.set(Slot::Int(v))
     }
-    fn visit_u64<E>(self, v: u64) -> Result<FieldOf, E> {
+    fn visit_u64<E>(self, v: u64) -> Result<(), E> {
         // VRL: an integer beyond `i64` is its nearest float.
         #[allow(clippy::cast_precision_loss, reason = "as VRL reads it")]
-        Ok(FieldOf::Slot(
-            i64::try_from(v).map_or(Slot::Float(v as f64), Slot::Int),
-        ))
+        self.set(i64::try_from(v).map_or(Slot::Float(v as f64), Slot::Int))
     }
-    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<FieldOf, E> {
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
         // VRL refuses NaN, which JSON cannot spell (serde_json never gives one).
         if v.is_nan() {
             return Err(E::invalid_value(serde::de::Unexpected::Float(v), &self));
         }
-        Ok(FieldOf::Slot(Slot::Float(v)))
+        self.set(Slot::Float(v))
     }
-    fn visit_borrowed_str<E>(self, s: &'de str) -> Result<FieldOf, E> {
+    fn visit_borrowed_str<E>(self, s: &'de str) -> Result<(), E> {
         let (start, len) = offset(self.base, s);
-        Ok(FieldOf::Slot(Slot::Str(start, len)))
+        self.set(Slot::Str(start, len))
     }
-    fn visit_str<E>(self, s: &str) -> Result<FieldOf, E> {
-        Ok(FieldOf::Owned(Value::from(s)))
+    fn visit_str<E>(self, s: &str) -> Result<(), E> {
+        let values = &mut self.escaped.get_or_insert_with(Box::default).values;
+        values.push(Value::from(s));
+        let at = u32::try_from(values.len() - 1).unwrap_or(u32::MAX);
+        self.set(Slot::Owned(at))
     }
-    fn visit_unit<E>(self) -> Result<FieldOf, E> {
-        Ok(FieldOf::Slot(Slot::Null))
+    fn visit_unit<E>(self) -> Result<(), E> {
+        self.set(Slot::Null)
     }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<FieldOf, A::Error> {
-        Valid.visit_seq(seq).map(|_| FieldOf::Slot(Slot::Nested))
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
+        Valid.visit_seq(seq)?;
+        self.set(Slot::Nested)
     }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<FieldOf, A::Error> {
-        Valid.visit_map(map).map(|_| FieldOf::Slot(Slot::Nested))
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        Valid.visit_map(map)?;
+        self.set(Slot::Nested)
     }
 }
 

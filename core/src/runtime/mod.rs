@@ -506,7 +506,7 @@ async fn run_transform(
                     inputs.clear();
                     inputs.extend(batch.iter().map(|r| r.id().0));
                 }
-                for r in batch {
+                for r in crate::prefetch::Prefetched::new(batch) {
                     t.process(r, &mut out);
                 }
             }
@@ -517,7 +517,14 @@ async fn run_transform(
                     inputs.clear();
                     inputs.extend(view.ids().iter());
                 }
-                for (i, r) in view.records().iter().enumerate() {
+                let records = view.records();
+                for r in records.iter().take(crate::prefetch::AHEAD) {
+                    r.prefetch();
+                }
+                for (i, r) in records.iter().enumerate() {
+                    if let Some(ahead) = records.get(i + crate::prefetch::AHEAD) {
+                        ahead.prefetch();
+                    }
                     match t.route(r) {
                         Some(port) if emitter.sheds(port) => out.shed(port, view.id(i)),
                         Some(port) => out.push(port, view.copy(i)),

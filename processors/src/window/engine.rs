@@ -568,9 +568,13 @@ impl Engine {
                 smallvec::smallvec![self.session_for(&String::from_utf8_lossy(&key_bytes), ts, end)]
             }
         };
-        let open = targets.iter().copied().filter(|(_, e)| *e > wm);
-        if open.clone().next().is_none() {
-            let (start, end) = targets.last().copied().unwrap_or((ts, ts));
+        // The windows still open, filtered in place (collected into another `SmallVec`, the
+        // bounds were copied through the stack twice a record).
+        let last = targets.last().copied();
+        let mut open = targets;
+        open.retain(|(_, e)| *e > wm);
+        if open.is_empty() {
+            let (start, end) = last.unwrap_or((ts, ts));
             self.counters.late += 1;
             let late = Aside::Late {
                 start,
@@ -579,7 +583,6 @@ impl Engine {
             };
             return self.aside(record, late, out);
         }
-        let open: smallvec::SmallVec<[(i64, i64); 1]> = open.collect();
         let mut acks = record.take_acks();
         let id = record.id();
         for (i, &(start, end)) in open.iter().enumerate() {

@@ -497,21 +497,16 @@ impl Window {
     /// Read a record's time, key and arguments, and hand it to the engine.
     fn handle(
         &self,
-        mut r: Record,
+        r: Record,
         engine: &mut Engine,
         out: &mut Output,
         time: &BatchTime,
         args: &mut Vec<Value>,
     ) {
-        if let Some((ts, key)) = self.read_fields(&r, args) {
-            return match self.time_of(ts.map(Ok), time) {
-                Ok(ts) => match key {
-                    KeyRead::Text(text) => engine.add(r, ts, Key::Text(&text), args, out),
-                    KeyRead::Value(v) => engine.add(r, ts, v, args, out),
-                },
-                Err(e) => out.fail(r, &e),
-            };
-        }
+        let mut r = match self.add_indexed(r, engine, out, time, args) {
+            Ok(()) => return,
+            Err(r) => r,
+        };
         let (value, attributes) = match r.view() {
             Ok(v) => v,
             Err(e) => return out.fail(r, &e),
@@ -563,17 +558,39 @@ impl Window {
         }
     }
 
-    /// The event time's value (`None` without `event_time`) and the key, with the aggregates'
-    /// arguments in `args`, read from the fields the source indexed (see
-    /// [`flow_core::record::JsonView::Fields`]), when they answer for every one of them.
-    fn read_fields(&self, r: &Record, args: &mut Vec<Value>) -> Option<(Option<Value>, KeyRead)> {
-        let f = r.fields()?;
+    /// Read a record's time, key and arguments from the fields the source indexed (see
+    /// [`flow_core::record::JsonView::Fields`]) and hand it to the engine; the record back
+    /// when they do not answer for every one of them (read it from the structured view).
+    ///
+    /// One function from the index to the engine: the time and key returned in a tuple (an
+    /// `Option` of a `Value` and a 64-byte key) were copied through the stack, and read back
+    /// at other widths than they were written, stalling on every record.
+    #[allow(
+        clippy::result_large_err,
+        reason = "the record is handed back on the rare path (the structured view)"
+    )]
+    fn add_indexed(
+        &self,
+        r: Record,
+        engine: &mut Engine,
+        out: &mut Output,
+        time: &BatchTime,
+        args: &mut Vec<Value>,
+    ) -> Result<(), Record> {
+        let Some(f) = r.fields() else {
+            return Err(r);
+        };
         let ts = match &self.event_time {
-            Some(e) => Some(match e.scalar_fields(f) {
-                Scalar::Int(i) => Value::Integer(i),
-                _ => e.eval_fields(f)?,
-            }),
-            None => None,
+            Some(e) => match e.scalar_fields(f) {
+                Scalar::Int(i) => to_ms(&Value::Integer(i), self.cfg.event_time_unit),
+                _ => match e.eval_fields(f) {
+                    Some(v) => to_ms(&v, self.cfg.event_time_unit),
+                    None => return Err(r),
+                },
+            }
+            .and_then(|ts| self.not_too_far_ahead(ts, time.now)),
+            // Processing time: each record's own reading.
+            None => Ok(time.clock.now_ms()),
         };
         // A string key is copied out of the content (a few bytes on the stack): the record
         // moves into the engine, and a `Value` of it would be a shared count of the source's
@@ -582,22 +599,35 @@ impl Window {
         let key = match &self.key {
             Some(e) => match e.scalar_fields(f) {
                 Scalar::Str(b) if b.len() <= KEY_ON_STACK => KeyRead::Text(SmallVec::from_slice(b)),
-                _ => KeyRead::Value(e.eval_fields(f)?),
+                _ => match e.eval_fields(f) {
+                    Some(v) => KeyRead::Value(v),
+                    None => return Err(r),
+                },
             },
             None => KeyRead::Value(Value::Null),
         };
-        args.clear();
-        for a in &self.args {
-            args.push(match a {
-                Some(e) => e.eval_fields(f)?,
-                None => Value::Null,
-            });
+        // The arguments written in place (a record's are numbers: nothing to free).
+        args.resize(self.args.len(), Value::Null);
+        for (a, v) in self.args.iter().zip(args.iter_mut()) {
+            match a {
+                Some(e) => {
+                    if !e.eval_fields_into(f, v) {
+                        return Err(r);
+                    }
+                }
+                None => *v = Value::Null,
+            }
         }
-        Some((ts, key))
+        match (ts, key) {
+            (Ok(ts), KeyRead::Text(text)) => engine.add(r, ts, Key::Text(&text), args, out),
+            (Ok(ts), KeyRead::Value(v)) => engine.add(r, ts, v, args, out),
+            (Err(e), _) => out.fail(r, &e),
+        }
+        Ok(())
     }
 }
 
-/// The longest string key copied onto the stack (see [`Window::read_fields`]).
+/// The longest string key copied onto the stack (see [`Window::add_indexed`]).
 const KEY_ON_STACK: usize = 64;
 
 /// A key read from indexed fields: a string's text, or another value.
@@ -704,7 +734,7 @@ impl TaskTransform for Window {
                 batch = ctx.input.next() => {
                     let Some(batch) = batch else { break };
                     let time = BatchTime::new(&clock);
-                    for r in batch {
+                    for r in flow_core::prefetch::Prefetched::new(batch) {
                         this.handle(r, &mut engine, &mut out, &time, &mut args);
                         // A record that closed more windows than a chunk: the rest go out
                         // chunk by chunk, each sent on (back-pressure) before the next.
