@@ -114,7 +114,7 @@ pub struct Record {
     value: Option<Arc<Value>>,
     /// The top-level fields of the unmodified content, when a source indexed them
     /// ([`JsonView::Fields`]); dropped with the content when the record is modified.
-    fields: Option<Arc<Fields>>,
+    fields: Option<Index>,
     /// Where the record came from, if its source tracks positions.
     pub origin: Option<Origin>,
     acks: Acks,
@@ -265,9 +265,9 @@ impl Record {
                 .map(Some)
                 .map_err(ParseError),
             JsonView::Fields => match Fields::index(&content) {
-                Ok(Some(fields)) => {
+                Ok(Some(index)) => {
                     let mut r = Self::from_bytes_numbered(id, content);
-                    r.fields = Some(fields);
+                    r.fields = Some(index);
                     return Ok(r);
                 }
                 // Not an object: checked, and its view is built at once (rare, and small).
@@ -436,12 +436,9 @@ impl Record {
     /// them (see [`crate::prefetch`]): a hint, nothing is read.
     #[inline]
     pub fn prefetch(&self) {
-        if let Some(f) = &self.fields {
-            // The index with its `Arc`'s counts before it.
-            crate::prefetch::lines(
-                Arc::as_ptr(f).cast::<u8>().wrapping_sub(16),
-                16 + std::mem::size_of::<Fields>(),
-            );
+        if let Some(ix) = &self.fields {
+            let entries = ix.entries();
+            crate::prefetch::lines(entries.as_ptr(), std::mem::size_of_val(entries));
         }
         if let Some(c) = &self.content {
             crate::prefetch::lines(c.as_ptr(), c.len().min(256));
@@ -452,7 +449,11 @@ impl Record {
     /// view, when a source indexed them ([`JsonView::Fields`]) and the record is unmodified.
     pub fn fields(&self) -> Option<FieldsRef<'_>> {
         match (&self.fields, &self.content) {
-            (Some(fields), Some(content)) => Some(FieldsRef { fields, content }),
+            (Some(ix), Some(content)) => Some(FieldsRef {
+                fields: &ix.block,
+                entries: ix.entries(),
+                content,
+            }),
             _ => None,
         }
     }
@@ -669,14 +670,18 @@ impl<'de> serde::de::Visitor<'de> for Valid {
 /// VRL reads it, a string with escapes), or a mark for a nested object or array. Reading
 /// `.temperature` is then a scan of a few keys in one buffer, where the view is a B-tree of
 /// separately allocated keys built for every record and freed on another thread.
-#[derive(Clone, Debug)]
+///
+/// A source that reads many records at once indexes them into one `Fields` (see
+/// [`Indexer`]): each record's index is its run of entries in it.
+#[derive(Clone, Debug, Default)]
 pub struct Fields {
     /// The fields in the content's order, 24 bytes each (they were 64, a key and a `Value`:
     /// the first read of a record on another core missed the cache five lines deep; then 32,
     /// with the key an enum). Up to eight inline: the index is one allocation, its `Arc`'s
     /// (filled on the stack through a borrow and moved there once: see [`Fields::index`]).
     /// With the escaped parts behind a pointer the index and its `Arc`'s counts are 224 bytes,
-    /// a 256-byte block of the allocator (it was 328, a 384-byte one).
+    /// a 256-byte block of the allocator (it was 328, a 384-byte one). A block of many
+    /// records' entries (an [`Indexer`]'s) is on the heap.
     entries: SmallVec<[Entry; 8]>,
     /// Keys and values with escapes (rare).
     escaped: Option<Box<Escaped>>,
@@ -725,6 +730,114 @@ enum Slot {
     Nested,
 }
 
+/// A record's indexed fields: its run of entries in a block of [`Fields`] (its own, or one
+/// shared with the records a source read with it, see [`Indexer`]).
+#[derive(Clone, Debug)]
+struct Index {
+    block: Arc<Fields>,
+    at: u32,
+    len: u32,
+}
+
+impl Index {
+    fn entries(&self) -> &[Entry] {
+        self.block
+            .entries
+            .get(self.at as usize..self.at as usize + self.len as usize)
+            .unwrap_or_default()
+    }
+}
+
+/// Indexes the top-level fields of many records in one block ([`JsonView::Fields`]), for a
+/// source that reads records a chunk of input at a time.
+///
+/// One index per record was an allocation of 224 bytes made on the source's core and freed on
+/// the consumer's, filled through a copy of the whole index: a tenth of the sensors flow's
+/// time went to the allocator's cross-core frees and those copies. A block is one allocation
+/// per chunk, its entries packed (a record's five fields are 120 bytes: two cache lines, read
+/// in order), shared by its records through one count as their content's buffer is.
+///
+/// Make the records with [`Indexer::json`], then hand them all to [`Indexer::attach`] in the
+/// order they were made (records made otherwise may be among them): until then they have no
+/// index, and read as any record does (from the structured view).
+#[derive(Debug, Default)]
+pub struct Indexer {
+    block: Fields,
+    /// The records indexed, in order, with their run of entries.
+    runs: Vec<(RecordId, u32, u32)>,
+    /// How many records the block is likely to hold (see [`Indexer::for_records`]).
+    expected: usize,
+}
+
+impl Indexer {
+    /// An indexer for about `n` records: the block is sized by the first record's fields
+    /// (grown by doubling, it was copied half a dozen times a chunk).
+    pub fn for_records(n: usize) -> Self {
+        Self {
+            runs: Vec::with_capacity(n),
+            expected: n,
+            ..Self::default()
+        }
+    }
+
+    /// [`Record::json_numbered`], the fields indexed into this block when `view` is
+    /// [`JsonView::Fields`].
+    #[allow(
+        clippy::result_large_err,
+        reason = "the record is handed back on the rare error path"
+    )]
+    pub fn json(
+        &mut self,
+        id: RecordId,
+        content: Bytes,
+        view: JsonView,
+    ) -> Result<Record, (Record, ParseError)> {
+        if view != JsonView::Fields {
+            return Record::json_numbered(id, content, view);
+        }
+        match self.block.index_into(&content) {
+            Ok(Some((at, len))) => {
+                if self.runs.is_empty() {
+                    // Room for as many as expected, as long as the first (a block a quarter
+                    // larger raised the peak memory at 10M events by 2 MB; longer records
+                    // grow it by doubling).
+                    self.block
+                        .entries
+                        .reserve(self.expected.saturating_mul(len as usize));
+                }
+                self.runs.push((id, at, len));
+                Ok(Record::from_bytes_numbered(id, content))
+            }
+            // Not an object: checked, and its view is built at once (rare, and small).
+            Ok(None) => match serde_json::from_slice::<Value>(&content) {
+                Ok(v) => Ok(Record::numbered(id, Some(content), false, Some(v))),
+                Err(e) => Err((Record::from_bytes_numbered(id, content), ParseError(e))),
+            },
+            Err(e) => Err((Record::from_bytes_numbered(id, content), e)),
+        }
+    }
+
+    /// Give the records made by [`Indexer::json`] their index, in one shared block.
+    /// `records` are in the order they were made; others among them are left as they are.
+    pub fn attach(self, records: &mut [Record]) {
+        if self.runs.is_empty() {
+            return;
+        }
+        let block = Arc::new(self.block);
+        let mut runs = self.runs.into_iter().peekable();
+        for r in records {
+            if let Some(&(_, at, len)) = runs.peek().filter(|(id, ..)| *id == r.id) {
+                r.fields = Some(Index {
+                    block: block.clone(),
+                    at,
+                    len,
+                });
+                runs.next();
+            }
+        }
+    }
+}
+
 /// A top-level field read from [`Fields`].
 #[derive(Debug, PartialEq)]
 pub enum FieldValue {
@@ -739,7 +852,10 @@ pub enum FieldValue {
 /// A record's [`Fields`] with the content they index.
 #[derive(Clone, Copy, Debug)]
 pub struct FieldsRef<'a> {
+    /// The block (for keys and values with escapes).
     fields: &'a Fields,
+    /// This record's entries in it.
+    entries: &'a [Entry],
     content: &'a Bytes,
 }
 
@@ -768,7 +884,7 @@ impl<'a> FieldsRef<'a> {
     /// function's time in `perf`.
     fn find(&self, name: &str) -> Option<&'a Slot> {
         let f: &'a Fields = self.fields;
-        f.entries.iter().rev().find_map(|e| {
+        self.entries.iter().rev().find_map(|e| {
             let Key { start, len } = e.key;
             let found = if len as usize == name.len() && len != OWNED {
                 self.content
@@ -858,23 +974,36 @@ fn span(start: u32, len: u32) -> std::ops::Range<usize> {
 }
 
 impl Fields {
-    /// Check `content` as [`check_json`] does and index its top-level fields; `None` for valid
-    /// JSON that is not an object (or content past 4 GiB, whose spans do not fit).
-    fn index(content: &[u8]) -> Result<Option<Arc<Fields>>, ParseError> {
+    /// Check `content` as [`check_json`] does and index its top-level fields into an index of
+    /// its own; `None` for valid JSON that is not an object (or content past 4 GiB, whose
+    /// spans do not fit).
+    fn index(content: &[u8]) -> Result<Option<Index>, ParseError> {
+        // Filled on the stack and moved into its `Arc` once: filled in the `Arc` (through
+        // `Arc::make_mut`), the counts' compare-and-swap waited for the stores of the fresh
+        // block, whose lines were last written by the core that freed it.
+        let mut fields = Fields::default();
+        Ok(fields.index_into(content)?.map(|(at, len)| Index {
+            block: Arc::new(fields),
+            at,
+            len,
+        }))
+    }
+
+    /// Check `content` as [`check_json`] does and append the entries of its top-level fields:
+    /// their run (first, count) if it is an object; `None`, nothing appended, for valid JSON
+    /// that is not an object (or content past 4 GiB, whose spans do not fit). On error
+    /// nothing is appended either (keys and values with escapes may be: nothing points to
+    /// them).
+    fn index_into(&mut self, content: &[u8]) -> Result<Option<(u32, u32)>, ParseError> {
+        let Ok(at) = u32::try_from(self.entries.len()) else {
+            return check_json(content).map(|()| None);
+        };
         if u32::try_from(content.len()).is_err() {
             return check_json(content).map(|()| None);
         }
-        // Filled on the stack and moved into its `Arc` once: filled in the `Arc` (through
-        // `Arc::make_mut`), the counts' compare-and-swap waited for the stores of the fresh
-        // block, whose lines were last written by the core that freed it (a quarter of this
-        // function's time in `perf`).
-        let mut fields = Fields {
-            entries: SmallVec::new(),
-            escaped: None,
-        };
         let seed = TopSeed {
             base: content.as_ptr() as usize,
-            fields: &mut fields,
+            fields: self,
         };
         let object = match std::str::from_utf8(content) {
             // Almost every line: checked once here, and serde_json reads it as text, checking
@@ -882,8 +1011,17 @@ impl Fields {
             Ok(text) => index_with(serde_json::Deserializer::from_str(text), seed),
             // Read as bytes: the error is serde_json's own, at the same place as always.
             Err(_) => index_with(serde_json::Deserializer::from_slice(content), seed),
-        }?;
-        Ok(object.then(|| Arc::new(fields)))
+        };
+        let len = u32::try_from(self.entries.len())
+            .ok()
+            .and_then(|n| n.checked_sub(at));
+        match (object, len) {
+            (Ok(true), Some(len)) => Ok(Some((at, len))),
+            (object, _) => {
+                self.entries.truncate(at as usize);
+                object.map(|_| None)
+            }
+        }
     }
 }
 
@@ -1259,6 +1397,73 @@ mod tests {
         }
     }
 
+    /// Records indexed into one block ([`Indexer`]) read what their own indexes read, field
+    /// for field, whatever fails or is not an object between them (escaped keys and values
+    /// of several records in one block, a failed record's partial entries left out); until
+    /// attached they have no index, and records made elsewhere among them keep none.
+    #[test]
+    fn records_indexed_in_one_block_read_as_their_own() {
+        let lines: [&[u8]; 8] = [
+            br#"{"device":"a","t":1,"esc\u00e9":"x\"y"}"#,
+            b"{\"device\":\"b\",\"bad\":1,}",
+            b"[1,2]",
+            br#"{"k\u0041":"v\u0042","t":2.5,"n":{"a":1}}"#,
+            br#"{}"#,
+            b"{\"a\":\"\xff\"}",
+            br#"{"device":"c","dup":1,"dup":2}"#,
+            br#"{"esc\u00e9":"z\n"}"#,
+        ];
+        let mut ix = Indexer::default();
+        let mut records = Vec::new();
+        let mut failed = 0;
+        for (i, line) in lines.iter().enumerate() {
+            match ix.json(
+                RecordId(i as u64 + 1),
+                Bytes::from_static(line),
+                JsonView::Fields,
+            ) {
+                Ok(r) => {
+                    assert!(r.fields().is_none(), "not attached yet");
+                    records.push(r);
+                }
+                Err(_) => failed += 1,
+            }
+            if i == 4 {
+                records.push(Record::from_bytes_numbered(
+                    RecordId(100),
+                    &b"{\"x\":1}"[..],
+                ));
+            }
+        }
+        assert_eq!(failed, 2);
+        ix.attach(&mut records);
+        assert!(
+            records
+                .iter()
+                .all(|r| r.id() != RecordId(100) || r.fields().is_none())
+        );
+        let mut indexed = 0;
+        for r in records.iter().filter(|r| r.id() != RecordId(100)) {
+            let content = r.raw_content().expect("unmodified").clone();
+            let own = Record::json(content.clone(), JsonView::Fields).expect("valid");
+            match (r.fields(), own.fields()) {
+                (Some(block), Some(own)) => {
+                    indexed += 1;
+                    let Ok(Value::Object(view)) = serde_json::from_slice::<Value>(&content) else {
+                        panic!("not an object");
+                    };
+                    for k in view.keys().map(|k| k.as_str()).chain(["missing"]) {
+                        assert_eq!(block.get(k), own.get(k), "{k}");
+                    }
+                    assert_eq!(block.entries.len(), own.entries.len());
+                }
+                (None, None) => assert!(r.parsed_value().is_some(), "not an object: viewed"),
+                _ => panic!("indexed one way only"),
+            }
+        }
+        assert_eq!(indexed, 5);
+    }
+
     #[test]
     fn malformed_json_is_an_error_not_a_panic() {
         let mut r = Record::from_bytes(&b"{nope"[..]);
@@ -1334,7 +1539,7 @@ mod tests {
         assert_eq!(t.value().expect("text"), &Value::from("not json"));
     }
 
-    /// An index with its `Arc`'s counts fits the allocator's 256-byte blocks.
+    /// A record's own index with its `Arc`'s counts fits the allocator's 256-byte blocks.
     #[test]
     fn an_index_is_at_most_240_bytes() {
         let size = std::mem::size_of::<Fields>();

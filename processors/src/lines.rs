@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use flow_core::ack::{AckToken, AckTracker, Acks, Finished, InOrderCommit};
 use flow_core::processor::{Output, PortId, ProcessorError, SourceContext};
-use flow_core::record::{JsonView, Origin, Record, RecordId, Value};
+use flow_core::record::{Indexer, JsonView, Origin, Record, RecordId, Value};
 use flow_core::runtime::emit::Emitter;
 use flow_core::runtime::metrics::NodeMetrics;
 use schemars::JsonSchema;
@@ -228,16 +228,26 @@ impl Decoder {
     }
 
     pub(crate) fn decode(&mut self, line: Bytes) -> Decoded {
-        self.decode_numbered(line, None)
+        self.decode_numbered(line, None, None)
     }
 
     /// [`Decoder::decode`], a JSON line's record numbered `id` when given (see
-    /// [`Record::json_numbered`]).
-    fn decode_numbered(&mut self, line: Bytes, id: Option<RecordId>) -> Decoded {
+    /// [`Record::json_numbered`]), its fields indexed into `indexer`'s block when given
+    /// (the caller attaches it to the records: see [`Indexer`]).
+    fn decode_numbered(
+        &mut self,
+        line: Bytes,
+        id: Option<RecordId>,
+        indexer: Option<&mut Indexer>,
+    ) -> Decoded {
         match self.format {
             Format::Json => {
                 let id = id.unwrap_or_else(RecordId::next);
-                match Record::json_numbered(id, line, self.json_view) {
+                let record = match indexer {
+                    Some(ix) => ix.json(id, line, self.json_view),
+                    None => Record::json_numbered(id, line, self.json_view),
+                };
+                match record {
                     Ok(r) => Decoded::Record(r),
                     Err((r, e)) => Decoded::Error(r, e.to_string()),
                 }
@@ -450,6 +460,8 @@ impl Cutter {
             records: Vec::with_capacity(n),
             errors: Vec::new(),
         };
+        // The chunk's records' fields indexed in one block (see `Indexer`).
+        let mut indexer = Indexer::for_records(n);
         for (i, (line, taken)) in split_lines(chunk).enumerate() {
             let id = ids.map(|first| RecordId(first.0.wrapping_add(i as u64)));
             let kind = if is_blank(&line) {
@@ -464,7 +476,7 @@ impl Cutter {
                 );
                 cut.failed(r, msg)
             } else {
-                match decoder.decode_numbered(line, id) {
+                match decoder.decode_numbered(line, id, Some(&mut indexer)) {
                     Decoded::Record(r) => {
                         cut.records.push(r);
                         Line::Record
@@ -475,6 +487,7 @@ impl Cutter {
             };
             cut.lines.push((taken, kind));
         }
+        indexer.attach(&mut cut.records);
         cut
     }
 }
