@@ -617,24 +617,14 @@ impl Expr {
     /// [`Expr::eval_fields`] written into `out` (`false`, `out` untouched: only the structured
     /// view can tell).
     ///
-    /// Numbers are made from the index's scalar, in place: returned through `FieldValue`,
-    /// `Cow` and `Option`, a `Value` was copied on the stack three times and once more into
-    /// the caller's list, in moves that stalled the window's loop (a store read back at
-    /// another width is not forwarded: the load waits for the store to reach the cache).
+    /// The value is made where it goes: returned through `FieldValue`, `Cow` and `Option`, a
+    /// `Value` was copied on the stack three times and once more into the caller's list, in
+    /// moves that stalled the window's loop (a store read back at another width is not
+    /// forwarded: the load waits for the store to reach the cache).
     pub fn eval_fields_into(&self, fields: FieldsRef<'_>, out: &mut Value) -> bool {
-        let Some(name) = self.event_path().and_then(top_level) else {
-            return false;
-        };
-        match fields.get_scalar(name) {
-            Scalar::Int(i) => *out = Value::Integer(i),
-            Scalar::Float(x) => *out = Value::from_f64_or_zero(x),
-            Scalar::Str(_) | Scalar::Other => match fields.get(name) {
-                FieldValue::Missing => *out = Value::Null,
-                FieldValue::Value(v) => *out = v,
-                FieldValue::Nested => return false,
-            },
-        }
-        true
+        self.event_path()
+            .and_then(top_level)
+            .is_some_and(|name| fields.get_into(name, out))
     }
 
     /// The path when the program is a path into the record's value (`.temperature`).
@@ -827,6 +817,35 @@ mod tests {
         let mut attrs = Attributes::new();
         attrs.insert("mqtt.topic".into(), "x".into());
         assert!(a.test(&json("{}"), &attrs).expect("ok"));
+    }
+
+    /// A field path read from a record's indexed fields is what the interpreter reads from
+    /// its view, for every kind of value (written in place into a slot that held another);
+    /// objects, arrays, nested paths and programs are left to the view.
+    #[test]
+    fn indexed_field_reads_equal_the_interpreters() {
+        use crate::record::{JsonView, Record};
+        let raw = r#"{"i":-3,"f":2.5,"big":18446744073709551615,"s":"car-1","esc":"a\"b",
+            "t":true,"n":null,"o":{"a":1},"l":[1]}"#;
+        let r = Record::json(bytes::Bytes::from(raw), JsonView::Fields).expect("valid");
+        let fields = r.fields().expect("indexed");
+        let view = json(raw);
+        let attrs = Attributes::new();
+        for path in [".i", ".f", ".big", ".s", ".esc", ".t", ".n", ".missing"] {
+            let e = Expr::compile(path, ExprKind::Value).expect("compiles");
+            let want = e.eval(&view, &attrs).expect("evaluates");
+            assert_eq!(e.eval_fields(fields), Some(want.clone()), "{path}");
+            let mut slot = Value::from("something else");
+            assert!(e.eval_fields_into(fields, &mut slot), "{path}");
+            assert_eq!(slot, want, "{path}");
+        }
+        for path in [".o", ".l", ".o.a", "upcase(string!(.s))"] {
+            let e = Expr::compile(path, ExprKind::Value).expect("compiles");
+            let mut slot = Value::from(7);
+            assert!(!e.eval_fields_into(fields, &mut slot), "{path}");
+            assert_eq!(slot, Value::from(7), "{path}: untouched");
+            assert_eq!(e.eval_fields(fields), None, "{path}");
+        }
     }
 
     #[test]

@@ -8,15 +8,15 @@
 //! (measured in docs/performance.md, step 22).
 
 /// Ask for the cache line holding `p`: a hint that never reads the memory, faults or changes
-/// what a later load returns, whatever the address. A no-op where there is no such
-/// instruction.
+/// what a later load returns, whatever the address. Emitted on x86_64 only (elsewhere a
+/// no-op).
 #[inline(always)]
 #[allow(unsafe_code, reason = "a prefetch hint; see the SAFETY comment")]
 pub fn line<T>(p: *const T) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: `prefetcht0` only hints: it dereferences nothing and cannot fault, for any
-    // address. The call is `unsafe` only for its `sse` target feature, which every x86_64
-    // CPU has (it is in the x86_64 baseline the compiler targets).
+    // SAFETY: the intrinsic is `unsafe` because it takes a raw pointer (and for its `sse`
+    // target feature, in the x86_64 baseline); `prefetcht0` never accesses the memory and
+    // cannot fault, for any address.
     unsafe {
         std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
     }
@@ -24,11 +24,14 @@ pub fn line<T>(p: *const T) {
     let _ = p;
 }
 
-/// The lines holding the `bytes` bytes from `p` on (64-byte lines).
+/// The lines holding the `bytes` bytes from `p` on (64-byte lines; none for no bytes).
 #[inline(always)]
 pub fn lines<T>(p: *const T, bytes: usize) {
+    if bytes == 0 {
+        return;
+    }
     let start = p.cast::<u8>();
-    let skew = start as usize % 64;
+    let skew = start.addr() % 64;
     let mut at = 0;
     while at < bytes + skew {
         line(start.wrapping_sub(skew).wrapping_add(at));
@@ -57,6 +60,15 @@ impl Prefetched {
     }
 }
 
+/// Ask for the record [`AHEAD`] places after the `i`th of `records`, if there is one (a loop
+/// over a borrowed batch; [`Prefetched`] for an owned one).
+#[inline]
+pub fn ahead(records: &[crate::record::Record], i: usize) {
+    if let Some(r) = records.get(i + AHEAD) {
+        r.prefetch();
+    }
+}
+
 impl Iterator for Prefetched {
     type Item = crate::record::Record;
 
@@ -70,5 +82,71 @@ impl Iterator for Prefetched {
 
     fn size_hint(&self) -> (usize, Option<usize>) {
         self.records.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Indexer, JsonView, Record, RecordId};
+
+    /// The crate denies `unsafe_code` (the workspace forbids it) so that this module's one
+    /// hint can allow it: no other place may.
+    #[test]
+    fn only_the_prefetch_hint_allows_unsafe() {
+        fn walk(dir: &std::path::Path, found: &mut Vec<String>) {
+            let entries = std::fs::read_dir(dir).expect("readable source directory");
+            for e in entries {
+                let path = e.expect("directory entry").path();
+                if path.is_dir() {
+                    walk(&path, found);
+                } else if path.extension().is_some_and(|x| x == "rs") {
+                    let text = std::fs::read_to_string(&path).expect("readable source");
+                    let marker = concat!("allow(", "unsafe_code");
+                    for _ in text.matches(marker) {
+                        found.push(path.display().to_string());
+                    }
+                }
+            }
+        }
+        let mut found = Vec::new();
+        walk(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut found,
+        );
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].ends_with("prefetch.rs"), "{found:?}");
+    }
+
+    /// A hint never touches the memory: any address is harmless (a load here would fault).
+    #[test]
+    fn hints_on_any_address_are_harmless() {
+        line(std::ptr::null::<u8>());
+        lines(std::ptr::dangling::<u64>(), 4096);
+        lines(std::ptr::without_provenance::<u8>(usize::MAX), 256);
+    }
+
+    /// The records come out all and in order, with or without their indexes.
+    #[test]
+    fn prefetched_records_come_in_order() {
+        let mut ix = Indexer::for_bytes(1000);
+        let mut batch: Vec<Record> = (1..=10u64)
+            .map(|i| {
+                let content = bytes::Bytes::from(format!("{{\"n\":{i}}}"));
+                if i % 3 == 0 {
+                    Record::from_bytes_numbered(RecordId(i), content)
+                } else {
+                    ix.json(RecordId(i), content, JsonView::Fields)
+                        .unwrap_or_else(|(_, e)| panic!("{e}"))
+                }
+            })
+            .collect();
+        ix.attach(&mut batch);
+        for (i, r) in batch.iter().enumerate() {
+            ahead(&batch, i);
+            assert_eq!(r.fields().is_some(), r.id().0 % 3 != 0);
+        }
+        let ids: Vec<u64> = Prefetched::new(batch).map(|r| r.id().0).collect();
+        assert_eq!(ids, (1..=10).collect::<Vec<_>>());
     }
 }

@@ -97,7 +97,7 @@ pub struct ParseError(#[from] serde_json::Error);
 
 /// One record.
 ///
-/// 120 bytes: what every record has is inline, what few have ([`Rare`]: parents, attributes,
+/// 128 bytes: what every record has is inline, what few have ([`Rare`]: parents, attributes,
 /// event time, the shared parsed view) is behind one pointer, allocated when first set (the
 /// parse cell by [`Record::fork`]: a fan-out of a record not parsed yet allocates one for the
 /// record and each copy, the price of sharing the parse). A
@@ -261,9 +261,7 @@ impl Record {
     ) -> Result<Self, (Self, ParseError)> {
         let checked = match view {
             JsonView::Lazy => check_json(&content).map(|()| None),
-            JsonView::Eager => serde_json::from_slice::<Value>(&content)
-                .map(Some)
-                .map_err(ParseError),
+            JsonView::Eager => built(&content),
             JsonView::Fields => match Fields::index(&content) {
                 Ok(Some(index)) => {
                     let mut r = Self::from_bytes_numbered(id, content);
@@ -271,12 +269,24 @@ impl Record {
                     return Ok(r);
                 }
                 // Not an object: checked, and its view is built at once (rare, and small).
-                Ok(None) => serde_json::from_slice::<Value>(&content)
-                    .map(Some)
-                    .map_err(ParseError),
+                Ok(None) => built(&content),
                 Err(e) => Err(e),
             },
         };
+        Self::checked(id, content, checked)
+    }
+
+    /// A record over `content`, which was checked (with its view built when given), or
+    /// comes back with the error.
+    #[allow(
+        clippy::result_large_err,
+        reason = "the record is handed back on the rare error path"
+    )]
+    fn checked(
+        id: RecordId,
+        content: Bytes,
+        checked: Result<Option<Value>, ParseError>,
+    ) -> Result<Self, (Self, ParseError)> {
         match checked {
             Ok(None) => Ok(Self::from_bytes_numbered(id, content)),
             Ok(Some(v)) => Ok(Self::numbered(id, Some(content), false, Some(v))),
@@ -432,13 +442,14 @@ impl Record {
         self.value.as_deref()
     }
 
-    /// Ask the CPU for this record's index and the start of its content, ahead of reading
-    /// them (see [`crate::prefetch`]): a hint, nothing is read.
+    /// Ask the CPU for this record's index and the start of its content (up to 256 bytes of
+    /// each), ahead of reading them (see [`crate::prefetch`]): a hint; what is read is the
+    /// record and its index block's header (shared by a chunk's records).
     #[inline]
     pub fn prefetch(&self) {
         if let Some(ix) = &self.fields {
             let entries = ix.entries();
-            crate::prefetch::lines(entries.as_ptr(), std::mem::size_of_val(entries));
+            crate::prefetch::lines(entries.as_ptr(), std::mem::size_of_val(entries).min(256));
         }
         if let Some(c) = &self.content {
             crate::prefetch::lines(c.as_ptr(), c.len().min(256));
@@ -754,7 +765,7 @@ impl Index {
 /// One index per record was an allocation of 224 bytes made on the source's core and freed on
 /// the consumer's, filled through a copy of the whole index: a tenth of the sensors flow's
 /// time went to the allocator's cross-core frees and those copies. A block is one allocation
-/// per chunk, its entries packed (a record's five fields are 120 bytes: two cache lines, read
+/// per chunk, its entries packed (a record's five fields are 120 bytes: two or three cache lines, read
 /// in order), shared by its records through one count as their content's buffer is.
 ///
 /// Make the records with [`Indexer::json`], then hand them all to [`Indexer::attach`] in the
@@ -763,19 +774,34 @@ impl Index {
 #[derive(Debug, Default)]
 pub struct Indexer {
     block: Fields,
-    /// The records indexed, in order, with their run of entries.
-    runs: Vec<(RecordId, u32, u32)>,
-    /// How many records the block is likely to hold (see [`Indexer::for_records`]).
+    /// The records indexed, in order.
+    runs: Vec<Run>,
+    /// About how many bytes of content the block will index (see [`Indexer::for_bytes`]).
     expected: usize,
 }
 
+/// A record [`Indexer::json`] indexed: its id, the content it indexed (where it lies and its
+/// length: the record must still hold it to be given the index) and its run of entries.
+#[derive(Debug)]
+struct Run {
+    id: RecordId,
+    content: (usize, usize),
+    at: u32,
+    len: u32,
+}
+
+/// The identity of a content buffer: where it lies, and its length.
+fn identity(content: &Bytes) -> (usize, usize) {
+    (content.as_ptr().addr(), content.len())
+}
+
 impl Indexer {
-    /// An indexer for about `n` records: the block is sized by the first record's fields
-    /// (grown by doubling, it was copied half a dozen times a chunk).
-    pub fn for_records(n: usize) -> Self {
+    /// An indexer for about `bytes` bytes of content (a chunk of lines): the block is sized
+    /// from the first record's fields per byte, at most one entry per five bytes (`"":0,`, the
+    /// shortest field); grown by doubling, it was copied half a dozen times a chunk.
+    pub fn for_bytes(bytes: usize) -> Self {
         Self {
-            runs: Vec::with_capacity(n),
-            expected: n,
+            expected: bytes,
             ..Self::default()
         }
     }
@@ -795,30 +821,33 @@ impl Indexer {
         if view != JsonView::Fields {
             return Record::json_numbered(id, content, view);
         }
-        match self.block.index_into(&content) {
-            Ok(Some((at, len))) => {
-                if self.runs.is_empty() {
-                    // Room for as many as expected, as long as the first (a block a quarter
-                    // larger raised the peak memory at 10M events by 2 MB; longer records
-                    // grow it by doubling).
-                    self.block
-                        .entries
-                        .reserve(self.expected.saturating_mul(len as usize));
-                }
-                self.runs.push((id, at, len));
-                Ok(Record::from_bytes_numbered(id, content))
+        let indexed = self.block.index_into(&content);
+        if let Ok(Some((at, len))) = indexed {
+            if self.runs.is_empty() && !content.is_empty() {
+                // Room for the expected bytes at the first record's fields per byte (a
+                // block a quarter larger raised the peak memory at 10M events by 2 MB;
+                // longer records grow it by doubling).
+                let total = (len as usize).saturating_mul(self.expected) / content.len();
+                let entries = &mut self.block.entries;
+                entries.reserve_exact(total.min(self.expected / 5).saturating_sub(entries.len()));
             }
-            // Not an object: checked, and its view is built at once (rare, and small).
-            Ok(None) => match serde_json::from_slice::<Value>(&content) {
-                Ok(v) => Ok(Record::numbered(id, Some(content), false, Some(v))),
-                Err(e) => Err((Record::from_bytes_numbered(id, content), ParseError(e))),
-            },
-            Err(e) => Err((Record::from_bytes_numbered(id, content), e)),
+            self.runs.push(Run {
+                id,
+                content: identity(&content),
+                at,
+                len,
+            });
+            return Ok(Record::from_bytes_numbered(id, content));
         }
+        // Not an object: checked, and its view is built at once (rare, and small).
+        let checked = indexed.and_then(|_| built(&content));
+        Record::checked(id, content, checked)
     }
 
     /// Give the records made by [`Indexer::json`] their index, in one shared block.
-    /// `records` are in the order they were made; others among them are left as they are.
+    /// `records` are all those it made, in the order it made them; records made otherwise
+    /// may be among them (they get none). A record that no longer holds the content it was
+    /// indexed for (modified since) gets none either.
     pub fn attach(self, records: &mut [Record]) {
         if self.runs.is_empty() {
             return;
@@ -826,16 +855,30 @@ impl Indexer {
         let block = Arc::new(self.block);
         let mut runs = self.runs.into_iter().peekable();
         for r in records {
-            if let Some(&(_, at, len)) = runs.peek().filter(|(id, ..)| *id == r.id) {
+            let Some(run) = runs.next_if(|run| run.id == r.id) else {
+                continue;
+            };
+            let same = !r.modified && r.content.as_ref().map(identity) == Some(run.content);
+            if same {
                 r.fields = Some(Index {
                     block: block.clone(),
-                    at,
-                    len,
+                    at: run.at,
+                    len: run.len,
                 });
-                runs.next();
             }
         }
+        debug_assert!(
+            runs.next().is_none(),
+            "records indexed were not attached: missing or out of order"
+        );
     }
+}
+
+/// The structured view of `content`, built.
+fn built(content: &[u8]) -> Result<Option<Value>, ParseError> {
+    serde_json::from_slice::<Value>(content)
+        .map(Some)
+        .map_err(ParseError)
 }
 
 /// A top-level field read from [`Fields`].
@@ -923,6 +966,38 @@ impl<'a> FieldsRef<'a> {
                 .map_or(FieldValue::Missing, |v| FieldValue::Value(v.clone())),
             Slot::Nested => FieldValue::Nested,
         }
+    }
+
+    /// [`FieldsRef::get`] written into `out` (`false`, `out` untouched, for an object or an
+    /// array: read it from the view). One search, and the value made where it goes (see
+    /// [`crate::expr::Expr::eval_fields_into`]).
+    pub fn get_into(&self, name: &str, out: &mut Value) -> bool {
+        let Some(slot) = self.find(name) else {
+            *out = Value::Null;
+            return true;
+        };
+        match *slot {
+            Slot::Str(start, len) => {
+                *out = match self.content.get(span(start, len)) {
+                    Some(_) => Value::Bytes(self.content.slice(span(start, len))),
+                    None => Value::Null,
+                }
+            }
+            Slot::Int(i) => *out = Value::Integer(i),
+            Slot::Float(x) => *out = Value::from_f64_or_zero(x),
+            Slot::Bool(b) => *out = Value::Boolean(b),
+            Slot::Null => *out = Value::Null,
+            Slot::Owned(i) => {
+                *out = self
+                    .fields
+                    .escaped
+                    .as_ref()
+                    .and_then(|x| x.values.get(i as usize))
+                    .map_or(Value::Null, Value::clone)
+            }
+            Slot::Nested => return false,
+        }
+        true
     }
 
     /// The top-level field `name` as a [`Scalar`]: what [`FieldsRef::get`] gives, for
@@ -1037,7 +1112,7 @@ fn index_with<'de, R: serde_json::de::Read<'de>>(
 
 /// Where a borrowed string of the content starts, relative to the content (`base`).
 fn offset(base: usize, s: &str) -> (u32, u32) {
-    // Both fit: the content is at most `u32::MAX` bytes (checked by `Fields::index`).
+    // Both fit: the content is at most `u32::MAX` bytes (checked by `Fields::index_into`).
     let start = (s.as_ptr() as usize).wrapping_sub(base);
     (
         u32::try_from(start).unwrap_or(u32::MAX),
@@ -1413,20 +1488,24 @@ mod tests {
             br#"{"device":"c","dup":1,"dup":2}"#,
             br#"{"esc\u00e9":"z\n"}"#,
         ];
-        let mut ix = Indexer::default();
+        let mut ix = Indexer::for_bytes(lines.iter().map(|l| l.len()).sum());
         let mut records = Vec::new();
         let mut failed = 0;
         for (i, line) in lines.iter().enumerate() {
-            match ix.json(
-                RecordId(i as u64 + 1),
-                Bytes::from_static(line),
-                JsonView::Fields,
-            ) {
+            let content = Bytes::from_static(line);
+            match ix.json(RecordId(i as u64 + 1), content.clone(), JsonView::Fields) {
                 Ok(r) => {
                     assert!(r.fields().is_none(), "not attached yet");
                     records.push(r);
                 }
-                Err(_) => failed += 1,
+                Err((r, e)) => {
+                    failed += 1;
+                    let Err((_, own)) = Record::json(content.clone(), JsonView::Fields) else {
+                        panic!("accepted on its own");
+                    };
+                    assert_eq!(e.to_string(), own.to_string());
+                    assert_eq!(r.raw_content(), Some(&content), "handed back unchanged");
+                }
             }
             if i == 4 {
                 records.push(Record::from_bytes_numbered(
@@ -1436,6 +1515,9 @@ mod tests {
             }
         }
         assert_eq!(failed, 2);
+        // What failed left nothing behind: the block holds exactly the runs.
+        let held: u32 = ix.runs.iter().map(|r| r.len).sum();
+        assert_eq!(ix.block.entries.len(), held as usize);
         ix.attach(&mut records);
         assert!(
             records
@@ -1462,6 +1544,37 @@ mod tests {
             }
         }
         assert_eq!(indexed, 5);
+
+        // A record modified before it is attached (its content re-encoded) gets no index.
+        let mut ix = Indexer::default();
+        let mut r = ix
+            .json(
+                RecordId(1),
+                Bytes::from_static(br#"{"a":1}"#),
+                JsonView::Fields,
+            )
+            .expect("valid");
+        r.set_value(Value::from(2));
+        let _ = r.content();
+        let mut records = vec![r];
+        ix.attach(&mut records);
+        assert!(records[0].fields().is_none());
+    }
+
+    /// A block is sized from the first record's fields per byte, at most an entry per five
+    /// bytes: a wide first line before many short or blank ones asks for no more than that.
+    #[test]
+    fn a_block_is_sized_by_bytes_not_lines() {
+        let wide = format!("{{{}\"z\":0}}", "\"\":0,".repeat(20_000));
+        let mut chunk = wide.clone().into_bytes();
+        chunk.extend(std::iter::repeat_n(b'\n', 60_000));
+        let mut ix = Indexer::for_bytes(chunk.len());
+        ix.json(RecordId(1), Bytes::from(wide), JsonView::Fields)
+            .expect("valid");
+        // (the first record's own entries grew the block by doubling)
+        let cap = ix.block.entries.capacity();
+        assert!(cap <= (chunk.len() / 5).max(2 * 20_001), "{cap}");
+        assert!(ix.block.entries.capacity() >= 20_001);
     }
 
     #[test]

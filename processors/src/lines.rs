@@ -461,7 +461,7 @@ impl Cutter {
             errors: Vec::new(),
         };
         // The chunk's records' fields indexed in one block (see `Indexer`).
-        let mut indexer = Indexer::for_records(n);
+        let mut indexer = Indexer::for_bytes(chunk.len());
         for (i, (line, taken)) in split_lines(chunk).enumerate() {
             let id = ids.map(|first| RecordId(first.0.wrapping_add(i as u64)));
             let kind = if is_blank(&line) {
@@ -788,6 +788,41 @@ mod tests {
             }
         }
         assert_eq!(sizes, [(MB50, MB50)]);
+    }
+
+    /// A chunk's JSON objects come out indexed (one block for the chunk), numbered by the
+    /// chunk's ids or not, with blank, failed, oversized and non-object lines between them.
+    #[test]
+    fn a_chunks_objects_are_indexed() {
+        let chunk = Bytes::from_static(
+            b"{\"a\":1}\n\n{\"a\":2,}\n[3]\n{\"a\":\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"}\n{\"a\":4}",
+        );
+        for ids in [None, Some(RecordId(1_000))] {
+            let cutter = Cutter {
+                max_line: 32,
+                max_record_size: ByteSize::b(32),
+            };
+            let mut decoder = Decoder::new(Format::Json, JsonView::Fields);
+            let cut = cutter.cut_counted(&chunk, line_count(&chunk), &mut decoder, ids);
+            assert_eq!(cut.errors.len(), 2, "{:?}", cut.errors);
+            let read: Vec<_> = cut
+                .records
+                .iter()
+                .map(|r| r.fields().map(|f| f.get_scalar("a")))
+                .collect();
+            assert_eq!(
+                read,
+                // (a failed line's record is among them, without an index)
+                [
+                    Some(flow_core::record::Scalar::Int(1)),
+                    None,
+                    None,
+                    None,
+                    Some(flow_core::record::Scalar::Int(4))
+                ],
+                "{ids:?}"
+            );
+        }
     }
 
     async fn read(

@@ -522,9 +522,7 @@ async fn run_transform(
                     r.prefetch();
                 }
                 for (i, r) in records.iter().enumerate() {
-                    if let Some(ahead) = records.get(i + crate::prefetch::AHEAD) {
-                        ahead.prefetch();
-                    }
+                    crate::prefetch::ahead(records, i);
                     match t.route(r) {
                         Some(port) if emitter.sheds(port) => out.shed(port, view.id(i)),
                         Some(port) => out.push(port, view.copy(i)),

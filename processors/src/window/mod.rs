@@ -580,17 +580,17 @@ impl Window {
         let Some(f) = r.fields() else {
             return Err(r);
         };
+        // The time is converted once the key and arguments answered too (else the view does
+        // it all again).
         let ts = match &self.event_time {
             Some(e) => match e.scalar_fields(f) {
-                Scalar::Int(i) => to_ms(&Value::Integer(i), self.cfg.event_time_unit),
+                Scalar::Int(i) => Some(Value::Integer(i)),
                 _ => match e.eval_fields(f) {
-                    Some(v) => to_ms(&v, self.cfg.event_time_unit),
+                    Some(v) => Some(v),
                     None => return Err(r),
                 },
-            }
-            .and_then(|ts| self.not_too_far_ahead(ts, time.now)),
-            // Processing time: each record's own reading.
-            None => Ok(time.clock.now_ms()),
+            },
+            None => None,
         };
         // A string key is copied out of the content (a few bytes on the stack): the record
         // moves into the engine, and a `Value` of it would be a shared count of the source's
@@ -618,6 +618,12 @@ impl Window {
                 None => *v = Value::Null,
             }
         }
+        let ts = match ts {
+            Some(v) => to_ms(&v, self.cfg.event_time_unit)
+                .and_then(|ts| self.not_too_far_ahead(ts, time.now)),
+            // Processing time: each record's own reading.
+            None => Ok(time.clock.now_ms()),
+        };
         match (ts, key) {
             (Ok(ts), KeyRead::Text(text)) => engine.add(r, ts, Key::Text(&text), args, out),
             (Ok(ts), KeyRead::Value(v)) => engine.add(r, ts, v, args, out),
