@@ -51,12 +51,18 @@ pub struct Prefetched {
 impl Prefetched {
     /// The records of `batch`, the first [`AHEAD`] asked for at once.
     pub fn new(batch: Vec<crate::record::Record>) -> Self {
-        for r in batch.iter().take(AHEAD) {
-            r.prefetch();
-        }
+        first(&batch);
         Self {
             records: batch.into_iter(),
         }
+    }
+}
+
+/// Ask for the first [`AHEAD`] of `records`, before a loop over them starts (then [`ahead`]).
+#[inline]
+pub fn first(records: &[crate::record::Record]) {
+    for r in records.iter().take(AHEAD) {
+        r.prefetch();
     }
 }
 

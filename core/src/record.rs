@@ -892,6 +892,13 @@ pub enum FieldValue {
     Nested,
 }
 
+/// What [`FieldsRef::read_into`] found.
+enum Read {
+    Missing,
+    Value,
+    Nested,
+}
+
 /// A record's [`Fields`] with the content they index.
 #[derive(Clone, Copy, Debug)]
 pub struct FieldsRef<'a> {
@@ -946,58 +953,54 @@ impl<'a> FieldsRef<'a> {
 
     /// The top-level field `name`; the last of several with that name, as in the view.
     pub fn get(&self, name: &str) -> FieldValue {
-        let Some(slot) = self.find(name) else {
-            return FieldValue::Missing;
-        };
-        match *slot {
-            Slot::Str(start, len) => match self.content.get(span(start, len)) {
-                Some(_) => FieldValue::Value(Value::Bytes(self.content.slice(span(start, len)))),
-                None => FieldValue::Missing,
-            },
-            Slot::Int(i) => FieldValue::Value(Value::Integer(i)),
-            Slot::Float(x) => FieldValue::Value(Value::from_f64_or_zero(x)),
-            Slot::Bool(b) => FieldValue::Value(Value::Boolean(b)),
-            Slot::Null => FieldValue::Value(Value::Null),
-            Slot::Owned(i) => self
-                .fields
-                .escaped
-                .as_ref()
-                .and_then(|x| x.values.get(i as usize))
-                .map_or(FieldValue::Missing, |v| FieldValue::Value(v.clone())),
-            Slot::Nested => FieldValue::Nested,
+        let mut v = Value::Null;
+        match self.read_into(name, &mut v) {
+            Read::Missing => FieldValue::Missing,
+            Read::Value => FieldValue::Value(v),
+            Read::Nested => FieldValue::Nested,
         }
     }
 
     /// [`FieldsRef::get`] written into `out` (`false`, `out` untouched, for an object or an
-    /// array: read it from the view). One search, and the value made where it goes (see
-    /// [`crate::expr::Expr::eval_fields_into`]).
+    /// array: read it from the view; a missing field is null). One search, and the value
+    /// made where it goes (see [`crate::expr::Expr::eval_fields_into`]).
     pub fn get_into(&self, name: &str, out: &mut Value) -> bool {
-        let Some(slot) = self.find(name) else {
-            *out = Value::Null;
-            return true;
-        };
-        match *slot {
-            Slot::Str(start, len) => {
-                *out = match self.content.get(span(start, len)) {
-                    Some(_) => Value::Bytes(self.content.slice(span(start, len))),
-                    None => Value::Null,
-                }
-            }
-            Slot::Int(i) => *out = Value::Integer(i),
-            Slot::Float(x) => *out = Value::from_f64_or_zero(x),
-            Slot::Bool(b) => *out = Value::Boolean(b),
-            Slot::Null => *out = Value::Null,
-            Slot::Owned(i) => {
-                *out = self
-                    .fields
-                    .escaped
-                    .as_ref()
-                    .and_then(|x| x.values.get(i as usize))
-                    .map_or(Value::Null, Value::clone)
-            }
-            Slot::Nested => return false,
+        match self.read_into(name, out) {
+            Read::Missing => *out = Value::Null,
+            Read::Value => {}
+            Read::Nested => return false,
         }
         true
+    }
+
+    /// The field `name` written into `out` when it has a value (only then): what
+    /// [`FieldsRef::get`] and [`FieldsRef::get_into`] read. The answer is a bare tag, the
+    /// value is written in place: a `Value` returned inside an enum is copied on the way out.
+    fn read_into(&self, name: &str, out: &mut Value) -> Read {
+        let Some(slot) = self.find(name) else {
+            return Read::Missing;
+        };
+        *out = match *slot {
+            Slot::Str(start, len) => match self.content.get(span(start, len)) {
+                Some(_) => Value::Bytes(self.content.slice(span(start, len))),
+                None => return Read::Missing,
+            },
+            Slot::Int(i) => Value::Integer(i),
+            Slot::Float(x) => Value::from_f64_or_zero(x),
+            Slot::Bool(b) => Value::Boolean(b),
+            Slot::Null => Value::Null,
+            Slot::Owned(i) => match self
+                .fields
+                .escaped
+                .as_ref()
+                .and_then(|x| x.values.get(i as usize))
+            {
+                Some(v) => v.clone(),
+                None => return Read::Missing,
+            },
+            Slot::Nested => return Read::Nested,
+        };
+        Read::Value
     }
 
     /// The top-level field `name` as a [`Scalar`]: what [`FieldsRef::get`] gives, for

@@ -518,9 +518,7 @@ async fn run_transform(
                     inputs.extend(view.ids().iter());
                 }
                 let records = view.records();
-                for r in records.iter().take(crate::prefetch::AHEAD) {
-                    r.prefetch();
-                }
+                crate::prefetch::first(records);
                 for (i, r) in records.iter().enumerate() {
                     crate::prefetch::ahead(records, i);
                     match t.route(r) {
