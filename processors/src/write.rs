@@ -15,6 +15,8 @@
 
 use std::io::Write;
 
+use futures::FutureExt as _;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -266,9 +268,22 @@ fn write_rest<T: Target>(p: &mut Progress<T>, durable: bool) -> std::io::Result<
     p.target.sync(durable)
 }
 
+/// How many bytes of lines one write takes at most from batches already waiting (a batch
+/// larger than this is still written whole, in one write).
+const COALESCE: usize = 1 << 20;
+
+/// Each record's content as a line.
+fn append_lines(buf: &mut Vec<u8>, batch: &mut [flow_core::record::Record]) {
+    for r in batch {
+        buf.extend_from_slice(r.content());
+        buf.push(b'\n');
+    }
+}
+
 /// Write every batch from `ctx.input` to `out`, one line per record (its content, so records
-/// that were not modified keep their exact bytes), one write per batch, and acknowledge a
-/// batch's records once all of it was written (and synced, if asked).
+/// that were not modified keep their exact bytes), one write per batch (with the batches
+/// already waiting), its commit record in the same trip to a blocking thread, and acknowledge
+/// a batch's records once all of it was written (and synced, if asked).
 pub(crate) async fn write_lines<T: Target>(
     out: Lines<T>,
     mut ctx: SinkContext,
@@ -291,22 +306,41 @@ pub(crate) async fn write_lines<T: Target>(
     while let Some(mut batch) = ctx.input.next().await {
         p.buf.clear();
         p.written = 0;
-        for r in batch.iter_mut() {
-            p.buf.extend_from_slice(r.content());
-            p.buf.push(b'\n');
+        append_lines(&mut p.buf, &mut batch);
+        // Batches already waiting go with this one (up to `COALESCE` bytes): a sink that fell
+        // behind catches up in fewer, larger writes; one that keeps up writes each batch as
+        // it comes. Taking a batch is cancel-safe, so one not ready yet is left where it is.
+        while p.buf.len() < COALESCE
+            && let Some(Some(mut more)) = ctx.input.next().now_or_never()
+        {
+            append_lines(&mut p.buf, &mut more);
+            batch.extend(more);
         }
+        let committed = commit.as_ref().map(|commit| {
+            let c = Committed {
+                len: len + p.buf.len() as u64,
+                written: ctx.input.commit_point(&batch).unwrap_or_default(),
+            };
+            (commit.clone(), c)
+        });
+        // The lines and their commit record in one trip to a blocking thread.
         let mut attempts = retry.attempts(&what);
-        loop {
-            let (back, result) = tokio::task::spawn_blocking(move || {
+        let mut stored = loop {
+            let job = committed.clone();
+            let (back, result, stored) = tokio::task::spawn_blocking(move || {
                 let r = write_rest(&mut p, durable);
-                (p, r)
+                let stored = match (&r, job) {
+                    (Ok(()), Some((commit, c))) => Some(commit.store(&c, durable)),
+                    _ => None,
+                };
+                (p, r, stored)
             })
             .await
             .map_err(|e| ProcessorError::other(format!("{what}: {e}")))?;
             p = back;
             let Err(e) = result else {
                 attempts.succeeded();
-                break;
+                break stored;
             };
             let e = ProcessorError::io(what.clone(), e);
             if let Err(e) = attempts.failed(e).await {
@@ -314,33 +348,31 @@ pub(crate) async fn write_lines<T: Target>(
                 // which writes these records again, leaves no torn or doubled line.
                 return Err(cut_back(p, len, e, &name).await);
             }
-        }
+        };
         len += p.buf.len() as u64;
-        if let Some(commit) = &commit {
-            let c = Committed {
-                len,
-                written: ctx.input.commit_point(&batch).unwrap_or_default(),
-            };
+        if let Some((commit, c)) = committed {
             // A full disk may refuse the commit record too: retried like the data (giving
             // up leaves the batch unacknowledged, cut off by the next run).
             let committing = format!("committing {name}");
             let mut attempts = retry.attempts(&committing);
             loop {
-                let (commit, c) = (commit.clone(), c.clone());
-                let stored = tokio::task::spawn_blocking(move || commit.store(&c, durable))
-                    .await
-                    .map_err(|e| ProcessorError::other(format!("{committing}: {e}")))?;
-                match stored {
-                    Ok(()) => {
+                match stored.take() {
+                    Some(Ok(())) => {
                         attempts.succeeded();
                         break;
                     }
-                    Err(e) => {
+                    Some(Err(e)) => {
                         attempts
                             .failed(ProcessorError::io(committing.clone(), e))
                             .await?;
                     }
+                    None => {}
                 }
+                let (commit, c) = (commit.clone(), c.clone());
+                let again = tokio::task::spawn_blocking(move || commit.store(&c, durable))
+                    .await
+                    .map_err(|e| ProcessorError::other(format!("{committing}: {e}")))?;
+                stored = Some(again);
             }
         }
         let n = batch.len() as u64;
@@ -493,11 +525,16 @@ mod tests {
         };
         let mut tracker = AckTracker::new();
         let (ctx, tx, _failures, metrics, _) = sink_ctx_stoppable();
-        for b in batches(&mut tracker) {
-            tx.send(b).await.expect("queued");
-        }
+        // The second batch comes once the first is written (batches already waiting would
+        // be written with it, in one write).
+        let mut b = batches(&mut tracker).into_iter();
+        tx.send(b.next().expect("first")).await.expect("queued");
+        let sink = tokio::spawn(write_lines(lines(&fake), ctx));
+        let first = tracker.next().await.expect("first finished");
+        assert_eq!(first.status, AckStatus::Delivered);
+        tx.send(b.next().expect("second")).await.expect("queued");
         drop(tx);
-        let e = write_lines(lines(&fake), ctx).await.expect_err("fails");
+        let e = sink.await.expect("joined").expect_err("fails");
         assert!(e.to_string().starts_with("writing to `fake`: "), "{e}");
         let first_batch = &ALL[..ALL.len() / 2];
         assert_eq!(
@@ -506,13 +543,8 @@ mod tests {
             "the second batch's part was cut off"
         );
         assert_eq!(metrics.snapshot().sent, 3);
-        let mut seen = [
-            tracker.next().await.expect("one"),
-            tracker.next().await.expect("two"),
-        ];
-        seen.sort_by_key(|f| f.seq);
-        assert_eq!(seen[0].status, AckStatus::Delivered);
-        assert_eq!(seen[1].status, AckStatus::Abandoned);
+        let second = tracker.next().await.expect("second finished");
+        assert_eq!(second.status, AckStatus::Abandoned);
     }
 
     /// Asked to stop while a full disk is being retried: the sink gives up at once, cuts the
