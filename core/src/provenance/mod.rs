@@ -534,6 +534,31 @@ pub struct Backlog {
     dropped: AtomicU64,
     blocked_ns: AtomicU64,
     last_full_ms: AtomicI64,
+    /// Sources whose output is open (see [`NodeRecorder::source_open`]).
+    sources: std::sync::atomic::AtomicUsize,
+    /// Every source's output has closed: the flow is draining, and the writer writes what
+    /// comes without lingering (the last acknowledgements, which sources wait for to commit,
+    /// are released at once, and the store closes as soon as the flow ends).
+    draining: std::sync::atomic::AtomicBool,
+    /// The writer's thread, woken from its linger when the flow starts draining.
+    writer: std::sync::OnceLock<std::thread::Thread>,
+}
+
+/// A source's output, open: while any is, the store's writer lingers between frames under
+/// load; when the last one closes (its emitter dropped: the source has read all it will),
+/// the writer stops lingering.
+#[derive(Debug)]
+pub struct SourceOpen(Arc<Backlog>);
+
+impl Drop for SourceOpen {
+    fn drop(&mut self) {
+        if self.0.sources.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.draining.store(true, Ordering::Release);
+            if let Some(writer) = self.0.writer.get() {
+                writer.unpark();
+            }
+        }
+    }
 }
 
 impl Backlog {
@@ -575,6 +600,16 @@ impl Backlog {
 
     fn drop_one(&self) {
         self.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether every source's output has closed (see [`SourceOpen`]).
+    pub(crate) fn draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// The writer runs on `thread` (woken when the flow starts draining).
+    pub(crate) fn set_writer(&self, thread: std::thread::Thread) {
+        let _ = self.writer.set(thread);
     }
 
     fn waited(&self, since: std::time::Instant) {
@@ -865,6 +900,14 @@ impl NodeRecorder {
     /// The node's index.
     pub fn node(&self) -> u32 {
         self.node
+    }
+
+    /// For a source, its output is open until the guard is dropped (see [`SourceOpen`]).
+    pub fn source_open(&self) -> Option<SourceOpen> {
+        self.source.then(|| {
+            self.backlog.sources.fetch_add(1, Ordering::AcqRel);
+            SourceOpen(self.backlog.clone())
+        })
     }
 
     /// Whether the node is a source.
@@ -1226,6 +1269,22 @@ pub fn fork_copies(node: &NodeRecorder, batches: &mut [Vec<Record>]) -> Vec<Even
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The writer lingers between frames while any source's output is open, and stops once
+    /// the last one closed (the flow is draining); a transform's output does not count.
+    #[test]
+    fn the_flow_drains_once_every_sources_output_closed() {
+        let (tx, _rx) = mpsc::channel(8);
+        let rec = Recorder::new(tx);
+        let (a, b, t) = (rec.node(0, true), rec.node(1, true), rec.node(2, false));
+        assert!(t.source_open().is_none());
+        let (open_a, open_b) = (a.source_open(), b.source_open());
+        assert!(!rec.backlog().draining());
+        drop(open_a);
+        assert!(!rec.backlog().draining(), "one source still reads");
+        drop(open_b);
+        assert!(rec.backlog().draining());
+    }
 
     #[test]
     fn runs_round_trip_compactly() {

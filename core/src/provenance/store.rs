@@ -124,6 +124,9 @@ const FRAME_EVENTS: usize = 4096;
 /// sensors flow ran 25 % slower with provenance on, 6,500 frames a second). The cost is
 /// latency: a sink's acknowledgement, released once the events before it are written (see
 /// [`Entry::Release`]), waits up to this much longer, and so does a source's checkpoint.
+/// Once every source's output has closed, the writer no longer lingers (see
+/// [`super::SourceOpen`]): the acknowledgements a finished source waits for, and the store's
+/// close, are not held up.
 const LINGER: std::time::Duration = std::time::Duration::from_millis(5);
 /// A frame longer than this is a torn or corrupt length.
 const MAX_FRAME: u32 = 256 << 20;
@@ -240,10 +243,12 @@ impl Writer {
         };
         // The segment is created now, so a store that cannot be written fails the start.
         seg.roll()?;
+        let backlog = recorder.backlog().clone();
         let thread = std::thread::Builder::new()
             .name("provenance".into())
-            .spawn(move || write_loop(seg, rx, gate))
+            .spawn(move || write_loop(seg, rx, gate, &backlog))
             .map_err(io(&settings.dir))?;
+        recorder.backlog().set_writer(thread.thread().clone());
         Ok(Self {
             recorder,
             thread: Some(thread),
@@ -277,6 +282,10 @@ impl Writer {
         // Close our end of the channel; the thread ends when every clone is gone.
         let (dead, _) = mpsc::channel(1);
         self.recorder = Recorder::new(dead);
+        if let Some(t) = &self.thread {
+            // Out of its linger: the last events are written now.
+            t.thread().unpark();
+        }
         match self.thread.take().map(JoinHandle::join) {
             Some(Ok(r)) => r,
             Some(Err(_)) => Err(StoreError::Io {
@@ -545,6 +554,7 @@ fn write_loop(
     mut seg: Segments,
     mut rx: mpsc::Receiver<Entry>,
     mut gate: Option<std::sync::mpsc::Receiver<()>>,
+    backlog: &super::Backlog,
 ) -> Result<WriterStats, StoreError> {
     let mut events = Vec::with_capacity(FRAME_EVENTS);
     // Sinks' acknowledgements, released once the events sent before them are written.
@@ -587,8 +597,9 @@ fn write_loop(
             }
             return Err(e);
         }
-        if !full {
-            std::thread::sleep(LINGER);
+        if !full && !backlog.draining() {
+            // Woken early when the flow starts draining (or spuriously: a shorter linger).
+            std::thread::park_timeout(LINGER);
         }
     }
     seg.abandon_held(&failed, &mut buf)?;

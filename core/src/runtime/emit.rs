@@ -100,6 +100,8 @@ pub struct Emitter {
 struct Prov {
     rec: NodeRecorder,
     targets: Vec<Vec<u32>>,
+    /// A source's output, open while the emitter lives.
+    _open: Option<crate::provenance::SourceOpen>,
 }
 
 impl Emitter {
@@ -130,7 +132,12 @@ impl Emitter {
     /// Record provenance with `rec`; `targets[port][k]` is the node (index) the port's `k`th
     /// edge goes to. A batch sent to several edges is then forked: each copy gets new ids.
     pub fn with_provenance(mut self, rec: NodeRecorder, targets: Vec<Vec<u32>>) -> Self {
-        self.prov = Some(Prov { rec, targets });
+        let _open = rec.source_open();
+        self.prov = Some(Prov {
+            rec,
+            targets,
+            _open,
+        });
         self
     }
 
