@@ -25,13 +25,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-/// How much of the input one chunk holds at most (a line longer than this is a chunk of its
-/// own): the unit the source decodes and indexes, and what its records hold on to.
+/// How much is read at once.
 const CHUNK: usize = 64 * 1024;
-
-/// How much is read at once: several chunks, so that a file read through the runtime's
-/// blocking threads (every read a trip there and back) costs a trip per four chunks.
-const READ: usize = 4 * CHUNK;
 
 /// How each line becomes a record.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -143,18 +138,10 @@ impl Splitter {
                     }));
                 }
             } else {
-                // Whole lines up to `CHUNK` bytes, or the one line that is longer.
-                let first = self.buf.len().min(CHUNK);
-                let end = if self.scanned < first {
-                    memchr::memrchr(b'\n', &self.buf[self.scanned..first])
-                        .map(|i| self.scanned + i)
-                        .or_else(|| memchr::memchr(b'\n', &self.buf[first..]).map(|i| first + i))
-                } else {
-                    memchr::memchr(b'\n', &self.buf[self.scanned..]).map(|i| self.scanned + i)
-                };
-                if let Some(i) = end {
+                if let Some(i) = memchr::memrchr(b'\n', &self.buf[self.scanned..]) {
+                    let end = self.scanned + i + 1;
                     self.scanned = 0;
-                    return Ok(Some(Chunk::Lines(self.buf.split_to(i + 1).freeze())));
+                    return Ok(Some(Chunk::Lines(self.buf.split_to(end).freeze())));
                 }
                 // What is buffered is all one line (whole lines before it were returned).
                 if self.buf.len() > self.max_line {
@@ -175,7 +162,7 @@ impl Splitter {
                     );
                 }
             }
-            self.buf.reserve(READ);
+            self.buf.reserve(CHUNK);
             if reader.read_buf(&mut self.buf).await? == 0 {
                 self.eof = true;
             }
@@ -761,41 +748,6 @@ mod tests {
         std::io::Cursor::new(before)
             .chain(Xs(MB50))
             .chain(std::io::Cursor::new(after))
-    }
-
-    /// A read brings several chunks' worth: it is handed out as chunks of whole lines of at
-    /// most `CHUNK` bytes, a line longer than that as a chunk of its own, nothing lost.
-    #[tokio::test]
-    async fn a_read_is_cut_into_chunks_of_whole_lines() {
-        let mut input = Vec::new();
-        for i in 0..20_000 {
-            input.extend(std::iter::repeat_n(b'a' + (i % 26) as u8, i % 97));
-            input.push(b'\n');
-            if i == 7_000 {
-                input.extend(std::iter::repeat_n(b'z', CHUNK + CHUNK / 2));
-                input.push(b'\n');
-            }
-        }
-        input.extend_from_slice(b"last, without a newline");
-        let mut reader = std::io::Cursor::new(input.clone());
-        let mut s = Splitter::new(4 * CHUNK);
-        let (mut got, mut long) = (Vec::new(), 0);
-        while let Some(c) = s.next_chunk(&mut reader).await.expect("reads") {
-            let Chunk::Lines(l) = c else {
-                panic!("no line is over the limit")
-            };
-            assert!(
-                l.ends_with(b"\n") || l.as_ref() == b"last, without a newline",
-                "a chunk ends with a line"
-            );
-            if l.len() > CHUNK {
-                assert_eq!(line_count(&l), 1, "only a single long line is a larger chunk");
-                long += 1;
-            }
-            got.extend_from_slice(&l);
-        }
-        assert_eq!(long, 1);
-        assert_eq!(got, input);
     }
 
     #[tokio::test]
