@@ -525,6 +525,64 @@ fn a_restart_numbers_windows_as_the_first_run_did() {
     );
 }
 
+/// The windows emitted before one send of the output share a delivery token: the checkpoints
+/// keep all of them until every one is delivered (a crash in between emits them again, with
+/// their numbers), then none.
+#[test]
+fn windows_sent_together_are_kept_until_all_of_them_are_delivered() {
+    let c = cfg(serde_json::json!({}));
+    let numbered = || {
+        let mut s = c.compile().unwrap_or_else(|_| panic!("compiles")).settings;
+        s.origin = Some(9);
+        let mut e = Engine::new(s);
+        e.track_for_checkpoints();
+        e
+    };
+    // The numbers of the windows a checkpoint of `e` holds as emitted and not delivered.
+    let held = |e: &Engine| -> Vec<u64> {
+        let mut restored = numbered();
+        restored
+            .restore(&e.snapshot().expect("encodes"))
+            .expect("restores");
+        let mut out = Output::new("w".into(), 3);
+        restored.flush(&mut out);
+        let numbers = out
+            .port(OUT)
+            .iter()
+            .filter_map(|r| r.origin.map(|o| o.seq))
+            .filter(|n| *n < 2)
+            .collect();
+        for (_, batch) in out.drain() {
+            batch.into_iter().for_each(Record::finish);
+        }
+        numbers
+    };
+    let mut e = numbered();
+    let mut out = Output::new("w".into(), 3);
+    // 25 closes the windows [0, 10) of `a` and `b`: emitted together, then sent.
+    add_events(
+        &mut e,
+        &[("a", 1, 1), ("b", 2, 2), ("a", 25, 4)],
+        0,
+        &mut out,
+    );
+    e.delivered();
+    let mut windows: Vec<Record> = out
+        .drain()
+        .filter(|(port, _)| *port == OUT)
+        .flat_map(|(_, batch)| batch)
+        .collect();
+    assert_eq!(windows.len(), 2);
+    assert_eq!(held(&e), [0, 1]);
+    let second = windows.pop().expect("two");
+    windows.pop().expect("two").finish();
+    e.delivered();
+    assert_eq!(held(&e), [0, 1], "one of the two delivered: both kept");
+    second.finish();
+    e.delivered();
+    assert!(held(&e).is_empty(), "both delivered");
+}
+
 /// A late record goes to `late` with its own acknowledgement. A checkpoint taken before the
 /// late path finished it covers its position anyway (positions are a high-water mark, and a
 /// later record passes it): after a crash the source replays it (never acknowledged), and the
