@@ -238,8 +238,13 @@ impl Acks {
     /// long-lived collections that grow by many small merges, like a window's emitted
     /// batches).
     pub fn merge_recent(&mut self, other: &Acks) {
+        const RECENT: usize = 16;
         for t in other.tokens() {
-            self.push(t.clone(), 16);
+            // Looked for before it is cloned: a token held already (the common case, windows
+            // that fire together share their batches) costs no count up and down.
+            if !self.tokens().iter().rev().take(RECENT).any(|h| h.ptr_eq(t)) {
+                self.push(t.clone(), RECENT);
+            }
         }
     }
 
