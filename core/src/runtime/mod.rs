@@ -492,9 +492,13 @@ async fn run_transform(
     mut emitter: Emitter,
 ) -> Result<(), ProcessorError> {
     let mut out = Output::new(name, emitter.port_count());
+    // The ids of the records handed to `process` (with provenance): what a transform could
+    // lose. A record `route` sent to a port is passed on by the runtime itself.
     let mut inputs: Vec<u64> = Vec::new();
+    let routes = t.routes();
     while let Some(payload) = input.next_payload().await {
         let tracked = emitter.provenance().is_some();
+        inputs.clear();
         // The last edge to get to a fan-out's records owns them: nothing to copy.
         let payload = match payload {
             Payload::Shared(view) if view.is_only() => Payload::Owned(view.into_batch()),
@@ -502,21 +506,20 @@ async fn run_transform(
         };
         match payload {
             Payload::Owned(batch) => {
-                if tracked {
-                    inputs.clear();
-                    inputs.extend(batch.iter().map(|r| r.id().0));
-                }
                 for r in crate::prefetch::Prefetched::new(batch) {
+                    if routes && let Some(port) = t.route(&r) {
+                        out.push(port, r);
+                        continue;
+                    }
+                    if tracked {
+                        inputs.push(r.id().0);
+                    }
                     t.process(r, &mut out);
                 }
             }
             // A fan-out's records, shared with other edges: a record the transform routes
             // nowhere is never copied.
             Payload::Shared(view) => {
-                if tracked {
-                    inputs.clear();
-                    inputs.extend(view.ids().iter());
-                }
                 let records = view.records();
                 crate::prefetch::first(records);
                 for (i, r) in records.iter().enumerate() {
@@ -524,13 +527,19 @@ async fn run_transform(
                     match t.route(r) {
                         Some(port) if emitter.sheds(port) => out.shed(port, view.id(i)),
                         Some(port) => out.push(port, view.copy(i)),
-                        None => t.process(view.copy(i), &mut out),
+                        None => {
+                            if tracked {
+                                inputs.push(view.id(i).0);
+                            }
+                            t.process(view.copy(i), &mut out);
+                        }
                     }
                 }
                 view.finish();
             }
         }
         if let Some(rec) = emitter.provenance()
+            && !inputs.is_empty()
             && let Some(e) = abandoned(rec, &inputs, &out)
         {
             rec.record(e).await;

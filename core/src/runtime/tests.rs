@@ -188,6 +188,9 @@ impl Describe for SlowConfig {
 struct EvenConfig {
     #[serde(default)]
     odd: Odd,
+    /// Answer `route` for the even records (the odd ones go through `process`).
+    #[serde(default)]
+    routes: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, schemars::JsonSchema)]
@@ -202,9 +205,21 @@ enum Odd {
 
 struct Even {
     odd: Odd,
+    routes: bool,
 }
 
 impl Transform for Even {
+    fn routes(&self) -> bool {
+        self.routes
+    }
+
+    fn route(&mut self, record: &Record) -> Option<PortId> {
+        let content = record.raw_content()?;
+        let v: serde_json::Value = serde_json::from_slice(content).ok()?;
+        let n = v.get("n")?.as_i64()?;
+        (self.routes && n % 2 == 0).then_some(PortId::DEFAULT)
+    }
+
     fn process(&mut self, mut record: Record, out: &mut Output) {
         let n = record
             .value()
@@ -235,7 +250,10 @@ impl ProcessorConfig for EvenConfig {
         vec!["late".into()]
     }
     fn build(&self, _: &BuildContext) -> Result<Processor, BuildError> {
-        Ok(Processor::Transform(Box::new(Even { odd: self.odd })))
+        Ok(Processor::Transform(Box::new(Even {
+            odd: self.odd,
+            routes: self.routes,
+        })))
     }
 }
 
@@ -863,18 +881,31 @@ async fn run_recorded(yaml: &str, capacity: usize) -> Vec<crate::provenance::Eve
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_a_transform_loses_are_dropped_as_abandoned_and_receive_comes_first() {
+    abandoned_records_are_dropped("{ type: even, odd: lose }").await;
+}
+
+/// The same when the transform routes the records it keeps (`route`, passed on by the
+/// runtime) and loses the others in `process`: only these are looked for in its output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_a_routing_transform_loses_are_dropped_as_abandoned() {
+    abandoned_records_are_dropped("{ type: even, odd: lose, routes: true }").await;
+}
+
+async fn abandoned_records_are_dropped(buggy: &str) {
     use crate::provenance::EventKind;
     let _g = SERIAL.lock().await;
     let events = run_recorded(
-        r#"
+        &format!(
+            r#"
 processors:
-  src: { type: count, count: 400, batch: 10 }
-  buggy: { type: even, odd: lose }
-  sink: { type: slow, slowness: 0 }
+  src: {{ type: count, count: 400, batch: 10 }}
+  buggy: {buggy}
+  sink: {{ type: slow, slowness: 0 }}
 connections:
   - src -> buggy
   - buggy -> sink
-"#,
+"#
+        ),
         1,
     )
     .await;
