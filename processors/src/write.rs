@@ -270,7 +270,7 @@ fn write_rest<T: Target>(p: &mut Progress<T>, durable: bool) -> std::io::Result<
 
 /// How many bytes of lines one write takes at most from batches already waiting (a batch
 /// larger than this is still written whole, in one write).
-const COALESCE: usize = 1 << 20;
+const COALESCE: usize = 256 << 10;
 
 /// Each record's content as a line.
 fn append_lines(buf: &mut Vec<u8>, batch: &mut [flow_core::record::Record]) {
