@@ -905,7 +905,10 @@ impl NodeRecorder {
     /// For a source, its output is open until the guard is dropped (see [`SourceOpen`]).
     pub fn source_open(&self) -> Option<SourceOpen> {
         self.source.then(|| {
-            self.backlog.sources.fetch_add(1, Ordering::AcqRel);
+            // The first source of a run (a store may outlive one): the flow is not draining.
+            if self.backlog.sources.fetch_add(1, Ordering::AcqRel) == 0 {
+                self.backlog.draining.store(false, Ordering::Release);
+            }
             SourceOpen(self.backlog.clone())
         })
     }
@@ -1283,6 +1286,11 @@ mod tests {
         drop(open_a);
         assert!(!rec.backlog().draining(), "one source still reads");
         drop(open_b);
+        assert!(rec.backlog().draining());
+        // The store's next run: lingering again while its source reads.
+        let again = a.source_open();
+        assert!(!rec.backlog().draining());
+        drop(again);
         assert!(rec.backlog().draining());
     }
 
