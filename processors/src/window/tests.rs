@@ -468,19 +468,22 @@ fn a_restored_checkpoint_skips_what_it_already_holds() {
     assert_eq!(second.counters.replayed, 2);
 }
 
+/// An engine numbering its outputs as source 9, tracking deliveries for checkpoints.
+fn numbered(c: &WindowAggregateConfig) -> Engine {
+    let mut s = c.compile().unwrap_or_else(|_| panic!("compiles")).settings;
+    s.origin = Some(9);
+    let mut e = Engine::new(s);
+    e.track_for_checkpoints();
+    e
+}
+
 /// With `Settings::origin`, outputs are numbered in order of emission, and a restart from a
 /// checkpoint numbers them the same: the windows emitted but not delivered at the checkpoint
 /// come again first with their numbers, then the later ones with the numbers they had.
 #[test]
 fn a_restart_numbers_windows_as_the_first_run_did() {
     let c = cfg(serde_json::json!({}));
-    let numbered = || {
-        let mut s = c.compile().unwrap_or_else(|_| panic!("compiles")).settings;
-        s.origin = Some(9);
-        let mut e = Engine::new(s);
-        e.track_for_checkpoints();
-        e
-    };
+    let numbered = || numbered(&c);
     let events = [
         ("a", 1, 1),
         ("b", 2, 2),
@@ -531,13 +534,7 @@ fn a_restart_numbers_windows_as_the_first_run_did() {
 #[test]
 fn windows_sent_together_are_kept_until_all_of_them_are_delivered() {
     let c = cfg(serde_json::json!({}));
-    let numbered = || {
-        let mut s = c.compile().unwrap_or_else(|_| panic!("compiles")).settings;
-        s.origin = Some(9);
-        let mut e = Engine::new(s);
-        e.track_for_checkpoints();
-        e
-    };
+    let numbered = || numbered(&c);
     // The numbers of the windows a checkpoint of `e` holds as emitted and not delivered.
     let held = |e: &Engine| -> Vec<u64> {
         let mut restored = numbered();
