@@ -325,12 +325,17 @@ pub(crate) async fn write_lines<T: Target>(
         });
         // The lines and their commit record in one trip to a blocking thread.
         let mut attempts = retry.attempts(&what);
-        let mut stored = loop {
+        let stored = loop {
             let job = committed.clone();
+            // The commit record is stored once the lines are written, and comes back with
+            // what storing it returned.
             let (back, result, stored) = tokio::task::spawn_blocking(move || {
                 let r = write_rest(&mut p, durable);
                 let stored = match (&r, job) {
-                    (Ok(()), Some((commit, c))) => Some(commit.store(&c, durable)),
+                    (Ok(()), Some((commit, c))) => {
+                        let stored = commit.store(&c, durable);
+                        Some((commit, c, stored))
+                    }
                     _ => None,
                 };
                 (p, r, stored)
@@ -350,30 +355,21 @@ pub(crate) async fn write_lines<T: Target>(
             }
         };
         len += p.buf.len() as u64;
-        if let Some((commit, c)) = committed {
+        if let Some((commit, c, mut stored)) = stored {
             // A full disk may refuse the commit record too: retried like the data (giving
             // up leaves the batch unacknowledged, cut off by the next run).
             let committing = format!("committing {name}");
             let mut attempts = retry.attempts(&committing);
-            loop {
-                match stored.take() {
-                    Some(Ok(())) => {
-                        attempts.succeeded();
-                        break;
-                    }
-                    Some(Err(e)) => {
-                        attempts
-                            .failed(ProcessorError::io(committing.clone(), e))
-                            .await?;
-                    }
-                    None => {}
-                }
+            while let Err(e) = stored {
+                attempts
+                    .failed(ProcessorError::io(committing.clone(), e))
+                    .await?;
                 let (commit, c) = (commit.clone(), c.clone());
-                let again = tokio::task::spawn_blocking(move || commit.store(&c, durable))
+                stored = tokio::task::spawn_blocking(move || commit.store(&c, durable))
                     .await
                     .map_err(|e| ProcessorError::other(format!("{committing}: {e}")))?;
-                stored = Some(again);
             }
+            attempts.succeeded();
         }
         let n = batch.len() as u64;
         ctx.input
