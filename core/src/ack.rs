@@ -243,7 +243,8 @@ impl Acks {
             // Looked for before it is cloned: a token held already (the common case, windows
             // that fire together share their batches) costs no count up and down.
             if !self.tokens().iter().rev().take(RECENT).any(|h| h.ptr_eq(t)) {
-                self.push(t.clone(), RECENT);
+                // Looked for above: not again.
+                self.push(t.clone(), 0);
             }
         }
     }
