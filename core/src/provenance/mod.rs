@@ -527,7 +527,8 @@ pub enum WhenFull {
 
 /// What the writer's falling behind cost, shared by a store's recorders (`/metrics` reads
 /// it). One warning is logged per burst: a run of full-channel moments less than a second
-/// apart.
+/// apart. It also tells the writer when to stop lingering: the sources' outputs still open
+/// (see [`SourceOpen`]).
 #[derive(Debug, Default)]
 pub struct Backlog {
     full: AtomicU64,
