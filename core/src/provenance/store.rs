@@ -535,7 +535,15 @@ pub(crate) fn frame_of<T: serde::Serialize + ?Sized>(
             Ok(())
         }
         fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-            self.0.extend_from_slice(data);
+            // Most pieces are varints of a few bytes (a frame is mostly runs of ids): a
+            // byte loop, not a call to `memmove` for each (1 % of the sensors flow's cycles).
+            if data.len() <= 16 {
+                for &b in data {
+                    self.0.push(b);
+                }
+            } else {
+                self.0.extend_from_slice(data);
+            }
             Ok(())
         }
         fn finalize(self) -> postcard::Result<()> {
