@@ -13,6 +13,8 @@ use flow_core::runtime::CancellationToken;
 use flow_core::runtime::RunReport;
 use flow_core::spec::{self, Severity};
 
+#[cfg(feature = "mimalloc")]
+mod alloc;
 mod api;
 mod client;
 mod docs;
@@ -24,12 +26,6 @@ mod tap;
 mod test_cmd;
 mod top;
 
-/// Records are made on one worker thread and freed on another; glibc's allocator serialises
-/// that on arena locks (15% of the sensors benchmark was spent waiting on them). mimalloc frees
-/// across threads without a lock.
-#[cfg(feature = "mimalloc")]
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// flow: dataflows from YAML. Processors connected by named ports, back-pressure on every edge,
 /// records acknowledged end to end.
@@ -149,6 +145,8 @@ const INVALID: u8 = 1;
 const USAGE: u8 = 2;
 
 fn main() -> ExitCode {
+    #[cfg(feature = "mimalloc")]
+    alloc::tune();
     let cli = Cli::parse();
     let events = api::events::EventLog::new(1000);
     // Tests send records to `failure` on purpose: only errors are logged unless asked.
