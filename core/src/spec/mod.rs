@@ -46,13 +46,14 @@ use load::Loader;
 use crate::processor::{Kind, ProcessorConfig, Registry};
 use crate::runtime::edge::WhenFull;
 
-/// Default back-pressure threshold of an edge, in records: two source batches (`batch_size`
-/// 1,024) wait while their consumer works on the one before, so a producer that finished a
-/// batch goes on with the next instead of waiting for its consumer to take the last one. The
-/// sensors flow runs in 0.90x the wall time of edges one batch deep, at the same peak memory
-/// (docs/performance.md, step 24); deeper queues only hold records that have left the caches by
-/// the time they are read. NiFi uses 10,000 FlowFiles, Vector 500 events a buffer.
-pub const DEFAULT_MAX_RECORDS: usize = 2_048;
+/// Default back-pressure threshold of an edge, in records: two batches of a file source
+/// (`batch_size` 2,048; four of the other sources') wait while their consumer works on the one
+/// before, so a producer that finished a batch goes on with the next instead of waiting for its
+/// consumer to take the last one. The sensors flow runs in 0.90x the wall time of edges one
+/// batch deep, at the same peak memory (docs/performance.md, step 24); deeper queues only hold
+/// records that have left the caches by the time they are read. NiFi uses 10,000 FlowFiles,
+/// Vector 500 events a buffer.
+pub const DEFAULT_MAX_RECORDS: usize = 4_096;
 /// Default back-pressure threshold of an edge, in bytes.
 pub const DEFAULT_MAX_BYTES: ByteSize = ByteSize::mib(64);
 
@@ -81,7 +82,7 @@ impl Default for EdgeSettings {
 #[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EdgeSettingsConfig {
-    /// Back-pressure threshold in records (default 2048).
+    /// Back-pressure threshold in records (default 4096).
     pub max_records: Option<usize>,
     /// Back-pressure threshold in bytes, like `64MiB` (default 64MiB).
     #[schemars(with = "Option<String>")]
