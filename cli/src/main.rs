@@ -26,7 +26,6 @@ mod tap;
 mod test_cmd;
 mod top;
 
-
 /// flow: dataflows from YAML. Processors connected by named ports, back-pressure on every edge,
 /// records acknowledged end to end.
 #[derive(Parser)]
