@@ -123,18 +123,21 @@ pub struct Runs(pub Vec<(u64, u32)>);
 impl Runs {
     /// The runs of `ids`, in their order.
     pub fn from_ids(ids: impl IntoIterator<Item = u64>) -> Self {
-        let mut runs: Vec<(u64, u32)> = Vec::new();
+        let mut runs = Self::default();
         for id in ids {
-            match runs.last_mut() {
-                Some((start, len))
-                    if start.wrapping_add(u64::from(*len)) == id && *len < u32::MAX =>
-                {
-                    *len += 1;
-                }
-                _ => runs.push((id, 1)),
-            }
+            runs.push(id);
         }
-        Self(runs)
+        runs
+    }
+
+    /// Add `id` after the ids held: it extends the last run when it follows it.
+    pub fn push(&mut self, id: u64) {
+        match self.0.last_mut() {
+            Some((start, len)) if start.wrapping_add(u64::from(*len)) == id && *len < u32::MAX => {
+                *len += 1;
+            }
+            _ => self.0.push((id, 1)),
+        }
     }
 
     /// The ids of a batch's records.
@@ -1074,7 +1077,9 @@ impl NodeRecorder {
         let mut modified: Vec<usize> = Vec::new();
         // The records made here (by position) and their parents, in order.
         let mut made: Vec<usize> = Vec::new();
-        let mut parents: Vec<u64> = Vec::new();
+        // The parents' runs, made as they are taken (a window's inputs are scattered: mostly
+        // one run each, and a list of their ids first was a second copy grown the same way).
+        let mut parents = Runs::default();
         let mut parts: Vec<u32> = Vec::new();
         for (i, r) in batch.iter_mut().enumerate() {
             let changed = r.take_modified();
@@ -1083,7 +1088,9 @@ impl NodeRecorder {
             }
             if !r.parents().is_empty() {
                 let taken = r.take_parents();
-                parents.extend(taken.iter().map(|p| p.0));
+                for p in taken.iter() {
+                    parents.push(p.0);
+                }
                 parts.push(u32::try_from(taken.len()).unwrap_or(u32::MAX));
                 made.push(i);
             } else if changed {
@@ -1091,9 +1098,7 @@ impl NodeRecorder {
             }
         }
         if !made.is_empty() {
-            let mut e = self
-                .event(EventKind::Join, Runs::from_ids(parents))
-                .at(port);
+            let mut e = self.event(EventKind::Join, parents).at(port);
             e.children.push(Children {
                 port: u32::try_from(port).unwrap_or(u32::MAX),
                 to: None,
