@@ -14,8 +14,8 @@
 //! thread (54 / 60 MB with the smaller batches of step 23).
 //!
 //! Setting it needs mimalloc's C API, which is `unsafe` to call: the crate denies
-//! `unsafe_code` (the workspace forbids it) so that [`tune`] alone can allow it, and a test
-//! keeps it so.
+//! `unsafe_code` (the workspace forbids it) so that [`tune`] and its test's reading of the
+//! option alone can allow it (tests/tests/unsafe_code.rs lists every such place).
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -63,32 +63,5 @@ mod tests {
         assert_eq!(purge_delay(), 1_000, "mimalloc 3's default purge delay");
         tune();
         assert_eq!(purge_delay(), PURGE_DELAY_MS);
-    }
-
-    /// Only this module's two calls into mimalloc allow `unsafe_code`.
-    #[test]
-    fn only_the_allocator_module_allows_unsafe() {
-        fn walk(dir: &std::path::Path, found: &mut Vec<String>) {
-            let entries = std::fs::read_dir(dir).expect("readable source directory");
-            for e in entries {
-                let path = e.expect("directory entry").path();
-                if path.is_dir() {
-                    walk(&path, found);
-                } else if path.extension().is_some_and(|x| x == "rs") {
-                    let text = std::fs::read_to_string(&path).expect("readable source");
-                    let marker = concat!("allow(", "unsafe_code");
-                    for _ in text.matches(marker) {
-                        found.push(path.display().to_string());
-                    }
-                }
-            }
-        }
-        let mut found = Vec::new();
-        walk(
-            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
-            &mut found,
-        );
-        assert_eq!(found.len(), 2, "{found:?}");
-        assert!(found.iter().all(|f| f.ends_with("alloc.rs")), "{found:?}");
     }
 }

@@ -96,34 +96,6 @@ mod tests {
     use super::*;
     use crate::record::{Indexer, JsonView, Record, RecordId};
 
-    /// The crate denies `unsafe_code` (the workspace forbids it) so that this module's one
-    /// hint can allow it: no other place may.
-    #[test]
-    fn only_the_prefetch_hint_allows_unsafe() {
-        fn walk(dir: &std::path::Path, found: &mut Vec<String>) {
-            let entries = std::fs::read_dir(dir).expect("readable source directory");
-            for e in entries {
-                let path = e.expect("directory entry").path();
-                if path.is_dir() {
-                    walk(&path, found);
-                } else if path.extension().is_some_and(|x| x == "rs") {
-                    let text = std::fs::read_to_string(&path).expect("readable source");
-                    let marker = concat!("allow(", "unsafe_code");
-                    for _ in text.matches(marker) {
-                        found.push(path.display().to_string());
-                    }
-                }
-            }
-        }
-        let mut found = Vec::new();
-        walk(
-            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
-            &mut found,
-        );
-        assert_eq!(found.len(), 1, "{found:?}");
-        assert!(found[0].ends_with("prefetch.rs"), "{found:?}");
-    }
-
     /// A hint never touches the memory: any address is harmless (a load here would fault).
     #[test]
     fn hints_on_any_address_are_harmless() {

@@ -5,4 +5,5 @@
 mod flows;
 mod flowtest;
 mod provenance;
+mod unsafe_code;
 mod validate;
