@@ -131,8 +131,9 @@ impl Store {
         Ok(store)
     }
 
-    /// Run `f` on the store's thread with the database and the key; `Err` if the thread is
-    /// gone (a job panicked).
+    /// Run `f` on the store's thread with the database and the key; `Err` if `f` panicked
+    /// (its answer is dropped; the thread goes on, the database closed) or the thread is
+    /// gone.
     async fn call<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Option<Database>, &Path, &str) -> Result<T, String> + Send + 'static,
@@ -143,7 +144,7 @@ impl Store {
             // The caller may have stopped waiting: the answer is then not needed.
             let _ = tx.send(f(db, path, &key));
         });
-        let gone = || err(&self.path, "its thread stopped", "a call panicked");
+        let gone = || err(&self.path, "its thread", "a call panicked");
         match &self.jobs {
             Some(jobs) if jobs.send(job).is_ok() => rx.await.map_err(|_| gone()),
             _ => Err(gone()),
